@@ -1,0 +1,85 @@
+//! The domain's error type, shared by the ports and the use cases.
+//!
+//! Adapters translate their library errors into these kinds at the port boundary, so no
+//! diesel, docker-api or actix type ever reaches the domain or its callers.
+
+/// Everything that can go wrong in a use case or a port, by kind.
+///
+/// The kind decides how a caller reacts (the HTTP layer maps it to a status code); the
+/// message says what was wrong in words meant for the client, except for
+/// [`Error::Internal`], whose message is for the operator's log only.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The thing named does not exist (or is not visible to the caller).
+    #[error("{0}")]
+    NotFound(String),
+    /// The caller sent something malformed or out of range.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The request is well-formed but the thing is in the wrong state for it.
+    #[error("{0}")]
+    Conflict(String),
+    /// The caller sent more than a limit allows.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The caller has reached a quota.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// A dependency (the database, the Docker engine, ...) cannot be reached: retry later.
+    #[error("{dependency} is unavailable: {message}")]
+    Unavailable {
+        /// Which dependency: "database", "docker", ...
+        dependency: String,
+        /// What happened, without secrets.
+        message: String,
+    },
+    /// A bug or an unexpected answer from a dependency. The message is for the log.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// A not-found error.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::NotFound(message.into())
+    }
+
+    /// An invalid-input error.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidInput(message.into())
+    }
+
+    /// A conflict (wrong state) error.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::Conflict(message.into())
+    }
+
+    /// An unavailable-dependency error.
+    pub fn unavailable(dependency: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Unavailable {
+            dependency: dependency.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An internal error; the message goes to the log, never to a client.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::Internal(message.into())
+    }
+
+    /// A short stable code for the kind, used in API error bodies and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "not_found",
+            Self::InvalidInput(_) => "invalid_input",
+            Self::Conflict(_) => "conflict",
+            Self::TooLarge(_) => "too_large",
+            Self::LimitExceeded(_) => "limit_exceeded",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+/// Shorthand for results in the domain.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

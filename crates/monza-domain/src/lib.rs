@@ -1,0 +1,36 @@
+//! monza's domain: the [`Sandbox`] entity, its lifecycle rules, the ports the adapters
+//! implement, and [`SandboxService`], the use cases.
+//!
+//! This crate knows no adapter technology (no actix-web, diesel, docker-api, and no tokio
+//! runtime): everything outside comes in through the traits in [`ports`].
+
+pub mod error;
+pub mod lifecycle;
+pub mod paths;
+pub mod ports;
+pub mod runtime;
+pub mod sandbox;
+pub mod service;
+pub mod template;
+
+pub use error::{Error, Result};
+pub use lifecycle::{LifecycleEvent, transition};
+pub use ports::{
+    Clock, ContainerRuntime, RunningUpdate, SandboxRepository, StatusChange, SystemClock,
+    TemplateCatalog,
+};
+pub use runtime::{
+    ByteStream, ContainerSpec, CreatedContainer, ExecOutput, ExecRequest, FileDownload,
+    FileStat, ManagedContainer, PublishedPort, UploadFile,
+};
+pub use sandbox::{
+    EventAction, NewEvent, PortMapping, Sandbox, SandboxEvent, SandboxFilter, SandboxId,
+    SandboxName, SandboxStatus, StatusFilter, TemplateName, TenantId,
+};
+pub use service::{
+    Access, CreateSandbox, ExecLimits, ExecuteCommand, ReapReport, SandboxService, ServiceConfig,
+};
+pub use template::{BuildSpec, Command, ImageSource, LifecycleCommand, Mount, RunOptions, Template};
+
+#[cfg(any(test, feature = "mock"))]
+pub use ports::{MockClock, MockContainerRuntime, MockSandboxRepository, MockTemplateCatalog};

@@ -1,0 +1,251 @@
+//! The lifecycle as data: one enum of events and one pure function that decides every
+//! status change. Stores apply the result conditionally ("only if the row is still in the
+//! state I read"), so a race between two writers is a conflict, never a lost update.
+
+use std::fmt;
+
+use time::{Duration, OffsetDateTime};
+
+use crate::error::Error;
+use crate::sandbox::{Sandbox, SandboxStatus};
+
+/// Something that happens to a sandbox and may change its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LifecycleEvent {
+    /// The container started and its create commands succeeded.
+    Start,
+    /// Creating the container failed, or its container vanished.
+    Fail,
+    /// The reaper found it idle past `expires_at`.
+    Expire,
+    /// A client deleted it.
+    Delete,
+    /// A heartbeat, execute, upload or download.
+    Activity,
+}
+
+impl LifecycleEvent {
+    /// Every event.
+    pub const ALL: [LifecycleEvent; 5] = [
+        Self::Start,
+        Self::Fail,
+        Self::Expire,
+        Self::Delete,
+        Self::Activity,
+    ];
+
+    fn verb(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Fail => "mark as failed",
+            Self::Expire => "expire",
+            Self::Delete => "delete",
+            Self::Activity => "use",
+        }
+    }
+}
+
+/// An event that the sandbox's current status does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransitionError {
+    /// The status the sandbox is in.
+    pub from: SandboxStatus,
+    /// What was attempted.
+    pub event: LifecycleEvent,
+}
+
+impl fmt::Display for TransitionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot {} a sandbox that is {}",
+            self.event.verb(),
+            self.from
+        )
+    }
+}
+
+impl std::error::Error for TransitionError {}
+
+impl From<TransitionError> for Error {
+    fn from(e: TransitionError) -> Self {
+        Error::Conflict(e.to_string())
+    }
+}
+
+/// The one rule for every status change.
+///
+/// | from \ event | Start   | Fail  | Expire  | Delete  | Activity |
+/// |--------------|---------|-------|---------|---------|----------|
+/// | creating     | running | error | -       | deleted | -        |
+/// | running      | -       | error | expired | deleted | running  |
+/// | error        | -       | -     | -       | deleted | -        |
+/// | expired      | -       | -     | -       | -       | -        |
+/// | deleted      | -       | -     | -       | -       | -        |
+pub fn transition(
+    from: SandboxStatus,
+    event: LifecycleEvent,
+) -> Result<SandboxStatus, TransitionError> {
+    use LifecycleEvent as E;
+    use SandboxStatus as S;
+    match (from, event) {
+        (S::Creating, E::Start) => Ok(S::Running),
+        (S::Creating | S::Running, E::Fail) => Ok(S::Error),
+        (S::Running, E::Expire) => Ok(S::Expired),
+        (S::Creating | S::Running | S::Error, E::Delete) => Ok(S::Deleted),
+        (S::Running, E::Activity) => Ok(S::Running),
+        _ => Err(TransitionError { from, event }),
+    }
+}
+
+/// The status an event leads to when it is allowed (each event has exactly one).
+pub fn target(event: LifecycleEvent) -> SandboxStatus {
+    match event {
+        LifecycleEvent::Start | LifecycleEvent::Activity => SandboxStatus::Running,
+        LifecycleEvent::Fail => SandboxStatus::Error,
+        LifecycleEvent::Expire => SandboxStatus::Expired,
+        LifecycleEvent::Delete => SandboxStatus::Deleted,
+    }
+}
+
+/// Checks `event` against a sandbox's current status; the refusal is a conflict that names
+/// the sandbox, its status and, for a failed one, the reason.
+pub fn check(sandbox: &Sandbox, event: LifecycleEvent) -> Result<SandboxStatus, Error> {
+    transition(sandbox.status, event).map_err(|refused| {
+        let reason = sandbox
+            .status_reason
+            .as_deref()
+            .filter(|_| sandbox.status == SandboxStatus::Error)
+            .map(|reason| format!(" ({reason})"))
+            .unwrap_or_default();
+        Error::Conflict(format!("sandbox {}: {refused}{reason}", sandbox.id))
+    })
+}
+
+/// The statuses from which `event` is allowed: what a store's conditional update checks.
+pub fn allowed_from(event: LifecycleEvent) -> Vec<SandboxStatus> {
+    SandboxStatus::ALL
+        .into_iter()
+        .filter(|from| transition(*from, event).is_ok())
+        .collect()
+}
+
+/// `expires_at = last_activity + ttl`, the invariant every stored sandbox keeps.
+pub fn expires_at(last_activity: OffsetDateTime, ttl: Duration) -> OffsetDateTime {
+    last_activity + ttl
+}
+
+/// Whether the reaper may remove a sandbox now: running and past its expiry.
+pub fn is_expired(status: SandboxStatus, expires_at: OffsetDateTime, now: OffsetDateTime) -> bool {
+    status == SandboxStatus::Running && expires_at <= now
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use LifecycleEvent as E;
+    use SandboxStatus as S;
+
+    /// The whole table, written out once more by hand: every (state, event) pair.
+    const TABLE: [(SandboxStatus, LifecycleEvent, Option<SandboxStatus>); 25] = [
+        (S::Creating, E::Start, Some(S::Running)),
+        (S::Creating, E::Fail, Some(S::Error)),
+        (S::Creating, E::Expire, None),
+        (S::Creating, E::Delete, Some(S::Deleted)),
+        (S::Creating, E::Activity, None),
+        (S::Running, E::Start, None),
+        (S::Running, E::Fail, Some(S::Error)),
+        (S::Running, E::Expire, Some(S::Expired)),
+        (S::Running, E::Delete, Some(S::Deleted)),
+        (S::Running, E::Activity, Some(S::Running)),
+        (S::Error, E::Start, None),
+        (S::Error, E::Fail, None),
+        (S::Error, E::Expire, None),
+        (S::Error, E::Delete, Some(S::Deleted)),
+        (S::Error, E::Activity, None),
+        (S::Expired, E::Start, None),
+        (S::Expired, E::Fail, None),
+        (S::Expired, E::Expire, None),
+        (S::Expired, E::Delete, None),
+        (S::Expired, E::Activity, None),
+        (S::Deleted, E::Start, None),
+        (S::Deleted, E::Fail, None),
+        (S::Deleted, E::Expire, None),
+        (S::Deleted, E::Delete, None),
+        (S::Deleted, E::Activity, None),
+    ];
+
+    #[test]
+    fn every_pair_follows_the_table() {
+        for (from, event, expected) in TABLE {
+            let got = transition(from, event).ok();
+            assert_eq!(got, expected, "{from} + {event:?}");
+        }
+    }
+
+    #[test]
+    fn the_table_covers_every_pair() {
+        for from in SandboxStatus::ALL {
+            for event in LifecycleEvent::ALL {
+                assert!(
+                    TABLE.iter().any(|(f, e, _)| *f == from && *e == event),
+                    "{from} + {event:?} missing from the table"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn terminal_states_accept_nothing() {
+        for from in [S::Expired, S::Deleted] {
+            assert!(from.is_terminal());
+            for event in LifecycleEvent::ALL {
+                assert!(transition(from, event).is_err(), "{from} + {event:?}");
+            }
+        }
+        for from in [S::Creating, S::Running, S::Error] {
+            assert!(!from.is_terminal());
+        }
+    }
+
+    #[test]
+    fn an_illegal_transition_is_a_conflict_naming_the_state() {
+        let err: Error = transition(S::Expired, E::Activity).unwrap_err().into();
+        assert_eq!(
+            err,
+            Error::Conflict("cannot use a sandbox that is expired".into())
+        );
+    }
+
+    #[test]
+    fn every_allowed_transition_reaches_the_events_target() {
+        for (from, event, expected) in TABLE {
+            if let Some(to) = expected {
+                assert_eq!(to, target(event), "{from} + {event:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn allowed_from_lists_the_sources() {
+        assert_eq!(allowed_from(E::Activity), vec![S::Running]);
+        assert_eq!(
+            allowed_from(E::Delete),
+            vec![S::Creating, S::Running, S::Error]
+        );
+        assert_eq!(allowed_from(E::Fail), vec![S::Creating, S::Running]);
+    }
+
+    #[test]
+    fn expiry_is_last_activity_plus_ttl() {
+        let t = time::macros::datetime!(2026-01-01 12:00 UTC);
+        assert_eq!(
+            expires_at(t, Duration::minutes(15)),
+            time::macros::datetime!(2026-01-01 12:15 UTC)
+        );
+        assert!(!is_expired(S::Running, t, t - Duration::seconds(1)));
+        assert!(is_expired(S::Running, t, t));
+        assert!(!is_expired(S::Error, t, t + Duration::hours(1)));
+        assert!(!is_expired(S::Creating, t, t + Duration::hours(1)));
+    }
+}

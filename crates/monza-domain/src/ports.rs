@@ -1,0 +1,163 @@
+//! The ports: what the use cases need from the outside world, shaped by the use cases.
+//!
+//! Each port is an `#[async_trait]` trait object (`Arc<dyn Port>`). With the `mock` feature
+//! (or in this crate's tests) mockall generates `MockSandboxRepository`, `MockContainerRuntime`,
+//! `MockTemplateCatalog` and `MockClock`.
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::error::Result;
+use crate::lifecycle::LifecycleEvent;
+use crate::runtime::{
+    ContainerSpec, CreatedContainer, ExecOutput, ExecRequest, FileDownload, FileStat,
+    ManagedContainer, PublishedPort, UploadFile,
+};
+use crate::sandbox::{
+    NewEvent, PortMapping, Sandbox, SandboxEvent, SandboxFilter, SandboxId, TemplateName,
+    TenantId,
+};
+use crate::template::Template;
+
+/// The fields a sandbox gains when it starts (`creating` → `running`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningUpdate {
+    /// The container's id.
+    pub container_id: String,
+    /// The image it runs.
+    pub image: String,
+    /// Its published ports.
+    pub port_mappings: Vec<PortMapping>,
+    /// When it became running: the new `last_activity`.
+    pub at: OffsetDateTime,
+    /// `at + ttl`.
+    pub expires_at: OffsetDateTime,
+}
+
+/// A status change other than start and activity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusChange {
+    /// What happens; the store applies [`crate::lifecycle::transition`]'s target, only if the
+    /// row's current status allows it ([`crate::lifecycle::allowed_from`]).
+    pub event: LifecycleEvent,
+    /// When. For a terminal target this becomes `deleted_at`.
+    pub at: OffsetDateTime,
+    /// Why, kept as the sandbox's `status_reason`.
+    pub reason: Option<String>,
+    /// Recorded in the event log in the same transaction.
+    pub record: NewEvent,
+}
+
+/// Where sandboxes are kept. Every write is durable when the call returns: an acknowledged
+/// heartbeat survives a crash.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait SandboxRepository: Send + Sync {
+    /// Writes a new sandbox (normally `creating`) and its `created` event. A duplicate id is a
+    /// conflict.
+    async fn insert(&self, sandbox: &Sandbox) -> Result<()>;
+
+    /// One sandbox, whatever its status; not-found if unknown.
+    async fn get(&self, id: SandboxId) -> Result<Sandbox>;
+
+    /// Sandboxes matching the filter, newest first.
+    async fn list(&self, filter: &SandboxFilter) -> Result<Vec<Sandbox>>;
+
+    /// How many live (not deleted, not expired) sandboxes a tenant has.
+    async fn count_live(&self, tenant: &TenantId) -> Result<u64>;
+
+    /// `creating` → `running` with the container's details, and a `started` event.
+    /// Not-found if unknown; conflict if the sandbox is no longer `creating`.
+    async fn mark_running(&self, id: SandboxId, update: &RunningUpdate) -> Result<Sandbox>;
+
+    /// Applies a status change if the current status allows it, with its event, atomically.
+    /// Not-found if unknown; conflict (naming the current status) if not allowed.
+    async fn transition(&self, id: SandboxId, change: &StatusChange) -> Result<Sandbox>;
+
+    /// Moves `last_activity` to `at` and `expires_at` to `expires_at`, only while `running`,
+    /// appending `record` if given (heartbeats record nothing).
+    /// Not-found if unknown; conflict if not running.
+    async fn record_activity(
+        &self,
+        id: SandboxId,
+        at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+        record: Option<NewEvent>,
+    ) -> Result<Sandbox>;
+
+    /// Atomically moves up to `limit` running sandboxes with `expires_at <= now` to
+    /// `expired` (with `deleted_at = now` and an `expired` event) and returns them. Two
+    /// concurrent callers never receive the same sandbox.
+    async fn claim_expired(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Sandbox>>;
+
+    /// Appends an event to a sandbox's log.
+    async fn append_event(&self, id: SandboxId, event: &NewEvent) -> Result<()>;
+
+    /// A sandbox's events, oldest first.
+    async fn events(&self, id: SandboxId) -> Result<Vec<SandboxEvent>>;
+
+    /// Checks the store answers.
+    async fn ping(&self) -> Result<()>;
+}
+
+/// Where sandboxes run.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait ContainerRuntime: Send + Sync {
+    /// Checks the engine answers.
+    async fn ping(&self) -> Result<()>;
+
+    /// Prepares the image (local, pulled or built) and creates the container, labelled with
+    /// the sandbox id, without starting it.
+    async fn create(&self, spec: &ContainerSpec) -> Result<CreatedContainer>;
+
+    /// Starts a created container and returns its published ports.
+    async fn start(&self, container_id: &str) -> Result<Vec<PublishedPort>>;
+
+    /// Runs a command to completion (or to its timeout).
+    async fn exec(&self, container_id: &str, request: &ExecRequest) -> Result<ExecOutput>;
+
+    /// Copies one file into `dest_dir`, streaming.
+    async fn upload(&self, container_id: &str, dest_dir: &str, file: UploadFile) -> Result<()>;
+
+    /// What `path` is; not-found if it does not exist.
+    async fn stat(&self, container_id: &str, path: &str) -> Result<FileStat>;
+
+    /// Streams a regular file out; not-found if missing, invalid input if a directory.
+    async fn download(&self, container_id: &str, path: &str) -> Result<FileDownload>;
+
+    /// Removes the container, forced. A missing container is success.
+    async fn remove(&self, container_id: &str) -> Result<()>;
+
+    /// Every container carrying monza's labels.
+    async fn list_managed(&self) -> Result<Vec<ManagedContainer>>;
+}
+
+/// Where templates come from.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait TemplateCatalog: Send + Sync {
+    /// A template by name. Not-found (the message lists the available ones) if unknown;
+    /// invalid input if it exists but cannot be used, with the reason.
+    async fn resolve(&self, name: &TemplateName) -> Result<Template>;
+
+    /// The names of the templates available.
+    async fn list(&self) -> Result<Vec<TemplateName>>;
+}
+
+/// The time, so expiry can be tested without sleeping.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+pub trait Clock: Send + Sync {
+    /// Now, in UTC.
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The real clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}

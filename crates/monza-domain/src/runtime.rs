@@ -1,0 +1,138 @@
+//! Values exchanged with the container runtime port.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::error::Error;
+use crate::sandbox::{SandboxId, TenantId};
+use crate::template::{Command, Template};
+
+/// A stream of bytes moving in or out of a sandbox, never held whole in memory.
+pub type ByteStream = BoxStream<'static, Result<Bytes, Error>>;
+
+/// What to create a container from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    /// The sandbox the container belongs to (it carries this as a label).
+    pub sandbox_id: SandboxId,
+    /// Its owner (also a label).
+    pub tenant: TenantId,
+    /// The resolved template.
+    pub template: Template,
+}
+
+/// A created (not yet started) container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedContainer {
+    /// Docker's id.
+    pub id: String,
+    /// The image it runs (for a built template, the tag monza gave the build).
+    pub image: String,
+}
+
+/// A container port published on the host, read back after start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishedPort {
+    /// Port inside the container.
+    pub container_port: u16,
+    /// Port on the host.
+    pub host_port: u16,
+}
+
+/// A container carrying monza's labels, as found on the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedContainer {
+    /// Docker's id.
+    pub id: String,
+    /// The `monza.sandbox_id` label, when it parses.
+    pub sandbox_id: Option<SandboxId>,
+    /// Whether it is running.
+    pub running: bool,
+}
+
+/// A command to run in a sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecRequest {
+    /// What to run.
+    pub command: Command,
+    /// Working directory (default: the template's workspace folder).
+    pub workdir: Option<String>,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// The user to run as (default: the image's).
+    pub user: Option<String>,
+    /// Output kept, in bytes, for `output` (and each of `stdout`/`stderr`); more is dropped
+    /// and `truncated` set.
+    pub max_output_bytes: usize,
+    /// Kill the command after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// What a command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// stdout and stderr combined, in arrival order.
+    pub output: String,
+    /// stdout alone.
+    pub stdout: String,
+    /// stderr alone.
+    pub stderr: String,
+    /// The exit code (-1 when killed by the timeout without one).
+    pub exit_code: i64,
+    /// Some output was dropped because of `max_output_bytes`.
+    pub truncated: bool,
+    /// The timeout killed the command.
+    pub timed_out: bool,
+    /// How long it ran.
+    pub duration: Duration,
+}
+
+/// A file going into a sandbox.
+pub struct UploadFile {
+    /// Its base name (already reduced to a safe one).
+    pub name: String,
+    /// Its exact size in bytes (the tar header needs it before the content).
+    pub size: u64,
+    /// The content: exactly `size` bytes.
+    pub content: ByteStream,
+}
+
+impl fmt::Debug for UploadFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UploadFile")
+            .field("name", &self.name)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a path in a sandbox is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStat {
+    /// Base name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// A directory rather than a file.
+    pub is_dir: bool,
+}
+
+/// A file coming out of a sandbox.
+pub struct FileDownload {
+    /// What it is.
+    pub stat: FileStat,
+    /// The content: exactly `stat.size` bytes.
+    pub content: ByteStream,
+}
+
+impl fmt::Debug for FileDownload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileDownload")
+            .field("stat", &self.stat)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,691 @@
+//! The use cases: create, get, list, delete, heartbeat, execute, upload, download, reap.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use futures::StreamExt;
+use serde_json::json;
+use time::Duration;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::lifecycle::{self, LifecycleEvent};
+use crate::paths;
+use crate::ports::{
+    Clock, ContainerRuntime, RunningUpdate, SandboxRepository, StatusChange, TemplateCatalog,
+};
+use crate::runtime::{
+    ContainerSpec, ExecOutput, ExecRequest, FileDownload, PublishedPort, UploadFile,
+};
+use crate::sandbox::{
+    EventAction, NewEvent, PortMapping, Sandbox, SandboxFilter, SandboxId, SandboxName,
+    SandboxStatus, TemplateName, TenantId,
+};
+use crate::template::{Command, Template};
+
+/// Who is asking: decides which sandboxes are visible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Sees and manages every tenant's sandboxes; creates in the default tenant.
+    Admin,
+    /// Sees only this tenant's sandboxes; another tenant's are "not found".
+    Tenant(TenantId),
+}
+
+impl Access {
+    /// Whether this caller may see the sandbox.
+    pub fn can_see(&self, sandbox: &Sandbox) -> bool {
+        match self {
+            Self::Admin => true,
+            Self::Tenant(tenant) => &sandbox.tenant == tenant,
+        }
+    }
+
+    /// The tenant a sandbox created by this caller belongs to.
+    pub fn owner(&self) -> TenantId {
+        match self {
+            Self::Admin => TenantId::default_tenant(),
+            Self::Tenant(tenant) => tenant.clone(),
+        }
+    }
+
+    fn tenant_filter(&self) -> Option<TenantId> {
+        match self {
+            Self::Admin => None,
+            Self::Tenant(tenant) => Some(tenant.clone()),
+        }
+    }
+}
+
+/// Bounds on what one command may ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecLimits {
+    /// Output kept when the request does not say.
+    pub default_output_bytes: usize,
+    /// The most output a request may ask to keep.
+    pub max_output_bytes: usize,
+    /// Timeout when the request does not say.
+    pub default_timeout: StdDuration,
+    /// The longest timeout a request may ask for.
+    pub max_timeout: StdDuration,
+}
+
+impl Default for ExecLimits {
+    fn default() -> Self {
+        Self {
+            default_output_bytes: 64 * 1024,
+            max_output_bytes: 16 * 1024 * 1024,
+            default_timeout: StdDuration::from_secs(10 * 60),
+            max_timeout: StdDuration::from_secs(60 * 60),
+        }
+    }
+}
+
+/// Server-wide settings of the use cases.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// Idle time after which a sandbox expires.
+    pub ttl: Duration,
+    /// The template used when a create request names none.
+    pub default_template: TemplateName,
+    /// Bounds on execute requests.
+    pub exec_limits: ExecLimits,
+    /// Largest accepted upload, in bytes.
+    pub max_upload_bytes: u64,
+    /// Live sandboxes a tenant may have at once (`None`: unlimited).
+    pub max_sandboxes_per_tenant: Option<u64>,
+    /// Sandboxes claimed per reaper batch.
+    pub reap_batch: u32,
+    /// Containers removed at once by the reaper.
+    pub reap_concurrency: usize,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::minutes(15),
+            default_template: TemplateName::trusted("go"),
+            exec_limits: ExecLimits::default(),
+            max_upload_bytes: 100 * 1024 * 1024,
+            max_sandboxes_per_tenant: None,
+            reap_batch: 100,
+            reap_concurrency: 16,
+        }
+    }
+}
+
+/// A create request, already validated.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CreateSandbox {
+    /// The name; default `sandbox-<template>`.
+    pub name: Option<SandboxName>,
+    /// The template; default from [`ServiceConfig::default_template`].
+    pub template: Option<TemplateName>,
+}
+
+/// An execute request as a client sends it; limits are applied by the service.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ExecuteCommand {
+    /// The shell command line (`/bin/sh -c`).
+    pub command: String,
+    /// Output to keep, clamped to [`ExecLimits::max_output_bytes`].
+    pub max_output_bytes: Option<usize>,
+    /// Timeout, clamped to [`ExecLimits::max_timeout`].
+    pub timeout: Option<StdDuration>,
+    /// Working directory (absolute).
+    pub workdir: Option<String>,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+}
+
+/// What one reaper pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReapReport {
+    /// Sandboxes moved to `expired`.
+    pub expired: usize,
+    /// Their containers removed.
+    pub removed: usize,
+    /// Containers of ended sandboxes removed on a later pass (retries).
+    pub swept: usize,
+    /// Removals that failed (retried on the next pass).
+    pub failures: usize,
+}
+
+/// The use cases, over the ports.
+#[derive(Clone)]
+pub struct SandboxService {
+    repo: Arc<dyn SandboxRepository>,
+    runtime: Arc<dyn ContainerRuntime>,
+    catalog: Arc<dyn TemplateCatalog>,
+    clock: Arc<dyn Clock>,
+    config: ServiceConfig,
+}
+
+impl std::fmt::Debug for SandboxService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxService")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a create failed, with what must be cleaned up.
+struct CreateFailure {
+    error: Error,
+    stage: &'static str,
+    container_id: Option<String>,
+    output: Option<String>,
+}
+
+impl CreateFailure {
+    fn at(stage: &'static str, container_id: Option<&str>) -> impl FnOnce(Error) -> Self {
+        let container_id = container_id.map(str::to_owned);
+        move |error| Self {
+            error,
+            stage,
+            container_id,
+            output: None,
+        }
+    }
+}
+
+impl SandboxService {
+    /// Wires the use cases to their ports.
+    pub fn new(
+        repo: Arc<dyn SandboxRepository>,
+        runtime: Arc<dyn ContainerRuntime>,
+        catalog: Arc<dyn TemplateCatalog>,
+        clock: Arc<dyn Clock>,
+        config: ServiceConfig,
+    ) -> Self {
+        Self {
+            repo,
+            runtime,
+            catalog,
+            clock,
+            config,
+        }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    /// The store, for readiness checks.
+    pub fn repository(&self) -> &Arc<dyn SandboxRepository> {
+        &self.repo
+    }
+
+    /// The container runtime, for readiness checks.
+    pub fn runtime(&self) -> &Arc<dyn ContainerRuntime> {
+        &self.runtime
+    }
+
+    /// The template catalog.
+    pub fn catalog(&self) -> &Arc<dyn TemplateCatalog> {
+        &self.catalog
+    }
+
+    /// Creates a sandbox from a template and returns it `running`.
+    ///
+    /// Crash-consistent by construction: the row is written as `creating` before any
+    /// container work and the container carries the sandbox id as a label; success moves
+    /// the row to `running`; any failure moves it to `error` and removes the container made.
+    #[tracing::instrument(skip_all, err(level = "info"))]
+    pub async fn create(&self, access: &Access, request: CreateSandbox) -> Result<Sandbox> {
+        let template_name = request
+            .template
+            .unwrap_or_else(|| self.config.default_template.clone());
+        let template = self.catalog.resolve(&template_name).await?;
+        let name = match request.name {
+            Some(name) => name,
+            None => SandboxName::new(&format!("sandbox-{template_name}"))?,
+        };
+        let tenant = access.owner();
+        if let Some(max) = self.config.max_sandboxes_per_tenant {
+            let live = self.repo.count_live(&tenant).await?;
+            if live >= max {
+                return Err(Error::LimitExceeded(format!(
+                    "tenant {tenant} already has {live} live sandboxes, the limit is {max}: \
+                     delete one first"
+                )));
+            }
+        }
+        let now = self.clock.now();
+        let sandbox = Sandbox {
+            id: SandboxId::new_random(),
+            tenant,
+            name,
+            template: template_name,
+            status: SandboxStatus::Creating,
+            status_reason: None,
+            container_id: None,
+            image: template.image_name().unwrap_or_default().to_owned(),
+            workspace_mount: template.workspace_folder.clone(),
+            devcontainer_config: template.config.clone(),
+            env_vars: template.container_env.clone(),
+            port_mappings: Vec::new(),
+            last_activity: now,
+            created_at: now,
+            expires_at: lifecycle::expires_at(now, self.config.ttl),
+            deleted_at: None,
+        };
+        self.repo.insert(&sandbox).await?;
+        tracing::info!(sandbox_id = %sandbox.id, template = %sandbox.template, "creating sandbox");
+        match self.provision(&sandbox, template).await {
+            Ok(running) => Ok(running),
+            Err(failure) => Err(self.fail_creation(sandbox.id, failure).await),
+        }
+    }
+
+    async fn provision(
+        &self,
+        sandbox: &Sandbox,
+        template: Template,
+    ) -> Result<Sandbox, CreateFailure> {
+        let commands = template.lifecycle_commands.clone();
+        let user = template.remote_user.clone();
+        let env = template.remote_env.clone();
+        let workdir = template.workspace_folder.clone();
+        let spec = ContainerSpec {
+            sandbox_id: sandbox.id,
+            tenant: sandbox.tenant.clone(),
+            template,
+        };
+        let created = self
+            .runtime
+            .create(&spec)
+            .await
+            .map_err(CreateFailure::at("create container", None))?;
+        let cid = created.id.as_str();
+        let published = self
+            .runtime
+            .start(cid)
+            .await
+            .map_err(CreateFailure::at("start container", Some(cid)))?;
+        for hook in &commands {
+            let request = ExecRequest {
+                command: hook.command.clone(),
+                workdir: Some(workdir.clone()),
+                env: env.clone(),
+                user: user.clone(),
+                max_output_bytes: self.config.exec_limits.default_output_bytes,
+                timeout: Some(self.config.exec_limits.max_timeout),
+            };
+            let output = self
+                .runtime
+                .exec(cid, &request)
+                .await
+                .map_err(CreateFailure::at("lifecycle command", Some(cid)))?;
+            if output.exit_code != 0 || output.timed_out {
+                let how = if output.timed_out {
+                    "timed out".to_owned()
+                } else {
+                    format!("exited with code {}", output.exit_code)
+                };
+                return Err(CreateFailure {
+                    error: Error::InvalidInput(format!(
+                        "template {}: {} {how}: {}",
+                        sandbox.template,
+                        hook.label,
+                        tail(&output.output, 500)
+                    )),
+                    stage: "lifecycle command",
+                    container_id: Some(created.id.clone()),
+                    output: Some(tail(&output.output, 16 * 1024)),
+                });
+            }
+        }
+        let now = self.clock.now();
+        let update = RunningUpdate {
+            container_id: created.id.clone(),
+            image: created.image.clone(),
+            port_mappings: port_mappings(sandbox.id, &published),
+            at: now,
+            expires_at: lifecycle::expires_at(now, self.config.ttl),
+        };
+        self.repo
+            .mark_running(sandbox.id, &update)
+            .await
+            .map_err(CreateFailure::at("record running sandbox", Some(cid)))
+    }
+
+    /// Cleans up after a failed create: removes the container, marks the row `error`.
+    async fn fail_creation(&self, id: SandboxId, failure: CreateFailure) -> Error {
+        tracing::warn!(sandbox_id = %id, stage = failure.stage, error = %failure.error, "create failed");
+        if let Some(cid) = &failure.container_id
+            && let Err(e) = self.runtime.remove(cid).await
+        {
+            tracing::warn!(sandbox_id = %id, container_id = %cid, error = %e,
+                "could not remove the container of a failed create; the reaper retries");
+        }
+        let mut details = json!({
+            "stage": failure.stage,
+            "error": failure.error.to_string(),
+        });
+        if let Some(output) = &failure.output {
+            details["output"] = json!(output);
+        }
+        let change = StatusChange {
+            event: LifecycleEvent::Fail,
+            at: self.clock.now(),
+            reason: Some(format!("{} failed: {}", failure.stage, failure.error)),
+            record: NewEvent::new(EventAction::Failed, details),
+        };
+        if let Err(e) = self.repo.transition(id, &change).await {
+            tracing::warn!(sandbox_id = %id, error = %e, "could not mark the failed sandbox as error");
+        }
+        failure.error
+    }
+
+    /// One sandbox the caller may see, in any status.
+    pub async fn get(&self, access: &Access, id: SandboxId) -> Result<Sandbox> {
+        let sandbox = self.repo.get(id).await?;
+        if access.can_see(&sandbox) {
+            Ok(sandbox)
+        } else {
+            Err(not_found(id))
+        }
+    }
+
+    /// The caller's sandboxes, newest first.
+    pub async fn list(&self, access: &Access, mut filter: SandboxFilter) -> Result<Vec<Sandbox>> {
+        if let Some(tenant) = access.tenant_filter() {
+            filter.tenant = Some(tenant);
+        }
+        self.repo.list(&filter).await
+    }
+
+    /// A sandbox's event log, oldest first.
+    pub async fn events(
+        &self,
+        access: &Access,
+        id: SandboxId,
+    ) -> Result<Vec<crate::sandbox::SandboxEvent>> {
+        self.get(access, id).await?;
+        self.repo.events(id).await
+    }
+
+    /// Deletes a sandbox and removes its container. Idempotent: deleting an ended sandbox
+    /// succeeds (and retries the container's removal).
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
+    pub async fn delete(&self, access: &Access, id: SandboxId) -> Result<()> {
+        let sandbox = self.get(access, id).await?;
+        let ended = if sandbox.status.is_terminal() {
+            sandbox
+        } else {
+            let change = StatusChange {
+                event: LifecycleEvent::Delete,
+                at: self.clock.now(),
+                reason: Some("deleted by a client".into()),
+                record: NewEvent::new(EventAction::Deleted, json!({})),
+            };
+            match self.repo.transition(id, &change).await {
+                Ok(deleted) => deleted,
+                // Ended meanwhile (reaped, or deleted by a concurrent request): still a success.
+                Err(Error::Conflict(_)) => self.repo.get(id).await?,
+                Err(e) => return Err(e),
+            }
+        };
+        if let Some(cid) = &ended.container_id {
+            self.runtime.remove(cid).await?;
+        }
+        Ok(())
+    }
+
+    /// Keeps a running sandbox alive: `expires_at` moves to now + TTL.
+    pub async fn heartbeat(&self, access: &Access, id: SandboxId) -> Result<Sandbox> {
+        let sandbox = self.running(access, id).await?;
+        self.touch(&sandbox, None).await
+    }
+
+    /// Runs a shell command in a running sandbox.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
+    pub async fn execute(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        command: ExecuteCommand,
+    ) -> Result<ExecOutput> {
+        if command.command.trim().is_empty() {
+            return Err(Error::invalid("command is empty"));
+        }
+        let workdir = command
+            .workdir
+            .as_deref()
+            .map(|dir| paths::sandbox_path("workdir", dir))
+            .transpose()?;
+        for key in command.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(Error::invalid(format!(
+                    "environment variable name {key:?} is invalid"
+                )));
+            }
+        }
+        let limits = &self.config.exec_limits;
+        let max_output_bytes = command
+            .max_output_bytes
+            .unwrap_or(limits.default_output_bytes)
+            .min(limits.max_output_bytes);
+        let timeout = command
+            .timeout
+            .unwrap_or(limits.default_timeout)
+            .min(limits.max_timeout);
+        let sandbox = self.running(access, id).await?;
+        let template_env = sandbox.devcontainer_config.get("remoteEnv");
+        let mut env: BTreeMap<String, String> = template_env
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        env.extend(command.env);
+        let user = sandbox
+            .devcontainer_config
+            .get("remoteUser")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        let request = ExecRequest {
+            command: Command::Shell(command.command.clone()),
+            workdir: Some(workdir.unwrap_or_else(|| sandbox.workspace_mount.clone())),
+            env,
+            user,
+            max_output_bytes,
+            timeout: Some(timeout),
+        };
+        let event = NewEvent::new(
+            EventAction::Executed,
+            json!({ "command": truncate(&command.command, 256) }),
+        );
+        let sandbox = self.touch(&sandbox, Some(event)).await?;
+        let cid = container_of(&sandbox)?;
+        self.runtime.exec(cid, &request).await
+    }
+
+    /// Copies a file into a running sandbox's `dest_dir` (default: its workspace folder) and
+    /// returns the file's path.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
+    pub async fn upload(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        dest_dir: Option<&str>,
+        file: UploadFile,
+    ) -> Result<String> {
+        if file.size > self.config.max_upload_bytes {
+            return Err(Error::TooLarge(format!(
+                "the file is {} bytes; uploads are limited to {} bytes",
+                file.size, self.config.max_upload_bytes
+            )));
+        }
+        let dest_dir = dest_dir
+            .map(|dir| paths::sandbox_path("path", dir))
+            .transpose()?;
+        let name = paths::safe_file_name(&file.name)?;
+        let sandbox = self.running(access, id).await?;
+        let dest_dir = dest_dir.unwrap_or_else(|| sandbox.workspace_mount.clone());
+        let path = paths::join(&dest_dir, &name);
+        let event = NewEvent::new(
+            EventAction::Uploaded,
+            json!({ "path": path, "bytes": file.size }),
+        );
+        let sandbox = self.touch(&sandbox, Some(event)).await?;
+        let cid = container_of(&sandbox)?;
+        let file = UploadFile { name, ..file };
+        self.runtime.upload(cid, &dest_dir, file).await?;
+        Ok(path)
+    }
+
+    /// Streams a regular file out of a running sandbox.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
+    pub async fn download(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        path: &str,
+    ) -> Result<FileDownload> {
+        let path = paths::sandbox_path("path", path)?;
+        let sandbox = self.running(access, id).await?;
+        let event = NewEvent::new(EventAction::Downloaded, json!({ "path": path }));
+        let sandbox = self.touch(&sandbox, Some(event)).await?;
+        let cid = container_of(&sandbox)?;
+        self.runtime.download(cid, &path).await
+    }
+
+    /// One reaper pass: claims every running sandbox past `expires_at`, marks it `expired`
+    /// and removes its container; then removes leftover containers of ended sandboxes
+    /// (removals that failed on an earlier pass). A failed removal is counted and retried
+    /// on the next pass.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn reap_expired(&self) -> Result<ReapReport> {
+        let mut report = ReapReport::default();
+        let now = self.clock.now();
+        loop {
+            let claimed = self.repo.claim_expired(now, self.config.reap_batch).await?;
+            report.expired += claimed.len();
+            let containers: Vec<String> = claimed
+                .iter()
+                .filter_map(|s| s.container_id.clone())
+                .collect();
+            let (removed, failed) = self.remove_all(containers).await;
+            report.removed += removed;
+            report.failures += failed;
+            if claimed.len() < self.config.reap_batch as usize {
+                break;
+            }
+        }
+        let mut leftovers = Vec::new();
+        for container in self.runtime.list_managed().await? {
+            let Some(sandbox_id) = container.sandbox_id else {
+                continue;
+            };
+            match self.repo.get(sandbox_id).await {
+                Ok(sandbox)
+                    if sandbox.status.is_terminal() || sandbox.status == SandboxStatus::Error =>
+                {
+                    leftovers.push(container.id);
+                }
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let (swept, failed) = self.remove_all(leftovers).await;
+        report.swept += swept;
+        report.failures += failed;
+        Ok(report)
+    }
+
+    async fn remove_all(&self, containers: Vec<String>) -> (usize, usize) {
+        let results: Vec<(String, Result<()>)> = futures::stream::iter(containers)
+            .map(|cid| async move {
+                let result = self.runtime.remove(&cid).await;
+                (cid, result)
+            })
+            .buffer_unordered(self.config.reap_concurrency.max(1))
+            .collect()
+            .await;
+        let mut removed = 0;
+        let mut failed = 0;
+        for (cid, result) in results {
+            match result {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(container_id = %cid, error = %e, "could not remove container; retrying on the next pass");
+                }
+            }
+        }
+        (removed, failed)
+    }
+
+    /// The sandbox, if visible and running; a conflict naming its status otherwise.
+    async fn running(&self, access: &Access, id: SandboxId) -> Result<Sandbox> {
+        let sandbox = self.get(access, id).await?;
+        lifecycle::check(&sandbox, LifecycleEvent::Activity)?;
+        Ok(sandbox)
+    }
+
+    /// Records activity: `last_activity = now`, `expires_at = now + ttl`, only if running.
+    async fn touch(&self, sandbox: &Sandbox, event: Option<NewEvent>) -> Result<Sandbox> {
+        let now = self.clock.now();
+        self.repo
+            .record_activity(
+                sandbox.id,
+                now,
+                lifecycle::expires_at(now, self.config.ttl),
+                event,
+            )
+            .await
+    }
+}
+
+fn not_found(id: SandboxId) -> Error {
+    Error::NotFound(format!("sandbox {id} not found"))
+}
+
+fn container_of(sandbox: &Sandbox) -> Result<&str> {
+    sandbox.container_id.as_deref().ok_or_else(|| {
+        Error::internal(format!(
+            "running sandbox {} has no container id",
+            sandbox.id
+        ))
+    })
+}
+
+fn port_mappings(id: SandboxId, published: &[PublishedPort]) -> Vec<PortMapping> {
+    published
+        .iter()
+        .map(|p| PortMapping {
+            id: Uuid::new_v4(),
+            sandbox_id: id,
+            host_port: p.host_port,
+            container_port: p.container_port,
+        })
+        .collect()
+}
+
+/// The last `max` bytes of `s`, on a character boundary.
+fn tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    s[start..].to_owned()
+}
+
+/// The first `max` bytes of `s`, on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests;
