@@ -12,6 +12,8 @@ pub mod runtime;
 pub mod sandbox;
 pub mod service;
 pub mod template;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::{Error, Result};
 pub use lifecycle::{LifecycleEvent, transition};
