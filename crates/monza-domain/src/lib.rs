@@ -22,8 +22,8 @@ pub use ports::{
     TemplateCatalog,
 };
 pub use runtime::{
-    ByteStream, ContainerSpec, CreatedContainer, ExecOutput, ExecRequest, FileDownload,
-    FileStat, ManagedContainer, PublishedPort, UploadFile,
+    ByteStream, ContainerSpec, CreatedContainer, ExecOutput, ExecRequest, FileDownload, FileStat,
+    ManagedContainer, PublishedPort, UploadFile,
 };
 pub use sandbox::{
     EventAction, NewEvent, PortMapping, Sandbox, SandboxEvent, SandboxFilter, SandboxId,
@@ -32,7 +32,9 @@ pub use sandbox::{
 pub use service::{
     Access, CreateSandbox, ExecLimits, ExecuteCommand, ReapReport, SandboxService, ServiceConfig,
 };
-pub use template::{BuildSpec, Command, ImageSource, LifecycleCommand, Mount, RunOptions, Template};
+pub use template::{
+    BuildSpec, Command, ImageSource, LifecycleCommand, Mount, RunOptions, Template,
+};
 
 #[cfg(any(test, feature = "mock"))]
 pub use ports::{MockClock, MockContainerRuntime, MockSandboxRepository, MockTemplateCatalog};

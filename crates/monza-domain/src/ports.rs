@@ -14,8 +14,7 @@ use crate::runtime::{
     ManagedContainer, PublishedPort, UploadFile,
 };
 use crate::sandbox::{
-    NewEvent, PortMapping, Sandbox, SandboxEvent, SandboxFilter, SandboxId, TemplateName,
-    TenantId,
+    NewEvent, PortMapping, Sandbox, SandboxEvent, SandboxFilter, SandboxId, TemplateName, TenantId,
 };
 use crate::template::Template;
 

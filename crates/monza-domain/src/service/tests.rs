@@ -1,0 +1,839 @@
+//! The lifecycle rules of the use cases, against mocked ports.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use mockall::Sequence;
+use mockall::predicate::eq;
+use time::macros::datetime;
+use time::{Duration, OffsetDateTime};
+
+use super::*;
+use crate::ports::{MockClock, MockContainerRuntime, MockSandboxRepository, MockTemplateCatalog};
+use crate::runtime::ManagedContainer;
+use crate::template::{ImageSource, LifecycleCommand, RunOptions};
+
+const T0: OffsetDateTime = datetime!(2026-01-01 12:00 UTC);
+const CID: &str = "c0ffee";
+
+fn template(hooks: Vec<LifecycleCommand>) -> Template {
+    Template {
+        name: TemplateName::new("go").unwrap(),
+        image: ImageSource::Image("golang:1".into()),
+        container_env: BTreeMap::from([("A".into(), "1".into())]),
+        remote_env: BTreeMap::new(),
+        container_user: None,
+        remote_user: None,
+        workspace_folder: "/workspace".into(),
+        forward_ports: vec![8080],
+        override_command: true,
+        lifecycle_commands: hooks,
+        mounts: vec![],
+        run_options: RunOptions::default(),
+        config: serde_json::json!({"image": "golang:1"}),
+        warnings: vec![],
+    }
+}
+
+fn sandbox(status: SandboxStatus) -> Sandbox {
+    Sandbox {
+        id: SandboxId::new_random(),
+        tenant: TenantId::default_tenant(),
+        name: SandboxName::new("s").unwrap(),
+        template: TemplateName::new("go").unwrap(),
+        status,
+        status_reason: None,
+        container_id: Some(CID.into()),
+        image: "golang:1".into(),
+        workspace_mount: "/workspace".into(),
+        devcontainer_config: serde_json::json!({}),
+        env_vars: BTreeMap::new(),
+        port_mappings: vec![],
+        last_activity: T0,
+        created_at: T0,
+        expires_at: T0 + Duration::minutes(15),
+        deleted_at: status.is_terminal().then_some(T0),
+    }
+}
+
+fn clock_at(t: OffsetDateTime) -> MockClock {
+    let mut clock = MockClock::new();
+    clock.expect_now().return_const(t);
+    clock
+}
+
+struct Mocks {
+    repo: MockSandboxRepository,
+    runtime: MockContainerRuntime,
+    catalog: MockTemplateCatalog,
+    clock: MockClock,
+    config: ServiceConfig,
+}
+
+impl Mocks {
+    fn new() -> Self {
+        Self {
+            repo: MockSandboxRepository::new(),
+            runtime: MockContainerRuntime::new(),
+            catalog: MockTemplateCatalog::new(),
+            clock: clock_at(T0),
+            config: ServiceConfig::default(),
+        }
+    }
+
+    fn service(self) -> SandboxService {
+        SandboxService::new(
+            Arc::new(self.repo),
+            Arc::new(self.runtime),
+            Arc::new(self.catalog),
+            Arc::new(self.clock),
+            self.config,
+        )
+    }
+
+    fn with_template(mut self, template: Template) -> Self {
+        self.catalog
+            .expect_resolve()
+            .returning(move |_| Ok(template.clone()));
+        self
+    }
+
+    /// The repository echoes writes back as a sandbox in the written state.
+    fn with_insert(mut self) -> Self {
+        self.repo
+            .expect_insert()
+            .withf(|s| s.status == SandboxStatus::Creating && s.container_id.is_none())
+            .times(1)
+            .returning(|_| Ok(()));
+        self
+    }
+
+    fn expect_failed(mut self) -> Self {
+        self.repo
+            .expect_transition()
+            .withf(|_, change| {
+                change.event == LifecycleEvent::Fail
+                    && change.record.action == EventAction::Failed
+                    && change.reason.is_some()
+            })
+            .times(1)
+            .returning(|_, _| {
+                let mut s = sandbox(SandboxStatus::Error);
+                s.status_reason = Some("failed".into());
+                Ok(s)
+            });
+        self
+    }
+}
+
+fn exec_output(exit_code: i64, output: &str) -> ExecOutput {
+    ExecOutput {
+        output: output.into(),
+        stdout: output.into(),
+        stderr: String::new(),
+        exit_code,
+        truncated: false,
+        timed_out: false,
+        duration: StdDuration::from_millis(1),
+    }
+}
+
+fn created() -> crate::runtime::CreatedContainer {
+    crate::runtime::CreatedContainer {
+        id: CID.into(),
+        image: "golang:1".into(),
+    }
+}
+
+#[tokio::test]
+async fn create_writes_creating_then_running_with_ports_and_expiry() {
+    let mut m = Mocks::new().with_template(template(vec![])).with_insert();
+    let mut seq = Sequence::new();
+    m.runtime
+        .expect_create()
+        .withf(|spec| spec.template.name.as_str() == "go")
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(created()));
+    m.runtime
+        .expect_start()
+        .with(eq(CID))
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| {
+            Ok(vec![PublishedPort {
+                container_port: 8080,
+                host_port: 49153,
+            }])
+        });
+    m.repo
+        .expect_mark_running()
+        .withf(|_, u| {
+            u.container_id == CID
+                && u.at == T0
+                && u.expires_at == T0 + Duration::minutes(15)
+                && u.port_mappings.len() == 1
+                && u.port_mappings[0].host_port == 49153
+                && u.port_mappings[0].container_port == 8080
+        })
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|id, u| {
+            let mut s = sandbox(SandboxStatus::Running);
+            s.id = id;
+            s.port_mappings = u.port_mappings.clone();
+            Ok(s)
+        });
+    let s = m
+        .service()
+        .create(&Access::Admin, CreateSandbox::default())
+        .await
+        .unwrap();
+    assert_eq!(s.status, SandboxStatus::Running);
+    assert_eq!(s.port_mappings[0].host_port, 49153);
+}
+
+#[tokio::test]
+async fn create_defaults_the_name_from_the_template_and_the_tenant_from_the_caller() {
+    let mut m = Mocks::new().with_template(template(vec![]));
+    m.repo
+        .expect_insert()
+        .withf(|s| s.name.as_str() == "sandbox-go" && s.tenant.as_str() == "acme")
+        .times(1)
+        .returning(|_| Err(Error::unavailable("database", "down")));
+    let err = m
+        .service()
+        .create(
+            &Access::Tenant(TenantId::new("acme").unwrap()),
+            CreateSandbox::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }));
+}
+
+#[tokio::test]
+async fn create_with_an_unknown_template_writes_nothing() {
+    let mut m = Mocks::new();
+    m.catalog
+        .expect_resolve()
+        .returning(|_| Err(Error::not_found("template nope not found; available: go")));
+    // No expectation on the repository or runtime: any call would fail the test.
+    let err = m
+        .service()
+        .create(
+            &Access::Admin,
+            CreateSandbox {
+                template: Some(TemplateName::new("nope").unwrap()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)));
+}
+
+#[tokio::test]
+async fn create_failing_in_the_repository_makes_no_container() {
+    let mut m = Mocks::new().with_template(template(vec![]));
+    m.repo
+        .expect_insert()
+        .returning(|_| Err(Error::internal("disk full")));
+    let err = m
+        .service()
+        .create(&Access::Admin, CreateSandbox::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err, Error::internal("disk full"));
+}
+
+#[tokio::test]
+async fn create_failing_at_container_create_marks_error_and_removes_nothing() {
+    let mut m = Mocks::new()
+        .with_template(template(vec![]))
+        .with_insert()
+        .expect_failed();
+    m.runtime
+        .expect_create()
+        .returning(|_| Err(Error::invalid("image golang:1 not found")));
+    m.runtime.expect_remove().never();
+    let err = m
+        .service()
+        .create(&Access::Admin, CreateSandbox::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err, Error::invalid("image golang:1 not found"));
+}
+
+#[tokio::test]
+async fn create_failing_at_start_removes_the_container_and_marks_error() {
+    let mut m = Mocks::new()
+        .with_template(template(vec![]))
+        .with_insert()
+        .expect_failed();
+    m.runtime.expect_create().returning(|_| Ok(created()));
+    m.runtime
+        .expect_start()
+        .returning(|_| Err(Error::unavailable("docker", "engine gone")));
+    m.runtime
+        .expect_remove()
+        .with(eq(CID))
+        .times(1)
+        .returning(|_| Ok(()));
+    let err = m
+        .service()
+        .create(&Access::Admin, CreateSandbox::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }));
+}
+
+#[tokio::test]
+async fn a_failing_lifecycle_command_removes_the_container_and_logs_its_output() {
+    let hook = LifecycleCommand {
+        label: "postCreateCommand".into(),
+        command: Command::Shell("exit 3".into()),
+    };
+    let mut m = Mocks::new()
+        .with_template(template(vec![hook]))
+        .with_insert();
+    m.runtime.expect_create().returning(|_| Ok(created()));
+    m.runtime.expect_start().returning(|_| Ok(vec![]));
+    m.runtime
+        .expect_exec()
+        .withf(|_, r| r.command == Command::Shell("exit 3".into()))
+        .times(1)
+        .returning(|_, _| Ok(exec_output(3, "npm ERR! boom")));
+    m.runtime
+        .expect_remove()
+        .with(eq(CID))
+        .times(1)
+        .returning(|_| Ok(()));
+    m.repo
+        .expect_transition()
+        .withf(|_, change| {
+            change.event == LifecycleEvent::Fail
+                && change.record.details["output"] == "npm ERR! boom"
+                && change.record.details["stage"] == "lifecycle command"
+        })
+        .times(1)
+        .returning(|_, _| Ok(sandbox(SandboxStatus::Error)));
+    let err = m
+        .service()
+        .create(&Access::Admin, CreateSandbox::default())
+        .await
+        .unwrap_err();
+    let Error::InvalidInput(message) = err else {
+        panic!("expected invalid input, got {err:?}")
+    };
+    assert!(
+        message.contains("postCreateCommand exited with code 3"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn create_failing_to_record_running_removes_the_container() {
+    let mut m = Mocks::new()
+        .with_template(template(vec![]))
+        .with_insert()
+        .expect_failed();
+    m.runtime.expect_create().returning(|_| Ok(created()));
+    m.runtime.expect_start().returning(|_| Ok(vec![]));
+    m.repo
+        .expect_mark_running()
+        .returning(|_, _| Err(Error::unavailable("database", "down")));
+    m.runtime
+        .expect_remove()
+        .with(eq(CID))
+        .times(1)
+        .returning(|_| Ok(()));
+    let err = m
+        .service()
+        .create(&Access::Admin, CreateSandbox::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }));
+}
+
+#[tokio::test]
+async fn create_past_the_tenant_limit_is_refused_before_any_write() {
+    let mut m = Mocks::new().with_template(template(vec![]));
+    m.config.max_sandboxes_per_tenant = Some(2);
+    m.repo.expect_count_live().returning(|_| Ok(2));
+    let err = m
+        .service()
+        .create(&Access::Admin, CreateSandbox::default())
+        .await
+        .unwrap_err();
+    let Error::LimitExceeded(message) = err else {
+        panic!("expected limit exceeded, got {err:?}")
+    };
+    assert!(message.contains("the limit is 2"), "{message}");
+}
+
+#[tokio::test]
+async fn delete_marks_deleted_then_removes_the_container() {
+    let s = sandbox(SandboxStatus::Running);
+    let id = s.id;
+    let mut m = Mocks::new();
+    let mut seq = Sequence::new();
+    let found = s.clone();
+    m.repo
+        .expect_get()
+        .with(eq(id))
+        .returning(move |_| Ok(found.clone()));
+    m.repo
+        .expect_transition()
+        .withf(|_, c| c.event == LifecycleEvent::Delete && c.at == T0)
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _| Ok(sandbox(SandboxStatus::Deleted)));
+    m.runtime
+        .expect_remove()
+        .with(eq(CID))
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(()));
+    m.service().delete(&Access::Admin, id).await.unwrap();
+}
+
+#[tokio::test]
+async fn deleting_an_ended_sandbox_succeeds_without_a_new_transition() {
+    for status in [SandboxStatus::Deleted, SandboxStatus::Expired] {
+        let s = sandbox(status);
+        let id = s.id;
+        let mut m = Mocks::new();
+        m.repo.expect_get().returning(move |_| Ok(s.clone()));
+        m.repo.expect_transition().never();
+        m.runtime.expect_remove().times(1).returning(|_| Ok(()));
+        m.service().delete(&Access::Admin, id).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn delete_racing_with_the_reaper_still_succeeds() {
+    let s = sandbox(SandboxStatus::Running);
+    let id = s.id;
+    let mut m = Mocks::new();
+    let mut reads = 0;
+    m.repo.expect_get().returning(move |_| {
+        reads += 1;
+        Ok(if reads == 1 {
+            s.clone()
+        } else {
+            sandbox(SandboxStatus::Expired)
+        })
+    });
+    m.repo
+        .expect_transition()
+        .returning(|_, _| Err(Error::conflict("cannot delete a sandbox that is expired")));
+    m.runtime.expect_remove().times(1).returning(|_| Ok(()));
+    m.service().delete(&Access::Admin, id).await.unwrap();
+}
+
+#[tokio::test]
+async fn delete_of_an_unknown_sandbox_is_not_found() {
+    let mut m = Mocks::new();
+    m.repo
+        .expect_get()
+        .returning(|id| Err(Error::not_found(format!("sandbox {id} not found"))));
+    let err = m
+        .service()
+        .delete(&Access::Admin, SandboxId::new_random())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)));
+}
+
+#[tokio::test]
+async fn another_tenants_sandbox_is_not_found() {
+    let s = sandbox(SandboxStatus::Running);
+    let id = s.id;
+    let mut m = Mocks::new();
+    m.repo.expect_get().returning(move |_| Ok(s.clone()));
+    m.repo.expect_record_activity().never();
+    m.runtime.expect_remove().never();
+    let service = m.service();
+    let other = Access::Tenant(TenantId::new("other").unwrap());
+    assert!(matches!(
+        service.get(&other, id).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        service.heartbeat(&other, id).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        service.delete(&other, id).await,
+        Err(Error::NotFound(_))
+    ));
+    let own = Access::Tenant(TenantId::default_tenant());
+    assert!(service.get(&own, id).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_tenant_lists_only_its_own_sandboxes() {
+    let mut m = Mocks::new();
+    m.repo
+        .expect_list()
+        .withf(|f| f.tenant.as_ref().map(TenantId::as_str) == Some("acme"))
+        .times(1)
+        .returning(|_| Ok(vec![]));
+    m.service()
+        .list(
+            &Access::Tenant(TenantId::new("acme").unwrap()),
+            SandboxFilter::default(),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_heartbeat_moves_expiry_to_now_plus_ttl() {
+    let s = sandbox(SandboxStatus::Running);
+    let id = s.id;
+    let later = T0 + Duration::minutes(10);
+    let mut m = Mocks::new();
+    m.clock = clock_at(later);
+    m.repo.expect_get().returning(move |_| Ok(s.clone()));
+    m.repo
+        .expect_record_activity()
+        .withf(move |got, at, expires, event| {
+            *got == id
+                && *at == later
+                && *expires == later + Duration::minutes(15)
+                && event.is_none()
+        })
+        .times(1)
+        .returning(|_, _, _, _| Ok(sandbox(SandboxStatus::Running)));
+    m.service().heartbeat(&Access::Admin, id).await.unwrap();
+}
+
+#[tokio::test]
+async fn activity_on_a_sandbox_that_is_not_running_is_a_conflict() {
+    for status in [
+        SandboxStatus::Creating,
+        SandboxStatus::Expired,
+        SandboxStatus::Deleted,
+        SandboxStatus::Error,
+    ] {
+        let mut s = sandbox(status);
+        s.status_reason = Some("container vanished".into());
+        let id = s.id;
+        let mut m = Mocks::new();
+        m.repo.expect_get().returning(move |_| Ok(s.clone()));
+        m.repo.expect_record_activity().never();
+        m.runtime.expect_exec().never();
+        m.runtime.expect_upload().never();
+        m.runtime.expect_download().never();
+        let service = m.service();
+        let heartbeat = service.heartbeat(&Access::Admin, id).await.unwrap_err();
+        let Error::Conflict(message) = &heartbeat else {
+            panic!("{status}: expected conflict, got {heartbeat:?}")
+        };
+        assert!(message.contains(status.as_str()), "{message}");
+        if status == SandboxStatus::Error {
+            assert!(message.contains("container vanished"), "{message}");
+        }
+        let execute = service
+            .execute(
+                &Access::Admin,
+                id,
+                ExecuteCommand {
+                    command: "true".into(),
+                    ..Default::default()
+                },
+            )
+            .await;
+        assert!(matches!(execute, Err(Error::Conflict(_))), "{status}");
+        let upload = service
+            .upload(&Access::Admin, id, None, upload_file("a.txt", b"x"))
+            .await;
+        assert!(matches!(upload, Err(Error::Conflict(_))), "{status}");
+        let download = service.download(&Access::Admin, id, "/etc/hosts").await;
+        assert!(matches!(download, Err(Error::Conflict(_))), "{status}");
+    }
+}
+
+fn upload_file(name: &str, content: &'static [u8]) -> UploadFile {
+    UploadFile {
+        name: name.into(),
+        size: content.len() as u64,
+        content: Box::pin(futures::stream::once(async move {
+            Ok(bytes::Bytes::from_static(content))
+        })),
+    }
+}
+
+fn running_mocks(s: &Sandbox) -> Mocks {
+    let mut m = Mocks::new();
+    let found = s.clone();
+    m.repo.expect_get().returning(move |_| Ok(found.clone()));
+    m
+}
+
+#[tokio::test]
+async fn execute_records_activity_then_runs_with_clamped_limits() {
+    let s = sandbox(SandboxStatus::Running);
+    let id = s.id;
+    let mut m = running_mocks(&s);
+    let mut seq = Sequence::new();
+    m.repo
+        .expect_record_activity()
+        .withf(|_, _, _, event| {
+            event
+                .as_ref()
+                .is_some_and(|e| e.action == EventAction::Executed && e.details["command"] == "ls")
+        })
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _, _, _| Ok(sandbox(SandboxStatus::Running)));
+    m.runtime
+        .expect_exec()
+        .withf(|cid, r| {
+            cid == CID
+                && r.max_output_bytes == 16 * 1024 * 1024
+                && r.timeout == Some(StdDuration::from_secs(3600))
+                && r.workdir.as_deref() == Some("/workspace")
+                && r.command == Command::Shell("ls".into())
+        })
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _| Ok(exec_output(0, "a\n")));
+    let out = m
+        .service()
+        .execute(
+            &Access::Admin,
+            id,
+            ExecuteCommand {
+                command: "ls".into(),
+                max_output_bytes: Some(usize::MAX),
+                timeout: Some(StdDuration::from_secs(1_000_000)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.output, "a\n");
+}
+
+#[tokio::test]
+async fn execute_refuses_an_empty_command_and_bad_input_without_touching_anything() {
+    let m = Mocks::new();
+    let service = m.service();
+    let id = SandboxId::new_random();
+    for command in [
+        ExecuteCommand {
+            command: "  ".into(),
+            ..Default::default()
+        },
+        ExecuteCommand {
+            command: "ls".into(),
+            workdir: Some("relative".into()),
+            ..Default::default()
+        },
+        ExecuteCommand {
+            command: "ls".into(),
+            env: BTreeMap::from([("A=B".into(), "x".into())]),
+            ..Default::default()
+        },
+    ] {
+        let err = service
+            .execute(&Access::Admin, id, command)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    }
+}
+
+#[tokio::test]
+async fn upload_goes_to_the_workspace_under_a_safe_name() {
+    let s = sandbox(SandboxStatus::Running);
+    let id = s.id;
+    let mut m = running_mocks(&s);
+    m.repo
+        .expect_record_activity()
+        .withf(|_, _, _, e| {
+            e.as_ref().is_some_and(|e| {
+                e.details["path"] == "/workspace/passwd" && e.details["bytes"] == 2
+            })
+        })
+        .times(1)
+        .returning(|_, _, _, _| Ok(sandbox(SandboxStatus::Running)));
+    m.runtime
+        .expect_upload()
+        .withf(|cid, dir, file| cid == CID && dir == "/workspace" && file.name == "passwd")
+        .times(1)
+        .returning(|_, _, _| Ok(()));
+    let path = m
+        .service()
+        .upload(
+            &Access::Admin,
+            id,
+            None,
+            upload_file("../../etc/passwd", b"hi"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(path, "/workspace/passwd");
+}
+
+#[tokio::test]
+async fn upload_refuses_oversized_files_and_bad_paths() {
+    let mut m = Mocks::new();
+    m.config.max_upload_bytes = 1;
+    let service = m.service();
+    let id = SandboxId::new_random();
+    let err = service
+        .upload(&Access::Admin, id, None, upload_file("a", b"too big"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::TooLarge(_)), "{err:?}");
+    let err = service
+        .upload(
+            &Access::Admin,
+            id,
+            Some("/a/../etc"),
+            upload_file("a", b"x"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn download_checks_the_path_then_records_activity() {
+    let s = sandbox(SandboxStatus::Running);
+    let id = s.id;
+    let mut m = running_mocks(&s);
+    m.repo
+        .expect_record_activity()
+        .times(1)
+        .returning(|_, _, _, _| Ok(sandbox(SandboxStatus::Running)));
+    m.runtime
+        .expect_download()
+        .withf(|cid, path| cid == CID && path == "/workspace/a.txt")
+        .times(1)
+        .returning(|_, _| Err(Error::not_found("no such file /workspace/a.txt")));
+    let service = m.service();
+    let err = service
+        .download(&Access::Admin, id, "/workspace/a.txt/")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)));
+    let err = service
+        .download(&Access::Admin, id, "workspace/a.txt")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)));
+}
+
+#[tokio::test]
+async fn the_reaper_expires_exactly_what_the_store_claims_and_removes_their_containers() {
+    let later = T0 + Duration::hours(1);
+    let mut m = Mocks::new();
+    m.clock = clock_at(later);
+    m.config.reap_batch = 2;
+    let mut batches = vec![
+        vec![
+            sandbox(SandboxStatus::Expired),
+            sandbox(SandboxStatus::Expired),
+        ],
+        vec![sandbox(SandboxStatus::Expired)],
+    ]
+    .into_iter();
+    m.repo
+        .expect_claim_expired()
+        .with(eq(later), eq(2))
+        .times(2)
+        .returning(move |_, _| Ok(batches.next().unwrap_or_default()));
+    m.runtime
+        .expect_remove()
+        .with(eq(CID))
+        .times(3)
+        .returning(|_| Ok(()));
+    m.runtime.expect_list_managed().returning(|| Ok(vec![]));
+    let report = m.service().reap_expired().await.unwrap();
+    assert_eq!(
+        report,
+        ReapReport {
+            expired: 3,
+            removed: 3,
+            swept: 0,
+            failures: 0
+        }
+    );
+}
+
+#[tokio::test]
+async fn the_reaper_sweeps_containers_of_ended_sandboxes_only() {
+    let mut m = Mocks::new();
+    m.repo.expect_claim_expired().returning(|_, _| Ok(vec![]));
+    let statuses = [
+        SandboxStatus::Running,
+        SandboxStatus::Creating,
+        SandboxStatus::Expired,
+        SandboxStatus::Deleted,
+        SandboxStatus::Error,
+    ];
+    let sandboxes: Vec<Sandbox> = statuses.iter().map(|s| sandbox(*s)).collect();
+    let managed: Vec<ManagedContainer> = sandboxes
+        .iter()
+        .map(|s| ManagedContainer {
+            id: format!("c-{}", s.status),
+            sandbox_id: Some(s.id),
+            running: true,
+        })
+        .chain([ManagedContainer {
+            id: "c-unknown".into(),
+            sandbox_id: Some(SandboxId::new_random()),
+            running: true,
+        }])
+        .collect();
+    m.runtime
+        .expect_list_managed()
+        .returning(move || Ok(managed.clone()));
+    m.repo.expect_get().returning(move |id| {
+        sandboxes
+            .iter()
+            .find(|s| s.id == id)
+            .cloned()
+            .ok_or_else(|| Error::not_found("gone"))
+    });
+    for removed in ["c-expired", "c-deleted", "c-error"] {
+        m.runtime
+            .expect_remove()
+            .with(eq(removed))
+            .times(1)
+            .returning(|_| Ok(()));
+    }
+    let report = m.service().reap_expired().await.unwrap();
+    assert_eq!(report.swept, 3);
+    assert_eq!(report.expired, 0);
+}
+
+#[tokio::test]
+async fn a_failed_removal_is_counted_and_does_not_stop_the_pass() {
+    let mut m = Mocks::new();
+    m.repo.expect_claim_expired().returning(|_, _| {
+        Ok(vec![sandbox(SandboxStatus::Expired), {
+            let mut s = sandbox(SandboxStatus::Expired);
+            s.container_id = Some("other".into());
+            s
+        }])
+    });
+    m.runtime
+        .expect_remove()
+        .with(eq(CID))
+        .returning(|_| Err(Error::unavailable("docker", "down")));
+    m.runtime
+        .expect_remove()
+        .with(eq("other"))
+        .times(1)
+        .returning(|_| Ok(()));
+    m.runtime.expect_list_managed().returning(|| Ok(vec![]));
+    let report = m.service().reap_expired().await.unwrap();
+    assert_eq!((report.expired, report.removed, report.failures), (2, 1, 1));
+}
