@@ -1,1 +1,100 @@
-fn main() {}
+//! monza's developer tasks. Run `cargo xtask help`.
+
+mod arch;
+mod env;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+const HELP: &str = "\
+cargo xtask <task>
+
+Tasks:
+  test        bring up Docker, PostgreSQL and the test images, then run every test
+  ci          cargo fmt --check, cargo clippy -D warnings, then `test`
+  env         only bring up Docker, PostgreSQL and the test images
+  arch        check the crate dependency rules (also run as a test)
+  help        this text
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let task = args.first().map(String::as_str).unwrap_or("help");
+    let result = match task {
+        "test" => test(&args[1..]),
+        "ci" => ci(&args[1..]),
+        "env" => env::ensure_all(),
+        "arch" => arch::check_workspace(),
+        "help" | "-h" | "--help" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        other => Err(anyhow::anyhow!("unknown task {other:?}\n\n{HELP}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {task}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Brings up what the tests need, then runs every test of the workspace.
+fn test(extra: &[String]) -> Result<()> {
+    env::ensure_all()?;
+    let mut cmd = cargo();
+    if has_nextest() {
+        cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+    } else {
+        cmd.args(["test", "--workspace", "--no-fail-fast"]);
+    }
+    cmd.args(extra);
+    run(&mut cmd)
+}
+
+fn ci(extra: &[String]) -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    test(extra)
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn has_nextest() -> bool {
+    cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Runs a command with inherited output; a non-zero exit is an error naming it.
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {}", describe(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("{} failed with {status}", describe(cmd));
+    }
+    Ok(())
+}
+
+pub(crate) fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,163 @@
+//! The architecture invariant as a test: which workspace crate may depend on which.
+//!
+//! - `monza-domain` depends on no other monza crate and on no adapter technology
+//!   (actix-web, diesel, docker-api, the tokio runtime) outside its tests.
+//! - Each adapter (`monza-devcontainer`, `monza-postgres`, `monza-sqlite`, `monza-docker`,
+//!   `monza-http`) depends on `monza-domain` and on no other monza crate, in any kind of
+//!   dependency.
+//! - Only `monza-app` may name every crate. Any other crate must be added to the rules here.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+const DOMAIN: &str = "monza-domain";
+const ADAPTERS: [&str; 5] = [
+    "monza-devcontainer",
+    "monza-postgres",
+    "monza-sqlite",
+    "monza-docker",
+    "monza-http",
+];
+const APP: &str = "monza-app";
+const TOOLS: [&str; 1] = ["xtask"];
+/// Technologies the domain must not know, outside dev-dependencies.
+const DOMAIN_FORBIDDEN: [&str; 7] = [
+    "actix-web",
+    "diesel",
+    "diesel-async",
+    "diesel_migrations",
+    "docker-api",
+    "tokio",
+    "tar",
+];
+
+/// Checks the current workspace; an error lists every violation.
+pub fn check_workspace() -> Result<()> {
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("could not run cargo metadata")?;
+    if !output.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let metadata: Value = serde_json::from_slice(&output.stdout)?;
+    let violations = violations(&metadata);
+    if violations.is_empty() {
+        eprintln!("xtask: crate dependency rules hold");
+        Ok(())
+    } else {
+        bail!("architecture violations:\n  {}", violations.join("\n  "))
+    }
+}
+
+/// Every broken rule in `cargo metadata` output, as sentences.
+pub fn violations(metadata: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    let packages = metadata["packages"].as_array().cloned().unwrap_or_default();
+    for package in &packages {
+        let name = package["name"].as_str().unwrap_or_default();
+        let deps = package["dependencies"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for dep in &deps {
+            let dep_name = dep["name"].as_str().unwrap_or_default();
+            let kind = dep["kind"].as_str().unwrap_or("normal");
+            let is_monza = dep_name.starts_with("monza-");
+            if name == DOMAIN {
+                if is_monza {
+                    found.push(format!("{DOMAIN} depends on {dep_name} ({kind})"));
+                }
+                if kind != "dev" && DOMAIN_FORBIDDEN.contains(&dep_name) {
+                    found.push(format!(
+                        "{DOMAIN} depends on the adapter technology {dep_name} ({kind})"
+                    ));
+                }
+            } else if ADAPTERS.contains(&name) {
+                if is_monza && dep_name != DOMAIN {
+                    found.push(format!(
+                        "adapter {name} depends on {dep_name} ({kind}): adapters depend only on {DOMAIN}"
+                    ));
+                }
+            } else if name != APP && !TOOLS.contains(&name) {
+                found.push(format!(
+                    "crate {name} is not classified in xtask/src/arch.rs: decide its layer first"
+                ));
+                break;
+            }
+        }
+        if deps.is_empty()
+            && name != DOMAIN
+            && name != APP
+            && !ADAPTERS.contains(&name)
+            && !TOOLS.contains(&name)
+        {
+            found.push(format!(
+                "crate {name} is not classified in xtask/src/arch.rs: decide its layer first"
+            ));
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn package(name: &str, deps: &[(&str, Option<&str>)]) -> Value {
+        let deps: Vec<Value> = deps
+            .iter()
+            .map(|(dep, kind)| json!({ "name": dep, "kind": kind }))
+            .collect();
+        json!({ "name": name, "dependencies": deps })
+    }
+
+    #[test]
+    fn the_workspace_follows_the_rules() {
+        check_workspace().unwrap();
+    }
+
+    #[test]
+    fn the_allowed_shape_passes() {
+        let metadata = json!({ "packages": [
+            package(DOMAIN, &[("serde", None), ("tokio", Some("dev")), ("mockall", None)]),
+            package("monza-docker", &[(DOMAIN, None), ("docker-api", None), (DOMAIN, Some("dev"))]),
+            package("monza-http", &[(DOMAIN, None), ("actix-web", None)]),
+            package(APP, &[(DOMAIN, None), ("monza-docker", None), ("monza-http", None)]),
+        ]});
+        assert_eq!(violations(&metadata), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_adapter_importing_another_adapter_is_caught() {
+        let metadata = json!({ "packages": [
+            package("monza-http", &[(DOMAIN, None), ("monza-docker", None)]),
+            package("monza-postgres", &[(DOMAIN, None), ("monza-sqlite", Some("dev"))]),
+        ]});
+        let found = violations(&metadata);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].contains("monza-http depends on monza-docker"));
+        assert!(found[1].contains("monza-postgres depends on monza-sqlite (dev)"));
+    }
+
+    #[test]
+    fn the_domain_importing_an_adapter_or_its_technology_is_caught() {
+        let metadata = json!({ "packages": [
+            package(DOMAIN, &[("monza-http", None), ("diesel", None), ("tokio", None)]),
+        ]});
+        assert_eq!(violations(&metadata).len(), 3);
+    }
+
+    #[test]
+    fn an_unclassified_crate_is_caught() {
+        let metadata = json!({ "packages": [package("monza-redis", &[(DOMAIN, None)])] });
+        assert_eq!(violations(&metadata).len(), 1);
+    }
+}
