@@ -1,0 +1,317 @@
+//! File transfer: multipart upload spooled to a temporary file (never whole in memory) and
+//! streamed into the sandbox; download streamed out with safe headers.
+
+use std::io::SeekFrom;
+use std::path::PathBuf;
+
+use actix_multipart::{Field, Multipart, MultipartError};
+use actix_web::body::SizedStream;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, web};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use monza_domain::{Error, FileDownload, SandboxService, UploadFile};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+
+use crate::HttpConfig;
+use crate::access::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::sandbox_id;
+use crate::model::{DownloadQuery, UploadForm, UploadResponse};
+
+/// Read size when streaming a spooled upload into the sandbox.
+const CHUNK: usize = 64 * 1024;
+
+/// Copies one file into a running sandbox.
+///
+/// The `file` part is written to an anonymous temporary file while its size is counted (a
+/// 413 as soon as it passes the limit), then streamed to the container. The temporary file
+/// has no name on disk and disappears when the request ends, however it ends.
+#[utoipa::path(
+    post, path = "/api/sandboxes/{id}/files/upload", tag = "files",
+    params(("id" = String, Path, description = "The sandbox id (a UUID)")),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The file is in the sandbox", body = UploadResponse),
+        (status = 400, description = "Malformed id or multipart body, no `file` field or filename, bad `path` (relative, `..`, NUL, overlong), unexpected field", body = ErrorBody),
+        (status = 404, description = "Unknown sandbox, or the destination directory does not exist", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running", body = ErrorBody),
+        (status = 413, description = "The file is over the upload limit (100 MiB by default)", body = ErrorBody),
+        (status = 415, description = "The body is not multipart/form-data", body = ErrorBody),
+        (status = 503, description = "The store or Docker is unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn upload_file(
+    service: web::Data<SandboxService>,
+    config: web::Data<HttpConfig>,
+    caller: Caller,
+    id: web::Path<String>,
+    mut form: Multipart,
+) -> Result<web::Json<UploadResponse>, ApiError> {
+    let id = sandbox_id(&id)?;
+    // Refuse an unknown sandbox before reading up to 100 MiB.
+    service.get(&caller.0, id).await?;
+    let limit = service.config().max_upload_bytes;
+    let mut file: Option<Spooled> = None;
+    let mut dest_dir: Option<String> = None;
+    while let Some(field) = form.try_next().await.map_err(multipart_error)? {
+        match field.name() {
+            Some("file") if file.is_some() => {
+                return Err(ApiError::invalid("the form has more than one `file` field"));
+            }
+            Some("file") => {
+                file = Some(spool(field, limit, config.upload_dir.clone()).await?);
+            }
+            Some("path") if dest_dir.is_some() => {
+                return Err(ApiError::invalid("the form has more than one `path` field"));
+            }
+            Some("path") => {
+                let text = read_text(field, config.max_form_field_bytes).await?;
+                // An empty `path` (a blank form input) means the default.
+                dest_dir = Some(text).filter(|t| !t.is_empty());
+            }
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unexpected form field {:?}: expected `file` and optionally `path`",
+                    other.unwrap_or_default()
+                )));
+            }
+        }
+    }
+    let file = file.ok_or_else(|| {
+        ApiError::invalid("the form has no `file` field: send the file as multipart field `file`")
+    })?;
+    let path = service
+        .upload(&caller.0, id, dest_dir.as_deref(), file.into_upload())
+        .await?;
+    Ok(web::Json(UploadResponse {
+        status: "ok".to_owned(),
+        path,
+    }))
+}
+
+/// An upload written to disk, rewound and ready to be read.
+struct Spooled {
+    name: String,
+    size: u64,
+    file: tokio::fs::File,
+}
+
+impl Spooled {
+    fn into_upload(self) -> UploadFile {
+        let content = ReaderStream::with_capacity(self.file.take(self.size), CHUNK)
+            .map_err(|e| Error::internal(format!("reading the spooled upload: {e}")))
+            .boxed();
+        UploadFile {
+            name: self.name,
+            size: self.size,
+            content,
+        }
+    }
+}
+
+async fn spool(mut field: Field, limit: u64, dir: PathBuf) -> Result<Spooled, ApiError> {
+    let name = field
+        .content_disposition()
+        .and_then(|cd| cd.get_filename())
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::invalid("the `file` field has no filename"))?;
+    let file = tokio::task::spawn_blocking(move || tempfile::tempfile_in(dir))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::internal(format!("creating the upload's temporary file: {e}")))?;
+    let mut file = tokio::fs::File::from_std(file);
+    let mut size: u64 = 0;
+    while let Some(chunk) = field.try_next().await.map_err(multipart_error)? {
+        size = size.saturating_add(chunk.len() as u64);
+        if size > limit {
+            return Err(ApiError::too_large(format!(
+                "the file is over the upload limit of {limit} bytes"
+            )));
+        }
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| ApiError::internal(format!("writing the upload to disk: {e}")))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| ApiError::internal(format!("writing the upload to disk: {e}")))?;
+    file.seek(SeekFrom::Start(0))
+        .await
+        .map_err(|e| ApiError::internal(format!("rewinding the spooled upload: {e}")))?;
+    Ok(Spooled { name, size, file })
+}
+
+/// A small text field, refused past `limit` bytes.
+async fn read_text(mut field: Field, limit: usize) -> Result<String, ApiError> {
+    let name = field.name().unwrap_or_default().to_owned();
+    let mut buf = Vec::new();
+    while let Some(chunk) = field.try_next().await.map_err(multipart_error)? {
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::invalid(format!(
+                "form field `{name}` is longer than {limit} bytes"
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    String::from_utf8(buf)
+        .map_err(|_| ApiError::invalid(format!("form field `{name}` is not valid UTF-8")))
+}
+
+fn multipart_error(error: MultipartError) -> ApiError {
+    match error {
+        MultipartError::ContentTypeMissing
+        | MultipartError::ContentTypeParse
+        | MultipartError::ContentTypeIncompatible => ApiError::unsupported_media_type(
+            "expected a multipart/form-data body with a `file` field",
+        ),
+        other => ApiError::invalid(format!("malformed multipart body: {other}")),
+    }
+}
+
+/// Streams a regular file out of a running sandbox.
+#[utoipa::path(
+    get, path = "/api/sandboxes/{id}/files/download", tag = "files",
+    params(("id" = String, Path, description = "The sandbox id (a UUID)"), DownloadQuery),
+    responses(
+        (status = 200, description = "The file's bytes; `Content-Type` is sniffed from the content",
+            content_type = "application/octet-stream",
+            headers(
+                ("Content-Disposition" = String, description = "attachment; filename=\"…\"; filename*=UTF-8''…"),
+                ("Content-Length" = u64, description = "The file's size"),
+            )),
+        (status = 400, description = "Malformed id, no `path`, bad `path` (relative, `..`, NUL, overlong), a directory", body = ErrorBody),
+        (status = 404, description = "Unknown sandbox or no such file", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running", body = ErrorBody),
+        (status = 503, description = "The store or Docker is unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn download_file(
+    service: web::Data<SandboxService>,
+    caller: Caller,
+    id: web::Path<String>,
+    query: web::Query<DownloadQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let id = sandbox_id(&id)?;
+    let FileDownload { stat, mut content } = service.download(&caller.0, id, &query.path).await?;
+    // Peek the first chunk to sniff the type, then put it back in front of the rest.
+    let first = match content.next().await {
+        Some(Ok(bytes)) => bytes,
+        Some(Err(e)) => return Err(e.into()),
+        None => Bytes::new(),
+    };
+    let content_type = sniff_content_type(&first);
+    let body = futures::stream::once(async move { Ok::<_, Error>(first) })
+        .chain(content)
+        .inspect_err(|e| tracing::warn!(error = %e, "download interrupted"));
+    let disposition = HeaderValue::from_str(&content_disposition(&stat.name))
+        .map_err(|e| ApiError::internal(format!("Content-Disposition for {:?}: {e}", stat.name)))?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, content_type))
+        .insert_header((header::CONTENT_DISPOSITION, disposition))
+        .body(SizedStream::new(stat.size, body)))
+}
+
+/// The MIME type of a file from its first bytes: a known signature, else UTF-8 text without
+/// NULs, else opaque bytes.
+pub(crate) fn sniff_content_type(first: &[u8]) -> &'static str {
+    if let Some(kind) = infer::get(first) {
+        return kind.mime_type();
+    }
+    if looks_like_text(first) {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/octet-stream"
+    }
+}
+
+fn looks_like_text(bytes: &[u8]) -> bool {
+    if bytes.contains(&0) {
+        return false;
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(_) => true,
+        // Valid so far, cut inside the last character: the chunk ended mid-character.
+        Err(e) => e.error_len().is_none(),
+    }
+}
+
+/// RFC 5987 `attr-char`s are kept, everything else is percent-encoded.
+const ATTR_CHAR_COMPLEMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
+
+/// `attachment; filename="<ASCII fallback>"; filename*=UTF-8''<percent-encoded>` (RFC 6266):
+/// the fallback keeps printable ASCII except `"` and `\`; the rest becomes `_`, so no name can
+/// end the header or inject another.
+pub(crate) fn content_disposition(name: &str) -> String {
+    let fallback: String = name
+        .chars()
+        .map(|c| {
+            if (c.is_ascii_graphic() || c == ' ') && c != '"' && c != '\\' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let fallback = if fallback.trim().is_empty() {
+        "download".to_owned()
+    } else {
+        fallback
+    };
+    let encoded = utf8_percent_encode(name, ATTR_CHAR_COMPLEMENT);
+    format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_disposition_cannot_be_broken_by_a_hostile_name() {
+        let header = content_disposition("a\"b\r\nSet-Cookie: x=1;\\é.txt");
+        assert_eq!(
+            header,
+            "attachment; filename=\"a_b__Set-Cookie: x=1;__.txt\"; \
+             filename*=UTF-8''a%22b%0D%0ASet-Cookie%3A%20x%3D1%3B%5C%C3%A9.txt"
+        );
+        assert!(HeaderValue::from_str(&header).is_ok());
+    }
+
+    #[test]
+    fn an_all_unicode_name_gets_a_placeholder_fallback() {
+        assert_eq!(
+            content_disposition("日本"),
+            "attachment; filename=\"__\"; filename*=UTF-8''%E6%97%A5%E6%9C%AC"
+        );
+        assert_eq!(
+            content_disposition(""),
+            "attachment; filename=\"download\"; filename*=UTF-8''"
+        );
+    }
+
+    #[test]
+    fn content_type_is_sniffed_from_the_first_bytes() {
+        assert_eq!(sniff_content_type(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"), "image/png");
+        assert_eq!(sniff_content_type(b"%PDF-1.7\n"), "application/pdf");
+        assert_eq!(sniff_content_type(b"package main\n"), "text/plain; charset=utf-8");
+        assert_eq!(sniff_content_type("héllo".as_bytes()), "text/plain; charset=utf-8");
+        // Cut in the middle of "é".
+        assert_eq!(sniff_content_type(&"hé".as_bytes()[..2]), "text/plain; charset=utf-8");
+        assert_eq!(sniff_content_type(b"a\0b"), "application/octet-stream");
+        assert_eq!(sniff_content_type(b"\xff\xfe\xfd x"), "application/octet-stream");
+    }
+}

@@ -1,0 +1,222 @@
+//! monza's REST API: actix-web handlers over the domain's [`SandboxService`].
+//!
+//! # Usage
+//!
+//! The app crate builds a [`SandboxService`] from concrete adapters and hands a clone to
+//! every worker:
+//!
+//! ```no_run
+//! # async fn run(service: monza_domain::SandboxService) -> std::io::Result<()> {
+//! use actix_web::{App, HttpServer};
+//!
+//! HttpServer::new(move || App::new().configure(monza_http::configure(service.clone())))
+//!     .bind(("127.0.0.1", 8080))?
+//!     .run()
+//!     .await
+//! # }
+//! ```
+//!
+//! [`configure_with`] takes an [`HttpConfig`] to change the limits (JSON body size, size of
+//! the upload form's `path` field, where uploads are spooled). The upload size limit is the
+//! domain's [`monza_domain::ServiceConfig::max_upload_bytes`] (100 MiB by default).
+//!
+//! `configure` owns the whole URL space: it mounts one scope at `/` that logs every request
+//! (method, path, status, duration, request id; the id is returned as `X-Request-Id`) and
+//! answers unknown routes with a JSON 404 and wrong methods with a JSON 405.
+//!
+//! # Routes
+//!
+//! | route | success |
+//! |---|---|
+//! | `GET /health` | 200 `{"status":"ok"}` |
+//! | `GET /hello` | 200 `{"message":"hello, world"}` |
+//! | `GET /ready` | 200 `{"status":"ok","database":"ok","docker":"ok"}`, or 503 naming the dependency that is `unavailable` |
+//! | `GET /api/openapi.json` | 200, the OpenAPI 3.1 document |
+//! | `GET /api/sandboxes?status=live\|all\|<status>` | 200 array, newest first |
+//! | `POST /api/sandboxes` | 201 sandbox with `Location` |
+//! | `GET /api/sandboxes/{id}` | 200 sandbox |
+//! | `DELETE /api/sandboxes/{id}` | 204 |
+//! | `POST /api/sandboxes/{id}/heartbeat` | 204 |
+//! | `POST /api/sandboxes/{id}/execute` | 200 `{"output","exitCode","truncated",…}` |
+//! | `GET /api/sandboxes/{id}/events` | 200 the sandbox's event log, oldest first |
+//! | `POST /api/sandboxes/{id}/files/upload` | 200 `{"status":"ok","path":…}` |
+//! | `GET /api/sandboxes/{id}/files/download?path=…` | 200 the file's bytes |
+//!
+//! Every error is `{"error":{"code","message"}}` ([`ApiError`]): `invalid_input` 400,
+//! `not_found` 404, `method_not_allowed` 405, `conflict` 409, `too_large` 413,
+//! `unsupported_media_type` 415, `limit_exceeded` 429, `internal` 500 (generic message; the
+//! cause is logged), `unavailable` 503.
+//!
+//! # Access
+//!
+//! Every `/api` handler takes a [`Caller`], resolved in one place (`access::resolve`); today
+//! every caller is [`monza_domain::Access::Admin`].
+
+use std::path::PathBuf;
+
+use actix_web::http::Method;
+use actix_web::middleware::from_fn;
+use actix_web::{HttpRequest, Route, web};
+use monza_domain::SandboxService;
+use utoipa::openapi::path::HttpMethod;
+
+mod access;
+mod error;
+mod extract;
+mod files;
+mod handlers;
+mod model;
+mod openapi;
+mod request_log;
+
+pub use access::Caller;
+pub use error::{ApiError, ErrorBody, ErrorDetail, INTERNAL_MESSAGE};
+pub use model::{
+    CreateSandboxRequest, EventResponse, ExecuteRequest, ExecuteResponse, HealthResponse,
+    HelloResponse, PortMappingResponse, ReadyResponse, SandboxResponse, UploadResponse,
+};
+pub use openapi::ApiDoc;
+pub use request_log::{REQUEST_ID_HEADER, RequestId};
+
+/// Limits and places of the HTTP layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Largest JSON request body, in bytes (64 KiB); more is a 413.
+    pub max_json_bytes: usize,
+    /// Largest text field of the upload form (`path`), in bytes (8 KiB); more is a 400.
+    pub max_form_field_bytes: usize,
+    /// Directory where uploads are spooled before going into the sandbox (the system's
+    /// temporary directory). The files have no name there and vanish with the request.
+    pub upload_dir: PathBuf,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_json_bytes: 64 * 1024,
+            max_form_field_bytes: 8 * 1024,
+            upload_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+/// Every route, with the defaults of [`HttpConfig`]. See the crate docs for usage.
+pub fn configure(service: SandboxService) -> impl FnOnce(&mut web::ServiceConfig) {
+    configure_with(service, HttpConfig::default())
+}
+
+/// Every route, with explicit limits.
+pub fn configure_with(
+    service: SandboxService,
+    config: HttpConfig,
+) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg: &mut web::ServiceConfig| {
+        let json = web::JsonConfig::default()
+            .limit(config.max_json_bytes)
+            .error_handler(error::json_error);
+        let mut scope = web::scope("")
+            .wrap(from_fn(request_log::log_request))
+            .app_data(web::Data::new(service))
+            .app_data(web::Data::new(config))
+            .app_data(json)
+            .app_data(web::QueryConfig::default().error_handler(error::query_error))
+            .app_data(web::PathConfig::default().error_handler(error::path_error))
+            .default_service(web::to(error::route_not_found));
+        for (path, endpoints) in grouped(endpoints()) {
+            let allowed: Vec<Method> = endpoints.iter().map(|e| e.method.clone()).collect();
+            let mut resource = web::resource(path.as_str());
+            for endpoint in endpoints {
+                resource = resource.route((endpoint.to)(web::method(endpoint.method)));
+            }
+            resource = resource.default_service(web::to(move |req: HttpRequest| {
+                let allowed = allowed.clone();
+                async move { error::method_not_allowed(&req, &allowed) }
+            }));
+            scope = scope.service(resource);
+        }
+        cfg.service(scope);
+    }
+}
+
+/// One registered operation: its method and path come from the handler's
+/// `#[utoipa::path]`, so the router and the OpenAPI document name the same routes.
+struct Endpoint {
+    method: Method,
+    path: String,
+    to: fn(Route) -> Route,
+}
+
+macro_rules! endpoint {
+    ($handler:path, $doc:ty) => {{
+        let methods = <$doc as utoipa::Path>::methods();
+        let path = <$doc as utoipa::Path>::path();
+        let to: fn(Route) -> Route = |route| route.to($handler);
+        methods.into_iter().filter_map(move |m| {
+            Some(Endpoint {
+                method: http_method(&m)?,
+                path: path.clone(),
+                to,
+            })
+        })
+    }};
+}
+
+/// Every operation the API serves, in registration order.
+fn endpoints() -> Vec<Endpoint> {
+    use files::*;
+    use handlers::*;
+    use openapi::*;
+    let mut all = Vec::new();
+    all.extend(endpoint!(get_health, __path_get_health));
+    all.extend(endpoint!(get_hello, __path_get_hello));
+    all.extend(endpoint!(get_ready, __path_get_ready));
+    all.extend(endpoint!(get_openapi, __path_get_openapi));
+    all.extend(endpoint!(list_sandboxes, __path_list_sandboxes));
+    all.extend(endpoint!(create_sandbox, __path_create_sandbox));
+    all.extend(endpoint!(get_sandbox, __path_get_sandbox));
+    all.extend(endpoint!(delete_sandbox, __path_delete_sandbox));
+    all.extend(endpoint!(heartbeat_sandbox, __path_heartbeat_sandbox));
+    all.extend(endpoint!(execute_command, __path_execute_command));
+    all.extend(endpoint!(list_events, __path_list_events));
+    all.extend(endpoint!(upload_file, __path_upload_file));
+    all.extend(endpoint!(download_file, __path_download_file));
+    all
+}
+
+/// The (method, path) of every registered operation, e.g. `("GET", "/api/sandboxes/{id}")`.
+pub fn registered_routes() -> Vec<(String, String)> {
+    endpoints()
+        .into_iter()
+        .map(|e| (e.method.as_str().to_owned(), e.path))
+        .collect()
+}
+
+/// Endpoints grouped by path, in first-registration order, so each path is one resource
+/// that can answer 405 for the methods it lacks.
+fn grouped(endpoints: Vec<Endpoint>) -> Vec<(String, Vec<Endpoint>)> {
+    let mut groups: Vec<(String, Vec<Endpoint>)> = Vec::new();
+    for endpoint in endpoints {
+        match groups.iter_mut().find(|(path, _)| *path == endpoint.path) {
+            Some((_, group)) => group.push(endpoint),
+            None => groups.push((endpoint.path.clone(), vec![endpoint])),
+        }
+    }
+    groups
+}
+
+/// The actix method of a documented one; `None` for one actix cannot route (which then
+/// shows up as documented but unregistered in the OpenAPI test).
+fn http_method(method: &HttpMethod) -> Option<Method> {
+    Some(match method {
+        HttpMethod::Get => Method::GET,
+        HttpMethod::Post => Method::POST,
+        HttpMethod::Put => Method::PUT,
+        HttpMethod::Delete => Method::DELETE,
+        HttpMethod::Options => Method::OPTIONS,
+        HttpMethod::Head => Method::HEAD,
+        HttpMethod::Patch => Method::PATCH,
+        HttpMethod::Trace => Method::TRACE,
+        #[allow(unreachable_patterns)]
+        _ => return None,
+    })
+}

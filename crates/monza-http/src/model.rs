@@ -1,0 +1,304 @@
+//! The JSON the API speaks: request and response bodies, separate from the domain types so
+//! the wire format is stated here once and changes only on purpose.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use monza_domain::{
+    CreateSandbox, ExecOutput, ExecuteCommand, PortMapping, Sandbox, SandboxEvent, SandboxName,
+    TemplateName,
+};
+use serde::{Deserialize, Serialize};
+use time::{OffsetDateTime, UtcOffset};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// `POST /api/sandboxes`. Both fields are optional; an empty body is allowed too.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct CreateSandboxRequest {
+    /// Display name (1 to 128 characters, trimmed); default `sandbox-<template>`.
+    #[schema(example = "my-sandbox")]
+    pub name: Option<String>,
+    /// Template from the catalog; default the server's default template (`go`).
+    #[schema(example = "go")]
+    pub template: Option<String>,
+}
+
+impl CreateSandboxRequest {
+    /// Validates the fields into the domain's request.
+    pub fn into_domain(self) -> Result<CreateSandbox, ApiError> {
+        Ok(CreateSandbox {
+            name: self.name.as_deref().map(SandboxName::new).transpose()?,
+            template: self.template.as_deref().map(TemplateName::new).transpose()?,
+        })
+    }
+}
+
+/// A published port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PortMappingResponse {
+    /// Identity of the mapping.
+    pub id: Uuid,
+    /// The sandbox it belongs to.
+    pub sandbox_id: Uuid,
+    /// Port on the host (where clients connect).
+    pub host_port: u16,
+    /// Port inside the container.
+    pub container_port: u16,
+}
+
+impl From<&PortMapping> for PortMappingResponse {
+    fn from(p: &PortMapping) -> Self {
+        Self {
+            id: p.id,
+            sandbox_id: p.sandbox_id.as_uuid(),
+            host_port: p.host_port,
+            container_port: p.container_port,
+        }
+    }
+}
+
+/// A sandbox, in any status. Timestamps are RFC 3339 in UTC.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxResponse {
+    /// Identity (a UUID).
+    pub id: Uuid,
+    /// Display name.
+    pub name: String,
+    /// `creating`, `running`, `expired`, `deleted` or `error`.
+    #[schema(example = "running")]
+    pub status: String,
+    /// Why it is in `error`, or how it ended, when known.
+    pub status_reason: Option<String>,
+    /// The template it was made from.
+    pub template: String,
+    /// The tenant that owns it.
+    pub tenant: String,
+    /// The Docker container id, once created.
+    pub container_id: Option<String>,
+    /// The image the container runs.
+    pub image: String,
+    /// The workspace folder inside the container.
+    #[schema(example = "/workspace")]
+    pub workspace_mount: String,
+    /// The template's devcontainer.json.
+    #[schema(value_type = Object)]
+    pub devcontainer_config: serde_json::Value,
+    /// Environment of the container.
+    pub env_vars: BTreeMap<String, String>,
+    /// Published ports.
+    pub port_mappings: Vec<PortMappingResponse>,
+    /// Last heartbeat or use.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub last_activity: OffsetDateTime,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    /// When it expires unless used or heartbeated.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: OffsetDateTime,
+    /// When it was deleted or expired; null while live.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub deleted_at: Option<OffsetDateTime>,
+}
+
+fn utc(t: OffsetDateTime) -> OffsetDateTime {
+    t.to_offset(UtcOffset::UTC)
+}
+
+impl From<Sandbox> for SandboxResponse {
+    fn from(s: Sandbox) -> Self {
+        Self {
+            id: s.id.as_uuid(),
+            name: s.name.as_str().to_owned(),
+            status: s.status.as_str().to_owned(),
+            status_reason: s.status_reason,
+            template: s.template.as_str().to_owned(),
+            tenant: s.tenant.as_str().to_owned(),
+            container_id: s.container_id,
+            image: s.image,
+            workspace_mount: s.workspace_mount,
+            devcontainer_config: s.devcontainer_config,
+            env_vars: s.env_vars,
+            port_mappings: s.port_mappings.iter().map(Into::into).collect(),
+            last_activity: utc(s.last_activity),
+            created_at: utc(s.created_at),
+            expires_at: utc(s.expires_at),
+            deleted_at: s.deleted_at.map(utc),
+        }
+    }
+}
+
+/// One entry of a sandbox's event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventResponse {
+    /// The sandbox.
+    pub sandbox_id: Uuid,
+    /// `created`, `started`, `executed`, `uploaded`, `downloaded`, `deleted`, `expired` or
+    /// `failed`.
+    #[schema(example = "executed")]
+    pub action: String,
+    /// Details (the command, the path, the failure...); never file contents.
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+    /// When it happened (RFC 3339, UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+}
+
+impl From<SandboxEvent> for EventResponse {
+    fn from(e: SandboxEvent) -> Self {
+        Self {
+            sandbox_id: e.sandbox_id.as_uuid(),
+            action: e.action.as_str().to_owned(),
+            details: e.details,
+            created_at: utc(e.created_at),
+        }
+    }
+}
+
+/// `GET /api/sandboxes` query.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// `live` (default: not deleted, not expired), `all`, or one status (`creating`,
+    /// `running`, `expired`, `deleted`, `error`).
+    #[param(example = "all")]
+    pub status: Option<String>,
+}
+
+/// `POST /api/sandboxes/{id}/execute`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ExecuteRequest {
+    /// The command line, run by `/bin/sh -c`. Must not be empty.
+    #[schema(example = "ls -la")]
+    pub command: String,
+    /// Output to keep, in bytes (default 65536; clamped to the server's maximum, 16 MiB by
+    /// default).
+    pub max_output_bytes: Option<usize>,
+    /// Kill the command after this many seconds (default 600; clamped to the server's
+    /// maximum, 3600 by default).
+    pub timeout_secs: Option<u64>,
+    /// Working directory, absolute (default: the sandbox's workspace folder).
+    pub workdir: Option<String>,
+    /// Extra environment variables.
+    pub env: Option<BTreeMap<String, String>>,
+}
+
+impl From<ExecuteRequest> for ExecuteCommand {
+    fn from(r: ExecuteRequest) -> Self {
+        Self {
+            command: r.command,
+            max_output_bytes: r.max_output_bytes,
+            timeout: r.timeout_secs.map(Duration::from_secs),
+            workdir: r.workdir,
+            env: r.env.unwrap_or_default(),
+        }
+    }
+}
+
+/// What a command did. `output`, `exitCode` and `truncated` are the shape LangChain
+/// DeepAgents sandboxes expect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExecuteResponse {
+    /// stdout and stderr combined, in arrival order.
+    pub output: String,
+    /// The exit code (-1 when the timeout killed it without one).
+    #[serde(rename = "exitCode")]
+    pub exit_code: i64,
+    /// Output beyond `max_output_bytes` was dropped.
+    pub truncated: bool,
+    /// stdout alone.
+    pub stdout: String,
+    /// stderr alone.
+    pub stderr: String,
+    /// The timeout killed the command.
+    pub timed_out: bool,
+    /// How long it ran, in milliseconds.
+    pub duration_ms: u64,
+}
+
+impl From<ExecOutput> for ExecuteResponse {
+    fn from(o: ExecOutput) -> Self {
+        Self {
+            output: o.output,
+            exit_code: o.exit_code,
+            truncated: o.truncated,
+            stdout: o.stdout,
+            stderr: o.stderr,
+            timed_out: o.timed_out,
+            duration_ms: u64::try_from(o.duration.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// The multipart form of `POST /api/sandboxes/{id}/files/upload`.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // Only describes the form for the OpenAPI document.
+pub struct UploadForm {
+    /// The file (required). Its filename becomes the name in the sandbox, reduced to a safe
+    /// base name.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// Destination directory, absolute, without `..` (default: the sandbox's workspace
+    /// folder).
+    #[schema(example = "/workspace/data")]
+    path: Option<String>,
+}
+
+/// A file was uploaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UploadResponse {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub status: String,
+    /// Where the file is in the sandbox.
+    #[schema(example = "/workspace/main.go")]
+    pub path: String,
+}
+
+/// `GET /api/sandboxes/{id}/files/download` query.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DownloadQuery {
+    /// The file, absolute, without `..`.
+    #[param(example = "/workspace/main.go")]
+    pub path: String,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HealthResponse {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+/// `GET /hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HelloResponse {
+    /// Always `hello, world`.
+    #[schema(example = "hello, world")]
+    pub message: String,
+}
+
+/// `GET /ready`: each dependency is `ok` or `unavailable`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReadyResponse {
+    /// `ok` when every dependency answers, else `unavailable`.
+    #[schema(example = "ok")]
+    pub status: String,
+    /// The sandbox store.
+    #[schema(example = "ok")]
+    pub database: String,
+    /// The Docker engine.
+    #[schema(example = "ok")]
+    pub docker: String,
+}
