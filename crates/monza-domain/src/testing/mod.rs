@@ -24,3 +24,6 @@ pub fn require<T, E: Display>(what: &str, result: Result<T, E>) -> Option<T> {
         }
     }
 }
+
+pub mod repository_bench;
+pub mod repository_contract;

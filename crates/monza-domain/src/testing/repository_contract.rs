@@ -1,0 +1,964 @@
+//! The [`SandboxRepository`] contract: one suite, written once, that every store adapter
+//! runs against itself (atuin's `tests-database` pattern).
+//!
+//! Each check is an `async fn` taking a fresh, empty repository. Adapter crates run them all
+//! with [`repository_contract_tests!`](crate::repository_contract_tests), which expands to
+//! one `#[tokio::test]` per check so a failure names the check.
+//!
+//! What the suite pins down beyond the port's doc comments:
+//! - Timestamps are kept to the microsecond: anything finer is truncated (towards the past
+//!   for dates after 1970), the same way by every adapter. See [`micros`].
+//! - Port mappings come back ordered by container port.
+//! - `events` of an unknown sandbox, and `append_event` to one, are not-found.
+//! - `claim_expired` claims the sandboxes that expired first, first.
+//! - The `created`, `started` and `expired` events are stamped with the sandbox's
+//!   `created_at`, the update's `at` and the claim's `now`; a transition's and an
+//!   activity's event with their `at`; `append_event` with the current time. `events` lists
+//!   them in the order they were written.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde_json::json;
+use time::{Duration, OffsetDateTime, UtcOffset};
+use uuid::Uuid;
+
+use crate::error::Error;
+use crate::lifecycle::{self, LifecycleEvent};
+use crate::ports::{RunningUpdate, SandboxRepository, StatusChange};
+use crate::sandbox::{
+    EventAction, NewEvent, PortMapping, Sandbox, SandboxEvent, SandboxFilter, SandboxId,
+    SandboxName, SandboxStatus, StatusFilter, TemplateName, TenantId,
+};
+
+/// A repository under test.
+pub type Repo = Arc<dyn SandboxRepository>;
+
+/// Runs every contract check as its own `#[tokio::test]`.
+///
+/// `fresh` is an async function returning `Option<(Repo, Guard)>`: a fresh, empty store and
+/// a guard dropped when the check ends (to clean up), or `None` to skip (see
+/// [`crate::testing::require`]). `fresh_pair` returns `Option<(Repo, Repo, Guard)>`: two
+/// independent instances (as two processes would have) on one fresh store.
+///
+/// The calling crate needs `tokio` with the `macros` and `rt-multi-thread` features.
+#[macro_export]
+macro_rules! repository_contract_tests {
+    (fresh = $fresh:path, fresh_pair = $pair:path $(,)?) => {
+        $crate::repository_contract_tests!(@single $fresh;
+            insert_then_get_returns_the_same_sandbox,
+            get_of_an_unknown_id_is_not_found,
+            insert_of_a_duplicate_id_is_a_conflict,
+            insert_records_a_created_event,
+            json_fields_round_trip_exactly,
+            timestamps_round_trip_to_the_microsecond,
+            port_mappings_round_trip_in_container_port_order,
+            list_is_newest_first_and_filters_by_tenant_and_status,
+            list_honours_the_limit,
+            count_live_counts_only_the_tenants_live_sandboxes,
+            mark_running_moves_creating_to_running_with_its_container,
+            mark_running_is_refused_unless_creating,
+            transition_follows_the_lifecycle_for_every_status_and_event,
+            transition_of_an_unknown_id_is_not_found,
+            record_activity_moves_last_activity_and_expiry_while_running,
+            record_activity_is_refused_unless_running,
+            claim_expired_returns_exactly_the_running_sandboxes_past_expiry,
+            claim_expired_takes_the_earliest_expiry_first_and_honours_the_limit,
+            concurrent_claimers_on_one_instance_never_share_a_sandbox,
+            events_are_oldest_first_and_unknown_ids_are_not_found,
+            ping_answers,
+        );
+        $crate::repository_contract_tests!(@pair $pair;
+            concurrent_claimers_on_two_instances_never_share_a_sandbox,
+            an_acknowledged_write_is_visible_to_another_instance,
+        );
+    };
+    (@single $fresh:path; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let Some((repo, _guard)) = $fresh().await else {
+                    return;
+                };
+                $crate::testing::repository_contract::$check(repo).await;
+            }
+        )*
+    };
+    (@pair $pair:path; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let Some((first, second, _guard)) = $pair().await else {
+                    return;
+                };
+                $crate::testing::repository_contract::$check(first, second).await;
+            }
+        )*
+    };
+}
+
+/// `at` truncated to whole microseconds, the precision every store keeps.
+pub fn micros(at: OffsetDateTime) -> OffsetDateTime {
+    let nanos = at.nanosecond();
+    at.replace_nanosecond(nanos - nanos % 1_000).unwrap_or(at)
+}
+
+/// A fixed instant in the past to build test data around.
+pub fn base_time() -> OffsetDateTime {
+    // 2024-01-01T00:00:00Z
+    OffsetDateTime::from_unix_timestamp(1_704_067_200).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn tenant(name: &str) -> TenantId {
+    TenantId::new(name).unwrap_or_else(|e| panic!("test tenant {name:?}: {e}"))
+}
+
+/// A valid sandbox in `status` for `tenant`, created at `created_at`, expiring an hour later.
+/// Running ones have a container and a published port; ended ones a `deleted_at`.
+pub fn sample_sandbox(
+    tenant_name: &str,
+    status: SandboxStatus,
+    created_at: OffsetDateTime,
+) -> Sandbox {
+    let id = SandboxId::new_random();
+    let created_at = micros(created_at);
+    let running = matches!(status, SandboxStatus::Running);
+    let port_mappings = if running {
+        vec![PortMapping {
+            id: Uuid::new_v4(),
+            sandbox_id: id,
+            host_port: 49_153,
+            container_port: 8080,
+        }]
+    } else {
+        Vec::new()
+    };
+    Sandbox {
+        id,
+        tenant: tenant(tenant_name),
+        name: SandboxName::new("my sandbox").unwrap_or_else(|e| panic!("{e}")),
+        template: TemplateName::new("python").unwrap_or_else(|e| panic!("{e}")),
+        status,
+        status_reason: matches!(status, SandboxStatus::Error).then(|| "it broke".to_owned()),
+        container_id: (!matches!(status, SandboxStatus::Creating))
+            .then(|| format!("container-{}", id.as_uuid().simple())),
+        image: "mcr.microsoft.com/devcontainers/python:3.12".to_owned(),
+        workspace_mount: "/workspaces/project".to_owned(),
+        devcontainer_config: json!({
+            "name": "Python",
+            "image": "mcr.microsoft.com/devcontainers/python:3.12",
+            "forwardPorts": [8080],
+        }),
+        env_vars: BTreeMap::from([("LANG".to_owned(), "C.UTF-8".to_owned())]),
+        port_mappings,
+        last_activity: created_at,
+        created_at,
+        expires_at: created_at + Duration::hours(1),
+        deleted_at: status
+            .is_terminal()
+            .then_some(created_at + Duration::minutes(5)),
+    }
+}
+
+fn event(action: EventAction) -> NewEvent {
+    NewEvent::new(action, json!({ "by": "contract" }))
+}
+
+async fn insert(repo: &Repo, sandbox: &Sandbox) {
+    repo.insert(sandbox)
+        .await
+        .unwrap_or_else(|e| panic!("insert {}: {e}", sandbox.id));
+}
+
+async fn get(repo: &Repo, id: SandboxId) -> Sandbox {
+    repo.get(id)
+        .await
+        .unwrap_or_else(|e| panic!("get {id}: {e}"))
+}
+
+async fn actions(repo: &Repo, id: SandboxId) -> Vec<EventAction> {
+    repo.events(id)
+        .await
+        .unwrap_or_else(|e| panic!("events {id}: {e}"))
+        .into_iter()
+        .map(|e| e.action)
+        .collect()
+}
+
+#[track_caller]
+fn assert_not_found<T: std::fmt::Debug>(result: Result<T, Error>, what: &str) {
+    match result {
+        Err(Error::NotFound(_)) => {}
+        other => panic!("{what}: expected not-found, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_conflict<T: std::fmt::Debug>(result: Result<T, Error>, what: &str) -> String {
+    match result {
+        Err(Error::Conflict(message)) => message,
+        other => panic!("{what}: expected a conflict, got {other:?}"),
+    }
+}
+
+fn running_update(id: SandboxId, at: OffsetDateTime) -> RunningUpdate {
+    let at = micros(at);
+    RunningUpdate {
+        container_id: format!("started-{}", id.as_uuid().simple()),
+        image: "monza-built:abc123".to_owned(),
+        port_mappings: vec![
+            PortMapping {
+                id: Uuid::new_v4(),
+                sandbox_id: id,
+                host_port: 40_001,
+                container_port: 3000,
+            },
+            PortMapping {
+                id: Uuid::new_v4(),
+                sandbox_id: id,
+                host_port: 40_002,
+                container_port: 8000,
+            },
+        ],
+        at,
+        expires_at: at + Duration::minutes(30),
+    }
+}
+
+/// `insert` then `get` gives back exactly the sandbox written, in every status.
+pub async fn insert_then_get_returns_the_same_sandbox(repo: Repo) {
+    for (i, status) in SandboxStatus::ALL.into_iter().enumerate() {
+        let sandbox = sample_sandbox("acme", status, base_time() + Duration::seconds(i as i64));
+        insert(&repo, &sandbox).await;
+        assert_eq!(get(&repo, sandbox.id).await, sandbox, "{status}");
+    }
+}
+
+/// An unknown id is not-found for `get`.
+pub async fn get_of_an_unknown_id_is_not_found(repo: Repo) {
+    assert_not_found(repo.get(SandboxId::new_random()).await, "get unknown");
+    insert(
+        &repo,
+        &sample_sandbox("acme", SandboxStatus::Creating, base_time()),
+    )
+    .await;
+    assert_not_found(repo.get(SandboxId::new_random()).await, "get unknown");
+}
+
+/// Inserting an id twice is a conflict and leaves the first row as it was.
+pub async fn insert_of_a_duplicate_id_is_a_conflict(repo: Repo) {
+    let first = sample_sandbox("acme", SandboxStatus::Creating, base_time());
+    insert(&repo, &first).await;
+    let mut again = sample_sandbox("other", SandboxStatus::Running, base_time());
+    again.id = first.id;
+    for mapping in &mut again.port_mappings {
+        mapping.sandbox_id = first.id;
+    }
+    assert_conflict(repo.insert(&again).await, "duplicate insert");
+    assert_eq!(get(&repo, first.id).await, first);
+    assert_eq!(actions(&repo, first.id).await, vec![EventAction::Created]);
+}
+
+/// `insert` writes the `created` event, stamped with the sandbox's `created_at`.
+pub async fn insert_records_a_created_event(repo: Repo) {
+    let sandbox = sample_sandbox("acme", SandboxStatus::Creating, base_time());
+    insert(&repo, &sandbox).await;
+    let events = repo
+        .events(sandbox.id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].sandbox_id, sandbox.id);
+    assert_eq!(events[0].action, EventAction::Created);
+    assert_eq!(events[0].created_at, sandbox.created_at);
+}
+
+/// The JSON and map fields come back exactly: nesting, unicode, escapes, numbers.
+pub async fn json_fields_round_trip_exactly(repo: Repo) {
+    let mut sandbox = sample_sandbox("acme", SandboxStatus::Creating, base_time());
+    sandbox.devcontainer_config = json!({
+        "name": "Grüße, 世界 🦀",
+        "escapes": "quote \" backslash \\ newline \n tab \t slash /",
+        "numbers": {
+            "zero": 0,
+            "negative": -42,
+            "u64_max": u64::MAX,
+            "i64_min": i64::MIN,
+            "float": 0.1,
+            "one_point_five": 1.5,
+            "tiny": 1.5e-10,
+            "huge": 1e300,
+        },
+        "nested": {"a": [1, [2, [3, {"b": null}]], {"c": true, "d": false}], "empty": {}},
+        "empty_array": [],
+        "customizations": {"vscode": {"extensions": ["ms-python.python"]}},
+    });
+    sandbox.env_vars = BTreeMap::from([
+        ("EMPTY".to_owned(), String::new()),
+        ("WITH_EQUALS".to_owned(), "a=b=c".to_owned()),
+        ("UNICODE_ÄÖÜ".to_owned(), "→ 😀 ←".to_owned()),
+        ("JSONISH".to_owned(), r#"{"not": "parsed"}"#.to_owned()),
+        ("MULTILINE".to_owned(), "line 1\nline 2".to_owned()),
+    ]);
+    insert(&repo, &sandbox).await;
+    let back = get(&repo, sandbox.id).await;
+    assert_eq!(back.devcontainer_config, sandbox.devcontainer_config);
+    assert_eq!(back.env_vars, sandbox.env_vars);
+
+    let details = json!({"command": "echo 'héllo' && exit 0", "n": 12_345_678_901_i64, "f": 2.5});
+    repo.append_event(
+        sandbox.id,
+        &NewEvent::new(EventAction::Executed, details.clone()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let events = repo
+        .events(sandbox.id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(events.last().map(|e| &e.details), Some(&details));
+}
+
+/// Timestamps come back as the same instant, to the microsecond (finer is truncated), in
+/// whatever offset they were given.
+pub async fn timestamps_round_trip_to_the_microsecond(repo: Repo) {
+    let mut sandbox = sample_sandbox("acme", SandboxStatus::Deleted, base_time());
+    let precise = base_time() + Duration::nanoseconds(123_456_789);
+    let east = UtcOffset::from_hms(5, 30, 0).unwrap_or(UtcOffset::UTC);
+    sandbox.created_at = precise;
+    sandbox.last_activity = precise.to_offset(east) + Duration::seconds(1);
+    sandbox.expires_at = precise + Duration::days(400);
+    sandbox.deleted_at = Some(precise + Duration::microseconds(1));
+    insert(&repo, &sandbox).await;
+    let back = get(&repo, sandbox.id).await;
+    assert_eq!(
+        back.created_at,
+        base_time() + Duration::nanoseconds(123_456_000)
+    );
+    assert_eq!(back.last_activity, micros(sandbox.last_activity));
+    assert_eq!(back.expires_at, micros(sandbox.expires_at));
+    assert_eq!(back.deleted_at, sandbox.deleted_at.map(micros));
+    assert_eq!(back.created_at.offset(), UtcOffset::UTC, "read back in UTC");
+}
+
+/// Port mappings written by `insert` and `mark_running` come back, ordered by container
+/// port, from `get`, `list` and `claim_expired`.
+pub async fn port_mappings_round_trip_in_container_port_order(repo: Repo) {
+    let mut sandbox = sample_sandbox("acme", SandboxStatus::Running, base_time());
+    let id = sandbox.id;
+    let mapping = |host_port, container_port| PortMapping {
+        id: Uuid::new_v4(),
+        sandbox_id: id,
+        host_port,
+        container_port,
+    };
+    sandbox.port_mappings = vec![mapping(65_535, 9000), mapping(1, 80), mapping(50_000, 443)];
+    insert(&repo, &sandbox).await;
+    let mut expected = sandbox.port_mappings.clone();
+    expected.sort_by_key(|m| m.container_port);
+    assert_eq!(get(&repo, id).await.port_mappings, expected);
+    let listed = repo
+        .list(&SandboxFilter::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].port_mappings, expected);
+
+    let claimed = repo
+        .claim_expired(sandbox.expires_at, 10)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].port_mappings, expected);
+
+    let creating = sample_sandbox("acme", SandboxStatus::Creating, base_time());
+    insert(&repo, &creating).await;
+    assert_eq!(get(&repo, creating.id).await.port_mappings, vec![]);
+    let update = running_update(creating.id, base_time());
+    let running = repo
+        .mark_running(creating.id, &update)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(running.port_mappings, update.port_mappings);
+    assert_eq!(
+        get(&repo, creating.id).await.port_mappings,
+        update.port_mappings
+    );
+}
+
+/// `list` is newest first; filters by tenant and by status (live by default).
+pub async fn list_is_newest_first_and_filters_by_tenant_and_status(repo: Repo) {
+    let mut written = Vec::new();
+    let statuses = [
+        SandboxStatus::Running,
+        SandboxStatus::Deleted,
+        SandboxStatus::Creating,
+        SandboxStatus::Expired,
+        SandboxStatus::Error,
+        SandboxStatus::Running,
+    ];
+    for (i, status) in statuses.into_iter().enumerate() {
+        for tenant_name in ["acme", "globex"] {
+            // Inserted out of creation order so insertion order cannot pass for it.
+            let created = base_time() + Duration::minutes(((i * 7) % 6) as i64);
+            let sandbox = sample_sandbox(tenant_name, status, created);
+            insert(&repo, &sandbox).await;
+            written.push(sandbox);
+        }
+    }
+    let expect = |tenant_name: Option<&str>, status: StatusFilter| {
+        let mut rows: Vec<&Sandbox> = written
+            .iter()
+            .filter(|s| tenant_name.is_none_or(|t| s.tenant.as_str() == t))
+            .filter(|s| status.matches(s.status))
+            .collect();
+        rows.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        rows.into_iter().map(|s| s.id).collect::<Vec<_>>()
+    };
+    let filters = [
+        StatusFilter::Live,
+        StatusFilter::All,
+        StatusFilter::Only(SandboxStatus::Running),
+        StatusFilter::Only(SandboxStatus::Deleted),
+        StatusFilter::Only(SandboxStatus::Error),
+    ];
+    for tenant_name in [None, Some("acme"), Some("globex"), Some("nobody")] {
+        for status in filters {
+            let filter = SandboxFilter {
+                tenant: tenant_name.map(tenant),
+                status,
+                limit: None,
+            };
+            let got: Vec<SandboxId> = repo
+                .list(&filter)
+                .await
+                .unwrap_or_else(|e| panic!("{filter:?}: {e}"))
+                .into_iter()
+                .map(|s| s.id)
+                .collect();
+            let want = expect(tenant_name, status);
+            assert_eq!(got, want, "{filter:?}");
+        }
+    }
+    let all = repo
+        .list(&SandboxFilter {
+            tenant: None,
+            status: StatusFilter::All,
+            limit: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for sandbox in &written {
+        assert!(all.contains(sandbox), "list returns whole sandboxes");
+    }
+}
+
+/// `limit` caps the page, keeping the newest.
+pub async fn list_honours_the_limit(repo: Repo) {
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let sandbox = sample_sandbox(
+            "acme",
+            SandboxStatus::Running,
+            base_time() + Duration::seconds(i),
+        );
+        insert(&repo, &sandbox).await;
+        ids.push(sandbox.id);
+    }
+    ids.reverse();
+    for limit in [0_u32, 1, 3, 7, 50] {
+        let got: Vec<SandboxId> = repo
+            .list(&SandboxFilter {
+                tenant: Some(tenant("acme")),
+                status: StatusFilter::Live,
+                limit: Some(limit),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        let want: Vec<SandboxId> = ids.iter().copied().take(limit as usize).collect();
+        assert_eq!(got, want, "limit {limit}");
+    }
+}
+
+/// `count_live` counts one tenant's creating, running and error sandboxes.
+pub async fn count_live_counts_only_the_tenants_live_sandboxes(repo: Repo) {
+    assert_eq!(repo.count_live(&tenant("acme")).await, Ok(0));
+    for status in SandboxStatus::ALL {
+        insert(&repo, &sample_sandbox("acme", status, base_time())).await;
+        insert(&repo, &sample_sandbox("acme", status, base_time())).await;
+    }
+    insert(
+        &repo,
+        &sample_sandbox("globex", SandboxStatus::Running, base_time()),
+    )
+    .await;
+    assert_eq!(repo.count_live(&tenant("acme")).await, Ok(6));
+    assert_eq!(repo.count_live(&tenant("globex")).await, Ok(1));
+    assert_eq!(repo.count_live(&tenant("nobody")).await, Ok(0));
+}
+
+/// `mark_running` moves `creating` to `running` with the container's details and a
+/// `started` event, and returns the stored sandbox.
+pub async fn mark_running_moves_creating_to_running_with_its_container(repo: Repo) {
+    let sandbox = sample_sandbox("acme", SandboxStatus::Creating, base_time());
+    insert(&repo, &sandbox).await;
+    let update = running_update(sandbox.id, base_time() + Duration::seconds(20));
+    let running = repo
+        .mark_running(sandbox.id, &update)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let expected = Sandbox {
+        status: SandboxStatus::Running,
+        container_id: Some(update.container_id.clone()),
+        image: update.image.clone(),
+        port_mappings: update.port_mappings.clone(),
+        last_activity: update.at,
+        expires_at: update.expires_at,
+        ..sandbox.clone()
+    };
+    assert_eq!(running, expected);
+    assert_eq!(get(&repo, sandbox.id).await, expected);
+    let events = repo
+        .events(sandbox.id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let got: Vec<(EventAction, OffsetDateTime)> =
+        events.iter().map(|e| (e.action, e.created_at)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (EventAction::Created, sandbox.created_at),
+            (EventAction::Started, update.at)
+        ]
+    );
+}
+
+/// `mark_running` is a conflict from any status but `creating` (the row is unchanged) and
+/// not-found for an unknown id.
+pub async fn mark_running_is_refused_unless_creating(repo: Repo) {
+    for status in SandboxStatus::ALL
+        .into_iter()
+        .filter(|s| *s != SandboxStatus::Creating)
+    {
+        let sandbox = sample_sandbox("acme", status, base_time());
+        insert(&repo, &sandbox).await;
+        let message = assert_conflict(
+            repo.mark_running(sandbox.id, &running_update(sandbox.id, base_time()))
+                .await,
+            &format!("mark_running from {status}"),
+        );
+        assert!(
+            message.contains(status.as_str()),
+            "the conflict names the status {status}: {message}"
+        );
+        assert_eq!(get(&repo, sandbox.id).await, sandbox, "{status} unchanged");
+        assert_eq!(actions(&repo, sandbox.id).await, vec![EventAction::Created]);
+    }
+    let unknown = SandboxId::new_random();
+    assert_not_found(
+        repo.mark_running(unknown, &running_update(unknown, base_time()))
+            .await,
+        "mark_running unknown",
+    );
+}
+
+fn action_for(event: LifecycleEvent) -> EventAction {
+    match event {
+        LifecycleEvent::Start => EventAction::Started,
+        LifecycleEvent::Fail => EventAction::Failed,
+        LifecycleEvent::Expire => EventAction::Expired,
+        LifecycleEvent::Delete => EventAction::Deleted,
+        LifecycleEvent::Activity => EventAction::Executed,
+    }
+}
+
+/// For every (status, event) pair, `transition` does exactly what
+/// [`lifecycle::transition`] says: the target status, the reason, `deleted_at` for a
+/// terminal target, and the event, atomically; or a conflict naming the status, with the row
+/// and its log unchanged.
+pub async fn transition_follows_the_lifecycle_for_every_status_and_event(repo: Repo) {
+    for from in SandboxStatus::ALL {
+        for event in LifecycleEvent::ALL {
+            let case = format!("{from} + {event:?}");
+            let sandbox = sample_sandbox("acme", from, base_time());
+            insert(&repo, &sandbox).await;
+            let at = micros(base_time() + Duration::minutes(10) + Duration::nanoseconds(1_500));
+            let change = StatusChange {
+                event,
+                at,
+                reason: Some(format!("because {case}")),
+                record: NewEvent::new(action_for(event), json!({ "case": case })),
+            };
+            let result = repo.transition(sandbox.id, &change).await;
+            match lifecycle::transition(from, event) {
+                Ok(to) => {
+                    let changed = result.unwrap_or_else(|e| panic!("{case}: {e}"));
+                    let expected = Sandbox {
+                        status: to,
+                        status_reason: change.reason.clone(),
+                        deleted_at: if to.is_terminal() {
+                            Some(at)
+                        } else {
+                            sandbox.deleted_at
+                        },
+                        ..sandbox.clone()
+                    };
+                    assert_eq!(changed, expected, "{case}");
+                    assert_eq!(get(&repo, sandbox.id).await, expected, "{case}");
+                    let events = repo
+                        .events(sandbox.id)
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(events.len(), 2, "{case}: {events:?}");
+                    assert_eq!(events[1].action, change.record.action, "{case}");
+                    assert_eq!(events[1].details, change.record.details, "{case}");
+                    assert_eq!(events[1].created_at, at, "{case}");
+                }
+                Err(_) => {
+                    let message = assert_conflict(result, &case);
+                    assert!(
+                        message.contains(from.as_str()),
+                        "{case}: the conflict names the status: {message}"
+                    );
+                    assert_eq!(get(&repo, sandbox.id).await, sandbox, "{case} unchanged");
+                    assert_eq!(
+                        actions(&repo, sandbox.id).await,
+                        vec![EventAction::Created],
+                        "{case}: nothing logged"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `transition` of an unknown id is not-found.
+pub async fn transition_of_an_unknown_id_is_not_found(repo: Repo) {
+    for event in LifecycleEvent::ALL {
+        let change = StatusChange {
+            event,
+            at: base_time(),
+            reason: None,
+            record: event_for(event),
+        };
+        assert_not_found(
+            repo.transition(SandboxId::new_random(), &change).await,
+            &format!("{event:?} unknown"),
+        );
+    }
+}
+
+fn event_for(event: LifecycleEvent) -> NewEvent {
+    NewEvent::new(action_for(event), json!({}))
+}
+
+/// `record_activity` moves `last_activity` and `expires_at` of a running sandbox, logs the
+/// event when given and nothing for a heartbeat.
+pub async fn record_activity_moves_last_activity_and_expiry_while_running(repo: Repo) {
+    let sandbox = sample_sandbox("acme", SandboxStatus::Running, base_time());
+    insert(&repo, &sandbox).await;
+
+    let at = micros(base_time() + Duration::minutes(3));
+    let expires = at + Duration::minutes(30);
+    let touched = repo
+        .record_activity(sandbox.id, at, expires, None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let expected = Sandbox {
+        last_activity: at,
+        expires_at: expires,
+        ..sandbox.clone()
+    };
+    assert_eq!(touched, expected);
+    assert_eq!(get(&repo, sandbox.id).await, expected);
+    assert_eq!(
+        actions(&repo, sandbox.id).await,
+        vec![EventAction::Created],
+        "a heartbeat is not logged"
+    );
+
+    let later = at + Duration::minutes(1);
+    let record = NewEvent::new(
+        EventAction::Uploaded,
+        json!({"path": "/w/a.txt", "bytes": 3}),
+    );
+    let touched = repo
+        .record_activity(
+            sandbox.id,
+            later,
+            later + Duration::minutes(30),
+            Some(record.clone()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(touched.last_activity, later);
+    assert_eq!(touched.expires_at, later + Duration::minutes(30));
+    let events = repo
+        .events(sandbox.id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].action, EventAction::Uploaded);
+    assert_eq!(events[1].details, record.details);
+    assert_eq!(events[1].created_at, later);
+}
+
+/// `record_activity` is a conflict naming the status unless running (nothing changes or is
+/// logged), and not-found for an unknown id.
+pub async fn record_activity_is_refused_unless_running(repo: Repo) {
+    for status in SandboxStatus::ALL
+        .into_iter()
+        .filter(|s| *s != SandboxStatus::Running)
+    {
+        let sandbox = sample_sandbox("acme", status, base_time());
+        insert(&repo, &sandbox).await;
+        let at = base_time() + Duration::minutes(1);
+        let message = assert_conflict(
+            repo.record_activity(
+                sandbox.id,
+                at,
+                at + Duration::hours(1),
+                Some(event(EventAction::Executed)),
+            )
+            .await,
+            &format!("activity on {status}"),
+        );
+        assert!(message.contains(status.as_str()), "{status}: {message}");
+        assert_eq!(get(&repo, sandbox.id).await, sandbox, "{status} unchanged");
+        assert_eq!(actions(&repo, sandbox.id).await, vec![EventAction::Created]);
+    }
+    assert_not_found(
+        repo.record_activity(
+            SandboxId::new_random(),
+            base_time(),
+            base_time() + Duration::hours(1),
+            None,
+        )
+        .await,
+        "activity unknown",
+    );
+}
+
+/// Writes `count` running sandboxes expiring at `now - 1s`, `now - 2s`, ... (or exactly
+/// `now` for the first) and returns them.
+async fn expired_sandboxes(repo: &Repo, now: OffsetDateTime, count: usize) -> Vec<Sandbox> {
+    let mut rows = Vec::new();
+    for i in 0..count {
+        let mut sandbox = sample_sandbox("acme", SandboxStatus::Running, base_time());
+        sandbox.expires_at = now - Duration::seconds(i as i64);
+        insert(repo, &sandbox).await;
+        rows.push(sandbox);
+    }
+    rows
+}
+
+/// `claim_expired` returns exactly the running sandboxes with `expires_at <= now`, moved to
+/// `expired` with `deleted_at = now`, a reason and one `expired` event each; everything else
+/// is untouched, and a second claim finds nothing.
+pub async fn claim_expired_returns_exactly_the_running_sandboxes_past_expiry(repo: Repo) {
+    let now = micros(base_time() + Duration::hours(2));
+    let expired = expired_sandboxes(&repo, now, 3).await;
+    let mut untouched = Vec::new();
+    let mut not_yet = sample_sandbox("acme", SandboxStatus::Running, base_time());
+    not_yet.expires_at = now + Duration::microseconds(1);
+    untouched.push(not_yet);
+    for status in [
+        SandboxStatus::Creating,
+        SandboxStatus::Error,
+        SandboxStatus::Deleted,
+        SandboxStatus::Expired,
+    ] {
+        let mut sandbox = sample_sandbox("acme", status, base_time());
+        sandbox.expires_at = now - Duration::hours(1);
+        untouched.push(sandbox);
+    }
+    for sandbox in &untouched {
+        insert(&repo, sandbox).await;
+    }
+
+    let claimed = repo
+        .claim_expired(now, 100)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let claimed_ids: BTreeSet<SandboxId> = claimed.iter().map(|s| s.id).collect();
+    let expired_ids: BTreeSet<SandboxId> = expired.iter().map(|s| s.id).collect();
+    assert_eq!(claimed_ids, expired_ids);
+    assert_eq!(claimed.len(), expired.len(), "no sandbox twice");
+    for sandbox in &claimed {
+        let before = expired
+            .iter()
+            .find(|s| s.id == sandbox.id)
+            .unwrap_or_else(|| panic!("claimed unknown {}", sandbox.id));
+        assert_eq!(sandbox.status, SandboxStatus::Expired);
+        assert_eq!(sandbox.deleted_at, Some(now));
+        assert!(sandbox.status_reason.is_some(), "a reason is recorded");
+        let expected = Sandbox {
+            status: SandboxStatus::Expired,
+            deleted_at: Some(now),
+            status_reason: sandbox.status_reason.clone(),
+            ..before.clone()
+        };
+        assert_eq!(sandbox, &expected);
+        assert_eq!(&get(&repo, sandbox.id).await, sandbox);
+        let events = repo
+            .events(sandbox.id)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let got: Vec<(EventAction, OffsetDateTime)> =
+            events.iter().map(|e| (e.action, e.created_at)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (EventAction::Created, before.created_at),
+                (EventAction::Expired, now)
+            ]
+        );
+    }
+    for sandbox in &untouched {
+        assert_eq!(
+            &get(&repo, sandbox.id).await,
+            sandbox,
+            "{} untouched",
+            sandbox.status
+        );
+    }
+    assert_eq!(repo.claim_expired(now, 100).await, Ok(vec![]));
+}
+
+/// With a limit, `claim_expired` takes the earliest `expires_at` first, never more than the
+/// limit, and successive claims drain the rest.
+pub async fn claim_expired_takes_the_earliest_expiry_first_and_honours_the_limit(repo: Repo) {
+    let now = micros(base_time() + Duration::hours(2));
+    let mut expired = expired_sandboxes(&repo, now, 7).await;
+    expired.sort_by_key(|s| s.expires_at);
+    let order: Vec<SandboxId> = expired.iter().map(|s| s.id).collect();
+    let mut claimed = Vec::new();
+    for want in [3, 3, 1, 0] {
+        let batch = repo
+            .claim_expired(now, 3)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(batch.len(), want, "batch sizes");
+        let mut batch: Vec<Sandbox> = batch;
+        batch.sort_by_key(|s| s.expires_at);
+        claimed.extend(batch.into_iter().map(|s| s.id));
+    }
+    assert_eq!(claimed, order, "earliest expiry first");
+    assert_eq!(repo.claim_expired(now, 0).await, Ok(vec![]));
+}
+
+async fn race_claimers(first: Repo, second: Repo) {
+    let now = micros(base_time() + Duration::hours(2));
+    let expired = expired_sandboxes(&first, now, 40).await;
+    let claimer = |repo: Repo| async move {
+        let mut mine = Vec::new();
+        loop {
+            let batch = repo
+                .claim_expired(now, 3)
+                .await
+                .unwrap_or_else(|e| panic!("claim: {e}"));
+            if batch.is_empty() {
+                return mine;
+            }
+            mine.extend(batch.into_iter().map(|s| s.id));
+        }
+    };
+    let (a, b, c, d) = futures::join!(
+        claimer(first.clone()),
+        claimer(second.clone()),
+        claimer(first.clone()),
+        claimer(second.clone()),
+    );
+    let mut all: Vec<SandboxId> = [a, b, c, d].concat();
+    let total = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), total, "a sandbox was claimed twice");
+    let want: BTreeSet<SandboxId> = expired.iter().map(|s| s.id).collect();
+    let got: BTreeSet<SandboxId> = all.into_iter().collect();
+    assert_eq!(got, want, "every expired sandbox claimed once");
+    for sandbox in &expired {
+        let expired_events = actions(&first, sandbox.id)
+            .await
+            .into_iter()
+            .filter(|a| *a == EventAction::Expired)
+            .count();
+        assert_eq!(expired_events, 1, "one expired event for {}", sandbox.id);
+    }
+}
+
+/// Four claimers racing on one instance never receive the same sandbox, and together
+/// claim every expired one.
+pub async fn concurrent_claimers_on_one_instance_never_share_a_sandbox(repo: Repo) {
+    race_claimers(repo.clone(), repo).await;
+}
+
+/// Claimers racing on two instances (two processes) never receive the same sandbox.
+pub async fn concurrent_claimers_on_two_instances_never_share_a_sandbox(first: Repo, second: Repo) {
+    race_claimers(first, second).await;
+}
+
+/// A write acknowledged by one instance (here a heartbeat) is seen by another: nothing is
+/// buffered in memory.
+pub async fn an_acknowledged_write_is_visible_to_another_instance(first: Repo, second: Repo) {
+    let sandbox = sample_sandbox("acme", SandboxStatus::Running, base_time());
+    insert(&first, &sandbox).await;
+    let at = micros(base_time() + Duration::minutes(7));
+    first
+        .record_activity(sandbox.id, at, at + Duration::minutes(30), None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let seen = get(&second, sandbox.id).await;
+    assert_eq!(seen.last_activity, at);
+    assert_eq!(seen.expires_at, at + Duration::minutes(30));
+}
+
+/// `events` are oldest first (in the order they were written; `append_event` stamps the
+/// current time); `append_event` and
+/// `events` of an unknown sandbox are not-found.
+pub async fn events_are_oldest_first_and_unknown_ids_are_not_found(repo: Repo) {
+    let sandbox = sample_sandbox("acme", SandboxStatus::Creating, base_time());
+    insert(&repo, &sandbox).await;
+    let appended = [
+        EventAction::Executed,
+        EventAction::Uploaded,
+        EventAction::Downloaded,
+        EventAction::Executed,
+    ];
+    for (i, action) in appended.into_iter().enumerate() {
+        repo.append_event(sandbox.id, &NewEvent::new(action, json!({ "i": i })))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let events: Vec<SandboxEvent> = repo
+        .events(sandbox.id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let got: Vec<EventAction> = events.iter().map(|e| e.action).collect();
+    let mut want = vec![EventAction::Created];
+    want.extend(appended);
+    assert_eq!(got, want);
+    for (i, event) in events.iter().skip(1).enumerate() {
+        assert_eq!(event.details, json!({ "i": i }));
+        assert_eq!(event.sandbox_id, sandbox.id);
+    }
+    for pair in events.windows(2) {
+        assert!(pair[0].created_at <= pair[1].created_at, "oldest first");
+    }
+
+    let unknown = SandboxId::new_random();
+    assert_not_found(
+        repo.append_event(unknown, &event(EventAction::Executed))
+            .await,
+        "append to unknown",
+    );
+    assert_not_found(repo.events(unknown).await, "events of unknown");
+}
+
+/// `ping` answers on a working store.
+pub async fn ping_answers(repo: Repo) {
+    assert_eq!(repo.ping().await, Ok(()));
+}
