@@ -1,0 +1,307 @@
+//! Running a command in a sandbox: demultiplexed, capped output, exit code, timeout.
+//!
+//! Every command runs under a tiny `/bin/sh` wrapper that first writes its own pid to stderr
+//! (one marker line this module strips) and then `exec`s the command, so the command keeps
+//! that pid. On timeout, a second exec kills that process and all its descendants
+//! (`SIGSTOP` first so none can fork away, then `SIGKILL`). The image needs `/bin/sh`.
+//!
+//! Output beyond `max_output_bytes` is read and dropped, never buffered: the command is not
+//! blocked on a full pipe and memory stays bounded whatever it prints.
+
+use std::time::{Duration, Instant};
+
+use docker_api::Exec;
+use docker_api::conn::TtyChunk;
+use docker_api::opts::{ExecCreateOpts, ExecStartOpts};
+use futures::StreamExt;
+use monza_domain::{ExecOutput, ExecRequest, Result};
+
+use crate::error::{Failure, bounded};
+use crate::runtime::DockerRuntime;
+
+/// The marker line the wrapper writes to stderr before running the command.
+const PID_MARKER: &[u8] = b"__monza_exec_pid=";
+/// Longest marker line (the marker, a pid and a newline).
+const MARKER_MAX: usize = 40;
+/// How long a killed command's stream may take to end before we stop waiting for it.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// The wrapper: prints its pid, then becomes the command.
+const WRAPPER: &str = "printf '__monza_exec_pid=%s\\n' $$ >&2; exec \"$@\"";
+
+/// Kills a process and its descendants, found by scanning `/proc/*/stat` (the parent pid is
+/// the second field after the `(comm)` one, which may contain spaces).
+const KILL_TREE: &str = r#"ppid() { s=$(cat "$1" 2>/dev/null) || return 1; s=${s##*) }; set -- $s; echo "$2"; }
+k() { local f p; kill -STOP "$1" 2>/dev/null
+  for f in /proc/[0-9]*/stat; do p=${f#/proc/}; p=${p%/stat}
+    [ "$(ppid "$f")" = "$1" ] && k "$p"; done
+  kill -KILL "$1" 2>/dev/null; kill -CONT "$1" 2>/dev/null; }
+k "$1""#;
+
+impl DockerRuntime {
+    pub(crate) async fn run_exec(
+        &self,
+        container_id: &str,
+        request: &ExecRequest,
+    ) -> Result<ExecOutput> {
+        let what = format!("running a command in container {container_id}");
+        let host = &self.settings.host;
+        let started = Instant::now();
+        let timeout = request
+            .timeout
+            .unwrap_or(self.settings.default_exec_timeout);
+
+        let mut argv = vec![
+            "/bin/sh".to_owned(),
+            "-c".to_owned(),
+            WRAPPER.to_owned(),
+            "monza-exec".to_owned(),
+        ];
+        argv.extend(request.command.argv());
+        let env: Vec<String> = request
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let mut opts = ExecCreateOpts::builder()
+            .command(argv)
+            .attach_stdout(true)
+            .attach_stderr(true)
+            .env(env);
+        if let Some(workdir) = &request.workdir {
+            opts = opts.working_dir(workdir);
+        }
+        if let Some(user) = &request.user {
+            opts = opts.user(user);
+        }
+        let opts = opts.build();
+
+        let bound = self.settings.request_timeout;
+        let exec = bounded(
+            bound,
+            Exec::create(self.docker.clone(), container_id, &opts),
+        )
+        .await
+        .map_err(|f| f.into_domain(host, &what))?;
+        let mut stream = bounded(bound, exec.start(&ExecStartOpts::default()))
+            .await
+            .map_err(|f| f.into_domain(host, &what))?;
+
+        let mut out = Collector::new(request.max_output_bytes);
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut timed_out = false;
+        let grace = tokio::time::sleep(Duration::MAX / 4);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                chunk = stream.next() => match chunk {
+                    None => break,
+                    Some(Ok(TtyChunk::StdOut(bytes))) => out.stdout(&bytes),
+                    Some(Ok(TtyChunk::StdErr(bytes))) => out.stderr(&bytes),
+                    Some(Ok(TtyChunk::StdIn(_))) => {}
+                    Some(Err(e)) => return Err(Failure::from(e).into_domain(host, &what)),
+                },
+                () = &mut deadline, if !timed_out => {
+                    timed_out = true;
+                    grace.as_mut().reset(tokio::time::Instant::now() + KILL_GRACE);
+                    match out.pid {
+                        Some(pid) => self.kill_tree(container_id, pid).await,
+                        None => tracing::warn!(container_id, "exec timed out before it reported its pid"),
+                    }
+                }
+                () = &mut grace, if timed_out => {
+                    tracing::warn!(container_id, "killed exec's output did not end; leaving it");
+                    break;
+                }
+            }
+        }
+        drop(stream);
+
+        let exit_code = self
+            .exit_code(&exec, timed_out)
+            .await
+            .map_err(|f| f.into_domain(host, &what))?;
+        Ok(out.finish(exit_code, timed_out, started.elapsed()))
+    }
+
+    /// The exec's exit code from its inspect; the engine may record it a moment after the
+    /// output ends, so a still-running exec is asked again briefly. -1 when there is none.
+    async fn exit_code(&self, exec: &Exec, timed_out: bool) -> Result<i64, Failure> {
+        for attempt in 0..50 {
+            let inspect = bounded(self.settings.request_timeout, exec.inspect()).await?;
+            if inspect.running != Some(true) {
+                return Ok(inspect.exit_code.map_or(-1, |c| c as i64));
+            }
+            if timed_out && attempt >= 10 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(if attempt < 10 { 2 } else { 20 })).await;
+        }
+        Ok(-1)
+    }
+
+    /// Kills `pid` and its descendants in the container, as root. Best effort: a failure is
+    /// logged (the caller stops waiting after a grace period anyway).
+    async fn kill_tree(&self, container_id: &str, pid: u32) {
+        let opts = ExecCreateOpts::builder()
+            .command(["/bin/sh", "-c", KILL_TREE, "monza-kill", &pid.to_string()])
+            .attach_stdout(true)
+            .attach_stderr(true)
+            .user("0")
+            .build();
+        let kill = async {
+            let exec = Exec::create(self.docker.clone(), container_id, &opts).await?;
+            let mut stream = exec.start(&ExecStartOpts::default()).await?;
+            while stream.next().await.is_some() {}
+            Ok::<(), docker_api::Error>(())
+        };
+        if let Err(e) = bounded(self.settings.request_timeout, kill).await {
+            tracing::warn!(container_id, pid, error = ?e, "killing a timed-out exec failed");
+        }
+    }
+}
+
+/// A buffer that keeps at most `cap` bytes and remembers whether it dropped any.
+#[derive(Debug)]
+struct Capped {
+    buf: Vec<u8>,
+    cap: usize,
+    truncated: bool,
+}
+
+impl Capped {
+    fn new(cap: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(cap.min(64 * 1024)),
+            cap,
+            truncated: false,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let room = self.cap - self.buf.len();
+        if bytes.len() > room {
+            self.truncated = true;
+        }
+        self.buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf).into_owned()
+    }
+}
+
+/// stdout, stderr and both in arrival order, each capped; strips the wrapper's pid line.
+#[derive(Debug)]
+struct Collector {
+    output: Capped,
+    stdout: Capped,
+    stderr: Capped,
+    /// stderr bytes held back while they may still be the marker line.
+    pending: Option<Vec<u8>>,
+    pid: Option<u32>,
+}
+
+impl Collector {
+    fn new(cap: usize) -> Self {
+        Self {
+            output: Capped::new(cap),
+            stdout: Capped::new(cap),
+            stderr: Capped::new(cap),
+            pending: Some(Vec::new()),
+            pid: None,
+        }
+    }
+
+    fn stdout(&mut self, bytes: &[u8]) {
+        self.output.push(bytes);
+        self.stdout.push(bytes);
+    }
+
+    fn stderr(&mut self, bytes: &[u8]) {
+        let Some(mut pending) = self.pending.take() else {
+            self.output.push(bytes);
+            self.stderr.push(bytes);
+            return;
+        };
+        pending.extend_from_slice(bytes);
+        if let Some(newline) = pending.iter().position(|b| *b == b'\n') {
+            let line = &pending[..newline];
+            if let Some(pid) = line.strip_prefix(PID_MARKER) {
+                self.pid = std::str::from_utf8(pid).ok().and_then(|p| p.parse().ok());
+                let rest = pending[newline + 1..].to_vec();
+                self.stderr(&rest);
+                return;
+            }
+        } else if pending.len() < MARKER_MAX
+            && PID_MARKER.starts_with(&pending[..pending.len().min(PID_MARKER.len())])
+        {
+            self.pending = Some(pending);
+            return;
+        }
+        // Not the marker after all (a wrapper that could not run): ordinary stderr.
+        self.stderr(&pending);
+    }
+
+    fn finish(mut self, exit_code: i64, timed_out: bool, duration: Duration) -> ExecOutput {
+        if let Some(pending) = self.pending.take() {
+            self.output.push(&pending);
+            self.stderr.push(&pending);
+        }
+        ExecOutput {
+            output: self.output.text(),
+            stdout: self.stdout.text(),
+            stderr: self.stderr.text(),
+            exit_code,
+            truncated: self.output.truncated || self.stdout.truncated || self.stderr.truncated,
+            timed_out,
+            duration,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_is_stripped_even_when_split_across_chunks() {
+        let mut c = Collector::new(100);
+        c.stderr(b"__monza_ex");
+        c.stdout(b"out1 ");
+        c.stderr(b"ec_pid=42\nerr1 ");
+        c.stdout(b"out2");
+        assert_eq!(c.pid, Some(42));
+        let out = c.finish(3, false, Duration::ZERO);
+        assert_eq!(out.stdout, "out1 out2");
+        assert_eq!(out.stderr, "err1 ");
+        assert_eq!(out.output, "out1 err1 out2");
+        assert_eq!(out.exit_code, 3);
+        assert!(!out.truncated);
+    }
+
+    #[test]
+    fn stderr_without_marker_is_kept() {
+        let mut c = Collector::new(100);
+        c.stderr(b"sh: not found\n");
+        assert_eq!(c.pid, None);
+        let out = c.finish(127, false, Duration::ZERO);
+        assert_eq!(out.stderr, "sh: not found\n");
+        assert_eq!(out.output, "sh: not found\n");
+    }
+
+    #[test]
+    fn each_buffer_is_capped_and_flags_truncation() {
+        let mut c = Collector::new(4);
+        c.stderr(b"__monza_exec_pid=7\n");
+        c.stdout(b"abc");
+        c.stderr(b"xyz");
+        c.stdout(&[b'a'; 1000]);
+        let out = c.finish(0, false, Duration::ZERO);
+        assert_eq!(out.output, "abcx");
+        assert_eq!(out.stdout, "abca");
+        assert_eq!(out.stderr, "xyz");
+        assert!(out.truncated);
+    }
+}

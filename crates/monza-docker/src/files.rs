@@ -1,0 +1,529 @@
+//! Files in and out of a sandbox, as tar streams end to end.
+//!
+//! Upload: a tar of one entry is produced on the fly (header with the announced size, the
+//! content as it arrives, padding, end blocks) and sent as the streaming body of
+//! `PUT /containers/{id}/archive?path=/`; the entry's path is the destination directory plus
+//! the name, so the engine creates missing directories. Download: `GET` of the same
+//! endpoint, whose tar is parsed incrementally to yield only the file's bytes. Neither holds
+//! more than a chunk or two in memory.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use hyper::{Body, Method};
+use monza_domain::{ByteStream, Error, FileDownload, FileStat, Result, UploadFile};
+
+use crate::engine::query_value;
+use crate::error::{Failure, bounded};
+use crate::runtime::DockerRuntime;
+
+/// Go's `os.ModeDir`, in the engine's path stat.
+const MODE_DIR: u32 = 1 << 31;
+/// Go's `os.ModeSymlink`.
+const MODE_SYMLINK: u32 = 1 << 27;
+/// Symlinks followed when downloading before giving up.
+const MAX_SYMLINKS: usize = 8;
+/// Largest PAX extended header accepted.
+const MAX_PAX: u64 = 1 << 20;
+
+/// The engine's `X-Docker-Container-Path-Stat`.
+#[derive(Debug, serde::Deserialize)]
+struct PathStat {
+    name: String,
+    size: i64,
+    mode: u32,
+    #[serde(rename = "linkTarget", default)]
+    link_target: String,
+}
+
+impl DockerRuntime {
+    pub(crate) async fn upload_file(
+        &self,
+        container_id: &str,
+        dest_dir: &str,
+        file: UploadFile,
+    ) -> Result<()> {
+        let what = format!(
+            "uploading {} to {dest_dir} in container {container_id}",
+            file.name
+        );
+        let dir = dest_dir.trim_matches('/');
+        let entry = if dir.is_empty() {
+            file.name.clone()
+        } else {
+            format!("{dir}/{}", file.name)
+        };
+        let prefix = tar_prefix(&entry, file.size)?;
+        let failure = Arc::new(Mutex::new(None));
+        let body = Body::wrap_stream(tar_body(prefix, file.size, file.content, failure.clone()));
+        let endpoint = format!("/containers/{}/archive?path=%2F", query_value(container_id));
+        let sent = bounded(
+            self.settings.transfer_timeout,
+            self.raw
+                .send(Method::PUT, &endpoint, Some("application/x-tar"), body),
+        )
+        .await;
+        if let Some(e) = failure.lock().ok().and_then(|mut slot| slot.take()) {
+            return Err(e);
+        }
+        sent.map(drop)
+            .map_err(|f| f.into_domain(&self.settings.host, &what))
+    }
+
+    pub(crate) async fn stat_path(&self, container_id: &str, path: &str) -> Result<FileStat> {
+        let stat = self.path_stat(container_id, path).await?;
+        Ok(FileStat {
+            name: stat.name,
+            size: u64::try_from(stat.size).unwrap_or(0),
+            is_dir: stat.mode & MODE_DIR != 0,
+        })
+    }
+
+    async fn path_stat(&self, container_id: &str, path: &str) -> Result<PathStat> {
+        let what = format!("{path} in container {container_id}");
+        let endpoint = format!(
+            "/containers/{}/archive?path={}",
+            query_value(container_id),
+            query_value(path)
+        );
+        let response = bounded(self.settings.request_timeout, self.raw.send(Method::HEAD, &endpoint, None, Body::empty()))
+            .await
+            .map_err(|f| match f {
+                // A HEAD answer has no body: say what is missing ourselves.
+                Failure::Status { code: 404, .. } => Error::not_found(format!("{path} does not exist in container {container_id} (or the container does not exist)")),
+                f => f.into_domain(&self.settings.host, &what),
+            })?;
+        let header = response
+            .headers()
+            .get("X-Docker-Container-Path-Stat")
+            .ok_or_else(|| {
+                Error::internal(format!(
+                    "stat of {what}: no X-Docker-Container-Path-Stat header"
+                ))
+            })?;
+        let json = base64::engine::general_purpose::STANDARD
+            .decode(header.as_bytes())
+            .map_err(|e| Error::internal(format!("stat of {what}: bad base64: {e}")))?;
+        serde_json::from_slice(&json)
+            .map_err(|e| Error::internal(format!("stat of {what}: bad JSON: {e}")))
+    }
+
+    pub(crate) async fn download_file(
+        &self,
+        container_id: &str,
+        path: &str,
+    ) -> Result<FileDownload> {
+        let mut target = path.to_owned();
+        let mut stat = self.path_stat(container_id, &target).await?;
+        let mut hops = 0;
+        while stat.mode & MODE_SYMLINK != 0 && !stat.link_target.is_empty() {
+            hops += 1;
+            if hops > MAX_SYMLINKS {
+                return Err(Error::invalid(format!(
+                    "{path}: too many levels of symbolic links"
+                )));
+            }
+            target = stat.link_target.clone();
+            stat = self.path_stat(container_id, &target).await?;
+        }
+        if stat.mode & MODE_DIR != 0 {
+            return Err(Error::invalid(format!("{path} is a directory")));
+        }
+        let what = format!("downloading {path} from container {container_id}");
+        let endpoint = format!(
+            "/containers/{}/archive?path={}",
+            query_value(container_id),
+            query_value(&target)
+        );
+        let response = bounded(
+            self.settings.request_timeout,
+            self.raw.send(Method::GET, &endpoint, None, Body::empty()),
+        )
+        .await
+        .map_err(|f| f.into_domain(&self.settings.host, &what))?;
+        let mut reader = TarReader::new(response.into_body(), self.settings.transfer_timeout);
+        let size = reader.first_file().await.map_err(|e| match e {
+            ReadError::Failure(f) => f.into_domain(&self.settings.host, &what),
+            ReadError::Invalid(m) => Error::invalid(format!("{path}: {m}")),
+            ReadError::Malformed(m) => Error::internal(format!("{what}: {m}")),
+        })?;
+        Ok(FileDownload {
+            stat: FileStat {
+                name: stat.name,
+                size,
+                is_dir: false,
+            },
+            content: reader.content(size, self.settings.host.clone()),
+        })
+    }
+}
+
+/// The tar bytes before an entry's content: a GNU long-name entry when the path needs it,
+/// then the entry's header (mode 0644, owner root).
+fn tar_prefix(path: &str, size: u64) -> Result<Bytes> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mtime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    );
+    let mut builder = tar::Builder::new(Vec::with_capacity(1536));
+    builder
+        .append_data(&mut header, path, std::io::empty())
+        .map_err(|e| Error::invalid(format!("cannot upload to {path}: {e}")))?;
+    // Only what was appended: `into_inner` would also write the end-of-archive blocks.
+    Ok(Bytes::copy_from_slice(builder.get_ref()))
+}
+
+/// Padding after `size` bytes of content, then the two zero blocks ending the archive.
+fn tar_trailer(size: u64) -> Bytes {
+    let pad = usize::try_from((512 - size % 512) % 512).unwrap_or(0);
+    Bytes::from(vec![0u8; pad + 1024])
+}
+
+/// The upload body: prefix, content checked against the announced size, trailer. A content
+/// error, or a size mismatch, is put in `failure` and aborts the request.
+fn tar_body(
+    prefix: Bytes,
+    size: u64,
+    content: ByteStream,
+    failure: Arc<Mutex<Option<Error>>>,
+) -> impl Stream<Item = Result<Bytes, Error>> + Send + 'static {
+    enum Phase {
+        Prefix(Bytes),
+        Content,
+        Done,
+    }
+    let fail = move |e: Error| {
+        if let Ok(mut slot) = failure.lock() {
+            slot.get_or_insert(e.clone());
+        }
+        e
+    };
+    futures::stream::unfold(
+        (Phase::Prefix(prefix), content, 0u64, fail),
+        move |(phase, mut content, sent, fail)| async move {
+            match phase {
+                Phase::Prefix(prefix) => Some((Ok(prefix), (Phase::Content, content, sent, fail))),
+                Phase::Content => match content.next().await {
+                    Some(Ok(chunk)) => {
+                        let sent = sent + chunk.len() as u64;
+                        if sent > size {
+                            let e = fail(Error::invalid(format!(
+                                "upload content is longer than its announced size of {size} bytes"
+                            )));
+                            return Some((Err(e), (Phase::Done, content, sent, fail)));
+                        }
+                        Some((Ok(chunk), (Phase::Content, content, sent, fail)))
+                    }
+                    Some(Err(e)) => {
+                        let e = fail(e);
+                        Some((Err(e), (Phase::Done, content, sent, fail)))
+                    }
+                    None if sent != size => {
+                        let e = fail(Error::invalid(format!(
+                            "upload content ended after {sent} of its announced {size} bytes"
+                        )));
+                        Some((Err(e), (Phase::Done, content, sent, fail)))
+                    }
+                    None => Some((Ok(tar_trailer(size)), (Phase::Done, content, sent, fail))),
+                },
+                Phase::Done => None,
+            }
+        },
+    )
+}
+
+#[derive(Debug)]
+enum ReadError {
+    /// The engine failed or went silent.
+    Failure(Failure),
+    /// The path is not a regular file.
+    Invalid(String),
+    /// The archive is not what the engine should send.
+    Malformed(String),
+}
+
+/// Reads a tar from the engine incrementally.
+struct TarReader {
+    body: Body,
+    buf: BytesMut,
+    idle: Duration,
+}
+
+impl TarReader {
+    fn new(body: Body, idle: Duration) -> Self {
+        Self {
+            body,
+            buf: BytesMut::new(),
+            idle,
+        }
+    }
+
+    /// The next chunk of the body, or `None` at its end; silence longer than `idle` fails.
+    async fn chunk(body: &mut Body, idle: Duration) -> Result<Option<Bytes>, Failure> {
+        match bounded(idle, async { body.next().await.transpose() }).await {
+            Ok(chunk) => Ok(chunk),
+            Err(f) => Err(f),
+        }
+    }
+
+    async fn fill(&mut self, n: usize) -> Result<(), ReadError> {
+        while self.buf.len() < n {
+            match Self::chunk(&mut self.body, self.idle)
+                .await
+                .map_err(ReadError::Failure)?
+            {
+                Some(chunk) => self.buf.extend_from_slice(&chunk),
+                None => return Err(ReadError::Malformed("the archive ended early".into())),
+            }
+        }
+        Ok(())
+    }
+
+    async fn skip(&mut self, mut n: u64) -> Result<(), ReadError> {
+        while n > 0 {
+            if self.buf.is_empty() {
+                self.fill(1).await?;
+            }
+            let take = usize::try_from(n).unwrap_or(usize::MAX).min(self.buf.len());
+            let _ = self.buf.split_to(take);
+            n -= take as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads headers up to the first regular file's and returns its size; its content is
+    /// next in the stream.
+    async fn first_file(&mut self) -> Result<u64, ReadError> {
+        let mut pax_size = None;
+        loop {
+            self.fill(512).await?;
+            let header = self.buf.split_to(512);
+            if header.iter().all(|b| *b == 0) {
+                return Err(ReadError::Malformed("the archive holds no file".into()));
+            }
+            let size = parse_size(&header[124..136])
+                .ok_or_else(|| ReadError::Malformed("bad size in a tar header".into()))?;
+            let padded = size.div_ceil(512) * 512;
+            match header[156] {
+                b'0' | 0 | b'7' => return Ok(pax_size.unwrap_or(size)),
+                b'x' => {
+                    if size > MAX_PAX {
+                        return Err(ReadError::Malformed("PAX header too large".into()));
+                    }
+                    let len = usize::try_from(padded).unwrap_or(usize::MAX);
+                    self.fill(len).await?;
+                    let records = self.buf.split_to(len);
+                    pax_size = pax_record(&records[..usize::try_from(size).unwrap_or(0)], b"size");
+                }
+                b'5' => return Err(ReadError::Invalid("is a directory".into())),
+                b'1' | b'2' => {
+                    return Err(ReadError::Invalid("is a link, not a regular file".into()));
+                }
+                b'3' | b'4' | b'6' => {
+                    return Err(ReadError::Invalid("is not a regular file".into()));
+                }
+                // 'g' (global PAX), 'L'/'K' (GNU long names) and anything else: skipped.
+                _ => self.skip(padded).await?,
+            }
+        }
+    }
+
+    /// The next `size` bytes as a stream; the rest of the archive is not read.
+    fn content(self, size: u64, host: String) -> ByteStream {
+        let Self { body, buf, idle } = self;
+        futures::stream::unfold((body, buf, size), move |(mut body, mut buf, remaining)| {
+            let host = host.clone();
+            async move {
+                if remaining == 0 {
+                    return None;
+                }
+                let want = usize::try_from(remaining).unwrap_or(usize::MAX);
+                if !buf.is_empty() {
+                    let take = want.min(buf.len());
+                    let chunk = buf.split_to(take).freeze();
+                    return Some((Ok(chunk), (body, buf, remaining - take as u64)));
+                }
+                match Self::chunk(&mut body, idle).await {
+                    Ok(Some(mut chunk)) => {
+                        chunk.truncate(want);
+                        let left = remaining - chunk.len() as u64;
+                        Some((Ok(chunk), (body, buf, left)))
+                    }
+                    Ok(None) => Some((
+                        Err(Error::internal(format!(
+                            "the archive ended {remaining} bytes before the file's end"
+                        ))),
+                        (body, buf, 0),
+                    )),
+                    Err(f) => Some((
+                        Err(f.into_domain(&host, "downloading a file")),
+                        (body, buf, 0),
+                    )),
+                }
+            }
+        })
+        .boxed()
+    }
+}
+
+/// A tar numeric field: octal text, or base-256 when the high bit of the first byte is set.
+fn parse_size(field: &[u8]) -> Option<u64> {
+    if field.first().is_some_and(|b| b & 0x80 != 0) {
+        let mut value: u64 = u64::from(field[0] & 0x7f);
+        for b in &field[1..] {
+            value = value.checked_mul(256)?.checked_add(u64::from(*b))?;
+        }
+        return Some(value);
+    }
+    let text = std::str::from_utf8(field).ok()?;
+    let text = text.trim_matches(|c: char| c == '\0' || c == ' ');
+    if text.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(text, 8).ok()
+}
+
+/// The value of `key` in PAX records (`<len> <key>=<value>\n`), as a number.
+fn pax_record(records: &[u8], key: &[u8]) -> Option<u64> {
+    let mut rest = records;
+    while !rest.is_empty() {
+        let space = rest.iter().position(|b| *b == b' ')?;
+        let len: usize = std::str::from_utf8(&rest[..space]).ok()?.parse().ok()?;
+        if len <= space || len > rest.len() {
+            return None;
+        }
+        let record = &rest[space + 1..len];
+        let record = record.strip_suffix(b"\n").unwrap_or(record);
+        if let Some(value) = record.strip_prefix(key).and_then(|r| r.strip_prefix(b"=")) {
+            return std::str::from_utf8(value).ok()?.parse().ok();
+        }
+        rest = &rest[len..];
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn collect(stream: impl Stream<Item = Result<Bytes, Error>>) -> Vec<Result<Bytes, Error>> {
+        futures::executor::block_on(stream.collect::<Vec<_>>())
+    }
+
+    fn content(chunks: Vec<&'static [u8]>) -> ByteStream {
+        futures::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from_static(c)))).boxed()
+    }
+
+    #[test]
+    fn upload_body_is_a_tar_the_tar_crate_reads_back_even_with_a_long_path() {
+        let dir = "deep/".repeat(30);
+        let path = format!("{dir}file.bin");
+        let failure = Arc::new(Mutex::new(None));
+        let parts = collect(tar_body(
+            tar_prefix(&path, 5).unwrap(),
+            5,
+            content(vec![b"he", b"llo"]),
+            failure.clone(),
+        ));
+        let bytes: Vec<u8> = parts
+            .into_iter()
+            .flat_map(|p| p.unwrap().to_vec())
+            .collect();
+        assert_eq!(bytes.len() % 512, 0);
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let mut entries = archive.entries().unwrap();
+        let mut entry = entries.next().unwrap().unwrap();
+        assert_eq!(entry.path().unwrap().to_str().unwrap(), path);
+        let mut text = String::new();
+        entry.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "hello");
+        drop(entry);
+        assert!(entries.next().is_none());
+        assert!(failure.lock().unwrap().is_none());
+    }
+
+    #[test]
+    fn upload_body_fails_on_a_size_mismatch() {
+        for (chunks, size) in [(vec![&b"abc"[..]], 2u64), (vec![&b"a"[..]], 2)] {
+            let failure = Arc::new(Mutex::new(None));
+            let parts = collect(tar_body(
+                tar_prefix("f", size).unwrap(),
+                size,
+                content(chunks),
+                failure.clone(),
+            ));
+            assert!(parts.last().unwrap().is_err());
+            assert!(
+                matches!(failure.lock().unwrap().take(), Some(Error::InvalidInput(m)) if m.contains("announced"))
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_parse_in_octal_and_base_256() {
+        assert_eq!(parse_size(b"00000001750\0"), Some(1000));
+        assert_eq!(parse_size(b"     17 \0\0\0\0"), Some(15));
+        let mut big = [0u8; 12];
+        big[0] = 0x80;
+        big[11] = 1;
+        big[10] = 2;
+        assert_eq!(parse_size(&big), Some(513));
+        assert_eq!(parse_size(b"zz"), None);
+    }
+
+    #[test]
+    fn pax_size_records_are_found() {
+        let records = b"26 mtime=1350244992.02340\n19 size=9000000000\n";
+        assert_eq!(pax_record(records, b"size"), Some(9_000_000_000));
+        assert_eq!(pax_record(records, b"uid"), None);
+    }
+
+    #[test]
+    fn reader_skips_pax_and_long_names_and_yields_exact_content() {
+        // A tar with a PAX header, a GNU long name and the file, sent in 7-byte chunks.
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut pax = tar::Header::new_ustar();
+        let records = b"16 size=0000011\n";
+        pax.set_entry_type(tar::EntryType::XHeader);
+        pax.set_size(records.len() as u64);
+        builder.append_data(&mut pax, "pax", &records[..]).unwrap();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(11);
+        header.set_mode(0o644);
+        builder
+            .append_data(&mut header, "x".repeat(150), &b"hello world"[..])
+            .unwrap();
+        let tar = builder.into_inner().unwrap();
+        let chunks: Vec<Result<Bytes, std::io::Error>> = tar
+            .chunks(7)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let body = Body::wrap_stream(futures::stream::iter(chunks));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut reader = TarReader::new(body, Duration::from_secs(5));
+            let size = reader.first_file().await.unwrap();
+            assert_eq!(size, 11);
+            let parts: Vec<Bytes> = reader
+                .content(size, "test".into())
+                .map(|r| r.unwrap())
+                .collect()
+                .await;
+            assert_eq!(parts.concat(), b"hello world");
+        });
+    }
+}

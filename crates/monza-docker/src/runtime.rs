@@ -1,0 +1,229 @@
+//! [`DockerRuntime`]: the [`ContainerRuntime`] port on a Docker engine.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use docker_api::Docker;
+use docker_api::opts::{ContainerFilter, ContainerListOpts, ContainerRemoveOpts};
+use hyper::{Body, Method};
+use monza_domain::{
+    ContainerRuntime, ContainerSpec, CreatedContainer, Error, ExecOutput, ExecRequest,
+    FileDownload, FileStat, ManagedContainer, PublishedPort, Result, UploadFile,
+};
+
+use crate::container::{LABEL_MANAGED, LABEL_SANDBOX_ID, container_name, create_body};
+use crate::engine::{Address, RawClient, query_value};
+use crate::error::{Failure, bounded};
+use crate::settings::DockerSettings;
+
+/// Sandboxes as Docker containers, through docker-api (and plain HTTP on the same socket
+/// where docker-api 0.14 falls short; see the crate docs).
+///
+/// Cheap to clone: clones share the engine connections.
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    pub(crate) docker: Docker,
+    pub(crate) raw: RawClient,
+    pub(crate) settings: DockerSettings,
+    /// Engine socket paths no mount may expose.
+    sockets: Vec<PathBuf>,
+}
+
+impl DockerRuntime {
+    /// A runtime for the engine at `settings.host`. Does not connect: an unreachable engine
+    /// shows on the first call (see [`ContainerRuntime::ping`]). A malformed host is invalid
+    /// input.
+    pub fn new(settings: DockerSettings) -> Result<Self> {
+        let address = Address::parse(&settings.host)?;
+        let docker = Docker::new(&settings.host)
+            .map_err(|e| Error::invalid(format!("DOCKER_HOST {:?}: {e}", settings.host)))?;
+        let mut sockets = vec![
+            PathBuf::from("/var/run/docker.sock"),
+            PathBuf::from("/run/docker.sock"),
+        ];
+        if let Address::Unix(path) = &address {
+            sockets.push(path.clone());
+        }
+        Ok(Self {
+            raw: RawClient::new(&address),
+            docker,
+            settings,
+            sockets,
+        })
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &DockerSettings {
+        &self.settings
+    }
+
+    fn fail<'a>(&'a self, what: impl std::fmt::Display + 'a) -> impl FnOnce(Failure) -> Error + 'a {
+        move |f| f.into_domain(&self.settings.host, what)
+    }
+
+    async fn published_ports(&self, container_id: &str) -> Result<Vec<PublishedPort>> {
+        let container = self.docker.containers().get(container_id);
+        let inspect = bounded(self.settings.request_timeout, container.inspect())
+            .await
+            .map_err(self.fail(format_args!("inspecting container {container_id}")))?;
+        let mut ports = Vec::new();
+        let map = inspect
+            .network_settings
+            .and_then(|n| n.ports)
+            .unwrap_or_default();
+        for (key, bindings) in map {
+            let Some(container_port) = key.strip_suffix("/tcp").and_then(|p| p.parse::<u16>().ok())
+            else {
+                continue;
+            };
+            let host_port = bindings
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|b| b.host_port.and_then(|p| p.parse::<u16>().ok()))
+                .find(|p| *p != 0);
+            if let Some(host_port) = host_port {
+                ports.push(PublishedPort {
+                    container_port,
+                    host_port,
+                });
+            }
+        }
+        ports.sort_by_key(|p| p.container_port);
+        Ok(ports)
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for DockerRuntime {
+    #[tracing::instrument(skip_all, err(level = "info"))]
+    async fn ping(&self) -> Result<()> {
+        bounded(self.settings.request_timeout, self.docker.ping())
+            .await
+            .map(drop)
+            .map_err(self.fail("ping"))
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %spec.sandbox_id, template = %spec.template.name), err(level = "info"))]
+    async fn create(&self, spec: &ContainerSpec) -> Result<CreatedContainer> {
+        let image = self.prepare_image(&spec.template).await?;
+        let body = create_body(spec, &image, &self.settings, &self.sockets)?;
+        let name = container_name(spec);
+        let endpoint = format!("/containers/create?name={}", query_value(&name));
+        let what = format!("creating container {name} from {image}");
+        let json =
+            serde_json::to_vec(&body).map_err(|e| Error::internal(format!("{what}: {e}")))?;
+        let created = async {
+            let response = self
+                .raw
+                .send(
+                    Method::POST,
+                    &endpoint,
+                    Some("application/json"),
+                    Body::from(json),
+                )
+                .await?;
+            let bytes = hyper::body::to_bytes(response.into_body()).await?;
+            #[derive(serde::Deserialize)]
+            struct Created {
+                #[serde(rename = "Id")]
+                id: String,
+            }
+            serde_json::from_slice::<Created>(&bytes)
+                .map_err(|e| Failure::Other(format!("unexpected answer: {e}")))
+        };
+        let created = bounded(self.settings.request_timeout, created)
+            .await
+            .map_err(self.fail(&what))?;
+        tracing::info!(container_id = %created.id, %image, "container created");
+        Ok(CreatedContainer {
+            id: created.id,
+            image,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
+    async fn start(&self, container_id: &str) -> Result<Vec<PublishedPort>> {
+        let container = self.docker.containers().get(container_id);
+        match bounded(self.settings.request_timeout, container.start()).await {
+            // 304: already started.
+            Ok(()) | Err(Failure::Status { code: 304, .. }) => {}
+            Err(f) => {
+                return Err(f.into_domain(
+                    &self.settings.host,
+                    format_args!("starting container {container_id}"),
+                ));
+            }
+        }
+        self.published_ports(container_id).await
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
+    async fn exec(&self, container_id: &str, request: &ExecRequest) -> Result<ExecOutput> {
+        self.run_exec(container_id, request).await
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id, dest_dir, size = file.size), err(level = "info"))]
+    async fn upload(&self, container_id: &str, dest_dir: &str, file: UploadFile) -> Result<()> {
+        self.upload_file(container_id, dest_dir, file).await
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id, path), err(level = "info"))]
+    async fn stat(&self, container_id: &str, path: &str) -> Result<FileStat> {
+        self.stat_path(container_id, path).await
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id, path), err(level = "info"))]
+    async fn download(&self, container_id: &str, path: &str) -> Result<FileDownload> {
+        self.download_file(container_id, path).await
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
+    async fn remove(&self, container_id: &str) -> Result<()> {
+        let container = self.docker.containers().get(container_id);
+        let opts = ContainerRemoveOpts::builder()
+            .force(true)
+            .volumes(true)
+            .build();
+        match bounded(self.settings.request_timeout, container.remove(&opts)).await {
+            Ok(_) => Ok(()),
+            Err(f) if f.is_not_found() => Ok(()),
+            Err(Failure::Status { code: 409, message })
+                if message.contains("already in progress") =>
+            {
+                Ok(())
+            }
+            Err(f) => Err(f.into_domain(
+                &self.settings.host,
+                format_args!("removing container {container_id}"),
+            )),
+        }
+    }
+
+    #[tracing::instrument(skip_all, err(level = "info"))]
+    async fn list_managed(&self) -> Result<Vec<ManagedContainer>> {
+        let opts = ContainerListOpts::builder()
+            .all(true)
+            .filter([ContainerFilter::Label(LABEL_MANAGED.into(), "true".into())])
+            .build();
+        let containers = self.docker.containers();
+        let summaries = bounded(self.settings.request_timeout, containers.list(&opts))
+            .await
+            .map_err(self.fail("listing managed containers"))?;
+        Ok(summaries
+            .into_iter()
+            .filter_map(|c| {
+                let id = c.id?;
+                let sandbox_id = c
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_SANDBOX_ID))
+                    .and_then(|v| v.parse().ok());
+                Some(ManagedContainer {
+                    id,
+                    sandbox_id,
+                    running: c.state.as_deref() == Some("running"),
+                })
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,67 @@
+//! How the adapter reaches the engine and what it gives each sandbox.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+/// The engine address used when `DOCKER_HOST` is not set.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// Settings of [`crate::DockerRuntime`]. `monza-app` fills them from its configuration
+/// (`DOCKER_HOST`, `MONZA_PUBLISH_ADDR`, `SANDBOX_MEMORY_LIMIT`, `SANDBOX_CPU_LIMIT`, ...).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DockerSettings {
+    /// The engine: `unix:///path/to/docker.sock`, `tcp://host:port` or `http://host:port`.
+    pub host: String,
+    /// Host address forwarded ports are published on (default `127.0.0.1`).
+    pub publish_addr: IpAddr,
+    /// Memory limit of every sandbox, in bytes (default 512 MiB). A template may ask for
+    /// less, never for more. Swap is not allowed beyond it.
+    pub memory_limit_bytes: u64,
+    /// CPU limit of every sandbox, in CPUs (default 1.0). A template may ask for less.
+    pub cpu_limit: f64,
+    /// Most processes in a sandbox (default 512).
+    pub pids_limit: i64,
+    /// Bound on every short engine call (inspect, create, start, remove, list, ping...):
+    /// a down or wedged engine gives an error after this long, never a hang. Default 30 s.
+    pub request_timeout: Duration,
+    /// Bound on pulling or building an image (default 10 min).
+    pub image_timeout: Duration,
+    /// Bound on one upload request, and on the silence between two chunks of a download
+    /// (default 10 min).
+    pub transfer_timeout: Duration,
+    /// Timeout applied to an exec that does not give one (default 1 h).
+    pub default_exec_timeout: Duration,
+    /// Largest build context, in bytes, held in memory while building a template's image
+    /// (default 64 MiB).
+    pub max_build_context_bytes: u64,
+}
+
+impl Default for DockerSettings {
+    fn default() -> Self {
+        Self {
+            host: DEFAULT_DOCKER_HOST.to_owned(),
+            publish_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            memory_limit_bytes: 512 * 1024 * 1024,
+            cpu_limit: 1.0,
+            pids_limit: 512,
+            request_timeout: Duration::from_secs(30),
+            image_timeout: Duration::from_secs(600),
+            transfer_timeout: Duration::from_secs(600),
+            default_exec_timeout: Duration::from_secs(3600),
+            max_build_context_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl DockerSettings {
+    /// The defaults, with `host` taken from `DOCKER_HOST` when it is set and not empty.
+    pub fn from_docker_host_env() -> Self {
+        let mut settings = Self::default();
+        if let Ok(host) = std::env::var("DOCKER_HOST")
+            && !host.trim().is_empty()
+        {
+            settings.host = host.trim().to_owned();
+        }
+        settings
+    }
+}
