@@ -110,11 +110,11 @@ impl DirTemplateCatalog {
             None => {
                 let available = self.list_in(&root)?;
                 let message = if available.is_empty() {
-                    format!("unknown template {name:?}: no templates are available")
+                    format!("unknown template \"{name}\": no templates are available")
                 } else {
                     let names: Vec<&str> = available.iter().map(TemplateName::as_str).collect();
                     format!(
-                        "unknown template {name:?}; available templates: {}",
+                        "unknown template \"{name}\"; available templates: {}",
                         names.join(", ")
                     )
                 };
