@@ -28,7 +28,7 @@ pub const LIFECYCLE_HOOKS: [&str; 4] = [
 
 /// Fields monza reads, keeps in the config, and does not apply, with the reason given in
 /// the template's warnings.
-const NOT_APPLIED: [(&str, &str); 7] = [
+const NOT_APPLIED: [(&str, &str); 6] = [
     ("features", "features are not installed"),
     ("customizations", "customizations are not applied"),
     (
@@ -47,7 +47,6 @@ const NOT_APPLIED: [(&str, &str); 7] = [
         "initializeCommand",
         "initializeCommand is not run (it would run on the host)",
     ),
-    ("otherPortsAttributes", "port attributes are not applied"),
 ];
 
 /// A Dockerfile build as written, paths still relative to the devcontainer.json's folder.
