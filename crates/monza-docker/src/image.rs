@@ -92,7 +92,9 @@ impl DockerRuntime {
             Ok(()) => Err("the engine reported no error, yet the image is not there".to_owned()),
             Err(Failure::Status { message, .. }) => Err(message),
             Err(f) => {
-                return Err(f.into_domain(&self.settings.host, format_args!("pulling image {name}")));
+                return Err(
+                    f.into_domain(&self.settings.host, format_args!("pulling image {name}"))
+                );
             }
         };
         pulled.map_err(|message| {

@@ -1,0 +1,733 @@
+//! `DockerRuntime` against the real engine (`DOCKER_HOST`, default the local socket), with
+//! the locally built `monza-test/busybox:latest` image. In CI (`CI=true`) a missing engine
+//! fails these tests; elsewhere they are skipped with one loud line.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns: a panic is the failure report
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use monza_docker::{DockerRuntime, DockerSettings, SANDBOX_CAPABILITIES};
+use monza_domain::testing::require;
+use monza_domain::{
+    BuildSpec, Command, ContainerRuntime, ContainerSpec, Error, ExecOutput, ExecRequest,
+    ImageSource, Mount, RunOptions, SandboxId, Template, TemplateName, TenantId, UploadFile,
+};
+use serde_json::json;
+
+const IMAGE: &str = "monza-test/busybox:latest";
+/// Every container these tests create carries it, so a leftover can be found and swept.
+const TEST_LABEL: &str = "monza.test";
+
+async fn runtime() -> Option<DockerRuntime> {
+    let settings = DockerSettings::from_docker_host_env();
+    let what = format!("Docker engine at {}", settings.host);
+    let runtime = DockerRuntime::new(settings).expect("valid DOCKER_HOST");
+    let ping = runtime.ping().await;
+    require(&what, ping)?;
+    Some(runtime)
+}
+
+fn template(image: ImageSource) -> Template {
+    Template {
+        name: TemplateName::new("docker-adapter-test").unwrap(),
+        image,
+        container_env: BTreeMap::from([("GREETING".into(), "hello sandbox".into())]),
+        remote_env: BTreeMap::new(),
+        container_user: None,
+        remote_user: None,
+        workspace_folder: "/workspace".into(),
+        forward_ports: vec![],
+        override_command: true,
+        lifecycle_commands: vec![],
+        mounts: vec![],
+        run_options: RunOptions {
+            labels: BTreeMap::from([(TEST_LABEL.into(), "docker-adapter".into())]),
+            ..RunOptions::default()
+        },
+        config: serde_json::json!({}),
+        warnings: vec![],
+    }
+}
+
+fn spec(template: Template) -> ContainerSpec {
+    ContainerSpec {
+        sandbox_id: SandboxId::new_random(),
+        tenant: TenantId::new("tests").unwrap(),
+        template,
+    }
+}
+
+/// Removes its container when dropped, even when the test fails.
+struct Sandbox {
+    runtime: DockerRuntime,
+    id: String,
+}
+
+impl Sandbox {
+    async fn create(runtime: &DockerRuntime, spec: &ContainerSpec) -> Self {
+        let created = runtime.create(spec).await.expect("create");
+        Self {
+            runtime: runtime.clone(),
+            id: created.id,
+        }
+    }
+
+    async fn started(runtime: &DockerRuntime, template: Template) -> Self {
+        let sandbox = Self::create(runtime, &spec(template)).await;
+        runtime.start(&sandbox.id).await.expect("start");
+        sandbox
+    }
+
+    async fn sh(&self, line: &str) -> ExecOutput {
+        self.runtime
+            .exec(&self.id, &shell(line))
+            .await
+            .expect("exec")
+    }
+
+    fn inspect_container(&self) -> docker_api::models::ContainerInspect200Response {
+        let id = self.id.clone();
+        on_fresh_runtime(move |docker| async move {
+            docker.containers().get(id).inspect().await.unwrap()
+        })
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let id = self.id.clone();
+        let settings = self.runtime.settings().clone();
+        // A fresh runtime on its own thread: the test's runtime may be gone or blocked here.
+        let result = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async { DockerRuntime::new(settings).unwrap().remove(&id).await })
+        })
+        .join();
+        if !matches!(result, Ok(Ok(()))) {
+            eprintln!("could not remove test container {}: {result:?}", self.id);
+        }
+    }
+}
+
+/// Runs `f` with a docker-api client of its own, on a thread and runtime of its own.
+fn on_fresh_runtime<T, F, Fut>(f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce(docker_api::Docker) -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+{
+    let host = DockerSettings::from_docker_host_env().host;
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f(docker_api::Docker::new(host).unwrap()))
+    })
+    .join()
+    .unwrap()
+}
+
+fn shell(line: &str) -> ExecRequest {
+    ExecRequest {
+        command: Command::Shell(line.into()),
+        workdir: None,
+        env: BTreeMap::new(),
+        user: None,
+        max_output_bytes: 64 * 1024,
+        timeout: Some(Duration::from_secs(30)),
+    }
+}
+
+/// Peak resident memory of this process, in bytes (`VmHWM`).
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_started_sandbox_has_its_env_labels_ports_limits_and_hardening() {
+    let Some(runtime) = runtime().await else {
+        return;
+    };
+    let mut t = template(ImageSource::Image(IMAGE.into()));
+    t.forward_ports = vec![8080, 9090];
+    let spec = spec(t);
+    let created = runtime.create(&spec).await.unwrap();
+    let sandbox = Sandbox {
+        runtime: runtime.clone(),
+        id: created.id.clone(),
+    };
+    assert_eq!(created.image, IMAGE);
+
+    let ports = runtime.start(&sandbox.id).await.unwrap();
+    assert_eq!(
+        ports.iter().map(|p| p.container_port).collect::<Vec<_>>(),
+        [8080, 9090]
+    );
+    assert!(ports.iter().all(|p| p.host_port != 0));
+
+    let inspect = sandbox.inspect_container();
+    assert_eq!(
+        inspect.name.as_deref(),
+        Some(format!("/monza-{}", spec.sandbox_id).as_str())
+    );
+    let config = inspect.config.unwrap();
+    let labels = config.labels.unwrap();
+    assert_eq!(labels["monza.sandbox_id"], spec.sandbox_id.to_string());
+    assert_eq!(labels["monza.managed"], "true");
+    assert_eq!(labels["monza.template"], "docker-adapter-test");
+    assert_eq!(labels["monza.tenant"], "tests");
+    assert!(
+        config
+            .env
+            .unwrap()
+            .contains(&"GREETING=hello sandbox".to_owned())
+    );
+    let host = inspect.host_config.unwrap();
+    assert_eq!(host["Memory"], json!(512 * 1024 * 1024));
+    assert_eq!(host["MemorySwap"], json!(512 * 1024 * 1024));
+    assert_eq!(host["NanoCpus"], json!(1_000_000_000));
+    assert_eq!(host["PidsLimit"], json!(512));
+    assert_eq!(host["Privileged"], json!(false));
+    assert_eq!(host["SecurityOpt"], json!(["no-new-privileges"]));
+    assert_eq!(host["CapDrop"], json!(["ALL"]));
+    assert_eq!(host["CapAdd"], json!(SANDBOX_CAPABILITIES));
+    assert_eq!(host["Binds"], json!(null), "no bind mounts");
+    for port in ["8080/tcp", "9090/tcp"] {
+        assert_eq!(
+            host["PortBindings"][port][0]["HostIp"],
+            json!("127.0.0.1"),
+            "{port}"
+        );
+    }
+    let actual = inspect.network_settings.unwrap().ports.unwrap();
+    let actual_8080 = actual["8080/tcp"].as_ref().unwrap();
+    assert!(
+        actual_8080
+            .iter()
+            .all(|b| b.host_ip.as_deref() == Some("127.0.0.1")),
+        "{actual_8080:?}"
+    );
+
+    // What the process inside sees.
+    let env = sandbox
+        .sh("echo \"$GREETING\"; pwd; test -d /workspace && echo ws")
+        .await;
+    assert_eq!(env.stdout, "hello sandbox\n/workspace\nws\n", "{env:?}");
+    let status = sandbox
+        .sh("grep -E '^(NoNewPrivs|CapEff)' /proc/self/status")
+        .await;
+    assert!(status.stdout.contains("NoNewPrivs:\t1"), "{status:?}");
+    // CHOWN 0, DAC_OVERRIDE 1, FOWNER 3, FSETID 4, KILL 5, SETGID 6, SETUID 7, NET_BIND_SERVICE 10.
+    assert!(
+        status.stdout.contains("CapEff:\t00000000000004fb"),
+        "{status:?}"
+    );
+
+    // A listener in the sandbox is reachable on the published port, on the loopback address.
+    let listen = sandbox
+        .sh("nc -ll -p 8080 -e /bin/echo hi >/dev/null 2>&1 &")
+        .await;
+    assert_eq!(listen.exit_code, 0, "{listen:?}");
+    let host_port = ports[0].host_port;
+    let reply = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let attempt = TcpStream::connect(("127.0.0.1", host_port)).and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                let mut text = String::new();
+                s.read_to_string(&mut text)?;
+                Ok(text)
+            });
+            match attempt {
+                Ok(text) if text == "hi\n" => return text,
+                _ if Instant::now() > deadline => {
+                    panic!("no reply on port {host_port}: {attempt:?}")
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(reply, "hi\n");
+
+    // The keep-alive command stops at once on SIGTERM.
+    let id = sandbox.id.clone();
+    let stop_took = on_fresh_runtime(move |docker| async move {
+        let started = Instant::now();
+        docker
+            .containers()
+            .get(id)
+            .stop(
+                &docker_api::opts::ContainerStopOpts::builder()
+                    .wait(Duration::from_secs(10))
+                    .build(),
+            )
+            .await
+            .unwrap();
+        started.elapsed()
+    });
+    assert!(
+        stop_took < Duration::from_secs(3),
+        "docker stop took {stop_took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_options_lower_limits_and_apply_init_hostname_shm_and_extra_caps() {
+    let Some(runtime) = runtime().await else {
+        return;
+    };
+    let mut t = template(ImageSource::Image(IMAGE.into()));
+    t.run_options.cpus = Some(0.5);
+    t.run_options.memory_bytes = Some(256 * 1024 * 1024);
+    t.run_options.init = true;
+    t.run_options.hostname = Some("devbox".into());
+    t.run_options.shm_size_bytes = Some(128 * 1024 * 1024);
+    t.run_options.cap_add = vec!["SYS_PTRACE".into()];
+    t.container_user = Some("1234".into());
+    t.workspace_folder = "/work/space".into();
+    let sandbox = Sandbox::started(&runtime, t).await;
+    let inspect = sandbox.inspect_container();
+    let host = inspect.host_config.unwrap();
+    assert_eq!(host["Memory"], json!(256 * 1024 * 1024));
+    assert_eq!(host["NanoCpus"], json!(500_000_000));
+    assert_eq!(host["Init"], json!(true));
+    assert_eq!(host["ShmSize"], json!(128 * 1024 * 1024));
+    assert_eq!(host["Privileged"], json!(false));
+    assert!(
+        host["CapAdd"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("SYS_PTRACE"))
+    );
+    let out = sandbox.sh("hostname; id -u; pwd").await;
+    assert_eq!(out.stdout, "devbox\n1234\n/work/space\n", "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_reports_exit_codes_and_keeps_streams_apart_and_in_order() {
+    let Some(runtime) = runtime().await else {
+        return;
+    };
+    let sandbox = Sandbox::started(&runtime, template(ImageSource::Image(IMAGE.into()))).await;
+
+    let out = sandbox
+        .sh("echo out1; sleep 0.2; echo err1 >&2; sleep 0.2; echo out2; exit 3")
+        .await;
+    assert_eq!(out.exit_code, 3);
+    assert_eq!(out.stdout, "out1\nout2\n");
+    assert_eq!(out.stderr, "err1\n");
+    assert_eq!(out.output, "out1\nerr1\nout2\n");
+    assert!(!out.truncated && !out.timed_out);
+    assert!(
+        out.duration >= Duration::from_millis(400),
+        "{:?}",
+        out.duration
+    );
+
+    let argv = ExecRequest {
+        command: Command::Argv(vec!["/bin/echo".into(), "a  b".into(), "$HOME".into()]),
+        workdir: Some("/etc".into()),
+        env: BTreeMap::from([("EXTRA".into(), "x=y".into())]),
+        user: Some("4321".into()),
+        ..shell("")
+    };
+    let out = runtime.exec(&sandbox.id, &argv).await.unwrap();
+    assert_eq!((out.exit_code, out.stdout.as_str()), (0, "a  b $HOME\n"));
+    let probe = ExecRequest {
+        command: Command::Shell("pwd; echo \"$EXTRA\"; id -u".into()),
+        ..argv
+    };
+    let out = runtime.exec(&sandbox.id, &probe).await.unwrap();
+    assert_eq!(out.stdout, "/etc\nx=y\n4321\n", "{out:?}");
+
+    let missing = runtime
+        .exec(&sandbox.id, &shell("no-such-command"))
+        .await
+        .unwrap();
+    assert_eq!(missing.exit_code, 127);
+    assert!(missing.stderr.contains("not found"), "{missing:?}");
+
+    let lossy = sandbox.sh("printf 'a\\377b'").await;
+    assert_eq!(lossy.stdout, "a\u{fffd}b");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_output_is_capped_with_bounded_memory() {
+    let Some(runtime) = runtime().await else {
+        return;
+    };
+    let sandbox = Sandbox::started(&runtime, template(ImageSource::Image(IMAGE.into()))).await;
+    let before = peak_rss();
+    let request = ExecRequest {
+        max_output_bytes: 1000,
+        ..shell("yes | head -c 50000000; echo done >&2")
+    };
+    let out = runtime.exec(&sandbox.id, &request).await.unwrap();
+    let growth = peak_rss().saturating_sub(before);
+    assert_eq!(out.exit_code, 0);
+    assert!(out.truncated);
+    assert_eq!(out.stdout.len(), 1000);
+    assert_eq!(out.output.len(), 1000);
+    assert_eq!(out.stderr, "done\n", "stderr keeps its own budget");
+    assert!(
+        growth < 16 * 1024 * 1024,
+        "peak RSS grew by {growth} bytes for 50 MB of output"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_timeout_kills_the_command_and_its_children() {
+    let Some(runtime) = runtime().await else {
+        return;
+    };
+    let sandbox = Sandbox::started(&runtime, template(ImageSource::Image(IMAGE.into()))).await;
+    let request = ExecRequest {
+        timeout: Some(Duration::from_secs(1)),
+        ..shell("echo started; sleep 30 & sleep 31; echo never")
+    };
+    let started = Instant::now();
+    let out = runtime.exec(&sandbox.id, &request).await.unwrap();
+    let took = started.elapsed();
+    assert!(out.timed_out, "{out:?}");
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    assert_eq!(out.stdout, "started\n");
+    assert_ne!(out.exit_code, 0);
+    let ps = sandbox
+        .sh("ps -o pid,args | grep 'sleep 3[01]' || true")
+        .await;
+    assert_eq!(ps.stdout, "", "processes left behind: {ps:?}");
+
+    let argv = ExecRequest {
+        command: Command::Argv(vec!["sleep".into(), "30".into()]),
+        ..request
+    };
+    let out = runtime.exec(&sandbox.id, &argv).await.unwrap();
+    assert!(
+        out.timed_out && out.duration < Duration::from_secs(6),
+        "{out:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_go_in_and_out_byte_for_byte() {
+    let Some(runtime) = runtime().await else {
+        return;
+    };
+    let sandbox = Sandbox::started(&runtime, template(ImageSource::Image(IMAGE.into()))).await;
+    let data = random_bytes(5 * 1024 * 1024 + 123, 42);
+    let chunks: Vec<Result<Bytes, Error>> = data
+        .chunks(64 * 1024)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let file = UploadFile {
+        name: "random.bin".into(),
+        size: data.len() as u64,
+        content: futures::stream::iter(chunks).boxed(),
+    };
+    runtime
+        .upload(&sandbox.id, "/workspace/new/deeper", file)
+        .await
+        .unwrap();
+
+    let stat = runtime
+        .stat(&sandbox.id, "/workspace/new/deeper/random.bin")
+        .await
+        .unwrap();
+    assert_eq!(
+        (stat.name.as_str(), stat.size, stat.is_dir),
+        ("random.bin", data.len() as u64, false)
+    );
+    let dir = runtime.stat(&sandbox.id, "/workspace/new").await.unwrap();
+    assert!(dir.is_dir);
+    let inside = sandbox
+        .sh("md5sum /workspace/new/deeper/random.bin | cut -d' ' -f1")
+        .await;
+    assert_eq!(inside.stdout.trim().len(), 32);
+
+    let download = runtime
+        .download(&sandbox.id, "/workspace/new/deeper/random.bin")
+        .await
+        .unwrap();
+    assert_eq!(download.stat.size, data.len() as u64);
+    let mut back = Vec::new();
+    let mut content = download.content;
+    while let Some(chunk) = content.next().await {
+        back.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(
+        back == data,
+        "downloaded bytes differ ({} vs {} bytes)",
+        back.len(),
+        data.len()
+    );
+
+    // A file written in the sandbox comes out too, through a symlink.
+    sandbox.sh("printf made-inside > /workspace/inside.txt; ln -s /workspace/inside.txt /workspace/link").await;
+    let link = runtime
+        .download(&sandbox.id, "/workspace/link")
+        .await
+        .unwrap();
+    let text: Vec<Bytes> = link.content.map(|c| c.unwrap()).collect().await;
+    assert_eq!(text.concat(), b"made-inside");
+
+    assert!(matches!(
+        runtime.stat(&sandbox.id, "/nope").await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        runtime.download(&sandbox.id, "/nope").await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(
+        matches!(runtime.download(&sandbox.id, "/workspace").await, Err(Error::InvalidInput(m)) if m.contains("is a directory"))
+    );
+
+    let short = UploadFile {
+        name: "short".into(),
+        size: 10,
+        content: futures::stream::iter([Ok(Bytes::from_static(b"abc"))]).boxed(),
+    };
+    assert!(
+        matches!(runtime.upload(&sandbox.id, "/workspace", short).await, Err(Error::InvalidInput(m)) if m.contains("announced"))
+    );
+    let gone = UploadFile {
+        name: "x".into(),
+        size: 0,
+        content: futures::stream::empty().boxed(),
+    };
+    assert!(matches!(
+        runtime
+            .upload("monza-no-such-container", "/tmp", gone)
+            .await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn managed_containers_are_listed_and_removal_is_idempotent() {
+    let Some(runtime) = runtime().await else {
+        return;
+    };
+    let spec = spec(template(ImageSource::Image(IMAGE.into())));
+    let sandbox = Sandbox::create(&runtime, &spec).await;
+    let listed = runtime.list_managed().await.unwrap();
+    let mine = listed.iter().find(|c| c.id == sandbox.id).expect("listed");
+    assert_eq!(mine.sandbox_id, Some(spec.sandbox_id));
+    assert!(!mine.running);
+    runtime.start(&sandbox.id).await.unwrap();
+    runtime
+        .start(&sandbox.id)
+        .await
+        .expect("starting twice is fine");
+    let listed = runtime.list_managed().await.unwrap();
+    assert!(listed.iter().any(|c| c.id == sandbox.id && c.running));
+
+    runtime.remove(&sandbox.id).await.unwrap();
+    runtime
+        .remove(&sandbox.id)
+        .await
+        .expect("removing twice is fine");
+    let listed = runtime.list_managed().await.unwrap();
+    assert!(listed.iter().all(|c| c.id != sandbox.id));
+    assert!(matches!(
+        runtime.start(&sandbox.id).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        runtime.exec(&sandbox.id, &shell("true")).await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_image_fails_fast_naming_it() {
+    let Some(runtime) = runtime().await else {
+        return;
+    };
+    let name = format!(
+        "monza-test/no-such-image-{}:latest",
+        SandboxId::new_random()
+    );
+    let started = Instant::now();
+    let result = runtime
+        .create(&spec(template(ImageSource::Image(name.clone()))))
+        .await;
+    let err = result.expect_err("an image that is nowhere cannot be used");
+    eprintln!("unknown image: {err}");
+    assert!(err.to_string().contains(&name), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_mount_is_refused_even_when_unsafe_options_are_allowed() {
+    let Some(runtime) = runtime().await else {
+        return;
+    };
+    let mut t = template(ImageSource::Image(IMAGE.into()));
+    t.run_options.privileged = true;
+    t.mounts = vec![Mount {
+        kind: "bind".into(),
+        source: Some("/var/run".into()),
+        target: "/host-run".into(),
+        read_only: true,
+    }];
+    let result = runtime.create(&spec(t)).await;
+    assert!(
+        matches!(result, Err(Error::InvalidInput(ref m)) if m.contains("Docker socket")),
+        "{result:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_engine_is_unavailable_with_its_address_quickly() {
+    for host in ["unix:///nonexistent.sock", "tcp://127.0.0.1:1"] {
+        let runtime = DockerRuntime::new(DockerSettings {
+            host: host.into(),
+            request_timeout: Duration::from_secs(5),
+            ..DockerSettings::default()
+        })
+        .unwrap();
+        let started = Instant::now();
+        for result in [
+            runtime.ping().await.map(drop),
+            runtime
+                .create(&spec(template(ImageSource::Image(IMAGE.into()))))
+                .await
+                .map(drop),
+            runtime.list_managed().await.map(drop),
+        ] {
+            match result {
+                Err(Error::Unavailable {
+                    dependency,
+                    message,
+                }) => {
+                    assert_eq!(dependency, "docker");
+                    assert!(message.contains(host), "{message}");
+                }
+                other => panic!("{host}: expected unavailable, got {other:?}"),
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{host}: took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_built_template_is_built_once_and_reused() {
+    let Some(runtime) = runtime().await else {
+        return;
+    };
+    let context = tempfile::tempdir().unwrap();
+    let marker = SandboxId::new_random().to_string();
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        format!("FROM {IMAGE}\nARG FLAVOUR=plain\nCOPY note.txt /note.txt\nRUN echo built-$FLAVOUR > /built\n"),
+    )
+    .unwrap();
+    std::fs::File::create(context.path().join("note.txt"))
+        .unwrap()
+        .write_all(marker.as_bytes())
+        .unwrap();
+    let build = BuildSpec {
+        context: context.path().to_path_buf(),
+        dockerfile: "Dockerfile".into(),
+        args: BTreeMap::from([("FLAVOUR".into(), "spicy".into())]),
+        target: None,
+    };
+    let t = template(ImageSource::Build(build.clone()));
+
+    let first_spec = spec(t.clone());
+    let first = Sandbox::create(&runtime, &first_spec).await;
+    let image = runtime.create(&spec(t.clone())).await.map(|c| {
+        let _second = Sandbox {
+            runtime: runtime.clone(),
+            id: c.id,
+        };
+        c.image
+    });
+    let image = image.unwrap();
+    assert!(
+        image.starts_with("monza-build/docker-adapter-test:"),
+        "{image}"
+    );
+    runtime.start(&first.id).await.unwrap();
+    let out = first.sh("cat /built /note.txt").await;
+    assert_eq!(out.stdout, format!("built-spicy\n{marker}"));
+
+    let tag_time = |image: String| {
+        on_fresh_runtime(move |docker| async move {
+            docker
+                .images()
+                .get(image)
+                .inspect()
+                .await
+                .unwrap()
+                .metadata
+                .and_then(|m| m.last_tag_time)
+        })
+    };
+    let tagged = tag_time(image.clone());
+    assert!(tagged.is_some());
+    let third = Sandbox::create(&runtime, &spec(t.clone())).await;
+    assert_eq!(
+        tag_time(image.clone()),
+        tagged,
+        "the second sandbox must not rebuild"
+    );
+    drop(third);
+
+    // A changed context is a different image.
+    std::fs::write(context.path().join("note.txt"), "changed").unwrap();
+    let changed = Sandbox::create(&runtime, &spec(t)).await;
+    let changed_image = changed.inspect_container().config.unwrap().image.unwrap();
+    assert_ne!(changed_image, image);
+    drop(changed);
+    drop(first);
+
+    for tag in [image, changed_image] {
+        on_fresh_runtime(move |docker| async move {
+            let _ = docker
+                .images()
+                .get(tag)
+                .remove(
+                    &docker_api::opts::ImageRemoveOpts::builder()
+                        .force(true)
+                        .build(),
+                )
+                .await;
+        });
+    }
+}
