@@ -305,13 +305,28 @@ mod tests {
 
     #[test]
     fn content_type_is_sniffed_from_the_first_bytes() {
-        assert_eq!(sniff_content_type(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"), "image/png");
+        assert_eq!(
+            sniff_content_type(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"),
+            "image/png"
+        );
         assert_eq!(sniff_content_type(b"%PDF-1.7\n"), "application/pdf");
-        assert_eq!(sniff_content_type(b"package main\n"), "text/plain; charset=utf-8");
-        assert_eq!(sniff_content_type("héllo".as_bytes()), "text/plain; charset=utf-8");
+        assert_eq!(
+            sniff_content_type(b"package main\n"),
+            "text/plain; charset=utf-8"
+        );
+        assert_eq!(
+            sniff_content_type("héllo".as_bytes()),
+            "text/plain; charset=utf-8"
+        );
         // Cut in the middle of "é".
-        assert_eq!(sniff_content_type(&"hé".as_bytes()[..2]), "text/plain; charset=utf-8");
+        assert_eq!(
+            sniff_content_type(&"hé".as_bytes()[..2]),
+            "text/plain; charset=utf-8"
+        );
         assert_eq!(sniff_content_type(b"a\0b"), "application/octet-stream");
-        assert_eq!(sniff_content_type(b"\xff\xfe\xfd x"), "application/octet-stream");
+        assert_eq!(
+            sniff_content_type(b"\xff\xfe\xfd x"),
+            "application/octet-stream"
+        );
     }
 }

@@ -67,10 +67,7 @@ pub(crate) async fn get_ready(service: web::Data<SandboxService>) -> HttpRespons
     }
 }
 
-async fn ping(
-    dependency: &str,
-    check: impl Future<Output = monza_domain::Result<()>>,
-) -> bool {
+async fn ping(dependency: &str, check: impl Future<Output = monza_domain::Result<()>>) -> bool {
     match tokio::time::timeout(READY_TIMEOUT, check).await {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {

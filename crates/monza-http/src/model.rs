@@ -31,7 +31,11 @@ impl CreateSandboxRequest {
     pub fn into_domain(self) -> Result<CreateSandbox, ApiError> {
         Ok(CreateSandbox {
             name: self.name.as_deref().map(SandboxName::new).transpose()?,
-            template: self.template.as_deref().map(TemplateName::new).transpose()?,
+            template: self
+                .template
+                .as_deref()
+                .map(TemplateName::new)
+                .transpose()?,
         })
     }
 }

@@ -12,8 +12,7 @@ use crate::handlers::{
 };
 use crate::model::{
     CreateSandboxRequest, EventResponse, ExecuteRequest, ExecuteResponse, HealthResponse,
-    HelloResponse, PortMappingResponse, ReadyResponse, SandboxResponse, UploadForm,
-    UploadResponse,
+    HelloResponse, PortMappingResponse, ReadyResponse, SandboxResponse, UploadForm, UploadResponse,
 };
 
 /// The API description. Every route registered by [`crate::configure`] must appear in

@@ -1,0 +1,700 @@
+//! The health and sandbox routes through the real router, over a real `SandboxService` whose
+//! ports are mocks: success shapes and each error mapping.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns: a panic is the failure report
+
+mod support;
+
+use std::time::Duration;
+
+use actix_web::http::{Method, header};
+use actix_web::test::TestRequest;
+use monza_domain::{
+    CreatedContainer, Error, ExecOutput, PublishedPort, SandboxStatus, ServiceConfig,
+};
+use serde_json::json;
+use support::{Mocks, NOW, sandbox, send, template};
+
+#[actix_web::test]
+async fn health_and_hello_answer_their_fixed_bodies() {
+    let app = app!(Mocks::new().service());
+    let health = send(&app, TestRequest::get().uri("/health").to_request()).await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json(), json!({"status": "ok"}));
+    let hello = send(&app, TestRequest::get().uri("/hello").to_request()).await;
+    assert_eq!(hello.status, 200);
+    assert_eq!(hello.json(), json!({"message": "hello, world"}));
+}
+
+#[actix_web::test]
+async fn ready_is_ok_when_both_dependencies_answer() {
+    let mut m = Mocks::new();
+    m.repo.expect_ping().returning(|| Ok(()));
+    m.runtime.expect_ping().returning(|| Ok(()));
+    let app = app!(m.service());
+    let res = send(&app, TestRequest::get().uri("/ready").to_request()).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(
+        res.json(),
+        json!({"status": "ok", "database": "ok", "docker": "ok"})
+    );
+}
+
+#[actix_web::test]
+async fn ready_is_503_naming_the_dependency_that_is_down() {
+    let mut m = Mocks::new();
+    m.repo.expect_ping().returning(|| Ok(()));
+    m.runtime
+        .expect_ping()
+        .returning(|| Err(Error::unavailable("docker", "connection refused")));
+    let app = app!(m.service());
+    let res = send(&app, TestRequest::get().uri("/ready").to_request()).await;
+    assert_eq!(res.status, 503);
+    assert_eq!(
+        res.json(),
+        json!({"status": "unavailable", "database": "ok", "docker": "unavailable"})
+    );
+}
+
+#[actix_web::test]
+async fn get_returns_every_documented_field_with_utc_timestamps() {
+    let sb = sandbox(SandboxStatus::Running);
+    let id = sb.id;
+    let port_id = sb.port_mappings[0].id;
+    let mut m = Mocks::new();
+    let found = sb.clone();
+    m.repo
+        .expect_get()
+        .withf(move |got| *got == id)
+        .returning(move |_| Ok(found.clone()));
+    let app = app!(m.service());
+    let res = send(
+        &app,
+        TestRequest::get()
+            .uri(&format!("/api/sandboxes/{id}"))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    assert_eq!(
+        res.json(),
+        json!({
+            "id": id.to_string(),
+            "name": "demo",
+            "status": "running",
+            "status_reason": null,
+            "template": "go",
+            "tenant": "default",
+            "container_id": "c0ffee",
+            "image": "golang:1.22",
+            "workspace_mount": "/workspace",
+            "devcontainer_config": {"image": "golang:1.22", "forwardPorts": [8080]},
+            "env_vars": {"GOFLAGS": "-mod=mod"},
+            "port_mappings": [{
+                "id": port_id.to_string(),
+                "sandbox_id": id.to_string(),
+                "host_port": 49153,
+                "container_port": 8080,
+            }],
+            "last_activity": "2030-01-02T03:04:05Z",
+            "created_at": "2030-01-02T03:00:00Z",
+            "expires_at": "2030-01-02T03:19:05Z",
+            "deleted_at": null,
+        })
+    );
+}
+
+#[actix_web::test]
+async fn an_ended_sandbox_shows_its_status_and_deleted_at() {
+    let mut sb = sandbox(SandboxStatus::Expired);
+    sb.deleted_at = Some(NOW);
+    let id = sb.id;
+    let mut m = Mocks::new();
+    m.repo.expect_get().returning(move |_| Ok(sb.clone()));
+    let app = app!(m.service());
+    let res = send(
+        &app,
+        TestRequest::get()
+            .uri(&format!("/api/sandboxes/{id}"))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    let body = res.json();
+    assert_eq!(body["status"], "expired");
+    assert_eq!(body["deleted_at"], "2030-01-02T03:04:05Z");
+}
+
+#[actix_web::test]
+async fn a_malformed_id_is_400_on_every_sandbox_route_without_touching_the_store() {
+    // No expectations: any call to a port would panic.
+    let app = app!(Mocks::new().service());
+    let cases = [
+        (Method::GET, "/api/sandboxes/not-a-uuid"),
+        (Method::DELETE, "/api/sandboxes/not-a-uuid"),
+        (Method::POST, "/api/sandboxes/123/heartbeat"),
+        (Method::GET, "/api/sandboxes/123/events"),
+        (
+            Method::GET,
+            "/api/sandboxes/%E2%9C%93/files/download?path=/a",
+        ),
+    ];
+    for (method, uri) in cases {
+        let res = send(
+            &app,
+            TestRequest::default().method(method).uri(uri).to_request(),
+        )
+        .await;
+        let message = res.error(400, "invalid_input");
+        assert!(message.contains("malformed sandbox id"), "{uri}: {message}");
+    }
+    let res = send(
+        &app,
+        TestRequest::post()
+            .uri("/api/sandboxes/zzz/execute")
+            .set_json(json!({"command": "true"}))
+            .to_request(),
+    )
+    .await;
+    res.error(400, "invalid_input");
+}
+
+#[actix_web::test]
+async fn list_passes_the_status_filter_and_keeps_the_store_order() {
+    use monza_domain::StatusFilter;
+    let newer = sandbox(SandboxStatus::Running);
+    let older = sandbox(SandboxStatus::Deleted);
+    let ids = [newer.id.to_string(), older.id.to_string()];
+    let mut m = Mocks::new();
+    m.repo
+        .expect_list()
+        .withf(|f| f.status == StatusFilter::All && f.tenant.is_none())
+        .times(1)
+        .returning(move |_| Ok(vec![newer.clone(), older.clone()]));
+    m.repo
+        .expect_list()
+        .withf(|f| f.status == StatusFilter::Live)
+        .times(1)
+        .returning(|_| Ok(Vec::new()));
+    m.repo
+        .expect_list()
+        .withf(|f| f.status == StatusFilter::Only(SandboxStatus::Running))
+        .times(1)
+        .returning(|_| Ok(Vec::new()));
+    let app = app!(m.service());
+
+    let all = send(
+        &app,
+        TestRequest::get()
+            .uri("/api/sandboxes?status=all")
+            .to_request(),
+    )
+    .await;
+    assert_eq!(all.status, 200);
+    let listed: Vec<String> = all
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, ids);
+
+    let live = send(&app, TestRequest::get().uri("/api/sandboxes").to_request()).await;
+    assert_eq!(live.json(), json!([]));
+    let running = send(
+        &app,
+        TestRequest::get()
+            .uri("/api/sandboxes?status=running")
+            .to_request(),
+    )
+    .await;
+    assert_eq!(running.json(), json!([]));
+}
+
+#[actix_web::test]
+async fn an_unknown_status_filter_is_400() {
+    let app = app!(Mocks::new().service());
+    let res = send(
+        &app,
+        TestRequest::get()
+            .uri("/api/sandboxes?status=zombie")
+            .to_request(),
+    )
+    .await;
+    let message = res.error(400, "invalid_input");
+    assert!(message.contains("zombie"), "{message}");
+}
+
+/// Mocks for a create that succeeds with template `tpl`.
+fn creating(tpl: &'static str) -> Mocks {
+    let mut m = Mocks::new();
+    m.catalog
+        .expect_resolve()
+        .withf(move |name| name.as_str() == tpl)
+        .returning(|name| Ok(template(name)));
+    m.repo.expect_insert().returning(|_| Ok(()));
+    m.runtime.expect_create().returning(|_| {
+        Ok(CreatedContainer {
+            id: "c0ffee".into(),
+            image: "golang:1.22".into(),
+        })
+    });
+    m.runtime.expect_start().returning(|_| {
+        Ok(vec![PublishedPort {
+            container_port: 8080,
+            host_port: 49153,
+        }])
+    });
+    m.repo.expect_mark_running().returning(|id, update| {
+        let mut sb = sandbox(SandboxStatus::Running);
+        sb.id = id;
+        sb.container_id = Some(update.container_id.clone());
+        sb.port_mappings = update.port_mappings.clone();
+        Ok(sb)
+    });
+    m
+}
+
+#[actix_web::test]
+async fn create_is_201_with_location_and_the_running_sandbox() {
+    let app = app!(creating("python").service());
+    let res = send(
+        &app,
+        TestRequest::post()
+            .uri("/api/sandboxes")
+            .set_json(json!({"name": "mine", "template": "python"}))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(res.status, 201, "{:?}", res.body);
+    let body = res.json();
+    assert_eq!(body["status"], "running");
+    let id = body["id"].as_str().unwrap();
+    assert_eq!(res.header("location"), format!("/api/sandboxes/{id}"));
+    assert_eq!(body["port_mappings"][0]["host_port"], 49153);
+}
+
+#[actix_web::test]
+async fn create_without_a_body_uses_the_default_template() {
+    let app = app!(creating("go").service());
+    let res = send(&app, TestRequest::post().uri("/api/sandboxes").to_request()).await;
+    assert_eq!(res.status, 201, "{:?}", res.body);
+}
+
+#[actix_web::test]
+async fn create_rejects_bad_json_names_and_templates_with_400() {
+    let app = app!(Mocks::permissive().service());
+    let bad_json = send(
+        &app,
+        TestRequest::post()
+            .uri("/api/sandboxes")
+            .insert_header((header::CONTENT_TYPE, "application/json"))
+            .set_payload("{\"name\": ")
+            .to_request(),
+    )
+    .await;
+    let message = bad_json.error(400, "invalid_input");
+    assert!(message.starts_with("invalid JSON body"), "{message}");
+
+    for body in [
+        json!({"name": "   "}),
+        json!({"template": "../etc"}),
+        json!({"name": 5}),
+    ] {
+        let res = send(
+            &app,
+            TestRequest::post()
+                .uri("/api/sandboxes")
+                .set_json(&body)
+                .to_request(),
+        )
+        .await;
+        res.error(400, "invalid_input");
+    }
+
+    // The catalog's "not found" is the client's mistake here: 400, listing what exists.
+    let unknown = send(
+        &app,
+        TestRequest::post()
+            .uri("/api/sandboxes")
+            .set_json(json!({"template": "cobol"}))
+            .to_request(),
+    )
+    .await;
+    let message = unknown.error(400, "invalid_input");
+    assert!(message.contains("available: go"), "{message}");
+}
+
+#[actix_web::test]
+async fn create_past_the_tenant_limit_is_429() {
+    let mut m = Mocks::new();
+    m.config = ServiceConfig {
+        max_sandboxes_per_tenant: Some(2),
+        ..ServiceConfig::default()
+    };
+    m.catalog.expect_resolve().returning(|n| Ok(template(n)));
+    m.repo.expect_count_live().returning(|_| Ok(2));
+    let app = app!(m.service());
+    let res = send(&app, TestRequest::post().uri("/api/sandboxes").to_request()).await;
+    let message = res.error(429, "limit_exceeded");
+    assert!(message.contains("limit is 2"), "{message}");
+}
+
+#[actix_web::test]
+async fn json_bodies_over_64_kib_are_413_and_non_json_is_415() {
+    let app = app!(Mocks::permissive().service());
+    let big = json!({"name": "x".repeat(70 * 1024)});
+    let res = send(
+        &app,
+        TestRequest::post()
+            .uri("/api/sandboxes")
+            .set_json(&big)
+            .to_request(),
+    )
+    .await;
+    let message = res.error(413, "too_large");
+    assert!(message.contains("65536"), "{message}");
+
+    let res = send(
+        &app,
+        TestRequest::post()
+            .uri(&format!(
+                "/api/sandboxes/{}/execute",
+                monza_domain::SandboxId::new_random()
+            ))
+            .insert_header((header::CONTENT_TYPE, "text/plain"))
+            .set_payload("ls")
+            .to_request(),
+    )
+    .await;
+    res.error(415, "unsupported_media_type");
+}
+
+#[actix_web::test]
+async fn delete_is_204_and_removes_the_container_and_again_is_204() {
+    let live = sandbox(SandboxStatus::Running);
+    let id = live.id;
+    let mut ended = live.clone();
+    ended.status = SandboxStatus::Deleted;
+    ended.deleted_at = Some(NOW);
+    let mut m = Mocks::new();
+    let mut seq = mockall::Sequence::new();
+    m.repo
+        .expect_get()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(move |_| Ok(live.clone()));
+    let after = ended.clone();
+    m.repo
+        .expect_transition()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(move |_, _| Ok(after.clone()));
+    m.runtime
+        .expect_remove()
+        .withf(|cid| cid == "c0ffee")
+        .times(2)
+        .returning(|_| Ok(()));
+    m.repo
+        .expect_get()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(move |_| Ok(ended.clone()));
+    let app = app!(m.service());
+    for _ in 0..2 {
+        let res = send(
+            &app,
+            TestRequest::delete()
+                .uri(&format!("/api/sandboxes/{id}"))
+                .to_request(),
+        )
+        .await;
+        assert_eq!(res.status, 204);
+        assert!(res.body.is_empty());
+    }
+}
+
+#[actix_web::test]
+async fn unknown_sandboxes_are_404_on_every_sandbox_route() {
+    let app = app!(Mocks::permissive().service());
+    let id = monza_domain::SandboxId::new_random();
+    let requests = [
+        TestRequest::get().uri(&format!("/api/sandboxes/{id}")),
+        TestRequest::delete().uri(&format!("/api/sandboxes/{id}")),
+        TestRequest::post().uri(&format!("/api/sandboxes/{id}/heartbeat")),
+        TestRequest::get().uri(&format!("/api/sandboxes/{id}/events")),
+        TestRequest::post()
+            .uri(&format!("/api/sandboxes/{id}/execute"))
+            .set_json(json!({"command": "ls"})),
+        TestRequest::get().uri(&format!(
+            "/api/sandboxes/{id}/files/download?path=/etc/hosts"
+        )),
+    ];
+    for req in requests {
+        let res = send(&app, req.to_request()).await;
+        let message = res.error(404, "not_found");
+        assert!(message.contains(&id.to_string()), "{message}");
+    }
+}
+
+#[actix_web::test]
+async fn heartbeat_is_204_when_running_and_409_otherwise() {
+    let running = sandbox(SandboxStatus::Running);
+    let id = running.id;
+    let mut m = Mocks::new();
+    let found = running.clone();
+    m.repo.expect_get().returning(move |_| Ok(found.clone()));
+    m.repo
+        .expect_record_activity()
+        .withf(move |got, at, _, event| *got == id && *at == NOW && event.is_none())
+        .times(1)
+        .returning(move |_, _, _, _| Ok(running.clone()));
+    let app = app!(m.service());
+    let res = send(
+        &app,
+        TestRequest::post()
+            .uri(&format!("/api/sandboxes/{id}/heartbeat"))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(res.status, 204);
+
+    let deleted = sandbox(SandboxStatus::Deleted);
+    let id = deleted.id;
+    let mut m = Mocks::new();
+    m.repo.expect_get().returning(move |_| Ok(deleted.clone()));
+    let app = app!(m.service());
+    let res = send(
+        &app,
+        TestRequest::post()
+            .uri(&format!("/api/sandboxes/{id}/heartbeat"))
+            .to_request(),
+    )
+    .await;
+    res.error(409, "conflict");
+}
+
+#[actix_web::test]
+async fn execute_returns_the_deepagents_shape_and_passes_the_request_through() {
+    let sb = sandbox(SandboxStatus::Running);
+    let id = sb.id;
+    let mut m = Mocks::new();
+    let found = sb.clone();
+    m.repo.expect_get().returning(move |_| Ok(found.clone()));
+    m.repo
+        .expect_record_activity()
+        .returning(move |_, _, _, _| Ok(sb.clone()));
+    m.runtime
+        .expect_exec()
+        .withf(|cid, r| {
+            cid == "c0ffee"
+                && r.command.argv() == ["/bin/sh", "-c", "echo hi; echo oops >&2"]
+                && r.workdir.as_deref() == Some("/tmp")
+                && r.env.get("FOO").map(String::as_str) == Some("bar")
+                && r.max_output_bytes == 100
+                && r.timeout == Some(Duration::from_secs(7))
+        })
+        .times(1)
+        .returning(|_, _| {
+            Ok(ExecOutput {
+                output: "hi\noops\n".into(),
+                stdout: "hi\n".into(),
+                stderr: "oops\n".into(),
+                exit_code: 3,
+                truncated: false,
+                timed_out: false,
+                duration: Duration::from_millis(1234),
+            })
+        });
+    let app = app!(m.service());
+    let res = send(
+        &app,
+        TestRequest::post()
+            .uri(&format!("/api/sandboxes/{id}/execute"))
+            .set_json(json!({
+                "command": "echo hi; echo oops >&2",
+                "max_output_bytes": 100,
+                "timeout_secs": 7,
+                "workdir": "/tmp",
+                "env": {"FOO": "bar"},
+            }))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{:?}", res.body);
+    assert_eq!(
+        res.json(),
+        json!({
+            "output": "hi\noops\n",
+            "exitCode": 3,
+            "truncated": false,
+            "stdout": "hi\n",
+            "stderr": "oops\n",
+            "timed_out": false,
+            "duration_ms": 1234,
+        })
+    );
+}
+
+#[actix_web::test]
+async fn execute_without_a_command_is_400_naming_it() {
+    let app = app!(Mocks::permissive().service());
+    let uri = format!(
+        "/api/sandboxes/{}/execute",
+        monza_domain::SandboxId::new_random()
+    );
+    let missing = send(
+        &app,
+        TestRequest::post()
+            .uri(&uri)
+            .set_json(json!({"timeout_secs": 1}))
+            .to_request(),
+    )
+    .await;
+    let message = missing.error(400, "invalid_input");
+    assert!(message.contains("`command`"), "{message}");
+
+    let empty = send(
+        &app,
+        TestRequest::post()
+            .uri(&uri)
+            .set_json(json!({"command": "  "}))
+            .to_request(),
+    )
+    .await;
+    let message = empty.error(400, "invalid_input");
+    assert!(message.contains("command is empty"), "{message}");
+
+    let relative = send(
+        &app,
+        TestRequest::post()
+            .uri(&uri)
+            .set_json(json!({"command": "ls", "workdir": "tmp"}))
+            .to_request(),
+    )
+    .await;
+    relative.error(400, "invalid_input");
+}
+
+#[actix_web::test]
+async fn events_are_listed_oldest_first() {
+    use monza_domain::{EventAction, SandboxEvent};
+    let sb = sandbox(SandboxStatus::Running);
+    let id = sb.id;
+    let mut m = Mocks::new();
+    m.repo.expect_get().returning(move |_| Ok(sb.clone()));
+    m.repo.expect_events().returning(move |id| {
+        Ok(vec![
+            SandboxEvent {
+                sandbox_id: id,
+                action: EventAction::Created,
+                details: json!({}),
+                created_at: NOW,
+            },
+            SandboxEvent {
+                sandbox_id: id,
+                action: EventAction::Executed,
+                details: json!({"command": "ls"}),
+                created_at: NOW,
+            },
+        ])
+    });
+    let app = app!(m.service());
+    let res = send(
+        &app,
+        TestRequest::get()
+            .uri(&format!("/api/sandboxes/{id}/events"))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    assert_eq!(
+        res.json(),
+        json!([
+            {"sandbox_id": id.to_string(), "action": "created", "details": {}, "created_at": "2030-01-02T03:04:05Z"},
+            {"sandbox_id": id.to_string(), "action": "executed", "details": {"command": "ls"}, "created_at": "2030-01-02T03:04:05Z"},
+        ])
+    );
+}
+
+#[actix_web::test]
+async fn an_unavailable_store_is_503_with_the_dependency_named() {
+    let mut m = Mocks::new();
+    m.repo
+        .expect_list()
+        .returning(|_| Err(Error::unavailable("database", "connection refused")));
+    let app = app!(m.service());
+    let res = send(&app, TestRequest::get().uri("/api/sandboxes").to_request()).await;
+    let message = res.error(503, "unavailable");
+    assert_eq!(message, "database is unavailable: connection refused");
+}
+
+#[actix_web::test]
+async fn an_internal_error_is_500_with_a_generic_message() {
+    let mut m = Mocks::new();
+    m.repo.expect_get().returning(|_| {
+        Err(Error::internal(
+            "row has status \"zombie\"; dsn=postgres://monza:s3cret@db",
+        ))
+    });
+    let app = app!(m.service());
+    let res = send(
+        &app,
+        TestRequest::get()
+            .uri(&format!(
+                "/api/sandboxes/{}",
+                monza_domain::SandboxId::new_random()
+            ))
+            .to_request(),
+    )
+    .await;
+    let message = res.error(500, "internal");
+    assert_eq!(message, "internal server error");
+    let raw = String::from_utf8_lossy(&res.body);
+    assert!(!raw.contains("s3cret") && !raw.contains("zombie"), "{raw}");
+}
+
+#[actix_web::test]
+async fn unknown_routes_are_json_404_and_wrong_methods_json_405_with_allow() {
+    let app = app!(Mocks::new().service());
+    let res = send(&app, TestRequest::get().uri("/api/nope").to_request()).await;
+    let message = res.error(404, "not_found");
+    assert!(message.contains("/api/nope"), "{message}");
+
+    let res = send(&app, TestRequest::put().uri("/api/sandboxes").to_request()).await;
+    res.error(405, "method_not_allowed");
+    assert_eq!(res.header("allow"), "GET, POST");
+
+    let res = send(&app, TestRequest::post().uri("/health").to_request()).await;
+    res.error(405, "method_not_allowed");
+    assert_eq!(res.header("allow"), "GET");
+}
+
+#[actix_web::test]
+async fn every_response_carries_a_request_id_and_a_plain_client_id_is_kept() {
+    let app = app!(Mocks::new().service());
+    let res = send(&app, TestRequest::get().uri("/health").to_request()).await;
+    let generated = res.header("x-request-id");
+    assert!(uuid::Uuid::parse_str(generated).is_ok(), "{generated}");
+
+    let res = send(
+        &app,
+        TestRequest::get()
+            .uri("/api/nope")
+            .insert_header(("x-request-id", "trace-42.a_b"))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(res.header("x-request-id"), "trace-42.a_b");
+
+    let res = send(
+        &app,
+        TestRequest::get()
+            .uri("/health")
+            .insert_header(("x-request-id", "a b\" forged=1"))
+            .to_request(),
+    )
+    .await;
+    assert!(uuid::Uuid::parse_str(res.header("x-request-id")).is_ok());
+}

@@ -1,0 +1,281 @@
+//! Shared fixtures: a real `SandboxService` over mockall mocks of the ports, and helpers to
+//! call the app and read its answers.
+
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::http::header::HeaderMap;
+use actix_web::test;
+use bytes::Bytes;
+use futures::StreamExt;
+use monza_domain::{
+    Error, ExecOutput, FileDownload, FileStat, ImageSource, MockClock, MockContainerRuntime,
+    MockSandboxRepository, MockTemplateCatalog, PortMapping, RunOptions, Sandbox, SandboxId,
+    SandboxName, SandboxService, SandboxStatus, ServiceConfig, Template, TemplateName, TenantId,
+};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::macros::datetime;
+
+/// Builds an app over a service, with optional `HttpConfig`.
+#[macro_export]
+macro_rules! app {
+    ($service:expr) => {
+        actix_web::test::init_service(
+            actix_web::App::new().configure(monza_http::configure($service)),
+        )
+        .await
+    };
+    ($service:expr, $config:expr) => {
+        actix_web::test::init_service(
+            actix_web::App::new().configure(monza_http::configure_with($service, $config)),
+        )
+        .await
+    };
+}
+
+/// The fixed "now" of the mock clock: 2030-01-02 03:04:05 UTC.
+pub const NOW: OffsetDateTime = datetime!(2030-01-02 03:04:05 UTC);
+
+/// The mocks behind a service; set expectations, then call [`Mocks::service`].
+#[derive(Default)]
+pub struct Mocks {
+    pub repo: MockSandboxRepository,
+    pub runtime: MockContainerRuntime,
+    pub catalog: MockTemplateCatalog,
+    pub config: ServiceConfig,
+}
+
+impl Mocks {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every port answers "not found" / empty / ok, so any route can be called without a
+    /// mock panicking on an unexpected call.
+    pub fn permissive() -> Self {
+        let mut m = Self::new();
+        m.repo
+            .expect_get()
+            .returning(|id| Err(Error::not_found(format!("sandbox {id} not found"))));
+        m.repo.expect_list().returning(|_| Ok(Vec::new()));
+        m.repo.expect_count_live().returning(|_| Ok(0));
+        m.repo.expect_events().returning(|_| Ok(Vec::new()));
+        m.repo.expect_ping().returning(|| Ok(()));
+        m.runtime.expect_ping().returning(|| Ok(()));
+        m.catalog.expect_resolve().returning(|name| {
+            Err(Error::not_found(format!(
+                "no template {name}; available: go"
+            )))
+        });
+        m
+    }
+
+    /// Every id names a running sandbox and every runtime call succeeds.
+    pub fn running() -> Self {
+        let mut m = Self::new();
+        m.repo.expect_get().returning(|id| {
+            let mut sb = sandbox(SandboxStatus::Running);
+            sb.id = id;
+            Ok(sb)
+        });
+        m.repo.expect_record_activity().returning(|id, _, _, _| {
+            let mut sb = sandbox(SandboxStatus::Running);
+            sb.id = id;
+            Ok(sb)
+        });
+        m.repo.expect_transition().returning(|id, _| {
+            let mut sb = sandbox(SandboxStatus::Deleted);
+            sb.id = id;
+            Ok(sb)
+        });
+        m.repo.expect_events().returning(|_| Ok(Vec::new()));
+        m.runtime.expect_remove().returning(|_| Ok(()));
+        m.runtime.expect_upload().returning(|_, _, _| Ok(()));
+        m.runtime.expect_exec().returning(|_, _| {
+            Ok(ExecOutput {
+                output: String::new(),
+                stdout: String::new(),
+                stderr: String::new(),
+                exit_code: 0,
+                truncated: false,
+                timed_out: false,
+                duration: std::time::Duration::ZERO,
+            })
+        });
+        m.runtime.expect_download().returning(|_, _| {
+            Ok(FileDownload {
+                stat: FileStat {
+                    name: "f".into(),
+                    size: 1,
+                    is_dir: false,
+                },
+                content: futures::stream::iter([Ok(Bytes::from_static(b"x"))]).boxed(),
+            })
+        });
+        m
+    }
+
+    pub fn service(self) -> SandboxService {
+        let mut clock = MockClock::new();
+        clock.expect_now().returning(|| NOW);
+        SandboxService::new(
+            Arc::new(self.repo),
+            Arc::new(self.runtime),
+            Arc::new(self.catalog),
+            Arc::new(clock),
+            self.config,
+        )
+    }
+}
+
+/// A running sandbox, with timestamps deliberately not in UTC (the API must answer in UTC).
+pub fn sandbox(status: SandboxStatus) -> Sandbox {
+    let id = SandboxId::new_random();
+    Sandbox {
+        id,
+        tenant: TenantId::default_tenant(),
+        name: SandboxName::new("demo").unwrap(),
+        template: TemplateName::new("go").unwrap(),
+        status,
+        status_reason: None,
+        container_id: Some("c0ffee".into()),
+        image: "golang:1.22".into(),
+        workspace_mount: "/workspace".into(),
+        devcontainer_config: json!({"image": "golang:1.22", "forwardPorts": [8080]}),
+        env_vars: BTreeMap::from([("GOFLAGS".to_owned(), "-mod=mod".to_owned())]),
+        port_mappings: vec![PortMapping {
+            id: uuid::Uuid::new_v4(),
+            sandbox_id: id,
+            host_port: 49153,
+            container_port: 8080,
+        }],
+        last_activity: datetime!(2030-01-02 05:04:05 +02:00),
+        created_at: datetime!(2030-01-02 05:00:00 +02:00),
+        expires_at: datetime!(2030-01-02 05:19:05 +02:00),
+        deleted_at: None,
+    }
+}
+
+/// A minimal image template.
+pub fn template(name: &TemplateName) -> Template {
+    Template {
+        name: name.clone(),
+        image: ImageSource::Image("golang:1.22".into()),
+        container_env: BTreeMap::new(),
+        remote_env: BTreeMap::new(),
+        container_user: None,
+        remote_user: None,
+        workspace_folder: "/workspace".into(),
+        forward_ports: vec![8080],
+        override_command: true,
+        lifecycle_commands: Vec::new(),
+        mounts: Vec::new(),
+        run_options: RunOptions::default(),
+        config: json!({"image": "golang:1.22"}),
+        warnings: Vec::new(),
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Answer {
+    /// The body's declared size: `Sized(n)` is what the server sends as `Content-Length`.
+    pub size: BodySize,
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{} body is not JSON ({e}): {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
+            .to_str()
+            .unwrap()
+    }
+
+    /// Asserts the error shape and returns the message.
+    pub fn error(&self, status: u16, code: &str) -> String {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let body = self.json();
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert_eq!(
+            body.as_object().unwrap().len(),
+            1,
+            "only `error` at the top: {body}"
+        );
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no message: {body}"))
+            .to_owned()
+    }
+}
+
+/// Sends a request and reads the whole response.
+pub async fn send<S, R, B>(app: &S, req: R) -> Answer
+where
+    S: Service<R, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let res = test::call_service(app, req).await;
+    let status = res.status();
+    let headers = res.headers().clone();
+    let size = res.response().body().size();
+    let body = test::read_body(res).await;
+    Answer {
+        size,
+        status,
+        headers,
+        body,
+    }
+}
+
+/// One form part: field name, filename (a file part) or `None` (a text part), content.
+pub type Part<'a> = (&'a str, Option<&'a str>, &'a [u8]);
+
+/// A multipart/form-data body from parts.
+pub fn multipart(parts: &[Part<'_>]) -> (String, Vec<u8>) {
+    let boundary = "monzaBoundary7MA4YWxkTrZu0gW";
+    let mut body = Vec::new();
+    for (name, filename, content) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match filename {
+            Some(f) => body.extend_from_slice(
+                format!(
+                    "Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\n\
+                     Content-Type: application/octet-stream\r\n\r\n"
+                )
+                .as_bytes(),
+            ),
+            None => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+            ),
+        }
+        body.extend_from_slice(content);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
