@@ -14,9 +14,9 @@ pub(crate) fn sandbox_id(raw: &str) -> Result<SandboxId, ApiError> {
     Ok(raw.parse::<SandboxId>()?)
 }
 
-/// A JSON body that may also be absent: a request with no body and no `Content-Type`
-/// (`curl -X POST …`) gives `None`; anything else must be valid JSON under the
-/// [`web::JsonConfig`] in force (size limit, content type, error shape).
+/// A JSON body that may also be absent: an empty body (`curl -X POST …`, or
+/// `Content-Length: 0` whatever the type) gives `None`; anything else must be valid JSON
+/// under the [`web::JsonConfig`] in force (size limit, content type, error shape).
 #[derive(Debug)]
 pub(crate) struct JsonOrEmpty<T>(pub Option<T>);
 
@@ -35,12 +35,13 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonOrEmpty<T> {
 
 fn has_no_body(req: &HttpRequest) -> bool {
     let headers = req.headers();
-    if headers.contains_key(header::CONTENT_TYPE) || headers.contains_key(header::TRANSFER_ENCODING)
-    {
-        return false;
-    }
     match headers.get(header::CONTENT_LENGTH) {
-        None => true,
         Some(length) => length.to_str().is_ok_and(|l| l.trim() == "0"),
+        // Without a length, a body is announced by chunked encoding (HTTP/1.1) or, over
+        // HTTP/2, at least by its content type.
+        None => {
+            !headers.contains_key(header::TRANSFER_ENCODING)
+                && !headers.contains_key(header::CONTENT_TYPE)
+        }
     }
 }

@@ -10,7 +10,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, web};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use monza_domain::{Error, FileDownload, SandboxService, UploadFile};
+use monza_domain::{Error, FileDownload, LifecycleEvent, SandboxService, UploadFile, lifecycle};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
@@ -51,8 +51,10 @@ pub(crate) async fn upload_file(
     mut form: Multipart,
 ) -> Result<web::Json<UploadResponse>, ApiError> {
     let id = sandbox_id(&id)?;
-    // Refuse an unknown sandbox before reading up to 100 MiB.
-    service.get(&caller.0, id).await?;
+    // Refuse an unknown or stopped sandbox before reading up to 100 MiB (the service checks
+    // again when the file is in).
+    let sandbox = service.get(&caller.0, id).await?;
+    lifecycle::check(&sandbox, LifecycleEvent::Activity)?;
     let limit = service.config().max_upload_bytes;
     let mut file: Option<Spooled> = None;
     let mut dest_dir: Option<String> = None;

@@ -150,6 +150,11 @@ async fn an_upload_over_the_limit_is_413_and_never_reaches_the_sandbox() {
     assert!(received.lock().unwrap().is_some());
 }
 
+/// A request body that sends `head`, then nothing, and never ends.
+fn endless(head: Bytes) -> Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> {
+    Box::pin(futures::stream::once(async move { Ok(head) }).chain(futures::stream::pending()))
+}
+
 #[actix_web::test]
 async fn the_upload_limit_is_enforced_while_the_body_is_still_arriving() {
     let (mut m, id, _) = uploading(1024);
@@ -159,13 +164,11 @@ async fn the_upload_limit_is_enforced_while_the_body_is_still_arriving() {
     let (content_type, body) = multipart(&[("file", Some("endless.bin"), &[1u8; 4096])]);
     // The first 3 KiB arrive, then the client never sends more and never finishes.
     let head = Bytes::from(body[..3072].to_vec());
-    let endless: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> =
-        Box::pin(futures::stream::once(async move { Ok(head) }).chain(futures::stream::pending()));
     let req = TestRequest::post()
         .uri(&format!("/api/sandboxes/{id}/files/upload"))
         .insert_header((header::CONTENT_TYPE, content_type))
         .to_request();
-    let (req, _) = req.replace_payload(Payload::from(endless));
+    let (req, _) = req.replace_payload(Payload::from(endless(head)));
     let res = tokio::time::timeout(Duration::from_secs(10), send(&app, req))
         .await
         .expect("the 413 must come before the body ends");
@@ -273,11 +276,16 @@ async fn upload_to_a_stopped_sandbox_is_409_and_to_an_unknown_one_404() {
     let mut m = Mocks::new();
     m.repo.expect_get().returning(move |_| Ok(deleted.clone()));
     let app = app!(m.service());
-    let res = send(
-        &app,
-        upload_request(id, &[("file", Some("a"), b"1")]).to_request(),
-    )
-    .await;
+    // Refused before the body is read: the body never ends.
+    let (content_type, _) = multipart(&[]);
+    let req = TestRequest::post()
+        .uri(&format!("/api/sandboxes/{id}/files/upload"))
+        .insert_header((header::CONTENT_TYPE, content_type))
+        .to_request();
+    let (req, _) = req.replace_payload(Payload::from(endless(Bytes::new())));
+    let res = tokio::time::timeout(Duration::from_secs(10), send(&app, req))
+        .await
+        .expect("the 409 must not wait for the body");
     res.error(409, "conflict");
 
     let app = app!(Mocks::permissive().service());

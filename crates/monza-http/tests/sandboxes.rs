@@ -280,6 +280,13 @@ async fn create_without_a_body_uses_the_default_template() {
     let app = app!(creating("go").service());
     let res = send(&app, TestRequest::post().uri("/api/sandboxes").to_request()).await;
     assert_eq!(res.status, 201, "{:?}", res.body);
+    let typed_but_empty = TestRequest::post()
+        .uri("/api/sandboxes")
+        .insert_header((header::CONTENT_TYPE, "application/json"))
+        .insert_header((header::CONTENT_LENGTH, "0"))
+        .to_request();
+    let res = send(&app, typed_but_empty).await;
+    assert_eq!(res.status, 201, "{:?}", res.body);
 }
 
 #[actix_web::test]
