@@ -4,4 +4,24 @@
 //! `cargo bench -p monza-postgres --bench repository` (add `-- --quick`, or set
 //! `MONZA_BENCH_QUICK=1`, for a tiny run).
 
-fn main() {}
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+
+use monza_domain::testing::repository_bench::{self, BenchConfig};
+use monza_postgres::{PgOptions, PgSandboxRepository};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let config = BenchConfig::from_env();
+    let Some(db) = common::TestDb::create().await else {
+        return Err("PostgreSQL is unavailable".into());
+    };
+    let options = PgOptions::default();
+    let repo = PgSandboxRepository::connect_to(db.url.clone(), options.clone()).await?;
+    let name = format!("PostgreSQL ({} pooled connections)", options.max_connections);
+    let report = repository_bench::run(&name, Arc::new(repo), &config).await?;
+    println!("{report}");
+    Ok(())
+}
