@@ -69,11 +69,11 @@ fn docker_answers() -> bool {
 }
 
 fn ensure_docker() -> Result<()> {
-    if std::env::var_os("DOCKER_HOST").is_some() || Path::new("/var/run/docker.sock").exists() {
-        if have("docker") && docker_answers() {
-            eprintln!("xtask: Docker engine answers");
-            return Ok(());
-        }
+    let socket =
+        std::env::var_os("DOCKER_HOST").is_some() || Path::new("/var/run/docker.sock").exists();
+    if socket && have("docker") && docker_answers() {
+        eprintln!("xtask: Docker engine answers");
+        return Ok(());
     }
     if !have("dockerd") {
         apt_install(&["docker.io"])?;

@@ -1,0 +1,252 @@
+//! The `monza` application: reads its settings, wires the concrete adapters into the
+//! domain's [`SandboxService`], runs the reaper and the HTTP server, and shuts down cleanly.
+//!
+//! This is the only crate that names every concrete adapter type.
+
+pub mod reaper;
+pub mod settings;
+pub mod store;
+pub mod telemetry;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer};
+use anyhow::{Context, Result, anyhow};
+use monza_devcontainer::DirTemplateCatalog;
+use monza_docker::{DockerRuntime, DockerSettings};
+use monza_domain::{ContainerRuntime, SandboxService, ServiceConfig, SystemClock, TemplateName};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::ServeArgs;
+
+/// A built application: the listener is bound, the store migrated, Docker answered and
+/// the reaper is running. [`Application::run_until_stopped`] serves until a signal.
+pub struct Application {
+    port: u16,
+    server: Server,
+    handle: ServerHandle,
+    reaper: JoinHandle<()>,
+    cancel: CancellationToken,
+    shutdown_timeout: Duration,
+    service: SandboxService,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stops a running [`Application`] from elsewhere (tests, embedders).
+#[derive(Clone)]
+pub struct StopHandle {
+    handle: ServerHandle,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for StopHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StopHandle").finish_non_exhaustive()
+    }
+}
+
+impl StopHandle {
+    /// Stops accepting, lets in-flight requests finish, stops the reaper.
+    pub async fn stop(&self) {
+        self.cancel.cancel();
+        self.handle.stop(true).await;
+    }
+}
+
+impl Application {
+    /// Start-up in order: configuration → database and migrations (with retry) → Docker
+    /// ping → reaper → HTTP listener.
+    pub async fn build(args: ServeArgs) -> Result<Self> {
+        let default_template = TemplateName::new(&args.default_template)
+            .map_err(|e| anyhow!("MONZA_DEFAULT_TEMPLATE: {e}"))?;
+        let retry = store::Retry {
+            attempts: args.db_connect_attempts,
+            delay: args.db_connect_delay,
+        };
+        let repo = store::open(args.database_url.as_ref(), &args.data_dir, &retry).await?;
+
+        let docker = DockerRuntime::new(DockerSettings {
+            host: args.docker_host.clone(),
+            publish_addr: args.publish_addr,
+            memory_limit_bytes: args.memory_limit,
+            cpu_limit: args.cpu_limit,
+            pids_limit: args.pids_limit,
+            ..DockerSettings::default()
+        })
+        .map_err(|e| anyhow!("DOCKER_HOST {}: {e}", args.docker_host))?;
+        docker
+            .ping()
+            .await
+            .map_err(|e| anyhow!("Docker engine at {}: {e}", args.docker_host))?;
+        tracing::info!(docker_host = %args.docker_host, "Docker engine answers");
+
+        let catalog = DirTemplateCatalog::new(&args.devcontainers, args.allow_unsafe_templates);
+        if let Ok(names) = monza_domain::TemplateCatalog::list(&catalog).await {
+            tracing::info!(
+                dir = %args.devcontainers.display(),
+                templates = ?names.iter().map(TemplateName::as_str).collect::<Vec<_>>(),
+                "template catalog"
+            );
+        }
+
+        let ttl = time::Duration::try_from(args.sandbox_ttl)
+            .map_err(|e| anyhow!("MONZA_SANDBOX_TTL: {e}"))?;
+        let service = SandboxService::new(
+            repo,
+            Arc::new(docker),
+            Arc::new(catalog),
+            Arc::new(SystemClock),
+            ServiceConfig {
+                ttl,
+                default_template,
+                ..ServiceConfig::default()
+            },
+        );
+
+        let cancel = CancellationToken::new();
+        let reaper = tokio::spawn(reaper::run(
+            service.clone(),
+            args.reaper_interval,
+            cancel.clone(),
+        ));
+
+        let listener = TcpListener::bind(args.addr)
+            .with_context(|| format!("SERVER_ADDR {}: cannot listen", args.addr))?;
+        let port = listener.local_addr()?.port();
+        let http_service = service.clone();
+        let server = HttpServer::new(move || {
+            App::new().configure(monza_http::configure(http_service.clone()))
+        })
+        .disable_signals()
+        .shutdown_timeout(args.shutdown_timeout.as_secs())
+        .listen(listener)?
+        .run();
+        let handle = server.handle();
+        tracing::info!(addr = %args.addr, port, "monza listening");
+        Ok(Self {
+            port,
+            server,
+            handle,
+            reaper,
+            cancel,
+            shutdown_timeout: args.shutdown_timeout,
+            service,
+        })
+    }
+
+    /// The port the server listens on (useful with `127.0.0.1:0`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The wired use cases (for tests and embedders).
+    pub fn service(&self) -> &SandboxService {
+        &self.service
+    }
+
+    /// A handle that stops the application.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            handle: self.handle.clone(),
+            cancel: self.cancel.clone(),
+        }
+    }
+
+    /// Serves until SIGINT/SIGTERM (or a [`StopHandle`]): then stops accepting, finishes
+    /// in-flight requests (up to the shutdown timeout) and stops the reaper. Sandboxes are
+    /// left running: the next start serves them again. If the reaper dies, says so and
+    /// returns an error.
+    pub async fn run_until_stopped(self) -> Result<()> {
+        let Self {
+            server,
+            handle,
+            mut reaper,
+            cancel,
+            shutdown_timeout,
+            ..
+        } = self;
+        let mut server = tokio::spawn(server);
+        let mut server_done = false;
+        let mut reaper_done = false;
+        let outcome = tokio::select! {
+            () = shutdown_signal() => {
+                tracing::info!("signal received: shutting down");
+                Ok(())
+            }
+            result = &mut server => {
+                server_done = true;
+                result.context("HTTP server task")?.context("HTTP server")?;
+                Ok(())
+            }
+            result = &mut reaper => {
+                reaper_done = true;
+                match result {
+                    // A StopHandle cancelled it: an orderly stop.
+                    Ok(()) if cancel.is_cancelled() => Ok(()),
+                    Ok(()) => Err(anyhow!("the reaper stopped unexpectedly")),
+                    Err(e) => Err(anyhow!("the reaper task died: {e}")),
+                }
+            }
+        };
+        cancel.cancel();
+        handle.stop(true).await;
+        if !server_done {
+            let _ = tokio::time::timeout(shutdown_timeout, &mut server).await;
+        }
+        if !reaper_done {
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut reaper).await;
+        }
+        tracing::info!("monza stopped");
+        outcome
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+/// `monza templates check DIR`: prints one line per template; exit status 1 if any has an
+/// error.
+pub fn check_templates(dir: &Path, allow_unsafe: bool) -> ExitCode {
+    let lines = monza_devcontainer::check_dir(dir, allow_unsafe);
+    for line in &lines {
+        println!("{line}");
+    }
+    if monza_devcontainer::has_errors(&lines) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

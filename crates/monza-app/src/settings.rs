@@ -1,0 +1,281 @@
+//! Settings from flags and environment variables: `monza serve --help` is the reference.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// monza hands out short-lived development sandboxes: Docker containers made from
+/// devcontainer.json templates, driven over a REST API, removed when idle.
+#[derive(Debug, Parser)]
+#[command(name = "monza", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Commands>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Run the API server and the reaper (the default).
+    Serve(Box<ServeArgs>),
+    /// Work with devcontainer templates.
+    #[command(subcommand)]
+    Templates(TemplatesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplatesCommand {
+    /// Parse every template in a directory: one line each, exit status 1 if any has an error.
+    Check {
+        /// The templates directory.
+        #[arg(env = "DEVCONTAINERS_PATH", default_value = "devcontainers")]
+        dir: PathBuf,
+        /// Accept templates that weaken sandbox isolation (privileged, capAdd, mounts...).
+        #[arg(long, env = "MONZA_ALLOW_UNSAFE_TEMPLATES", default_value_t = false)]
+        allow_unsafe_templates: bool,
+    },
+}
+
+/// A secret whose `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything `monza serve` reads.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Database: postgres://USER:PASS@HOST:PORT/DB, sqlite://PATH or sqlite::memory:.
+    /// Unset: SQLite in MONZA_DATA_DIR/monza.db.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
+
+    /// How many times start-up tries to reach the database and migrate it.
+    #[arg(long, env = "MONZA_DB_CONNECT_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub db_connect_attempts: u32,
+
+    /// Pause between those attempts.
+    #[arg(long, env = "MONZA_DB_CONNECT_DELAY", default_value = "2s", value_parser = parse_duration)]
+    pub db_connect_delay: Duration,
+
+    /// Directory for the embedded SQLite database (created if missing).
+    #[arg(long, env = "MONZA_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Listen address: `:PORT` (all interfaces) or `HOST:PORT`.
+    #[arg(long, env = "SERVER_ADDR", default_value = ":8080", value_parser = parse_listen_addr)]
+    pub addr: SocketAddr,
+
+    /// Directory of devcontainer templates.
+    #[arg(long, env = "DEVCONTAINERS_PATH", default_value = "devcontainers")]
+    pub devcontainers: PathBuf,
+
+    /// Default template for create requests that name none.
+    #[arg(long, env = "MONZA_DEFAULT_TEMPLATE", default_value = "go")]
+    pub default_template: String,
+
+    /// Idle time before a sandbox expires: 90s, 15m, 1h or plain seconds.
+    #[arg(long, env = "MONZA_SANDBOX_TTL", default_value = "15m", value_parser = parse_duration)]
+    pub sandbox_ttl: Duration,
+
+    /// How often the reaper looks for expired sandboxes.
+    #[arg(long, env = "MONZA_REAPER_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub reaper_interval: Duration,
+
+    /// Memory limit of each sandbox, in bytes.
+    #[arg(long, env = "SANDBOX_MEMORY_LIMIT", default_value_t = 512 * 1024 * 1024)]
+    pub memory_limit: u64,
+
+    /// CPU limit of each sandbox, in CPUs.
+    #[arg(long, env = "SANDBOX_CPU_LIMIT", default_value_t = 1.0, value_parser = parse_cpus)]
+    pub cpu_limit: f64,
+
+    /// Process limit of each sandbox.
+    #[arg(long, env = "SANDBOX_PIDS_LIMIT", default_value_t = 512, value_parser = clap::value_parser!(i64).range(16..))]
+    pub pids_limit: i64,
+
+    /// Host address sandbox ports are published on.
+    #[arg(long, env = "MONZA_PUBLISH_ADDR", default_value = "127.0.0.1")]
+    pub publish_addr: IpAddr,
+
+    /// Docker engine address: unix:///var/run/docker.sock or tcp://HOST:PORT.
+    #[arg(
+        long,
+        env = "DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    pub docker_host: String,
+
+    /// Accept templates that weaken sandbox isolation (privileged, capAdd, mounts...).
+    #[arg(long, env = "MONZA_ALLOW_UNSAFE_TEMPLATES", default_value_t = false)]
+    pub allow_unsafe_templates: bool,
+
+    /// Log format.
+    #[arg(long, env = "MONZA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// How long shutdown waits for in-flight requests.
+    #[arg(long, env = "MONZA_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl ServeArgs {
+    /// The defaults, as if no flag and no variable were given.
+    pub fn defaults() -> Self {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        // Parsing an empty command line only fails if a default value is invalid, which
+        // the `defaults_parse` test rules out.
+        match Only::try_parse_from(["monza"]) {
+            Ok(only) => only.args,
+            Err(e) => e.exit(),
+        }
+    }
+}
+
+/// `90s`, `15m`, `1h`, `2d` or plain seconds; zero is refused.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: use 90s, 15m, 1h or plain seconds"))?;
+    let seconds = match unit {
+        "ms" => return non_zero(Duration::from_millis(value), text),
+        "s" => value,
+        "m" => value.saturating_mul(60),
+        "h" => value.saturating_mul(3600),
+        "d" => value.saturating_mul(86_400),
+        _ => {
+            return Err(format!(
+                "{text:?} has an unknown unit {unit:?}: use ms, s, m, h or d"
+            ));
+        }
+    };
+    non_zero(Duration::from_secs(seconds), text)
+}
+
+fn non_zero(d: Duration, text: &str) -> Result<Duration, String> {
+    if d.is_zero() {
+        Err(format!("{text:?} is zero: give a positive duration"))
+    } else {
+        Ok(d)
+    }
+}
+
+/// `:PORT` (all interfaces, as the Go server accepted) or `HOST:PORT`.
+pub fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    let full = if let Some(port) = text.strip_prefix(':') {
+        format!("0.0.0.0:{port}")
+    } else {
+        text.to_owned()
+    };
+    full.to_socket_addrs()
+        .map_err(|e| format!("{text:?} is not a listen address (:PORT or HOST:PORT): {e}"))?
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+fn parse_cpus(text: &str) -> Result<f64, String> {
+    let cpus: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of CPUs"))?;
+    if (0.01..=1024.0).contains(&cpus) {
+        Ok(cpus)
+    } else {
+        Err(format!("{text:?} CPUs is out of range (0.01 to 1024)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_the_documented_forms() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("42").unwrap(), Duration::from_secs(42));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        for bad in ["", "abc", "10x", "0", "0s", "-5s", "1.5m"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn listen_addresses_accept_port_only_and_host_port() {
+        assert_eq!(
+            parse_listen_addr(":8080").unwrap(),
+            "0.0.0.0:8080".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen_addr("127.0.0.1:0").unwrap(),
+            "127.0.0.1:0".parse().unwrap()
+        );
+        assert!(parse_listen_addr("8080").is_err());
+        assert!(parse_listen_addr(":99999").is_err());
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let d = ServeArgs::defaults();
+        assert_eq!(d.sandbox_ttl, Duration::from_secs(900));
+        assert_eq!(d.reaper_interval, Duration::from_secs(60));
+        assert_eq!(d.memory_limit, 512 * 1024 * 1024);
+        assert_eq!(d.addr, "0.0.0.0:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn a_bad_value_names_the_setting() {
+        let err = Cli::try_parse_from(["monza", "serve", "--sandbox-ttl", "soon"]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("--sandbox-ttl"), "{text}");
+        assert!(text.contains("not a duration"), "{text}");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let secret: Secret = "postgres://u:hunter2@h/db".parse().unwrap();
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+}
