@@ -150,3 +150,94 @@ fn an_unreachable_database_is_one_clear_line_without_the_password() {
         "{stderr}"
     );
 }
+
+/// `monza serve` as a child process: SIGTERM stops it with exit status 0, and the sandbox
+/// it made is still running afterwards (sandboxes outlive the server).
+#[test]
+fn sigterm_stops_the_server_cleanly_and_leaves_sandboxes_running() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = monza()
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .env("MONZA_DATA_DIR", dir.path())
+        .env(
+            "DEVCONTAINERS_PATH",
+            monza_devcontainer::test_templates_dir(),
+        )
+        .env("MONZA_DEFAULT_TEMPLATE", "busybox")
+        .env("MONZA_LOG_FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut port = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("Docker engine") && line.contains("unavailable") {
+            let _ = child.kill();
+            monza_domain::testing::require::<(), _>("Docker engine", Err(line));
+            return;
+        }
+        if line.contains("monza listening") {
+            let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+            port = json["port"].as_u64();
+            break;
+        }
+    }
+    let Some(port) = port else {
+        let status = child.wait().unwrap();
+        let result: Result<(), String> = Err(format!("the server exited early with {status}"));
+        monza_domain::testing::require("monza serve start-up (Docker engine)", result);
+        return;
+    };
+    // Drain the rest of the log so the child never blocks on a full pipe.
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+
+    let request = |method: &str, path: &str, body: &str| -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        reply
+    };
+    let created = request("POST", "/api/sandboxes", "{}");
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    let body = &created[created.find("\r\n\r\n").unwrap() + 4..];
+    let sandbox: serde_json::Value = serde_json::from_str(body).unwrap();
+    let container = sandbox["container_id"].as_str().unwrap().to_owned();
+
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    let log = drain.join().unwrap();
+    assert!(log.iter().any(|l| l.contains("monza stopped")), "{log:?}");
+
+    let inspect = Command::new("docker")
+        .args(["inspect", "--format", "{{.State.Running}}", &container])
+        .output()
+        .unwrap();
+    let running = String::from_utf8_lossy(&inspect.stdout).trim().to_owned();
+    let _ = Command::new("docker")
+        .args(["rm", "-f", &container])
+        .output();
+    assert_eq!(
+        running, "true",
+        "the sandbox's container stopped with the server"
+    );
+}
