@@ -178,6 +178,7 @@ fn sigterm_stops_the_server_cleanly_and_leaves_sandboxes_running() {
         let line = line.unwrap();
         if line.contains("Docker engine") && line.contains("unavailable") {
             let _ = child.kill();
+            let _ = child.wait();
             monza_domain::testing::require::<(), _>("Docker engine", Err(line));
             return;
         }
