@@ -1,0 +1,138 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The README's API walkthrough, run as written: every `sh` block of its "The API" section,
+//! in order, in one bash script against a real server. The shipped `go` template needs a
+//! registry, so this server's `go` template is a stand-in on the local busybox image.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use monza_app::Application;
+use monza_app::settings::ServeArgs;
+
+fn api_section_script() -> String {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let start = readme
+        .find("\n## The API")
+        .expect("README has an API section");
+    let end = readme[start + 1..]
+        .find("\n## ")
+        .map_or(readme.len(), |i| start + 1 + i);
+    let section = &readme[start..end];
+    let mut script = String::from("set -euo pipefail\n");
+    let mut blocks = 0;
+    let mut rest = section;
+    while let Some(open) = rest.find("```sh\n") {
+        let body = &rest[open + 6..];
+        let close = body.find("```").unwrap();
+        for line in body[..close].lines() {
+            // The server address is the test's own.
+            if !line.starts_with("MONZA=") {
+                script.push_str(line);
+                script.push('\n');
+            }
+        }
+        blocks += 1;
+        rest = &body[close + 3..];
+    }
+    assert!(
+        blocks >= 5,
+        "found only {blocks} sh blocks in the API section"
+    );
+    script
+}
+
+#[tokio::test]
+async fn the_readme_api_examples_work_as_written() {
+    let script = api_section_script();
+    let templates = tempfile::tempdir().unwrap();
+    std::fs::create_dir(templates.path().join("go")).unwrap();
+    std::fs::write(
+        templates.path().join("go/devcontainer.json"),
+        r#"{ "name": "go stand-in", "image": "monza-test/busybox:latest" }"#,
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut args = ServeArgs::defaults();
+    args.addr = "127.0.0.1:0".parse().unwrap();
+    args.devcontainers = templates.path().to_path_buf();
+    args.data_dir = data.path().to_path_buf();
+    args.shutdown_timeout = Duration::from_secs(5);
+    let Some(app) = monza_domain::testing::require(
+        "Docker engine for the README walkthrough",
+        Application::build(args).await,
+    ) else {
+        return;
+    };
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let stop = app.stop_handle();
+    let service = app.service().clone();
+    let server = tokio::spawn(app.run_until_stopped());
+
+    let workdir = tempfile::tempdir().unwrap();
+    let output = tokio::task::spawn_blocking({
+        let base = base.clone();
+        let workdir = workdir.path().to_path_buf();
+        move || {
+            Command::new("bash")
+                .args(["-c", &script])
+                .env("MONZA", base)
+                .current_dir(workdir)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+
+    // What the walkthrough did, as the store saw it.
+    let all = service
+        .list(
+            &monza_domain::Access::Admin,
+            monza_domain::SandboxFilter {
+                status: monza_domain::StatusFilter::All,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    for sandbox in &all {
+        let _ = service
+            .delete(&monza_domain::Access::Admin, sandbox.id)
+            .await;
+    }
+    stop.stop().await;
+    server.await.unwrap().unwrap();
+
+    assert!(
+        output.status.success(),
+        "script failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("\"status\":\"ok\""), "{stdout}");
+    assert!(
+        stdout.contains("hello from "),
+        "execute output missing:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("/workspace/src/hello.go"),
+        "upload missing:\n{stdout}"
+    );
+    // curl prints bodies without a final newline, so markers follow JSON on the same line.
+    assert!(stdout.contains("same\n"), "download differs:\n{stdout}");
+    assert_eq!(
+        stdout.matches("204\n").count(),
+        2,
+        "heartbeat and delete codes missing:\n{stdout}"
+    );
+    assert!(
+        !stdout.contains("\"error\""),
+        "an example answered an error:\n{stdout}"
+    );
+    assert_eq!(all.len(), 1, "the walkthrough makes exactly one sandbox");
+    assert_eq!(all[0].name.as_str(), "demo");
+    assert_eq!(all[0].status, monza_domain::SandboxStatus::Deleted);
+}
