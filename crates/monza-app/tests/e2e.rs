@@ -593,3 +593,108 @@ async fn a_restarted_server_serves_live_sandboxes_on_sqlite() {
 async fn a_restarted_server_serves_live_sandboxes_on_postgres() {
     a_restarted_server_serves_live_sandboxes(Store::Postgres).await;
 }
+
+/// Templates end to end: lifecycle hooks run in order, a failing hook leaves the sandbox in
+/// `error` with its output in the event log and no container, a built template is built once
+/// and reused, and the environment and workspace folder reach commands.
+#[tokio::test]
+async fn templates_shape_the_sandbox_end_to_end() {
+    let Some(app) = TestApp::spawn(Store::Sqlite, |_| {}).await else {
+        return;
+    };
+    let hooks = app.create(json!({"template": "busybox-hooks"})).await;
+    let out = app
+        .exec(hooks["id"].as_str().unwrap(), "cat /tmp/hooks.log")
+        .await;
+    assert_eq!(
+        out["output"], "onCreate\npostCreate-a\npostCreate-b\npostStart\n",
+        "{out}"
+    );
+
+    let response = app
+        .client
+        .post(app.url("/api/sandboxes"))
+        .json(&json!({"template": "busybox-failing-hook"}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert!(status.is_client_error(), "{status} {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exited with code 3"),
+        "{body}"
+    );
+    let (_, failed) = app.get_json("/api/sandboxes?status=error").await;
+    let failed = failed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["template"] == "busybox-failing-hook")
+        .unwrap_or_else(|| panic!("no failed sandbox listed: {failed}"))
+        .clone();
+    let failed_id = failed["id"].as_str().unwrap();
+    let (_, events) = app
+        .get_json(&format!("/api/sandboxes/{failed_id}/events"))
+        .await;
+    let failure = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "failed")
+        .unwrap_or_else(|| panic!("no failed event: {events}"));
+    let logged = failure["details"]["output"].as_str().unwrap_or_default();
+    assert!(
+        logged.contains("about to fail") && logged.contains("failing-hook-stderr"),
+        "{failure}"
+    );
+    let leftovers: Vec<_> = app
+        .runtime
+        .list_managed()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.sandbox_id.map(|id| id.to_string()).as_deref() == Some(failed_id))
+        .collect();
+    assert!(leftovers.is_empty(), "the failed create left {leftovers:?}");
+
+    let first = app.create(json!({"template": "busybox-build"})).await;
+    let second = app.create(json!({"template": "busybox-build"})).await;
+    assert_eq!(first["image"], second["image"], "the build was not reused");
+    assert!(first["image"].as_str().unwrap().starts_with("monza-build/"));
+    let out = app
+        .exec(
+            second["id"].as_str().unwrap(),
+            "cat /etc/monza-build-greeting",
+        )
+        .await;
+    assert_eq!(out["exitCode"], 0, "{out}");
+
+    let env = app.create(json!({"template": "busybox-env"})).await;
+    assert_eq!(env["workspace_mount"], "/work/project");
+    let out = app
+        .exec(
+            env["id"].as_str().unwrap(),
+            "pwd; echo $MONZA_TEST_VAR; echo $MONZA_REMOTE_VAR",
+        )
+        .await;
+    assert_eq!(
+        out["output"], "/work/project\nfrom-container-env\nfrom-remote-env\n",
+        "{out}"
+    );
+
+    for sandbox in [&hooks, &first, &second, &env] {
+        let _ = app
+            .client
+            .delete(app.url(&format!(
+                "/api/sandboxes/{}",
+                sandbox["id"].as_str().unwrap()
+            )))
+            .send()
+            .await;
+    }
+    app.shutdown().await;
+}
