@@ -1,0 +1,783 @@
+//! monza against the raw Docker engine, side by side in one run (issue 8).
+//!
+//! The server is the real `monza` binary (release profile) started as a child process, so
+//! RSS and start-up are its own; the raw side drives the same engine through docker-api
+//! with the same image and options. Every paired scenario alternates which side goes first
+//! (interleaved A/B), so the shared machine's noise falls on both. Scenarios:
+//!
+//! 1. create: `POST /api/sandboxes` to `running` vs create + start + inspect, sequential and
+//!    16 concurrent;
+//! 2. execute `true` and a 1 MiB echo: `POST …/execute` vs exec create + start + inspect;
+//! 3. upload and download of 1 MiB and 100 MiB vs the engine's archive endpoints, with the
+//!    server's peak RSS growth during the 100 MiB transfers;
+//! 4. control plane on 1,000 live rows (inserted through the repository adapters), SQLite
+//!    and PostgreSQL: get, heartbeat and list at 64 connections;
+//! 5. reaper: one pass over 100 expired sandboxes vs concurrent removal of 100 containers;
+//! 6. footprint: idle RSS with 0 and 100 sandboxes, start-up to a ready `/ready`.
+//!
+//! `cargo xtask bench` runs it (and writes docs/BENCHMARKS.md); `-- --quick` or
+//! `MONZA_BENCH_QUICK=1` runs every scenario small, as CI's smoke test: it fails only when a
+//! scenario breaks or produces nothing, never on a number. With `MONZA_BENCH_REPORT=FILE`
+//! the markdown section is also written to FILE.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is the report
+
+mod harness;
+mod stats;
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use harness::{Api, PgDatabase, Raw, Server, ServerConfig, Store};
+use monza_app::Application;
+use monza_app::settings::ServeArgs;
+use monza_domain::{
+    Access, CreateSandbox, SandboxRepository, SandboxStatus, TemplateName,
+    testing::repository_contract::sample_sandbox,
+};
+use reqwest::{Method, StatusCode};
+use stats::{Samples, mib, ms, order};
+
+const MIB: usize = 1024 * 1024;
+const ECHO_1MIB: &str = "yes aaaaaaa | head -c 1048576";
+
+#[derive(Debug, Clone)]
+struct Plan {
+    quick: bool,
+    create: usize,
+    concurrent: usize,
+    concurrent_rounds: usize,
+    exec: usize,
+    echo: usize,
+    copy_small: usize,
+    copy_large: usize,
+    large_bytes: usize,
+    live_rows: usize,
+    connections: usize,
+    load_time: Duration,
+    warm_up: Duration,
+    startups: usize,
+    reaper_sandboxes: usize,
+    reaper_rounds: usize,
+    footprint_sandboxes: usize,
+}
+
+impl Plan {
+    fn full() -> Self {
+        Self {
+            quick: false,
+            create: 20,
+            concurrent: 16,
+            concurrent_rounds: 3,
+            exec: 200,
+            echo: 50,
+            copy_small: 30,
+            copy_large: 6,
+            large_bytes: 100 * MIB,
+            live_rows: 1000,
+            connections: 64,
+            load_time: Duration::from_secs(20),
+            warm_up: Duration::from_secs(1),
+            startups: 10,
+            reaper_sandboxes: 100,
+            reaper_rounds: 2,
+            footprint_sandboxes: 100,
+        }
+    }
+
+    /// Every scenario, small: proves each one works, measures nothing worth keeping.
+    fn quick() -> Self {
+        Self {
+            quick: true,
+            create: 2,
+            concurrent: 4,
+            concurrent_rounds: 1,
+            exec: 4,
+            echo: 2,
+            copy_small: 2,
+            copy_large: 1,
+            large_bytes: 100 * MIB,
+            live_rows: 100,
+            connections: 64,
+            load_time: Duration::from_millis(500),
+            warm_up: Duration::from_millis(100),
+            startups: 2,
+            reaper_sandboxes: 4,
+            reaper_rounds: 1,
+            footprint_sandboxes: 4,
+        }
+    }
+}
+
+/// What the run found, as markdown tables, plus one line per target.
+#[derive(Default)]
+struct Report {
+    paired: Vec<String>,
+    transfers: Vec<String>,
+    control: Vec<String>,
+    footprint: Vec<String>,
+    targets: Vec<(String, String, bool)>,
+}
+
+impl Report {
+    fn pair(&mut self, name: &str, monza: &Samples, raw: &Samples) -> f64 {
+        let ratio = monza.median().as_secs_f64() / raw.median().as_secs_f64();
+        let line = format!(
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {ratio:.3} |",
+            monza.len(),
+            ms(monza.median()),
+            ms(monza.percentile(90.0)),
+            ms(monza.percentile(99.0)),
+            ms(raw.median()),
+            ms(raw.percentile(90.0)),
+            ms(raw.percentile(99.0)),
+        );
+        println!("{line}");
+        self.paired.push(line);
+        ratio
+    }
+
+    fn target(&mut self, what: impl Into<String>, measured: impl Into<String>, met: bool) {
+        self.targets.push((what.into(), measured.into(), met));
+    }
+
+    fn markdown(&self, plan: &Plan, header: &str) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "{header}");
+        let _ = writeln!(
+            md,
+            "| scenario | n | monza median | p90 | p99 | raw median | p90 | p99 | monza/raw (median) |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for line in &self.paired {
+            let _ = writeln!(md, "{line}");
+        }
+        let _ = writeln!(md);
+        let _ = writeln!(
+            md,
+            "| transfer | monza MiB/s (median) | raw MiB/s (median) | monza/raw throughput | server peak RSS growth |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+        for line in &self.transfers {
+            let _ = writeln!(md, "{line}");
+        }
+        let _ = writeln!(md);
+        let _ = writeln!(
+            md,
+            "| control plane ({} live rows, {} connections, {:.1} s each) | store | requests | req/s | median | p90 | p99 |",
+            plan.live_rows,
+            plan.connections,
+            plan.load_time.as_secs_f64()
+        );
+        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|");
+        for line in &self.control {
+            let _ = writeln!(md, "{line}");
+        }
+        let _ = writeln!(md);
+        let _ = writeln!(md, "| footprint | measured |");
+        let _ = writeln!(md, "|---|---:|");
+        for line in &self.footprint {
+            let _ = writeln!(md, "{line}");
+        }
+        let _ = writeln!(md);
+        let _ = writeln!(md, "| target | measured | met |");
+        let _ = writeln!(md, "|---|---:|---|");
+        for (what, measured, met) in &self.targets {
+            let _ = writeln!(
+                md,
+                "| {what} | {measured} | {} |",
+                if *met { "yes" } else { "**no**" }
+            );
+        }
+        md
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick")
+        || std::env::var("MONZA_BENCH_QUICK").is_ok_and(|v| v == "1" || v == "true");
+    let plan = if quick { Plan::quick() } else { Plan::full() };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let settings = monza_docker::DockerSettings::from_docker_host_env();
+    let raw = Raw {
+        docker: docker_api::Docker::new(&settings.host).unwrap(),
+    };
+    let started = Instant::now();
+    let load_before = stats::load_average();
+    let outcome = rt.block_on(std::panic::AssertUnwindSafe(run(&plan, &raw)).catch_unwind());
+    let removed = rt.block_on(raw.remove_all_labelled());
+    if removed > 0 {
+        eprintln!("clean-up: removed {removed} leftover benchmark container(s)");
+    }
+    let report = match outcome {
+        Ok(report) => report,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+    let docker_version = rt
+        .block_on(raw.docker.version())
+        .ok()
+        .and_then(|v| v.version)
+        .unwrap_or_else(|| "unknown".into());
+    let header = header(&plan, &load_before, &docker_version, started.elapsed());
+    let md = report.markdown(&plan, &header);
+    println!();
+    println!("{md}");
+    if let Ok(path) = std::env::var("MONZA_BENCH_REPORT") {
+        std::fs::write(&path, &md).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+    }
+}
+
+fn header(plan: &Plan, load_before: &str, docker: &str, took: Duration) -> String {
+    let date = time::OffsetDateTime::now_utc();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "Run on {}-{:02}-{:02} {:02}:{:02} UTC ({} mode, {:.0} s), {cores} CPU cores, {:.1} GiB memory, \
+         load average (1/5/15 min) {load_before} before and {} after, Docker Engine {docker}, \
+         image `{}`, release profile.\n",
+        date.year(),
+        u8::from(date.month()),
+        date.day(),
+        date.hour(),
+        date.minute(),
+        if plan.quick { "quick" } else { "full" },
+        took.as_secs_f64(),
+        stats::mem_total_gib(),
+        stats::load_average(),
+        harness::IMAGE,
+    )
+}
+
+async fn run(plan: &Plan, raw: &Raw) -> Report {
+    raw.docker
+        .ping()
+        .await
+        .expect("the Docker engine must answer: run `cargo xtask env`");
+    let root = tempfile::tempdir().unwrap();
+    let templates = harness::templates_dir(root.path());
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut report = Report::default();
+    println!(
+        "monza server benchmark ({} mode)",
+        if plan.quick { "quick" } else { "full" }
+    );
+    println!();
+    println!("| scenario | n | monza median | p90 | p99 | raw median | p90 | p99 | monza/raw |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+
+    docker_scenarios(plan, raw, root.path(), &templates, &token, &mut report).await;
+    reaper(plan, raw, root.path(), &templates, &mut report).await;
+    for store in ["SQLite", "PostgreSQL"] {
+        control_plane(plan, store, root.path(), &templates, &token, &mut report).await;
+    }
+    report
+}
+
+/// Scenarios 1-3 and the footprint, on one server with SQLite.
+async fn docker_scenarios(
+    plan: &Plan,
+    raw: &Raw,
+    root: &Path,
+    templates: &Path,
+    token: &str,
+    report: &mut Report,
+) {
+    let data = root.join("docker-scenarios");
+    std::fs::create_dir_all(&data).unwrap();
+    let store = Store::Sqlite(data);
+    let server = Server::start(&ServerConfig {
+        store: &store,
+        templates,
+        log_dir: root,
+        token,
+        extra_env: vec![],
+    })
+    .await;
+    let api = server.api.clone();
+
+    // Footprint: a fresh, idle server with no sandboxes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_empty = stats::rss(server.pid);
+    report.footprint.push(format!(
+        "| idle RSS, 0 sandboxes | {:.1} MiB |",
+        mib(idle_empty)
+    ));
+    report.target(
+        "idle RSS ≤ 30 MiB (0 sandboxes)",
+        format!("{:.1} MiB", mib(idle_empty)),
+        idle_empty <= 30 * MIB as u64,
+    );
+
+    // Warm-up, unmeasured.
+    let sandbox = api.create().await;
+    api.delete(sandbox["id"].as_str().unwrap()).await;
+    let id = raw.create_start().await;
+    raw.remove(&id).await;
+
+    // 1. create, sequential.
+    let (mut a, mut b) = (Samples::default(), Samples::default());
+    for i in 0..plan.create {
+        for monza_turn in order(i) {
+            if monza_turn {
+                let started = Instant::now();
+                let sandbox = api.create().await;
+                a.push(started.elapsed());
+                api.delete(sandbox["id"].as_str().unwrap()).await;
+            } else {
+                let started = Instant::now();
+                let id = raw.create_start().await;
+                b.push(started.elapsed());
+                raw.remove(&id).await;
+            }
+        }
+    }
+    let ratio = report.pair("create → running, sequential", &a, &b);
+    report.target(
+        "create overhead ≤ 10 % (sequential)",
+        format!("{:+.1} %", (ratio - 1.0) * 100.0),
+        ratio <= 1.10,
+    );
+
+    // 1. create, N concurrent: each request's own latency.
+    let (mut a, mut b) = (Samples::default(), Samples::default());
+    for i in 0..plan.concurrent_rounds {
+        for monza_turn in order(i) {
+            if monza_turn {
+                let results = futures::future::join_all((0..plan.concurrent).map(|_| async {
+                    let started = Instant::now();
+                    let sandbox = api.create().await;
+                    (
+                        started.elapsed(),
+                        sandbox["id"].as_str().unwrap().to_owned(),
+                    )
+                }))
+                .await;
+                for (d, _) in &results {
+                    a.push(*d);
+                }
+                futures::future::join_all(results.iter().map(|(_, id)| api.delete(id))).await;
+            } else {
+                let results = futures::future::join_all((0..plan.concurrent).map(|_| async {
+                    let started = Instant::now();
+                    let id = raw.create_start().await;
+                    (started.elapsed(), id)
+                }))
+                .await;
+                for (d, _) in &results {
+                    b.push(*d);
+                }
+                futures::future::join_all(results.iter().map(|(_, id)| raw.remove(id))).await;
+            }
+        }
+    }
+    let ratio = report.pair(
+        &format!("create → running, {} concurrent", plan.concurrent),
+        &a,
+        &b,
+    );
+    report.target(
+        format!("create overhead ≤ 10 % ({} concurrent)", plan.concurrent),
+        format!("{:+.1} %", (ratio - 1.0) * 100.0),
+        ratio <= 1.10,
+    );
+
+    // 2. execute, in one sandbox; the raw side execs into the same container.
+    let sandbox = api.create().await;
+    let id = sandbox["id"].as_str().unwrap().to_owned();
+    let container = sandbox["container_id"].as_str().unwrap().to_owned();
+    for (name, command, n, expected) in [
+        ("execute `true`", "true", plan.exec, 0),
+        ("execute echo of 1 MiB", ECHO_1MIB, plan.echo, MIB),
+    ] {
+        let (mut a, mut b) = (Samples::default(), Samples::default());
+        for i in 0..n {
+            for monza_turn in order(i) {
+                let started = Instant::now();
+                if monza_turn {
+                    assert_eq!(api.execute(&id, command).await, expected, "{name}");
+                    a.push(started.elapsed());
+                } else {
+                    assert_eq!(raw.exec(&container, command).await, expected, "{name}");
+                    b.push(started.elapsed());
+                }
+            }
+        }
+        let ratio = report.pair(name, &a, &b);
+        report.target(
+            format!("{name} overhead ≤ 10 %"),
+            format!("{:+.1} %", (ratio - 1.0) * 100.0),
+            ratio <= 1.10,
+        );
+    }
+
+    // 3. upload and download, 1 MiB and 100 MiB.
+    let pattern = stats::random_bytes(MIB, 7);
+    for (label, size, n) in [
+        ("1 MiB", MIB, plan.copy_small),
+        ("100 MiB", plan.large_bytes, plan.copy_large),
+    ] {
+        let content: Bytes = pattern.iter().copied().cycle().take(size).collect();
+        let large = size > MIB;
+        let (mut up_a, mut up_b, mut down_a, mut down_b) = (
+            Samples::default(),
+            Samples::default(),
+            Samples::default(),
+            Samples::default(),
+        );
+        let (mut rss_up, mut rss_down) = (0u64, 0u64);
+        for i in 0..n {
+            for monza_turn in order(i) {
+                if monza_turn {
+                    let base = large.then(|| stats::reset_peak(server.pid));
+                    let started = Instant::now();
+                    api.upload(&id, "bench.bin", content.clone()).await;
+                    up_a.push(started.elapsed());
+                    if let Some(base) = base {
+                        rss_up = rss_up.max(stats::peak(server.pid).saturating_sub(base));
+                    }
+                    let base = large.then(|| stats::reset_peak(server.pid));
+                    let started = Instant::now();
+                    let got = api.download(&id, "/workspace/bench.bin").await;
+                    down_a.push(started.elapsed());
+                    assert_eq!(got, size as u64, "download {label}");
+                    if let Some(base) = base {
+                        rss_down = rss_down.max(stats::peak(server.pid).saturating_sub(base));
+                    }
+                } else {
+                    let started = Instant::now();
+                    raw.upload(&container, "/workspace/raw.bin", &content).await;
+                    up_b.push(started.elapsed());
+                    let started = Instant::now();
+                    let got = raw.download(&container, "/workspace/raw.bin").await;
+                    down_b.push(started.elapsed());
+                    assert!(got >= size as u64, "raw download {label}");
+                }
+            }
+        }
+        for (dir, a, b, rss) in [
+            ("upload", &up_a, &up_b, rss_up),
+            ("download", &down_a, &down_b, rss_down),
+        ] {
+            let name = format!("{dir} {label}");
+            let ratio = report.pair(&name, a, b);
+            let throughput = |s: &Samples| mib(size as u64) / s.median().as_secs_f64();
+            let share = 1.0 / ratio;
+            report.transfers.push(format!(
+                "| {name} | {:.0} | {:.0} | {:.0} % | {} |",
+                throughput(a),
+                throughput(b),
+                share * 100.0,
+                if large {
+                    format!("{:.1} MiB", mib(rss))
+                } else {
+                    "—".into()
+                }
+            ));
+            report.target(
+                format!("{name} ≥ 90 % of raw throughput"),
+                format!("{:.0} %", share * 100.0),
+                share >= 0.90,
+            );
+            if large {
+                report.target(
+                    format!("{name}: server peak RSS growth ≤ 32 MiB"),
+                    format!("{:.1} MiB", mib(rss)),
+                    rss <= 32 * MIB as u64,
+                );
+            }
+        }
+    }
+    api.delete(&id).await;
+
+    // Footprint: the same server holding N running sandboxes, idle.
+    let ids: Vec<String> = futures::stream::iter(0..plan.footprint_sandboxes)
+        .map(|_| async { api.create().await["id"].as_str().unwrap().to_owned() })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_full = stats::rss(server.pid);
+    report.footprint.push(format!(
+        "| idle RSS, {} sandboxes (after creating them) | {:.1} MiB |",
+        ids.len(),
+        mib(idle_full)
+    ));
+    report.target(
+        format!("idle RSS ≤ 30 MiB ({} sandboxes)", ids.len()),
+        format!("{:.1} MiB", mib(idle_full)),
+        idle_full <= 30 * MIB as u64,
+    );
+    futures::stream::iter(ids.iter())
+        .for_each_concurrent(16, |id| api.delete(id))
+        .await;
+    server.stop().await;
+}
+
+/// Scenario 5: one reaper pass over N expired sandboxes (the service's `reap_expired`, what
+/// each tick runs, in an in-process `Application`) vs removing N raw containers at once.
+async fn reaper(plan: &Plan, raw: &Raw, root: &Path, templates: &Path, report: &mut Report) {
+    let data = root.join("reaper");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut args = ServeArgs::defaults();
+    args.addr = "127.0.0.1:0".parse().unwrap();
+    args.devcontainers = templates.to_path_buf();
+    args.default_template = "bench".into();
+    args.data_dir = data;
+    args.database_url = None;
+    args.sandbox_ttl = Duration::from_secs(1);
+    args.reaper_interval = Duration::from_secs(24 * 3600);
+    args.shutdown_timeout = Duration::from_secs(5);
+    let app = Application::build(args).await.expect("building the app");
+    let service = app.service().clone();
+    let stop = app.stop_handle();
+    let task = tokio::spawn(app.run_until_stopped());
+    let n = plan.reaper_sandboxes;
+    let (mut a, mut b) = (Samples::default(), Samples::default());
+    for i in 0..plan.reaper_rounds {
+        for monza_turn in order(i) {
+            if monza_turn {
+                let created: Vec<_> = futures::stream::iter(0..n)
+                    .map(|_| {
+                        let service = service.clone();
+                        async move {
+                            service
+                                .create(
+                                    &Access::Admin,
+                                    CreateSandbox {
+                                        name: None,
+                                        template: Some(TemplateName::new("bench").unwrap()),
+                                    },
+                                )
+                                .await
+                                .unwrap()
+                        }
+                    })
+                    .buffer_unordered(16)
+                    .collect()
+                    .await;
+                assert_eq!(created.len(), n);
+                // Past their TTL (1 s) and idle.
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let started = Instant::now();
+                let pass = service.reap_expired().await.unwrap();
+                a.push(started.elapsed());
+                assert_eq!((pass.expired, pass.removed, pass.failures), (n, n, 0));
+            } else {
+                let ids: Vec<String> = futures::stream::iter(0..n)
+                    .map(|_| raw.create_start())
+                    .buffer_unordered(16)
+                    .collect()
+                    .await;
+                let started = Instant::now();
+                futures::future::join_all(ids.iter().map(|id| raw.remove(id))).await;
+                b.push(started.elapsed());
+            }
+        }
+    }
+    stop.stop().await;
+    let _ = task.await;
+    let ratio = report.pair(&format!("reaper: {n} expired sandboxes removed"), &a, &b);
+    report.target(
+        "reaper ≤ 1.2× raw removal",
+        format!("{ratio:.2}×"),
+        ratio <= 1.2,
+    );
+}
+
+/// Scenarios 4 and 6: start-up on an already-migrated store, then get, heartbeat and list under load.
+async fn control_plane(
+    plan: &Plan,
+    store_name: &str,
+    root: &Path,
+    templates: &Path,
+    token: &str,
+    report: &mut Report,
+) {
+    let mut _pg = None;
+    let (store, repo): (Store, Arc<dyn SandboxRepository>) = if store_name == "SQLite" {
+        let dir = root.join("control-sqlite");
+        std::fs::create_dir_all(&dir).unwrap();
+        let repo = monza_sqlite::SqliteSandboxRepository::open(
+            dir.join("monza.db"),
+            monza_sqlite::SqliteOptions::default(),
+        )
+        .await
+        .unwrap();
+        (Store::Sqlite(dir), Arc::new(repo))
+    } else {
+        let db = PgDatabase::create();
+        let url = db.url();
+        _pg = Some(db);
+        let repo = monza_postgres::PgSandboxRepository::connect(
+            &url,
+            monza_postgres::PgOptions::default(),
+        )
+        .await
+        .unwrap();
+        (Store::Postgres(url), Arc::new(repo))
+    };
+    // Live rows straight through the adapter (the routes measured never touch Docker).
+    let now = time::OffsetDateTime::now_utc();
+    let ids: Vec<String> = futures::stream::iter(0..plan.live_rows)
+        .map(|_| {
+            let repo = repo.clone();
+            async move {
+                let sandbox = sample_sandbox("default", SandboxStatus::Running, now);
+                repo.insert(&sandbox).await.unwrap();
+                sandbox.id.to_string()
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    drop(repo);
+    let config = ServerConfig {
+        store: &store,
+        templates,
+        log_dir: root,
+        token,
+        extra_env: vec![],
+    };
+
+    // 6. start-up to a ready `/ready`, the store already migrated.
+    let mut startup = Samples::default();
+    for _ in 0..plan.startups {
+        let server = Server::start(&config).await;
+        startup.push(server.startup);
+        server.stop().await;
+    }
+    report.footprint.push(format!(
+        "| start-up to ready `/ready`, {store_name}, {} live rows (median / p90 / p99 of {}) | {} / {} / {} |",
+        plan.live_rows,
+        startup.len(),
+        ms(startup.median()),
+        ms(startup.percentile(90.0)),
+        ms(startup.percentile(99.0)),
+    ));
+    report.target(
+        format!("start-up ≤ 1 s ({store_name}, median)"),
+        ms(startup.median()),
+        startup.median() <= Duration::from_secs(1),
+    );
+
+    // 4. the control plane under load.
+    let server = Server::start(&config).await;
+    let ids = Arc::new(ids);
+    for (route, kind) in [
+        ("GET /api/sandboxes/{id}", Kind::Get),
+        ("POST /api/sandboxes/{id}/heartbeat", Kind::Heartbeat),
+        ("GET /api/sandboxes (list live)", Kind::List),
+    ] {
+        let _ = load(&server.api, plan, plan.warm_up, &ids, kind).await;
+        let result = load(&server.api, plan, plan.load_time, &ids, kind).await;
+        let rate = result.requests as f64 / result.elapsed.as_secs_f64();
+        let line = format!(
+            "| {route} | {store_name} | {} | {rate:.0} | {} | {} | {} |",
+            result.requests,
+            ms(result.latency.median()),
+            ms(result.latency.percentile(90.0)),
+            ms(result.latency.percentile(99.0)),
+        );
+        println!("{line}");
+        report.control.push(line);
+        let p99 = result.latency.percentile(99.0);
+        let floor = match kind {
+            Kind::Get => Some(10_000.0),
+            Kind::Heartbeat => Some(5_000.0),
+            Kind::List => None,
+        };
+        if let Some(floor) = floor {
+            report.target(
+                format!("{route} ≥ {floor:.0} req/s at p99 ≤ 10 ms ({store_name})"),
+                format!("{rate:.0} req/s, p99 {}", ms(p99)),
+                rate >= floor && p99 <= Duration::from_millis(10),
+            );
+        }
+    }
+    server.stop().await;
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Get,
+    Heartbeat,
+    List,
+}
+
+struct LoadResult {
+    requests: u64,
+    elapsed: Duration,
+    latency: Samples,
+}
+
+/// `plan.connections` clients, each sending one request after another over its own pooled
+/// keep-alive connection until the time is up; any non-success status fails the run.
+async fn load(
+    api: &Api,
+    plan: &Plan,
+    time: Duration,
+    ids: &Arc<Vec<String>>,
+    kind: Kind,
+) -> LoadResult {
+    // A fresh pool per run, so the connection count is exactly `plan.connections`.
+    let api = Api::new(api.base.clone(), &api.token_for_load());
+    let started = Instant::now();
+    let deadline = started + time;
+    let tasks: Vec<_> = (0..plan.connections)
+        .map(|worker| {
+            let api = api.clone();
+            let ids = ids.clone();
+            let connections = plan.connections;
+            tokio::spawn(async move {
+                let mut latency = Vec::new();
+                let mut i = worker;
+                while Instant::now() < deadline {
+                    let id = &ids[i % ids.len()];
+                    i += connections;
+                    let request = match kind {
+                        Kind::Get => api.request(Method::GET, &format!("/api/sandboxes/{id}")),
+                        Kind::Heartbeat => {
+                            api.request(Method::POST, &format!("/api/sandboxes/{id}/heartbeat"))
+                        }
+                        Kind::List => api.request(Method::GET, "/api/sandboxes"),
+                    };
+                    let sent = Instant::now();
+                    let response = request.send().await.unwrap();
+                    let status = response.status();
+                    let body = response.bytes().await.unwrap();
+                    latency.push(sent.elapsed());
+                    assert!(
+                        status == StatusCode::OK || status == StatusCode::NO_CONTENT,
+                        "{kind:?} {id}: {status} {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                }
+                latency
+            })
+        })
+        .collect();
+    let mut latency = Samples::default();
+    for task in tasks {
+        for d in task.await.unwrap() {
+            latency.push(d);
+        }
+    }
+    let elapsed = started.elapsed();
+    assert!(latency.len() > 0, "{kind:?}: no request completed");
+    LoadResult {
+        requests: latency.len() as u64,
+        elapsed,
+        latency,
+    }
+}
