@@ -1,6 +1,7 @@
 //! monza's developer tasks. Run `cargo xtask help`.
 
 mod arch;
+mod bench;
 mod env;
 
 use std::process::{Command, ExitCode};
@@ -12,7 +13,9 @@ cargo xtask <task>
 
 Tasks:
   test        bring up Docker, PostgreSQL and the test images, then run every test
-  ci          cargo fmt --check, cargo clippy -D warnings, then `test`
+  ci          cargo fmt --check, cargo clippy -D warnings, `test`, then `bench --quick`
+  bench       every benchmark, then the server's table into docs/BENCHMARKS.md;
+              --quick: each scenario small, as a smoke test (the doc is left alone)
   env         only bring up Docker, PostgreSQL and the test images
   arch        check the crate dependency rules (also run as a test)
   help        this text
@@ -24,6 +27,7 @@ fn main() -> ExitCode {
     let result = match task {
         "test" => test(&args[1..]),
         "ci" => ci(&args[1..]),
+        "bench" => bench::bench(&args[1..]),
         "env" => env::ensure_all(),
         "arch" => arch::check_workspace(),
         "help" | "-h" | "--help" => {
@@ -65,7 +69,9 @@ fn ci(extra: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    test(extra)
+    test(extra)?;
+    // A smoke test of every benchmark scenario: fails on a broken scenario, not a slow one.
+    bench::bench(&["--quick".to_owned()])
 }
 
 fn cargo() -> Command {
