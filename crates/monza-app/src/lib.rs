@@ -131,6 +131,9 @@ impl Application {
             App::new().configure(monza_http::configure(http_service.clone()))
         })
         .disable_signals()
+        // actix keeps the OS default (Nagle on): a streamed response's small header write then
+        // waits for the client's delayed ACK, 40 ms per download (docs/BENCHMARKS.md).
+        .tcp_nodelay(true)
         .shutdown_timeout(args.shutdown_timeout.as_secs())
         .listen(listener)?
         .run();
