@@ -168,12 +168,12 @@ impl Report {
         let _ = writeln!(md);
         let _ = writeln!(
             md,
-            "| control plane ({} live rows, {} connections, {:.1} s each) | store | requests | req/s | median | p90 | p99 |",
+            "| control plane ({} live rows, {} connections, {:.1} s each) | store | requests | connection errors | req/s | median | p90 | p99 |",
             plan.live_rows,
             plan.connections,
             plan.load_time.as_secs_f64()
         );
-        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|");
+        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|");
         for line in &self.control {
             let _ = writeln!(md, "{line}");
         }
@@ -260,7 +260,8 @@ async fn run(plan: &Plan, raw: &Raw) -> Report {
         .ping()
         .await
         .expect("the Docker engine must answer: run `cargo xtask env`");
-    let root = tempfile::tempdir().unwrap();
+    let root = KeepOnPanic(tempfile::tempdir().unwrap());
+    let root = &root;
     let templates = harness::templates_dir(root.path());
     let token = format!(
         "{}{}",
@@ -276,12 +277,44 @@ async fn run(plan: &Plan, raw: &Raw) -> Report {
     println!("| scenario | n | monza median | p90 | p99 | raw median | p90 | p99 | monza/raw |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
 
-    docker_scenarios(plan, raw, root.path(), &templates, &token, &mut report).await;
-    reaper(plan, raw, root.path(), &templates, &mut report).await;
+    // `MONZA_BENCH_ONLY=docker,reaper,sqlite,postgresql` (any subset) narrows a run while
+    // profiling; `cargo xtask bench` always runs everything.
+    let only = std::env::var("MONZA_BENCH_ONLY").unwrap_or_default();
+    let wanted = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
+    if wanted("docker") {
+        docker_scenarios(plan, raw, root.path(), &templates, &token, &mut report).await;
+    }
+    if wanted("reaper") {
+        reaper(plan, raw, root.path(), &templates, &mut report).await;
+    }
     for store in ["SQLite", "PostgreSQL"] {
-        control_plane(plan, store, root.path(), &templates, &token, &mut report).await;
+        if wanted(&store.to_lowercase()) {
+            control_plane(plan, store, root.path(), &templates, &token, &mut report).await;
+        }
     }
     report
+}
+
+/// The run's directory (stores, templates, server logs), kept if the run panics so the
+/// server logs can be read.
+struct KeepOnPanic(tempfile::TempDir);
+
+impl KeepOnPanic {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for KeepOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.disable_cleanup(true);
+            eprintln!(
+                "kept {} (server logs) after the failure",
+                self.0.path().display()
+            );
+        }
+    }
 }
 
 /// Scenarios 1-3 and the footprint, on one server with SQLite.
@@ -683,8 +716,9 @@ async fn control_plane(
         let result = load(&server.api, plan, plan.load_time, &ids, kind).await;
         let rate = result.requests as f64 / result.elapsed.as_secs_f64();
         let line = format!(
-            "| {route} | {store_name} | {} | {rate:.0} | {} | {} | {} |",
+            "| {route} | {store_name} | {} | {} | {rate:.0} | {} | {} | {} |",
             result.requests,
+            result.errors,
             ms(result.latency.median()),
             ms(result.latency.percentile(90.0)),
             ms(result.latency.percentile(99.0)),
@@ -717,6 +751,7 @@ enum Kind {
 
 struct LoadResult {
     requests: u64,
+    errors: u64,
     elapsed: Duration,
     latency: Samples,
 }
@@ -741,6 +776,7 @@ async fn load(
             let connections = plan.connections;
             tokio::spawn(async move {
                 let mut latency = Vec::new();
+                let mut errors = Vec::new();
                 let mut i = worker;
                 while Instant::now() < deadline {
                     let id = &ids[i % ids.len()];
@@ -753,9 +789,20 @@ async fn load(
                         Kind::List => api.request(Method::GET, "/api/sandboxes"),
                     };
                     let sent = Instant::now();
-                    let response = request.send().await.unwrap();
+                    let response = match request.send().await {
+                        Ok(response) => response,
+                        // A connection-level failure: counted, reported, and the run fails
+                        // below if they are more than a trace.
+                        Err(e) => {
+                            errors.push(e.to_string());
+                            continue;
+                        }
+                    };
                     let status = response.status();
-                    let body = response.bytes().await.unwrap();
+                    let Ok(body) = response.bytes().await else {
+                        errors.push(format!("{kind:?} {id}: the body was cut off"));
+                        continue;
+                    };
                     latency.push(sent.elapsed());
                     assert!(
                         status == StatusCode::OK || status == StatusCode::NO_CONTENT,
@@ -763,20 +810,36 @@ async fn load(
                         String::from_utf8_lossy(&body)
                     );
                 }
-                latency
+                (latency, errors)
             })
         })
         .collect();
     let mut latency = Samples::default();
+    let mut errors = Vec::new();
     for task in tasks {
-        for d in task.await.unwrap() {
+        let (samples, failed) = task.await.unwrap();
+        for d in samples {
             latency.push(d);
         }
+        errors.extend(failed);
     }
     let elapsed = started.elapsed();
     assert!(latency.len() > 0, "{kind:?}: no request completed");
+    if let Some(first) = errors.first() {
+        eprintln!(
+            "{kind:?}: {} request(s) failed at the connection level; the first: {first}",
+            errors.len()
+        );
+    }
+    assert!(
+        errors.len() * 1000 <= latency.len(),
+        "{kind:?}: {} of {} requests failed",
+        errors.len(),
+        latency.len() + errors.len()
+    );
     LoadResult {
         requests: latency.len() as u64,
+        errors: errors.len() as u64,
         elapsed,
         latency,
     }
