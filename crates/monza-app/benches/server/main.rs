@@ -519,7 +519,7 @@ async fn docker_scenarios(
             ));
             report.target(
                 format!("{name} ≥ 90 % of raw throughput"),
-                format!("{:.0} %", share * 100.0),
+                format!("{:.1} %", share * 100.0),
                 share >= 0.90,
             );
             if large {
