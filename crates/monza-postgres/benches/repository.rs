@@ -20,7 +20,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let options = PgOptions::default();
     let repo = PgSandboxRepository::connect_to(db.url.clone(), options.clone()).await?;
-    let name = format!("PostgreSQL ({} pooled connections)", options.max_connections);
+    let name = format!(
+        "PostgreSQL ({} pooled connections)",
+        options.max_connections
+    );
     let report = repository_bench::run(&name, Arc::new(repo), &config).await?;
     println!("{report}");
     Ok(())
