@@ -84,6 +84,18 @@ pub trait SandboxRepository: Send + Sync {
         record: Option<NewEvent>,
     ) -> Result<Sandbox>;
 
+    /// The heartbeat's fast path, one statement: moves `last_activity` to `at` and
+    /// `expires_at` to `expires_at` only while `running` and, when `tenant` is given, only if
+    /// the sandbox belongs to it. Records no event and returns whether a row changed; `false`
+    /// (unknown, another tenant's, not running) leaves the caller to ask `get` why.
+    async fn touch(
+        &self,
+        id: SandboxId,
+        tenant: Option<TenantId>,
+        at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool>;
+
     /// Atomically moves up to `limit` running sandboxes with `expires_at <= now` to
     /// `expired` (with `deleted_at = now` and an `expired` event) and returns them. Two
     /// concurrent callers never receive the same sandbox.

@@ -436,9 +436,22 @@ impl SandboxService {
     }
 
     /// Keeps a running sandbox alive: `expires_at` moves to now + TTL.
-    pub async fn heartbeat(&self, access: &Access, id: SandboxId) -> Result<Sandbox> {
+    ///
+    /// The common case is one conditional write (heartbeats are the hottest route); only a
+    /// refused heartbeat reads the sandbox, to say why (not found, or not running).
+    pub async fn heartbeat(&self, access: &Access, id: SandboxId) -> Result<()> {
+        let now = self.clock.now();
+        let expires_at = lifecycle::expires_at(now, self.config.ttl);
+        if self
+            .repo
+            .touch(id, access.tenant_filter(), now, expires_at)
+            .await?
+        {
+            return Ok(());
+        }
         let sandbox = self.running(access, id).await?;
-        self.touch(&sandbox, None).await
+        // It became running between the two statements (a create finishing): record it now.
+        self.touch(&sandbox, None).await.map(drop)
     }
 
     /// Runs a shell command in a running sandbox.

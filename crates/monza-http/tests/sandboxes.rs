@@ -450,13 +450,11 @@ async fn heartbeat_is_204_when_running_and_409_otherwise() {
     let running = sandbox(SandboxStatus::Running);
     let id = running.id;
     let mut m = Mocks::new();
-    let found = running.clone();
-    m.repo.expect_get().returning(move |_| Ok(found.clone()));
     m.repo
-        .expect_record_activity()
-        .withf(move |got, at, _, event| *got == id && *at == NOW && event.is_none())
+        .expect_touch()
+        .withf(move |got, _, at, _| *got == id && *at == NOW)
         .times(1)
-        .returning(move |_, _, _, _| Ok(running.clone()));
+        .returning(|_, _, _, _| Ok(true));
     let app = app!(m.service());
     let res = send(
         &app,
@@ -470,6 +468,7 @@ async fn heartbeat_is_204_when_running_and_409_otherwise() {
     let deleted = sandbox(SandboxStatus::Deleted);
     let id = deleted.id;
     let mut m = Mocks::new();
+    m.repo.expect_touch().returning(|_, _, _, _| Ok(false));
     m.repo.expect_get().returning(move |_| Ok(deleted.clone()));
     let app = app!(m.service());
     let res = send(

@@ -310,6 +310,34 @@ async fn touch(
         .optional()?)
 }
 
+/// The heartbeat's one statement; `true` if the row changed.
+pub(crate) async fn touch_if_owned(
+    conn: &mut Conn,
+    id: SandboxId,
+    tenant: Option<&str>,
+    at: OffsetDateTime,
+    expires_at: OffsetDateTime,
+) -> Tx<bool> {
+    let update = diesel::update(sandboxes::table.find(id.as_uuid()))
+        .filter(
+            sandboxes::status.eq_any(statuses(&lifecycle::allowed_from(LifecycleEvent::Activity))),
+        )
+        .set((
+            sandboxes::last_activity.eq(micros(at)),
+            sandboxes::expires_at.eq(micros(expires_at)),
+        ));
+    let changed = match tenant {
+        Some(tenant) => {
+            update
+                .filter(sandboxes::tenant.eq(tenant))
+                .execute(conn)
+                .await?
+        }
+        None => update.execute(conn).await?,
+    };
+    Ok(changed == 1)
+}
+
 pub(crate) async fn record_activity(
     conn: &mut Conn,
     id: SandboxId,

@@ -282,6 +282,18 @@ impl SandboxRepository for PgSandboxRepository {
         Ok(queries::record_activity(&mut conn, id, at, expires_at, record.as_ref()).await?)
     }
 
+    async fn touch(
+        &self,
+        id: SandboxId,
+        tenant: Option<TenantId>,
+        at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        let tenant = tenant.as_ref().map(TenantId::as_str);
+        Ok(queries::touch_if_owned(&mut conn, id, tenant, at, expires_at).await?)
+    }
+
     #[tracing::instrument(skip_all, err)]
     async fn claim_expired(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Sandbox>> {
         let mut conn = self.conn().await?;

@@ -269,6 +269,29 @@ pub(crate) fn transition(
     one_with_ports(conn, row)
 }
 
+/// The heartbeat's one statement; `true` if the row changed.
+pub(crate) fn touch_if_owned(
+    conn: &mut SqliteConnection,
+    id: SandboxId,
+    tenant: Option<&str>,
+    at: OffsetDateTime,
+    expires_at: OffsetDateTime,
+) -> Tx<bool> {
+    let update = diesel::update(sandboxes::table.find(id_text(id)))
+        .filter(
+            sandboxes::status.eq_any(statuses(&lifecycle::allowed_from(LifecycleEvent::Activity))),
+        )
+        .set((
+            sandboxes::last_activity.eq(to_micros(at)),
+            sandboxes::expires_at.eq(to_micros(expires_at)),
+        ));
+    let changed = match tenant {
+        Some(tenant) => update.filter(sandboxes::tenant.eq(tenant)).execute(conn)?,
+        None => update.execute(conn)?,
+    };
+    Ok(changed == 1)
+}
+
 pub(crate) fn record_activity(
     conn: &mut SqliteConnection,
     id: SandboxId,

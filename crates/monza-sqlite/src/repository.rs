@@ -359,6 +359,20 @@ impl SandboxRepository for SqliteSandboxRepository {
             .await
     }
 
+    async fn touch(
+        &self,
+        id: SandboxId,
+        tenant: Option<TenantId>,
+        at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool> {
+        self.write(move |c| {
+            let tenant = tenant.as_ref().map(TenantId::as_str);
+            queries::touch_if_owned(c, id, tenant, at, expires_at)
+        })
+        .await
+    }
+
     #[tracing::instrument(skip_all, err)]
     async fn claim_expired(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Sandbox>> {
         self.write(move |c| queries::claim_expired(c, now, limit))

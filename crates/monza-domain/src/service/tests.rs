@@ -453,6 +453,10 @@ async fn another_tenants_sandbox_is_not_found() {
     let id = s.id;
     let mut m = Mocks::new();
     m.repo.expect_get().returning(move |_| Ok(s.clone()));
+    m.repo
+        .expect_touch()
+        .withf(|_, tenant, _, _| tenant.as_ref().map(TenantId::as_str) == Some("other"))
+        .returning(|_, _, _, _| Ok(false));
     m.repo.expect_record_activity().never();
     m.runtime.expect_remove().never();
     let service = m.service();
@@ -492,23 +496,46 @@ async fn a_tenant_lists_only_its_own_sandboxes() {
 
 #[tokio::test]
 async fn a_heartbeat_moves_expiry_to_now_plus_ttl() {
-    let s = sandbox(SandboxStatus::Running);
-    let id = s.id;
+    let id = SandboxId::new_random();
     let later = T0 + Duration::minutes(10);
     let mut m = Mocks::new();
     m.clock = clock_at(later);
-    m.repo.expect_get().returning(move |_| Ok(s.clone()));
+    m.repo.expect_get().never();
     m.repo
-        .expect_record_activity()
-        .withf(move |got, at, expires, event| {
+        .expect_touch()
+        .withf(move |got, tenant, at, expires| {
             *got == id
+                && tenant.as_ref().map(TenantId::as_str) == Some("acme")
                 && *at == later
                 && *expires == later + Duration::minutes(15)
-                && event.is_none()
         })
         .times(1)
-        .returning(|_, _, _, _| Ok(sandbox(SandboxStatus::Running)));
-    m.service().heartbeat(&Access::Admin, id).await.unwrap();
+        .returning(|_, _, _, _| Ok(true));
+    m.service()
+        .heartbeat(&Access::Tenant(TenantId::new("acme").unwrap()), id)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_heartbeat_reads_the_sandbox_to_say_why() {
+    let s = sandbox(SandboxStatus::Expired);
+    let id = s.id;
+    let mut m = Mocks::new();
+    m.repo
+        .expect_touch()
+        .times(1)
+        .returning(|_, _, _, _| Ok(false));
+    m.repo
+        .expect_get()
+        .times(1)
+        .returning(move |_| Ok(s.clone()));
+    m.repo.expect_record_activity().never();
+    let err = m.service().heartbeat(&Access::Admin, id).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Conflict(ref m) if m.contains("expired")),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -524,6 +551,7 @@ async fn activity_on_a_sandbox_that_is_not_running_is_a_conflict() {
         let id = s.id;
         let mut m = Mocks::new();
         m.repo.expect_get().returning(move |_| Ok(s.clone()));
+        m.repo.expect_touch().returning(|_, _, _, _| Ok(false));
         m.repo.expect_record_activity().never();
         m.runtime.expect_exec().never();
         m.runtime.expect_upload().never();

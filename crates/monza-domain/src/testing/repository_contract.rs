@@ -62,6 +62,7 @@ macro_rules! repository_contract_tests {
             transition_of_an_unknown_id_is_not_found,
             record_activity_moves_last_activity_and_expiry_while_running,
             record_activity_is_refused_unless_running,
+            touch_moves_expiry_only_for_a_running_sandbox_of_its_tenant,
             claim_expired_returns_exactly_the_running_sandboxes_past_expiry,
             claim_expired_takes_the_earliest_expiry_first_and_honours_the_limit,
             concurrent_claimers_on_one_instance_never_share_a_sandbox,
@@ -740,6 +741,60 @@ pub async fn record_activity_is_refused_unless_running(repo: Repo) {
         .await,
         "activity unknown",
     );
+}
+
+/// The heartbeat's fast path: one conditional write, no event, `false` when refused.
+pub async fn touch_moves_expiry_only_for_a_running_sandbox_of_its_tenant(repo: Repo) {
+    let sandbox = sample_sandbox("acme", SandboxStatus::Running, base_time());
+    insert(&repo, &sandbox).await;
+    let at = micros(base_time() + Duration::minutes(5));
+    let expires = at + Duration::minutes(15);
+    let other = TenantId::new("other").unwrap_or_else(|e| panic!("{e}"));
+    let refused = repo
+        .touch(sandbox.id, Some(other), at, expires)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!refused, "another tenant's heartbeat changed the row");
+    assert_eq!(
+        get(&repo, sandbox.id).await,
+        sandbox,
+        "unchanged by another tenant"
+    );
+
+    let owner = TenantId::new("acme").unwrap_or_else(|e| panic!("{e}"));
+    for tenant in [Some(owner), None] {
+        let touched = repo
+            .touch(sandbox.id, tenant.clone(), at, expires)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(touched, "{tenant:?}");
+    }
+    let after = get(&repo, sandbox.id).await;
+    assert_eq!((after.last_activity, after.expires_at), (at, expires));
+    assert_eq!(
+        actions(&repo, sandbox.id).await,
+        vec![EventAction::Created],
+        "a heartbeat is not logged"
+    );
+
+    for status in SandboxStatus::ALL
+        .into_iter()
+        .filter(|s| *s != SandboxStatus::Running)
+    {
+        let ended = sample_sandbox("acme", status, base_time());
+        insert(&repo, &ended).await;
+        let touched = repo
+            .touch(ended.id, None, at, expires)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!touched, "{status}");
+        assert_eq!(get(&repo, ended.id).await, ended, "{status} unchanged");
+    }
+    let unknown = repo
+        .touch(SandboxId::new_random(), None, at, expires)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!unknown);
 }
 
 /// Writes `count` running sandboxes expiring at `now - 1s`, `now - 2s`, ... (or exactly

@@ -64,6 +64,7 @@ impl Mocks {
             .expect_get()
             .returning(|id| Err(Error::not_found(format!("sandbox {id} not found"))));
         m.repo.expect_list().returning(|_| Ok(Vec::new()));
+        m.repo.expect_touch().returning(|_, _, _, _| Ok(false));
         m.repo.expect_count_live().returning(|_| Ok(0));
         m.repo.expect_events().returning(|_| Ok(Vec::new()));
         m.repo.expect_ping().returning(|| Ok(()));
@@ -84,6 +85,7 @@ impl Mocks {
             sb.id = id;
             Ok(sb)
         });
+        m.repo.expect_touch().returning(|_, _, _, _| Ok(true));
         m.repo.expect_record_activity().returning(|id, _, _, _| {
             let mut sb = sandbox(SandboxStatus::Running);
             sb.id = id;
