@@ -22,6 +22,9 @@ pub enum Error {
     /// The caller sent more than a limit allows.
     #[error("{0}")]
     TooLarge(String),
+    /// The caller did not prove who it is: no credentials, malformed, unknown or revoked.
+    #[error("{0}")]
+    Unauthorized(String),
     /// The caller has reached a quota.
     #[error("{0}")]
     LimitExceeded(String),
@@ -54,6 +57,11 @@ impl Error {
         Self::Conflict(message.into())
     }
 
+    /// An unauthorized (not authenticated) error.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::Unauthorized(message.into())
+    }
+
     /// An unavailable-dependency error.
     pub fn unavailable(dependency: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Unavailable {
@@ -74,6 +82,7 @@ impl Error {
             Self::InvalidInput(_) => "invalid_input",
             Self::Conflict(_) => "conflict",
             Self::TooLarge(_) => "too_large",
+            Self::Unauthorized(_) => "unauthorized",
             Self::LimitExceeded(_) => "limit_exceeded",
             Self::Unavailable { .. } => "unavailable",
             Self::Internal(_) => "internal",

@@ -4,6 +4,7 @@
 //! This crate knows no adapter technology (no actix-web, diesel, docker-api, and no tokio
 //! runtime): everything outside comes in through the traits in [`ports`].
 
+pub mod auth;
 pub mod error;
 pub mod lifecycle;
 pub mod paths;
@@ -15,11 +16,12 @@ pub mod template;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use auth::{ApiToken, Bootstrap, IssuedToken, StoredToken, TokenHash, TokenId, TokenService};
 pub use error::{Error, Result};
 pub use lifecycle::{LifecycleEvent, transition};
 pub use ports::{
     Clock, ContainerRuntime, RunningUpdate, SandboxRepository, StatusChange, SystemClock,
-    TemplateCatalog,
+    TemplateCatalog, TokenRepository,
 };
 pub use runtime::{
     ByteStream, ContainerSpec, CreatedContainer, ExecOutput, ExecRequest, FileDownload, FileStat,
@@ -37,4 +39,7 @@ pub use template::{
 };
 
 #[cfg(any(test, feature = "mock"))]
-pub use ports::{MockClock, MockContainerRuntime, MockSandboxRepository, MockTemplateCatalog};
+pub use ports::{
+    MockClock, MockContainerRuntime, MockSandboxRepository, MockTemplateCatalog,
+    MockTokenRepository,
+};

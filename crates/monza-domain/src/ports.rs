@@ -7,6 +7,7 @@
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
+use crate::auth::{ApiToken, StoredToken, TokenId};
 use crate::error::Result;
 use crate::lifecycle::LifecycleEvent;
 use crate::runtime::{
@@ -109,6 +110,32 @@ pub trait SandboxRepository: Send + Sync {
 
     /// Checks the store answers.
     async fn ping(&self) -> Result<()>;
+}
+
+/// Where API tokens are kept: ids, tenants, flags, times and hashes, never a token's text.
+/// Every write is durable when the call returns (a revoke is in force at once).
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait TokenRepository: Send + Sync {
+    /// Writes a new token. A duplicate id is a conflict.
+    async fn insert_token(&self, token: &StoredToken) -> Result<()>;
+
+    /// Writes `token` only if the store holds no token at all (revoked ones count), and says
+    /// whether it did. Atomic: of concurrent callers on one store, one at most succeeds.
+    async fn insert_first_token(&self, token: &StoredToken) -> Result<bool>;
+
+    /// One token with its hash; not-found if unknown.
+    async fn find_token(&self, id: &TokenId) -> Result<StoredToken>;
+
+    /// Every token, oldest first (by `created_at`, then id).
+    async fn list_tokens(&self) -> Result<Vec<ApiToken>>;
+
+    /// Sets `revoked_at = at` unless already revoked (the first time stays) and returns the
+    /// token. Not-found if unknown.
+    async fn revoke_token(&self, id: &TokenId, at: OffsetDateTime) -> Result<ApiToken>;
+
+    /// How many tokens exist, revoked ones included.
+    async fn count_tokens(&self) -> Result<u64>;
 }
 
 /// Where sandboxes run.

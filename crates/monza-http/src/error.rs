@@ -20,7 +20,7 @@ pub struct ErrorBody {
 /// The code and message of an error response.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// A stable code: `not_found`, `invalid_input`, `conflict`, `too_large`,
+    /// A stable code: `unauthorized`, `not_found`, `invalid_input`, `conflict`, `too_large`,
     /// `limit_exceeded`, `unavailable`, `internal`, `unsupported_media_type`,
     /// `method_not_allowed`.
     #[schema(example = "not_found")]
@@ -42,6 +42,9 @@ pub struct ApiError {
     message: String,
 }
 
+/// The `WWW-Authenticate` value of every 401.
+pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"monza\"";
+
 /// The message a client gets for a 500, whatever the cause.
 pub const INTERNAL_MESSAGE: &str = "internal server error";
 
@@ -58,6 +61,11 @@ impl ApiError {
     /// 400 `invalid_input`.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_input", message)
+    }
+
+    /// 401 `unauthorized`, answered with `WWW-Authenticate: Bearer`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
     /// 413 `too_large`.
@@ -116,6 +124,7 @@ impl From<Error> for ApiError {
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => return Self::internal(&error),
         };
@@ -132,7 +141,12 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(ErrorBody {
+        let mut response = HttpResponse::build(self.status);
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: a 401 names the scheme the client must use.
+            response.insert_header((header::WWW_AUTHENTICATE, WWW_AUTHENTICATE));
+        }
+        response.json(ErrorBody {
             error: ErrorDetail {
                 code: self.code,
                 message: self.message.clone(),
@@ -214,6 +228,7 @@ mod tests {
             (Error::conflict("x"), 409, "conflict"),
             (Error::TooLarge("x".into()), 413, "too_large"),
             (Error::LimitExceeded("x".into()), 429, "limit_exceeded"),
+            (Error::unauthorized("x"), 401, "unauthorized"),
             (Error::unavailable("docker", "x"), 503, "unavailable"),
             (Error::internal("x"), 500, "internal"),
         ];
