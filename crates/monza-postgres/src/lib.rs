@@ -6,6 +6,9 @@
 //! finer than a microsecond is truncated. `claim_expired` uses `FOR UPDATE SKIP LOCKED`, so
 //! several monza processes can reap one database.
 //!
+//! The same repository is also the [`TokenRepository`](monza_domain::TokenRepository) port
+//! (table `api_tokens`: ids, tenants, flags, times and SHA-256 hashes, never a token).
+//!
 //! TLS is not supported yet (connections use `NoTls`).
 
 mod error;
@@ -13,6 +16,7 @@ mod queries;
 mod repository;
 mod rows;
 mod schema;
+mod tokens;
 mod url;
 
 pub use repository::{PgOptions, PgSandboxRepository};

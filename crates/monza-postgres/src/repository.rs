@@ -211,7 +211,7 @@ impl PgSandboxRepository {
         &self.url
     }
 
-    async fn conn(&self) -> Result<Object<AsyncPgConnection>> {
+    pub(crate) async fn conn(&self) -> Result<Object<AsyncPgConnection>> {
         self.pool.get().await.map_err(|e| {
             let e = pool_error(e);
             match e {

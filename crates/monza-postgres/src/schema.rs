@@ -39,6 +39,17 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    api_tokens (id) {
+        id -> Text,
+        tenant -> Text,
+        admin -> Bool,
+        secret_hash -> Text,
+        created_at -> Timestamptz,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
 diesel::joinable!(port_mappings -> sandboxes (sandbox_id));
 diesel::joinable!(sandbox_events -> sandboxes (sandbox_id));
 diesel::allow_tables_to_appear_in_same_query!(sandboxes, port_mappings, sandbox_events);

@@ -277,7 +277,7 @@ impl SqliteSandboxRepository {
 
     /// Runs `task` in a `BEGIN IMMEDIATE` transaction on the writer, committed (and so
     /// durable) before this returns.
-    async fn write<T: Send + 'static>(
+    pub(crate) async fn write<T: Send + 'static>(
         &self,
         task: impl FnOnce(&mut SqliteConnection) -> Result<T, TxError> + Send + 'static,
     ) -> Result<T> {
@@ -288,7 +288,7 @@ impl SqliteSandboxRepository {
     }
 
     /// Runs `task` in a read transaction (one consistent snapshot).
-    async fn read<T: Send + 'static>(
+    pub(crate) async fn read<T: Send + 'static>(
         &self,
         task: impl FnOnce(&mut SqliteConnection) -> Result<T, TxError> + Send + 'static,
     ) -> Result<T> {
