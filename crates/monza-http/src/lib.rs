@@ -9,7 +9,10 @@
 //! # async fn run(service: monza_domain::SandboxService) -> std::io::Result<()> {
 //! use actix_web::{App, HttpServer};
 //!
-//! HttpServer::new(move || App::new().configure(monza_http::configure(service.clone())))
+//! let auth = monza_http::Auth::Disabled; // or Auth::Tokens(token_service)
+//! HttpServer::new(move || {
+//!     App::new().configure(monza_http::configure(service.clone(), auth.clone()))
+//! })
 //!     .bind(("127.0.0.1", 8080))?
 //!     .run()
 //!     .await
@@ -25,6 +28,10 @@
 //! answers unknown routes with a JSON 404 and wrong methods with a JSON 405.
 //!
 //! # Routes
+//!
+//! Every `/api/...` route except `GET /api/openapi.json` needs `Authorization: Bearer
+//! <token>` (see [`Auth`]); `/health`, `/hello`, `/ready` and the OpenAPI document are
+//! public (they hold no tenant data).
 //!
 //! | route | success |
 //! |---|---|
@@ -43,14 +50,18 @@
 //! | `GET /api/sandboxes/{id}/files/download?path=…` | 200 the file's bytes |
 //!
 //! Every error is `{"error":{"code","message"}}` ([`ApiError`]): `invalid_input` 400,
-//! `not_found` 404, `method_not_allowed` 405, `conflict` 409, `too_large` 413,
+//! `unauthorized` 401 (with `WWW-Authenticate: Bearer`), `not_found` 404, `method_not_allowed` 405, `conflict` 409, `too_large` 413,
 //! `unsupported_media_type` 415, `limit_exceeded` 429, `internal` 500 (generic message; the
 //! cause is logged), `unavailable` 503.
 //!
 //! # Access
 //!
-//! Every `/api` handler takes a [`Caller`], resolved in one place (`access::resolve`); today
-//! every caller is [`monza_domain::Access::Admin`].
+//! Every `/api` handler takes a [`Caller`], resolved in one place (`access::resolve`, run by
+//! the `access::authenticate` middleware on each protected route, after routing and before
+//! the body is read): with [`Auth::Tokens`] an admin token is
+//! [`monza_domain::Access::Admin`] and any other token [`monza_domain::Access::Tenant`];
+//! with [`Auth::Disabled`] every caller is an admin. Another tenant's sandbox is a 404 on
+//! every route that names it and absent from lists (the domain decides).
 
 use std::path::PathBuf;
 
@@ -69,8 +80,8 @@ mod model;
 mod openapi;
 mod request_log;
 
-pub use access::Caller;
-pub use error::{ApiError, ErrorBody, ErrorDetail, INTERNAL_MESSAGE};
+pub use access::{Auth, Caller};
+pub use error::{ApiError, ErrorBody, ErrorDetail, INTERNAL_MESSAGE, WWW_AUTHENTICATE};
 pub use model::{
     CreateSandboxRequest, EventResponse, ExecuteRequest, ExecuteResponse, HealthResponse,
     HelloResponse, PortMappingResponse, ReadyResponse, SandboxResponse, UploadResponse,
@@ -101,13 +112,14 @@ impl Default for HttpConfig {
 }
 
 /// Every route, with the defaults of [`HttpConfig`]. See the crate docs for usage.
-pub fn configure(service: SandboxService) -> impl FnOnce(&mut web::ServiceConfig) {
-    configure_with(service, HttpConfig::default())
+pub fn configure(service: SandboxService, auth: Auth) -> impl FnOnce(&mut web::ServiceConfig) {
+    configure_with(service, auth, HttpConfig::default())
 }
 
 /// Every route, with explicit limits.
 pub fn configure_with(
     service: SandboxService,
+    auth: Auth,
     config: HttpConfig,
 ) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
@@ -117,6 +129,7 @@ pub fn configure_with(
         let mut scope = web::scope("")
             .wrap(from_fn(request_log::log_request))
             .app_data(web::Data::new(service))
+            .app_data(web::Data::new(auth))
             .app_data(web::Data::new(config))
             .app_data(json)
             .app_data(web::QueryConfig::default().error_handler(error::query_error))
@@ -132,7 +145,13 @@ pub fn configure_with(
                 let allowed = allowed.clone();
                 async move { error::method_not_allowed(&req, &allowed) }
             }));
-            scope = scope.service(resource);
+            // Decided on the matched route, not on the raw path, so no spelling of a URL
+            // reaches a protected handler unauthenticated.
+            if is_protected(&path) {
+                scope = scope.service(resource.wrap(from_fn(access::authenticate)));
+            } else {
+                scope = scope.service(resource);
+            }
         }
         cfg.service(scope);
     }
@@ -181,6 +200,11 @@ fn endpoints() -> Vec<Endpoint> {
     all.extend(endpoint!(upload_file, __path_upload_file));
     all.extend(endpoint!(download_file, __path_download_file));
     all
+}
+
+/// Whether a route needs a bearer token: every `/api/...` route but the OpenAPI document.
+pub fn is_protected(path: &str) -> bool {
+    path.starts_with("/api/") && path != "/api/openapi.json"
 }
 
 /// The (method, path) of every registered operation, e.g. `("GET", "/api/sandboxes/{id}")`.

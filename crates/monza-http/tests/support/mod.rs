@@ -27,14 +27,17 @@ use time::macros::datetime;
 macro_rules! app {
     ($service:expr) => {
         actix_web::test::init_service(
-            actix_web::App::new().configure(monza_http::configure($service)),
+            actix_web::App::new()
+                .configure(monza_http::configure($service, monza_http::Auth::Disabled)),
         )
         .await
     };
     ($service:expr, $config:expr) => {
-        actix_web::test::init_service(
-            actix_web::App::new().configure(monza_http::configure_with($service, $config)),
-        )
+        actix_web::test::init_service(actix_web::App::new().configure(monza_http::configure_with(
+            $service,
+            monza_http::Auth::Disabled,
+            $config,
+        )))
         .await
     };
 }
