@@ -7,6 +7,7 @@ pub mod reaper;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
+pub mod tokens;
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -19,11 +20,14 @@ use actix_web::{App, HttpServer};
 use anyhow::{Context, Result, anyhow};
 use monza_devcontainer::DirTemplateCatalog;
 use monza_docker::{DockerRuntime, DockerSettings};
-use monza_domain::{ContainerRuntime, SandboxService, ServiceConfig, SystemClock, TemplateName};
+use monza_domain::{
+    Bootstrap, ContainerRuntime, SandboxService, ServiceConfig, SystemClock, TemplateName,
+    TokenService,
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::settings::ServeArgs;
+use crate::settings::{AuthMode, Secret, ServeArgs};
 
 /// A built application: the listener is bound, the store migrated, Docker answered and
 /// the reaper is running. [`Application::run_until_stopped`] serves until a signal.
@@ -67,8 +71,8 @@ impl StopHandle {
 }
 
 impl Application {
-    /// Start-up in order: configuration → database and migrations (with retry) → Docker
-    /// ping → reaper → HTTP listener.
+    /// Start-up in order: configuration → database and migrations (with retry) → the first
+    /// admin token if the store has none → Docker ping → reaper → HTTP listener.
     pub async fn build(args: ServeArgs) -> Result<Self> {
         let default_template = TemplateName::new(&args.default_template)
             .map_err(|e| anyhow!("MONZA_DEFAULT_TEMPLATE: {e}"))?;
@@ -76,7 +80,22 @@ impl Application {
             attempts: args.db_connect_attempts,
             delay: args.db_connect_delay,
         };
-        let repo = store::open(args.database_url.as_ref(), &args.data_dir, &retry).await?;
+        let stores = store::open_stores(args.database_url.as_ref(), &args.data_dir, &retry).await?;
+        let repo = stores.sandboxes.clone();
+        let auth = match args.auth {
+            AuthMode::Disabled => {
+                tracing::warn!(
+                    "MONZA_AUTH=disabled: authentication is OFF and every caller is an admin; \
+                     use this only on a machine nobody else can reach"
+                );
+                monza_http::Auth::Disabled
+            }
+            AuthMode::Enabled => {
+                let tokens = TokenService::new(stores.tokens.clone(), Arc::new(SystemClock));
+                bootstrap(&tokens, args.bootstrap_token.as_ref()).await?;
+                monza_http::Auth::Tokens(tokens)
+            }
+        };
 
         let docker = DockerRuntime::new(DockerSettings {
             host: args.docker_host.clone(),
@@ -112,6 +131,8 @@ impl Application {
             ServiceConfig {
                 ttl,
                 default_template,
+                max_sandboxes_per_tenant: (args.max_sandboxes_per_tenant > 0)
+                    .then_some(args.max_sandboxes_per_tenant),
                 ..ServiceConfig::default()
             },
         );
@@ -128,7 +149,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         let http_service = service.clone();
         let server = HttpServer::new(move || {
-            App::new().configure(monza_http::configure(http_service.clone()))
+            App::new().configure(monza_http::configure(http_service.clone(), auth.clone()))
         })
         .disable_signals()
         // actix keeps the OS default (Nagle on): a streamed response's small header write then
@@ -215,6 +236,45 @@ impl Application {
         tracing::info!("monza stopped");
         outcome
     }
+}
+
+/// The marker that starts the line carrying a generated first token, on stderr.
+pub const BOOTSTRAP_MARKER: &str = "MONZA BOOTSTRAP ADMIN TOKEN";
+
+/// First start: makes the first admin token if the store holds none (see
+/// [`TokenService::bootstrap`]). A generated token is printed once, on stderr, never logged.
+async fn bootstrap(tokens: &TokenService, given: Option<&Secret>) -> Result<()> {
+    let outcome = tokens
+        .bootstrap(given.map(Secret::expose))
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    match outcome {
+        Bootstrap::AlreadyConfigured => {
+            if given.is_some() {
+                tracing::info!(
+                    "MONZA_BOOTSTRAP_TOKEN ignored: the store already holds tokens \
+                     (manage them with `monza token`)"
+                );
+            }
+        }
+        Bootstrap::FromSetting(token) => {
+            tracing::info!(token_id = %token.id, "MONZA_BOOTSTRAP_TOKEN is now an admin token");
+        }
+        Bootstrap::Generated(issued) => {
+            eprintln!(
+                "\n{BOOTSTRAP_MARKER} (shown once, store it now): {}\n\
+                 Send it as `Authorization: Bearer <token>`. More tokens: \
+                 `monza token create --tenant NAME [--admin]` (same DATABASE_URL / \
+                 MONZA_DATA_DIR); revoke with `monza token revoke ID`.\n",
+                issued.reveal()
+            );
+            tracing::warn!(
+                token_id = %issued.token.id,
+                "no token in the store: generated an admin token and printed it once on stderr"
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

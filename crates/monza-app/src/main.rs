@@ -14,6 +14,7 @@ async fn main() -> ExitCode {
             allow_unsafe_templates,
         })) => monza_app::check_templates(&dir, allow_unsafe_templates),
         Some(Commands::Serve(args)) => serve(*args).await,
+        Some(Commands::Token(args)) => monza_app::tokens::run(args).await,
         None => serve(ServeArgs::defaults()).await,
     }
 }

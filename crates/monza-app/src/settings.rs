@@ -23,6 +23,52 @@ pub enum Commands {
     /// Work with devcontainer templates.
     #[command(subcommand)]
     Templates(TemplatesCommand),
+    /// Manage API tokens in the store the server uses (also while it runs).
+    Token(TokenArgs),
+}
+
+/// `monza token ...`: the store is chosen as `monza serve` chooses it.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Database: the same DATABASE_URL as the server. Unset: SQLite in MONZA_DATA_DIR.
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
+
+    /// Directory of the embedded SQLite database, as for the server.
+    #[arg(long, global = true, env = "MONZA_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token for a tenant and print it, once, on stdout.
+    Create {
+        /// The tenant whose sandboxes the token reaches (1 to 64 of A-Z a-z 0-9 . _ -).
+        #[arg(long)]
+        tenant: String,
+        /// An admin token sees and manages every tenant's sandboxes.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List tokens: id, tenant, admin, created, revoked. Never secrets.
+    List,
+    /// Revoke a token by id (as `monza token list` shows it); refused from then on.
+    Revoke {
+        /// The token id: 16 hex digits.
+        id: String,
+    },
+}
+
+/// Whether API requests need a bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Every `/api` route needs `Authorization: Bearer <token>`.
+    Enabled,
+    /// Every caller is an admin: local experiments only (a warning is logged at each start).
+    Disabled,
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +186,20 @@ pub struct ServeArgs {
     /// Accept templates that weaken sandbox isolation (privileged, capAdd, mounts...).
     #[arg(long, env = "MONZA_ALLOW_UNSAFE_TEMPLATES", default_value_t = false)]
     pub allow_unsafe_templates: bool,
+
+    /// API authentication: `enabled` (bearer tokens) or `disabled` (everyone is admin).
+    #[arg(long, env = "MONZA_AUTH", value_enum, default_value_t = AuthMode::Enabled)]
+    pub auth: AuthMode,
+
+    /// The first admin token, used only while the store holds no token: 32 to 512 characters
+    /// of A-Z a-z 0-9 - . _ ~ + / (e.g. `openssl rand -hex 32`). Only its hash is stored.
+    /// Unset: a token is generated and printed once.
+    #[arg(long, env = "MONZA_BOOTSTRAP_TOKEN", hide_env_values = true)]
+    pub bootstrap_token: Option<Secret>,
+
+    /// Live sandboxes one tenant may have at once (0: no limit); past it, create is a 429.
+    #[arg(long, env = "MONZA_MAX_SANDBOXES_PER_TENANT", default_value_t = 20)]
+    pub max_sandboxes_per_tenant: u64,
 
     /// Log format.
     #[arg(long, env = "MONZA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -263,6 +323,9 @@ mod tests {
         assert_eq!(d.reaper_interval, Duration::from_secs(60));
         assert_eq!(d.memory_limit, 512 * 1024 * 1024);
         assert_eq!(d.addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(d.auth, AuthMode::Enabled);
+        assert_eq!(d.max_sandboxes_per_tenant, 20);
+        assert!(d.bootstrap_token.is_none());
     }
 
     #[test]

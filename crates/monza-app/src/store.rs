@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use monza_domain::SandboxRepository;
+use monza_domain::{SandboxRepository, TokenRepository};
 
 use crate::settings::Secret;
 
@@ -53,12 +53,42 @@ pub fn locate(url: Option<&str>, data_dir: &Path) -> Result<StoreLocation> {
     bail!("DATABASE_URL has an unknown scheme {scheme:?}: accepted are {ACCEPTED}")
 }
 
-/// Opens (and migrates) the store `DATABASE_URL` names.
+/// The ports one store serves: sandboxes and API tokens, on the same database.
+#[derive(Clone)]
+pub struct Stores {
+    /// Where sandboxes are kept.
+    pub sandboxes: Arc<dyn SandboxRepository>,
+    /// Where API tokens are kept.
+    pub tokens: Arc<dyn TokenRepository>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").finish_non_exhaustive()
+    }
+}
+
+impl Stores {
+    fn of<R: SandboxRepository + TokenRepository + 'static>(repo: R) -> Self {
+        let repo = Arc::new(repo);
+        Self {
+            sandboxes: repo.clone(),
+            tokens: repo,
+        }
+    }
+}
+
+/// Opens (and migrates) the store `DATABASE_URL` names: its sandbox repository.
 pub async fn open(
     url: Option<&Secret>,
     data_dir: &Path,
     retry: &Retry,
 ) -> Result<Arc<dyn SandboxRepository>> {
+    Ok(open_stores(url, data_dir, retry).await?.sandboxes)
+}
+
+/// Opens (and migrates) the store `DATABASE_URL` names, with every port it serves.
+pub async fn open_stores(url: Option<&Secret>, data_dir: &Path, retry: &Retry) -> Result<Stores> {
     match locate(url.map(Secret::expose), data_dir)? {
         StoreLocation::Postgres(url) => {
             // The URL's own error never contains the password.
@@ -74,7 +104,7 @@ pub async fn open(
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             tracing::info!(database = %described, "store: PostgreSQL");
-            Ok(Arc::new(repo))
+            Ok(Stores::of(repo))
         }
         StoreLocation::SqliteFile(path) => {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -86,14 +116,14 @@ pub async fn open(
                 .await
                 .map_err(|e| anyhow::anyhow!("SQLite database {}: {e}", path.display()))?;
             tracing::info!(path = %path.display(), "store: SQLite");
-            Ok(Arc::new(repo))
+            Ok(Stores::of(repo))
         }
         StoreLocation::SqliteMemory => {
             let repo = monza_sqlite::SqliteSandboxRepository::in_memory()
                 .await
                 .map_err(|e| anyhow::anyhow!("in-memory SQLite: {e}"))?;
             tracing::info!("store: in-memory SQLite (nothing survives a restart)");
-            Ok(Arc::new(repo))
+            Ok(Stores::of(repo))
         }
     }
 }

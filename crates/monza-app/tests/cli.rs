@@ -37,6 +37,11 @@ fn serve_help_lists_every_setting() {
         "MONZA_PUBLISH_ADDR",
         "DOCKER_HOST",
         "MONZA_LOG_FORMAT",
+        "SANDBOX_PIDS_LIMIT",
+        "MONZA_ALLOW_UNSAFE_TEMPLATES",
+        "MONZA_AUTH",
+        "MONZA_BOOTSTRAP_TOKEN",
+        "MONZA_MAX_SANDBOXES_PER_TENANT",
     ] {
         assert!(
             help.contains(var),
@@ -151,6 +156,9 @@ fn an_unreachable_database_is_one_clear_line_without_the_password() {
     );
 }
 
+/// The admin token the SIGTERM test's server starts with.
+const SIGTERM_TOKEN: &str = "sigterm-test-token-0123456789abcdef0123456789abcdef";
+
 /// `monza serve` as a child process: SIGTERM stops it with exit status 0, and the sandbox
 /// it made is still running afterwards (sandboxes outlive the server).
 #[test]
@@ -168,6 +176,7 @@ fn sigterm_stops_the_server_cleanly_and_leaves_sandboxes_running() {
         )
         .env("MONZA_DEFAULT_TEMPLATE", "busybox")
         .env("MONZA_LOG_FORMAT", "json")
+        .env("MONZA_BOOTSTRAP_TOKEN", SIGTERM_TOKEN)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -202,6 +211,7 @@ fn sigterm_stops_the_server_cleanly_and_leaves_sandboxes_running() {
         write!(
             stream,
             "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Authorization: Bearer {SIGTERM_TOKEN}\r\n\
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )

@@ -21,6 +21,23 @@ enum Store {
 
 const PG_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
 
+/// The admin token every test server starts with (`MONZA_BOOTSTRAP_TOKEN`), so these tests
+/// run with authentication on, as a real deployment does.
+const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef0123456789abcdef";
+
+/// A client that sends the admin token with every request.
+fn admin_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {ADMIN_TOKEN}")).unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 fn templates_dir() -> PathBuf {
     monza_devcontainer::test_templates_dir().to_path_buf()
 }
@@ -89,6 +106,7 @@ fn base_args(store: Store, dir: &tempfile::TempDir) -> Option<(ServeArgs, Option
     args.data_dir = dir.path().to_path_buf();
     args.reaper_interval = Duration::from_secs(1);
     args.shutdown_timeout = Duration::from_secs(5);
+    args.bootstrap_token = Some(Secret::from(ADMIN_TOKEN.to_owned()));
     let pg = match store {
         Store::Sqlite => {
             args.database_url = None;
@@ -130,7 +148,7 @@ impl TestApp {
         let (base, stop, task, runtime) = start(args.clone()).await?;
         Some(Self {
             base,
-            client: reqwest::Client::new(),
+            client: admin_client(),
             stop,
             task,
             args,

@@ -8,7 +8,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use monza_app::Application;
-use monza_app::settings::ServeArgs;
+use monza_app::settings::{Secret, ServeArgs};
+
+/// The server's first admin token (`MONZA_BOOTSTRAP_TOKEN`), the walkthrough's `MONZA_TOKEN`.
+const TOKEN: &str = "readme-walkthrough-token-0123456789abcdef0123456789";
 
 fn api_section_script() -> String {
     let readme =
@@ -28,8 +31,8 @@ fn api_section_script() -> String {
         let body = &rest[open + 6..];
         let close = body.find("```").unwrap();
         for line in body[..close].lines() {
-            // The server address is the test's own.
-            if !line.starts_with("MONZA=") {
+            // The server address and the token are the test's own.
+            if !line.starts_with("MONZA=") && !line.starts_with("MONZA_TOKEN=") {
                 script.push_str(line);
                 script.push('\n');
             }
@@ -60,6 +63,7 @@ async fn the_readme_api_examples_work_as_written() {
     args.devcontainers = templates.path().to_path_buf();
     args.data_dir = data.path().to_path_buf();
     args.shutdown_timeout = Duration::from_secs(5);
+    args.bootstrap_token = Some(Secret::from(TOKEN.to_owned()));
     let Some(app) = monza_domain::testing::require(
         "Docker engine for the README walkthrough",
         Application::build(args).await,
@@ -79,6 +83,7 @@ async fn the_readme_api_examples_work_as_written() {
             Command::new("bash")
                 .args(["-c", &script])
                 .env("MONZA", base)
+                .env("MONZA_TOKEN", TOKEN)
                 .current_dir(workdir)
                 .output()
                 .unwrap()
