@@ -7,8 +7,8 @@ use docker_api::Docker;
 use docker_api::opts::{ContainerFilter, ContainerListOpts, ContainerRemoveOpts};
 use hyper::{Body, Method};
 use monza_domain::{
-    ContainerRuntime, ContainerSpec, CreatedContainer, Error, ExecOutput, ExecRequest,
-    FileDownload, FileStat, ManagedContainer, PublishedPort, Result, UploadFile,
+    ContainerRuntime, ContainerSpec, ContainerState, CreatedContainer, Error, ExecOutput,
+    ExecRequest, FileDownload, FileStat, ManagedContainer, PublishedPort, Result, UploadFile,
 };
 
 use crate::container::{LABEL_MANAGED, LABEL_SANDBOX_ID, container_name, create_body};
@@ -155,6 +155,29 @@ impl ContainerRuntime for DockerRuntime {
             }
         }
         self.published_ports(container_id).await
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
+    async fn state(&self, container_id: &str) -> Result<ContainerState> {
+        let container = self.docker.containers().get(container_id);
+        match bounded(self.settings.request_timeout, container.inspect()).await {
+            Ok(inspect) => {
+                let running = inspect
+                    .state
+                    .and_then(|state| state.running)
+                    .unwrap_or(false);
+                Ok(if running {
+                    ContainerState::Running
+                } else {
+                    ContainerState::Stopped
+                })
+            }
+            Err(f) if f.is_not_found() => Ok(ContainerState::Missing),
+            Err(f) => Err(f.into_domain(
+                &self.settings.host,
+                format_args!("inspecting container {container_id}"),
+            )),
+        }
     }
 
     #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]

@@ -24,15 +24,16 @@ pub use ports::{
     TemplateCatalog, TokenRepository,
 };
 pub use runtime::{
-    ByteStream, ContainerSpec, CreatedContainer, ExecOutput, ExecRequest, FileDownload, FileStat,
-    ManagedContainer, PublishedPort, UploadFile,
+    ByteStream, ContainerSpec, ContainerState, CreatedContainer, ExecOutput, ExecRequest,
+    FileDownload, FileStat, ManagedContainer, PublishedPort, UploadFile,
 };
 pub use sandbox::{
     EventAction, NewEvent, PortMapping, Sandbox, SandboxEvent, SandboxFilter, SandboxId,
     SandboxName, SandboxStatus, StatusFilter, TemplateName, TenantId,
 };
 pub use service::{
-    Access, CreateSandbox, ExecLimits, ExecuteCommand, ReapReport, SandboxService, ServiceConfig,
+    Access, CreateSandbox, ExecLimits, ExecuteCommand, ReapReport, ReconcileReport, SandboxService,
+    ServiceConfig,
 };
 pub use template::{
     BuildSpec, Command, ImageSource, LifecycleCommand, Mount, RunOptions, Template,

@@ -11,8 +11,8 @@ use crate::auth::{ApiToken, StoredToken, TokenId};
 use crate::error::Result;
 use crate::lifecycle::LifecycleEvent;
 use crate::runtime::{
-    ContainerSpec, CreatedContainer, ExecOutput, ExecRequest, FileDownload, FileStat,
-    ManagedContainer, PublishedPort, UploadFile,
+    ContainerSpec, ContainerState, CreatedContainer, ExecOutput, ExecRequest, FileDownload,
+    FileStat, ManagedContainer, PublishedPort, UploadFile,
 };
 use crate::sandbox::{
     NewEvent, PortMapping, Sandbox, SandboxEvent, SandboxFilter, SandboxId, TemplateName, TenantId,
@@ -149,8 +149,12 @@ pub trait ContainerRuntime: Send + Sync {
     /// the sandbox id, without starting it.
     async fn create(&self, spec: &ContainerSpec) -> Result<CreatedContainer>;
 
-    /// Starts a created container and returns its published ports.
+    /// Starts a created or stopped container (a running one is left alone) and returns its
+    /// published ports.
     async fn start(&self, container_id: &str) -> Result<Vec<PublishedPort>>;
+
+    /// Whether the container runs, is stopped, or is gone.
+    async fn state(&self, container_id: &str) -> Result<ContainerState>;
 
     /// Runs a command to completion (or to its timeout).
     async fn exec(&self, container_id: &str, request: &ExecRequest) -> Result<ExecOutput>;

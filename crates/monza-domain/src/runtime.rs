@@ -43,6 +43,17 @@ pub struct PublishedPort {
     pub host_port: u16,
 }
 
+/// What the engine says of one container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    /// It exists and runs.
+    Running,
+    /// It exists but does not run (exited, created, paused, dead).
+    Stopped,
+    /// The engine does not know it (removed behind monza's back).
+    Missing,
+}
+
 /// A container carrying monza's labels, as found on the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManagedContainer {

@@ -99,6 +99,10 @@ pub struct ServiceConfig {
     pub reap_batch: u32,
     /// Containers removed at once by the reaper.
     pub reap_concurrency: usize,
+    /// How long a sandbox may stay `creating` before reconciliation gives up on it (its
+    /// creator crashed): longer than any create can take, since another replica may still be
+    /// creating it.
+    pub create_timeout: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -111,6 +115,7 @@ impl Default for ServiceConfig {
             max_sandboxes_per_tenant: None,
             reap_batch: 100,
             reap_concurrency: 16,
+            create_timeout: Duration::minutes(10),
         }
     }
 }
@@ -511,7 +516,10 @@ impl SandboxService {
         );
         let sandbox = self.touch(&sandbox, Some(event)).await?;
         let cid = container_of(&sandbox)?;
-        self.runtime.exec(cid, &request).await
+        match self.runtime.exec(cid, &request).await {
+            Ok(output) => Ok(output),
+            Err(e) => Err(self.check_container(&sandbox, e).await),
+        }
     }
 
     /// Copies a file into a running sandbox's `dest_dir` (default: its workspace folder) and
@@ -544,8 +552,10 @@ impl SandboxService {
         let sandbox = self.touch(&sandbox, Some(event)).await?;
         let cid = container_of(&sandbox)?;
         let file = UploadFile { name, ..file };
-        self.runtime.upload(cid, &dest_dir, file).await?;
-        Ok(path)
+        match self.runtime.upload(cid, &dest_dir, file).await {
+            Ok(()) => Ok(path),
+            Err(e) => Err(self.check_container(&sandbox, e).await),
+        }
     }
 
     /// Streams a regular file out of a running sandbox.
@@ -561,7 +571,10 @@ impl SandboxService {
         let event = NewEvent::new(EventAction::Downloaded, json!({ "path": path }));
         let sandbox = self.touch(&sandbox, Some(event)).await?;
         let cid = container_of(&sandbox)?;
-        self.runtime.download(cid, &path).await
+        match self.runtime.download(cid, &path).await {
+            Ok(download) => Ok(download),
+            Err(e) => Err(self.check_container(&sandbox, e).await),
+        }
     }
 
     /// One reaper pass: claims every running sandbox past `expires_at`, marks it `expired`
@@ -699,6 +712,10 @@ fn truncate(s: &str, max: usize) -> &str {
     }
     &s[..end]
 }
+
+mod reconcile;
+
+pub use reconcile::ReconcileReport;
 
 #[cfg(test)]
 mod tests;

@@ -745,6 +745,10 @@ async fn download_checks_the_path_then_records_activity() {
         .withf(|cid, path| cid == CID && path == "/workspace/a.txt")
         .times(1)
         .returning(|_, _| Err(Error::not_found("no such file /workspace/a.txt")));
+    // The container is there: the file is what is missing.
+    m.runtime
+        .expect_state()
+        .returning(|_| Ok(crate::runtime::ContainerState::Running));
     let service = m.service();
     let err = service
         .download(&Access::Admin, id, "/workspace/a.txt/")
@@ -865,3 +869,5 @@ async fn a_failed_removal_is_counted_and_does_not_stop_the_pass() {
     let report = m.service().reap_expired().await.unwrap();
     assert_eq!((report.expired, report.removed, report.failures), (2, 1, 1));
 }
+
+mod reconcile;

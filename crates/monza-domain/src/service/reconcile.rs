@@ -1,0 +1,344 @@
+//! Reconciliation: the Docker engine and the store are two sources of truth that drift apart
+//! (a crash between "container created" and "row updated", a container removed by hand, an
+//! engine restart). One pass compares the containers carrying monza's labels with the
+//! sandboxes the store says are alive, and moves both towards agreement.
+//!
+//! The rules, per pass:
+//! - a managed container whose sandbox is unknown, `deleted`, `expired` or `error` is removed;
+//! - a `running` sandbox whose container is gone becomes `error` ("container vanished");
+//! - a `running` sandbox whose container stopped is started again, and becomes `error` if
+//!   that fails;
+//! - a sandbox `creating` for longer than [`ServiceConfig::create_timeout`] becomes `error`
+//!   and its container is removed;
+//! - a container whose sandbox is `creating` within that grace period is never touched
+//!   (another replica may be creating it right now), nor is a container without monza's
+//!   labels (the runtime lists only labelled ones; one whose sandbox label does not parse is
+//!   left alone too).
+//!
+//! [`ServiceConfig::create_timeout`]: super::ServiceConfig::create_timeout
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::json;
+
+use super::SandboxService;
+use crate::error::{Error, Result};
+use crate::lifecycle::{self, LifecycleEvent};
+use crate::ports::StatusChange;
+use crate::runtime::ContainerState;
+use crate::sandbox::{
+    EventAction, NewEvent, Sandbox, SandboxFilter, SandboxId, SandboxStatus, StatusFilter,
+};
+
+/// What one reconciliation pass found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Containers with monza's labels found on the engine.
+    pub containers: usize,
+    /// Sandboxes the store holds as `running`.
+    pub running: usize,
+    /// Containers removed because their sandbox is unknown, `deleted`, `expired` or `error`.
+    pub orphans_removed: usize,
+    /// Running sandboxes whose container was gone, now `error`.
+    pub vanished: usize,
+    /// Running sandboxes whose stopped container was started again.
+    pub restarted: usize,
+    /// Running sandboxes whose stopped container would not start, now `error`.
+    pub restart_failed: usize,
+    /// Sandboxes `creating` for longer than the create timeout, now `error`.
+    pub stale_creating: usize,
+    /// Containers left alone because their sandbox is `creating` within the grace period.
+    pub creating_in_grace: usize,
+    /// Actions that failed (a dependency error); retried on the next pass.
+    pub failures: usize,
+}
+
+impl ReconcileReport {
+    /// Whether the pass changed anything or hit a failure.
+    pub fn acted(&self) -> bool {
+        self.orphans_removed
+            + self.vanished
+            + self.restarted
+            + self.restart_failed
+            + self.stale_creating
+            + self.failures
+            > 0
+    }
+}
+
+fn only(status: SandboxStatus) -> SandboxFilter {
+    SandboxFilter {
+        tenant: None,
+        status: StatusFilter::Only(status),
+        limit: None,
+    }
+}
+
+/// The reason a sandbox whose container disappeared is given.
+fn vanished_reason(container_id: &str) -> String {
+    format!(
+        "container vanished: container {} no longer exists on the Docker engine",
+        short(container_id)
+    )
+}
+
+fn short(container_id: &str) -> &str {
+    container_id.get(..12).unwrap_or(container_id)
+}
+
+impl SandboxService {
+    /// One reconciliation pass (see the module docs). Fails as a whole only when it cannot
+    /// read the store or list the engine's containers (the caller skips the tick); a failed
+    /// single action is counted in [`ReconcileReport::failures`] and retried on the next
+    /// pass.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn reconcile(&self) -> Result<ReconcileReport> {
+        // Rows before containers: a row is written before its container exists, so every
+        // container listed below whose sandbox is in neither list either ended or is
+        // confirmed with `get`, never mistaken for unknown.
+        let creating = self.repo.list(&only(SandboxStatus::Creating)).await?;
+        let running = self.repo.list(&only(SandboxStatus::Running)).await?;
+        let containers = self.runtime.list_managed().await?;
+        let now = self.clock.now();
+        let mut report = ReconcileReport {
+            containers: containers.len(),
+            running: running.len(),
+            ..ReconcileReport::default()
+        };
+
+        let by_id: HashMap<&str, bool> = containers
+            .iter()
+            .map(|c| (c.id.as_str(), c.running))
+            .collect();
+        for sandbox in &running {
+            let Some(cid) = sandbox.container_id.as_deref() else {
+                continue;
+            };
+            match by_id.get(cid) {
+                Some(true) => {}
+                Some(false) => self.restart(sandbox, cid, &mut report).await,
+                None => self.check_vanished(sandbox, cid, &mut report).await,
+            }
+        }
+
+        let mut given_up: HashSet<SandboxId> = HashSet::new();
+        for sandbox in &creating {
+            if now - sandbox.created_at <= self.config.create_timeout {
+                continue;
+            }
+            match self.give_up_creating(sandbox.id).await {
+                Ok(true) => {
+                    report.stale_creating += 1;
+                    given_up.insert(sandbox.id);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    report.failures += 1;
+                    tracing::warn!(sandbox_id = %sandbox.id, error = %e, "could not fail a sandbox stuck in creating");
+                }
+            }
+        }
+
+        let running_containers: HashMap<SandboxId, Option<&str>> = running
+            .iter()
+            .map(|s| (s.id, s.container_id.as_deref()))
+            .collect();
+        let creating_ids: HashSet<SandboxId> = creating.iter().map(|s| s.id).collect();
+        let mut orphans = Vec::new();
+        for container in &containers {
+            let Some(sandbox_id) = container.sandbox_id else {
+                tracing::warn!(container_id = %container.id,
+                    "container has monza's managed label but no valid sandbox id: left alone");
+                continue;
+            };
+            if given_up.contains(&sandbox_id) {
+                orphans.push(container.id.clone());
+                continue;
+            }
+            if running_containers.get(&sandbox_id) == Some(&Some(container.id.as_str())) {
+                continue;
+            }
+            if creating_ids.contains(&sandbox_id) {
+                report.creating_in_grace += 1;
+                continue;
+            }
+            // Not in the lists read above: ended, unknown, or changed since. Ask again.
+            match self.repo.get(sandbox_id).await {
+                Ok(sandbox) if sandbox.status == SandboxStatus::Creating => {
+                    report.creating_in_grace += 1;
+                }
+                Ok(sandbox)
+                    if sandbox.status == SandboxStatus::Running
+                        && sandbox.container_id.as_deref() == Some(container.id.as_str()) => {}
+                Ok(_) | Err(Error::NotFound(_)) => orphans.push(container.id.clone()),
+                Err(e) => {
+                    report.failures += 1;
+                    tracing::warn!(sandbox_id = %sandbox_id, error = %e, "could not look up a container's sandbox");
+                }
+            }
+        }
+        let (removed, failed) = self.remove_all(orphans).await;
+        report.orphans_removed += removed;
+        report.failures += failed;
+        Ok(report)
+    }
+
+    /// A running sandbox's container is not in the engine's list: confirms it is gone,
+    /// then marks the sandbox `error`.
+    async fn check_vanished(&self, sandbox: &Sandbox, cid: &str, report: &mut ReconcileReport) {
+        match self.runtime.state(cid).await {
+            Ok(ContainerState::Missing) => {}
+            Ok(ContainerState::Running) => return,
+            Ok(ContainerState::Stopped) => return self.restart(sandbox, cid, report).await,
+            Err(e) => {
+                report.failures += 1;
+                tracing::warn!(sandbox_id = %sandbox.id, container_id = %cid, error = %e, "could not inspect a sandbox's container");
+                return;
+            }
+        }
+        let reason = vanished_reason(cid);
+        match self
+            .fail_sandbox(
+                sandbox.id,
+                &reason,
+                json!({ "stage": "reconcile", "error": reason }),
+            )
+            .await
+        {
+            Ok(Some(_)) => {
+                report.vanished += 1;
+                tracing::warn!(sandbox_id = %sandbox.id, container_id = %cid, "container vanished: sandbox is now error");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                report.failures += 1;
+                tracing::warn!(sandbox_id = %sandbox.id, error = %e, "could not mark a sandbox with a vanished container as error");
+            }
+        }
+    }
+
+    /// A running sandbox's container stopped: starts it once; `error` if that fails.
+    async fn restart(&self, sandbox: &Sandbox, cid: &str, report: &mut ReconcileReport) {
+        let error = match self.runtime.start(cid).await {
+            Ok(_) => {
+                report.restarted += 1;
+                tracing::info!(sandbox_id = %sandbox.id, container_id = %cid, "container had stopped: started it again");
+                return;
+            }
+            // The engine itself is away: not the sandbox's fault, retry on the next pass.
+            Err(e @ Error::Unavailable { .. }) => {
+                report.failures += 1;
+                tracing::warn!(sandbox_id = %sandbox.id, container_id = %cid, error = %e, "could not restart a stopped container");
+                return;
+            }
+            Err(e) => e,
+        };
+        let reason = if matches!(error, Error::NotFound(_)) {
+            vanished_reason(cid)
+        } else {
+            format!("container stopped and could not be started again: {error}")
+        };
+        match self
+            .fail_sandbox(
+                sandbox.id,
+                &reason,
+                json!({ "stage": "reconcile", "error": reason }),
+            )
+            .await
+        {
+            Ok(Some(_)) => {
+                report.restart_failed += 1;
+                tracing::warn!(sandbox_id = %sandbox.id, container_id = %cid, %reason, "sandbox is now error");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                report.failures += 1;
+                tracing::warn!(sandbox_id = %sandbox.id, error = %e, "could not mark a sandbox as error");
+            }
+        }
+    }
+
+    /// Marks a sandbox stuck in `creating` past the timeout as `error`. Reads it again first:
+    /// a create that finished since the listing is left alone. Whether it was marked.
+    async fn give_up_creating(&self, id: SandboxId) -> Result<bool> {
+        let current = self.repo.get(id).await?;
+        if current.status != SandboxStatus::Creating
+            || self.clock.now() - current.created_at <= self.config.create_timeout
+        {
+            return Ok(false);
+        }
+        let reason = format!(
+            "creation did not finish within {}s (the server creating it probably stopped)",
+            self.config.create_timeout.whole_seconds()
+        );
+        let failed = self
+            .fail_sandbox(
+                id,
+                &reason,
+                json!({ "stage": "reconcile", "error": reason }),
+            )
+            .await?;
+        if failed.is_some() {
+            tracing::warn!(sandbox_id = %id, %reason, "sandbox stuck in creating is now error");
+        }
+        Ok(failed.is_some())
+    }
+
+    /// `Fail` with a `failed` event. `None` if the sandbox ended meanwhile (a conflict).
+    async fn fail_sandbox(
+        &self,
+        id: SandboxId,
+        reason: &str,
+        details: serde_json::Value,
+    ) -> Result<Option<Sandbox>> {
+        let change = StatusChange {
+            event: LifecycleEvent::Fail,
+            at: self.clock.now(),
+            reason: Some(reason.to_owned()),
+            record: NewEvent::new(EventAction::Failed, details),
+        };
+        match self.repo.transition(id, &change).await {
+            Ok(sandbox) => Ok(Some(sandbox)),
+            Err(Error::Conflict(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A request on a running sandbox failed in the runtime. If the cause is that its
+    /// container no longer exists, the sandbox becomes `error` and the caller gets the
+    /// conflict that says so (with the reason); otherwise the error is returned as it was.
+    pub(super) async fn check_container(&self, sandbox: &Sandbox, error: Error) -> Error {
+        if !matches!(error, Error::NotFound(_) | Error::Conflict(_)) {
+            return error;
+        }
+        let Some(cid) = sandbox.container_id.as_deref() else {
+            return error;
+        };
+        if !matches!(self.runtime.state(cid).await, Ok(ContainerState::Missing)) {
+            return error;
+        }
+        let reason = vanished_reason(cid);
+        let ended = match self
+            .fail_sandbox(
+                sandbox.id,
+                &reason,
+                json!({ "stage": "request", "error": reason }),
+            )
+            .await
+        {
+            Ok(Some(failed)) => {
+                tracing::warn!(sandbox_id = %sandbox.id, container_id = %cid, "container vanished: sandbox is now error");
+                failed
+            }
+            // Ended meanwhile: say what it is now.
+            Ok(None) => match self.repo.get(sandbox.id).await {
+                Ok(current) => current,
+                Err(e) => return e,
+            },
+            Err(e) => return e,
+        };
+        lifecycle::check(&ended, LifecycleEvent::Activity)
+            .err()
+            .unwrap_or(error)
+    }
+}

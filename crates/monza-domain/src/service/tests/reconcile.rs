@@ -1,0 +1,332 @@
+//! Reconciliation and the vanished-container path of requests, against mocked ports.
+
+use std::sync::Mutex;
+
+use super::*;
+use crate::runtime::ContainerState;
+use crate::sandbox::StatusFilter;
+
+fn managed(id: &str, sandbox_id: Option<SandboxId>, running: bool) -> ManagedContainer {
+    ManagedContainer {
+        id: id.into(),
+        sandbox_id,
+        running,
+    }
+}
+
+fn with_container(mut s: Sandbox, cid: &str) -> Sandbox {
+    s.container_id = Some(cid.into());
+    s
+}
+
+/// The store lists these `creating` and `running` sandboxes, and answers `get` from `rows`.
+fn listing(m: &mut Mocks, creating: Vec<Sandbox>, running: Vec<Sandbox>, rows: Vec<Sandbox>) {
+    m.repo
+        .expect_list()
+        .returning(move |filter| match filter.status {
+            StatusFilter::Only(SandboxStatus::Creating) => Ok(creating.clone()),
+            StatusFilter::Only(SandboxStatus::Running) => Ok(running.clone()),
+            other => panic!("unexpected listing {other:?}"),
+        });
+    m.repo.expect_get().returning(move |id| {
+        rows.iter()
+            .find(|s| s.id == id)
+            .cloned()
+            .ok_or_else(|| Error::not_found("no such sandbox"))
+    });
+}
+
+/// Records every removed container.
+fn removals(m: &mut Mocks) -> Arc<Mutex<Vec<String>>> {
+    let removed = Arc::new(Mutex::new(Vec::new()));
+    let sink = removed.clone();
+    m.runtime.expect_remove().returning(move |cid| {
+        sink.lock().unwrap().push(cid.to_owned());
+        Ok(())
+    });
+    removed
+}
+
+fn expect_fail(m: &mut Mocks, id: SandboxId, reason_contains: &'static str) {
+    m.repo
+        .expect_transition()
+        .withf(move |sid, change| {
+            *sid == id
+                && change.event == LifecycleEvent::Fail
+                && change.record.action == EventAction::Failed
+                && change
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains(reason_contains))
+                && change.record.details["error"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(reason_contains))
+        })
+        .times(1)
+        .returning(move |_, change| {
+            let mut s = sandbox(SandboxStatus::Error);
+            s.id = id;
+            s.status_reason = change.reason.clone();
+            Ok(s)
+        });
+}
+
+#[tokio::test]
+async fn removes_containers_of_unknown_and_ended_sandboxes_and_nothing_else() {
+    let mut m = Mocks::new();
+    let live = with_container(sandbox(SandboxStatus::Running), "c-live");
+    let deleted = sandbox(SandboxStatus::Deleted);
+    let expired = sandbox(SandboxStatus::Expired);
+    let failed = sandbox(SandboxStatus::Error);
+    let unknown = SandboxId::new_random();
+    let containers = vec![
+        managed("c-live", Some(live.id), true),
+        managed("c-deleted", Some(deleted.id), false),
+        managed("c-expired", Some(expired.id), true),
+        managed("c-error", Some(failed.id), true),
+        managed("c-unknown", Some(unknown), true),
+        managed("c-unlabelled", None, true),
+    ];
+    listing(
+        &mut m,
+        vec![],
+        vec![live.clone()],
+        vec![live, deleted, expired, failed],
+    );
+    m.runtime
+        .expect_list_managed()
+        .times(1)
+        .returning(move || Ok(containers.clone()));
+    let removed = removals(&mut m);
+
+    let report = m.service().reconcile().await.unwrap();
+
+    let mut removed = removed.lock().unwrap().clone();
+    removed.sort();
+    assert_eq!(removed, ["c-deleted", "c-error", "c-expired", "c-unknown"]);
+    assert_eq!(report.orphans_removed, 4);
+    assert_eq!(report.containers, 6);
+    assert_eq!(report.running, 1);
+    assert_eq!(report.failures, 0);
+}
+
+#[tokio::test]
+async fn a_running_sandbox_whose_container_is_gone_becomes_error_with_the_reason() {
+    let mut m = Mocks::new();
+    let s = with_container(sandbox(SandboxStatus::Running), "gone");
+    let id = s.id;
+    listing(&mut m, vec![], vec![s.clone()], vec![s]);
+    m.runtime.expect_list_managed().returning(|| Ok(vec![]));
+    m.runtime
+        .expect_state()
+        .with(eq("gone"))
+        .times(1)
+        .returning(|_| Ok(ContainerState::Missing));
+    expect_fail(&mut m, id, "container vanished");
+
+    let report = m.service().reconcile().await.unwrap();
+
+    assert_eq!(report.vanished, 1);
+    assert!(report.acted());
+}
+
+#[tokio::test]
+async fn a_stopped_container_is_started_again_and_the_sandbox_stays_running() {
+    let mut m = Mocks::new();
+    let s = with_container(sandbox(SandboxStatus::Running), "stopped");
+    let containers = vec![managed("stopped", Some(s.id), false)];
+    listing(&mut m, vec![], vec![s.clone()], vec![s]);
+    m.runtime
+        .expect_list_managed()
+        .returning(move || Ok(containers.clone()));
+    m.runtime
+        .expect_start()
+        .with(eq("stopped"))
+        .times(1)
+        .returning(|_| Ok(vec![]));
+
+    let report = m.service().reconcile().await.unwrap();
+
+    assert_eq!(report.restarted, 1);
+    assert_eq!(report.restart_failed, 0);
+}
+
+#[tokio::test]
+async fn a_stopped_container_that_will_not_start_makes_the_sandbox_error() {
+    let mut m = Mocks::new();
+    let s = with_container(sandbox(SandboxStatus::Running), "broken");
+    let id = s.id;
+    let containers = vec![managed("broken", Some(s.id), false)];
+    listing(&mut m, vec![], vec![s.clone()], vec![s]);
+    m.runtime
+        .expect_list_managed()
+        .returning(move || Ok(containers.clone()));
+    m.runtime
+        .expect_start()
+        .times(1)
+        .returning(|_| Err(Error::internal("docker answered 500: cannot start")));
+    expect_fail(&mut m, id, "could not be started again");
+
+    let report = m.service().reconcile().await.unwrap();
+
+    assert_eq!(report.restart_failed, 1);
+    assert_eq!(report.restarted, 0);
+}
+
+#[tokio::test]
+async fn an_unreachable_engine_on_restart_is_a_failure_to_retry_not_an_error_sandbox() {
+    let mut m = Mocks::new();
+    let s = with_container(sandbox(SandboxStatus::Running), "stopped");
+    let containers = vec![managed("stopped", Some(s.id), false)];
+    listing(&mut m, vec![], vec![s.clone()], vec![s]);
+    m.runtime
+        .expect_list_managed()
+        .returning(move || Ok(containers.clone()));
+    m.runtime
+        .expect_start()
+        .returning(|_| Err(Error::unavailable("docker", "connection refused")));
+    // No transition expected: the mock panics if one is attempted.
+
+    let report = m.service().reconcile().await.unwrap();
+
+    assert_eq!(report.failures, 1);
+    assert_eq!(report.restart_failed, 0);
+}
+
+#[tokio::test]
+async fn creating_past_the_timeout_becomes_error_and_loses_its_container_but_fresh_ones_are_left_alone()
+ {
+    let mut m = Mocks::new();
+    m.config.create_timeout = Duration::minutes(10);
+    m.clock = clock_at(T0 + Duration::minutes(30));
+    let mut stale = sandbox(SandboxStatus::Creating);
+    stale.container_id = None;
+    let mut fresh = stale.clone();
+    fresh.id = SandboxId::new_random();
+    fresh.created_at = T0 + Duration::minutes(25);
+    let stale_id = stale.id;
+    let containers = vec![
+        managed("c-stale", Some(stale.id), false),
+        managed("c-fresh", Some(fresh.id), false),
+    ];
+    listing(
+        &mut m,
+        vec![stale.clone(), fresh.clone()],
+        vec![],
+        vec![stale, fresh],
+    );
+    m.runtime
+        .expect_list_managed()
+        .returning(move || Ok(containers.clone()));
+    expect_fail(&mut m, stale_id, "creation did not finish within 600s");
+    let removed = removals(&mut m);
+
+    let report = m.service().reconcile().await.unwrap();
+
+    assert_eq!(*removed.lock().unwrap(), ["c-stale"]);
+    assert_eq!(report.stale_creating, 1);
+    assert_eq!(report.creating_in_grace, 1);
+}
+
+#[tokio::test]
+async fn a_container_whose_sandbox_was_inserted_after_the_listing_is_left_alone() {
+    // Another replica inserted the row (creating) and created the container between our
+    // listing of rows and our listing of containers.
+    let mut m = Mocks::new();
+    let mut newcomer = sandbox(SandboxStatus::Creating);
+    newcomer.container_id = None;
+    let containers = vec![managed("c-new", Some(newcomer.id), true)];
+    listing(&mut m, vec![], vec![], vec![newcomer]);
+    m.runtime
+        .expect_list_managed()
+        .returning(move || Ok(containers.clone()));
+    // No remove expected.
+
+    let report = m.service().reconcile().await.unwrap();
+
+    assert_eq!(report.creating_in_grace, 1);
+    assert!(!report.acted());
+}
+
+#[tokio::test]
+async fn an_unreachable_engine_fails_the_pass_without_touching_the_store() {
+    let mut m = Mocks::new();
+    listing(
+        &mut m,
+        vec![],
+        vec![sandbox(SandboxStatus::Running)],
+        vec![],
+    );
+    m.runtime
+        .expect_list_managed()
+        .returning(|| Err(Error::unavailable("docker", "connection refused")));
+
+    let err = m.service().reconcile().await.unwrap_err();
+
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_request_on_a_sandbox_whose_container_vanished_is_a_conflict_with_the_reason() {
+    let s = sandbox(SandboxStatus::Running);
+    let id = s.id;
+    let mut m = running_mocks(&s);
+    let touched = s.clone();
+    m.repo
+        .expect_record_activity()
+        .returning(move |_, _, _, _| Ok(touched.clone()));
+    m.runtime
+        .expect_exec()
+        .returning(|_, _| Err(Error::not_found("No such container: c0ffee")));
+    m.runtime
+        .expect_state()
+        .with(eq(CID))
+        .returning(|_| Ok(ContainerState::Missing));
+    expect_fail(&mut m, id, "container vanished");
+
+    let err = m
+        .service()
+        .execute(
+            &Access::Admin,
+            id,
+            ExecuteCommand {
+                command: "ls".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+
+    match err {
+        Error::Conflict(message) => {
+            assert!(message.contains("is error"), "{message}");
+            assert!(message.contains("container vanished"), "{message}");
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_missing_file_in_a_live_container_stays_not_found() {
+    let s = sandbox(SandboxStatus::Running);
+    let id = s.id;
+    let mut m = running_mocks(&s);
+    m.repo
+        .expect_record_activity()
+        .returning(|_, _, _, _| Ok(sandbox(SandboxStatus::Running)));
+    m.runtime
+        .expect_download()
+        .returning(|_, _| Err(Error::not_found("/workspace/x does not exist")));
+    m.runtime
+        .expect_state()
+        .returning(|_| Ok(ContainerState::Running));
+    // No transition expected.
+
+    let err = m
+        .service()
+        .download(&Access::Admin, id, "/workspace/x")
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+}
