@@ -1,9 +1,11 @@
 //! The `monza` application: reads its settings, wires the concrete adapters into the
-//! domain's [`SandboxService`], runs the reaper and the HTTP server, and shuts down cleanly.
+//! domain's [`SandboxService`], runs the reaper, the reconciler and the HTTP server, and
+//! shuts down cleanly.
 //!
 //! This is the only crate that names every concrete adapter type.
 
 pub mod reaper;
+pub mod reconciler;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
@@ -36,6 +38,7 @@ pub struct Application {
     server: Server,
     handle: ServerHandle,
     reaper: JoinHandle<()>,
+    reconciler: JoinHandle<()>,
     cancel: CancellationToken,
     shutdown_timeout: Duration,
     service: SandboxService,
@@ -63,7 +66,7 @@ impl std::fmt::Debug for StopHandle {
 }
 
 impl StopHandle {
-    /// Stops accepting, lets in-flight requests finish, stops the reaper.
+    /// Stops accepting, lets in-flight requests finish, stops the reaper and the reconciler.
     pub async fn stop(&self) {
         self.cancel.cancel();
         self.handle.stop(true).await;
@@ -72,7 +75,8 @@ impl StopHandle {
 
 impl Application {
     /// Start-up in order: configuration → database and migrations (with retry) → the first
-    /// admin token if the store has none → Docker ping → reaper → HTTP listener.
+    /// admin token if the store has none → Docker ping → reaper and reconciler (its first pass
+    /// at once) → HTTP listener.
     pub async fn build(args: ServeArgs) -> Result<Self> {
         let default_template = TemplateName::new(&args.default_template)
             .map_err(|e| anyhow!("MONZA_DEFAULT_TEMPLATE: {e}"))?;
@@ -103,6 +107,7 @@ impl Application {
             memory_limit_bytes: args.memory_limit,
             cpu_limit: args.cpu_limit,
             pids_limit: args.pids_limit,
+            request_timeout: args.docker_timeout,
             ..DockerSettings::default()
         })
         .map_err(|e| anyhow!("DOCKER_HOST {}: {e}", args.docker_host))?;
@@ -133,6 +138,8 @@ impl Application {
                 default_template,
                 max_sandboxes_per_tenant: (args.max_sandboxes_per_tenant > 0)
                     .then_some(args.max_sandboxes_per_tenant),
+                create_timeout: time::Duration::try_from(args.create_timeout)
+                    .map_err(|e| anyhow!("MONZA_CREATE_TIMEOUT: {e}"))?,
                 ..ServiceConfig::default()
             },
         );
@@ -141,6 +148,13 @@ impl Application {
         let reaper = tokio::spawn(reaper::run(
             service.clone(),
             args.reaper_interval,
+            cancel.clone(),
+        ));
+        // Its first pass runs now, at start-up: it fails sandboxes a crashed predecessor left
+        // `creating` past the timeout and removes containers nobody owns.
+        let reconciler = tokio::spawn(reconciler::run(
+            service.clone(),
+            args.reconcile_interval,
             cancel.clone(),
         ));
 
@@ -165,6 +179,7 @@ impl Application {
             server,
             handle,
             reaper,
+            reconciler,
             cancel,
             shutdown_timeout: args.shutdown_timeout,
             service,
@@ -198,6 +213,7 @@ impl Application {
             server,
             handle,
             mut reaper,
+            mut reconciler,
             cancel,
             shutdown_timeout,
             ..
@@ -205,6 +221,7 @@ impl Application {
         let mut server = tokio::spawn(server);
         let mut server_done = false;
         let mut reaper_done = false;
+        let mut reconciler_done = false;
         let outcome = tokio::select! {
             () = shutdown_signal() => {
                 tracing::info!("signal received: shutting down");
@@ -224,6 +241,14 @@ impl Application {
                     Err(e) => Err(anyhow!("the reaper task died: {e}")),
                 }
             }
+            result = &mut reconciler => {
+                reconciler_done = true;
+                match result {
+                    Ok(()) if cancel.is_cancelled() => Ok(()),
+                    Ok(()) => Err(anyhow!("the reconciler stopped unexpectedly")),
+                    Err(e) => Err(anyhow!("the reconciler task died: {e}")),
+                }
+            }
         };
         cancel.cancel();
         handle.stop(true).await;
@@ -232,6 +257,9 @@ impl Application {
         }
         if !reaper_done {
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut reaper).await;
+        }
+        if !reconciler_done {
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut reconciler).await;
         }
         tracing::info!("monza stopped");
         outcome

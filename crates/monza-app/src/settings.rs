@@ -159,6 +159,22 @@ pub struct ServeArgs {
     #[arg(long, env = "MONZA_REAPER_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub reaper_interval: Duration,
 
+    /// How often reconciliation compares the engine's containers with the store (it also
+    /// runs once at start-up).
+    #[arg(long, env = "MONZA_RECONCILE_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
+
+    /// How long a sandbox may stay `creating` before reconciliation marks it `error` and
+    /// removes its container. Keep it longer than any create can take: until then another
+    /// replica may still be creating it.
+    #[arg(long, env = "MONZA_CREATE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub create_timeout: Duration,
+
+    /// Bound on each short Docker engine call (ping, inspect, create, start, remove, list):
+    /// with the engine down or wedged, a request fails with 503 after at most this long.
+    #[arg(long, env = "MONZA_DOCKER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub docker_timeout: Duration,
+
     /// Memory limit of each sandbox, in bytes.
     #[arg(long, env = "SANDBOX_MEMORY_LIMIT", default_value_t = 512 * 1024 * 1024)]
     pub memory_limit: u64,
