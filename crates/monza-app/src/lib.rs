@@ -101,6 +101,10 @@ impl Application {
             }
         };
 
+        tracing::info!(
+            deployment = args.deployment.as_deref().unwrap_or(&stores.deployment),
+            "deployment label of this server's containers"
+        );
         let docker = DockerRuntime::new(DockerSettings {
             host: args.docker_host.clone(),
             publish_addr: args.publish_addr,
@@ -108,6 +112,11 @@ impl Application {
             cpu_limit: args.cpu_limit,
             pids_limit: args.pids_limit,
             request_timeout: args.docker_timeout,
+            deployment: Some(
+                args.deployment
+                    .clone()
+                    .unwrap_or_else(|| stores.deployment.clone()),
+            ),
             ..DockerSettings::default()
         })
         .map_err(|e| anyhow!("DOCKER_HOST {}: {e}", args.docker_host))?;

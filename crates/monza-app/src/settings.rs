@@ -175,6 +175,13 @@ pub struct ServeArgs {
     #[arg(long, env = "MONZA_DOCKER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub docker_timeout: Duration,
 
+    /// The label (`monza.deployment`) that scopes this server's containers on the engine:
+    /// reconciliation and the reaper only look at containers carrying it. Replicas of one
+    /// deployment must share it. Default: derived from the store (`postgres://HOST:PORT/DB`
+    /// or the SQLite file), so replicas with the same DATABASE_URL agree.
+    #[arg(long, env = "MONZA_DEPLOYMENT")]
+    pub deployment: Option<String>,
+
     /// Memory limit of each sandbox, in bytes.
     #[arg(long, env = "SANDBOX_MEMORY_LIMIT", default_value_t = 512 * 1024 * 1024)]
     pub memory_limit: u64,

@@ -60,6 +60,10 @@ pub struct Stores {
     pub sandboxes: Arc<dyn SandboxRepository>,
     /// Where API tokens are kept.
     pub tokens: Arc<dyn TokenRepository>,
+    /// Names this store without secrets (`postgres://HOST:PORT/DB`, `sqlite:PATH`): the
+    /// default deployment label, so replicas sharing a database share their containers and
+    /// servers with different stores on one engine never touch each other's.
+    pub deployment: String,
 }
 
 impl std::fmt::Debug for Stores {
@@ -69,11 +73,12 @@ impl std::fmt::Debug for Stores {
 }
 
 impl Stores {
-    fn of<R: SandboxRepository + TokenRepository + 'static>(repo: R) -> Self {
+    fn of<R: SandboxRepository + TokenRepository + 'static>(repo: R, deployment: String) -> Self {
         let repo = Arc::new(repo);
         Self {
             sandboxes: repo.clone(),
             tokens: repo,
+            deployment,
         }
     }
 }
@@ -95,6 +100,12 @@ pub async fn open_stores(url: Option<&Secret>, data_dir: &Path, retry: &Retry) -
             let url = monza_postgres::PgUrl::parse(&url)
                 .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
             let described = url.describe();
+            let deployment = format!(
+                "postgres://{}:{}/{}",
+                url.host(),
+                url.port(),
+                url.database()
+            );
             let options = monza_postgres::PgOptions {
                 migration_attempts: retry.attempts,
                 migration_retry_delay: retry.delay,
@@ -104,7 +115,7 @@ pub async fn open_stores(url: Option<&Secret>, data_dir: &Path, retry: &Retry) -
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             tracing::info!(database = %described, "store: PostgreSQL");
-            Ok(Stores::of(repo))
+            Ok(Stores::of(repo, deployment))
         }
         StoreLocation::SqliteFile(path) => {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -116,14 +127,26 @@ pub async fn open_stores(url: Option<&Secret>, data_dir: &Path, retry: &Retry) -
                 .await
                 .map_err(|e| anyhow::anyhow!("SQLite database {}: {e}", path.display()))?;
             tracing::info!(path = %path.display(), "store: SQLite");
-            Ok(Stores::of(repo))
+            let path = std::fs::canonicalize(&path).unwrap_or(path);
+            Ok(Stores::of(repo, format!("sqlite:{}", path.display())))
         }
         StoreLocation::SqliteMemory => {
             let repo = monza_sqlite::SqliteSandboxRepository::in_memory()
                 .await
                 .map_err(|e| anyhow::anyhow!("in-memory SQLite: {e}"))?;
             tracing::info!("store: in-memory SQLite (nothing survives a restart)");
-            Ok(Stores::of(repo))
+            Ok(Stores::of(
+                repo,
+                // Nothing else can share an in-memory store: a label no one else has.
+                format!(
+                    "sqlite::memory:{}:{}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos())
+                        .unwrap_or_default()
+                ),
+            ))
         }
     }
 }

@@ -35,6 +35,7 @@ fn serve_help_lists_every_setting() {
         "MONZA_RECONCILE_INTERVAL",
         "MONZA_CREATE_TIMEOUT",
         "MONZA_DOCKER_TIMEOUT",
+        "MONZA_DEPLOYMENT",
         "SANDBOX_MEMORY_LIMIT",
         "SANDBOX_CPU_LIMIT",
         "MONZA_PUBLISH_ADDR",

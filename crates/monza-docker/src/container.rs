@@ -42,6 +42,8 @@ pub const LABEL_MANAGED: &str = "monza.managed";
 pub const LABEL_TEMPLATE: &str = "monza.template";
 /// The label naming the tenant.
 pub const LABEL_TENANT: &str = "monza.tenant";
+/// Label: the deployment (store) the container belongs to, when the runtime has one.
+pub const LABEL_DEPLOYMENT: &str = "monza.deployment";
 
 /// The keep-alive command run instead of the image's when `overrideCommand` is true (the
 /// devcontainers CLI's, in spirit): it idles in `wait`, which a `SIGTERM` interrupts at
@@ -70,6 +72,9 @@ pub(crate) fn create_body(
     labels.insert(LABEL_MANAGED.into(), "true".into());
     labels.insert(LABEL_TEMPLATE.into(), template.name.as_str().into());
     labels.insert(LABEL_TENANT.into(), spec.tenant.as_str().into());
+    if let Some(deployment) = &settings.deployment {
+        labels.insert(LABEL_DEPLOYMENT.into(), deployment.clone());
+    }
 
     let env: Vec<String> = template
         .container_env
@@ -299,6 +304,22 @@ mod tests {
         assert_eq!(
             body["Labels"][LABEL_SANDBOX_ID],
             json!(s.sandbox_id.to_string())
+        );
+    }
+
+    #[test]
+    fn the_deployment_label_scopes_containers_and_a_template_cannot_forge_it() {
+        let mut s = spec();
+        s.template.run_options.labels =
+            BTreeMap::from([(LABEL_DEPLOYMENT.to_owned(), "other".to_owned())]);
+        let settings = DockerSettings {
+            deployment: Some("postgres://db:5432/monza".into()),
+            ..DockerSettings::default()
+        };
+        let body = create_body(&s, "img", &settings, &sockets()).unwrap();
+        assert_eq!(
+            body["Labels"][LABEL_DEPLOYMENT],
+            json!("postgres://db:5432/monza")
         );
     }
 

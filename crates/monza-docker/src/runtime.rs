@@ -11,7 +11,9 @@ use monza_domain::{
     ExecRequest, FileDownload, FileStat, ManagedContainer, PublishedPort, Result, UploadFile,
 };
 
-use crate::container::{LABEL_MANAGED, LABEL_SANDBOX_ID, container_name, create_body};
+use crate::container::{
+    LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_SANDBOX_ID, container_name, create_body,
+};
 use crate::engine::{Address, RawClient, query_value};
 use crate::error::{Failure, bounded};
 use crate::settings::DockerSettings;
@@ -224,9 +226,16 @@ impl ContainerRuntime for DockerRuntime {
 
     #[tracing::instrument(skip_all, err(level = "info"))]
     async fn list_managed(&self) -> Result<Vec<ManagedContainer>> {
+        let mut filters = vec![ContainerFilter::Label(LABEL_MANAGED.into(), "true".into())];
+        if let Some(deployment) = &self.settings.deployment {
+            filters.push(ContainerFilter::Label(
+                LABEL_DEPLOYMENT.into(),
+                deployment.clone(),
+            ));
+        }
         let opts = ContainerListOpts::builder()
             .all(true)
-            .filter([ContainerFilter::Label(LABEL_MANAGED.into(), "true".into())])
+            .filter(filters)
             .build();
         let containers = self.docker.containers();
         let summaries = bounded(self.settings.request_timeout, containers.list(&opts))

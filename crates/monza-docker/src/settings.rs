@@ -34,6 +34,11 @@ pub struct DockerSettings {
     /// Largest build context, in bytes, held in memory while building a template's image
     /// (default 64 MiB).
     pub max_build_context_bytes: u64,
+    /// The deployment this runtime serves: every container it creates carries it as the
+    /// `monza.deployment` label, and [`monza_domain::ContainerRuntime::list_managed`] lists
+    /// only containers carrying it, so reconciliation never touches another deployment's
+    /// containers on a shared engine. `None`: no label, every managed container is listed.
+    pub deployment: Option<String>,
 }
 
 impl Default for DockerSettings {
@@ -49,6 +54,7 @@ impl Default for DockerSettings {
             transfer_timeout: Duration::from_secs(600),
             default_exec_timeout: Duration::from_secs(3600),
             max_build_context_bytes: 64 * 1024 * 1024,
+            deployment: None,
         }
     }
 }
