@@ -13,7 +13,11 @@ cargo xtask <task>
 
 Tasks:
   test        bring up Docker, PostgreSQL and the test images, then run every test
-  ci          cargo fmt --check, cargo clippy -D warnings, `test`, then `bench --quick`
+  ci          cargo fmt --check, cargo clippy -D warnings, `test`, `faults`, then
+              `bench --quick`
+  faults      the fault tests (monza-app's `faults` target: kill -9, docker rm -f, the
+              engine and PostgreSQL stopped and started, two replicas, a soak), one at a
+              time; they stop shared services, so `test` leaves them out
   bench       every benchmark, then the server's table into docs/BENCHMARKS.md;
               --quick: each scenario small, as a smoke test (the doc is left alone)
   env         only bring up Docker, PostgreSQL and the test images
@@ -27,6 +31,7 @@ fn main() -> ExitCode {
     let result = match task {
         "test" => test(&args[1..]),
         "ci" => ci(&args[1..]),
+        "faults" => faults(&args[1..]),
         "bench" => bench::bench(&args[1..]),
         "env" => env::ensure_all(),
         "arch" => arch::check_workspace(),
@@ -58,6 +63,32 @@ fn test(extra: &[String]) -> Result<()> {
     run(&mut cmd)
 }
 
+/// The fault tests, serially: behind monza-app's `faults` feature so `test` never runs them
+/// beside other tests (they stop Docker and PostgreSQL for a few seconds each).
+fn faults(extra: &[String]) -> Result<()> {
+    env::ensure_all()?;
+    let mut cmd = cargo();
+    let selection = [
+        "-p",
+        "monza-app",
+        "--features",
+        "faults",
+        "--test",
+        "faults",
+        "--no-fail-fast",
+    ];
+    if has_nextest() {
+        cmd.args(["nextest", "run"])
+            .args(selection)
+            .args(["--test-threads", "1"]);
+        cmd.args(extra);
+    } else {
+        cmd.arg("test").args(selection).args(extra);
+        cmd.args(["--", "--test-threads=1"]);
+    }
+    run(&mut cmd)
+}
+
 fn ci(extra: &[String]) -> Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args([
@@ -70,6 +101,8 @@ fn ci(extra: &[String]) -> Result<()> {
         "warnings",
     ]))?;
     test(extra)?;
+    // After the other tests, never beside them: they stop the engine and the database.
+    faults(&[])?;
     // A smoke test of every benchmark scenario: fails on a broken scenario, not a slow one.
     bench::bench(&["--quick".to_owned()])
 }

@@ -1,0 +1,883 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Fault tests: the real `monza` binary as a child process against the real Docker engine and
+//! PostgreSQL, while things go wrong: kill -9 mid-create, a container removed by hand, the
+//! engine and the database stopped and started, two replicas, a soak.
+//!
+//! Some of these stop the Docker engine or PostgreSQL, which would break tests running beside
+//! them: `cargo xtask test` leaves this target out and `cargo xtask faults` runs it alone,
+//! one test at a time (`--test-threads 1`). Every outage is undone by a guard, even when a
+//! test fails.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const PG_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
+const TOKEN: &str = "faults-admin-token-0123456789abcdef0123456789abcdef";
+
+fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| PG_URL.into())
+}
+
+fn psql(url: &str, sql: &str) -> Result<(), String> {
+    let out = Command::new("psql")
+        .args([url, "-qc", sql])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A database of its own, dropped at the end.
+struct PgDatabase {
+    name: String,
+}
+
+impl PgDatabase {
+    fn create() -> Self {
+        let name = format!("monza_faults_{}", uuid::Uuid::new_v4().simple());
+        psql(&admin_url(), &format!("CREATE DATABASE {name}")).expect("PostgreSQL must answer");
+        Self { name }
+    }
+
+    fn url(&self) -> String {
+        let admin = admin_url();
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        format!("{base}/{}", self.name)
+    }
+
+    /// The `monza.deployment` label the server derives from this database.
+    fn deployment(&self) -> String {
+        let admin = admin_url();
+        let authority = admin.rsplit_once('@').map_or(admin.as_str(), |(_, a)| a);
+        let host_port = authority.split('/').next().unwrap();
+        format!("postgres://{host_port}/{}", self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = psql(
+            &admin_url(),
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Removes every container of a deployment when dropped, whatever happened.
+struct Containers(String);
+
+impl Containers {
+    /// `(container id, sandbox id, state)` of the deployment's containers.
+    fn list(&self) -> Vec<(String, String, String)> {
+        docker(&[
+            "ps",
+            "-a",
+            "--no-trunc",
+            "--filter",
+            &format!("label=monza.deployment={}", self.0),
+            "--format",
+            "{{.ID}}\t{{.Label \"monza.sandbox_id\"}}\t{{.State}}",
+        ])
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split('\t');
+            Some((
+                parts.next()?.to_owned(),
+                parts.next()?.to_owned(),
+                parts.next()?.to_owned(),
+            ))
+        })
+        .collect()
+    }
+}
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        let ids: Vec<String> = self.list().into_iter().map(|(id, _, _)| id).collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids.iter().map(String::as_str));
+            docker(&args);
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `monza serve` as a child process.
+struct Server {
+    child: Child,
+    base: String,
+    log: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    async fn start(database_url: &str, settings: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("monza.log");
+        let mut server = Self::spawn(database_url, settings, &log);
+        server._dir = Some(dir);
+        server.wait_healthy().await;
+        server
+    }
+
+    fn spawn(database_url: &str, settings: &[(&str, &str)], log: &Path) -> Self {
+        let port = free_port();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_monza"));
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("SERVER_ADDR", format!("127.0.0.1:{port}"))
+            .env("DATABASE_URL", database_url)
+            .env(
+                "DEVCONTAINERS_PATH",
+                monza_devcontainer::test_templates_dir(),
+            )
+            .env("MONZA_DEFAULT_TEMPLATE", "busybox")
+            .env("MONZA_BOOTSTRAP_TOKEN", TOKEN)
+            .env("MONZA_MAX_SANDBOXES_PER_TENANT", "0")
+            .env("MONZA_SHUTDOWN_TIMEOUT", "5s");
+        if let Some(host) = std::env::var_os("DOCKER_HOST") {
+            cmd.env("DOCKER_HOST", host);
+        }
+        for (key, value) in settings {
+            cmd.env(key, value);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log: log.to_path_buf(),
+            _dir: None,
+        }
+    }
+
+    async fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(r) = client.get(format!("{}/health", self.base)).send().await
+                && r.status() == StatusCode::OK
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("monza exited with {status}:\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "monza did not start:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log holds `count` reconcile pass lines.
+    async fn wait_reconcile_passes(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.log_text().matches("reconcile pass").count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "no reconcile pass:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn assert_alive(&mut self) {
+        assert!(
+            matches!(self.child.try_wait(), Ok(None)),
+            "monza exited:\n{}",
+            self.log_text()
+        );
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    /// The child's resident memory, in KiB.
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {TOKEN}")).unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+async fn create(client: &reqwest::Client, server: &Server) -> Value {
+    let response = client
+        .post(server.url("/api/sandboxes"))
+        .json(&json!({"template": "busybox"}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body
+}
+
+async fn get(client: &reqwest::Client, url: String) -> (StatusCode, Value) {
+    let response = client.get(url).send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn execute(client: &reqwest::Client, server: &Server, id: &str) -> (StatusCode, Value) {
+    let response = client
+        .post(server.url(&format!("/api/sandboxes/{id}/execute")))
+        .json(&json!({"command": "echo hi"}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn all_sandboxes(client: &reqwest::Client, server: &Server) -> Vec<Value> {
+    let (status, body) = get(client, server.url("/api/sandboxes?status=all")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body.as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn after_kill_9_during_creates_the_first_reconciliation_leaves_no_orphan_and_nothing_creating()
+ {
+    let db = PgDatabase::create();
+    let containers = Containers(db.deployment());
+    let settings = [
+        ("MONZA_CREATE_TIMEOUT", "2s"),
+        ("MONZA_RECONCILE_INTERVAL", "1h"),
+    ];
+    let mut server = Server::start(&db.url(), &settings).await;
+    let client = client();
+    let creates: Vec<_> = (0..10)
+        .map(|_| {
+            let client = client.clone();
+            let url = server.url("/api/sandboxes");
+            tokio::spawn(async move {
+                let _ = client
+                    .post(url)
+                    .json(&json!({"template": "busybox"}))
+                    .send()
+                    .await;
+            })
+        })
+        .collect();
+    // Kill as soon as every row exists and some are still being created.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = all_sandboxes(&client, &server).await;
+        let creating = rows.iter().filter(|s| s["status"] == "creating").count();
+        if rows.len() == 10 && creating > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "creates never in flight: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill9();
+    for create in creates {
+        let _ = create.await;
+    }
+    // Past the create timeout, so the restarted server gives up on the orphaned creates.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let log = server.log.with_file_name("restarted.log");
+    let mut restarted = Server::spawn(&db.url(), &settings, &log);
+    restarted.wait_healthy().await;
+    restarted.wait_reconcile_passes(1).await;
+
+    let rows = all_sandboxes(&client, &restarted).await;
+    assert_eq!(rows.len(), 10);
+    let by_id: HashMap<String, &Value> = rows
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap().to_owned(), s))
+        .collect();
+    assert!(
+        rows.iter().all(|s| s["status"] != "creating"),
+        "still creating: {rows:#?}"
+    );
+    assert!(
+        rows.iter().any(|s| s["status"] == "error"),
+        "the killed creates were not failed: {rows:#?}"
+    );
+    for (cid, sandbox_id, state) in containers.list() {
+        let sandbox = by_id
+            .get(&sandbox_id)
+            .unwrap_or_else(|| panic!("container {cid} of unknown sandbox {sandbox_id}"));
+        assert_eq!(sandbox["status"], "running", "{cid} is left: {sandbox}");
+        assert_eq!(sandbox["container_id"].as_str(), Some(cid.as_str()));
+        assert_eq!(state, "running");
+    }
+    for sandbox in rows.iter().filter(|s| s["status"] == "error") {
+        let reason = sandbox["status_reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("did not finish") || reason.contains("failed"),
+            "{sandbox}"
+        );
+    }
+    restarted.assert_alive();
+}
+
+#[tokio::test]
+async fn a_container_removed_behind_monzas_back_makes_the_sandbox_error_and_requests_get_409() {
+    let db = PgDatabase::create();
+    let _containers = Containers(db.deployment());
+    let server = Server::start(&db.url(), &[("MONZA_RECONCILE_INTERVAL", "2s")]).await;
+    let client = client();
+
+    // Found by a request.
+    let sandbox = create(&client, &server).await;
+    let id = sandbox["id"].as_str().unwrap();
+    docker(&["rm", "-f", sandbox["container_id"].as_str().unwrap()]);
+    let (status, body) = execute(&client, &server, id).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("container vanished"), "{message}");
+    let (_, after) = get(&client, server.url(&format!("/api/sandboxes/{id}"))).await;
+    assert_eq!(after["status"], "error");
+    assert!(
+        after["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("container vanished")
+    );
+    let (_, events) = get(&client, server.url(&format!("/api/sandboxes/{id}/events"))).await;
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "failed"
+                && e["details"]["error"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("container vanished"))),
+        "{events:#}"
+    );
+
+    // Found by reconciliation, with no request at all.
+    let quiet = create(&client, &server).await;
+    let quiet_id = quiet["id"].as_str().unwrap();
+    docker(&["rm", "-f", quiet["container_id"].as_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, now) = get(&client, server.url(&format!("/api/sandboxes/{quiet_id}"))).await;
+        if now["status"] == "error" {
+            assert!(
+                now["status_reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("container vanished")
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {now}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let response = client
+        .post(server.url(&format!("/api/sandboxes/{quiet_id}/heartbeat")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("container vanished"),
+        "{body}"
+    );
+}
+
+fn docker_answers() -> bool {
+    Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Stops the Docker engine and starts it again the way it was started (same command line,
+/// in the background, logging to `$TMPDIR/monza-dockerd.log` like `cargo xtask env`), on
+/// `start` or when dropped.
+struct DockerOutage {
+    cmdline: Vec<String>,
+    restored: bool,
+}
+
+impl DockerOutage {
+    fn begin() -> Self {
+        let pid = std::fs::read_to_string("/var/run/docker.pid")
+            .expect("dockerd's pid file: this test restarts a dockerd it can find");
+        let pid = pid.trim().to_owned();
+        let cmdline: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .unwrap()
+            .split('\0')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        assert!(!cmdline.is_empty());
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let outage = Self {
+            cmdline,
+            restored: false,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(Instant::now() < deadline, "dockerd did not stop");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        outage
+    }
+
+    fn end(&mut self) {
+        if self.restored {
+            return;
+        }
+        self.restored = true;
+        if docker_answers() {
+            return;
+        }
+        let log = std::env::temp_dir().join("monza-dockerd.log");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        Command::new("setsid")
+            // Forks: dockerd is detached from this test (and its process group) at once.
+            .arg("--fork")
+            .args(&self.cmdline)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !docker_answers() {
+            assert!(Instant::now() < deadline, "dockerd did not come back");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for DockerOutage {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+#[tokio::test]
+async fn docker_engine_stopped_and_started_gives_quick_503s_then_recovers_without_restart() {
+    let db = PgDatabase::create();
+    let _containers = Containers(db.deployment());
+    let mut server = Server::start(
+        &db.url(),
+        &[
+            ("MONZA_RECONCILE_INTERVAL", "1s"),
+            ("MONZA_REAPER_INTERVAL", "1s"),
+            ("MONZA_DOCKER_TIMEOUT", "5s"),
+        ],
+    )
+    .await;
+    let client = client();
+    let sandbox = create(&client, &server).await;
+    let id = sandbox["id"].as_str().unwrap().to_owned();
+
+    let mut outage = DockerOutage::begin();
+    let started = Instant::now();
+    let response = client
+        .post(server.url("/api/sandboxes"))
+        .json(&json!({"template": "busybox"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    let (status, body) = execute(&client, &server, &id).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "503s took {:?}",
+        started.elapsed()
+    );
+    let (status, _) = get(&client, server.url(&format!("/api/sandboxes/{id}"))).await;
+    assert_eq!(status, StatusCode::OK, "get needs only the store");
+    let (status, _) = get(&client, server.url("/api/sandboxes")).await;
+    assert_eq!(status, StatusCode::OK, "list needs only the store");
+    let (status, ready) = get(&client, server.url("/ready")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        ready,
+        json!({"status": "unavailable", "database": "ok", "docker": "unavailable"})
+    );
+    let (status, _) = get(&client, server.url("/health")).await;
+    assert_eq!(status, StatusCode::OK, "liveness does not depend on Docker");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(server.log_text().contains("reconcile pass skipped"));
+    outage.end();
+
+    // The engine stopped the container with it; reconciliation starts it again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = execute(&client, &server, &id).await;
+        if status == StatusCode::OK {
+            assert_eq!(body["output"], "hi\n");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never recovered: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    create(&client, &server).await;
+    let (status, _) = get(&client, server.url("/ready")).await;
+    assert_eq!(status, StatusCode::OK);
+    server.assert_alive();
+}
+
+fn pg_version() -> String {
+    std::fs::read_dir("/etc/postgresql")
+        .expect("a pg_ctlcluster cluster under /etc/postgresql")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .max_by_key(|v| v.parse::<u32>().unwrap_or(0))
+        .unwrap()
+}
+
+/// Stops the local PostgreSQL cluster; starts it again on `end` or when dropped.
+struct PgOutage {
+    version: String,
+    restored: bool,
+}
+
+impl PgOutage {
+    fn begin() -> Self {
+        let version = pg_version();
+        let status = Command::new("pg_ctlcluster")
+            .args([&version, "main", "stop"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        Self {
+            version,
+            restored: false,
+        }
+    }
+
+    fn end(&mut self) {
+        if self.restored {
+            return;
+        }
+        self.restored = true;
+        let _ = Command::new("pg_ctlcluster")
+            .args([&self.version, "main", "start"])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while psql(&admin_url(), "select 1").is_err() {
+            assert!(Instant::now() < deadline, "PostgreSQL did not come back");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for PgOutage {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+#[tokio::test]
+async fn postgres_stopped_and_started_gives_quick_503s_then_recovers_without_restart() {
+    let db = PgDatabase::create();
+    let _containers = Containers(db.deployment());
+    let mut server = Server::start(&db.url(), &[("MONZA_RECONCILE_INTERVAL", "1s")]).await;
+    let client = client();
+    let sandbox = create(&client, &server).await;
+    let id = sandbox["id"].as_str().unwrap().to_owned();
+
+    let mut outage = PgOutage::begin();
+    let started = Instant::now();
+    let (status, body) = get(&client, server.url(&format!("/api/sandboxes/{id}"))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    let (status, body) = execute(&client, &server, &id).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (status, _) = get(&client, server.url("/api/sandboxes")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "503s took {:?}",
+        started.elapsed()
+    );
+    let (status, ready) = get(&client, server.url("/ready")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        ready,
+        json!({"status": "unavailable", "database": "unavailable", "docker": "ok"})
+    );
+    let (status, _) = get(&client, server.url("/health")).await;
+    assert_eq!(status, StatusCode::OK);
+    outage.end();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = execute(&client, &server, &id).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never recovered: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    create(&client, &server).await;
+    let (status, _) = get(&client, server.url("/ready")).await;
+    assert_eq!(status, StatusCode::OK);
+    server.assert_alive();
+}
+
+#[tokio::test]
+async fn two_replicas_expire_each_idle_sandbox_exactly_once() {
+    let db = PgDatabase::create();
+    let containers = Containers(db.deployment());
+    let settings = [
+        ("MONZA_SANDBOX_TTL", "8s"),
+        ("MONZA_REAPER_INTERVAL", "1s"),
+        ("MONZA_RECONCILE_INTERVAL", "1s"),
+    ];
+    let mut a = Server::start(&db.url(), &settings).await;
+    let mut b = Server::start(&db.url(), &settings).await;
+    let client = client();
+    let mut ids = Vec::new();
+    for round in 0..5 {
+        let batch: Vec<_> = (0..4)
+            .map(|i| {
+                let client = client.clone();
+                let url = if (round + i) % 2 == 0 {
+                    a.url("/api/sandboxes")
+                } else {
+                    b.url("/api/sandboxes")
+                };
+                tokio::spawn(async move {
+                    let response = client
+                        .post(url)
+                        .json(&json!({"template": "busybox"}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), StatusCode::CREATED);
+                    let body: Value = response.json().await.unwrap();
+                    body["id"].as_str().unwrap().to_owned()
+                })
+            })
+            .collect();
+        for task in batch {
+            ids.push(task.await.unwrap());
+        }
+    }
+    assert_eq!(ids.len(), 20);
+    // Either replica answers for any sandbox.
+    for id in &ids {
+        let (status, _) = get(&client, b.url(&format!("/api/sandboxes/{id}"))).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let rows = all_sandboxes(&client, &a).await;
+        if rows.iter().all(|s| s["status"] == "expired") && containers.list().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all expired: {:?}",
+            rows.iter().map(|s| &s["status"]).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for id in &ids {
+        let (_, events) = get(&client, a.url(&format!("/api/sandboxes/{id}/events"))).await;
+        let actions: Vec<&str> = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            actions.iter().filter(|a| **a == "expired").count(),
+            1,
+            "{id}: {actions:?}"
+        );
+        assert!(!actions.contains(&"failed"), "{id}: {actions:?}");
+    }
+    a.assert_alive();
+    b.assert_alive();
+    for server in [&a, &b] {
+        let log = server.log_text();
+        assert!(!log.contains(" ERROR "), "{log}");
+    }
+}
+
+#[tokio::test]
+async fn soak_50_clients_for_60s_gets_no_5xx_and_memory_stays_flat() {
+    let db = PgDatabase::create();
+    let _containers = Containers(db.deployment());
+    let mut server = Server::start(&db.url(), &[]).await;
+    let client = client();
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(
+            create(&client, &server).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let ids = Arc::new(ids);
+    let base = server.base.clone();
+    let requests = Arc::new(AtomicU64::new(0));
+    let server_errors = Arc::new(AtomicU64::new(0));
+    let soak = Duration::from_secs(60);
+    let end = Instant::now() + soak;
+    let workers: Vec<_> = (0..50u64)
+        .map(|worker| {
+            let (client, ids, base) = (client.clone(), ids.clone(), base.clone());
+            let (requests, server_errors) = (requests.clone(), server_errors.clone());
+            tokio::spawn(async move {
+                let id = &ids[(worker % 10) as usize];
+                let name = format!("soak-{worker}.txt");
+                let mut step = worker;
+                let mut uploaded: Option<String> = None;
+                while Instant::now() < end {
+                    step += 1;
+                    let sandbox = format!("{base}/api/sandboxes/{id}");
+                    let request = match step % 5 {
+                        0 => client.get(&sandbox),
+                        1 => client.post(format!("{sandbox}/heartbeat")),
+                        2 => client
+                            .post(format!("{sandbox}/execute"))
+                            .json(&json!({"command": "echo soak"})),
+                        3 => {
+                            let form = reqwest::multipart::Form::new().part(
+                                "file",
+                                reqwest::multipart::Part::bytes(vec![b'x'; 4096])
+                                    .file_name(name.clone()),
+                            );
+                            client
+                                .post(format!("{sandbox}/files/upload"))
+                                .multipart(form)
+                        }
+                        _ if uploaded.is_some() => client
+                            .get(format!("{sandbox}/files/download"))
+                            .query(&[("path", uploaded.as_deref().unwrap_or_default())]),
+                        _ => client.get(&sandbox),
+                    };
+                    let response = request.send().await.unwrap();
+                    let status = response.status();
+                    let body = response.bytes().await.unwrap_or_default();
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    if status.is_server_error() {
+                        server_errors.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("{status}: {}", String::from_utf8_lossy(&body));
+                    }
+                    if step % 5 == 3 && status.is_success() {
+                        uploaded = serde_json::from_slice::<Value>(&body)
+                            .ok()
+                            .and_then(|v| v["path"].as_str().map(str::to_owned));
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let early = server.rss_kib();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let late = server.rss_kib();
+    let total = requests.load(Ordering::Relaxed);
+    eprintln!("soak: {total} requests; RSS {early} KiB after 10 s, {late} KiB at the end");
+    assert!(total > 1000, "only {total} requests");
+    assert_eq!(server_errors.load(Ordering::Relaxed), 0);
+    assert!(
+        late as f64 <= early as f64 * 1.2,
+        "RSS grew from {early} KiB to {late} KiB"
+    );
+    server.assert_alive();
+}
