@@ -419,6 +419,10 @@ async fn download_path_errors_are_400_and_a_missing_file_404() {
     m.runtime
         .expect_download()
         .returning(|_, path| Err(Error::not_found(format!("no such file {path}"))));
+    // The container is there: the file is what is missing.
+    m.runtime
+        .expect_state()
+        .returning(|_| Ok(monza_domain::ContainerState::Running));
     let app = app!(m.service());
     let res = send(
         &app,
