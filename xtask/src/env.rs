@@ -84,12 +84,18 @@ fn ensure_docker() -> Result<()> {
         log.display()
     );
     let log_file = std::fs::File::create(&log)?;
-    Command::new("dockerd")
+    // `setsid --fork` detaches dockerd from xtask at once: a test that stops the engine
+    // (the fault suite) then sees it exit, instead of a zombie this process never reaps.
+    let status = Command::new("setsid")
+        .args(["--fork", "dockerd"])
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
-        .spawn()
+        .status()
         .context("could not start dockerd")?;
+    if !status.success() {
+        bail!("could not start dockerd: setsid exited with {status}");
+    }
     wait_for("dockerd", Duration::from_secs(90), docker_answers)
         .with_context(|| format!("see {}", log.display()))
 }

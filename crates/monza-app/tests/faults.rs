@@ -470,6 +470,19 @@ fn docker_answers() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether `pid` is still a running process. A zombie counts as gone: it has exited, and
+/// only its parent (whatever started dockerd) can reap it.
+fn process_alive(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name: `PID (comm) S ...`.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
 /// Stops the Docker engine and starts it again the way it was started (same command line,
 /// in the background, logging to `$TMPDIR/monza-dockerd.log` like `cargo xtask env`), on
 /// `start` or when dropped.
@@ -496,7 +509,7 @@ impl DockerOutage {
             restored: false,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while Path::new(&format!("/proc/{pid}")).exists() {
+        while process_alive(&pid) {
             assert!(Instant::now() < deadline, "dockerd did not stop");
             std::thread::sleep(Duration::from_millis(100));
         }
