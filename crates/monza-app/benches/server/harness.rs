@@ -382,6 +382,31 @@ impl Raw {
         container.id().to_string()
     }
 
+    /// A running container that monza's reconciler takes for the container of `sandbox_id`
+    /// in `deployment` (monza's labels, that deployment). The control plane's rows all point
+    /// at it, so a server's start-up reconciliation finds their container alive without the
+    /// engine holding one container per row.
+    pub async fn stand_in(&self, deployment: &str, sandbox_id: &str) -> String {
+        let opts = ContainerCreateOpts::builder()
+            .name(format!(
+                "monza-bench-stand-in-{}",
+                uuid::Uuid::new_v4().simple()
+            ))
+            .image(IMAGE)
+            .labels([
+                (LABEL, "stand-in"),
+                (monza_docker::LABEL_MANAGED, "true"),
+                (monza_docker::LABEL_DEPLOYMENT, deployment),
+                (monza_docker::LABEL_SANDBOX_ID, sandbox_id),
+            ])
+            .entrypoint(["/bin/sh"])
+            .command(["-c", KEEP_ALIVE])
+            .build();
+        let container = self.docker.containers().create(&opts).await.unwrap();
+        container.start().await.unwrap();
+        container.id().to_string()
+    }
+
     pub async fn remove(&self, id: &str) {
         let opts = ContainerRemoveOpts::builder()
             .force(true)

@@ -289,7 +289,16 @@ async fn run(plan: &Plan, raw: &Raw) -> Report {
     }
     for store in ["SQLite", "PostgreSQL"] {
         if wanted(&store.to_lowercase()) {
-            control_plane(plan, store, root.path(), &templates, &token, &mut report).await;
+            control_plane(
+                plan,
+                raw,
+                store,
+                root.path(),
+                &templates,
+                &token,
+                &mut report,
+            )
+            .await;
         }
     }
     report
@@ -631,6 +640,7 @@ async fn reaper(plan: &Plan, raw: &Raw, root: &Path, templates: &Path, report: &
 /// Scenarios 4 and 6: start-up on an already-migrated store, then get, heartbeat and list under load.
 async fn control_plane(
     plan: &Plan,
+    raw: &Raw,
     store_name: &str,
     root: &Path,
     templates: &Path,
@@ -660,13 +670,24 @@ async fn control_plane(
         .unwrap();
         (Store::Postgres(url), Arc::new(repo))
     };
-    // Live rows straight through the adapter (the routes measured never touch Docker).
+    // Live rows straight through the adapter (the routes measured never touch Docker), all
+    // pointing at one real stand-in container, so the server's reconciliation (at start-up
+    // and every pass) finds them alive instead of failing them as vanished.
     let now = time::OffsetDateTime::now_utc();
-    let ids: Vec<String> = futures::stream::iter(0..plan.live_rows)
-        .map(|_| {
+    let deployment = format!("monza-bench-control-{}", store_name.to_lowercase());
+    let mut sandboxes: Vec<_> = (0..plan.live_rows)
+        .map(|_| sample_sandbox("default", SandboxStatus::Running, now))
+        .collect();
+    let stand_in = raw
+        .stand_in(&deployment, &sandboxes[0].id.to_string())
+        .await;
+    for sandbox in &mut sandboxes {
+        sandbox.container_id = Some(stand_in.clone());
+    }
+    let ids: Vec<String> = futures::stream::iter(sandboxes)
+        .map(|sandbox| {
             let repo = repo.clone();
             async move {
-                let sandbox = sample_sandbox("default", SandboxStatus::Running, now);
                 repo.insert(&sandbox).await.unwrap();
                 sandbox.id.to_string()
             }
@@ -680,7 +701,7 @@ async fn control_plane(
         templates,
         log_dir: root,
         token,
-        extra_env: vec![],
+        extra_env: vec![("MONZA_DEPLOYMENT", deployment)],
     };
 
     // 6. start-up to a ready `/ready`, the store already migrated.
@@ -740,6 +761,7 @@ async fn control_plane(
         }
     }
     server.stop().await;
+    raw.remove(&stand_in).await;
 }
 
 #[derive(Debug, Clone, Copy)]
