@@ -21,7 +21,7 @@ pub use error::{Error, Result};
 pub use lifecycle::{LifecycleEvent, transition};
 pub use ports::{
     Clock, ContainerRuntime, RunningUpdate, SandboxRepository, StatusChange, SystemClock,
-    TemplateCatalog, TokenRepository,
+    TemplateCatalog, TokenRepository, Touch,
 };
 pub use runtime::{
     ByteStream, ContainerSpec, ContainerState, CreatedContainer, ExecOutput, ExecRequest,

@@ -34,6 +34,19 @@ pub struct RunningUpdate {
     pub expires_at: OffsetDateTime,
 }
 
+/// One heartbeat's write, as [`SandboxRepository::touch`] takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Touch {
+    /// The sandbox.
+    pub id: SandboxId,
+    /// Only if it belongs to this tenant (`None`: any tenant, an admin's heartbeat).
+    pub tenant: Option<TenantId>,
+    /// The new `last_activity`.
+    pub at: OffsetDateTime,
+    /// The new `expires_at`.
+    pub expires_at: OffsetDateTime,
+}
+
 /// A status change other than start and activity.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusChange {
@@ -96,6 +109,12 @@ pub trait SandboxRepository: Send + Sync {
         at: OffsetDateTime,
         expires_at: OffsetDateTime,
     ) -> Result<bool>;
+
+    /// Several heartbeats in one transaction (one flush to disk for all of them), each as
+    /// [`SandboxRepository::touch`] would apply it; the answer holds one `bool` per touch, in
+    /// order. All are durable when the call returns, or none is applied and it fails. The
+    /// caller never names one sandbox twice in a batch.
+    async fn touch_many(&self, touches: &[Touch]) -> Result<Vec<bool>>;
 
     /// Atomically moves up to `limit` running sandboxes with `expires_at <= now` to
     /// `expired` (with `deleted_at = now` and an `expired` event) and returns them. Two

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::lifecycle::{self, LifecycleEvent};
 use crate::paths;
 use crate::ports::{
-    Clock, ContainerRuntime, RunningUpdate, SandboxRepository, StatusChange, TemplateCatalog,
+    Clock, ContainerRuntime, RunningUpdate, SandboxRepository, StatusChange, TemplateCatalog, Touch,
 };
 use crate::runtime::{
     ContainerSpec, ExecOutput, ExecRequest, FileDownload, PublishedPort, UploadFile,
@@ -165,6 +165,7 @@ pub struct SandboxService {
     catalog: Arc<dyn TemplateCatalog>,
     clock: Arc<dyn Clock>,
     config: ServiceConfig,
+    heartbeats: Arc<heartbeats::Heartbeats>,
 }
 
 impl std::fmt::Debug for SandboxService {
@@ -210,6 +211,7 @@ impl SandboxService {
             catalog,
             clock,
             config,
+            heartbeats: Arc::default(),
         }
     }
 
@@ -447,11 +449,13 @@ impl SandboxService {
     pub async fn heartbeat(&self, access: &Access, id: SandboxId) -> Result<()> {
         let now = self.clock.now();
         let expires_at = lifecycle::expires_at(now, self.config.ttl);
-        if self
-            .repo
-            .touch(id, access.tenant_filter(), now, expires_at)
-            .await?
-        {
+        let touch = Touch {
+            id,
+            tenant: access.tenant_filter(),
+            at: now,
+            expires_at,
+        };
+        if self.heartbeats.touch(self.repo.as_ref(), touch).await? {
             return Ok(());
         }
         let sandbox = self.running(access, id).await?;
@@ -713,6 +717,7 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+mod heartbeats;
 mod reconcile;
 
 pub use reconcile::ReconcileReport;

@@ -8,7 +8,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use monza_domain::lifecycle::{self, LifecycleEvent};
 use monza_domain::{
     Error, EventAction, NewEvent, RunningUpdate, Sandbox, SandboxEvent, SandboxFilter, SandboxId,
-    SandboxStatus, StatusChange, StatusFilter, TenantId,
+    SandboxStatus, StatusChange, StatusFilter, TenantId, Touch,
 };
 use serde_json::json;
 use time::OffsetDateTime;
@@ -336,6 +336,48 @@ pub(crate) async fn touch_if_owned(
         None => update.execute(conn).await?,
     };
     Ok(changed == 1)
+}
+
+/// The id a batched touch changed.
+#[derive(QueryableByName)]
+struct Touched {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: Uuid,
+}
+
+/// Several heartbeats in one statement (so one commit, one WAL flush): each row of the
+/// unnested arrays is one [`touch_if_owned`]. The caller names each sandbox at most once, so
+/// a returned id answers exactly one touch.
+pub(crate) async fn touch_many(conn: &mut Conn, touches: &[Touch]) -> Tx<Vec<bool>> {
+    use diesel::sql_types::{Array, Nullable};
+    let ids: Vec<Uuid> = touches.iter().map(|t| t.id.as_uuid()).collect();
+    let tenants: Vec<Option<&str>> = touches
+        .iter()
+        .map(|t| t.tenant.as_ref().map(TenantId::as_str))
+        .collect();
+    let ats: Vec<OffsetDateTime> = touches.iter().map(|t| micros(t.at)).collect();
+    let expiries: Vec<OffsetDateTime> = touches.iter().map(|t| micros(t.expires_at)).collect();
+    let touched: Vec<Touched> = diesel::sql_query(
+        "UPDATE sandboxes AS s \
+         SET last_activity = v.at, expires_at = v.expires_at \
+         FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[]) \
+             AS v(id, tenant, at, expires_at) \
+         WHERE s.id = v.id AND s.status = ANY($5) \
+             AND (v.tenant IS NULL OR s.tenant = v.tenant) \
+         RETURNING s.id",
+    )
+    .bind::<Array<diesel::sql_types::Uuid>, _>(ids)
+    .bind::<Array<Nullable<Text>>, _>(tenants)
+    .bind::<Array<Timestamptz>, _>(ats)
+    .bind::<Array<Timestamptz>, _>(expiries)
+    .bind::<Array<Text>, _>(statuses(&lifecycle::allowed_from(LifecycleEvent::Activity)))
+    .load(conn)
+    .await?;
+    let touched: std::collections::HashSet<Uuid> = touched.into_iter().map(|t| t.id).collect();
+    Ok(touches
+        .iter()
+        .map(|t| touched.contains(&t.id.as_uuid()))
+        .collect())
 }
 
 pub(crate) async fn record_activity(

@@ -15,7 +15,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use monza_domain::{
     Error, NewEvent, Result, RunningUpdate, Sandbox, SandboxEvent, SandboxFilter, SandboxId,
-    SandboxRepository, StatusChange, TenantId,
+    SandboxRepository, StatusChange, TenantId, Touch,
 };
 use time::OffsetDateTime;
 
@@ -292,6 +292,12 @@ impl SandboxRepository for PgSandboxRepository {
         let mut conn = self.conn().await?;
         let tenant = tenant.as_ref().map(TenantId::as_str);
         Ok(queries::touch_if_owned(&mut conn, id, tenant, at, expires_at).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(touches = touches.len()), err)]
+    async fn touch_many(&self, touches: &[Touch]) -> Result<Vec<bool>> {
+        let mut conn = self.conn().await?;
+        Ok(queries::touch_many(&mut conn, touches).await?)
     }
 
     #[tracing::instrument(skip_all, err)]

@@ -17,7 +17,7 @@ use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use monza_domain::{
     Error, NewEvent, Result, RunningUpdate, Sandbox, SandboxEvent, SandboxFilter, SandboxId,
-    SandboxRepository, StatusChange, TenantId,
+    SandboxRepository, StatusChange, TenantId, Touch,
 };
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
@@ -369,6 +369,22 @@ impl SandboxRepository for SqliteSandboxRepository {
         self.write(move |c| {
             let tenant = tenant.as_ref().map(TenantId::as_str);
             queries::touch_if_owned(c, id, tenant, at, expires_at)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(touches = touches.len()), err)]
+    async fn touch_many(&self, touches: &[Touch]) -> Result<Vec<bool>> {
+        let touches = touches.to_vec();
+        // One transaction on the writer: one WAL sync for the whole batch.
+        self.write(move |c| {
+            touches
+                .iter()
+                .map(|t| {
+                    let tenant = t.tenant.as_ref().map(TenantId::as_str);
+                    queries::touch_if_owned(c, t.id, tenant, t.at, t.expires_at)
+                })
+                .collect()
         })
         .await
     }

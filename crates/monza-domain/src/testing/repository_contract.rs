@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::error::Error;
 use crate::lifecycle::{self, LifecycleEvent};
-use crate::ports::{RunningUpdate, SandboxRepository, StatusChange};
+use crate::ports::{RunningUpdate, SandboxRepository, StatusChange, Touch};
 use crate::sandbox::{
     EventAction, NewEvent, PortMapping, Sandbox, SandboxEvent, SandboxFilter, SandboxId,
     SandboxName, SandboxStatus, StatusFilter, TemplateName, TenantId,
@@ -63,6 +63,7 @@ macro_rules! repository_contract_tests {
             record_activity_moves_last_activity_and_expiry_while_running,
             record_activity_is_refused_unless_running,
             touch_moves_expiry_only_for_a_running_sandbox_of_its_tenant,
+            touch_many_answers_each_touch_as_touch_would,
             claim_expired_returns_exactly_the_running_sandboxes_past_expiry,
             claim_expired_takes_the_earliest_expiry_first_and_honours_the_limit,
             concurrent_claimers_on_one_instance_never_share_a_sandbox,
@@ -795,6 +796,53 @@ pub async fn touch_moves_expiry_only_for_a_running_sandbox_of_its_tenant(repo: R
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(!unknown);
+}
+
+/// A batch of heartbeats: each touch is applied or refused as `touch` would, and the
+/// answers come back in the batch's order.
+pub async fn touch_many_answers_each_touch_as_touch_would(repo: Repo) {
+    let acme = TenantId::new("acme").unwrap_or_else(|e| panic!("{e}"));
+    let other = TenantId::new("other").unwrap_or_else(|e| panic!("{e}"));
+    let owned = sample_sandbox("acme", SandboxStatus::Running, base_time());
+    let foreign = sample_sandbox("other", SandboxStatus::Running, base_time());
+    let by_admin = sample_sandbox("other", SandboxStatus::Running, base_time());
+    let ended = sample_sandbox("acme", SandboxStatus::Expired, base_time());
+    for sandbox in [&owned, &foreign, &by_admin, &ended] {
+        insert(&repo, sandbox).await;
+    }
+    let at = micros(base_time() + Duration::minutes(5));
+    let expires = at + Duration::minutes(15);
+    let touch = |id: SandboxId, tenant: Option<TenantId>| Touch {
+        id,
+        tenant,
+        at,
+        expires_at: expires,
+    };
+    let batch = [
+        touch(owned.id, Some(acme.clone())),
+        touch(foreign.id, Some(acme.clone())),
+        touch(SandboxId::new_random(), Some(other)),
+        touch(by_admin.id, None),
+        touch(ended.id, Some(acme)),
+    ];
+    let answers = repo
+        .touch_many(&batch)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(answers, vec![true, false, false, true, false]);
+    for changed in [&owned, &by_admin] {
+        let after = get(&repo, changed.id).await;
+        assert_eq!((after.last_activity, after.expires_at), (at, expires));
+        assert_eq!(actions(&repo, changed.id).await, vec![EventAction::Created]);
+    }
+    assert_eq!(
+        get(&repo, foreign.id).await,
+        foreign,
+        "another tenant's row"
+    );
+    assert_eq!(get(&repo, ended.id).await, ended, "an ended row");
+    let empty = repo.touch_many(&[]).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(empty.is_empty());
 }
 
 /// Writes `count` running sandboxes expiring at `now - 1s`, `now - 2s`, ... (or exactly
