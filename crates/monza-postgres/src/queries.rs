@@ -357,13 +357,21 @@ pub(crate) async fn touch_many(conn: &mut Conn, touches: &[Touch]) -> Tx<Vec<boo
         .collect();
     let ats: Vec<OffsetDateTime> = touches.iter().map(|t| micros(t.at)).collect();
     let expiries: Vec<OffsetDateTime> = touches.iter().map(|t| micros(t.expires_at)).collect();
+    // The rows are locked in id order first: two batches in flight at once (or a batch and
+    // a reaper) then never wait on each other in a cycle, which PostgreSQL would break by
+    // failing one of them as a deadlock.
     let touched: Vec<Touched> = diesel::sql_query(
-        "UPDATE sandboxes AS s \
+        "WITH v AS ( \
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[]) \
+                 AS v(id, tenant, at, expires_at)), \
+         locked AS MATERIALIZED ( \
+             SELECT s.id FROM sandboxes AS s JOIN v ON s.id = v.id \
+             WHERE s.status = ANY($5) AND (v.tenant IS NULL OR s.tenant = v.tenant) \
+             ORDER BY s.id FOR UPDATE OF s) \
+         UPDATE sandboxes AS s \
          SET last_activity = v.at, expires_at = v.expires_at \
-         FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[]) \
-             AS v(id, tenant, at, expires_at) \
-         WHERE s.id = v.id AND s.status = ANY($5) \
-             AND (v.tenant IS NULL OR s.tenant = v.tenant) \
+         FROM v, locked \
+         WHERE s.id = locked.id AND s.id = v.id AND s.status = ANY($5) \
          RETURNING s.id",
     )
     .bind::<Array<diesel::sql_types::Uuid>, _>(ids)

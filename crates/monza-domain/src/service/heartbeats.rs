@@ -2,15 +2,16 @@
 //!
 //! A heartbeat is one durable write, and a durable write costs a flush to disk (SQLite's WAL
 //! fsync, PostgreSQL's WAL flush). Done one by one, concurrent heartbeats queue behind each
-//! other's flush. Instead, each heartbeat joins a queue; whoever holds the leader lock takes
-//! everything queued (each sandbox at most once) and writes it with one
-//! [`SandboxRepository::touch_many`], then answers every heartbeat in the batch. Under load
-//! a batch holds every heartbeat that arrived during the previous flush; alone, a heartbeat
-//! is a batch of one and costs what it did before.
+//! other's flush. Instead, each heartbeat joins a queue; whoever holds one of the
+//! [`LEADERS`] leader slots takes everything queued (each sandbox at most once) and writes
+//! it with one [`SandboxRepository::touch_many`], then answers every heartbeat in the batch.
+//! Under load a batch holds every heartbeat that arrived during the previous flush; alone, a
+//! heartbeat is a batch of one and costs what it did before.
 //!
-//! Invariant: a queued heartbeat is either still in the queue or in the batch of the current
-//! leader, who answers it before releasing the lock. So a heartbeat that gets the lock
-//! finds its answer waiting, or leads the next batch itself, which then holds it.
+//! Invariant: a queued heartbeat is either still in the queue or in the batch of a leader
+//! who holds its slot until it has answered it (or was cancelled, which drops the answer
+//! and makes the heartbeat queue itself again). So a heartbeat that gets a slot finds its
+//! answer waiting, leads a batch that holds it, or waits for the leader carrying it.
 
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
@@ -22,6 +23,9 @@ use futures::lock::Mutex as AsyncMutex;
 use crate::error::{Error, Result};
 use crate::ports::{SandboxRepository, Touch};
 use crate::sandbox::SandboxId;
+
+/// How many batches may be written at once.
+pub(crate) const LEADERS: usize = 2;
 
 /// The most heartbeats one write carries (bounds the statement and the leader's work).
 pub(crate) const MAX_BATCH: usize = 256;
@@ -35,43 +39,47 @@ struct Queued {
 #[derive(Default)]
 pub(crate) struct Heartbeats {
     queue: Mutex<Vec<Queued>>,
-    leader: AsyncMutex<()>,
+    /// One slot per batch that may be in flight at once: while one batch commits, the next
+    /// one forms and is written, so a heartbeat waits for at most its own batch's flush
+    /// and part of another's, not a whole queue of them.
+    leaders: [AsyncMutex<()>; LEADERS],
 }
 
 impl Heartbeats {
     /// Writes `touch`, batched with whatever heartbeats are concurrent with it, and returns
     /// whether it changed a row (see [`SandboxRepository::touch`]).
     pub(crate) async fn touch(&self, repo: &dyn SandboxRepository, touch: Touch) -> Result<bool> {
-        loop {
+        'submit: loop {
             let (answer, mut answered) = oneshot::channel();
             self.queue().push(Queued {
                 touch: touch.clone(),
                 answer,
             });
-            // Wait for an answer or for the lock, whichever comes first: a heartbeat another
-            // leader carried returns as soon as it is answered, without queueing for the lock.
-            let lock = self.leader.lock();
-            futures::pin_mut!(lock);
-            let _leader = match futures::future::select(&mut answered, lock).await {
-                Either::Left((Ok(result), _)) => return result,
-                // A leader took it and was cancelled (its request dropped) before answering:
-                // whether it was written is unknown, and writing it again is harmless.
-                Either::Left((Err(oneshot::Canceled), _)) => continue,
-                Either::Right((guard, _)) => guard,
-            };
-            match answered.try_recv() {
-                Ok(Some(result)) => return result,
-                Err(oneshot::Canceled) => continue,
-                Ok(None) => {}
-            }
-            // Leading: write batches until ours is answered. Ours is queued (invariant
-            // above); each batch takes the oldest heartbeats first, so it comes up.
             loop {
+                // An answer or a free leader slot, whichever comes first: a heartbeat another
+                // leader carried returns as soon as it is answered, without waiting for a slot.
+                let slot = futures::future::select_all(self.leaders.iter().map(AsyncMutex::lock));
+                let _leader = match futures::future::select(&mut answered, slot).await {
+                    Either::Left((Ok(result), _)) => return result,
+                    // A leader took it and was cancelled (its request dropped) before
+                    // answering: whether it was written is unknown; writing it again is
+                    // harmless.
+                    Either::Left((Err(oneshot::Canceled), _)) => continue 'submit,
+                    Either::Right(((guard, _, _), _)) => guard,
+                };
+                match answered.try_recv() {
+                    Ok(Some(result)) => return result,
+                    Err(oneshot::Canceled) => continue 'submit,
+                    Ok(None) => {}
+                }
                 let batch = self.take_batch();
                 if batch.is_empty() {
-                    return Err(Error::internal(
-                        "heartbeat queue lost a heartbeat it should have carried",
-                    ));
+                    // Ours is in another leader's batch, in flight: its answer is coming.
+                    drop(_leader);
+                    match answered.await {
+                        Ok(result) => return result,
+                        Err(oneshot::Canceled) => continue 'submit,
+                    }
                 }
                 let (touches, answers): (Vec<Touch>, Vec<_>) =
                     batch.into_iter().map(|q| (q.touch, q.answer)).unzip();
@@ -86,6 +94,8 @@ impl Heartbeats {
                 if let Ok(Some(result)) = answered.try_recv() {
                     return result;
                 }
+                // Ours was not in this batch (a repeat of a sandbox in it, past
+                // MAX_BATCH, or in another leader's): wait again.
             }
         }
     }
@@ -158,7 +168,10 @@ mod tests {
         touches: Vec<Touch>,
     ) -> Vec<Result<bool>> {
         let heartbeats = Heartbeats::default();
-        let flush = heartbeats.leader.lock().await;
+        let mut flush = Vec::new();
+        for leader in &heartbeats.leaders {
+            flush.push(leader.lock().await);
+        }
         let all = join_all(touches.into_iter().map(|t| heartbeats.touch(repo, t)));
         let release = async {
             tokio::task::yield_now().await;

@@ -64,6 +64,7 @@ macro_rules! repository_contract_tests {
             record_activity_is_refused_unless_running,
             touch_moves_expiry_only_for_a_running_sandbox_of_its_tenant,
             touch_many_answers_each_touch_as_touch_would,
+            concurrent_touch_batches_over_the_same_rows_all_succeed,
             claim_expired_returns_exactly_the_running_sandboxes_past_expiry,
             claim_expired_takes_the_earliest_expiry_first_and_honours_the_limit,
             concurrent_claimers_on_one_instance_never_share_a_sandbox,
@@ -843,6 +844,46 @@ pub async fn touch_many_answers_each_touch_as_touch_would(repo: Repo) {
     assert_eq!(get(&repo, ended.id).await, ended, "an ended row");
     let empty = repo.touch_many(&[]).await.unwrap_or_else(|e| panic!("{e}"));
     assert!(empty.is_empty());
+}
+
+/// Batches in flight at once over the same sandboxes, in opposite orders (what concurrent
+/// heartbeat leaders produce), all succeed: the store must not deadlock on its row locks.
+pub async fn concurrent_touch_batches_over_the_same_rows_all_succeed(repo: Repo) {
+    let mut sandboxes = Vec::new();
+    for _ in 0..40 {
+        let sandbox = sample_sandbox("acme", SandboxStatus::Running, base_time());
+        insert(&repo, &sandbox).await;
+        sandboxes.push(sandbox.id);
+    }
+    let at = micros(base_time() + Duration::minutes(5));
+    let batch = |reverse: bool| {
+        let mut ids = sandboxes.clone();
+        if reverse {
+            ids.reverse();
+        }
+        ids.into_iter()
+            .map(|id| Touch {
+                id,
+                tenant: None,
+                at,
+                expires_at: at + Duration::minutes(15),
+            })
+            .collect::<Vec<_>>()
+    };
+    let writers = (0..8).map(|i| {
+        let repo = repo.clone();
+        let batch = batch(i % 2 == 1);
+        async move {
+            for _ in 0..15 {
+                let answers = repo
+                    .touch_many(&batch)
+                    .await
+                    .unwrap_or_else(|e| panic!("a concurrent batch failed: {e}"));
+                assert!(answers.iter().all(|changed| *changed));
+            }
+        }
+    });
+    futures::future::join_all(writers).await;
 }
 
 /// Writes `count` running sandboxes expiring at `now - 1s`, `now - 2s`, ... (or exactly
