@@ -139,14 +139,18 @@ impl fmt::Debug for SqliteSandboxRepository {
 }
 
 fn pragmas(location: &SqliteLocation, options: &SqliteOptions, read_only: bool) -> String {
+    // busy_timeout first: switching to WAL needs a lock that another process (a server
+    // closing its last connection checkpoints the WAL) may hold for a moment.
+    let wal = if matches!(location, SqliteLocation::File(_)) {
+        "PRAGMA journal_mode = WAL; "
+    } else {
+        ""
+    };
     let mut sql = format!(
-        "PRAGMA busy_timeout = {}; PRAGMA foreign_keys = ON; PRAGMA synchronous = {};",
+        "PRAGMA busy_timeout = {}; {wal}PRAGMA foreign_keys = ON; PRAGMA synchronous = {};",
         options.busy_timeout.as_millis(),
         options.synchronous.pragma()
     );
-    if matches!(location, SqliteLocation::File(_)) {
-        sql.insert_str(0, "PRAGMA journal_mode = WAL; ");
-    }
     if read_only {
         sql.push_str(" PRAGMA query_only = ON;");
     }
