@@ -99,6 +99,9 @@ impl Server {
             .env("DEVCONTAINERS_PATH", config.templates)
             .env("MONZA_DEFAULT_TEMPLATE", "bench")
             .env("MONZA_BOOTSTRAP_TOKEN", config.token)
+            // The footprint and reaper scenarios hold 100 sandboxes of one tenant; the
+            // limit's check (one count per create) still runs, it just never refuses.
+            .env("MONZA_MAX_SANDBOXES_PER_TENANT", "1000")
             .env("MONZA_SHUTDOWN_TIMEOUT", "5s")
             .env_remove("RUST_LOG")
             .env_remove("MONZA_LOG_FORMAT")

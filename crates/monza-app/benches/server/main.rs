@@ -579,6 +579,7 @@ async fn reaper(plan: &Plan, raw: &Raw, root: &Path, templates: &Path, report: &
     args.database_url = None;
     args.sandbox_ttl = Duration::from_secs(1);
     args.reaper_interval = Duration::from_secs(24 * 3600);
+    args.max_sandboxes_per_tenant = 1000;
     args.shutdown_timeout = Duration::from_secs(5);
     let app = Application::build(args).await.expect("building the app");
     let service = app.service().clone();
