@@ -99,7 +99,13 @@ pub fn bench(args: &[String]) -> Result<()> {
 }
 
 fn docs_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // `cargo run` sets CARGO_MANIFEST_DIR for the process: the checkout being worked on. The
+    // compile-time value is only a fallback, because a target directory shared by several
+    // checkouts can hand this checkout an xtask binary built in another one.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .unwrap_or_else(|| Path::new("."))
         .join("docs/BENCHMARKS.md")
