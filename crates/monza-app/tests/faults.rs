@@ -569,6 +569,16 @@ async fn docker_engine_stopped_and_started_gives_quick_503s_then_recovers_withou
     let client = client();
     let sandbox = create(&client, &server).await;
     let id = sandbox["id"].as_str().unwrap().to_owned();
+    let response = client
+        .post(server.url("/api/sandboxes"))
+        .json(&json!({"template": "busybox-ports"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let ported: Value = response.json().await.unwrap();
+    let ported_id = ported["id"].as_str().unwrap().to_owned();
+    let ported_container = ported["container_id"].as_str().unwrap().to_owned();
 
     let mut outage = DockerOutage::begin();
     let started = Instant::now();
@@ -615,6 +625,28 @@ async fn docker_engine_stopped_and_started_gives_quick_503s_then_recovers_withou
         assert!(
             Instant::now() < deadline,
             "never recovered: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The engine may publish a restarted container on other host ports: the API must say
+    // where it publishes now.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let published = docker(&["port", &ported_container, "8080/tcp"]);
+        let engine_port = published
+            .lines()
+            .next()
+            .and_then(|line| line.rsplit_once(':'))
+            .and_then(|(_, port)| port.trim().parse::<u64>().ok());
+        let (status, body) = get(&client, server.url(&format!("/api/sandboxes/{ported_id}"))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let api_port = body["port_mappings"][0]["host_port"].as_u64();
+        if engine_port.is_some() && engine_port == api_port {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the API says host port {api_port:?}, the engine publishes {published:?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

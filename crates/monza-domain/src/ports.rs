@@ -116,6 +116,11 @@ pub trait SandboxRepository: Send + Sync {
     /// caller never names one sandbox twice in a batch.
     async fn touch_many(&self, touches: &[Touch]) -> Result<Vec<bool>>;
 
+    /// Replaces a running sandbox's published ports, in one transaction (its container was
+    /// started again and the engine chose new host ports). Returns `false`, changing
+    /// nothing, when the sandbox is unknown or not `running`.
+    async fn replace_port_mappings(&self, id: SandboxId, ports: &[PortMapping]) -> Result<bool>;
+
     /// Atomically moves up to `limit` running sandboxes with `expires_at <= now` to
     /// `expired` (with `deleted_at = now` and an `expired` event) and returns them. Two
     /// concurrent callers never receive the same sandbox.

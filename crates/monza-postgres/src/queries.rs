@@ -7,8 +7,8 @@ use diesel::sql_types::{BigInt, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use monza_domain::lifecycle::{self, LifecycleEvent};
 use monza_domain::{
-    Error, EventAction, NewEvent, RunningUpdate, Sandbox, SandboxEvent, SandboxFilter, SandboxId,
-    SandboxStatus, StatusChange, StatusFilter, TenantId, Touch,
+    Error, EventAction, NewEvent, PortMapping, RunningUpdate, Sandbox, SandboxEvent, SandboxFilter,
+    SandboxId, SandboxStatus, StatusChange, StatusFilter, TenantId, Touch,
 };
 use serde_json::json;
 use time::OffsetDateTime;
@@ -197,6 +197,50 @@ pub(crate) async fn count_live(conn: &mut Conn, tenant: &TenantId) -> Tx<u64> {
     Ok(u64::try_from(count).unwrap_or(0))
 }
 
+/// Replaces a sandbox's port mappings with `ports` (inside the caller's transaction).
+async fn set_ports(conn: &mut Conn, id: SandboxId, ports: &[PortMappingRow]) -> Tx<()> {
+    diesel::delete(port_mappings::table.filter(port_mappings::sandbox_id.eq(id.as_uuid())))
+        .execute(conn)
+        .await?;
+    if !ports.is_empty() {
+        diesel::insert_into(port_mappings::table)
+            .values(ports)
+            .execute(conn)
+            .await
+            .map_err(unique_conflict(format!(
+                "sandbox {id}: a port mapping is duplicated or already in use"
+            )))?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn replace_port_mappings(
+    conn: &mut Conn,
+    id: SandboxId,
+    ports: &[PortMapping],
+) -> Tx<bool> {
+    let rows: Vec<PortMappingRow> = ports
+        .iter()
+        .map(|m| PortMappingRow::from_domain(id, m))
+        .collect();
+    conn.transaction(async |conn| {
+        // The row lock keeps a concurrent transition (a delete, the reaper) out until commit.
+        let status: Option<String> = sandboxes::table
+            .find(id.as_uuid())
+            .select(sandboxes::status)
+            .for_update()
+            .first(conn)
+            .await
+            .optional()?;
+        if status.as_deref() != Some(SandboxStatus::Running.as_str()) {
+            return Ok(false);
+        }
+        set_ports(conn, id, &rows).await?;
+        Ok(true)
+    })
+    .await
+}
+
 pub(crate) async fn mark_running(
     conn: &mut Conn,
     id: SandboxId,
@@ -229,18 +273,7 @@ pub(crate) async fn mark_running(
         let Some(row) = row else {
             return Err(refusal(conn, id, event).await);
         };
-        diesel::delete(port_mappings::table.filter(port_mappings::sandbox_id.eq(row.id)))
-            .execute(conn)
-            .await?;
-        if !ports.is_empty() {
-            diesel::insert_into(port_mappings::table)
-                .values(&ports)
-                .execute(conn)
-                .await
-                .map_err(unique_conflict(format!(
-                    "sandbox {id}: a port mapping is duplicated or already in use"
-                )))?;
-        }
+        set_ports(conn, id, &ports).await?;
         append(conn, id, &started, update.at).await?;
         one_with_ports(conn, row).await
     })

@@ -14,8 +14,8 @@ use diesel_async::pooled_connection::{
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use monza_domain::{
-    Error, NewEvent, Result, RunningUpdate, Sandbox, SandboxEvent, SandboxFilter, SandboxId,
-    SandboxRepository, StatusChange, TenantId, Touch,
+    Error, NewEvent, PortMapping, Result, RunningUpdate, Sandbox, SandboxEvent, SandboxFilter,
+    SandboxId, SandboxRepository, StatusChange, TenantId, Touch,
 };
 use time::OffsetDateTime;
 
@@ -298,6 +298,12 @@ impl SandboxRepository for PgSandboxRepository {
     async fn touch_many(&self, touches: &[Touch]) -> Result<Vec<bool>> {
         let mut conn = self.conn().await?;
         Ok(queries::touch_many(&mut conn, touches).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err)]
+    async fn replace_port_mappings(&self, id: SandboxId, ports: &[PortMapping]) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        Ok(queries::replace_port_mappings(&mut conn, id, ports).await?)
     }
 
     #[tracing::instrument(skip_all, err)]

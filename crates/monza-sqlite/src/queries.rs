@@ -7,8 +7,8 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use monza_domain::lifecycle::{self, LifecycleEvent};
 use monza_domain::{
-    Error, EventAction, NewEvent, RunningUpdate, Sandbox, SandboxEvent, SandboxFilter, SandboxId,
-    SandboxStatus, StatusChange, StatusFilter, TenantId,
+    Error, EventAction, NewEvent, PortMapping, RunningUpdate, Sandbox, SandboxEvent, SandboxFilter,
+    SandboxId, SandboxStatus, StatusChange, StatusFilter, TenantId,
 };
 use serde_json::json;
 use time::OffsetDateTime;
@@ -180,6 +180,50 @@ pub(crate) fn count_live(conn: &mut SqliteConnection, tenant: &TenantId) -> Tx<u
     Ok(u64::try_from(count).unwrap_or(0))
 }
 
+/// Replaces a sandbox's port mappings with `ports` (inside the caller's transaction).
+fn set_ports(conn: &mut SqliteConnection, id: SandboxId, ports: &[PortMapping]) -> Tx<()> {
+    diesel::delete(port_mappings::table.filter(port_mappings::sandbox_id.eq(id_text(id))))
+        .execute(conn)?;
+    let rows: Vec<PortMappingRow> = ports
+        .iter()
+        .map(|m| PortMappingRow::from_domain(id, m))
+        .collect();
+    if !rows.is_empty() {
+        diesel::insert_into(port_mappings::table)
+            .values(&rows)
+            .execute(conn)
+            .map_err(|e| match e {
+                diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _,
+                ) => Error::conflict(format!(
+                    "sandbox {id}: a port mapping is duplicated or already in use"
+                ))
+                .into(),
+                other => TxError::from(other),
+            })?;
+    }
+    Ok(())
+}
+
+pub(crate) fn replace_port_mappings(
+    conn: &mut SqliteConnection,
+    id: SandboxId,
+    ports: &[PortMapping],
+) -> Tx<bool> {
+    // The writer's BEGIN IMMEDIATE transaction excludes every other write until commit.
+    let status: Option<String> = sandboxes::table
+        .find(id_text(id))
+        .select(sandboxes::status)
+        .first(conn)
+        .optional()?;
+    if status.as_deref() != Some(SandboxStatus::Running.as_str()) {
+        return Ok(false);
+    }
+    set_ports(conn, id, ports)?;
+    Ok(true)
+}
+
 pub(crate) fn mark_running(
     conn: &mut SqliteConnection,
     id: SandboxId,
@@ -201,28 +245,7 @@ pub(crate) fn mark_running(
     let Some(row) = row else {
         return Err(refusal(conn, id, event));
     };
-    diesel::delete(port_mappings::table.filter(port_mappings::sandbox_id.eq(&row.id)))
-        .execute(conn)?;
-    let ports: Vec<PortMappingRow> = update
-        .port_mappings
-        .iter()
-        .map(|m| PortMappingRow::from_domain(id, m))
-        .collect();
-    if !ports.is_empty() {
-        diesel::insert_into(port_mappings::table)
-            .values(&ports)
-            .execute(conn)
-            .map_err(|e| match e {
-                diesel::result::Error::DatabaseError(
-                    diesel::result::DatabaseErrorKind::UniqueViolation,
-                    _,
-                ) => Error::conflict(format!(
-                    "sandbox {id}: a port mapping is duplicated or already in use"
-                ))
-                .into(),
-                other => TxError::from(other),
-            })?;
-    }
+    set_ports(conn, id, &update.port_mappings)?;
     let started = NewEvent::new(
         EventAction::Started,
         json!({ "container_id": update.container_id, "image": update.image }),

@@ -16,8 +16,8 @@ use diesel_async::pooled_connection::{
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use monza_domain::{
-    Error, NewEvent, Result, RunningUpdate, Sandbox, SandboxEvent, SandboxFilter, SandboxId,
-    SandboxRepository, StatusChange, TenantId, Touch,
+    Error, NewEvent, PortMapping, Result, RunningUpdate, Sandbox, SandboxEvent, SandboxFilter,
+    SandboxId, SandboxRepository, StatusChange, TenantId, Touch,
 };
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
@@ -391,6 +391,13 @@ impl SandboxRepository for SqliteSandboxRepository {
                 .collect()
         })
         .await
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err)]
+    async fn replace_port_mappings(&self, id: SandboxId, ports: &[PortMapping]) -> Result<bool> {
+        let ports = ports.to_vec();
+        self.write(move |c| queries::replace_port_mappings(c, id, &ports))
+            .await
     }
 
     #[tracing::instrument(skip_all, err)]

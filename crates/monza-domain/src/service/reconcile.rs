@@ -25,7 +25,7 @@ use super::SandboxService;
 use crate::error::{Error, Result};
 use crate::lifecycle::{self, LifecycleEvent};
 use crate::ports::StatusChange;
-use crate::runtime::ContainerState;
+use crate::runtime::{ContainerState, PublishedPort};
 use crate::sandbox::{
     EventAction, NewEvent, Sandbox, SandboxFilter, SandboxId, SandboxStatus, StatusFilter,
 };
@@ -80,6 +80,13 @@ fn vanished_reason(container_id: &str) -> String {
         "container vanished: container {} no longer exists on the Docker engine",
         short(container_id)
     )
+}
+
+/// `(container port, host port)` pairs in order, to compare two sets of published ports.
+fn port_pairs(ports: impl Iterator<Item = (u16, u16)>) -> Vec<(u16, u16)> {
+    let mut pairs: Vec<(u16, u16)> = ports.collect();
+    pairs.sort_unstable();
+    pairs
 }
 
 fn short(container_id: &str) -> &str {
@@ -220,9 +227,10 @@ impl SandboxService {
     /// A running sandbox's container stopped: starts it once; `error` if that fails.
     async fn restart(&self, sandbox: &Sandbox, cid: &str, report: &mut ReconcileReport) {
         let error = match self.runtime.start(cid).await {
-            Ok(_) => {
+            Ok(published) => {
                 report.restarted += 1;
                 tracing::info!(sandbox_id = %sandbox.id, container_id = %cid, "container had stopped: started it again");
+                self.record_new_ports(sandbox, &published, report).await;
                 return;
             }
             // The engine itself is away: not the sandbox's fault, retry on the next pass.
@@ -254,6 +262,37 @@ impl SandboxService {
             Err(e) => {
                 report.failures += 1;
                 tracing::warn!(sandbox_id = %sandbox.id, error = %e, "could not mark a sandbox as error");
+            }
+        }
+    }
+
+    /// A container started again may publish its ports on other host ports (the engine
+    /// picks free ones again): the store is brought up to date, so the API never hands out a
+    /// stale port.
+    async fn record_new_ports(
+        &self,
+        sandbox: &Sandbox,
+        published: &[PublishedPort],
+        report: &mut ReconcileReport,
+    ) {
+        let stored = port_pairs(
+            sandbox
+                .port_mappings
+                .iter()
+                .map(|m| (m.container_port, m.host_port)),
+        );
+        let now = port_pairs(published.iter().map(|p| (p.container_port, p.host_port)));
+        if stored == now {
+            return;
+        }
+        let mappings = super::port_mappings(sandbox.id, published);
+        match self.repo.replace_port_mappings(sandbox.id, &mappings).await {
+            Ok(_) => {
+                tracing::info!(sandbox_id = %sandbox.id, ports = ?now, "restarted container publishes on new host ports: recorded");
+            }
+            Err(e) => {
+                report.failures += 1;
+                tracing::warn!(sandbox_id = %sandbox.id, error = %e, "could not record a restarted container's ports");
             }
         }
     }

@@ -65,6 +65,7 @@ macro_rules! repository_contract_tests {
             touch_moves_expiry_only_for_a_running_sandbox_of_its_tenant,
             touch_many_answers_each_touch_as_touch_would,
             concurrent_touch_batches_over_the_same_rows_all_succeed,
+            replace_port_mappings_only_while_running,
             claim_expired_returns_exactly_the_running_sandboxes_past_expiry,
             claim_expired_takes_the_earliest_expiry_first_and_honours_the_limit,
             concurrent_claimers_on_one_instance_never_share_a_sandbox,
@@ -884,6 +885,63 @@ pub async fn concurrent_touch_batches_over_the_same_rows_all_succeed(repo: Repo)
         }
     });
     futures::future::join_all(writers).await;
+}
+
+/// A restarted container's new host ports replace a running sandbox's mappings; an ended
+/// or unknown sandbox is left alone.
+pub async fn replace_port_mappings_only_while_running(repo: Repo) {
+    let sandbox = sample_sandbox("acme", SandboxStatus::Running, base_time());
+    insert(&repo, &sandbox).await;
+    let mapping = |sandbox_id: SandboxId, container_port: u16, host_port: u16| PortMapping {
+        id: Uuid::new_v4(),
+        sandbox_id,
+        host_port,
+        container_port,
+    };
+    let new_ports = vec![
+        mapping(sandbox.id, 9090, 50_002),
+        mapping(sandbox.id, 8080, 50_001),
+    ];
+    let replaced = repo
+        .replace_port_mappings(sandbox.id, &new_ports)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(replaced);
+    let after = get(&repo, sandbox.id).await;
+    let pairs: Vec<(u16, u16)> = after
+        .port_mappings
+        .iter()
+        .map(|m| (m.container_port, m.host_port))
+        .collect();
+    assert_eq!(pairs, vec![(8080, 50_001), (9090, 50_002)]);
+    assert_eq!(
+        Sandbox {
+            port_mappings: sandbox.port_mappings.clone(),
+            ..after
+        },
+        sandbox,
+        "only the ports change"
+    );
+
+    for status in SandboxStatus::ALL
+        .into_iter()
+        .filter(|s| *s != SandboxStatus::Running)
+    {
+        let other = sample_sandbox("acme", status, base_time());
+        insert(&repo, &other).await;
+        let replaced = repo
+            .replace_port_mappings(other.id, &[mapping(other.id, 8080, 50_003)])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!replaced, "{status}");
+        assert_eq!(get(&repo, other.id).await, other, "{status} unchanged");
+    }
+    let unknown = SandboxId::new_random();
+    let replaced = repo
+        .replace_port_mappings(unknown, &[mapping(unknown, 8080, 50_004)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!replaced);
 }
 
 /// Writes `count` running sandboxes expiring at `now - 1s`, `now - 2s`, ... (or exactly

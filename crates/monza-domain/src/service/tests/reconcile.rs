@@ -152,6 +152,71 @@ async fn a_stopped_container_is_started_again_and_the_sandbox_stays_running() {
 }
 
 #[tokio::test]
+async fn a_restarted_container_on_new_host_ports_has_them_recorded() {
+    let mut m = Mocks::new();
+    let mut s = with_container(sandbox(SandboxStatus::Running), "stopped");
+    s.port_mappings = vec![PortMapping {
+        id: Uuid::new_v4(),
+        sandbox_id: s.id,
+        host_port: 49_153,
+        container_port: 8080,
+    }];
+    let id = s.id;
+    let containers = vec![managed("stopped", Some(s.id), false)];
+    listing(&mut m, vec![], vec![s.clone()], vec![s]);
+    m.runtime
+        .expect_list_managed()
+        .returning(move || Ok(containers.clone()));
+    m.runtime.expect_start().times(1).returning(|_| {
+        Ok(vec![PublishedPort {
+            container_port: 8080,
+            host_port: 50_001,
+        }])
+    });
+    m.repo
+        .expect_replace_port_mappings()
+        .withf(move |sid, ports| {
+            *sid == id
+                && ports.len() == 1
+                && (
+                    ports[0].sandbox_id,
+                    ports[0].container_port,
+                    ports[0].host_port,
+                ) == (id, 8080, 50_001)
+        })
+        .times(1)
+        .returning(|_, _| Ok(true));
+
+    let report = m.service().reconcile().await.unwrap();
+
+    assert_eq!((report.restarted, report.failures), (1, 0));
+}
+
+#[tokio::test]
+async fn a_restarted_container_whose_ports_cannot_be_recorded_is_a_failure_to_retry() {
+    let mut m = Mocks::new();
+    let s = with_container(sandbox(SandboxStatus::Running), "stopped");
+    let containers = vec![managed("stopped", Some(s.id), false)];
+    listing(&mut m, vec![], vec![s.clone()], vec![s]);
+    m.runtime
+        .expect_list_managed()
+        .returning(move || Ok(containers.clone()));
+    m.runtime.expect_start().returning(|_| {
+        Ok(vec![PublishedPort {
+            container_port: 8080,
+            host_port: 50_001,
+        }])
+    });
+    m.repo
+        .expect_replace_port_mappings()
+        .returning(|_, _| Err(Error::unavailable("SQLite", "database is locked")));
+
+    let report = m.service().reconcile().await.unwrap();
+
+    assert_eq!((report.restarted, report.failures), (1, 1));
+}
+
+#[tokio::test]
 async fn a_stopped_container_that_will_not_start_makes_the_sandbox_error() {
     let mut m = Mocks::new();
     let s = with_container(sandbox(SandboxStatus::Running), "broken");
