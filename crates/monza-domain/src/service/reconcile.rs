@@ -287,9 +287,11 @@ impl SandboxService {
         }
         let mappings = super::port_mappings(sandbox.id, published);
         match self.repo.replace_port_mappings(sandbox.id, &mappings).await {
-            Ok(_) => {
+            Ok(true) => {
                 tracing::info!(sandbox_id = %sandbox.id, ports = ?now, "restarted container publishes on new host ports: recorded");
             }
+            // It ended meanwhile (deleted, reaped): its ports no longer matter.
+            Ok(false) => {}
             Err(e) => {
                 report.failures += 1;
                 tracing::warn!(sandbox_id = %sandbox.id, error = %e, "could not record a restarted container's ports");
