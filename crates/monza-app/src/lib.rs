@@ -4,6 +4,7 @@
 //!
 //! This is the only crate that names every concrete adapter type.
 
+mod periodic;
 pub mod reaper;
 pub mod reconciler;
 pub mod settings;

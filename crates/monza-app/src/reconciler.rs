@@ -6,37 +6,30 @@
 use std::time::Duration;
 
 use monza_domain::SandboxService;
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use crate::periodic;
+
 pub async fn run(service: SandboxService, interval: Duration, cancel: CancellationToken) {
-    // The first tick completes at once: the start-up pass.
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    tracing::info!(interval_secs = interval.as_secs_f64(), "reconciler started");
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            _ = ticker.tick() => {}
-        }
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            result = service.reconcile() => match result {
-                Ok(report) => tracing::info!(
-                    containers = report.containers,
-                    running = report.running,
-                    orphans_removed = report.orphans_removed,
-                    vanished = report.vanished,
-                    restarted = report.restarted,
-                    restart_failed = report.restart_failed,
-                    stale_creating = report.stale_creating,
-                    creating_in_grace = report.creating_in_grace,
-                    failures = report.failures,
-                    "reconcile pass"
-                ),
-                Err(e) => tracing::warn!(error = %e, "reconcile pass skipped; retrying on the next tick"),
+    let service = &service;
+    periodic::every("reconciler", interval, cancel, move || async move {
+        match service.reconcile().await {
+            Ok(report) => tracing::info!(
+                containers = report.containers,
+                running = report.running,
+                orphans_removed = report.orphans_removed,
+                vanished = report.vanished,
+                restarted = report.restarted,
+                restart_failed = report.restart_failed,
+                stale_creating = report.stale_creating,
+                creating_in_grace = report.creating_in_grace,
+                failures = report.failures,
+                "reconcile pass"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "reconcile pass skipped; retrying on the next tick");
             }
         }
-    }
-    tracing::info!("reconciler stopped");
+    })
+    .await;
 }

@@ -203,23 +203,21 @@ impl SandboxService {
                 return;
             }
         }
-        let reason = vanished_reason(cid);
-        match self
-            .fail_sandbox(
-                sandbox.id,
-                &reason,
-                json!({ "stage": "reconcile", "error": reason }),
-            )
-            .await
-        {
-            Ok(Some(_)) => {
-                report.vanished += 1;
-                tracing::warn!(sandbox_id = %sandbox.id, container_id = %cid, "container vanished: sandbox is now error");
-            }
-            Ok(None) => {}
+        if self.fail(sandbox, &vanished_reason(cid), report).await {
+            report.vanished += 1;
+            tracing::warn!(sandbox_id = %sandbox.id, container_id = %cid, "container vanished: sandbox is now error");
+        }
+    }
+
+    /// Marks `sandbox` `error` with `reason` (also in its event log). Returns whether it
+    /// changed; a store failure is counted in the report and retried on the next pass.
+    async fn fail(&self, sandbox: &Sandbox, reason: &str, report: &mut ReconcileReport) -> bool {
+        match self.fail_sandbox(sandbox.id, "reconcile", reason).await {
+            Ok(changed) => changed.is_some(),
             Err(e) => {
                 report.failures += 1;
-                tracing::warn!(sandbox_id = %sandbox.id, error = %e, "could not mark a sandbox with a vanished container as error");
+                tracing::warn!(sandbox_id = %sandbox.id, error = %e, %reason, "could not mark a sandbox as error");
+                false
             }
         }
     }
@@ -246,23 +244,9 @@ impl SandboxService {
         } else {
             format!("container stopped and could not be started again: {error}")
         };
-        match self
-            .fail_sandbox(
-                sandbox.id,
-                &reason,
-                json!({ "stage": "reconcile", "error": reason }),
-            )
-            .await
-        {
-            Ok(Some(_)) => {
-                report.restart_failed += 1;
-                tracing::warn!(sandbox_id = %sandbox.id, container_id = %cid, %reason, "sandbox is now error");
-            }
-            Ok(None) => {}
-            Err(e) => {
-                report.failures += 1;
-                tracing::warn!(sandbox_id = %sandbox.id, error = %e, "could not mark a sandbox as error");
-            }
+        if self.fail(sandbox, &reason, report).await {
+            report.restart_failed += 1;
+            tracing::warn!(sandbox_id = %sandbox.id, container_id = %cid, %reason, "sandbox is now error");
         }
     }
 
@@ -312,31 +296,29 @@ impl SandboxService {
             "creation did not finish within {}s (the server creating it probably stopped)",
             self.config.create_timeout.whole_seconds()
         );
-        let failed = self
-            .fail_sandbox(
-                id,
-                &reason,
-                json!({ "stage": "reconcile", "error": reason }),
-            )
-            .await?;
+        let failed = self.fail_sandbox(id, "reconcile", &reason).await?;
         if failed.is_some() {
             tracing::warn!(sandbox_id = %id, %reason, "sandbox stuck in creating is now error");
         }
         Ok(failed.is_some())
     }
 
-    /// `Fail` with a `failed` event. `None` if the sandbox ended meanwhile (a conflict).
+    /// `Fail` with a `failed` event naming the `stage` that found the problem and the
+    /// reason. `None` if the sandbox ended meanwhile (a conflict).
     async fn fail_sandbox(
         &self,
         id: SandboxId,
+        stage: &str,
         reason: &str,
-        details: serde_json::Value,
     ) -> Result<Option<Sandbox>> {
         let change = StatusChange {
             event: LifecycleEvent::Fail,
             at: self.clock.now(),
             reason: Some(reason.to_owned()),
-            record: NewEvent::new(EventAction::Failed, details),
+            record: NewEvent::new(
+                EventAction::Failed,
+                json!({ "stage": stage, "error": reason }),
+            ),
         };
         match self.repo.transition(id, &change).await {
             Ok(sandbox) => Ok(Some(sandbox)),
@@ -359,14 +341,7 @@ impl SandboxService {
             return error;
         }
         let reason = vanished_reason(cid);
-        let ended = match self
-            .fail_sandbox(
-                sandbox.id,
-                &reason,
-                json!({ "stage": "request", "error": reason }),
-            )
-            .await
-        {
+        let ended = match self.fail_sandbox(sandbox.id, "request", &reason).await {
             Ok(Some(failed)) => {
                 tracing::warn!(sandbox_id = %sandbox.id, container_id = %cid, "container vanished: sandbox is now error");
                 failed

@@ -36,6 +36,17 @@ fn listing(m: &mut Mocks, creating: Vec<Sandbox>, running: Vec<Sandbox>, rows: V
     });
 }
 
+/// The store lists `s` as its only running sandbox, and the engine lists its container,
+/// stopped.
+fn stopped_container(m: &mut Mocks, s: Sandbox) {
+    let cid = s.container_id.clone().expect("a sandbox with a container");
+    let containers = vec![managed(&cid, Some(s.id), false)];
+    listing(m, vec![], vec![s.clone()], vec![s]);
+    m.runtime
+        .expect_list_managed()
+        .returning(move || Ok(containers.clone()));
+}
+
 /// Records every removed container.
 fn removals(m: &mut Mocks) -> Arc<Mutex<Vec<String>>> {
     let removed = Arc::new(Mutex::new(Vec::new()));
@@ -134,11 +145,7 @@ async fn a_running_sandbox_whose_container_is_gone_becomes_error_with_the_reason
 async fn a_stopped_container_is_started_again_and_the_sandbox_stays_running() {
     let mut m = Mocks::new();
     let s = with_container(sandbox(SandboxStatus::Running), "stopped");
-    let containers = vec![managed("stopped", Some(s.id), false)];
-    listing(&mut m, vec![], vec![s.clone()], vec![s]);
-    m.runtime
-        .expect_list_managed()
-        .returning(move || Ok(containers.clone()));
+    stopped_container(&mut m, s);
     m.runtime
         .expect_start()
         .with(eq("stopped"))
@@ -162,11 +169,7 @@ async fn a_restarted_container_on_new_host_ports_has_them_recorded() {
         container_port: 8080,
     }];
     let id = s.id;
-    let containers = vec![managed("stopped", Some(s.id), false)];
-    listing(&mut m, vec![], vec![s.clone()], vec![s]);
-    m.runtime
-        .expect_list_managed()
-        .returning(move || Ok(containers.clone()));
+    stopped_container(&mut m, s);
     m.runtime.expect_start().times(1).returning(|_| {
         Ok(vec![PublishedPort {
             container_port: 8080,
@@ -196,11 +199,7 @@ async fn a_restarted_container_on_new_host_ports_has_them_recorded() {
 async fn a_restarted_container_whose_ports_cannot_be_recorded_is_a_failure_to_retry() {
     let mut m = Mocks::new();
     let s = with_container(sandbox(SandboxStatus::Running), "stopped");
-    let containers = vec![managed("stopped", Some(s.id), false)];
-    listing(&mut m, vec![], vec![s.clone()], vec![s]);
-    m.runtime
-        .expect_list_managed()
-        .returning(move || Ok(containers.clone()));
+    stopped_container(&mut m, s);
     m.runtime.expect_start().returning(|_| {
         Ok(vec![PublishedPort {
             container_port: 8080,
@@ -221,11 +220,7 @@ async fn a_stopped_container_that_will_not_start_makes_the_sandbox_error() {
     let mut m = Mocks::new();
     let s = with_container(sandbox(SandboxStatus::Running), "broken");
     let id = s.id;
-    let containers = vec![managed("broken", Some(s.id), false)];
-    listing(&mut m, vec![], vec![s.clone()], vec![s]);
-    m.runtime
-        .expect_list_managed()
-        .returning(move || Ok(containers.clone()));
+    stopped_container(&mut m, s);
     m.runtime
         .expect_start()
         .times(1)
@@ -242,11 +237,7 @@ async fn a_stopped_container_that_will_not_start_makes_the_sandbox_error() {
 async fn an_unreachable_engine_on_restart_is_a_failure_to_retry_not_an_error_sandbox() {
     let mut m = Mocks::new();
     let s = with_container(sandbox(SandboxStatus::Running), "stopped");
-    let containers = vec![managed("stopped", Some(s.id), false)];
-    listing(&mut m, vec![], vec![s.clone()], vec![s]);
-    m.runtime
-        .expect_list_managed()
-        .returning(move || Ok(containers.clone()));
+    stopped_container(&mut m, s);
     m.runtime
         .expect_start()
         .returning(|_| Err(Error::unavailable("docker", "connection refused")));
