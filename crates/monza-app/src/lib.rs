@@ -102,10 +102,11 @@ impl Application {
             }
         };
 
-        tracing::info!(
-            deployment = args.deployment.as_deref().unwrap_or(&stores.deployment),
-            "deployment label of this server's containers"
-        );
+        let deployment = args
+            .deployment
+            .clone()
+            .unwrap_or_else(|| stores.deployment.clone());
+        tracing::info!(%deployment, "deployment label of this server's containers");
         let docker = DockerRuntime::new(DockerSettings {
             host: args.docker_host.clone(),
             publish_addr: args.publish_addr,
@@ -113,11 +114,7 @@ impl Application {
             cpu_limit: args.cpu_limit,
             pids_limit: args.pids_limit,
             request_timeout: args.docker_timeout,
-            deployment: Some(
-                args.deployment
-                    .clone()
-                    .unwrap_or_else(|| stores.deployment.clone()),
-            ),
+            deployment: Some(deployment),
             ..DockerSettings::default()
         })
         .map_err(|e| anyhow!("DOCKER_HOST {}: {e}", args.docker_host))?;
@@ -215,9 +212,9 @@ impl Application {
     }
 
     /// Serves until SIGINT/SIGTERM (or a [`StopHandle`]): then stops accepting, finishes
-    /// in-flight requests (up to the shutdown timeout) and stops the reaper. Sandboxes are
-    /// left running: the next start serves them again. If the reaper dies, says so and
-    /// returns an error.
+    /// in-flight requests (up to the shutdown timeout) and stops the reaper and the
+    /// reconciler. Sandboxes are left running: the next start serves them again. If either
+    /// background task dies, says so and returns an error.
     pub async fn run_until_stopped(self) -> Result<()> {
         let Self {
             server,
@@ -244,20 +241,11 @@ impl Application {
             }
             result = &mut reaper => {
                 reaper_done = true;
-                match result {
-                    // A StopHandle cancelled it: an orderly stop.
-                    Ok(()) if cancel.is_cancelled() => Ok(()),
-                    Ok(()) => Err(anyhow!("the reaper stopped unexpectedly")),
-                    Err(e) => Err(anyhow!("the reaper task died: {e}")),
-                }
+                background_ended("reaper", result, &cancel)
             }
             result = &mut reconciler => {
                 reconciler_done = true;
-                match result {
-                    Ok(()) if cancel.is_cancelled() => Ok(()),
-                    Ok(()) => Err(anyhow!("the reconciler stopped unexpectedly")),
-                    Err(e) => Err(anyhow!("the reconciler task died: {e}")),
-                }
+                background_ended("reconciler", result, &cancel)
             }
         };
         cancel.cancel();
@@ -273,6 +261,20 @@ impl Application {
         }
         tracing::info!("monza stopped");
         outcome
+    }
+}
+
+/// What a background task's end means: an orderly stop if a [`StopHandle`] cancelled it,
+/// otherwise an error naming it.
+fn background_ended(
+    task: &str,
+    result: std::result::Result<(), tokio::task::JoinError>,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    match result {
+        Ok(()) if cancel.is_cancelled() => Ok(()),
+        Ok(()) => Err(anyhow!("the {task} stopped unexpectedly")),
+        Err(e) => Err(anyhow!("the {task} task died: {e}")),
     }
 }
 
