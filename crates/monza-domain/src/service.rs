@@ -520,10 +520,8 @@ impl SandboxService {
         );
         let sandbox = self.touch(&sandbox, Some(event)).await?;
         let cid = container_of(&sandbox)?;
-        match self.runtime.exec(cid, &request).await {
-            Ok(output) => Ok(output),
-            Err(e) => Err(self.check_container(&sandbox, e).await),
-        }
+        let output = self.runtime.exec(cid, &request).await;
+        self.or_vanished(&sandbox, output).await
     }
 
     /// Copies a file into a running sandbox's `dest_dir` (default: its workspace folder) and
@@ -556,10 +554,8 @@ impl SandboxService {
         let sandbox = self.touch(&sandbox, Some(event)).await?;
         let cid = container_of(&sandbox)?;
         let file = UploadFile { name, ..file };
-        match self.runtime.upload(cid, &dest_dir, file).await {
-            Ok(()) => Ok(path),
-            Err(e) => Err(self.check_container(&sandbox, e).await),
-        }
+        let uploaded = self.runtime.upload(cid, &dest_dir, file).await;
+        self.or_vanished(&sandbox, uploaded).await.map(|()| path)
     }
 
     /// Streams a regular file out of a running sandbox.
@@ -575,10 +571,8 @@ impl SandboxService {
         let event = NewEvent::new(EventAction::Downloaded, json!({ "path": path }));
         let sandbox = self.touch(&sandbox, Some(event)).await?;
         let cid = container_of(&sandbox)?;
-        match self.runtime.download(cid, &path).await {
-            Ok(download) => Ok(download),
-            Err(e) => Err(self.check_container(&sandbox, e).await),
-        }
+        let download = self.runtime.download(cid, &path).await;
+        self.or_vanished(&sandbox, download).await
     }
 
     /// One reaper pass: claims every running sandbox past `expires_at`, marks it `expired`

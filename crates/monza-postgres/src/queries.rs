@@ -344,33 +344,6 @@ async fn touch(
 }
 
 /// The heartbeat's one statement; `true` if the row changed.
-pub(crate) async fn touch_if_owned(
-    conn: &mut Conn,
-    id: SandboxId,
-    tenant: Option<&str>,
-    at: OffsetDateTime,
-    expires_at: OffsetDateTime,
-) -> Tx<bool> {
-    let update = diesel::update(sandboxes::table.find(id.as_uuid()))
-        .filter(
-            sandboxes::status.eq_any(statuses(&lifecycle::allowed_from(LifecycleEvent::Activity))),
-        )
-        .set((
-            sandboxes::last_activity.eq(micros(at)),
-            sandboxes::expires_at.eq(micros(expires_at)),
-        ));
-    let changed = match tenant {
-        Some(tenant) => {
-            update
-                .filter(sandboxes::tenant.eq(tenant))
-                .execute(conn)
-                .await?
-        }
-        None => update.execute(conn).await?,
-    };
-    Ok(changed == 1)
-}
-
 /// The id a batched touch changed.
 #[derive(QueryableByName)]
 struct Touched {
@@ -378,8 +351,9 @@ struct Touched {
     id: Uuid,
 }
 
-/// Several heartbeats in one statement (so one commit, one WAL flush): each row of the
-/// unnested arrays is one [`touch_if_owned`]. The caller names each sandbox at most once, so
+/// Heartbeats in one statement (so one commit, one WAL flush): each row of the unnested
+/// arrays moves `last_activity` and `expires_at` only while the sandbox is `running` and,
+/// when the touch names a tenant, belongs to it. A single heartbeat is a batch of one. The caller names each sandbox at most once, so
 /// a returned id answers exactly one touch.
 pub(crate) async fn touch_many(conn: &mut Conn, touches: &[Touch]) -> Tx<Vec<bool>> {
     use diesel::sql_types::{Array, Nullable};

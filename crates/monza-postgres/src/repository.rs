@@ -289,9 +289,15 @@ impl SandboxRepository for PgSandboxRepository {
         at: OffsetDateTime,
         expires_at: OffsetDateTime,
     ) -> Result<bool> {
+        let touch = Touch {
+            id,
+            tenant,
+            at,
+            expires_at,
+        };
         let mut conn = self.conn().await?;
-        let tenant = tenant.as_ref().map(TenantId::as_str);
-        Ok(queries::touch_if_owned(&mut conn, id, tenant, at, expires_at).await?)
+        let changed = queries::touch_many(&mut conn, std::slice::from_ref(&touch)).await?;
+        Ok(changed.iter().any(|touched| *touched))
     }
 
     #[tracing::instrument(skip_all, fields(touches = touches.len()), err)]

@@ -327,10 +327,19 @@ impl SandboxService {
         }
     }
 
+    /// A runtime call's result for `sandbox`, its failure passed through
+    /// [`Self::check_container`].
+    pub(super) async fn or_vanished<T>(&self, sandbox: &Sandbox, result: Result<T>) -> Result<T> {
+        match result {
+            Ok(value) => Ok(value),
+            Err(e) => Err(self.check_container(sandbox, e).await),
+        }
+    }
+
     /// A request on a running sandbox failed in the runtime. If the cause is that its
     /// container no longer exists, the sandbox becomes `error` and the caller gets the
     /// conflict that says so (with the reason); otherwise the error is returned as it was.
-    pub(super) async fn check_container(&self, sandbox: &Sandbox, error: Error) -> Error {
+    async fn check_container(&self, sandbox: &Sandbox, error: Error) -> Error {
         if !matches!(error, Error::NotFound(_) | Error::Conflict(_)) {
             return error;
         }
