@@ -72,24 +72,13 @@ impl Heartbeats {
                     Err(oneshot::Canceled) => continue 'submit,
                     Ok(None) => {}
                 }
-                let batch = self.take_batch();
-                if batch.is_empty() {
+                if !self.lead(repo).await {
                     // Ours is in another leader's batch, in flight: its answer is coming.
                     drop(_leader);
                     match answered.await {
                         Ok(result) => return result,
                         Err(oneshot::Canceled) => continue 'submit,
                     }
-                }
-                let (touches, answers): (Vec<Touch>, Vec<_>) =
-                    batch.into_iter().map(|q| (q.touch, q.answer)).unzip();
-                let result = write(repo, &touches).await;
-                for (i, answer) in answers.into_iter().enumerate() {
-                    // A heartbeat whose request was dropped no longer listens; that is fine.
-                    let _ = answer.send(match &result {
-                        Ok(changed) => Ok(changed[i]),
-                        Err(e) => Err(e.clone()),
-                    });
                 }
                 if let Ok(Some(result)) = answered.try_recv() {
                     return result;
@@ -98,6 +87,26 @@ impl Heartbeats {
                 // MAX_BATCH, or in another leader's): wait again.
             }
         }
+    }
+
+    /// Takes one batch from the queue, writes it and answers each heartbeat in it; `false`
+    /// when the queue was empty.
+    async fn lead(&self, repo: &dyn SandboxRepository) -> bool {
+        let batch = self.take_batch();
+        if batch.is_empty() {
+            return false;
+        }
+        let (touches, answers): (Vec<Touch>, Vec<_>) =
+            batch.into_iter().map(|q| (q.touch, q.answer)).unzip();
+        let result = write(repo, &touches).await;
+        for (i, answer) in answers.into_iter().enumerate() {
+            // A heartbeat whose request was dropped no longer listens; that is fine.
+            let _ = answer.send(match &result {
+                Ok(changed) => Ok(changed[i]),
+                Err(e) => Err(e.clone()),
+            });
+        }
+        true
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, Vec<Queued>> {
