@@ -14,7 +14,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::error::TxError;
+use crate::error::{TxError, unique_conflict};
 use crate::rows::{EventRow, NewEventRow, PortMappingRow, SandboxRow, micros};
 use crate::schema::{port_mappings, sandbox_events, sandboxes};
 
@@ -29,16 +29,6 @@ fn statuses(list: &[SandboxStatus]) -> Vec<&'static str> {
 
 fn not_found(id: SandboxId) -> TxError {
     Error::not_found(format!("sandbox {id} not found")).into()
-}
-
-fn unique_conflict(message: String) -> impl FnOnce(diesel::result::Error) -> TxError {
-    move |e| match e {
-        diesel::result::Error::DatabaseError(
-            diesel::result::DatabaseErrorKind::UniqueViolation,
-            _,
-        ) => Error::conflict(message).into(),
-        other => other.into(),
-    }
 }
 
 async fn ports_of(conn: &mut Conn, ids: Vec<Uuid>) -> Tx<HashMap<Uuid, Vec<PortMappingRow>>> {

@@ -8,7 +8,7 @@ use monza_domain::{
 };
 use time::OffsetDateTime;
 
-use crate::error::TxError;
+use crate::error::{TxError, unique_conflict};
 use crate::repository::PgSandboxRepository;
 use crate::rows::micros;
 use crate::schema::api_tokens;
@@ -73,13 +73,7 @@ async fn insert(conn: &mut AsyncPgConnection, row: &TokenRow) -> Result<(), TxEr
         .values(row)
         .execute(conn)
         .await
-        .map_err(|e| match e {
-            diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::UniqueViolation,
-                _,
-            ) => Error::conflict(format!("token {} already exists", row.id)).into(),
-            other => TxError::from(other),
-        })?;
+        .map_err(unique_conflict(format!("token {} already exists", row.id)))?;
     Ok(())
 }
 

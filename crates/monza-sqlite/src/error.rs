@@ -60,3 +60,13 @@ fn is_busy(message: &str) -> bool {
 pub(crate) fn unavailable(message: impl Into<String>) -> Error {
     Error::unavailable(DEPENDENCY, message)
 }
+
+/// Maps a unique-constraint violation to a conflict saying `message`; other errors pass.
+pub(crate) fn unique_conflict(message: String) -> impl FnOnce(DieselError) -> TxError {
+    move |e| match e {
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
+            Error::conflict(message).into()
+        }
+        other => other.into(),
+    }
+}

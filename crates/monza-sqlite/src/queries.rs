@@ -13,7 +13,7 @@ use monza_domain::{
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::error::TxError;
+use crate::error::{TxError, unique_conflict};
 use crate::rows::{EventRow, NewEventRow, PortMappingRow, SandboxRow, id_text, to_micros};
 use crate::schema::{port_mappings, sandbox_events, sandboxes};
 
@@ -122,13 +122,10 @@ pub(crate) fn insert(conn: &mut SqliteConnection, sandbox: &Sandbox) -> Tx<()> {
     diesel::insert_into(sandboxes::table)
         .values(SandboxRow::from_domain(sandbox)?)
         .execute(conn)
-        .map_err(|e| match e {
-            diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::UniqueViolation,
-                _,
-            ) => Error::conflict(format!("sandbox {} already exists", sandbox.id)).into(),
-            other => TxError::from(other),
-        })?;
+        .map_err(unique_conflict(format!(
+            "sandbox {} already exists",
+            sandbox.id
+        )))?;
     let ports: Vec<PortMappingRow> = sandbox
         .port_mappings
         .iter()
@@ -192,16 +189,9 @@ fn set_ports(conn: &mut SqliteConnection, id: SandboxId, ports: &[PortMapping]) 
         diesel::insert_into(port_mappings::table)
             .values(&rows)
             .execute(conn)
-            .map_err(|e| match e {
-                diesel::result::Error::DatabaseError(
-                    diesel::result::DatabaseErrorKind::UniqueViolation,
-                    _,
-                ) => Error::conflict(format!(
-                    "sandbox {id}: a port mapping is duplicated or already in use"
-                ))
-                .into(),
-                other => TxError::from(other),
-            })?;
+            .map_err(unique_conflict(format!(
+                "sandbox {id}: a port mapping is duplicated or already in use"
+            )))?;
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use monza_domain::{
 };
 use time::OffsetDateTime;
 
-use crate::error::TxError;
+use crate::error::{TxError, unique_conflict};
 use crate::repository::SqliteSandboxRepository;
 use crate::rows::{from_micros, to_micros};
 use crate::schema::api_tokens;
@@ -67,13 +67,7 @@ fn insert(conn: &mut SqliteConnection, row: &TokenRow) -> Result<(), TxError> {
     diesel::insert_into(api_tokens::table)
         .values(row)
         .execute(conn)
-        .map_err(|e| match e {
-            diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::UniqueViolation,
-                _,
-            ) => Error::conflict(format!("token {} already exists", row.id)).into(),
-            other => TxError::from(other),
-        })?;
+        .map_err(unique_conflict(format!("token {} already exists", row.id)))?;
     Ok(())
 }
 
