@@ -302,6 +302,22 @@ async fn execute(client: &reqwest::Client, server: &Server, id: &str) -> (Status
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Executes in the sandbox every 500 ms until it answers 200 (within 60 s): the body.
+async fn execute_once_recovered(client: &reqwest::Client, server: &Server, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = execute(client, server, id).await;
+        if status == StatusCode::OK {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never recovered: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 async fn all_sandboxes(client: &reqwest::Client, server: &Server) -> Vec<Value> {
     let (status, body) = get(client, server.url("/api/sandboxes?status=all")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -615,19 +631,8 @@ async fn docker_engine_stopped_and_started_gives_quick_503s_then_recovers_withou
     outage.end();
 
     // The engine stopped the container with it; reconciliation starts it again.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (status, body) = execute(&client, &server, &id).await;
-        if status == StatusCode::OK {
-            assert_eq!(body["output"], "hi\n");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never recovered: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let body = execute_once_recovered(&client, &server, &id).await;
+    assert_eq!(body["output"], "hi\n");
     // The engine may publish a restarted container on other host ports: the API must say
     // where it publishes now.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -739,18 +744,7 @@ async fn postgres_stopped_and_started_gives_quick_503s_then_recovers_without_res
     assert_eq!(status, StatusCode::OK);
     outage.end();
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (status, body) = execute(&client, &server, &id).await;
-        if status == StatusCode::OK {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never recovered: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    execute_once_recovered(&client, &server, &id).await;
     create(&client, &server).await;
     let (status, _) = get(&client, server.url("/ready")).await;
     assert_eq!(status, StatusCode::OK);
