@@ -263,9 +263,19 @@ impl DirTemplateCatalog {
 
 #[async_trait]
 impl TemplateCatalog for DirTemplateCatalog {
-    #[tracing::instrument(skip_all, fields(template = %name), err)]
+    // Not `err`: an unknown or unusable template is the client's mistake, answered 400 and
+    // logged by the request line, not an ERROR for the operator.
+    #[tracing::instrument(skip_all, fields(template = %name))]
     async fn resolve(&self, name: &TemplateName) -> Result<Template> {
-        self.resolve_sync(name)
+        let resolved = self.resolve_sync(name);
+        if let Err(e) = &resolved {
+            if e.is_client_error() {
+                tracing::debug!(error = %e, "template refused");
+            } else {
+                tracing::error!(error = %e, "reading the template failed");
+            }
+        }
+        resolved
     }
 
     #[tracing::instrument(skip_all, err)]

@@ -75,6 +75,13 @@ impl Error {
         Self::Internal(message.into())
     }
 
+    /// Whether the caller caused it (bad input, unknown or ended thing, a limit): the
+    /// request log already says so; nothing for an operator to act on, so never logged at
+    /// ERROR. `Unavailable` and `Internal` are the operator's.
+    pub fn is_client_error(&self) -> bool {
+        !matches!(self, Self::Unavailable { .. } | Self::Internal(_))
+    }
+
     /// A short stable code for the kind, used in API error bodies and logs.
     pub fn code(&self) -> &'static str {
         match self {
