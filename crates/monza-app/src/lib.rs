@@ -169,8 +169,19 @@ impl Application {
             .with_context(|| format!("SERVER_ADDR {}: cannot listen", args.addr))?;
         let port = listener.local_addr()?.port();
         let http_service = service.clone();
+        // Built once, outside the per-worker factory: its output budget is server-wide.
+        let http_config = monza_http::HttpConfig {
+            body_timeout: args.body_timeout,
+            upload_min_bytes_per_sec: args.upload_min_rate,
+            exec_output_budget: monza_http::OutputBudget::new(args.exec_output_budget),
+            ..monza_http::HttpConfig::default()
+        };
         let server = HttpServer::new(move || {
-            App::new().configure(monza_http::configure(http_service.clone(), auth.clone()))
+            App::new().configure(monza_http::configure_with(
+                http_service.clone(),
+                auth.clone(),
+                http_config.clone(),
+            ))
         })
         .disable_signals()
         // actix keeps the OS default (Nagle on): a streamed response's small header write then

@@ -224,6 +224,21 @@ pub struct ServeArgs {
     #[arg(long, env = "MONZA_MAX_SANDBOXES_PER_TENANT", default_value_t = 20)]
     pub max_sandboxes_per_tenant: u64,
 
+    /// How long a JSON request body may take to arrive in full; past it, a 408. Uploads get
+    /// it as a grace period before MONZA_UPLOAD_MIN_RATE applies.
+    #[arg(long, env = "MONZA_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
+    /// The slowest average pace an upload may keep after MONZA_BODY_TIMEOUT, in bytes per
+    /// second; a slower one is cut with a 408.
+    #[arg(long, env = "MONZA_UPLOAD_MIN_RATE", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub upload_min_rate: u64,
+
+    /// Bytes of command output all executes together may hold in memory (each reserves
+    /// twice its max_output_bytes); past it, execute is a 503. 0: no bound.
+    #[arg(long, env = "MONZA_EXEC_OUTPUT_BUDGET", default_value_t = 256 * 1024 * 1024)]
+    pub exec_output_budget: u64,
+
     /// Log format.
     #[arg(long, env = "MONZA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -186,18 +186,28 @@ impl Capped {
         }
         self.buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
+}
 
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.buf).into_owned()
-    }
+/// Which stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Stdout,
+    Stderr,
 }
 
 /// stdout, stderr and both in arrival order, each capped; strips the wrapper's pid line.
+///
+/// Memory stays near the cap: while only one stream has spoken, its own buffer would equal
+/// the combined one, so it is not kept; it is made (a copy of the combined output so far)
+/// only when the other stream first speaks.
 #[derive(Debug)]
 struct Collector {
     output: Capped,
-    stdout: Capped,
-    stderr: Capped,
+    /// The one stream that has spoken so far, while there is only one.
+    only: Option<Source>,
+    /// Each stream's own buffer, once both have spoken.
+    split: Option<(Capped, Capped)>,
+    cap: usize,
     /// stderr bytes held back while they may still be the marker line.
     pending: Option<Vec<u8>>,
     pid: Option<u32>,
@@ -207,22 +217,54 @@ impl Collector {
     fn new(cap: usize) -> Self {
         Self {
             output: Capped::new(cap),
-            stdout: Capped::new(cap),
-            stderr: Capped::new(cap),
+            only: None,
+            split: None,
+            cap,
             pending: Some(Vec::new()),
             pid: None,
         }
     }
 
-    fn stdout(&mut self, bytes: &[u8]) {
+    fn push(&mut self, source: Source, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.split.is_none() {
+            match self.only {
+                None => self.only = Some(source),
+                Some(only) if only == source => {}
+                Some(only) => {
+                    // The second stream speaks: the first one's buffer is what was kept so far.
+                    let first = Capped {
+                        buf: self.output.buf.clone(),
+                        cap: self.cap,
+                        truncated: self.output.truncated,
+                    };
+                    let empty = Capped::new(self.cap);
+                    self.split = Some(match only {
+                        Source::Stdout => (first, empty),
+                        Source::Stderr => (empty, first),
+                    });
+                    self.only = None;
+                }
+            }
+        }
         self.output.push(bytes);
-        self.stdout.push(bytes);
+        if let Some((stdout, stderr)) = &mut self.split {
+            match source {
+                Source::Stdout => stdout.push(bytes),
+                Source::Stderr => stderr.push(bytes),
+            }
+        }
+    }
+
+    fn stdout(&mut self, bytes: &[u8]) {
+        self.push(Source::Stdout, bytes);
     }
 
     fn stderr(&mut self, bytes: &[u8]) {
         let Some(mut pending) = self.pending.take() else {
-            self.output.push(bytes);
-            self.stderr.push(bytes);
+            self.push(Source::Stderr, bytes);
             return;
         };
         pending.extend_from_slice(bytes);
@@ -246,19 +288,36 @@ impl Collector {
 
     fn finish(mut self, exit_code: i64, timed_out: bool, duration: Duration) -> ExecOutput {
         if let Some(pending) = self.pending.take() {
-            self.output.push(&pending);
-            self.stderr.push(&pending);
+            self.push(Source::Stderr, &pending);
         }
+        let truncated = self.output.truncated
+            || self
+                .split
+                .as_ref()
+                .is_some_and(|(o, e)| o.truncated || e.truncated);
+        let output = text(self.output.buf);
+        let (stdout, stderr) = match (self.split, self.only) {
+            (Some((o, e)), _) => (text(o.buf), text(e.buf)),
+            (None, Some(Source::Stdout)) => (output.clone(), String::new()),
+            (None, Some(Source::Stderr)) => (String::new(), output.clone()),
+            (None, None) => (String::new(), String::new()),
+        };
         ExecOutput {
-            output: self.output.text(),
-            stdout: self.stdout.text(),
-            stderr: self.stderr.text(),
+            output,
+            stdout,
+            stderr,
             exit_code,
-            truncated: self.output.truncated || self.stdout.truncated || self.stderr.truncated,
+            truncated,
             timed_out,
             duration,
         }
     }
+}
+
+/// The bytes as text, without a copy when they are valid UTF-8 (invalid sequences become
+/// U+FFFD).
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 #[cfg(test)]
@@ -289,6 +348,44 @@ mod tests {
         let out = c.finish(127, false, Duration::ZERO);
         assert_eq!(out.stderr, "sh: not found\n");
         assert_eq!(out.output, "sh: not found\n");
+    }
+
+    #[test]
+    fn one_stream_alone_is_kept_once_and_copied_at_the_end() {
+        let mut c = Collector::new(8);
+        c.stderr(b"__monza_exec_pid=7\n");
+        c.stdout(b"abcdefghij");
+        assert!(c.split.is_none(), "a lone stream has no buffer of its own");
+        assert_eq!(c.output.buf.len(), 8);
+        let out = c.finish(0, false, Duration::ZERO);
+        assert_eq!(out.output, "abcdefgh");
+        assert_eq!(out.stdout, "abcdefgh");
+        assert_eq!(out.stderr, "");
+        assert!(out.truncated);
+    }
+
+    #[test]
+    fn a_second_stream_starts_with_the_first_ones_output_so_far() {
+        let mut c = Collector::new(100);
+        c.stderr(b"__monza_exec_pid=7\n");
+        c.stderr(b"e1 ");
+        c.stdout(b"o1 ");
+        c.stderr(b"e2");
+        let out = c.finish(0, false, Duration::ZERO);
+        assert_eq!(out.output, "e1 o1 e2");
+        assert_eq!(out.stdout, "o1 ");
+        assert_eq!(out.stderr, "e1 e2");
+        assert!(!out.truncated);
+    }
+
+    #[test]
+    fn invalid_utf8_becomes_replacement_characters() {
+        let mut c = Collector::new(100);
+        c.stderr(b"__monza_exec_pid=7\n");
+        c.stdout(b"a\xffb");
+        let out = c.finish(0, false, Duration::ZERO);
+        assert_eq!(out.output, "a\u{fffd}b");
+        assert_eq!(out.stdout, "a\u{fffd}b");
     }
 
     #[test]

@@ -56,6 +56,8 @@ impl DockerRuntime {
         } else {
             format!("{dir}/{}", file.name)
         };
+        self.refuse_tmpfs(container_id, &format!("/{entry}"))
+            .await?;
         let prefix = tar_prefix(&entry, file.size)?;
         let failure = Arc::new(Mutex::new(None));
         let body = Body::wrap_stream(tar_body(prefix, file.size, file.content, failure.clone()));
@@ -69,8 +71,81 @@ impl DockerRuntime {
         if let Some(e) = failure.lock().ok().and_then(|mut slot| slot.take()) {
             return Err(e);
         }
-        sent.map(drop)
-            .map_err(|f| f.into_domain(&self.settings.host, &what))
+        let target = format!("/{entry}");
+        sent.map(drop).map_err(|f| {
+            path_refusal(&f, &target).unwrap_or_else(|| f.into_domain(&self.settings.host, &what))
+        })
+    }
+
+    /// Refuses `path` when it is on one of the container's tmpfs mounts: the archive endpoint
+    /// works on the container's root file system and volumes, so a file written there would
+    /// land underneath the mount, invisible to the sandbox (and a read would see that layer).
+    async fn refuse_tmpfs(&self, container_id: &str, path: &str) -> Result<()> {
+        let mounts = self.tmpfs_mounts(container_id).await?;
+        match mounts
+            .iter()
+            .find(|m| monza_domain::paths::is_under(path, m))
+        {
+            Some(mount) => Err(Error::invalid(format!(
+                "{path} is under {mount}, a tmpfs mount the file API cannot reach: use execute \
+                 to read or write it"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    async fn tmpfs_mounts(&self, container_id: &str) -> Result<Arc<[String]>> {
+        if let Some(known) = self
+            .tmpfs
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(container_id).cloned())
+        {
+            return Ok(known);
+        }
+        let container = self.docker.containers().get(container_id);
+        let inspect = bounded(self.settings.request_timeout, container.inspect())
+            .await
+            .map_err(|f| {
+                f.into_domain(
+                    &self.settings.host,
+                    format_args!("inspecting container {container_id}"),
+                )
+            })?;
+        let mut mounts: Vec<String> = inspect
+            .mounts
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m.type_.as_deref() == Some("tmpfs"))
+            .filter_map(|m| m.destination)
+            .collect();
+        if let Some(tmpfs) = inspect
+            .host_config
+            .as_ref()
+            .and_then(|h| h.get("Tmpfs"))
+            .and_then(|t| t.as_object())
+        {
+            mounts.extend(tmpfs.keys().cloned());
+        }
+        let mounts: Arc<[String]> = mounts
+            .into_iter()
+            .map(|m| {
+                let trimmed = m.trim_end_matches('/');
+                if trimmed.is_empty() {
+                    "/".to_owned()
+                } else {
+                    trimmed.to_owned()
+                }
+            })
+            .collect();
+        if let Ok(mut cache) = self.tmpfs.lock() {
+            // Containers come and go: a bounded cache, emptied when full.
+            if cache.len() >= 4096 {
+                cache.clear();
+            }
+            cache.insert(container_id.to_owned(), mounts.clone());
+        }
+        Ok(mounts)
     }
 
     pub(crate) async fn stat_path(&self, container_id: &str, path: &str) -> Result<FileStat> {
@@ -89,13 +164,36 @@ impl DockerRuntime {
             query_value(container_id),
             query_value(path)
         );
-        let response = bounded(self.settings.request_timeout, self.raw.send(Method::HEAD, &endpoint, None, Body::empty()))
-            .await
-            .map_err(|f| match f {
-                // A HEAD answer has no body: say what is missing ourselves.
-                Failure::Status { code: 404, .. } => Error::not_found(format!("{path} does not exist in container {container_id} (or the container does not exist)")),
-                f => f.into_domain(&self.settings.host, &what),
-            })?;
+        let head = bounded(
+            self.settings.request_timeout,
+            self.raw.send(Method::HEAD, &endpoint, None, Body::empty()),
+        )
+        .await;
+        let response = match head {
+            Ok(response) => response,
+            // A HEAD answer has no body: say what is missing ourselves.
+            Err(Failure::Status { code: 404, .. }) => {
+                return Err(Error::not_found(format!(
+                    "{path} does not exist in container {container_id} (or the container does \
+                     not exist)"
+                )));
+            }
+            // Any other refusal: ask again with GET, whose answer says why.
+            Err(Failure::Status { .. }) => {
+                let get = bounded(
+                    self.settings.request_timeout,
+                    self.raw.send(Method::GET, &endpoint, None, Body::empty()),
+                )
+                .await;
+                let failure = match get {
+                    Err(f) => f,
+                    Ok(_) => Failure::Other("HEAD failed where GET did not".into()),
+                };
+                return Err(path_refusal(&failure, path)
+                    .unwrap_or_else(|| failure.into_domain(&self.settings.host, &what)));
+            }
+            Err(f) => return Err(f.into_domain(&self.settings.host, &what)),
+        };
         let header = response
             .headers()
             .get("X-Docker-Container-Path-Stat")
@@ -116,6 +214,7 @@ impl DockerRuntime {
         container_id: &str,
         path: &str,
     ) -> Result<FileDownload> {
+        self.refuse_tmpfs(container_id, path).await?;
         let mut target = path.to_owned();
         let mut stat = self.path_stat(container_id, &target).await?;
         let mut hops = 0;
@@ -127,6 +226,7 @@ impl DockerRuntime {
                 )));
             }
             target = stat.link_target.clone();
+            self.refuse_tmpfs(container_id, &target).await?;
             stat = self.path_stat(container_id, &target).await?;
         }
         if stat.mode & MODE_DIR != 0 {
@@ -143,7 +243,9 @@ impl DockerRuntime {
             self.raw.send(Method::GET, &endpoint, None, Body::empty()),
         )
         .await
-        .map_err(|f| f.into_domain(&self.settings.host, &what))?;
+        .map_err(|f| {
+            path_refusal(&f, path).unwrap_or_else(|| f.into_domain(&self.settings.host, &what))
+        })?;
         let mut reader = TarReader::new(response.into_body(), self.settings.transfer_timeout);
         let size = reader.first_file().await.map_err(|e| match e {
             ReadError::Failure(f) => f.into_domain(&self.settings.host, &what),
@@ -159,6 +261,52 @@ impl DockerRuntime {
             content: reader.content(size, self.settings.host.clone()),
         })
     }
+}
+
+/// The client's mistake behind an engine refusal on the archive endpoint, if it is one: the
+/// engine answers 500 for what the file system said (`open …: not a directory`, `file name
+/// too long`, `too many links`, `device or resource busy`, …). The answer names the client's
+/// path, never the engine's (its messages hold host paths under the storage driver).
+fn path_refusal(failure: &Failure, path: &str) -> Option<Error> {
+    let Failure::Status { code, message } = failure else {
+        return None;
+    };
+    if !matches!(code, 400 | 403 | 500) {
+        return None;
+    }
+    let message = message.to_ascii_lowercase();
+    let says = |text: &str| message.contains(text);
+    Some(if says("not a directory") {
+        Error::invalid(format!(
+            "{path}: a component of the path is a file, not a directory"
+        ))
+    } else if says("file name too long") {
+        Error::invalid(format!("{path}: a file name in the path is too long"))
+    } else if says("too many links") || says("too many levels of symbolic links") {
+        Error::invalid(format!("{path}: too many levels of symbolic links"))
+    } else if says("device or resource busy") {
+        Error::invalid(format!(
+            "{path} is a mount point inside the sandbox and cannot be replaced through the file \
+             API"
+        ))
+    } else if says("read-only file system") || says("marked read-only") {
+        Error::invalid(format!("{path} is on a read-only file system"))
+    } else if says("permission denied") || says("operation not permitted") {
+        Error::invalid(format!("{path}: permission denied"))
+    } else if says("is a directory") || says("cannot overwrite") || says("file exists") {
+        Error::conflict(format!(
+            "{path}: a file or directory of another kind is in the way"
+        ))
+    } else if says("no such file or directory") {
+        Error::not_found(format!(
+            "{path}: a directory on the way does not exist (or is a link to a place the file API \
+             cannot reach)"
+        ))
+    } else if says("invalid argument") {
+        Error::invalid(format!("{path}: the file system refused the name"))
+    } else {
+        return None;
+    })
 }
 
 /// The tar bytes before an entry's content: a GNU long-name entry when the path needs it,
@@ -415,6 +563,62 @@ fn pax_record(records: &[u8], key: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engine_refusals_of_a_path_become_the_clients_mistake_without_host_paths() {
+        let merged = "/var/lib/docker/overlay2/b5/merged";
+        let cases = [
+            (
+                "Error processing tar file(exit status 1): open /w/aaaa: file name too long",
+                400,
+            ),
+            (
+                "Error processing tar file(exit status 1): open /w/reg/x: not a directory",
+                400,
+            ),
+            (
+                "Error processing tar file(exit status 1): unlinkat /etc/hosts: device or resource busy",
+                400,
+            ),
+            (
+                "Error processing tar file(exit status 1): open /w/loop1/x: too many levels of symbolic links",
+                400,
+            ),
+            (
+                "Error processing tar file(exit status 1): open /w/p1/x: no such file or directory",
+                404,
+            ),
+            (
+                &format!("evalSymlinksInScope: too many links in {merged}/w/loop1") as &str,
+                400,
+            ),
+            (
+                &format!("lstat {merged}/etc/hostname/x: not a directory") as &str,
+                400,
+            ),
+        ];
+        for (message, status) in cases {
+            let failure = Failure::Status {
+                code: 500,
+                message: message.to_owned(),
+            };
+            let error = path_refusal(&failure, "/w/x").unwrap_or_else(|| panic!("{message}"));
+            let kind = match &error {
+                Error::InvalidInput(_) => 400,
+                Error::NotFound(_) => 404,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(kind, status, "{message}");
+            assert!(!error.to_string().contains("overlay2"), "{error}");
+            assert!(error.to_string().contains("/w/x"), "{error}");
+        }
+        let unknown = Failure::Status {
+            code: 500,
+            message: "something else broke".into(),
+        };
+        assert!(path_refusal(&unknown, "/w/x").is_none());
+        assert!(path_refusal(&Failure::Transport("refused".into()), "/w/x").is_none());
+    }
     use std::io::Read;
 
     fn collect(stream: impl Stream<Item = Result<Bytes, Error>>) -> Vec<Result<Bytes, Error>> {

@@ -1,6 +1,8 @@
 //! [`DockerRuntime`]: the [`ContainerRuntime`] port on a Docker engine.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use docker_api::Docker;
@@ -29,6 +31,9 @@ pub struct DockerRuntime {
     pub(crate) settings: DockerSettings,
     /// Engine socket paths no mount may expose.
     sockets: Vec<PathBuf>,
+    /// Each container's tmpfs mount points, which the archive endpoint cannot reach (a
+    /// container's mounts never change, so one inspect per container).
+    pub(crate) tmpfs: Arc<Mutex<HashMap<String, Arc<[String]>>>>,
 }
 
 impl DockerRuntime {
@@ -51,6 +56,7 @@ impl DockerRuntime {
             docker,
             settings,
             sockets,
+            tmpfs: Arc::default(),
         })
     }
 

@@ -731,3 +731,50 @@ async fn a_built_template_is_built_once_and_reused() {
         });
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_on_a_tmpfs_mount_are_refused_since_the_sandbox_would_not_see_them() {
+    let Some(runtime) = runtime().await else {
+        return;
+    };
+    let mut t = template(ImageSource::Image(IMAGE.into()));
+    t.mounts = vec![Mount {
+        kind: "tmpfs".into(),
+        source: None,
+        target: "/scratch".into(),
+        read_only: false,
+    }];
+    let sandbox = Sandbox::started(&runtime, t).await;
+    let file = |name: &str| UploadFile {
+        name: name.into(),
+        size: 2,
+        content: futures::stream::iter([Ok(Bytes::from_static(b"hi"))]).boxed(),
+    };
+    for dir in ["/scratch", "/scratch/deeper"] {
+        let result = runtime.upload(&sandbox.id, dir, file("x.txt")).await;
+        assert!(
+            matches!(result, Err(Error::InvalidInput(ref m)) if m.contains("tmpfs")),
+            "{dir}: {result:?}"
+        );
+    }
+    let out = sandbox
+        .sh("echo made > /scratch/y.txt && ls -A /scratch")
+        .await;
+    assert_eq!(
+        out.stdout, "y.txt\n",
+        "the refused upload left nothing: {out:?}"
+    );
+    let result = runtime.download(&sandbox.id, "/scratch/y.txt").await;
+    assert!(
+        matches!(result, Err(Error::InvalidInput(ref m)) if m.contains("tmpfs")),
+        "{:?}",
+        result.err()
+    );
+    // Beside the mount, and in a directory whose name only starts like it, files still move.
+    runtime
+        .upload(&sandbox.id, "/scratch-not", file("z.txt"))
+        .await
+        .unwrap();
+    let out = sandbox.sh("cat /scratch-not/z.txt").await;
+    assert_eq!(out.stdout, "hi");
+}

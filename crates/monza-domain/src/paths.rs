@@ -32,6 +32,15 @@ pub fn sandbox_path(what: &str, path: &str) -> Result<String> {
             "{what} {path:?} contains a \"..\" component"
         )));
     }
+    if path
+        .split('/')
+        .any(|component| component.len() > MAX_NAME_LEN)
+    {
+        return Err(Error::invalid(format!(
+            "{what} has a component longer than {MAX_NAME_LEN} bytes, which no Linux file \
+             system accepts"
+        )));
+    }
     let trimmed = path.trim_end_matches('/');
     Ok(if trimmed.is_empty() { "/" } else { trimmed }.to_owned())
 }
@@ -39,6 +48,11 @@ pub fn sandbox_path(what: &str, path: &str) -> Result<String> {
 /// Reduces a client-supplied file name to a safe base name: the part after the last `/` or
 /// `\`, without control characters, not `.` or `..`, at most [`MAX_NAME_LEN`] bytes.
 pub fn safe_file_name(name: &str) -> Result<String> {
+    if name.contains('\0') {
+        return Err(Error::invalid(format!(
+            "file name {name:?} contains a NUL byte"
+        )));
+    }
     let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
     let cleaned: String = base.chars().filter(|c| !c.is_control()).collect();
     let cleaned = cleaned.trim();
@@ -47,11 +61,69 @@ pub fn safe_file_name(name: &str) -> Result<String> {
             "file name {name:?} has no usable base name"
         )));
     }
-    let mut end = cleaned.len().min(MAX_NAME_LEN);
-    while !cleaned.is_char_boundary(end) {
-        end -= 1;
+    if cleaned.len() > MAX_NAME_LEN {
+        return Err(Error::invalid(format!(
+            "file name is {} bytes long; Linux file names are at most {MAX_NAME_LEN} bytes",
+            cleaned.len()
+        )));
     }
-    Ok(cleaned[..end].to_owned())
+    Ok(cleaned.to_owned())
+}
+
+/// Kernel file systems the engine mounts in every container. The engine's file API works on
+/// the container's root file system and its volumes, never on these: a file "uploaded"
+/// there would land in the image layer underneath, invisible to the sandbox's processes, and
+/// a "download" would read that layer instead of what the sandbox sees.
+pub const KERNEL_MOUNTS: [&str; 3] = ["/proc", "/sys", "/dev"];
+
+/// Files the engine bind-mounts into every container: they cannot be replaced through the
+/// file API (the engine answers "device or resource busy").
+pub const ENGINE_FILES: [&str; 3] = ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"];
+
+/// Files the engine reads to run every command as a user: were one of them a directory,
+/// every later command would fail to start.
+pub const IDENTITY_FILES: [&str; 2] = ["/etc/passwd", "/etc/group"];
+
+/// Whether `path` (checked by [`sandbox_path`]) is `prefix` or under it.
+pub fn is_under(path: &str, prefix: &str) -> bool {
+    path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Refuses a checked path on a file system the engine's file API cannot reach
+/// ([`KERNEL_MOUNTS`]).
+pub fn reachable(what: &str, path: &str) -> Result<()> {
+    match KERNEL_MOUNTS.iter().find(|m| is_under(path, m)) {
+        Some(mount) => Err(Error::invalid(format!(
+            "{what} {path:?} is under {mount}, a kernel file system the sandbox sees but the \
+             file API cannot reach: use execute to read or write it"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses an upload of `name` into the checked directory `dir` that could not land where
+/// the sandbox sees it, or that would break the sandbox: under a kernel file system, over
+/// or under a file the engine mounts ([`ENGINE_FILES`]), or turning a file every command
+/// needs into a directory ([`IDENTITY_FILES`]).
+pub fn upload_destination(dir: &str, name: &str) -> Result<()> {
+    reachable("path", dir)?;
+    let target = join(dir, name);
+    if let Some(file) = ENGINE_FILES.iter().find(|f| is_under(&target, f)) {
+        return Err(Error::invalid(format!(
+            "{target:?}: {file} is mounted into the sandbox by the engine and cannot be \
+             replaced or used as a directory through the file API"
+        )));
+    }
+    if let Some(file) = IDENTITY_FILES.iter().find(|f| is_under(dir, f)) {
+        return Err(Error::invalid(format!(
+            "path {dir:?} would make {file} a directory; the engine reads {file} to start \
+             every command"
+        )));
+    }
+    Ok(())
 }
 
 /// Joins a checked directory and a safe base name.
@@ -99,9 +171,48 @@ mod tests {
         for bad in ["", "..", ".", "dir/", "\n"] {
             assert!(safe_file_name(bad).is_err(), "{bad:?}");
         }
-        let long = "é".repeat(200);
-        let safe = safe_file_name(&long).unwrap();
-        assert!(safe.len() <= MAX_NAME_LEN);
+        // Too long is refused, never cut to another name.
+        assert!(safe_file_name(&"é".repeat(200)).is_err());
+        assert_eq!(safe_file_name(&"é".repeat(127)).unwrap().len(), 254);
+        assert!(safe_file_name("a\0b").is_err());
+    }
+
+    #[test]
+    fn a_component_longer_than_name_max_is_refused() {
+        let long = format!("/workspace/{}/x", "a".repeat(MAX_NAME_LEN + 1));
+        assert!(matches!(
+            sandbox_path("path", &long),
+            Err(Error::InvalidInput(_))
+        ));
+        let fits = format!("/workspace/{}", "a".repeat(MAX_NAME_LEN));
+        assert!(sandbox_path("path", &fits).is_ok());
+    }
+
+    #[test]
+    fn kernel_mounts_and_engine_files_are_refused_as_destinations() {
+        for dir in ["/proc", "/proc/1", "/sys/fs", "/dev", "/dev/shm"] {
+            assert!(reachable("path", dir).is_err(), "{dir}");
+            assert!(upload_destination(dir, "x").is_err(), "{dir}");
+        }
+        for (dir, name) in [
+            ("/etc", "hosts"),
+            ("/etc", "hostname"),
+            ("/etc", "resolv.conf"),
+            ("/etc/hostname", "x"),
+            ("/etc/passwd", "x"),
+            ("/etc/group/a", "x"),
+        ] {
+            assert!(upload_destination(dir, name).is_err(), "{dir} {name}");
+        }
+        for (dir, name) in [
+            ("/workspace", "x"),
+            ("/devices", "x"),
+            ("/etc", "passwd"),
+            ("/etc", "hosts.allow"),
+            ("/", "proc.txt"),
+        ] {
+            assert!(upload_destination(dir, name).is_ok(), "{dir} {name}");
+        }
     }
 
     #[test]

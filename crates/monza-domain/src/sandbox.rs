@@ -41,10 +41,20 @@ impl fmt::Display for SandboxId {
 impl FromStr for SandboxId {
     type Err = Error;
 
+    /// Accepts exactly the hyphenated form (`8-4-4-4-12` hex digits, either case), the one
+    /// monza writes; braces, `urn:uuid:`, the 32-digit form and surrounding white space are
+    /// refused, so one sandbox has one spelling.
     fn from_str(s: &str) -> Result<Self, Error> {
-        Uuid::parse_str(s.trim())
-            .map(Self)
-            .map_err(|_| Error::invalid(format!("malformed sandbox id {s:?}: expected a UUID")))
+        let malformed = || {
+            Error::invalid(format!(
+                "malformed sandbox id {s:?}: expected a UUID like \
+                 1dde3009-7acb-4f78-b8ca-3a4f4b2687bc"
+            ))
+        };
+        if s.len() != 36 {
+            return Err(malformed());
+        }
+        Uuid::try_parse(s).map(Self).map_err(|_| malformed())
     }
 }
 

@@ -71,6 +71,16 @@ pub struct ExecLimits {
     pub max_timeout: StdDuration,
 }
 
+impl ExecLimits {
+    /// The output a request asking for `requested` bytes keeps: the default when it says
+    /// nothing, never more than [`ExecLimits::max_output_bytes`].
+    pub fn output_cap(&self, requested: Option<usize>) -> usize {
+        requested
+            .unwrap_or(self.default_output_bytes)
+            .min(self.max_output_bytes)
+    }
+}
+
 impl Default for ExecLimits {
     fn default() -> Self {
         Self {
@@ -474,23 +484,30 @@ impl SandboxService {
         if command.command.trim().is_empty() {
             return Err(Error::invalid("command is empty"));
         }
+        if command.command.contains('\0') {
+            return Err(Error::invalid(
+                "command contains a NUL byte, which no shell command can hold",
+            ));
+        }
         let workdir = command
             .workdir
             .as_deref()
             .map(|dir| paths::sandbox_path("workdir", dir))
             .transpose()?;
-        for key in command.env.keys() {
+        for (key, value) in &command.env {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return Err(Error::invalid(format!(
                     "environment variable name {key:?} is invalid"
                 )));
             }
+            if value.contains('\0') {
+                return Err(Error::invalid(format!(
+                    "environment variable {key} contains a NUL byte"
+                )));
+            }
         }
         let limits = &self.config.exec_limits;
-        let max_output_bytes = command
-            .max_output_bytes
-            .unwrap_or(limits.default_output_bytes)
-            .min(limits.max_output_bytes);
+        let max_output_bytes = limits.output_cap(command.max_output_bytes);
         let timeout = command
             .timeout
             .unwrap_or(limits.default_timeout)
@@ -546,6 +563,7 @@ impl SandboxService {
         let name = paths::safe_file_name(&file.name)?;
         let sandbox = self.running(access, id).await?;
         let dest_dir = dest_dir.unwrap_or_else(|| sandbox.workspace_mount.clone());
+        paths::upload_destination(&dest_dir, &name)?;
         let path = paths::join(&dest_dir, &name);
         let event = NewEvent::new(
             EventAction::Uploaded,
@@ -567,6 +585,7 @@ impl SandboxService {
         path: &str,
     ) -> Result<FileDownload> {
         let path = paths::sandbox_path("path", path)?;
+        paths::reachable("path", &path)?;
         let sandbox = self.running(access, id).await?;
         let event = NewEvent::new(EventAction::Downloaded, json!({ "path": path }));
         let sandbox = self.touch(&sandbox, Some(event)).await?;

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::error::{PathError, QueryPayloadError};
 use actix_web::http::{Method, StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use monza_domain::Error;
@@ -22,7 +22,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// A stable code: `unauthorized`, `not_found`, `invalid_input`, `conflict`, `too_large`,
     /// `limit_exceeded`, `unavailable`, `internal`, `unsupported_media_type`,
-    /// `method_not_allowed`.
+    /// `method_not_allowed`, `request_timeout`.
     #[schema(example = "not_found")]
     pub code: &'static str,
     /// What was wrong, in words meant for the client.
@@ -66,6 +66,12 @@ impl ApiError {
     /// 401 `unauthorized`, answered with `WWW-Authenticate: Bearer`.
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 408 `request_timeout`: the body did not arrive in time. The connection is closed
+    /// after the answer, since the rest of the body may still be on its way.
+    pub fn request_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message)
     }
 
     /// 413 `too_large`.
@@ -146,6 +152,9 @@ impl ResponseError for ApiError {
             // RFC 6750: a 401 names the scheme the client must use.
             response.insert_header((header::WWW_AUTHENTICATE, WWW_AUTHENTICATE));
         }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            response.force_close();
+        }
         response.json(ErrorBody {
             error: ErrorDetail {
                 code: self.code,
@@ -153,24 +162,6 @@ impl ResponseError for ApiError {
             },
         })
     }
-}
-
-/// `JsonConfig::error_handler`: bad JSON bodies in the common error shape.
-pub(crate) fn json_error(error: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
-    let api = match &error {
-        JsonPayloadError::OverflowKnownLength { length, limit } => ApiError::too_large(format!(
-            "the JSON body is {length} bytes; the limit is {limit} bytes"
-        )),
-        JsonPayloadError::Overflow { limit } => {
-            ApiError::too_large(format!("the JSON body is over the limit of {limit} bytes"))
-        }
-        JsonPayloadError::ContentType => ApiError::unsupported_media_type(
-            "expected a JSON body with Content-Type: application/json",
-        ),
-        JsonPayloadError::Deserialize(e) => ApiError::invalid(format!("invalid JSON body: {e}")),
-        other => ApiError::invalid(format!("could not read the JSON body: {other}")),
-    };
-    api.into()
 }
 
 /// `QueryConfig::error_handler`.

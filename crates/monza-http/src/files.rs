@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use actix_multipart::{Field, Multipart, MultipartError};
 use actix_web::body::SizedStream;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use monza_domain::{Error, FileDownload, LifecycleEvent, SandboxService, UploadFile, lifecycle};
@@ -18,7 +18,7 @@ use tokio_util::io::ReaderStream;
 use crate::HttpConfig;
 use crate::access::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::sandbox_id;
+use crate::extract::{Paced, payload_error, query_param, sandbox_id, strict_query};
 use crate::model::{DownloadQuery, UploadForm, UploadResponse};
 
 /// Read size when streaming a spooled upload into the sandbox.
@@ -48,8 +48,16 @@ pub(crate) async fn upload_file(
     config: web::Data<HttpConfig>,
     caller: Caller,
     id: web::Path<String>,
-    mut form: Multipart,
+    req: HttpRequest,
+    payload: web::Payload,
 ) -> Result<web::Json<UploadResponse>, ApiError> {
+    // The whole form must keep a pace, so a trickling client cannot hold the request open.
+    let paced = Paced::new(
+        payload,
+        config.body_timeout,
+        config.upload_min_bytes_per_sec,
+    );
+    let mut form = Multipart::new(req.headers(), paced);
     let id = sandbox_id(&id)?;
     // Refuse an unknown or stopped sandbox before reading up to 100 MiB (the service checks
     // again when the file is in).
@@ -169,6 +177,7 @@ fn multipart_error(error: MultipartError) -> ApiError {
         | MultipartError::ContentTypeIncompatible => ApiError::unsupported_media_type(
             "expected a multipart/form-data body with a `file` field",
         ),
+        MultipartError::Payload(e) => payload_error(e),
         other => ApiError::invalid(format!("malformed multipart body: {other}")),
     }
 }
@@ -194,10 +203,13 @@ pub(crate) async fn download_file(
     service: web::Data<SandboxService>,
     caller: Caller,
     id: web::Path<String>,
-    query: web::Query<DownloadQuery>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = sandbox_id(&id)?;
-    let FileDownload { stat, mut content } = service.download(&caller.0, id, &query.path).await?;
+    let query = strict_query(&req)?;
+    let path = query_param(&query, "path")?
+        .ok_or_else(|| ApiError::invalid("query parameter `path` is required"))?;
+    let FileDownload { stat, mut content } = service.download(&caller.0, id, &path).await?;
     // Peek the first chunk to sniff the type, then put it back in front of the rest.
     let first = match content.next().await {
         Some(Ok(bytes)) => bytes,

@@ -1,19 +1,24 @@
 //! The handlers of the health and sandbox routes. Each one parses, calls one
 //! [`SandboxService`] use case and maps the result; no rule lives here.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use actix_web::http::header;
-use actix_web::{HttpResponse, web};
-use monza_domain::{Error, SandboxFilter, SandboxService, StatusFilter};
+use bytes::Bytes;
 
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use monza_domain::{Error, ExecuteCommand, SandboxFilter, SandboxService, StatusFilter};
+
+use crate::HttpConfig;
 use crate::access::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{JsonOrEmpty, sandbox_id};
+use crate::extract::{JsonObject, JsonOrEmpty, query_param, sandbox_id, strict_query};
 use crate::model::{
     CreateSandboxRequest, EventResponse, ExecuteRequest, ExecuteResponse, HealthResponse,
     HelloResponse, ListQuery, ReadyResponse, SandboxResponse,
 };
+use crate::output_budget::Reservation;
 
 /// How long `/ready` waits for each dependency.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -94,10 +99,10 @@ async fn ping(dependency: &str, check: impl Future<Output = monza_domain::Result
 pub(crate) async fn list_sandboxes(
     service: web::Data<SandboxService>,
     caller: Caller,
-    query: web::Query<ListQuery>,
+    req: HttpRequest,
 ) -> Result<web::Json<Vec<SandboxResponse>>, ApiError> {
-    let status = query
-        .status
+    let query = strict_query(&req)?;
+    let status = query_param(&query, "status")?
         .as_deref()
         .map(str::parse::<StatusFilter>)
         .transpose()?
@@ -220,20 +225,123 @@ pub(crate) async fn heartbeat_sandbox(
         (status = 409, description = "The sandbox is not running", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 503, description = "The store or Docker is unavailable", body = ErrorBody),
+        (status = 503, description = "The store or Docker is unavailable, or the server's output budget is spent (retry shortly)", body = ErrorBody),
     )
 )]
 pub(crate) async fn execute_command(
     service: web::Data<SandboxService>,
+    config: web::Data<HttpConfig>,
     caller: Caller,
     id: web::Path<String>,
-    body: web::Json<ExecuteRequest>,
-) -> Result<web::Json<ExecuteResponse>, ApiError> {
+    body: JsonObject<ExecuteRequest>,
+) -> Result<HttpResponse, ApiError> {
     let id = sandbox_id(&id)?;
-    let output = service
-        .execute(&caller.0, id, body.into_inner().into())
-        .await?;
-    Ok(web::Json(output.into()))
+    let command: ExecuteCommand = body.0.into();
+    // The answer holds the combined output and the stream it came from: twice the cap.
+    let cap = service
+        .config()
+        .exec_limits
+        .output_cap(command.max_output_bytes);
+    let wanted = 2 * cap as u64;
+    let budget = &config.exec_output_budget;
+    let reservation = budget.try_reserve(wanted).ok_or_else(|| {
+        ApiError::from(Error::unavailable(
+            "exec output budget",
+            format!(
+                "other commands hold {} of the server's {} bytes of output buffers \
+                 (MONZA_EXEC_OUTPUT_BUDGET); retry shortly, or ask for a smaller \
+                 max_output_bytes",
+                budget.used(),
+                budget.limit()
+            ),
+        ))
+    })?;
+    let output = service.execute(&caller.0, id, command).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(streamed_json(ExecuteResponse::from(output), reservation)))
+}
+
+/// Bytes of text escaped per chunk of a streamed answer.
+const TEXT_CHUNK: usize = 64 * 1024;
+
+/// One piece of a streamed JSON answer.
+enum Piece {
+    Raw(String),
+    Text(String),
+}
+
+/// The answer's JSON, written piece by piece as the client reads it: the texts are escaped
+/// a chunk at a time and each is freed once sent, so no second copy of the output is ever
+/// built. Byte for byte what `serde_json::to_vec` writes. The reservation is held until the
+/// last byte is sent.
+fn streamed_json(
+    response: ExecuteResponse,
+    reservation: Reservation,
+) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> {
+    let ExecuteResponse {
+        output,
+        exit_code,
+        truncated,
+        stdout,
+        stderr,
+        timed_out,
+        duration_ms,
+    } = response;
+    let pieces = VecDeque::from([
+        Piece::Raw("{\"output\":".into()),
+        Piece::Text(output),
+        Piece::Raw(format!(
+            ",\"exitCode\":{exit_code},\"truncated\":{truncated},\"stdout\":"
+        )),
+        Piece::Text(stdout),
+        Piece::Raw(",\"stderr\":".into()),
+        Piece::Text(stderr),
+        Piece::Raw(format!(
+            ",\"timed_out\":{timed_out},\"duration_ms\":{duration_ms}}}"
+        )),
+    ]);
+    futures::stream::unfold(
+        (pieces, 0usize, Some(reservation)),
+        |(mut pieces, offset, mut reservation)| async move {
+            let Some(piece) = pieces.front() else {
+                drop(reservation.take());
+                return None;
+            };
+            let (chunk, next) = match piece {
+                Piece::Raw(raw) => (Bytes::from(raw.clone()), None),
+                Piece::Text(text) => {
+                    let mut end = (offset + TEXT_CHUNK).min(text.len());
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    let escaped = serde_json::to_string(&text[offset..end]).unwrap_or_default();
+                    // Without the quotes but at the text's two ends.
+                    let inner = escaped
+                        .get(1..escaped.len().saturating_sub(1))
+                        .unwrap_or("");
+                    let mut out = String::with_capacity(inner.len() + 2);
+                    if offset == 0 {
+                        out.push('"');
+                    }
+                    out.push_str(inner);
+                    let done = end == text.len();
+                    if done {
+                        out.push('"');
+                    }
+                    (Bytes::from(out), (!done).then_some(end))
+                }
+            };
+            let offset = match next {
+                Some(end) => end,
+                None => {
+                    pieces.pop_front();
+                    0
+                }
+            };
+            Some((Ok(chunk), (pieces, offset, reservation)))
+        },
+    )
 }
 
 /// A sandbox's event log, oldest first: created, started, executed, uploaded, downloaded,
@@ -256,4 +364,40 @@ pub(crate) async fn list_events(
     let id = sandbox_id(&id)?;
     let events = service.events(&caller.0, id).await?;
     Ok(web::Json(events.into_iter().map(Into::into).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    #[test]
+    fn the_streamed_answer_is_what_serde_writes_and_frees_its_reservation() {
+        let budget = crate::OutputBudget::new(1000);
+        let long: String = "é\"\\\n\u{1}x".repeat(TEXT_CHUNK / 3);
+        for (output, stdout, stderr) in [
+            (String::new(), String::new(), String::new()),
+            ("a\"b".to_owned(), "a\"b".to_owned(), String::new()),
+            (long.clone(), long.clone(), "e\u{0}".to_owned()),
+        ] {
+            let response = ExecuteResponse {
+                output,
+                exit_code: -1,
+                truncated: true,
+                stdout,
+                stderr,
+                timed_out: false,
+                duration_ms: 12,
+            };
+            let expected = serde_json::to_vec(&response).unwrap();
+            let reservation = budget.try_reserve(500).unwrap();
+            let chunks: Vec<Bytes> = futures::executor::block_on(
+                streamed_json(response, reservation)
+                    .map(|c| c.unwrap())
+                    .collect(),
+            );
+            assert_eq!(chunks.concat(), expected);
+            assert_eq!(budget.used(), 0);
+        }
+    }
 }

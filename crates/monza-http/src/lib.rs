@@ -51,7 +51,8 @@
 //!
 //! Every error is `{"error":{"code","message"}}` ([`ApiError`]): `invalid_input` 400,
 //! `unauthorized` 401 (with `WWW-Authenticate: Bearer`), `not_found` 404, `method_not_allowed` 405, `conflict` 409, `too_large` 413,
-//! `unsupported_media_type` 415, `limit_exceeded` 429, `internal` 500 (generic message; the
+//! `request_timeout` 408 (a body slower than [`HttpConfig`] allows), `unsupported_media_type` 415,
+//! `limit_exceeded` 429, `internal` 500 (generic message; the
 //! cause is logged), `unavailable` 503.
 //!
 //! # Access
@@ -64,6 +65,7 @@
 //! every route that names it and absent from lists (the domain decides).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use actix_web::http::Method;
 use actix_web::middleware::from_fn;
@@ -78,6 +80,7 @@ mod files;
 mod handlers;
 mod model;
 mod openapi;
+mod output_budget;
 mod request_log;
 
 pub use access::{Auth, Caller};
@@ -87,6 +90,7 @@ pub use model::{
     HelloResponse, PortMappingResponse, ReadyResponse, SandboxResponse, UploadResponse,
 };
 pub use openapi::ApiDoc;
+pub use output_budget::{OutputBudget, Reservation};
 pub use request_log::{REQUEST_ID_HEADER, RequestId};
 
 /// Limits and places of the HTTP layer.
@@ -99,6 +103,16 @@ pub struct HttpConfig {
     /// Directory where uploads are spooled before going into the sandbox (the system's
     /// temporary directory). The files have no name there and vanish with the request.
     pub upload_dir: PathBuf,
+    /// How long a JSON body may take to arrive in full (30 s); past it, a 408.
+    pub body_timeout: Duration,
+    /// The slowest pace an upload body may keep once [`HttpConfig::body_timeout`] has passed,
+    /// in bytes per second (64 KiB/s): at any moment `t` it must have delivered
+    /// `rate × (t − body_timeout)` bytes, else a 408.
+    pub upload_min_bytes_per_sec: u64,
+    /// Command output held in memory at once by all executes together (256 MiB; each
+    /// reserves twice its output cap while it runs and until its answer is sent); past it,
+    /// an execute is a 503. Clones share the budget.
+    pub exec_output_budget: OutputBudget,
 }
 
 impl Default for HttpConfig {
@@ -107,6 +121,9 @@ impl Default for HttpConfig {
             max_json_bytes: 64 * 1024,
             max_form_field_bytes: 8 * 1024,
             upload_dir: std::env::temp_dir(),
+            body_timeout: Duration::from_secs(30),
+            upload_min_bytes_per_sec: 64 * 1024,
+            exec_output_budget: OutputBudget::new(256 * 1024 * 1024),
         }
     }
 }
@@ -123,15 +140,11 @@ pub fn configure_with(
     config: HttpConfig,
 ) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
-        let json = web::JsonConfig::default()
-            .limit(config.max_json_bytes)
-            .error_handler(error::json_error);
         let mut scope = web::scope("")
             .wrap(from_fn(request_log::log_request))
             .app_data(web::Data::new(service))
             .app_data(web::Data::new(auth))
             .app_data(web::Data::new(config))
-            .app_data(json)
             .app_data(web::QueryConfig::default().error_handler(error::query_error))
             .app_data(web::PathConfig::default().error_handler(error::path_error))
             .default_service(web::to(error::route_not_found));

@@ -168,8 +168,10 @@ impl From<SandboxEvent> for EventResponse {
     }
 }
 
-/// `GET /api/sandboxes` query.
-#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+/// `GET /api/sandboxes` query. Describes the query for the OpenAPI document; the handler
+/// reads it strictly (`extract::strict_query`).
+#[derive(Debug, Clone, Default, IntoParams)]
+#[allow(dead_code)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// `live` (default: not deleted, not expired), `all`, or one status (`creating`,
@@ -268,8 +270,10 @@ pub struct UploadResponse {
     pub path: String,
 }
 
-/// `GET /api/sandboxes/{id}/files/download` query.
-#[derive(Debug, Clone, Deserialize, IntoParams)]
+/// `GET /api/sandboxes/{id}/files/download` query. Describes the query for the OpenAPI
+/// document; the handler reads it strictly (`extract::strict_query`).
+#[derive(Debug, Clone, IntoParams)]
+#[allow(dead_code)]
 #[into_params(parameter_in = Query)]
 pub struct DownloadQuery {
     /// The file, absolute, without `..`.

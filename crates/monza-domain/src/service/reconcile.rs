@@ -340,6 +340,28 @@ impl SandboxService {
     /// container no longer exists, the sandbox becomes `error` and the caller gets the
     /// conflict that says so (with the reason); otherwise the error is returned as it was.
     async fn check_container(&self, sandbox: &Sandbox, error: Error) -> Error {
+        if !matches!(
+            error,
+            Error::NotFound(_) | Error::Conflict(_) | Error::Internal(_)
+        ) {
+            return error;
+        }
+        // Ended meanwhile (a concurrent delete removing the container under the request, the
+        // reaper): whatever the engine said ("removal in progress", "no such container"),
+        // the answer is the conflict an ended sandbox gets.
+        match self.repo.get(sandbox.id).await {
+            Ok(current) if current.status != SandboxStatus::Running => {
+                return lifecycle::check(&current, LifecycleEvent::Activity)
+                    .err()
+                    .unwrap_or(error);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(sandbox_id = %sandbox.id, error = %e,
+                    "could not re-read a sandbox whose runtime call failed");
+                return error;
+            }
+        }
         if !matches!(error, Error::NotFound(_) | Error::Conflict(_)) {
             return error;
         }
