@@ -1,144 +1,37 @@
 //! JSON with comments, as devcontainer.json is written: `//` and `/* */` comments and
-//! trailing commas, with an optional byte-order mark.
-//!
-//! Comments and trailing commas are replaced by spaces (newlines kept), so the text that
-//! reaches `serde_json` has the same lines and columns as the file and its error positions
-//! point at the right place.
+//! trailing commas, with an optional byte-order mark; nothing else of JavaScript (no single
+//! quotes, unquoted keys, hexadecimal numbers or missing commas), as the reference CLI reads
+//! it. The parsing is dprint's `jsonc-parser`; this module only fixes the dialect and says
+//! where a malformed file went wrong.
+
+use jsonc_parser::ParseOptions;
 
 use crate::error::ParseError;
 
-/// Parses JSON-with-comments text into a JSON value.
+/// The dialect of devcontainer.json (VS Code's JSONC).
+const DIALECT: ParseOptions = ParseOptions {
+    allow_comments: true,
+    allow_trailing_commas: true,
+    allow_loose_object_property_names: false,
+    allow_missing_commas: false,
+    allow_single_quoted_strings: false,
+    allow_hexadecimal_numbers: false,
+    allow_unary_plus_numbers: false,
+    allow_bare_decimal_point_numbers: false,
+    allow_extended_string_escapes: false,
+    allow_non_finite_numbers: false,
+};
+
+/// Parses JSON-with-comments text into a JSON value. An empty document is malformed.
 pub fn parse(text: &str) -> Result<serde_json::Value, ParseError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let without_comments = strip_comments(text)?;
-    let plain = strip_trailing_commas(&without_comments);
-    serde_json::from_str(&plain).map_err(|err| ParseError::Malformed {
-        message: err.to_string(),
+    let value: Option<serde_json::Value> = jsonc_parser::parse_to_serde_value(text, &DIALECT)
+        .map_err(|err| ParseError::Malformed {
+            message: err.to_string(),
+        })?;
+    value.ok_or_else(|| ParseError::Malformed {
+        message: "the file holds no JSON value".into(),
     })
-}
-
-/// Replaces every comment outside strings by spaces, keeping newlines.
-fn strip_comments(text: &str) -> Result<String, ParseError> {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    let mut line = 1usize;
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => {
-                out.push(c);
-                copy_string(&mut chars, &mut out);
-            }
-            '/' if chars.peek() == Some(&'/') => {
-                out.push_str("  ");
-                chars.next();
-                while let Some(&next) = chars.peek() {
-                    if next == '\n' {
-                        break;
-                    }
-                    blank(next, &mut out);
-                    chars.next();
-                }
-            }
-            '/' if chars.peek() == Some(&'*') => {
-                let start = line;
-                out.push_str("  ");
-                chars.next();
-                let mut closed = false;
-                while let Some(next) = chars.next() {
-                    if next == '*' && chars.peek() == Some(&'/') {
-                        chars.next();
-                        out.push_str("  ");
-                        closed = true;
-                        break;
-                    }
-                    if next == '\n' {
-                        line += 1;
-                    }
-                    blank(next, &mut out);
-                }
-                if !closed {
-                    return Err(ParseError::Malformed {
-                        message: format!("comment opened at line {start} is never closed"),
-                    });
-                }
-            }
-            '\n' => {
-                line += 1;
-                out.push(c);
-            }
-            _ => out.push(c),
-        }
-    }
-    Ok(out)
-}
-
-/// Copies the rest of a string literal (after its opening quote), escapes included. An
-/// unterminated string is copied as is; `serde_json` reports it.
-fn copy_string(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, out: &mut String) {
-    while let Some(c) = chars.next() {
-        out.push(c);
-        match c {
-            '\\' => {
-                if let Some(escaped) = chars.next() {
-                    out.push(escaped);
-                }
-            }
-            '"' => return,
-            _ => {}
-        }
-    }
-}
-
-/// A comment character as blank space of the same byte length; newlines stay, so line
-/// numbers do not move.
-fn blank(c: char, out: &mut String) {
-    if c == '\n' || c == '\r' {
-        out.push(c);
-    } else {
-        out.extend(std::iter::repeat_n(' ', c.len_utf8()));
-    }
-}
-
-/// Replaces by a space every comma outside strings that follows a value and is followed
-/// (after whitespace) by `}` or `]`. Runs after [`strip_comments`], so comments between the
-/// comma and the bracket are already blank. A comma with no value before it (`[,]`) is
-/// kept, for `serde_json` to reject.
-fn strip_trailing_commas(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut last_significant = None;
-    for (index, c) in text.char_indices() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
-                last_significant = Some(c);
-            }
-            continue;
-        }
-        match c {
-            '"' => in_string = true,
-            ',' => {
-                let next = text[index + 1..].chars().find(|c| !c.is_whitespace());
-                let follows_value = !matches!(last_significant, None | Some('{' | '[' | ','));
-                if follows_value && matches!(next, Some('}' | ']')) {
-                    out.push(' ');
-                    continue;
-                }
-            }
-            _ => {}
-        }
-        out.push(c);
-        if !c.is_whitespace() {
-            last_significant = Some(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -200,12 +93,10 @@ mod tests {
     #[test]
     fn unterminated_block_comment_is_malformed_with_its_line() {
         let err = parse("{\n\"a\": 1 /* never closed\n}").unwrap_err();
-        assert_eq!(
-            err,
-            ParseError::Malformed {
-                message: "comment opened at line 2 is never closed".into()
-            }
-        );
+        let ParseError::Malformed { message } = err else {
+            panic!("expected malformed, got {err:?}");
+        };
+        assert!(message.contains("line 2"), "{message}");
     }
 
     #[test]
@@ -214,7 +105,26 @@ mod tests {
         let ParseError::Malformed { message } = err else {
             panic!("expected malformed, got {err:?}");
         };
-        assert!(message.contains("line 6"), "{message}");
+        // The comma is missing at the end of line 5, where `"a": 1` ends.
+        assert!(message.contains("line 5"), "{message}");
+    }
+
+    #[test]
+    fn javascript_beyond_comments_and_trailing_commas_is_refused() {
+        for text in [
+            "{a: 1}",
+            "{'a': 1}",
+            "{\"a\": 0x10}",
+            "{\"a\": +1}",
+            "{\"a\": 1 \"b\": 2}",
+            "",
+            "  // only a comment",
+        ] {
+            assert!(
+                matches!(parse(text), Err(ParseError::Malformed { .. })),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]
