@@ -5,6 +5,9 @@
 //! - Each adapter (`monza-devcontainer`, `monza-postgres`, `monza-sqlite`, `monza-docker`,
 //!   `monza-http`) depends on `monza-domain` and on no other monza crate, in any kind of
 //!   dependency.
+//! - Each adapter knows one technology: it names none of the others' (`ADAPTER_FORBIDDEN`,
+//!   e.g. `monza-http` knows no store and no Docker, the stores no HTTP and no Docker), in
+//!   any kind of dependency.
 //! - Only `monza-app` may name every crate. Any other crate must be added to the rules here.
 
 use std::process::Command;
@@ -32,6 +35,36 @@ const DOMAIN_FORBIDDEN: [&str; 7] = [
     "tokio",
     "tar",
 ];
+
+/// The HTTP server's crates.
+const HTTP: [&str; 3] = ["actix-web", "actix-multipart", "utoipa"];
+/// The stores' crates (diesel and the database drivers).
+const STORES: [&str; 6] = [
+    "diesel",
+    "diesel-async",
+    "diesel_migrations",
+    "libsqlite3-sys",
+    "tokio-postgres",
+    "deadpool",
+];
+/// The Docker engine's crates.
+const DOCKER: [&str; 4] = ["docker-api", "hyper", "hyperlocal", "tar"];
+
+/// What each adapter must not use: the technologies of the other adapters. (The two stores
+/// share diesel, so each may use it; what tells them apart is their driver feature.)
+fn adapter_forbidden(adapter: &str) -> Vec<&'static str> {
+    let mut forbidden = Vec::new();
+    if adapter != "monza-http" {
+        forbidden.extend(HTTP);
+    }
+    if !matches!(adapter, "monza-postgres" | "monza-sqlite") {
+        forbidden.extend(STORES);
+    }
+    if adapter != "monza-docker" {
+        forbidden.extend(DOCKER);
+    }
+    forbidden
+}
 
 /// Checks the current workspace; an error lists every violation.
 pub fn check_workspace() -> Result<()> {
@@ -82,6 +115,11 @@ pub fn violations(metadata: &Value) -> Vec<String> {
                 if is_monza && dep_name != DOMAIN {
                     found.push(format!(
                         "adapter {name} depends on {dep_name} ({kind}): adapters depend only on {DOMAIN}"
+                    ));
+                }
+                if adapter_forbidden(name).contains(&dep_name) {
+                    found.push(format!(
+                        "adapter {name} depends on {dep_name} ({kind}), another adapter's technology"
                     ));
                 }
             } else if name != APP && !TOOLS.contains(&name) {
@@ -153,6 +191,32 @@ mod tests {
             package(DOMAIN, &[("monza-http", None), ("diesel", None), ("tokio", None)]),
         ]});
         assert_eq!(violations(&metadata).len(), 3);
+    }
+
+    #[test]
+    fn an_adapter_using_another_adapters_technology_is_caught() {
+        let metadata = json!({ "packages": [
+            package("monza-http", &[(DOMAIN, None), ("actix-web", None), ("diesel", None)]),
+            package("monza-sqlite", &[(DOMAIN, None), ("diesel", None), ("docker-api", Some("dev"))]),
+            package("monza-docker", &[(DOMAIN, None), ("hyper", None), ("actix-web", None)]),
+            package("monza-devcontainer", &[(DOMAIN, None), ("tokio-postgres", None)]),
+            package("monza-postgres", &[(DOMAIN, None), ("diesel", None), ("deadpool", None)]),
+        ]});
+        let found = violations(&metadata);
+        assert_eq!(found.len(), 4, "{found:#?}");
+        for (adapter, technology) in [
+            ("monza-http", "diesel"),
+            ("monza-sqlite", "docker-api"),
+            ("monza-docker", "actix-web"),
+            ("monza-devcontainer", "tokio-postgres"),
+        ] {
+            assert!(
+                found
+                    .iter()
+                    .any(|f| f.contains(&format!("{adapter} depends on {technology}"))),
+                "{adapter} {technology}: {found:#?}"
+            );
+        }
     }
 
     #[test]
