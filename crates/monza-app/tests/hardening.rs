@@ -215,6 +215,33 @@ async fn bodies_ids_and_queries_are_as_strict_as_documented() {
         .await;
     assert_error("execute null", &(status, body), 400, "invalid_input");
 
+    // The body is JSON whatever the Content-Type says (`curl -d` sends form encoding), as
+    // the Go service did; a body that is not JSON stays a 400.
+    let (status, body) = app
+        .send(
+            app.client
+                .post(app.url(&format!("/api/sandboxes/{id}/execute")))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(r#"{"command": "echo via curl -d"}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["output"], "via curl -d\n");
+    let (status, body) = app
+        .send(
+            app.client
+                .post(app.url(&format!("/api/sandboxes/{id}/execute")))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body("command=echo"),
+        )
+        .await;
+    assert_error(
+        "form-encoded execute",
+        &(status, body),
+        400,
+        "invalid_input",
+    );
+
     let simple = id.replace('-', "");
     for spelling in [
         format!("%20{id}"),

@@ -157,6 +157,16 @@ impl DockerRuntime {
         };
         match bounded(self.settings.image_timeout, building).await {
             Ok(()) => {}
+            Err(Failure::Status { code: 503, message }) => {
+                tracing::warn!(template = %name, %message, "build could not reach a registry");
+                return Err(Error::unavailable(
+                    "image registry",
+                    format!(
+                        "building the image of template {name}: a base image could not be \
+                         pulled, the registry did not answer: {message}"
+                    ),
+                ));
+            }
             Err(Failure::Status {
                 code: 400 | 500,
                 message,
@@ -181,20 +191,40 @@ impl DockerRuntime {
     }
 }
 
-/// Handles one line of the build's JSON progress; an `error` ends the build.
+/// Handles one line of the build's JSON progress; an `error` ends the build: as a 400 (the
+/// Dockerfile failed: a step exited non-zero, an unknown image, a syntax error), or as a 503
+/// when the engine could not reach a registry for a base image (see
+/// [`is_registry_unreachable`]).
 fn build_progress(template: &str, line: &[u8]) -> Result<(), Failure> {
     #[derive(serde::Deserialize)]
     struct Progress {
         stream: Option<String>,
         error: Option<String>,
+        #[serde(rename = "errorDetail")]
+        error_detail: Option<ErrorDetail>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorDetail {
+        /// A step's exit code: the Dockerfile's own failure, whatever it printed.
+        code: Option<i64>,
     }
     match serde_json::from_slice::<Progress>(line) {
         Ok(Progress {
-            error: Some(error), ..
-        }) => Err(Failure::Status {
-            code: 400,
-            message: error,
-        }),
+            error: Some(error),
+            error_detail,
+            ..
+        }) => {
+            let step_failed = error_detail.is_some_and(|d| d.code.is_some());
+            let code = if !step_failed && is_registry_unreachable(&error) {
+                503
+            } else {
+                400
+            };
+            Err(Failure::Status {
+                code,
+                message: error,
+            })
+        }
         Ok(Progress {
             stream: Some(text), ..
         }) => {
@@ -203,6 +233,23 @@ fn build_progress(template: &str, line: &[u8]) -> Result<(), Failure> {
         }
         _ => Ok(()),
     }
+}
+
+/// Whether the engine's error says it could not talk to a registry (connection refused, no
+/// such host, a timeout): the registry is down or unreachable, not the template wrong.
+fn is_registry_unreachable(message: &str) -> bool {
+    const TRANSPORT: [&str; 8] = [
+        "dial tcp",
+        "no such host",
+        "connection refused",
+        "connection reset",
+        "i/o timeout",
+        "tls handshake timeout",
+        "network is unreachable",
+        "context deadline exceeded",
+    ];
+    let message = message.to_ascii_lowercase();
+    TRANSPORT.iter().any(|t| message.contains(t))
 }
 
 /// Splits newline-delimited records arriving in arbitrary chunks; a record longer than
@@ -418,6 +465,29 @@ fn mtime(meta: &fs::Metadata) -> u64 {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn a_registry_that_does_not_answer_is_a_503_and_a_failing_step_a_400() {
+        let refused = br#"{"errorDetail":{"message":"Get \"http://127.0.0.1:1/v2/\": dial tcp 127.0.0.1:1: connect: connection refused"},"error":"Get \"http://127.0.0.1:1/v2/\": dial tcp 127.0.0.1:1: connect: connection refused"}"#;
+        let no_host = br#"{"errorDetail":{"message":"Get \"https://registry-1.docker.io/v2/\": dial tcp: lookup registry-1.docker.io on 10.0.0.53:53: no such host"},"error":"Get \"https://registry-1.docker.io/v2/\": dial tcp: lookup registry-1.docker.io: no such host"}"#;
+        // A RUN step that itself failed to reach the network is the Dockerfile's failure.
+        let step = br#"{"errorDetail":{"code":6,"message":"The command '/bin/sh -c curl x' returned a non-zero code: 6 (connection refused)"},"error":"The command '/bin/sh -c curl x' returned a non-zero code: 6 (connection refused)"}"#;
+        let unknown = br#"{"errorDetail":{"message":"pull access denied for nosuch, repository does not exist"},"error":"pull access denied for nosuch, repository does not exist"}"#;
+        for (line, want) in [
+            (&refused[..], 503),
+            (no_host, 503),
+            (step, 400),
+            (unknown, 400),
+        ] {
+            match build_progress("t", line) {
+                Err(Failure::Status { code, .. }) => {
+                    assert_eq!(code, want, "{}", String::from_utf8_lossy(line));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(build_progress("t", br#"{"stream":"Step 1/2"}"#).is_ok());
+    }
 
     #[test]
     fn references_split_into_repository_and_tag() {

@@ -778,3 +778,40 @@ async fn files_on_a_tmpfs_mount_are_refused_since_the_sandbox_would_not_see_them
     let out = sandbox.sh("cat /scratch-not/z.txt").await;
     assert_eq!(out.stdout, "hi");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_whose_registry_does_not_answer_is_unavailable_and_a_failing_step_is_invalid() {
+    let Some(runtime) = runtime().await else {
+        return;
+    };
+    let build = |dockerfile: &str| {
+        let context = tempfile::tempdir().unwrap();
+        std::fs::write(context.path().join("Dockerfile"), dockerfile).unwrap();
+        let spec = BuildSpec {
+            context: context.path().to_path_buf(),
+            dockerfile: "Dockerfile".into(),
+            args: BTreeMap::new(),
+            target: None,
+        };
+        (context, template(ImageSource::Build(spec)))
+    };
+    // Port 1 on loopback: nothing listens, so the base image's registry refuses at once.
+    let (_unreachable, t) = build("FROM 127.0.0.1:1/nothing:latest\nRUN true\n");
+    match runtime.create(&spec(t)).await {
+        Err(Error::Unavailable {
+            dependency,
+            message,
+        }) => {
+            assert_eq!(dependency, "image registry", "{message}");
+            assert!(message.contains("127.0.0.1:1"), "{message}");
+        }
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    let (_failing, t) = build(&format!("FROM {IMAGE}\nRUN exit 3\n"));
+    match runtime.create(&spec(t)).await {
+        Err(Error::InvalidInput(message)) => {
+            assert!(message.contains("non-zero code: 3"), "{message}");
+        }
+        other => panic!("expected invalid input, got {other:?}"),
+    }
+}

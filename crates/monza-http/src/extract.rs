@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix_web::dev::Payload;
 use actix_web::error::PayloadError;
 use actix_web::http::header;
-use actix_web::{FromRequest, HttpRequest, mime, web};
+use actix_web::{FromRequest, HttpRequest, web};
 use bytes::{Bytes, BytesMut};
 use futures::future::LocalBoxFuture;
 use futures::{Stream, StreamExt};
@@ -28,8 +28,10 @@ pub(crate) fn sandbox_id(raw: &str) -> Result<SandboxId, ApiError> {
 }
 
 /// A JSON object body: read within [`HttpConfig::body_timeout`] and
-/// [`HttpConfig::max_json_bytes`], with a JSON content type, then checked before it is
-/// decoded: it must be an object, and no string in it (key or value) may hold a NUL byte.
+/// [`HttpConfig::max_json_bytes`], then checked before it is decoded: it must be an object,
+/// and no string in it (key or value) may hold a NUL byte. The body is read as JSON whatever
+/// its `Content-Type` says, as the Go service monza replaces did, so `curl -d '{…}'` (which
+/// sends form encoding) works; a body that is not JSON is a 400.
 #[derive(Debug)]
 pub(crate) struct JsonObject<T>(pub T);
 
@@ -72,18 +74,12 @@ fn read_json<T: DeserializeOwned + 'static>(
     payload: &mut Payload,
 ) -> LocalBoxFuture<'static, Result<Option<T>, ApiError>> {
     let config = config_of(req);
-    let content_type_ok = is_json_content_type(req);
     let announced = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
     let payload = payload.take();
     Box::pin(async move {
-        if !content_type_ok {
-            return Err(ApiError::unsupported_media_type(
-                "expected a JSON body with Content-Type: application/json",
-            ));
-        }
         if let Some(length) = announced
             && length > config.max_json_bytes as u64
         {
@@ -120,18 +116,6 @@ fn config_of(req: &HttpRequest) -> HttpConfig {
     req.app_data::<web::Data<HttpConfig>>()
         .map(|c| c.get_ref().clone())
         .unwrap_or_default()
-}
-
-/// `application/json`, or any `+json` type; a missing type is refused like a wrong one.
-fn is_json_content_type(req: &HttpRequest) -> bool {
-    let Some(Ok(value)) = req.headers().get(header::CONTENT_TYPE).map(|v| v.to_str()) else {
-        return false;
-    };
-    let Ok(parsed) = value.parse::<mime::Mime>() else {
-        return false;
-    };
-    parsed.type_() == mime::APPLICATION
-        && (parsed.subtype() == mime::JSON || parsed.suffix() == Some(mime::JSON))
 }
 
 fn json_kind(value: &Value) -> &'static str {

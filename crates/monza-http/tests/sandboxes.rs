@@ -349,7 +349,7 @@ async fn create_past_the_tenant_limit_is_429() {
 }
 
 #[actix_web::test]
-async fn json_bodies_over_64_kib_are_413_and_non_json_is_415() {
+async fn json_bodies_over_64_kib_are_413_and_a_body_that_is_not_json_is_400_whatever_its_type() {
     let app = app!(Mocks::permissive().service());
     let big = json!({"name": "x".repeat(70 * 1024)});
     let res = send(
@@ -375,7 +375,8 @@ async fn json_bodies_over_64_kib_are_413_and_non_json_is_415() {
             .to_request(),
     )
     .await;
-    res.error(415, "unsupported_media_type");
+    let message = res.error(400, "invalid_input");
+    assert!(message.contains("invalid JSON body"), "{message}");
 }
 
 #[actix_web::test]
