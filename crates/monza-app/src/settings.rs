@@ -172,7 +172,7 @@ pub struct ServeArgs {
     pub create_timeout: Duration,
 
     /// The lease a create holds on its `creating` sandbox, renewed every third of it while the
-    /// create runs: a create whose server died (or that its client abandoned) is marked
+    /// create runs: a create whose server died is marked
     /// `error`, and its container removed, this long after its last renewal, by any replica.
     /// Keep it well above the longest pause of a server or of the database (a lease not
     /// renewed in time gives up a create that was still running), and the same on every

@@ -105,7 +105,7 @@ pub struct ServiceConfig {
     /// another replica may still be creating it. Leased creates are settled by their lease.
     pub create_timeout: Duration,
     /// How long a create's lease lasts unless renewed: a create whose creator stops renewing
-    /// it (crashed, or the create was abandoned) is settled this long after the last renewal.
+    /// it (crashed, or dropped the create) is settled this long after the last renewal.
     /// The creator renews it every third of this ([`SandboxService::lease_renewal_interval`]).
     pub create_lease: Duration,
 }

@@ -6,8 +6,8 @@
 //! it is registered in [`InFlight`] (by a guard dropped with the create's future, however it
 //! ends), and the lease pass renews the lease of every registered create every third of the
 //! lease. So a lease lapses only when its creator stopped renewing it: the process died
-//! (kill -9, OOM, power loss), lost the store for longer than a lease, or dropped the create
-//! (its client went away). Such a create is settled by the same pass on any replica: marked
+//! (kill -9, OOM, power loss), lost the store for longer than a lease, or dropped the
+//! create's future mid-way (a caller's timeout, a cancelled task). Such a create is settled by the same pass on any replica: marked
 //! `error` atomically, only if its lease is still lapsed and it is still `creating`
 //! ([`SandboxRepository::fail_lapsed_create`]), and its container removed. A create that was
 //! settled under a creator that is still running fails at `mark_running` with a conflict and
@@ -211,7 +211,7 @@ impl SandboxService {
             .fail_lapsed_create(sandbox.id, now, &change)
             .await?;
         if settled.is_some() {
-            tracing::warn!(sandbox_id = %sandbox.id, instance = %lease.instance, %reason, "create abandoned by its creator is now error");
+            tracing::warn!(sandbox_id = %sandbox.id, instance = %lease.instance, %reason, "create whose creator stopped renewing its lease is now error");
         }
         Ok(settled.is_some())
     }

@@ -173,7 +173,7 @@ async fn a_create_in_flight_is_renewed_and_stops_being_renewed_once_its_future_i
         [(service.instance(), vec![id], T0 + Duration::seconds(15))]
     );
 
-    // The client went away: its create's future is dropped mid-way.
+    // Its future is dropped mid-way (a caller's timeout, a cancelled task).
     drop(create);
     assert_eq!(
         service.renew_create_leases().await,
