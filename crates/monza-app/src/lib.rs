@@ -4,6 +4,7 @@
 //!
 //! This is the only crate that names every concrete adapter type.
 
+mod leases;
 mod periodic;
 pub mod reaper;
 pub mod reconciler;
@@ -40,7 +41,11 @@ pub struct Application {
     handle: ServerHandle,
     reaper: JoinHandle<()>,
     reconciler: JoinHandle<()>,
+    lease_keeper: JoinHandle<()>,
     cancel: CancellationToken,
+    /// Stops the lease keeper, only once the HTTP server is done: creates still running
+    /// during shutdown keep their leases.
+    cancel_leases: CancellationToken,
     shutdown_timeout: Duration,
     service: SandboxService,
 }
@@ -147,6 +152,8 @@ impl Application {
                     .then_some(args.max_sandboxes_per_tenant),
                 create_timeout: time::Duration::try_from(args.create_timeout)
                     .map_err(|e| anyhow!("MONZA_CREATE_TIMEOUT: {e}"))?,
+                create_lease: time::Duration::try_from(args.create_lease)
+                    .map_err(|e| anyhow!("MONZA_CREATE_LEASE: {e}"))?,
                 ..ServiceConfig::default()
             },
         );
@@ -164,6 +171,9 @@ impl Application {
             args.reconcile_interval,
             cancel.clone(),
         ));
+        tracing::info!(instance = %service.instance(), "instance id of this server's create leases");
+        let cancel_leases = CancellationToken::new();
+        let lease_keeper = tokio::spawn(leases::run(service.clone(), cancel_leases.clone()));
 
         let listener = TcpListener::bind(args.addr)
             .with_context(|| format!("SERVER_ADDR {}: cannot listen", args.addr))?;
@@ -198,7 +208,9 @@ impl Application {
             handle,
             reaper,
             reconciler,
+            lease_keeper,
             cancel,
+            cancel_leases,
             shutdown_timeout: args.shutdown_timeout,
             service,
         })
@@ -223,16 +235,19 @@ impl Application {
     }
 
     /// Serves until SIGINT/SIGTERM (or a [`StopHandle`]): then stops accepting, finishes
-    /// in-flight requests (up to the shutdown timeout) and stops the reaper and the
-    /// reconciler. Sandboxes are left running: the next start serves them again. If either
-    /// background task dies, says so and returns an error.
+    /// in-flight requests (up to the shutdown timeout) and stops the reaper, the reconciler
+    /// and (last, so creates finishing during shutdown keep their leases) the lease keeper.
+    /// Sandboxes are left running: the next start serves them again. If a background task
+    /// dies, says so and returns an error.
     pub async fn run_until_stopped(self) -> Result<()> {
         let Self {
             server,
             handle,
             mut reaper,
             mut reconciler,
+            mut lease_keeper,
             cancel,
+            cancel_leases,
             shutdown_timeout,
             ..
         } = self;
@@ -240,6 +255,7 @@ impl Application {
         let mut server_done = false;
         let mut reaper_done = false;
         let mut reconciler_done = false;
+        let mut lease_keeper_done = false;
         let outcome = tokio::select! {
             () = shutdown_signal() => {
                 tracing::info!("signal received: shutting down");
@@ -258,6 +274,10 @@ impl Application {
                 reconciler_done = true;
                 background_ended("reconciler", result, &cancel)
             }
+            result = &mut lease_keeper => {
+                lease_keeper_done = true;
+                background_ended("lease keeper", result, &cancel_leases)
+            }
         };
         cancel.cancel();
         handle.stop(true).await;
@@ -269,6 +289,10 @@ impl Application {
         }
         if !reconciler_done {
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut reconciler).await;
+        }
+        cancel_leases.cancel();
+        if !lease_keeper_done {
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut lease_keeper).await;
         }
         tracing::info!("monza stopped");
         outcome

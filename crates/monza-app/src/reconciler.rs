@@ -22,6 +22,7 @@ pub async fn run(service: SandboxService, interval: Duration, cancel: Cancellati
                 restarted = report.restarted,
                 restart_failed = report.restart_failed,
                 stale_creating = report.stale_creating,
+                lease_lapsed = report.lease_lapsed,
                 creating_in_grace = report.creating_in_grace,
                 failures = report.failures,
                 "reconcile pass"

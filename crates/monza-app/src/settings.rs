@@ -164,11 +164,21 @@ pub struct ServeArgs {
     #[arg(long, env = "MONZA_RECONCILE_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub reconcile_interval: Duration,
 
-    /// How long a sandbox may stay `creating` before reconciliation marks it `error` and
-    /// removes its container. Keep it longer than any create can take: until then another
-    /// replica may still be creating it.
+    /// How long a sandbox written without a create lease (by a monza older than leases) may
+    /// stay `creating` before reconciliation marks it `error` and removes its container. Keep
+    /// it longer than any create can take: until then another replica may still be creating
+    /// it. Leased creates are settled by their lease instead (MONZA_CREATE_LEASE).
     #[arg(long, env = "MONZA_CREATE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub create_timeout: Duration,
+
+    /// The lease a create holds on its `creating` sandbox, renewed every third of it while the
+    /// create runs: a create whose server died is marked
+    /// `error`, and its container removed, this long after its last renewal, by any replica.
+    /// Keep it well above the longest pause of a server or of the database (a lease not
+    /// renewed in time gives up a create that was still running), and the same on every
+    /// replica.
+    #[arg(long, env = "MONZA_CREATE_LEASE", default_value = "15s", value_parser = parse_duration)]
+    pub create_lease: Duration,
 
     /// Bound on each short Docker engine call (ping, inspect, create, start, remove, list):
     /// with the engine down or wedged, a request fails with 503 after at most this long.
@@ -363,6 +373,8 @@ mod tests {
         assert_eq!(d.addr, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(d.auth, AuthMode::Enabled);
         assert_eq!(d.max_sandboxes_per_tenant, 20);
+        assert_eq!(d.create_timeout, Duration::from_secs(600));
+        assert_eq!(d.create_lease, Duration::from_secs(15));
         assert!(d.bootstrap_token.is_none());
     }
 

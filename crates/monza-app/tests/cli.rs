@@ -34,6 +34,7 @@ fn serve_help_lists_every_setting() {
         "MONZA_REAPER_INTERVAL",
         "MONZA_RECONCILE_INTERVAL",
         "MONZA_CREATE_TIMEOUT",
+        "MONZA_CREATE_LEASE",
         "MONZA_DOCKER_TIMEOUT",
         "MONZA_DEPLOYMENT",
         "SANDBOX_MEMORY_LIMIT",

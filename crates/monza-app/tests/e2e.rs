@@ -716,3 +716,167 @@ async fn templates_shape_the_sandbox_end_to_end() {
     }
     app.shutdown().await;
 }
+
+/// Removes every container of a deployment when dropped, whatever happened.
+struct DeploymentContainers(String);
+
+impl DeploymentContainers {
+    fn new() -> Self {
+        Self(format!("e2e-{}", uuid::Uuid::new_v4().simple()))
+    }
+}
+
+impl Drop for DeploymentContainers {
+    fn drop(&mut self) {
+        let listed = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=monza.deployment={}", self.0),
+            ])
+            .output();
+        if let Ok(out) = listed {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .arg("rm")
+                    .arg("-f")
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}
+
+/// How many creates [`race_creates`] sends at once, and the tenant limit they race for.
+const SIMULTANEOUS_CREATES: usize = 50;
+const LIMIT: u64 = 10;
+
+/// [`SIMULTANEOUS_CREATES`] creates at once, spread over `bases` (one server or several
+/// replicas): exactly [`LIMIT`] get 201 and the rest 429 naming the limit, the engine runs
+/// exactly [`LIMIT`] containers (those of the created sandboxes), and the store lists exactly
+/// [`LIMIT`] live sandboxes. Deletes what it made.
+async fn race_creates(app: &TestApp, bases: &[String]) {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(SIMULTANEOUS_CREATES));
+    let creates: Vec<_> = (0..SIMULTANEOUS_CREATES)
+        .map(|i| {
+            let client = app.client.clone();
+            let url = format!("{}/api/sandboxes", bases[i % bases.len()]);
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let response = client
+                    .post(url)
+                    .json(&json!({"template": "busybox"}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                (
+                    status,
+                    response.json::<Value>().await.unwrap_or(Value::Null),
+                )
+            })
+        })
+        .collect();
+    let mut created = Vec::new();
+    let mut refused = 0;
+    for create in creates {
+        let (status, body) = create.await.unwrap();
+        match status {
+            StatusCode::CREATED => created.push(body["id"].as_str().unwrap().to_owned()),
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(body["error"]["code"], "limit_exceeded", "{body}");
+                let message = body["error"]["message"].as_str().unwrap();
+                assert!(
+                    message.contains(&format!("the limit is {LIMIT}")),
+                    "{message}"
+                );
+                refused += 1;
+            }
+            other => panic!("create answered {other}: {body}"),
+        }
+    }
+    let containers = app.runtime.list_managed().await.unwrap();
+    let (_, live) = app.get_json("/api/sandboxes").await;
+    for id in &created {
+        let _ = app
+            .client
+            .delete(app.url(&format!("/api/sandboxes/{id}")))
+            .send()
+            .await;
+    }
+    assert_eq!(
+        (created.len(), refused),
+        (LIMIT as usize, SIMULTANEOUS_CREATES - LIMIT as usize),
+        "201s and 429s"
+    );
+    assert_eq!(
+        containers.len(),
+        LIMIT as usize,
+        "containers: {containers:?}"
+    );
+    for container in &containers {
+        let owner = container.sandbox_id.map(|id| id.to_string());
+        assert!(
+            owner.as_ref().is_some_and(|id| created.contains(id)),
+            "container {} of {owner:?} belongs to no created sandbox",
+            container.id
+        );
+    }
+    assert_eq!(live.as_array().unwrap().len(), LIMIT as usize, "{live}");
+    assert!(
+        app.runtime.list_managed().await.unwrap().is_empty(),
+        "deleted sandboxes left containers"
+    );
+}
+
+async fn the_tenant_limit_holds_under_simultaneous_creates(store: Store) {
+    let containers = DeploymentContainers::new();
+    let deployment = containers.0.clone();
+    let Some(app) = TestApp::spawn(store, |args| {
+        args.max_sandboxes_per_tenant = LIMIT;
+        args.deployment = Some(deployment);
+    })
+    .await
+    else {
+        return;
+    };
+    race_creates(&app, std::slice::from_ref(&app.base)).await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_tenant_limit_holds_under_simultaneous_creates_on_sqlite() {
+    the_tenant_limit_holds_under_simultaneous_creates(Store::Sqlite).await;
+}
+
+#[tokio::test]
+async fn the_tenant_limit_holds_under_simultaneous_creates_on_postgres() {
+    the_tenant_limit_holds_under_simultaneous_creates(Store::Postgres).await;
+}
+
+/// Two replicas on one PostgreSQL database, the creates split between them: the limit is
+/// one decision across both.
+#[tokio::test]
+async fn the_tenant_limit_holds_across_two_replicas_on_one_postgres() {
+    let containers = DeploymentContainers::new();
+    let deployment = containers.0.clone();
+    let Some(app) = TestApp::spawn(Store::Postgres, |args| {
+        args.max_sandboxes_per_tenant = LIMIT;
+        args.deployment = Some(deployment);
+    })
+    .await
+    else {
+        return;
+    };
+    let (second, stop, task, _) = start(app.args.clone()).await.unwrap();
+    race_creates(&app, &[app.base.clone(), second]).await;
+    stop.stop().await;
+    task.await.unwrap().unwrap();
+    app.shutdown().await;
+}

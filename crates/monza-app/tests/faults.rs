@@ -211,19 +211,6 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits until the log holds `count` reconcile pass lines.
-    async fn wait_reconcile_passes(&self, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.log_text().matches("reconcile pass").count() < count {
-            assert!(
-                Instant::now() < deadline,
-                "no reconcile pass:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
     fn assert_alive(&mut self) {
         assert!(
             matches!(self.child.try_wait(), Ok(None)),
@@ -324,85 +311,335 @@ async fn all_sandboxes(client: &reqwest::Client, server: &Server) -> Vec<Value> 
     body.as_array().unwrap().clone()
 }
 
-#[tokio::test]
-async fn after_kill_9_during_creates_the_first_reconciliation_leaves_no_orphan_and_nothing_creating()
- {
-    let db = PgDatabase::create();
-    let containers = Containers(db.deployment());
-    let settings = [
-        ("MONZA_CREATE_TIMEOUT", "2s"),
-        ("MONZA_RECONCILE_INTERVAL", "1h"),
-    ];
-    let mut server = Server::start(&db.url(), &settings).await;
-    let client = client();
-    let creates: Vec<_> = (0..10)
-        .map(|_| {
-            let client = client.clone();
-            let url = server.url("/api/sandboxes");
-            tokio::spawn(async move {
-                let _ = client
-                    .post(url)
-                    .json(&json!({"template": "busybox"}))
-                    .send()
-                    .await;
-            })
-        })
-        .collect();
-    // Kill as soon as every row exists and some are still being created.
+/// Test templates for the kill -9 tests: `busybox`, and `busybox-sleep-N`, whose create sleeps
+/// N seconds in a lifecycle hook, so its creates stay in flight that long.
+fn sleeping_templates(sleeps: &[u32]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut templates = vec![(
+        "busybox".to_owned(),
+        r#"{"image": "monza-test/busybox:latest"}"#.to_owned(),
+    )];
+    for secs in sleeps {
+        templates.push((
+            format!("busybox-sleep-{secs}"),
+            format!(
+                r#"{{"image": "monza-test/busybox:latest", "postCreateCommand": "sleep {secs}"}}"#
+            ),
+        ));
+    }
+    for (name, body) in templates {
+        std::fs::create_dir_all(dir.path().join(&name)).unwrap();
+        std::fs::write(dir.path().join(&name).join("devcontainer.json"), body).unwrap();
+    }
+    dir
+}
+
+/// A store for a fault test: a PostgreSQL database of its own, or a SQLite file; with the
+/// deployment label its servers are given.
+struct FaultStore {
+    url: String,
+    deployment: String,
+    _pg: Option<PgDatabase>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl FaultStore {
+    fn postgres() -> Self {
+        let pg = PgDatabase::create();
+        Self {
+            url: pg.url(),
+            deployment: pg.deployment(),
+            _pg: Some(pg),
+            _dir: None,
+        }
+    }
+
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self {
+            url: format!("sqlite://{}", dir.path().join("monza.db").display()),
+            deployment: format!("faults-sqlite-{}", uuid::Uuid::new_v4().simple()),
+            _pg: None,
+            _dir: Some(dir),
+        }
+    }
+}
+
+fn borrowed(settings: &[(String, String)]) -> Vec<(&str, &str)> {
+    settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+/// Sends `count` creates of `template` named `name` and forgets them (their server is about
+/// to be killed).
+fn fire_creates(
+    client: &reqwest::Client,
+    server: &Server,
+    count: usize,
+    name: &str,
+    template: &str,
+) {
+    for _ in 0..count {
+        let client = client.clone();
+        let url = server.url("/api/sandboxes");
+        let body = json!({"name": name, "template": template});
+        tokio::spawn(async move {
+            let _ = client.post(url).json(&body).send().await;
+        });
+    }
+}
+
+/// Waits (30 s at most) until `count` sandboxes named `name` are `creating` and each has its
+/// container: creates in flight, past the engine's create, in their lifecycle hook.
+async fn wait_in_flight(
+    client: &reqwest::Client,
+    server: &Server,
+    containers: &Containers,
+    name: &str,
+    count: usize,
+) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let rows = all_sandboxes(&client, &server).await;
-        let creating = rows.iter().filter(|s| s["status"] == "creating").count();
-        if rows.len() == 10 && creating > 0 {
-            break;
+        let rows = all_sandboxes(client, server).await;
+        let creating: Vec<&str> = rows
+            .iter()
+            .filter(|s| s["name"] == name && s["status"] == "creating")
+            .map(|s| s["id"].as_str().unwrap())
+            .collect();
+        let with_container = containers
+            .list()
+            .iter()
+            .filter(|(_, sandbox_id, _)| creating.contains(&sandbox_id.as_str()))
+            .count();
+        if creating.len() == count && with_container == count {
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "creates never in flight: {rows:?}"
+            "creates never in flight: {} creating, {with_container} with a container",
+            creating.len()
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Whether the sandboxes named `name` are settled: none `creating`, and every container
+/// of one of them belongs to it while it is `running`.
+fn settled(rows: &[Value], containers: &[(String, String, String)], name: &str) -> bool {
+    let mine: HashMap<&str, &Value> = rows
+        .iter()
+        .filter(|s| s["name"] == name)
+        .map(|s| (s["id"].as_str().unwrap(), s))
+        .collect();
+    mine.values().all(|s| s["status"] != "creating")
+        && containers.iter().all(|(cid, sandbox_id, _)| {
+            mine.get(sandbox_id.as_str()).is_none_or(|s| {
+                s["status"] == "running" && s["container_id"].as_str() == Some(cid.as_str())
+            })
+        })
+}
+
+/// Waits until the sandboxes named `name` are [`settled`], within `within`: the rows.
+async fn wait_settled(
+    client: &reqwest::Client,
+    server: &Server,
+    containers: &Containers,
+    name: &str,
+    within: Duration,
+) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let rows = all_sandboxes(client, server).await;
+        if settled(&rows, &containers.list(), name) {
+            return rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled within {within:?}: {:#?}\ncontainers: {:?}\nlog:\n{}",
+            rows.iter()
+                .filter(|s| s["name"] == name)
+                .map(|s| (&s["id"], &s["status"]))
+                .collect::<Vec<_>>(),
+            containers.list(),
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The killed creates: each `error`, its reason saying its creator stopped renewing its lease.
+fn assert_abandoned(rows: &[Value], name: &str, count: usize) {
+    let mine: Vec<&Value> = rows.iter().filter(|s| s["name"] == name).collect();
+    assert_eq!(mine.len(), count, "{mine:#?}");
+    for sandbox in mine {
+        assert_eq!(sandbox["status"], "error", "{sandbox}");
+        let reason = sandbox["status_reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("stopped renewing its lease"), "{sandbox}");
+    }
+}
+
+/// kill -9 with 10 creates in flight (rows written, containers made, lifecycle hooks
+/// running), restart: within 30 s no sandbox is `creating` and no container is left without
+/// a running sandbox, with the default create timeout (10 minutes) and lease (15 s).
+async fn after_kill_9_with_10_creates_in_flight_a_restart_settles_them_within_30s(
+    store: FaultStore,
+) {
+    let containers = Containers(store.deployment.clone());
+    let templates = sleeping_templates(&[60]);
+    let settings = [
+        (
+            "DEVCONTAINERS_PATH".to_owned(),
+            templates.path().display().to_string(),
+        ),
+        ("MONZA_DEPLOYMENT".to_owned(), store.deployment.clone()),
+        // Only the start-up pass: the leases must settle the creates, not a periodic pass.
+        ("MONZA_RECONCILE_INTERVAL".to_owned(), "1h".to_owned()),
+    ];
+    let settings = borrowed(&settings);
+    let mut server = Server::start(&store.url, &settings).await;
+    let client = client();
+    fire_creates(&client, &server, 10, "killed", "busybox-sleep-60");
+    wait_in_flight(&client, &server, &containers, "killed", 10).await;
     server.kill9();
-    for create in creates {
-        let _ = create.await;
-    }
-    // Past the create timeout, so the restarted server gives up on the orphaned creates.
-    tokio::time::sleep(Duration::from_secs(3)).await;
 
     let log = server.log.with_file_name("restarted.log");
-    let mut restarted = Server::spawn(&db.url(), &settings, &log);
+    let mut restarted = Server::spawn(&store.url, &settings, &log);
+    let restart = Instant::now();
     restarted.wait_healthy().await;
-    restarted.wait_reconcile_passes(1).await;
+    let rows = wait_settled(
+        &client,
+        &restarted,
+        &containers,
+        "killed",
+        Duration::from_secs(30).saturating_sub(restart.elapsed()),
+    )
+    .await;
+    eprintln!("settled {:?} after the restart", restart.elapsed());
+    assert_abandoned(&rows, "killed", 10);
+    assert!(containers.list().is_empty(), "{:?}", containers.list());
+    restarted.assert_alive();
+}
 
-    let rows = all_sandboxes(&client, &restarted).await;
-    assert_eq!(rows.len(), 10);
-    let by_id: HashMap<String, &Value> = rows
-        .iter()
-        .map(|s| (s["id"].as_str().unwrap().to_owned(), s))
+#[tokio::test]
+async fn after_kill_9_with_10_creates_in_flight_a_restart_settles_them_within_30s_on_postgres() {
+    after_kill_9_with_10_creates_in_flight_a_restart_settles_them_within_30s(
+        FaultStore::postgres(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn after_kill_9_with_10_creates_in_flight_a_restart_settles_them_within_30s_on_sqlite() {
+    after_kill_9_with_10_creates_in_flight_a_restart_settles_them_within_30s(FaultStore::sqlite())
+        .await;
+}
+
+/// Two replicas on one database; one is killed with 10 creates in flight and restarted while
+/// the other keeps creating: the killed creates are settled within 30 s, and every create of
+/// the live replica (each outlasting two leases, so kept only by its renewals) succeeds.
+#[tokio::test]
+async fn after_kill_9_of_a_replica_its_creates_are_settled_and_the_live_replicas_creates_are_undisturbed()
+ {
+    let store = FaultStore::postgres();
+    let containers = Containers(store.deployment.clone());
+    let templates = sleeping_templates(&[60, 7]);
+    let settings = [
+        (
+            "DEVCONTAINERS_PATH".to_owned(),
+            templates.path().display().to_string(),
+        ),
+        ("MONZA_RECONCILE_INTERVAL".to_owned(), "2s".to_owned()),
+        ("MONZA_CREATE_LEASE".to_owned(), "3s".to_owned()),
+    ];
+    let settings = borrowed(&settings);
+    let mut a = Server::start(&store.url, &settings).await;
+    let mut b = Server::start(&store.url, &settings).await;
+    let client = client();
+
+    // The live replica creates all along, three at a time.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let (client, url, stop) = (client.clone(), b.url("/api/sandboxes"), stop.clone());
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let response = client
+                        .post(&url)
+                        .json(&json!({"name": "live", "template": "busybox-sleep-7"}))
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = response.status();
+                    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+                    answers.push((status, body, started, Instant::now()));
+                }
+                answers
+            })
+        })
         .collect();
-    assert!(
-        rows.iter().all(|s| s["status"] != "creating"),
-        "still creating: {rows:#?}"
-    );
-    assert!(
-        rows.iter().any(|s| s["status"] == "error"),
-        "the killed creates were not failed: {rows:#?}"
-    );
-    for (cid, sandbox_id, state) in containers.list() {
-        let sandbox = by_id
-            .get(&sandbox_id)
-            .unwrap_or_else(|| panic!("container {cid} of unknown sandbox {sandbox_id}"));
-        assert_eq!(sandbox["status"], "running", "{cid} is left: {sandbox}");
-        assert_eq!(sandbox["container_id"].as_str(), Some(cid.as_str()));
-        assert_eq!(state, "running");
+
+    fire_creates(&client, &a, 10, "killed", "busybox-sleep-60");
+    wait_in_flight(&client, &a, &containers, "killed", 10).await;
+    a.kill9();
+    let killed = Instant::now();
+    let log = a.log.with_file_name("restarted.log");
+    let mut restarted = Server::spawn(&store.url, &settings, &log);
+    restarted.wait_healthy().await;
+    let rows = wait_settled(&client, &b, &containers, "killed", Duration::from_secs(30)).await;
+    let settled_at = Instant::now();
+    eprintln!("settled {:?} after the kill", killed.elapsed());
+    assert_abandoned(&rows, "killed", 10);
+
+    // Let the live replica's creates run past a few more passes of both replicas.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut live = Vec::new();
+    let mut spans = Vec::new();
+    for worker in workers {
+        for (status, body, started, ended) in worker.await.unwrap() {
+            assert_eq!(
+                status,
+                StatusCode::CREATED,
+                "a live replica's create: {body}"
+            );
+            live.push(body["id"].as_str().unwrap().to_owned());
+            spans.push((started, ended));
+        }
     }
-    for sandbox in rows.iter().filter(|s| s["status"] == "error") {
-        let reason = sandbox["status_reason"].as_str().unwrap_or_default();
+    // The live replica was creating through the kill and through the settling.
+    for (moment, what) in [(killed, "the kill"), (settled_at, "the settling")] {
         assert!(
-            reason.contains("did not finish") || reason.contains("failed"),
-            "{sandbox}"
+            spans.iter().any(|(s, e)| *s < moment && moment < *e),
+            "no create of the live replica was in flight at {what}"
         );
     }
+    let rows = wait_settled(&client, &b, &containers, "live", Duration::from_secs(10)).await;
+    for id in &live {
+        let sandbox = rows.iter().find(|s| s["id"] == id.as_str()).unwrap();
+        assert_eq!(sandbox["status"], "running", "{sandbox}");
+        let (_, events) = get(&client, b.url(&format!("/api/sandboxes/{id}/events"))).await;
+        let failed = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "failed");
+        assert!(!failed, "{id}: {events:#}");
+    }
+    assert!(
+        settled(&rows, &containers.list(), "killed") && settled(&rows, &containers.list(), "live"),
+        "{:?}",
+        containers.list()
+    );
+    assert_eq!(
+        containers.list().len(),
+        live.len(),
+        "one container per live sandbox"
+    );
+    b.assert_alive();
     restarted.assert_alive();
 }
 

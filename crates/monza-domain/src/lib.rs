@@ -20,20 +20,20 @@ pub use auth::{ApiToken, Bootstrap, IssuedToken, StoredToken, TokenHash, TokenId
 pub use error::{Error, Result};
 pub use lifecycle::{LifecycleEvent, transition};
 pub use ports::{
-    Clock, ContainerRuntime, RunningUpdate, SandboxRepository, StatusChange, SystemClock,
-    TemplateCatalog, TokenRepository, Touch,
+    Admission, Clock, ContainerRuntime, RunningUpdate, SandboxRepository, StatusChange,
+    SystemClock, TemplateCatalog, TokenRepository, Touch,
 };
 pub use runtime::{
     ByteStream, ContainerSpec, ContainerState, CreatedContainer, ExecOutput, ExecRequest,
     FileDownload, FileStat, ManagedContainer, PublishedPort, UploadFile,
 };
 pub use sandbox::{
-    EventAction, NewEvent, PortMapping, Sandbox, SandboxEvent, SandboxFilter, SandboxId,
-    SandboxName, SandboxStatus, StatusFilter, TemplateName, TenantId,
+    CreateLease, EventAction, InstanceId, NewEvent, PortMapping, Sandbox, SandboxEvent,
+    SandboxFilter, SandboxId, SandboxName, SandboxStatus, StatusFilter, TemplateName, TenantId,
 };
 pub use service::{
-    Access, CreateSandbox, ExecLimits, ExecuteCommand, ReapReport, ReconcileReport, SandboxService,
-    ServiceConfig,
+    Access, CreateSandbox, ExecLimits, ExecuteCommand, LeaseReport, ReapReport, ReconcileReport,
+    SandboxService, ServiceConfig,
 };
 pub use template::{
     BuildSpec, Command, ImageSource, LifecycleCommand, Mount, RunOptions, Template,

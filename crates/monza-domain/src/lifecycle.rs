@@ -140,6 +140,26 @@ pub fn is_expired(status: SandboxStatus, expires_at: OffsetDateTime, now: Offset
     status == SandboxStatus::Running && expires_at <= now
 }
 
+/// Whether a `creating` sandbox's creator is gone: it wrote a lease and stopped renewing
+/// it, so the lease lapsed (`expires_at <= now`). Nobody is creating such a sandbox any more:
+/// it may be settled at once. A sandbox without a lease never lapses (see
+/// [`create_timed_out`]).
+pub fn lease_lapsed(sandbox: &Sandbox, now: OffsetDateTime) -> bool {
+    sandbox.status == SandboxStatus::Creating
+        && sandbox
+            .create_lease
+            .is_some_and(|lease| lease.expires_at <= now)
+}
+
+/// Whether a `creating` sandbox that carries no lease (written by an older monza) has been
+/// creating for longer than `timeout`: the backstop for creates no process vouches for. A
+/// leased sandbox is never timed out: its lease says whether its creator still works on it.
+pub fn create_timed_out(sandbox: &Sandbox, now: OffsetDateTime, timeout: Duration) -> bool {
+    sandbox.status == SandboxStatus::Creating
+        && sandbox.create_lease.is_none()
+        && now - sandbox.created_at > timeout
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +254,75 @@ mod tests {
             vec![S::Creating, S::Running, S::Error]
         );
         assert_eq!(allowed_from(E::Fail), vec![S::Creating, S::Running]);
+    }
+
+    fn creating(lease: Option<OffsetDateTime>) -> Sandbox {
+        let t = time::macros::datetime!(2026-01-01 12:00 UTC);
+        Sandbox {
+            id: crate::sandbox::SandboxId::new_random(),
+            tenant: crate::sandbox::TenantId::default_tenant(),
+            name: crate::sandbox::SandboxName::new("s").unwrap(),
+            template: crate::sandbox::TemplateName::trusted("go"),
+            status: S::Creating,
+            status_reason: None,
+            container_id: None,
+            image: String::new(),
+            workspace_mount: "/workspace".into(),
+            devcontainer_config: serde_json::json!({}),
+            env_vars: Default::default(),
+            port_mappings: vec![],
+            last_activity: t,
+            created_at: t,
+            expires_at: t + Duration::minutes(15),
+            deleted_at: None,
+            create_lease: lease.map(|expires_at| crate::sandbox::CreateLease {
+                instance: crate::sandbox::InstanceId::new_random(),
+                expires_at,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_lease_lapses_at_its_expiry_and_only_while_creating() {
+        let t = time::macros::datetime!(2026-01-01 12:00:15 UTC);
+        let leased = creating(Some(t));
+        assert!(!lease_lapsed(&leased, t - Duration::milliseconds(1)));
+        assert!(lease_lapsed(&leased, t));
+        assert!(lease_lapsed(&leased, t + Duration::hours(1)));
+        for status in [S::Running, S::Error, S::Deleted, S::Expired] {
+            let mut other = leased.clone();
+            other.status = status;
+            assert!(!lease_lapsed(&other, t + Duration::hours(1)), "{status}");
+        }
+        assert!(
+            !lease_lapsed(&creating(None), t + Duration::days(1)),
+            "no lease, nothing to lapse"
+        );
+    }
+
+    #[test]
+    fn only_a_create_without_a_lease_times_out() {
+        let unleased = creating(None);
+        let timeout = Duration::minutes(10);
+        let at = unleased.created_at + timeout;
+        assert!(!create_timed_out(&unleased, at, timeout));
+        assert!(create_timed_out(
+            &unleased,
+            at + Duration::microseconds(1),
+            timeout
+        ));
+        let leased = creating(Some(unleased.created_at + Duration::days(1)));
+        assert!(
+            !create_timed_out(&leased, at + Duration::hours(1), timeout),
+            "a renewed lease keeps a long create alive"
+        );
+        let mut running = unleased;
+        running.status = S::Running;
+        assert!(!create_timed_out(
+            &running,
+            at + Duration::hours(1),
+            timeout
+        ));
     }
 
     #[test]

@@ -15,7 +15,8 @@ use crate::runtime::{
     FileStat, ManagedContainer, PublishedPort, UploadFile,
 };
 use crate::sandbox::{
-    NewEvent, PortMapping, Sandbox, SandboxEvent, SandboxFilter, SandboxId, TemplateName, TenantId,
+    InstanceId, NewEvent, PortMapping, Sandbox, SandboxEvent, SandboxFilter, SandboxId,
+    TemplateName, TenantId,
 };
 use crate::template::Template;
 
@@ -61,14 +62,36 @@ pub struct StatusChange {
     pub record: NewEvent,
 }
 
+/// What [`SandboxRepository::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Admission {
+    /// The row and its `created` event are written.
+    Inserted,
+    /// Nothing was written: the tenant already had `live` live sandboxes, and `limit` is the
+    /// limit the insert was given (`live >= limit`).
+    OverLimit {
+        /// The tenant's live (not deleted, not expired) sandboxes at the time.
+        live: u64,
+        /// The limit.
+        limit: u64,
+    },
+}
+
 /// Where sandboxes are kept. Every write is durable when the call returns: an acknowledged
 /// heartbeat survives a crash.
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait SandboxRepository: Send + Sync {
-    /// Writes a new sandbox (normally `creating`) and its `created` event. A duplicate id is a
-    /// conflict.
-    async fn insert(&self, sandbox: &Sandbox) -> Result<()>;
+    /// Writes a new sandbox (normally `creating`, with its creator's lease) and its `created`
+    /// event. A duplicate id is a conflict.
+    ///
+    /// With `max_live`, the count of the tenant's live (not deleted, not expired) sandboxes
+    /// and the insert are one atomic decision, across every instance on the store (other
+    /// processes included): when the tenant already has `max_live` or more, nothing is written
+    /// and the answer is [`Admission::OverLimit`]. So of any number of concurrent inserts for
+    /// one tenant, at most `max_live` minus the live count succeed.
+    async fn insert(&self, sandbox: &Sandbox, max_live: Option<u64>) -> Result<Admission>;
 
     /// One sandbox, whatever its status; not-found if unknown.
     async fn get(&self, id: SandboxId) -> Result<Sandbox>;
@@ -76,15 +99,14 @@ pub trait SandboxRepository: Send + Sync {
     /// Sandboxes matching the filter, newest first.
     async fn list(&self, filter: &SandboxFilter) -> Result<Vec<Sandbox>>;
 
-    /// How many live (not deleted, not expired) sandboxes a tenant has.
-    async fn count_live(&self, tenant: &TenantId) -> Result<u64>;
-
-    /// `creating` → `running` with the container's details, and a `started` event.
-    /// Not-found if unknown; conflict if the sandbox is no longer `creating`.
+    /// `creating` → `running` with the container's details, and a `started` event; the create
+    /// lease is cleared. Not-found if unknown; conflict if the sandbox is no longer `creating`
+    /// (its create was settled meanwhile, e.g. because its lease lapsed).
     async fn mark_running(&self, id: SandboxId, update: &RunningUpdate) -> Result<Sandbox>;
 
-    /// Applies a status change if the current status allows it, with its event, atomically.
-    /// Not-found if unknown; conflict (naming the current status) if not allowed.
+    /// Applies a status change if the current status allows it, with its event, atomically;
+    /// the create lease is cleared. Not-found if unknown; conflict (naming the current status)
+    /// if not allowed.
     async fn transition(&self, id: SandboxId, change: &StatusChange) -> Result<Sandbox>;
 
     /// Moves `last_activity` to `at` and `expires_at` to `expires_at`, only while `running`,
@@ -125,6 +147,30 @@ pub trait SandboxRepository: Send + Sync {
     /// `expired` (with `deleted_at = now` and an `expired` event) and returns them. Two
     /// concurrent callers never receive the same sandbox.
     async fn claim_expired(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Sandbox>>;
+
+    /// Moves the create lease of each of `ids` that is still `creating` with a lease held by
+    /// `instance` to `expires_at`, in one write; returns how many it moved. Rows of another
+    /// instance, without a lease, or no longer `creating` (settled, finished, deleted) are
+    /// left alone, so a renewal never revives a create that was given up.
+    async fn renew_leases(
+        &self,
+        instance: InstanceId,
+        ids: &[SandboxId],
+        expires_at: OffsetDateTime,
+    ) -> Result<u64>;
+
+    /// Settles a create whose creator is gone: applies `change` (a `Fail`, with its event)
+    /// only if the sandbox is still `creating` and its create lease lapsed
+    /// (`lease expires_at <= now`, the rule of [`crate::lifecycle::lease_lapsed`]), checked
+    /// and written atomically, so a lease renewed meanwhile, a create that finished, or a
+    /// second settler changes nothing. Returns the settled sandbox, or `None` when it did not
+    /// apply (also for an unknown id or a row without a lease).
+    async fn fail_lapsed_create(
+        &self,
+        id: SandboxId,
+        now: OffsetDateTime,
+        change: &StatusChange,
+    ) -> Result<Option<Sandbox>>;
 
     /// Appends an event to a sandbox's log.
     async fn append_event(&self, id: SandboxId, event: &NewEvent) -> Result<()>;

@@ -58,6 +58,47 @@ impl FromStr for SandboxId {
     }
 }
 
+/// One monza process, as the creator of the sandboxes it is creating: a random id drawn at
+/// every start, so a restarted server never mistakes its predecessor's creates for its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InstanceId(Uuid);
+
+impl InstanceId {
+    /// A fresh random id (one per process start).
+    pub fn new_random() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// Wraps an existing UUID (as read back from a store).
+    pub fn from_uuid(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
+
+    /// The UUID inside.
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// A `creating` sandbox's claim by the process creating it: that process renews
+/// `expires_at` while the create runs, so a lease that lapsed means its creator is gone (it
+/// crashed, or gave the create up) and the create can be settled at once. See
+/// [`crate::lifecycle::lease_lapsed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreateLease {
+    /// The process creating the sandbox.
+    pub instance: InstanceId,
+    /// Until when that process vouches for the create.
+    pub expires_at: OffsetDateTime,
+}
+
 /// The tenant a sandbox belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -304,6 +345,9 @@ pub struct Sandbox {
     pub expires_at: OffsetDateTime,
     /// When it was deleted or expired; `None` while live.
     pub deleted_at: Option<OffsetDateTime>,
+    /// While `creating`: who is creating it, and until when (`None` for a row written without
+    /// one, by an older monza or a test). Stores clear it when the sandbox leaves `creating`.
+    pub create_lease: Option<CreateLease>,
 }
 
 /// What happened to a sandbox, as kept in its append-only event log.

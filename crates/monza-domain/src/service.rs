@@ -13,14 +13,15 @@ use crate::error::{Error, Result};
 use crate::lifecycle::{self, LifecycleEvent};
 use crate::paths;
 use crate::ports::{
-    Clock, ContainerRuntime, RunningUpdate, SandboxRepository, StatusChange, TemplateCatalog, Touch,
+    Admission, Clock, ContainerRuntime, RunningUpdate, SandboxRepository, StatusChange,
+    TemplateCatalog, Touch,
 };
 use crate::runtime::{
     ContainerSpec, ExecOutput, ExecRequest, FileDownload, PublishedPort, UploadFile,
 };
 use crate::sandbox::{
-    EventAction, NewEvent, PortMapping, Sandbox, SandboxFilter, SandboxId, SandboxName,
-    SandboxStatus, TemplateName, TenantId,
+    CreateLease, EventAction, InstanceId, NewEvent, PortMapping, Sandbox, SandboxFilter, SandboxId,
+    SandboxName, SandboxStatus, TemplateName, TenantId,
 };
 use crate::template::{Command, Template};
 
@@ -109,10 +110,14 @@ pub struct ServiceConfig {
     pub reap_batch: u32,
     /// Containers removed at once by the reaper.
     pub reap_concurrency: usize,
-    /// How long a sandbox may stay `creating` before reconciliation gives up on it (its
-    /// creator crashed): longer than any create can take, since another replica may still be
-    /// creating it.
+    /// How long a sandbox written without a create lease (by an older monza) may stay
+    /// `creating` before reconciliation gives up on it: longer than any create can take, since
+    /// another replica may still be creating it. Leased creates are settled by their lease.
     pub create_timeout: Duration,
+    /// How long a create's lease lasts unless renewed: a create whose creator stops renewing
+    /// it (crashed, or dropped the create) is settled this long after the last renewal.
+    /// The creator renews it every third of this ([`SandboxService::lease_renewal_interval`]).
+    pub create_lease: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -126,6 +131,7 @@ impl Default for ServiceConfig {
             reap_batch: 100,
             reap_concurrency: 16,
             create_timeout: Duration::minutes(10),
+            create_lease: Duration::seconds(15),
         }
     }
 }
@@ -176,6 +182,10 @@ pub struct SandboxService {
     clock: Arc<dyn Clock>,
     config: ServiceConfig,
     heartbeats: Arc<heartbeats::Heartbeats>,
+    /// This process, as the creator named in create leases.
+    instance: InstanceId,
+    /// The creates this process is running, whose leases it renews.
+    in_flight: Arc<leases::InFlight>,
 }
 
 impl std::fmt::Debug for SandboxService {
@@ -222,7 +232,15 @@ impl SandboxService {
             clock,
             config,
             heartbeats: Arc::default(),
+            instance: InstanceId::new_random(),
+            in_flight: Arc::default(),
         }
+    }
+
+    /// This service's instance id: random per construction (so per process start), the
+    /// creator named in the leases of the creates it runs.
+    pub fn instance(&self) -> InstanceId {
+        self.instance
     }
 
     /// The settings in force.
@@ -250,6 +268,10 @@ impl SandboxService {
     /// Crash-consistent by construction: the row is written as `creating` before any
     /// container work and the container carries the sandbox id as a label; success moves
     /// the row to `running`; any failure moves it to `error` and removes the container made.
+    /// The row carries this process's create lease, renewed while this future lives (see
+    /// `leases`), so a create whose process dies or whose future is dropped is settled once
+    /// the lease lapses. Past [`ServiceConfig::max_sandboxes_per_tenant`] nothing is written
+    /// (the store counts and inserts atomically) and the answer is `LimitExceeded`.
     #[tracing::instrument(skip_all, err(level = "info"))]
     pub async fn create(&self, access: &Access, request: CreateSandbox) -> Result<Sandbox> {
         let template_name = request
@@ -261,18 +283,13 @@ impl SandboxService {
             None => SandboxName::new(&format!("sandbox-{template_name}"))?,
         };
         let tenant = access.owner();
-        if let Some(max) = self.config.max_sandboxes_per_tenant {
-            let live = self.repo.count_live(&tenant).await?;
-            if live >= max {
-                return Err(Error::LimitExceeded(format!(
-                    "tenant {tenant} already has {live} live sandboxes, the limit is {max}: \
-                     delete one first"
-                )));
-            }
-        }
         let now = self.clock.now();
+        let id = SandboxId::new_random();
+        // Registered before the row exists and dropped with this future: the lease is
+        // renewed exactly while this create runs, however it ends.
+        let _in_flight = self.in_flight.enter(id);
         let sandbox = Sandbox {
-            id: SandboxId::new_random(),
+            id,
             tenant,
             name,
             template: template_name,
@@ -288,8 +305,27 @@ impl SandboxService {
             created_at: now,
             expires_at: lifecycle::expires_at(now, self.config.ttl),
             deleted_at: None,
+            create_lease: Some(CreateLease {
+                instance: self.instance,
+                expires_at: now + self.config.create_lease,
+            }),
         };
-        self.repo.insert(&sandbox).await?;
+        // The count and the insert are one decision in the store: concurrent creates (on
+        // any replica) cannot pass the limit together.
+        match self
+            .repo
+            .insert(&sandbox, self.config.max_sandboxes_per_tenant)
+            .await?
+        {
+            Admission::Inserted => {}
+            Admission::OverLimit { live, limit } => {
+                return Err(Error::LimitExceeded(format!(
+                    "tenant {} already has {live} live sandboxes, the limit is {limit}: \
+                     delete one first",
+                    sandbox.tenant
+                )));
+            }
+        }
         tracing::info!(sandbox_id = %sandbox.id, template = %sandbox.template, "creating sandbox");
         match self.provision(&sandbox, template).await {
             Ok(running) => Ok(running),
@@ -731,8 +767,10 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 mod heartbeats;
+mod leases;
 mod reconcile;
 
+pub use leases::LeaseReport;
 pub use reconcile::ReconcileReport;
 
 #[cfg(test)]

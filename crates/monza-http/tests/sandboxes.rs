@@ -233,7 +233,9 @@ fn creating(tpl: &'static str) -> Mocks {
         .expect_resolve()
         .withf(move |name| name.as_str() == tpl)
         .returning(|name| Ok(template(name)));
-    m.repo.expect_insert().returning(|_| Ok(()));
+    m.repo
+        .expect_insert()
+        .returning(|_, _| Ok(monza_domain::Admission::Inserted));
     m.runtime.expect_create().returning(|_| {
         Ok(CreatedContainer {
             id: "c0ffee".into(),
@@ -341,7 +343,12 @@ async fn create_past_the_tenant_limit_is_429() {
         ..ServiceConfig::default()
     };
     m.catalog.expect_resolve().returning(|n| Ok(template(n)));
-    m.repo.expect_count_live().returning(|_| Ok(2));
+    m.repo.expect_insert().returning(|_, limit| {
+        Ok(monza_domain::Admission::OverLimit {
+            live: 2,
+            limit: limit.unwrap(),
+        })
+    });
     let app = app!(m.service());
     let res = send(&app, TestRequest::post().uri("/api/sandboxes").to_request()).await;
     let message = res.error(429, "limit_exceeded");

@@ -3,12 +3,13 @@
 use std::collections::HashMap;
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Integer, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use monza_domain::lifecycle::{self, LifecycleEvent};
 use monza_domain::{
-    Error, EventAction, NewEvent, PortMapping, RunningUpdate, Sandbox, SandboxEvent, SandboxFilter,
-    SandboxId, SandboxStatus, StatusChange, StatusFilter, TenantId, Touch,
+    Admission, Error, EventAction, InstanceId, NewEvent, PortMapping, RunningUpdate, Sandbox,
+    SandboxEvent, SandboxFilter, SandboxId, SandboxStatus, StatusChange, StatusFilter, TenantId,
+    Touch,
 };
 use serde_json::json;
 use time::OffsetDateTime;
@@ -120,7 +121,16 @@ async fn refusal(conn: &mut Conn, id: SandboxId, event: LifecycleEvent) -> TxErr
     }
 }
 
-pub(crate) async fn insert(conn: &mut Conn, sandbox: &Sandbox) -> Tx<()> {
+/// The first key of the transaction-level advisory locks that serialize one tenant's
+/// limited inserts (the second is a hash of the tenant). The two-key space of advisory
+/// locks is separate from the one-key space of the migration and bootstrap locks.
+const TENANT_LOCK_CLASS: i32 = 0x6d6e_7a74;
+
+pub(crate) async fn insert(
+    conn: &mut Conn,
+    sandbox: &Sandbox,
+    max_live: Option<u64>,
+) -> Tx<Admission> {
     let row = SandboxRow::from_domain(sandbox)?;
     let ports: Vec<PortMappingRow> = sandbox
         .port_mappings
@@ -133,7 +143,23 @@ pub(crate) async fn insert(conn: &mut Conn, sandbox: &Sandbox) -> Tx<()> {
     );
     let id = sandbox.id;
     let created_at = sandbox.created_at;
+    let tenant = &sandbox.tenant;
     conn.transaction(async |conn| {
+        if let Some(limit) = max_live {
+            // Under READ COMMITTED two transactions could count the same live rows and both
+            // insert: the tenant's lock, held until this transaction ends, makes the count and
+            // the insert one step for every connection and replica. The count runs after the
+            // lock is granted, so it sees what the previous holder committed.
+            diesel::sql_query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                .bind::<Integer, _>(TENANT_LOCK_CLASS)
+                .bind::<Text, _>(tenant.as_str())
+                .execute(conn)
+                .await?;
+            let live = count_live(conn, tenant).await?;
+            if live >= limit {
+                return Ok(Admission::OverLimit { live, limit });
+            }
+        }
         diesel::insert_into(sandboxes::table)
             .values(&row)
             .execute(conn)
@@ -148,7 +174,8 @@ pub(crate) async fn insert(conn: &mut Conn, sandbox: &Sandbox) -> Tx<()> {
                     "sandbox {id}: a container port is mapped twice"
                 )))?;
         }
-        append(conn, id, &created, created_at).await
+        append(conn, id, &created, created_at).await?;
+        Ok(Admission::Inserted)
     })
     .await
 }
@@ -177,7 +204,7 @@ pub(crate) async fn list(conn: &mut Conn, filter: &SandboxFilter) -> Tx<Vec<Sand
     with_ports(conn, rows).await
 }
 
-pub(crate) async fn count_live(conn: &mut Conn, tenant: &TenantId) -> Tx<u64> {
+async fn count_live(conn: &mut Conn, tenant: &TenantId) -> Tx<u64> {
     let count: i64 = sandboxes::table
         .filter(sandboxes::tenant.eq(tenant.as_str()))
         .filter(sandboxes::status.ne_all(TERMINAL))
@@ -255,6 +282,8 @@ pub(crate) async fn mark_running(
                 sandboxes::image.eq(&update.image),
                 sandboxes::last_activity.eq(micros(update.at)),
                 sandboxes::expires_at.eq(micros(update.expires_at)),
+                sandboxes::creator_instance.eq(None::<Uuid>),
+                sandboxes::lease_expires_at.eq(None::<OffsetDateTime>),
             ))
             .returning(SandboxRow::as_returning())
             .get_result(conn)
@@ -288,6 +317,8 @@ pub(crate) async fn transition(
                     sandboxes::status.eq(to.as_str()),
                     sandboxes::status_reason.eq(&change.reason),
                     sandboxes::deleted_at.eq(Some(micros(change.at))),
+                    sandboxes::creator_instance.eq(None::<Uuid>),
+                    sandboxes::lease_expires_at.eq(None::<OffsetDateTime>),
                 ))
                 .returning(SandboxRow::as_returning())
                 .get_result(conn)
@@ -298,6 +329,8 @@ pub(crate) async fn transition(
                 .set((
                     sandboxes::status.eq(to.as_str()),
                     sandboxes::status_reason.eq(&change.reason),
+                    sandboxes::creator_instance.eq(None::<Uuid>),
+                    sandboxes::lease_expires_at.eq(None::<OffsetDateTime>),
                 ))
                 .returning(SandboxRow::as_returning())
                 .get_result(conn)
@@ -309,6 +342,58 @@ pub(crate) async fn transition(
         };
         append(conn, id, &change.record, change.at).await?;
         one_with_ports(conn, row).await
+    })
+    .await
+}
+
+pub(crate) async fn renew_leases(
+    conn: &mut Conn,
+    instance: InstanceId,
+    ids: &[SandboxId],
+    expires_at: OffsetDateTime,
+) -> Tx<u64> {
+    let ids: Vec<Uuid> = ids.iter().map(SandboxId::as_uuid).collect();
+    // One statement: one commit for every lease this process renews.
+    let renewed = diesel::update(sandboxes::table)
+        .filter(sandboxes::id.eq_any(ids))
+        .filter(sandboxes::status.eq(SandboxStatus::Creating.as_str()))
+        .filter(sandboxes::creator_instance.eq(instance.as_uuid()))
+        .set(sandboxes::lease_expires_at.eq(Some(micros(expires_at))))
+        .execute(conn)
+        .await?;
+    Ok(u64::try_from(renewed).unwrap_or(u64::MAX))
+}
+
+pub(crate) async fn fail_lapsed_create(
+    conn: &mut Conn,
+    id: SandboxId,
+    now: OffsetDateTime,
+    change: &StatusChange,
+) -> Tx<Option<Sandbox>> {
+    let to = lifecycle::target(change.event);
+    let allowed = statuses(&lifecycle::allowed_from(change.event));
+    conn.transaction(async |conn| {
+        // The conditions are checked on the row as the UPDATE locks it (a renewal committed
+        // meanwhile is seen), so a renewed lease or a finished create is never settled.
+        let settled: Option<SandboxRow> = diesel::update(sandboxes::table.find(id.as_uuid()))
+            .filter(sandboxes::status.eq_any(allowed))
+            .filter(sandboxes::status.eq(SandboxStatus::Creating.as_str()))
+            .filter(sandboxes::lease_expires_at.le(micros(now)))
+            .set((
+                sandboxes::status.eq(to.as_str()),
+                sandboxes::status_reason.eq(&change.reason),
+                sandboxes::creator_instance.eq(None::<Uuid>),
+                sandboxes::lease_expires_at.eq(None::<OffsetDateTime>),
+            ))
+            .returning(SandboxRow::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?;
+        let Some(row) = settled else {
+            return Ok(None);
+        };
+        append(conn, id, &change.record, change.at).await?;
+        one_with_ports(conn, row).await.map(Some)
     })
     .await
 }

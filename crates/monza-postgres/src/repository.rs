@@ -14,8 +14,8 @@ use diesel_async::pooled_connection::{
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use monza_domain::{
-    Error, NewEvent, PortMapping, Result, RunningUpdate, Sandbox, SandboxEvent, SandboxFilter,
-    SandboxId, SandboxRepository, StatusChange, TenantId, Touch,
+    Admission, Error, InstanceId, NewEvent, PortMapping, Result, RunningUpdate, Sandbox,
+    SandboxEvent, SandboxFilter, SandboxId, SandboxRepository, StatusChange, TenantId, Touch,
 };
 use time::OffsetDateTime;
 
@@ -235,9 +235,9 @@ async fn establish_owned(
 #[async_trait]
 impl SandboxRepository for PgSandboxRepository {
     #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox.id), err(level = "debug"))]
-    async fn insert(&self, sandbox: &Sandbox) -> Result<()> {
+    async fn insert(&self, sandbox: &Sandbox, max_live: Option<u64>) -> Result<Admission> {
         let mut conn = self.conn().await?;
-        Ok(queries::insert(&mut conn, sandbox).await?)
+        Ok(queries::insert(&mut conn, sandbox, max_live).await?)
     }
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "debug"))]
@@ -250,12 +250,6 @@ impl SandboxRepository for PgSandboxRepository {
     async fn list(&self, filter: &SandboxFilter) -> Result<Vec<Sandbox>> {
         let mut conn = self.conn().await?;
         Ok(queries::list(&mut conn, filter).await?)
-    }
-
-    #[tracing::instrument(skip_all, fields(tenant = %tenant), err(level = "debug"))]
-    async fn count_live(&self, tenant: &TenantId) -> Result<u64> {
-        let mut conn = self.conn().await?;
-        Ok(queries::count_live(&mut conn, tenant).await?)
     }
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "debug"))]
@@ -316,6 +310,28 @@ impl SandboxRepository for PgSandboxRepository {
     async fn claim_expired(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Sandbox>> {
         let mut conn = self.conn().await?;
         Ok(queries::claim_expired(&mut conn, now, limit).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(leases = ids.len()), err)]
+    async fn renew_leases(
+        &self,
+        instance: InstanceId,
+        ids: &[SandboxId],
+        expires_at: OffsetDateTime,
+    ) -> Result<u64> {
+        let mut conn = self.conn().await?;
+        Ok(queries::renew_leases(&mut conn, instance, ids, expires_at).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err)]
+    async fn fail_lapsed_create(
+        &self,
+        id: SandboxId,
+        now: OffsetDateTime,
+        change: &StatusChange,
+    ) -> Result<Option<Sandbox>> {
+        let mut conn = self.conn().await?;
+        Ok(queries::fail_lapsed_create(&mut conn, id, now, change).await?)
     }
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "debug"))]

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use diesel::prelude::*;
 use monza_domain::{
-    Error, EventAction, NewEvent, PortMapping, Sandbox, SandboxEvent, SandboxId, SandboxName,
-    SandboxStatus, TemplateName, TenantId,
+    CreateLease, Error, EventAction, InstanceId, NewEvent, PortMapping, Sandbox, SandboxEvent,
+    SandboxId, SandboxName, SandboxStatus, TemplateName, TenantId,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -34,6 +34,8 @@ pub(crate) struct SandboxRow {
     pub created_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
     pub deleted_at: Option<OffsetDateTime>,
+    pub creator_instance: Option<Uuid>,
+    pub lease_expires_at: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -95,6 +97,8 @@ impl SandboxRow {
             created_at: micros(sandbox.created_at),
             expires_at: micros(sandbox.expires_at),
             deleted_at: sandbox.deleted_at.map(micros),
+            creator_instance: sandbox.create_lease.map(|lease| lease.instance.as_uuid()),
+            lease_expires_at: sandbox.create_lease.map(|lease| micros(lease.expires_at)),
         })
     }
 
@@ -121,6 +125,13 @@ impl SandboxRow {
             created_at: self.created_at,
             expires_at: self.expires_at,
             deleted_at: self.deleted_at,
+            create_lease: match (self.creator_instance, self.lease_expires_at) {
+                (Some(instance), Some(expires_at)) => Some(CreateLease {
+                    instance: InstanceId::from_uuid(instance),
+                    expires_at,
+                }),
+                _ => None,
+            },
         })
     }
 }

@@ -17,6 +17,8 @@ diesel::table! {
         created_at -> Timestamptz,
         expires_at -> Timestamptz,
         deleted_at -> Nullable<Timestamptz>,
+        creator_instance -> Nullable<Uuid>,
+        lease_expires_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -155,7 +155,10 @@ async fn migrations_run_on_a_new_and_on_an_already_migrated_database() {
         let repo = PgSandboxRepository::connect_to(db.url.clone(), test_options())
             .await
             .unwrap();
-        repo.insert(&sandbox).await.unwrap();
+        assert_eq!(
+            repo.insert(&sandbox, None).await.unwrap(),
+            monza_domain::Admission::Inserted
+        );
     }
     let applied = migrations_applied(&db).await;
     assert!(applied >= 1);

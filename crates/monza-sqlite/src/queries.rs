@@ -7,8 +7,8 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use monza_domain::lifecycle::{self, LifecycleEvent};
 use monza_domain::{
-    Error, EventAction, NewEvent, PortMapping, RunningUpdate, Sandbox, SandboxEvent, SandboxFilter,
-    SandboxId, SandboxStatus, StatusChange, StatusFilter, TenantId,
+    Admission, Error, EventAction, InstanceId, NewEvent, PortMapping, RunningUpdate, Sandbox,
+    SandboxEvent, SandboxFilter, SandboxId, SandboxStatus, StatusChange, StatusFilter, TenantId,
 };
 use serde_json::json;
 use time::OffsetDateTime;
@@ -118,7 +118,20 @@ fn refusal(conn: &mut SqliteConnection, id: SandboxId, event: LifecycleEvent) ->
     }
 }
 
-pub(crate) fn insert(conn: &mut SqliteConnection, sandbox: &Sandbox) -> Tx<()> {
+/// Inside the caller's `BEGIN IMMEDIATE` transaction, which holds SQLite's one write lock
+/// (against every connection and process) from before the count until the commit: no other
+/// insert can count the same live sandboxes.
+pub(crate) fn insert(
+    conn: &mut SqliteConnection,
+    sandbox: &Sandbox,
+    max_live: Option<u64>,
+) -> Tx<Admission> {
+    if let Some(limit) = max_live {
+        let live = count_live(conn, &sandbox.tenant)?;
+        if live >= limit {
+            return Ok(Admission::OverLimit { live, limit });
+        }
+    }
     diesel::insert_into(sandboxes::table)
         .values(SandboxRow::from_domain(sandbox)?)
         .execute(conn)
@@ -140,7 +153,8 @@ pub(crate) fn insert(conn: &mut SqliteConnection, sandbox: &Sandbox) -> Tx<()> {
         EventAction::Created,
         json!({ "name": sandbox.name, "template": sandbox.template }),
     );
-    append(conn, sandbox.id, &created, sandbox.created_at)
+    append(conn, sandbox.id, &created, sandbox.created_at)?;
+    Ok(Admission::Inserted)
 }
 
 pub(crate) fn get(conn: &mut SqliteConnection, id: SandboxId) -> Tx<Sandbox> {
@@ -168,7 +182,7 @@ pub(crate) fn list(conn: &mut SqliteConnection, filter: &SandboxFilter) -> Tx<Ve
     with_ports(conn, rows)
 }
 
-pub(crate) fn count_live(conn: &mut SqliteConnection, tenant: &TenantId) -> Tx<u64> {
+fn count_live(conn: &mut SqliteConnection, tenant: &TenantId) -> Tx<u64> {
     let count: i64 = sandboxes::table
         .filter(sandboxes::tenant.eq(tenant.as_str()))
         .filter(sandboxes::status.ne_all(TERMINAL))
@@ -228,6 +242,8 @@ pub(crate) fn mark_running(
             sandboxes::image.eq(&update.image),
             sandboxes::last_activity.eq(to_micros(update.at)),
             sandboxes::expires_at.eq(to_micros(update.expires_at)),
+            sandboxes::creator_instance.eq(None::<String>),
+            sandboxes::lease_expires_at.eq(None::<i64>),
         ))
         .returning(SandboxRow::as_returning())
         .get_result(conn)
@@ -261,6 +277,8 @@ pub(crate) fn transition(
                 sandboxes::status.eq(to.as_str()),
                 sandboxes::status_reason.eq(&change.reason),
                 sandboxes::deleted_at.eq(Some(to_micros(change.at))),
+                sandboxes::creator_instance.eq(None::<String>),
+                sandboxes::lease_expires_at.eq(None::<i64>),
             ))
             .returning(SandboxRow::as_returning())
             .get_result(conn)
@@ -270,6 +288,8 @@ pub(crate) fn transition(
             .set((
                 sandboxes::status.eq(to.as_str()),
                 sandboxes::status_reason.eq(&change.reason),
+                sandboxes::creator_instance.eq(None::<String>),
+                sandboxes::lease_expires_at.eq(None::<i64>),
             ))
             .returning(SandboxRow::as_returning())
             .get_result(conn)
@@ -280,6 +300,56 @@ pub(crate) fn transition(
     };
     append(conn, id, &change.record, change.at)?;
     one_with_ports(conn, row)
+}
+
+pub(crate) fn renew_leases(
+    conn: &mut SqliteConnection,
+    instance: InstanceId,
+    ids: &[SandboxId],
+    expires_at: OffsetDateTime,
+) -> Tx<u64> {
+    let instance = instance.as_uuid().hyphenated().to_string();
+    let mut renewed = 0;
+    for chunk in ids.chunks(IN_CHUNK) {
+        let chunk: Vec<String> = chunk.iter().copied().map(id_text).collect();
+        renewed += diesel::update(sandboxes::table)
+            .filter(sandboxes::id.eq_any(chunk))
+            .filter(sandboxes::status.eq(SandboxStatus::Creating.as_str()))
+            .filter(sandboxes::creator_instance.eq(&instance))
+            .set(sandboxes::lease_expires_at.eq(Some(to_micros(expires_at))))
+            .execute(conn)?;
+    }
+    Ok(u64::try_from(renewed).unwrap_or(u64::MAX))
+}
+
+pub(crate) fn fail_lapsed_create(
+    conn: &mut SqliteConnection,
+    id: SandboxId,
+    now: OffsetDateTime,
+    change: &StatusChange,
+) -> Tx<Option<Sandbox>> {
+    let to = lifecycle::target(change.event);
+    let allowed = statuses(&lifecycle::allowed_from(change.event));
+    // One conditional statement in the writer's transaction: the lease is read and the row
+    // written under SQLite's write lock, so a renewal cannot slip in between.
+    let settled: Option<SandboxRow> = diesel::update(sandboxes::table.find(id_text(id)))
+        .filter(sandboxes::status.eq_any(allowed))
+        .filter(sandboxes::status.eq(SandboxStatus::Creating.as_str()))
+        .filter(sandboxes::lease_expires_at.le(to_micros(now)))
+        .set((
+            sandboxes::status.eq(to.as_str()),
+            sandboxes::status_reason.eq(&change.reason),
+            sandboxes::creator_instance.eq(None::<String>),
+            sandboxes::lease_expires_at.eq(None::<i64>),
+        ))
+        .returning(SandboxRow::as_returning())
+        .get_result(conn)
+        .optional()?;
+    let Some(row) = settled else {
+        return Ok(None);
+    };
+    append(conn, id, &change.record, change.at)?;
+    one_with_ports(conn, row).map(Some)
 }
 
 /// The heartbeat's one statement; `true` if the row changed.

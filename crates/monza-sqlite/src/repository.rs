@@ -16,8 +16,8 @@ use diesel_async::pooled_connection::{
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use monza_domain::{
-    Error, NewEvent, PortMapping, Result, RunningUpdate, Sandbox, SandboxEvent, SandboxFilter,
-    SandboxId, SandboxRepository, StatusChange, TenantId, Touch,
+    Admission, Error, InstanceId, NewEvent, PortMapping, Result, RunningUpdate, Sandbox,
+    SandboxEvent, SandboxFilter, SandboxId, SandboxRepository, StatusChange, TenantId, Touch,
 };
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
@@ -315,9 +315,10 @@ impl SqliteSandboxRepository {
 #[async_trait]
 impl SandboxRepository for SqliteSandboxRepository {
     #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox.id), err(level = "debug"))]
-    async fn insert(&self, sandbox: &Sandbox) -> Result<()> {
+    async fn insert(&self, sandbox: &Sandbox, max_live: Option<u64>) -> Result<Admission> {
         let sandbox = sandbox.clone();
-        self.write(move |c| queries::insert(c, &sandbox)).await
+        self.write(move |c| queries::insert(c, &sandbox, max_live))
+            .await
     }
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "debug"))]
@@ -329,12 +330,6 @@ impl SandboxRepository for SqliteSandboxRepository {
     async fn list(&self, filter: &SandboxFilter) -> Result<Vec<Sandbox>> {
         let filter = filter.clone();
         self.read(move |c| queries::list(c, &filter)).await
-    }
-
-    #[tracing::instrument(skip_all, fields(tenant = %tenant), err(level = "debug"))]
-    async fn count_live(&self, tenant: &TenantId) -> Result<u64> {
-        let tenant = tenant.clone();
-        self.read(move |c| queries::count_live(c, &tenant)).await
     }
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "debug"))]
@@ -403,6 +398,30 @@ impl SandboxRepository for SqliteSandboxRepository {
     #[tracing::instrument(skip_all, err)]
     async fn claim_expired(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Sandbox>> {
         self.write(move |c| queries::claim_expired(c, now, limit))
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(leases = ids.len()), err)]
+    async fn renew_leases(
+        &self,
+        instance: InstanceId,
+        ids: &[SandboxId],
+        expires_at: OffsetDateTime,
+    ) -> Result<u64> {
+        let ids = ids.to_vec();
+        self.write(move |c| queries::renew_leases(c, instance, &ids, expires_at))
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err)]
+    async fn fail_lapsed_create(
+        &self,
+        id: SandboxId,
+        now: OffsetDateTime,
+        change: &StatusChange,
+    ) -> Result<Option<Sandbox>> {
+        let change = change.clone();
+        self.write(move |c| queries::fail_lapsed_create(c, id, now, &change))
             .await
     }
 

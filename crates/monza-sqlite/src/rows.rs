@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use diesel::prelude::*;
 use monza_domain::{
-    Error, EventAction, NewEvent, PortMapping, Sandbox, SandboxEvent, SandboxId, SandboxName,
-    SandboxStatus, TemplateName, TenantId,
+    CreateLease, Error, EventAction, InstanceId, NewEvent, PortMapping, Sandbox, SandboxEvent,
+    SandboxId, SandboxName, SandboxStatus, TemplateName, TenantId,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -34,6 +34,8 @@ pub(crate) struct SandboxRow {
     pub created_at: i64,
     pub expires_at: i64,
     pub deleted_at: Option<i64>,
+    pub creator_instance: Option<String>,
+    pub lease_expires_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -114,6 +116,12 @@ impl SandboxRow {
             created_at: to_micros(sandbox.created_at),
             expires_at: to_micros(sandbox.expires_at),
             deleted_at: sandbox.deleted_at.map(to_micros),
+            creator_instance: sandbox
+                .create_lease
+                .map(|lease| lease.instance.as_uuid().hyphenated().to_string()),
+            lease_expires_at: sandbox
+                .create_lease
+                .map(|lease| to_micros(lease.expires_at)),
         })
     }
 
@@ -140,6 +148,13 @@ impl SandboxRow {
             created_at: from_micros(self.created_at)?,
             expires_at: from_micros(self.expires_at)?,
             deleted_at: self.deleted_at.map(from_micros).transpose()?,
+            create_lease: match (self.creator_instance, self.lease_expires_at) {
+                (Some(instance), Some(expires_at)) => Some(CreateLease {
+                    instance: InstanceId::from_uuid(parse_uuid(&instance)?),
+                    expires_at: from_micros(expires_at)?,
+                }),
+                _ => None,
+            },
         })
     }
 }

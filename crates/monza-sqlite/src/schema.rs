@@ -17,6 +17,8 @@ diesel::table! {
         created_at -> BigInt,
         expires_at -> BigInt,
         deleted_at -> Nullable<BigInt>,
+        creator_instance -> Nullable<Text>,
+        lease_expires_at -> Nullable<BigInt>,
     }
 }
 

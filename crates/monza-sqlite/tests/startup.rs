@@ -60,7 +60,10 @@ async fn migrations_run_on_a_new_and_on_an_already_migrated_file() {
         let repo = SqliteSandboxRepository::open(&path, SqliteOptions::default())
             .await
             .unwrap();
-        repo.insert(&sandbox).await.unwrap();
+        assert_eq!(
+            repo.insert(&sandbox, None).await.unwrap(),
+            monza_domain::Admission::Inserted
+        );
     }
     // Opening again finds the schema current and the data intact.
     let repo = SqliteSandboxRepository::open(&path, SqliteOptions::default())
@@ -78,7 +81,10 @@ async fn an_acknowledged_heartbeat_is_on_disk() {
     let writer = SqliteSandboxRepository::open(&path, SqliteOptions::default())
         .await
         .unwrap();
-    writer.insert(&sandbox).await.unwrap();
+    assert_eq!(
+        writer.insert(&sandbox, None).await.unwrap(),
+        monza_domain::Admission::Inserted
+    );
     writer
         .record_activity(sandbox.id, at, at + Duration::minutes(30), None)
         .await
@@ -124,6 +130,9 @@ async fn writes_go_through_the_write_ahead_log() {
     repo.ping().await.unwrap();
     // The WAL file exists next to the database once the journal mode is WAL.
     let sandbox = sample_sandbox("acme", SandboxStatus::Creating, base_time());
-    repo.insert(&sandbox).await.unwrap();
+    assert_eq!(
+        repo.insert(&sandbox, None).await.unwrap(),
+        monza_domain::Admission::Inserted
+    );
     assert!(dir.path().join("monza.db-wal").exists(), "WAL mode");
 }

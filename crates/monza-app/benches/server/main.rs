@@ -689,7 +689,10 @@ async fn control_plane(
         .map(|sandbox| {
             let repo = repo.clone();
             async move {
-                repo.insert(&sandbox).await.unwrap();
+                assert_eq!(
+                    repo.insert(&sandbox, None).await.unwrap(),
+                    monza_domain::Admission::Inserted
+                );
                 sandbox.id.to_string()
             }
         })

@@ -8,12 +8,14 @@
 //! - a `running` sandbox whose container is gone becomes `error` ("container vanished");
 //! - a `running` sandbox whose container stopped is started again, and becomes `error` if
 //!   that fails;
-//! - a sandbox `creating` for longer than [`ServiceConfig::create_timeout`] becomes `error`
-//!   and its container is removed;
-//! - a container whose sandbox is `creating` within that grace period is never touched
-//!   (another replica may be creating it right now), nor is a container without monza's
-//!   labels (the runtime lists only labelled ones; one whose sandbox label does not parse is
-//!   left alone too).
+//! - a sandbox `creating` whose create lease lapsed (its creator is gone, see
+//!   [`super::leases`]) becomes `error` and its container is removed;
+//! - a sandbox `creating` without a lease (written by an older monza) for longer than
+//!   [`ServiceConfig::create_timeout`] becomes `error` and its container is removed;
+//! - a container whose sandbox is `creating` under a live lease, or without a lease within
+//!   the timeout, is never touched (another replica may be creating it right now), nor is a
+//!   container without monza's labels (the runtime lists only labelled ones; one whose
+//!   sandbox label does not parse is left alone too).
 //!
 //! [`ServiceConfig::create_timeout`]: super::ServiceConfig::create_timeout
 
@@ -45,9 +47,12 @@ pub struct ReconcileReport {
     pub restarted: usize,
     /// Running sandboxes whose stopped container would not start, now `error`.
     pub restart_failed: usize,
-    /// Sandboxes `creating` for longer than the create timeout, now `error`.
+    /// Sandboxes `creating` without a lease for longer than the create timeout, now `error`.
     pub stale_creating: usize,
-    /// Containers left alone because their sandbox is `creating` within the grace period.
+    /// Sandboxes `creating` whose lease lapsed (their creator is gone), now `error`.
+    pub lease_lapsed: usize,
+    /// Containers left alone because their sandbox is being created (live lease, or no lease
+    /// within the create timeout).
     pub creating_in_grace: usize,
     /// Actions that failed (a dependency error); retried on the next pass.
     pub failures: usize,
@@ -61,12 +66,14 @@ impl ReconcileReport {
             + self.restarted
             + self.restart_failed
             + self.stale_creating
+            + self.lease_lapsed
             + self.failures
             > 0
     }
 }
 
-fn only(status: SandboxStatus) -> SandboxFilter {
+/// Every sandbox in `status`, of any tenant.
+pub(super) fn only(status: SandboxStatus) -> SandboxFilter {
     SandboxFilter {
         tenant: None,
         status: StatusFilter::Only(status),
@@ -130,7 +137,21 @@ impl SandboxService {
 
         let mut given_up: HashSet<SandboxId> = HashSet::new();
         for sandbox in &creating {
-            if now - sandbox.created_at <= self.config.create_timeout {
+            if lifecycle::lease_lapsed(sandbox, now) {
+                match self.settle_lapsed(sandbox, now).await {
+                    Ok(true) => {
+                        report.lease_lapsed += 1;
+                        given_up.insert(sandbox.id);
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        report.failures += 1;
+                        tracing::warn!(sandbox_id = %sandbox.id, error = %e, "could not settle a create whose lease lapsed");
+                    }
+                }
+                continue;
+            }
+            if !lifecycle::create_timed_out(sandbox, now, self.config.create_timeout) {
                 continue;
             }
             match self.give_up_creating(sandbox.id).await {
@@ -283,13 +304,12 @@ impl SandboxService {
         }
     }
 
-    /// Marks a sandbox stuck in `creating` past the timeout as `error`. Reads it again first:
-    /// a create that finished since the listing is left alone. Whether it was marked.
+    /// Marks a sandbox without a lease stuck in `creating` past the timeout as `error`. Reads
+    /// it again first: a create that finished since the listing is left alone. Whether it was
+    /// marked.
     async fn give_up_creating(&self, id: SandboxId) -> Result<bool> {
         let current = self.repo.get(id).await?;
-        if current.status != SandboxStatus::Creating
-            || self.clock.now() - current.created_at <= self.config.create_timeout
-        {
+        if !lifecycle::create_timed_out(&current, self.clock.now(), self.config.create_timeout) {
             return Ok(false);
         }
         let reason = format!(

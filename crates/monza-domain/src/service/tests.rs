@@ -54,6 +54,7 @@ fn sandbox(status: SandboxStatus) -> Sandbox {
         created_at: T0,
         expires_at: T0 + Duration::minutes(15),
         deleted_at: status.is_terminal().then_some(T0),
+        create_lease: None,
     }
 }
 
@@ -103,9 +104,9 @@ impl Mocks {
     fn with_insert(mut self) -> Self {
         self.repo
             .expect_insert()
-            .withf(|s| s.status == SandboxStatus::Creating && s.container_id.is_none())
+            .withf(|s, _| s.status == SandboxStatus::Creating && s.container_id.is_none())
             .times(1)
-            .returning(|_| Ok(()));
+            .returning(|_, _| Ok(Admission::Inserted));
         self
     }
 
@@ -199,9 +200,9 @@ async fn create_defaults_the_name_from_the_template_and_the_tenant_from_the_call
     let mut m = Mocks::new().with_template(template(vec![]));
     m.repo
         .expect_insert()
-        .withf(|s| s.name.as_str() == "sandbox-go" && s.tenant.as_str() == "acme")
+        .withf(|s, _| s.name.as_str() == "sandbox-go" && s.tenant.as_str() == "acme")
         .times(1)
-        .returning(|_| Err(Error::unavailable("database", "down")));
+        .returning(|_, _| Err(Error::unavailable("database", "down")));
     let err = m
         .service()
         .create(
@@ -239,7 +240,7 @@ async fn create_failing_in_the_repository_makes_no_container() {
     let mut m = Mocks::new().with_template(template(vec![]));
     m.repo
         .expect_insert()
-        .returning(|_| Err(Error::internal("disk full")));
+        .returning(|_, _| Err(Error::internal("disk full")));
     let err = m
         .service()
         .create(&Access::Admin, CreateSandbox::default())
@@ -358,19 +359,45 @@ async fn create_failing_to_record_running_removes_the_container() {
 }
 
 #[tokio::test]
-async fn create_past_the_tenant_limit_is_refused_before_any_write() {
+async fn create_hands_the_tenant_limit_to_the_insert_and_past_it_makes_no_container() {
     let mut m = Mocks::new().with_template(template(vec![]));
     m.config.max_sandboxes_per_tenant = Some(2);
-    m.repo.expect_count_live().returning(|_| Ok(2));
+    m.repo
+        .expect_insert()
+        .withf(|s, max_live| s.tenant.as_str() == "acme" && *max_live == Some(2))
+        .times(1)
+        .returning(|_, _| Ok(Admission::OverLimit { live: 2, limit: 2 }));
+    // No runtime expectation: a container made past the limit would fail the test.
+    let err = m
+        .service()
+        .create(
+            &Access::Tenant(TenantId::new("acme").unwrap()),
+            CreateSandbox::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::LimitExceeded(
+            "tenant acme already has 2 live sandboxes, the limit is 2: delete one first".into()
+        )
+    );
+}
+
+#[tokio::test]
+async fn create_without_a_limit_inserts_unconditionally() {
+    let mut m = Mocks::new().with_template(template(vec![]));
+    m.repo
+        .expect_insert()
+        .withf(|_, max_live| max_live.is_none())
+        .times(1)
+        .returning(|_, _| Err(Error::internal("stop here")));
     let err = m
         .service()
         .create(&Access::Admin, CreateSandbox::default())
         .await
         .unwrap_err();
-    let Error::LimitExceeded(message) = err else {
-        panic!("expected limit exceeded, got {err:?}")
-    };
-    assert!(message.contains("the limit is 2"), "{message}");
+    assert_eq!(err, Error::internal("stop here"));
 }
 
 #[tokio::test]
@@ -870,4 +897,5 @@ async fn a_failed_removal_is_counted_and_does_not_stop_the_pass() {
     assert_eq!((report.expired, report.removed, report.failures), (2, 1, 1));
 }
 
+mod leases;
 mod reconcile;

@@ -11,6 +11,7 @@ use futures::StreamExt;
 use time::{Duration, OffsetDateTime};
 
 use crate::error::{Error, Result};
+use crate::ports::Admission;
 use crate::sandbox::{SandboxFilter, SandboxId, SandboxStatus, StatusFilter, TenantId};
 use crate::testing::repository_contract::{Repo, micros, sample_sandbox};
 
@@ -192,12 +193,12 @@ pub async fn run(store: &str, repo: Repo, config: &BenchConfig) -> Result<BenchR
     }
     let ids: Vec<SandboxId> = sandboxes.iter().map(|s| s.id).collect();
     let started = Instant::now();
-    let results: Vec<Result<()>> = futures::stream::iter(&sandboxes)
-        .map(|sandbox| repo.insert(sandbox))
+    let results: Vec<Result<Admission>> = futures::stream::iter(&sandboxes)
+        .map(|sandbox| repo.insert(sandbox, None))
         .buffer_unordered(config.writers)
         .collect()
         .await;
-    results.into_iter().collect::<Result<Vec<()>>>()?;
+    results.into_iter().collect::<Result<Vec<Admission>>>()?;
     let fill = started.elapsed();
     let mut rows = Vec::new();
 

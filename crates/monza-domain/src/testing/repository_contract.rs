@@ -25,10 +25,10 @@ use uuid::Uuid;
 
 use crate::error::Error;
 use crate::lifecycle::{self, LifecycleEvent};
-use crate::ports::{RunningUpdate, SandboxRepository, StatusChange, Touch};
+use crate::ports::{Admission, RunningUpdate, SandboxRepository, StatusChange, Touch};
 use crate::sandbox::{
-    EventAction, NewEvent, PortMapping, Sandbox, SandboxEvent, SandboxFilter, SandboxId,
-    SandboxName, SandboxStatus, StatusFilter, TemplateName, TenantId,
+    CreateLease, EventAction, InstanceId, NewEvent, PortMapping, Sandbox, SandboxEvent,
+    SandboxFilter, SandboxId, SandboxName, SandboxStatus, StatusFilter, TemplateName, TenantId,
 };
 
 /// A repository under test.
@@ -55,7 +55,11 @@ macro_rules! repository_contract_tests {
             port_mappings_round_trip_in_container_port_order,
             list_is_newest_first_and_filters_by_tenant_and_status,
             list_honours_the_limit,
-            count_live_counts_only_the_tenants_live_sandboxes,
+            insert_with_a_limit_counts_only_the_tenants_live_sandboxes,
+            concurrent_inserts_on_one_instance_never_pass_the_tenant_limit,
+            a_create_lease_round_trips_and_ends_when_the_sandbox_leaves_creating,
+            renew_leases_moves_only_this_instances_creating_leases,
+            fail_lapsed_create_settles_only_a_creating_sandbox_whose_lease_lapsed,
             mark_running_moves_creating_to_running_with_its_container,
             mark_running_is_refused_unless_creating,
             transition_follows_the_lifecycle_for_every_status_and_event,
@@ -75,6 +79,8 @@ macro_rules! repository_contract_tests {
         $crate::repository_contract_tests!(@pair $pair;
             concurrent_claimers_on_two_instances_never_share_a_sandbox,
             an_acknowledged_write_is_visible_to_another_instance,
+            concurrent_inserts_on_two_instances_never_pass_the_tenant_limit,
+            concurrent_settlers_on_two_instances_settle_a_lapsed_create_once,
         );
     };
     (@single $fresh:path; $($check:ident),* $(,)?) => {
@@ -161,6 +167,22 @@ pub fn sample_sandbox(
         deleted_at: status
             .is_terminal()
             .then_some(created_at + Duration::minutes(5)),
+        create_lease: None,
+    }
+}
+
+/// A `creating` sample whose create is leased by `instance` until `expires_at`.
+pub fn leased_sandbox(
+    tenant_name: &str,
+    instance: InstanceId,
+    expires_at: OffsetDateTime,
+) -> Sandbox {
+    Sandbox {
+        create_lease: Some(CreateLease {
+            instance,
+            expires_at: micros(expires_at),
+        }),
+        ..sample_sandbox(tenant_name, SandboxStatus::Creating, base_time())
     }
 }
 
@@ -169,9 +191,16 @@ fn event(action: EventAction) -> NewEvent {
 }
 
 async fn insert(repo: &Repo, sandbox: &Sandbox) {
-    repo.insert(sandbox)
+    let admitted = repo
+        .insert(sandbox, None)
         .await
         .unwrap_or_else(|e| panic!("insert {}: {e}", sandbox.id));
+    assert_eq!(
+        admitted,
+        Admission::Inserted,
+        "insert {} without a limit",
+        sandbox.id
+    );
 }
 
 async fn get(repo: &Repo, id: SandboxId) -> Sandbox {
@@ -258,7 +287,7 @@ pub async fn insert_of_a_duplicate_id_is_a_conflict(repo: Repo) {
     for mapping in &mut again.port_mappings {
         mapping.sandbox_id = first.id;
     }
-    assert_conflict(repo.insert(&again).await, "duplicate insert");
+    assert_conflict(repo.insert(&again, None).await, "duplicate insert");
     assert_eq!(get(&repo, first.id).await, first);
     assert_eq!(actions(&repo, first.id).await, vec![EventAction::Created]);
 }
@@ -487,21 +516,362 @@ pub async fn list_honours_the_limit(repo: Repo) {
     }
 }
 
-/// `count_live` counts one tenant's creating, running and error sandboxes.
-pub async fn count_live_counts_only_the_tenants_live_sandboxes(repo: Repo) {
-    assert_eq!(repo.count_live(&tenant("acme")).await, Ok(0));
+/// With a limit, `insert` counts one tenant's creating, running and error sandboxes (not its
+/// expired or deleted ones, nor another tenant's) and writes nothing at the limit.
+pub async fn insert_with_a_limit_counts_only_the_tenants_live_sandboxes(repo: Repo) {
     for status in SandboxStatus::ALL {
         insert(&repo, &sample_sandbox("acme", status, base_time())).await;
         insert(&repo, &sample_sandbox("acme", status, base_time())).await;
     }
-    insert(
-        &repo,
-        &sample_sandbox("globex", SandboxStatus::Running, base_time()),
+    for _ in 0..3 {
+        insert(
+            &repo,
+            &sample_sandbox("globex", SandboxStatus::Running, base_time()),
+        )
+        .await;
+    }
+    let acme_rows = |repo: Repo| async move {
+        repo.list(&SandboxFilter {
+            tenant: Some(tenant("acme")),
+            status: StatusFilter::All,
+            limit: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .len()
+    };
+    let refused = sample_sandbox("acme", SandboxStatus::Creating, base_time());
+    assert_eq!(
+        repo.insert(&refused, Some(6)).await,
+        Ok(Admission::OverLimit { live: 6, limit: 6 }),
+        "6 live of acme's 10: at the limit"
+    );
+    assert_not_found(
+        repo.get(refused.id).await,
+        "a refused insert writes nothing",
+    );
+    assert_not_found(repo.events(refused.id).await, "nor an event");
+    assert_eq!(acme_rows(repo.clone()).await, 10);
+    assert_eq!(
+        repo.insert(&refused, Some(0)).await,
+        Ok(Admission::OverLimit { live: 6, limit: 0 })
+    );
+    let admitted = sample_sandbox("acme", SandboxStatus::Creating, base_time());
+    assert_eq!(
+        repo.insert(&admitted, Some(7)).await,
+        Ok(Admission::Inserted),
+        "below the limit"
+    );
+    assert_eq!(get(&repo, admitted.id).await, admitted);
+    assert_eq!(
+        actions(&repo, admitted.id).await,
+        vec![EventAction::Created]
+    );
+    assert_eq!(
+        repo.insert(
+            &sample_sandbox("acme", SandboxStatus::Creating, base_time()),
+            Some(7)
+        )
+        .await,
+        Ok(Admission::OverLimit { live: 7, limit: 7 })
+    );
+    let nobody = sample_sandbox("nobody", SandboxStatus::Creating, base_time());
+    assert_eq!(repo.insert(&nobody, Some(1)).await, Ok(Admission::Inserted));
+    let globex = sample_sandbox("globex", SandboxStatus::Creating, base_time());
+    assert_eq!(
+        repo.insert(&globex, Some(3)).await,
+        Ok(Admission::OverLimit { live: 3, limit: 3 })
+    );
+}
+
+/// How many concurrent limited inserts [`race_limited_inserts`] sends.
+const RACERS: usize = 60;
+
+/// [`RACERS`] inserts for one tenant at once, alternating between `first` and `second`,
+/// with a limit of 10: exactly 10 are written, every other one is refused at the limit,
+/// and the store holds exactly 10 rows of that tenant.
+async fn race_limited_inserts(first: Repo, second: Repo) {
+    const LIMIT: u64 = 10;
+    let racers = (0..RACERS).map(|i| {
+        let repo = if i % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        async move {
+            let sandbox = sample_sandbox("racer", SandboxStatus::Creating, base_time());
+            repo.insert(&sandbox, Some(LIMIT))
+                .await
+                .unwrap_or_else(|e| panic!("insert {i}: {e}"))
+        }
+    });
+    let mut inserted = 0;
+    for admission in futures::future::join_all(racers).await {
+        match admission {
+            Admission::Inserted => inserted += 1,
+            Admission::OverLimit { live, limit } => {
+                assert_eq!((live, limit), (LIMIT, LIMIT), "refused below the limit");
+            }
+        }
+    }
+    assert_eq!(inserted, LIMIT, "inserts admitted");
+    let rows = first
+        .list(&SandboxFilter {
+            tenant: Some(tenant("racer")),
+            status: StatusFilter::All,
+            limit: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rows.len() as u64, LIMIT, "rows written");
+}
+
+/// Concurrent limited inserts on one instance never pass the tenant's limit together.
+pub async fn concurrent_inserts_on_one_instance_never_pass_the_tenant_limit(repo: Repo) {
+    race_limited_inserts(repo.clone(), repo).await;
+}
+
+/// Concurrent limited inserts on two instances (two processes, two replicas) never pass the
+/// tenant's limit together.
+pub async fn concurrent_inserts_on_two_instances_never_pass_the_tenant_limit(
+    first: Repo,
+    second: Repo,
+) {
+    race_limited_inserts(first, second).await;
+}
+
+/// A create lease is stored with its row and read back as written; it ends (is `None`)
+/// once the sandbox leaves `creating`, by `mark_running` or by a transition.
+pub async fn a_create_lease_round_trips_and_ends_when_the_sandbox_leaves_creating(repo: Repo) {
+    let instance = InstanceId::new_random();
+    let until = base_time() + Duration::seconds(15) + Duration::nanoseconds(1_234);
+    let started = leased_sandbox("acme", instance, until);
+    insert(&repo, &started).await;
+    let stored = get(&repo, started.id).await;
+    assert_eq!(stored, started);
+    assert_eq!(
+        stored.create_lease,
+        Some(CreateLease {
+            instance,
+            expires_at: micros(until),
+        })
+    );
+    let listed = repo
+        .list(&SandboxFilter {
+            tenant: None,
+            status: StatusFilter::Only(SandboxStatus::Creating),
+            limit: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(listed, vec![started.clone()], "listing carries the lease");
+
+    let update = running_update(started.id, base_time() + Duration::seconds(3));
+    let running = repo
+        .mark_running(started.id, &update)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(running.create_lease, None);
+    assert_eq!(get(&repo, started.id).await.create_lease, None);
+
+    let failed = leased_sandbox("acme", instance, until);
+    insert(&repo, &failed).await;
+    let change = StatusChange {
+        event: LifecycleEvent::Fail,
+        at: micros(base_time() + Duration::seconds(4)),
+        reason: Some("create failed".into()),
+        record: event(EventAction::Failed),
+    };
+    let ended = repo
+        .transition(failed.id, &change)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ended.create_lease, None);
+    assert_eq!(get(&repo, failed.id).await.create_lease, None);
+}
+
+/// `renew_leases` moves the lease of the named `creating` sandboxes of this instance only,
+/// and says how many it moved.
+pub async fn renew_leases_moves_only_this_instances_creating_leases(repo: Repo) {
+    let me = InstanceId::new_random();
+    let other = InstanceId::new_random();
+    let until = base_time() + Duration::seconds(15);
+    let later = micros(until + Duration::seconds(10) + Duration::nanoseconds(777));
+    let mine = leased_sandbox("acme", me, until);
+    let mine_unnamed = leased_sandbox("acme", me, until);
+    let theirs = leased_sandbox("acme", other, until);
+    let unleased = sample_sandbox("acme", SandboxStatus::Creating, base_time());
+    let finished = leased_sandbox("acme", me, until);
+    for sandbox in [&mine, &mine_unnamed, &theirs, &unleased, &finished] {
+        insert(&repo, sandbox).await;
+    }
+    repo.mark_running(
+        finished.id,
+        &running_update(finished.id, base_time() + Duration::seconds(1)),
     )
-    .await;
-    assert_eq!(repo.count_live(&tenant("acme")).await, Ok(6));
-    assert_eq!(repo.count_live(&tenant("globex")).await, Ok(1));
-    assert_eq!(repo.count_live(&tenant("nobody")).await, Ok(0));
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let finished = get(&repo, finished.id).await;
+
+    let named = [
+        mine.id,
+        theirs.id,
+        unleased.id,
+        finished.id,
+        SandboxId::new_random(),
+    ];
+    let renewed = repo
+        .renew_leases(me, &named, later)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(renewed, 1);
+    assert_eq!(
+        get(&repo, mine.id).await.create_lease,
+        Some(CreateLease {
+            instance: me,
+            expires_at: later
+        })
+    );
+    assert_eq!(get(&repo, mine_unnamed.id).await, mine_unnamed, "not named");
+    assert_eq!(get(&repo, theirs.id).await, theirs, "another instance's");
+    assert_eq!(get(&repo, unleased.id).await, unleased, "no lease");
+    assert_eq!(
+        get(&repo, finished.id).await,
+        finished,
+        "no longer creating"
+    );
+    assert_eq!(
+        repo.renew_leases(me, &[], later).await,
+        Ok(0),
+        "an empty renewal"
+    );
+}
+
+fn settle(at: OffsetDateTime) -> StatusChange {
+    StatusChange {
+        event: LifecycleEvent::Fail,
+        at,
+        reason: Some("lease lapsed".into()),
+        record: event(EventAction::Failed),
+    }
+}
+
+/// `fail_lapsed_create` settles a `creating` sandbox whose lease lapsed at or before `now`
+/// (status `error`, the reason, a `failed` event, no lease), and nothing else: a live or
+/// renewed lease, a row without a lease, a sandbox that left `creating`, an unknown id.
+pub async fn fail_lapsed_create_settles_only_a_creating_sandbox_whose_lease_lapsed(repo: Repo) {
+    let instance = InstanceId::new_random();
+    let until = micros(base_time() + Duration::seconds(15));
+    let now = until;
+    let lapsed = leased_sandbox("acme", instance, until);
+    let live = leased_sandbox("acme", instance, until + Duration::microseconds(1));
+    let renewed = leased_sandbox("acme", instance, until - Duration::seconds(5));
+    let unleased = sample_sandbox("acme", SandboxStatus::Creating, base_time());
+    let finished = leased_sandbox("acme", instance, until - Duration::seconds(5));
+    for sandbox in [&lapsed, &live, &renewed, &unleased, &finished] {
+        insert(&repo, sandbox).await;
+    }
+    repo.renew_leases(instance, &[renewed.id], until + Duration::seconds(15))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let renewed = get(&repo, renewed.id).await;
+    repo.mark_running(
+        finished.id,
+        &running_update(finished.id, base_time() + Duration::seconds(2)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let finished = get(&repo, finished.id).await;
+
+    let change = settle(now);
+    let settled = repo
+        .fail_lapsed_create(lapsed.id, now, &change)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("a lapsed lease is settled"));
+    let expected = Sandbox {
+        status: SandboxStatus::Error,
+        status_reason: Some("lease lapsed".into()),
+        create_lease: None,
+        ..lapsed.clone()
+    };
+    assert_eq!(settled, expected);
+    assert_eq!(get(&repo, lapsed.id).await, expected);
+    let events = repo
+        .events(lapsed.id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let last = events.last().unwrap_or_else(|| panic!("no events"));
+    assert_eq!(
+        (last.action, last.created_at),
+        (EventAction::Failed, now),
+        "the failed event, stamped with the change's time"
+    );
+    assert_eq!(
+        repo.fail_lapsed_create(lapsed.id, now, &change).await,
+        Ok(None),
+        "settled once"
+    );
+    assert_eq!(actions(&repo, lapsed.id).await.len(), events.len());
+
+    for (what, untouched) in [
+        ("a live lease", &live),
+        ("a renewed lease", &renewed),
+        ("no lease", &unleased),
+        ("a finished create", &finished),
+    ] {
+        assert_eq!(
+            repo.fail_lapsed_create(untouched.id, now, &change).await,
+            Ok(None),
+            "{what}"
+        );
+        assert_eq!(
+            &get(&repo, untouched.id).await,
+            untouched,
+            "{what} unchanged"
+        );
+    }
+    assert_eq!(
+        repo.fail_lapsed_create(SandboxId::new_random(), now, &change)
+            .await,
+        Ok(None),
+        "unknown"
+    );
+}
+
+/// Settlers racing on two instances (two replicas' lease passes) settle a lapsed create
+/// exactly once: one gets the sandbox, one `failed` event is written.
+pub async fn concurrent_settlers_on_two_instances_settle_a_lapsed_create_once(
+    first: Repo,
+    second: Repo,
+) {
+    let until = micros(base_time() + Duration::seconds(15));
+    let lapsed = leased_sandbox("acme", InstanceId::new_random(), until);
+    insert(&first, &lapsed).await;
+    let settlers = (0..8).map(|i| {
+        let repo = if i % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        async move {
+            repo.fail_lapsed_create(lapsed.id, until, &settle(until))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        }
+    });
+    let settled = futures::future::join_all(settlers)
+        .await
+        .into_iter()
+        .filter(Option::is_some)
+        .count();
+    assert_eq!(settled, 1);
+    let failed = actions(&first, lapsed.id)
+        .await
+        .into_iter()
+        .filter(|a| *a == EventAction::Failed)
+        .count();
+    assert_eq!(failed, 1);
 }
 
 /// `mark_running` moves `creating` to `running` with the container's details and a

@@ -68,7 +68,6 @@ impl Mocks {
             .returning(|id| Err(Error::not_found(format!("sandbox {id} not found"))));
         m.repo.expect_list().returning(|_| Ok(Vec::new()));
         m.repo.expect_touch().returning(|_, _, _, _| Ok(false));
-        m.repo.expect_count_live().returning(|_| Ok(0));
         m.repo.expect_events().returning(|_| Ok(Vec::new()));
         m.repo.expect_ping().returning(|| Ok(()));
         m.runtime.expect_ping().returning(|| Ok(()));
@@ -164,6 +163,7 @@ pub fn sandbox(status: SandboxStatus) -> Sandbox {
         created_at: datetime!(2030-01-02 05:00:00 +02:00),
         expires_at: datetime!(2030-01-02 05:19:05 +02:00),
         deleted_at: None,
+        create_lease: None,
     }
 }
 
