@@ -2,231 +2,15 @@
 //! End to end: the real `Application` on a loopback port, against the real Docker engine,
 //! once with SQLite and once with PostgreSQL, driven over HTTP like a client would.
 
-use std::path::PathBuf;
-use std::process::Command;
+#[macro_use]
+mod support;
+
 use std::time::Duration;
 
-use monza_app::settings::{Secret, ServeArgs};
-use monza_app::{Application, StopHandle};
-use monza_domain::ContainerRuntime;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use support::{Store, TestApp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-#[derive(Clone, Copy, Debug)]
-enum Store {
-    Sqlite,
-    Postgres,
-}
-
-const PG_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
-
-/// The admin token every test server starts with (`MONZA_BOOTSTRAP_TOKEN`), so these tests
-/// run with authentication on, as a real deployment does.
-const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef0123456789abcdef";
-
-/// A client that sends the admin token with every request.
-fn admin_client() -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        reqwest::header::HeaderValue::from_str(&format!("Bearer {ADMIN_TOKEN}")).unwrap(),
-    );
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap()
-}
-
-fn templates_dir() -> PathBuf {
-    monza_devcontainer::test_templates_dir().to_path_buf()
-}
-
-/// A database of its own on the test server, dropped at the end.
-struct PgDatabase {
-    admin_url: String,
-    name: String,
-}
-
-impl PgDatabase {
-    fn create() -> Option<Self> {
-        let admin_url = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| PG_URL.into());
-        let name = format!("monza_e2e_{}", uuid::Uuid::new_v4().simple());
-        let created = Command::new("psql")
-            .args([&admin_url, "-qc", &format!("CREATE DATABASE {name}")])
-            .output()
-            .map_err(|e| e.to_string())
-            .and_then(|o| {
-                if o.status.success() {
-                    Ok(())
-                } else {
-                    Err(String::from_utf8_lossy(&o.stderr).into_owned())
-                }
-            });
-        monza_domain::testing::require("PostgreSQL (via psql)", created)?;
-        Some(Self { admin_url, name })
-    }
-
-    fn url(&self) -> String {
-        match self.admin_url.rsplit_once('/') {
-            Some((base, _)) => format!("{base}/{}", self.name),
-            None => self.admin_url.clone(),
-        }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([
-                &self.admin_url,
-                "-qc",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
-            .output();
-    }
-}
-
-struct TestApp {
-    base: String,
-    client: reqwest::Client,
-    stop: StopHandle,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    args: ServeArgs,
-    runtime: std::sync::Arc<dyn ContainerRuntime>,
-    _dir: tempfile::TempDir,
-    _pg: Option<PgDatabase>,
-}
-
-fn base_args(store: Store, dir: &tempfile::TempDir) -> Option<(ServeArgs, Option<PgDatabase>)> {
-    let mut args = ServeArgs::defaults();
-    args.addr = "127.0.0.1:0".parse().ok()?;
-    args.devcontainers = templates_dir();
-    args.default_template = "busybox".into();
-    args.data_dir = dir.path().to_path_buf();
-    args.reaper_interval = Duration::from_secs(1);
-    args.shutdown_timeout = Duration::from_secs(5);
-    args.bootstrap_token = Some(Secret::from(ADMIN_TOKEN.to_owned()));
-    let pg = match store {
-        Store::Sqlite => {
-            args.database_url = None;
-            None
-        }
-        Store::Postgres => {
-            let pg = PgDatabase::create()?;
-            args.database_url = Some(Secret::from(pg.url()));
-            Some(pg)
-        }
-    };
-    Some((args, pg))
-}
-
-async fn start(
-    args: ServeArgs,
-) -> Option<(
-    String,
-    StopHandle,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-    std::sync::Arc<dyn ContainerRuntime>,
-)> {
-    let app = monza_domain::testing::require(
-        "Docker engine and store for the end-to-end tests",
-        Application::build(args).await,
-    )?;
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let stop = app.stop_handle();
-    let runtime = app.service().runtime().clone();
-    let task = tokio::spawn(app.run_until_stopped());
-    Some((base, stop, task, runtime))
-}
-
-impl TestApp {
-    async fn spawn(store: Store, tweak: impl FnOnce(&mut ServeArgs)) -> Option<Self> {
-        let dir = tempfile::tempdir().ok()?;
-        let (mut args, pg) = base_args(store, &dir)?;
-        tweak(&mut args);
-        let (base, stop, task, runtime) = start(args.clone()).await?;
-        Some(Self {
-            base,
-            client: admin_client(),
-            stop,
-            task,
-            args,
-            runtime,
-            _dir: dir,
-            _pg: pg,
-        })
-    }
-
-    /// Stops this server and starts a new one on the same store.
-    async fn restart(self) -> Self {
-        self.stop.stop().await;
-        self.task.await.unwrap().unwrap();
-        let (base, stop, task, runtime) = start(self.args.clone()).await.unwrap();
-        Self {
-            base,
-            stop,
-            task,
-            runtime,
-            ..self
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn create(&self, body: Value) -> Value {
-        let response = self
-            .client
-            .post(self.url("/api/sandboxes"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        body
-    }
-
-    async fn exec(&self, id: &str, command: &str) -> Value {
-        let response = self
-            .client
-            .post(self.url(&format!("/api/sandboxes/{id}/execute")))
-            .json(&json!({ "command": command }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        response.json().await.unwrap()
-    }
-
-    async fn get_json(&self, path: &str) -> (StatusCode, Value) {
-        let response = self.client.get(self.url(path)).send().await.unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn status_of(&self, id: &str) -> String {
-        let (_, body) = self.get_json(&format!("/api/sandboxes/{id}")).await;
-        body["status"].as_str().unwrap_or_default().to_owned()
-    }
-
-    async fn container_exists(&self, container_id: &str) -> bool {
-        self.runtime
-            .list_managed()
-            .await
-            .unwrap()
-            .iter()
-            .any(|c| c.id == container_id)
-    }
-
-    async fn shutdown(self) {
-        self.stop.stop().await;
-        let _ = self.task.await;
-    }
-}
 
 async fn every_route(store: Store) {
     let Some(app) = TestApp::spawn(store, |_| {}).await else {
@@ -282,7 +66,7 @@ async fn every_route(store: Store) {
 
     // Execute: output in order, exit code, stderr, truncation.
     let out = app
-        .exec(
+        .exec_ok(
             &id,
             "echo out; sleep 0.3; echo err >&2; sleep 0.3; echo $((6*7)); exit 3",
         )
@@ -301,7 +85,7 @@ async fn every_route(store: Store) {
     let out: Value = response.json().await.unwrap();
     assert_eq!(out["truncated"], true);
     assert_eq!(out["output"].as_str().unwrap().len(), 1000);
-    let out = app.exec(&id, "pwd").await;
+    let out = app.exec_ok(&id, "pwd").await;
     assert_eq!(out["output"], "/workspace\n");
 
     // Heartbeat moves expires_at forward.
@@ -452,16 +236,6 @@ async fn every_route(store: Store) {
     app.shutdown().await;
 }
 
-#[tokio::test]
-async fn every_route_on_sqlite() {
-    every_route(Store::Sqlite).await;
-}
-
-#[tokio::test]
-async fn every_route_on_postgres() {
-    every_route(Store::Postgres).await;
-}
-
 async fn forwarded_ports_accept_connections(store: Store) {
     let Some(app) = TestApp::spawn(store, |_| {}).await else {
         return;
@@ -498,16 +272,6 @@ async fn forwarded_ports_accept_connections(store: Store) {
         "got {reply:?}"
     );
     app.shutdown().await;
-}
-
-#[tokio::test]
-async fn forwarded_ports_accept_connections_on_sqlite() {
-    forwarded_ports_accept_connections(Store::Sqlite).await;
-}
-
-#[tokio::test]
-async fn forwarded_ports_accept_connections_on_postgres() {
-    forwarded_ports_accept_connections(Store::Postgres).await;
 }
 
 async fn idle_sandboxes_expire_and_heartbeated_ones_stay(store: Store) {
@@ -573,25 +337,15 @@ async fn idle_sandboxes_expire_and_heartbeated_ones_stay(store: Store) {
     app.shutdown().await;
 }
 
-#[tokio::test]
-async fn idle_sandboxes_expire_and_heartbeated_ones_stay_on_sqlite() {
-    idle_sandboxes_expire_and_heartbeated_ones_stay(Store::Sqlite).await;
-}
-
-#[tokio::test]
-async fn idle_sandboxes_expire_and_heartbeated_ones_stay_on_postgres() {
-    idle_sandboxes_expire_and_heartbeated_ones_stay(Store::Postgres).await;
-}
-
 async fn a_restarted_server_serves_live_sandboxes(store: Store) {
     let Some(app) = TestApp::spawn(store, |_| {}).await else {
         return;
     };
     let sandbox = app.create(json!({})).await;
     let id = sandbox["id"].as_str().unwrap().to_owned();
-    app.exec(&id, "echo before > /workspace/state").await;
+    app.exec_ok(&id, "echo before > /workspace/state").await;
     let app = app.restart().await;
-    let out = app.exec(&id, "cat /workspace/state").await;
+    let out = app.exec_ok(&id, "cat /workspace/state").await;
     assert_eq!(out["output"], "before\n");
     assert_eq!(app.status_of(&id).await, "running");
     let _ = app
@@ -600,16 +354,6 @@ async fn a_restarted_server_serves_live_sandboxes(store: Store) {
         .send()
         .await;
     app.shutdown().await;
-}
-
-#[tokio::test]
-async fn a_restarted_server_serves_live_sandboxes_on_sqlite() {
-    a_restarted_server_serves_live_sandboxes(Store::Sqlite).await;
-}
-
-#[tokio::test]
-async fn a_restarted_server_serves_live_sandboxes_on_postgres() {
-    a_restarted_server_serves_live_sandboxes(Store::Postgres).await;
 }
 
 /// Templates end to end: lifecycle hooks run in order, a failing hook leaves the sandbox in
@@ -622,7 +366,7 @@ async fn templates_shape_the_sandbox_end_to_end() {
     };
     let hooks = app.create(json!({"template": "busybox-hooks"})).await;
     let out = app
-        .exec(hooks["id"].as_str().unwrap(), "cat /tmp/hooks.log")
+        .exec_ok(hooks["id"].as_str().unwrap(), "cat /tmp/hooks.log")
         .await;
     assert_eq!(
         out["output"], "onCreate\npostCreate-a\npostCreate-b\npostStart\n",
@@ -670,7 +414,7 @@ async fn templates_shape_the_sandbox_end_to_end() {
         "{failure}"
     );
     let leftovers: Vec<_> = app
-        .runtime
+        .runtime()
         .list_managed()
         .await
         .unwrap()
@@ -684,7 +428,7 @@ async fn templates_shape_the_sandbox_end_to_end() {
     assert_eq!(first["image"], second["image"], "the build was not reused");
     assert!(first["image"].as_str().unwrap().starts_with("monza-build/"));
     let out = app
-        .exec(
+        .exec_ok(
             second["id"].as_str().unwrap(),
             "cat /etc/monza-build-greeting",
         )
@@ -694,7 +438,7 @@ async fn templates_shape_the_sandbox_end_to_end() {
     let env = app.create(json!({"template": "busybox-env"})).await;
     assert_eq!(env["workspace_mount"], "/work/project");
     let out = app
-        .exec(
+        .exec_ok(
             env["id"].as_str().unwrap(),
             "pwd; echo $MONZA_TEST_VAR; echo $MONZA_REMOTE_VAR",
         )
@@ -715,41 +459,6 @@ async fn templates_shape_the_sandbox_end_to_end() {
             .await;
     }
     app.shutdown().await;
-}
-
-/// Removes every container of a deployment when dropped, whatever happened.
-struct DeploymentContainers(String);
-
-impl DeploymentContainers {
-    fn new() -> Self {
-        Self(format!("e2e-{}", uuid::Uuid::new_v4().simple()))
-    }
-}
-
-impl Drop for DeploymentContainers {
-    fn drop(&mut self) {
-        let listed = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=monza.deployment={}", self.0),
-            ])
-            .output();
-        if let Ok(out) = listed {
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .arg("rm")
-                    .arg("-f")
-                    .args(&ids)
-                    .output();
-            }
-        }
-    }
 }
 
 /// How many creates [`race_creates`] sends at once, and the tenant limit they race for.
@@ -801,7 +510,7 @@ async fn race_creates(app: &TestApp, bases: &[String]) {
             other => panic!("create answered {other}: {body}"),
         }
     }
-    let containers = app.runtime.list_managed().await.unwrap();
+    let containers = app.runtime().list_managed().await.unwrap();
     let (_, live) = app.get_json("/api/sandboxes").await;
     for id in &created {
         let _ = app
@@ -830,17 +539,14 @@ async fn race_creates(app: &TestApp, bases: &[String]) {
     }
     assert_eq!(live.as_array().unwrap().len(), LIMIT as usize, "{live}");
     assert!(
-        app.runtime.list_managed().await.unwrap().is_empty(),
+        app.runtime().list_managed().await.unwrap().is_empty(),
         "deleted sandboxes left containers"
     );
 }
 
 async fn the_tenant_limit_holds_under_simultaneous_creates(store: Store) {
-    let containers = DeploymentContainers::new();
-    let deployment = containers.0.clone();
     let Some(app) = TestApp::spawn(store, |args| {
         args.max_sandboxes_per_tenant = LIMIT;
-        args.deployment = Some(deployment);
     })
     .await
     else {
@@ -850,33 +556,27 @@ async fn the_tenant_limit_holds_under_simultaneous_creates(store: Store) {
     app.shutdown().await;
 }
 
-#[tokio::test]
-async fn the_tenant_limit_holds_under_simultaneous_creates_on_sqlite() {
-    the_tenant_limit_holds_under_simultaneous_creates(Store::Sqlite).await;
-}
-
-#[tokio::test]
-async fn the_tenant_limit_holds_under_simultaneous_creates_on_postgres() {
-    the_tenant_limit_holds_under_simultaneous_creates(Store::Postgres).await;
-}
-
 /// Two replicas on one PostgreSQL database, the creates split between them: the limit is
 /// one decision across both.
 #[tokio::test]
 async fn the_tenant_limit_holds_across_two_replicas_on_one_postgres() {
-    let containers = DeploymentContainers::new();
-    let deployment = containers.0.clone();
     let Some(app) = TestApp::spawn(Store::Postgres, |args| {
         args.max_sandboxes_per_tenant = LIMIT;
-        args.deployment = Some(deployment);
     })
     .await
     else {
         return;
     };
-    let (second, stop, task, _) = start(app.args.clone()).await.unwrap();
-    race_creates(&app, &[app.base.clone(), second]).await;
-    stop.stop().await;
-    task.await.unwrap().unwrap();
+    let second = app.replica().await;
+    race_creates(&app, &[app.base.clone(), second.base.clone()]).await;
+    second.stop().await;
     app.shutdown().await;
 }
+
+on_both_stores!(
+    every_route,
+    forwarded_ports_accept_connections,
+    idle_sandboxes_expire_and_heartbeated_ones_stay,
+    a_restarted_server_serves_live_sandboxes,
+    the_tenant_limit_holds_under_simultaneous_creates,
+);

@@ -4,6 +4,7 @@
 //! delete, slow bodies and the memory an execute may hold. Against the real server and
 //! engine, on both stores where a store is involved.
 
+#[macro_use]
 mod support;
 
 use std::time::{Duration, Instant};
@@ -161,16 +162,6 @@ async fn nul_bytes_in_every_text_field_are_a_400_and_nothing_runs_or_is_stored(s
     assert_eq!(status, StatusCode::OK, "{out}");
     assert_eq!(out["output"], "1\n", "a refused command ran: {out}");
     app.shutdown().await;
-}
-
-#[tokio::test]
-async fn nul_bytes_are_refused_on_sqlite() {
-    nul_bytes_in_every_text_field_are_a_400_and_nothing_runs_or_is_stored(Store::Sqlite).await;
-}
-
-#[tokio::test]
-async fn nul_bytes_are_refused_on_postgres() {
-    nul_bytes_in_every_text_field_are_a_400_and_nothing_runs_or_is_stored(Store::Postgres).await;
 }
 
 // --- Bodies, ids and queries (item 7) -------------------------------------------------------
@@ -463,16 +454,6 @@ async fn execute_racing_delete_answers_200_or_409_only(store: Store) {
     app.shutdown().await;
 }
 
-#[tokio::test]
-async fn execute_racing_delete_on_sqlite() {
-    execute_racing_delete_answers_200_or_409_only(Store::Sqlite).await;
-}
-
-#[tokio::test]
-async fn execute_racing_delete_on_postgres() {
-    execute_racing_delete_answers_200_or_409_only(Store::Postgres).await;
-}
-
 // --- Slow bodies (item 6) ------------------------------------------------------------------
 
 /// Sends `head`, then `body` one byte per `pace`, and returns what the server answered (its
@@ -687,3 +668,8 @@ async fn a_flood_of_output_holds_about_twice_the_cap_and_the_budget_bounds_the_r
     assert_eq!(out["output"], "yes\n");
     app.shutdown().await;
 }
+
+on_both_stores!(
+    nul_bytes_in_every_text_field_are_a_400_and_nothing_runs_or_is_stored,
+    execute_racing_delete_answers_200_or_409_only,
+);

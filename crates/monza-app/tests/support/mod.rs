@@ -1,16 +1,40 @@
-//! A test server for monza-app's integration tests: the real `Application` on 127.0.0.1:0,
+//! The test server of monza-app's integration tests: the real `Application` on 127.0.0.1:0,
 //! real Docker, SQLite in a temporary directory or a fresh PostgreSQL database of its own,
-//! authentication on with a known admin token. Every sandbox it made is deleted (and so its
-//! container removed) when it shuts down.
+//! authentication on with a known admin token, and a `monza.deployment` label of its own.
+//! Every sandbox it made is deleted at `shutdown`, and every container carrying its label is
+//! removed when it is dropped, so a failed test leaves nothing on the engine either.
+//!
+//! `on_both_stores!(name, …)` turns an `async fn name(store: Store)` into the tests
+//! `name::sqlite` and `name::postgres`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use monza_app::settings::{Secret, ServeArgs};
 use monza_app::{Application, StopHandle};
+use monza_domain::ContainerRuntime;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+/// One test per store for each `async fn NAME(store: Store)`.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::support::Store::Sqlite).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(super::support::Store::Postgres).await;
+            }
+        }
+    )+};
+}
 
 /// Which store a test server uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,7 +45,8 @@ pub enum Store {
 
 pub const PG_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
 
-/// The admin token every test server starts with.
+/// The admin token every test server starts with (`MONZA_BOOTSTRAP_TOKEN`), so the tests
+/// run with authentication on, as a real deployment does.
 pub const ADMIN_TOKEN: &str = "support-admin-token-0123456789abcdef0123456789abcdef";
 
 /// A database of its own on the test server, dropped at the end.
@@ -70,143 +95,20 @@ impl Drop for PgDatabase {
     }
 }
 
-/// A running test server.
-pub struct TestApp {
-    pub base: String,
-    pub client: reqwest::Client,
-    /// The `monza.deployment` label of every container this server makes.
-    deployment: String,
-    stop: StopHandle,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _dir: tempfile::TempDir,
-    _pg: Option<PgDatabase>,
-}
+/// Removes every container carrying a `monza.deployment` label when dropped.
+#[derive(Debug)]
+pub struct DeploymentContainers(pub String);
 
-impl TestApp {
-    /// Starts a server on `store` with the busybox test templates, after `tweak`. `None`
-    /// (a loud skip) outside CI when Docker or PostgreSQL is missing.
-    pub async fn spawn(store: Store, tweak: impl FnOnce(&mut ServeArgs)) -> Option<Self> {
-        let dir = tempfile::tempdir().ok()?;
-        let mut args = ServeArgs::defaults();
-        args.addr = "127.0.0.1:0".parse().ok()?;
-        args.devcontainers = monza_devcontainer::test_templates_dir().to_path_buf();
-        args.default_template = "busybox".into();
-        args.data_dir = dir.path().to_path_buf();
-        args.shutdown_timeout = Duration::from_secs(5);
-        args.bootstrap_token = Some(Secret::from(ADMIN_TOKEN.to_owned()));
-        let pg = match store {
-            Store::Sqlite => {
-                args.database_url = None;
-                None
-            }
-            Store::Postgres => {
-                let pg = PgDatabase::create()?;
-                args.database_url = Some(Secret::from(pg.url()));
-                Some(pg)
-            }
-        };
-        let deployment = format!("test-{}", uuid::Uuid::new_v4().simple());
-        args.deployment = Some(deployment.clone());
-        tweak(&mut args);
-        let app = monza_domain::testing::require(
-            "Docker engine and store for the integration tests",
-            Application::build(args).await,
-        )?;
-        let base = format!("http://127.0.0.1:{}", app.port());
-        let stop = app.stop_handle();
-        let task = Some(tokio::spawn(app.run_until_stopped()));
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            reqwest::header::HeaderValue::from_str(&format!("Bearer {ADMIN_TOKEN}")).unwrap(),
-        );
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .timeout(Duration::from_secs(120))
-            .build()
-            .unwrap();
-        Some(Self {
-            base,
-            client,
-            deployment,
-            stop,
-            task,
-            _dir: dir,
-            _pg: pg,
-        })
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// The local address, for raw connections.
-    pub fn addr(&self) -> String {
-        self.base.trim_start_matches("http://").to_owned()
-    }
-
-    /// Creates a sandbox (busybox unless `body` says otherwise); asserts 201.
-    pub async fn create(&self, body: Value) -> Value {
-        let response = self
-            .client
-            .post(self.url("/api/sandboxes"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        body
-    }
-
-    /// A request's status and JSON body (`Null` when the body is not JSON).
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    pub async fn exec(&self, id: &str, command: &str) -> (StatusCode, Value) {
-        self.send(
-            self.client
-                .post(self.url(&format!("/api/sandboxes/{id}/execute")))
-                .json(&json!({ "command": command })),
-        )
-        .await
-    }
-
-    pub async fn all_sandboxes(&self) -> Vec<Value> {
-        let (status, body) = self
-            .send(self.client.get(self.url("/api/sandboxes?status=all")))
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        body.as_array().unwrap().clone()
-    }
-
-    /// Deletes every sandbox still live (removing its container), then stops the server.
-    pub async fn shutdown(mut self) {
-        for sandbox in self.all_sandboxes().await {
-            if sandbox["deleted_at"].is_null() {
-                let id = sandbox["id"].as_str().unwrap();
-                let _ = self
-                    .client
-                    .delete(self.url(&format!("/api/sandboxes/{id}")))
-                    .send()
-                    .await;
-            }
-        }
-        self.stop.stop().await;
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+impl DeploymentContainers {
+    /// A new label, unique to one test.
+    pub fn label() -> String {
+        format!("test-{}", uuid::Uuid::new_v4().simple())
     }
 }
 
-impl Drop for TestApp {
-    /// A test that failed before `shutdown` still leaves no container behind.
+impl Drop for DeploymentContainers {
     fn drop(&mut self) {
-        let filter = format!("label=monza.deployment={}", self.deployment);
+        let filter = format!("label=monza.deployment={}", self.0);
         let Ok(listed) = Command::new("docker")
             .args(["ps", "-aq", "--filter", &filter])
             .output()
@@ -224,6 +126,213 @@ impl Drop for TestApp {
                 .output();
         }
     }
+}
+
+/// One running `Application`.
+pub struct Running {
+    pub base: String,
+    stop: StopHandle,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    runtime: Arc<dyn ContainerRuntime>,
+}
+
+impl Running {
+    /// Starts a server with `args`; `None` (a loud skip) outside CI when a dependency is
+    /// missing.
+    pub async fn start(args: ServeArgs) -> Option<Self> {
+        let app = monza_domain::testing::require(
+            "Docker engine and store for the integration tests",
+            Application::build(args).await,
+        )?;
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let stop = app.stop_handle();
+        let runtime = app.service().runtime().clone();
+        let task = tokio::spawn(app.run_until_stopped());
+        Some(Self {
+            base,
+            stop,
+            task,
+            runtime,
+        })
+    }
+
+    /// Stops it and waits for it to end cleanly.
+    pub async fn stop(self) {
+        self.stop.stop().await;
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// A test server: the first replica, its store and its clean-up.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub args: ServeArgs,
+    server: Option<Running>,
+    // Dropped in this order: the database after the containers.
+    _containers: DeploymentContainers,
+    _dir: tempfile::TempDir,
+    _pg: Option<PgDatabase>,
+}
+
+impl TestApp {
+    /// Starts a server on `store` with the busybox test templates, after `tweak` (which may
+    /// also replace the deployment label). `None` (a loud skip) outside CI when Docker or
+    /// PostgreSQL is missing.
+    pub async fn spawn(store: Store, tweak: impl FnOnce(&mut ServeArgs)) -> Option<Self> {
+        let dir = tempfile::tempdir().ok()?;
+        let mut args = ServeArgs::defaults();
+        args.addr = "127.0.0.1:0".parse().ok()?;
+        args.devcontainers = monza_devcontainer::test_templates_dir().to_path_buf();
+        args.default_template = "busybox".into();
+        args.data_dir = dir.path().to_path_buf();
+        args.reaper_interval = Duration::from_secs(1);
+        args.shutdown_timeout = Duration::from_secs(5);
+        args.bootstrap_token = Some(Secret::from(ADMIN_TOKEN.to_owned()));
+        let pg = match store {
+            Store::Sqlite => {
+                args.database_url = None;
+                None
+            }
+            Store::Postgres => {
+                let pg = PgDatabase::create()?;
+                args.database_url = Some(Secret::from(pg.url()));
+                Some(pg)
+            }
+        };
+        args.deployment = Some(DeploymentContainers::label());
+        tweak(&mut args);
+        let containers =
+            DeploymentContainers(args.deployment.clone().unwrap_or_else(|| "unset".into()));
+        let server = Running::start(args.clone()).await?;
+        Some(Self {
+            base: server.base.clone(),
+            client: admin_client(),
+            args,
+            server: Some(server),
+            _containers: containers,
+            _dir: dir,
+            _pg: pg,
+        })
+    }
+
+    /// Another replica on the same store and deployment; the caller stops it.
+    pub async fn replica(&self) -> Running {
+        Running::start(self.args.clone()).await.unwrap()
+    }
+
+    /// Stops this server and starts a new one on the same store.
+    pub async fn restart(mut self) -> Self {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+        let server = Running::start(self.args.clone()).await.unwrap();
+        self.base = server.base.clone();
+        self.server = Some(server);
+        self
+    }
+
+    /// The server's container runtime, to look at the engine as monza sees it.
+    pub fn runtime(&self) -> &Arc<dyn ContainerRuntime> {
+        &self.server.as_ref().unwrap().runtime
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The local address, for raw connections.
+    pub fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_owned()
+    }
+
+    /// Creates a sandbox (busybox unless `body` says otherwise); asserts 201.
+    pub async fn create(&self, body: Value) -> Value {
+        let (status, body) = self
+            .send(self.client.post(self.url("/api/sandboxes")).json(&body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    /// A request's status and JSON body (`Null` when the body is not JSON).
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    pub async fn exec(&self, id: &str, command: &str) -> (StatusCode, Value) {
+        self.send(
+            self.client
+                .post(self.url(&format!("/api/sandboxes/{id}/execute")))
+                .json(&json!({ "command": command })),
+        )
+        .await
+    }
+
+    /// Runs a command; asserts 200.
+    pub async fn exec_ok(&self, id: &str, command: &str) -> Value {
+        let (status, body) = self.exec(id, command).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    pub async fn status_of(&self, id: &str) -> String {
+        let (_, body) = self.get_json(&format!("/api/sandboxes/{id}")).await;
+        body["status"].as_str().unwrap_or_default().to_owned()
+    }
+
+    pub async fn container_exists(&self, container_id: &str) -> bool {
+        self.runtime()
+            .list_managed()
+            .await
+            .unwrap()
+            .iter()
+            .any(|c| c.id == container_id)
+    }
+
+    pub async fn all_sandboxes(&self) -> Vec<Value> {
+        let (status, body) = self.get_json("/api/sandboxes?status=all").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body.as_array().unwrap().clone()
+    }
+
+    /// Deletes every sandbox still live (removing its container), then stops the server.
+    pub async fn shutdown(mut self) {
+        if let Some(server) = self.server.take() {
+            for sandbox in self.all_sandboxes().await {
+                if sandbox["deleted_at"].is_null() {
+                    let id = sandbox["id"].as_str().unwrap();
+                    let _ = self
+                        .client
+                        .delete(self.url(&format!("/api/sandboxes/{id}")))
+                        .send()
+                        .await;
+                }
+            }
+            server.stop.stop().await;
+            let _ = server.task.await;
+        }
+    }
+}
+
+/// A client that sends the admin token with every request.
+pub fn admin_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {ADMIN_TOKEN}")).unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
 }
 
 /// Asserts an error answer's status and stable code.
