@@ -450,38 +450,43 @@ impl TarReader {
     }
 
     /// Reads headers up to the first regular file's and returns its size; its content is
-    /// next in the stream.
+    /// next in the stream. The headers are parsed by the `tar` crate (octal and base-256
+    /// sizes, PAX records); only the buffering is ours, so the content streams.
     async fn first_file(&mut self) -> Result<u64, ReadError> {
         let mut pax_size = None;
         loop {
             self.fill(512).await?;
-            let header = self.buf.split_to(512);
-            if header.iter().all(|b| *b == 0) {
+            let block = self.buf.split_to(512);
+            if block.iter().all(|b| *b == 0) {
                 return Err(ReadError::Malformed("the archive holds no file".into()));
             }
-            let size = parse_size(&header[124..136])
-                .ok_or_else(|| ReadError::Malformed("bad size in a tar header".into()))?;
+            let header = tar::Header::from_byte_slice(&block);
+            let size = header
+                .entry_size()
+                .map_err(|e| ReadError::Malformed(format!("bad size in a tar header: {e}")))?;
             let padded = size.div_ceil(512) * 512;
-            match header[156] {
-                b'0' | 0 | b'7' => return Ok(pax_size.unwrap_or(size)),
-                b'x' => {
-                    if size > MAX_PAX {
-                        return Err(ReadError::Malformed("PAX header too large".into()));
-                    }
-                    let len = usize::try_from(padded).unwrap_or(usize::MAX);
-                    self.fill(len).await?;
-                    let records = self.buf.split_to(len);
-                    pax_size = pax_record(&records[..usize::try_from(size).unwrap_or(0)], b"size");
+            let kind = header.entry_type();
+            if kind.is_file() || kind.is_contiguous() {
+                return Ok(pax_size.unwrap_or(size));
+            }
+            if kind.is_pax_local_extensions() {
+                if size > MAX_PAX {
+                    return Err(ReadError::Malformed("PAX header too large".into()));
                 }
-                b'5' => return Err(ReadError::Invalid("is a directory".into())),
-                b'1' | b'2' => {
-                    return Err(ReadError::Invalid("is a link, not a regular file".into()));
-                }
-                b'3' | b'4' | b'6' => {
-                    return Err(ReadError::Invalid("is not a regular file".into()));
-                }
-                // 'g' (global PAX), 'L'/'K' (GNU long names) and anything else: skipped.
-                _ => self.skip(padded).await?,
+                let len = usize::try_from(padded).unwrap_or(usize::MAX);
+                self.fill(len).await?;
+                let records = self.buf.split_to(len);
+                let records = &records[..usize::try_from(size).unwrap_or(0)];
+                pax_size = pax_number(records, "size");
+            } else if kind.is_dir() {
+                return Err(ReadError::Invalid("is a directory".into()));
+            } else if kind.is_hard_link() || kind.is_symlink() {
+                return Err(ReadError::Invalid("is a link, not a regular file".into()));
+            } else if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+                return Err(ReadError::Invalid("is not a regular file".into()));
+            } else {
+                // Global PAX headers, GNU long names and anything else: skipped.
+                self.skip(padded).await?;
             }
         }
     }
@@ -524,40 +529,12 @@ impl TarReader {
     }
 }
 
-/// A tar numeric field: octal text, or base-256 when the high bit of the first byte is set.
-fn parse_size(field: &[u8]) -> Option<u64> {
-    if field.first().is_some_and(|b| b & 0x80 != 0) {
-        let mut value: u64 = u64::from(field[0] & 0x7f);
-        for b in &field[1..] {
-            value = value.checked_mul(256)?.checked_add(u64::from(*b))?;
-        }
-        return Some(value);
-    }
-    let text = std::str::from_utf8(field).ok()?;
-    let text = text.trim_matches(|c: char| c == '\0' || c == ' ');
-    if text.is_empty() {
-        return Some(0);
-    }
-    u64::from_str_radix(text, 8).ok()
-}
-
-/// The value of `key` in PAX records (`<len> <key>=<value>\n`), as a number.
-fn pax_record(records: &[u8], key: &[u8]) -> Option<u64> {
-    let mut rest = records;
-    while !rest.is_empty() {
-        let space = rest.iter().position(|b| *b == b' ')?;
-        let len: usize = std::str::from_utf8(&rest[..space]).ok()?.parse().ok()?;
-        if len <= space || len > rest.len() {
-            return None;
-        }
-        let record = &rest[space + 1..len];
-        let record = record.strip_suffix(b"\n").unwrap_or(record);
-        if let Some(value) = record.strip_prefix(key).and_then(|r| r.strip_prefix(b"=")) {
-            return std::str::from_utf8(value).ok()?.parse().ok();
-        }
-        rest = &rest[len..];
-    }
-    None
+/// The value of `key` in PAX records, as a number.
+fn pax_number(records: &[u8], key: &str) -> Option<u64> {
+    tar::PaxExtensions::new(records)
+        .filter_map(Result::ok)
+        .find(|ext| ext.key() == Ok(key))
+        .and_then(|ext| ext.value().ok()?.parse().ok())
 }
 
 #[cfg(test)]
@@ -675,22 +652,11 @@ mod tests {
     }
 
     #[test]
-    fn sizes_parse_in_octal_and_base_256() {
-        assert_eq!(parse_size(b"00000001750\0"), Some(1000));
-        assert_eq!(parse_size(b"     17 \0\0\0\0"), Some(15));
-        let mut big = [0u8; 12];
-        big[0] = 0x80;
-        big[11] = 1;
-        big[10] = 2;
-        assert_eq!(parse_size(&big), Some(513));
-        assert_eq!(parse_size(b"zz"), None);
-    }
-
-    #[test]
     fn pax_size_records_are_found() {
         let records = b"26 mtime=1350244992.02340\n19 size=9000000000\n";
-        assert_eq!(pax_record(records, b"size"), Some(9_000_000_000));
-        assert_eq!(pax_record(records, b"uid"), None);
+        assert_eq!(pax_number(records, "size"), Some(9_000_000_000));
+        assert_eq!(pax_number(records, "uid"), None);
+        assert_eq!(pax_number(b"garbage", "size"), None);
     }
 
     #[test]
