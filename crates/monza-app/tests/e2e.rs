@@ -110,15 +110,13 @@ async fn every_route(store: Store) {
             "file",
             reqwest::multipart::Part::bytes(content.clone()).file_name("blob.bin"),
         );
-    let response = app
-        .client
-        .post(app.url(&format!("/api/sandboxes/{id}/files/upload")))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
+    let (status, body) = app
+        .send(
+            app.client
+                .post(app.url(&format!("/api/sandboxes/{id}/files/upload")))
+                .multipart(form),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body,
@@ -165,15 +163,13 @@ async fn every_route(store: Store) {
     let unknown = uuid::Uuid::new_v4();
     let (status, body) = app.get_json(&format!("/api/sandboxes/{unknown}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    let response = app
-        .client
-        .post(app.url("/api/sandboxes"))
-        .json(&json!({"template": "no-such-template"}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
+    let (status, body) = app
+        .send(
+            app.client
+                .post(app.url("/api/sandboxes"))
+                .json(&json!({"template": "no-such-template"})),
+        )
+        .await;
     assert!(status.is_client_error(), "{status} {body}");
     assert!(
         body["error"]["message"]
@@ -373,15 +369,13 @@ async fn templates_shape_the_sandbox_end_to_end() {
         "{out}"
     );
 
-    let response = app
-        .client
-        .post(app.url("/api/sandboxes"))
-        .json(&json!({"template": "busybox-failing-hook"}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
+    let (status, body) = app
+        .send(
+            app.client
+                .post(app.url("/api/sandboxes"))
+                .json(&json!({"template": "busybox-failing-hook"})),
+        )
+        .await;
     assert!(status.is_client_error(), "{status} {body}");
     assert!(
         body["error"]["message"]
