@@ -32,8 +32,8 @@ pub use sandbox::{
     SandboxFilter, SandboxId, SandboxName, SandboxStatus, StatusFilter, TemplateName, TenantId,
 };
 pub use service::{
-    Access, CreateSandbox, ExecLimits, ExecuteCommand, LeaseReport, ReapReport, ReconcileReport,
-    SandboxService, ServiceConfig,
+    Access, CreateSandbox, ExecLimits, ExecuteCommand, LeaseReport, Readiness, ReapReport,
+    ReconcileReport, SandboxService, ServiceConfig,
 };
 pub use template::{
     BuildSpec, Command, ImageSource, LifecycleCommand, Mount, RunOptions, Template,

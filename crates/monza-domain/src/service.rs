@@ -248,14 +248,31 @@ impl SandboxService {
         &self.config
     }
 
-    /// The store, for readiness checks.
-    pub fn repository(&self) -> &Arc<dyn SandboxRepository> {
-        &self.repo
-    }
-
-    /// The container runtime, for readiness checks.
+    /// The container runtime (tests and benchmarks look at the engine through it).
     pub fn runtime(&self) -> &Arc<dyn ContainerRuntime> {
         &self.runtime
+    }
+
+    /// Whether the store and the container runtime answer, each checked at once and each
+    /// given up when `timer()` completes first (the domain has no clock to sleep on: the
+    /// caller brings one, e.g. `|| tokio::time::sleep(d)`).
+    pub async fn readiness<T, F>(&self, timer: T) -> Readiness
+    where
+        T: Fn() -> F,
+        F: Future<Output = ()>,
+    {
+        let (database, docker) = futures::join!(
+            within(self.repo.ping(), timer(), "database"),
+            within(self.runtime.ping(), timer(), "docker"),
+        );
+        Readiness { database, docker }
+    }
+
+    /// Refuses early an upload to a sandbox that is unknown, another tenant's, or not
+    /// running, before its body (up to the upload limit) is read; [`Self::upload`] checks
+    /// again once the file is in.
+    pub async fn check_upload(&self, access: &Access, id: SandboxId) -> Result<()> {
+        self.running(access, id).await.map(drop)
     }
 
     /// The template catalog.
@@ -277,7 +294,16 @@ impl SandboxService {
         let template_name = request
             .template
             .unwrap_or_else(|| self.config.default_template.clone());
-        let template = self.catalog.resolve(&template_name).await?;
+        // Nothing exists yet that could be "not found" but the template the client named:
+        // that is bad input (the catalog's message lists the available templates).
+        let template = self
+            .catalog
+            .resolve(&template_name)
+            .await
+            .map_err(|e| match e {
+                Error::NotFound(message) => Error::InvalidInput(message),
+                other => other,
+            })?;
         let name = match request.name {
             Some(name) => name,
             None => SandboxName::new(&format!("sandbox-{template_name}"))?,
@@ -714,6 +740,42 @@ impl SandboxService {
                 event,
             )
             .await
+    }
+}
+
+/// What [`SandboxService::readiness`] found: each dependency's answer.
+#[derive(Debug)]
+pub struct Readiness {
+    /// The sandbox store.
+    pub database: Result<()>,
+    /// The container runtime.
+    pub docker: Result<()>,
+}
+
+impl Readiness {
+    /// Every dependency answered.
+    pub fn is_ready(&self) -> bool {
+        self.database.is_ok() && self.docker.is_ok()
+    }
+}
+
+/// `check`, or unavailable naming `dependency` when `timer` completes first.
+async fn within<F>(
+    check: impl Future<Output = Result<()>>,
+    timer: F,
+    dependency: &str,
+) -> Result<()>
+where
+    F: Future<Output = ()>,
+{
+    futures::pin_mut!(check);
+    futures::pin_mut!(timer);
+    match futures::future::select(check, timer).await {
+        futures::future::Either::Left((result, _)) => result,
+        futures::future::Either::Right(((), _)) => Err(Error::unavailable(
+            dependency,
+            format!("the {dependency} did not answer the readiness check in time"),
+        )),
     }
 }
 

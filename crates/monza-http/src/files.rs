@@ -10,7 +10,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use monza_domain::{Error, FileDownload, LifecycleEvent, SandboxService, UploadFile, lifecycle};
+use monza_domain::{Error, FileDownload, SandboxService, UploadFile};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
@@ -59,10 +59,8 @@ pub(crate) async fn upload_file(
     );
     let mut form = Multipart::new(req.headers(), paced);
     let id = sandbox_id(&id)?;
-    // Refuse an unknown or stopped sandbox before reading up to 100 MiB (the service checks
-    // again when the file is in).
-    let sandbox = service.get(&caller.0, id).await?;
-    lifecycle::check(&sandbox, LifecycleEvent::Activity)?;
+    // Refuse an unknown or stopped sandbox before reading up to 100 MiB.
+    service.check_upload(&caller.0, id).await?;
     let limit = service.config().max_upload_bytes;
     let mut file: Option<Spooled> = None;
     let mut dest_dir: Option<String> = None;

@@ -54,35 +54,30 @@ pub(crate) async fn get_hello() -> web::Json<HelloResponse> {
     )
 )]
 pub(crate) async fn get_ready(service: web::Data<SandboxService>) -> HttpResponse {
-    let (database, docker) = futures::join!(
-        ping("database", service.repository().ping()),
-        ping("docker", service.runtime().ping()),
-    );
-    let ready = database && docker;
-    let word = |ok: bool| if ok { "ok" } else { "unavailable" }.to_owned();
-    let body = ReadyResponse {
-        status: word(ready),
-        database: word(database),
-        docker: word(docker),
+    let readiness = service
+        .readiness(|| tokio::time::sleep(READY_TIMEOUT))
+        .await;
+    let word = |result: &monza_domain::Result<()>, dependency: &str| match result {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => {
+            tracing::warn!(dependency, error = %e, "readiness check failed");
+            "unavailable".to_owned()
+        }
     };
-    if ready {
+    let body = ReadyResponse {
+        status: if readiness.is_ready() {
+            "ok"
+        } else {
+            "unavailable"
+        }
+        .to_owned(),
+        database: word(&readiness.database, "database"),
+        docker: word(&readiness.docker, "docker"),
+    };
+    if readiness.is_ready() {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
-    }
-}
-
-async fn ping(dependency: &str, check: impl Future<Output = monza_domain::Result<()>>) -> bool {
-    match tokio::time::timeout(READY_TIMEOUT, check).await {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            tracing::warn!(dependency, error = %e, "readiness check failed");
-            false
-        }
-        Err(_) => {
-            tracing::warn!(dependency, timeout = ?READY_TIMEOUT, "readiness check timed out");
-            false
-        }
     }
 }
 
@@ -135,15 +130,7 @@ pub(crate) async fn create_sandbox(
     body: JsonOrEmpty<CreateSandboxRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.0.unwrap_or_default().into_domain()?;
-    let sandbox = service
-        .create(&caller.0, request)
-        .await
-        .map_err(|e| match e {
-            // Nothing exists yet that could be "not found" but the template the client
-            // named: that is bad input (the message lists the available templates).
-            Error::NotFound(message) => ApiError::invalid(message),
-            other => other.into(),
-        })?;
+    let sandbox = service.create(&caller.0, request).await?;
     let location = format!("/api/sandboxes/{}", sandbox.id);
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, location))

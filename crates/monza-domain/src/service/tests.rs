@@ -232,7 +232,47 @@ async fn create_with_an_unknown_template_writes_nothing() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::NotFound(_)));
+    // The client's bad input, not a missing resource: a 400 listing what exists.
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("available: go")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn readiness_names_what_does_not_answer_and_gives_up_on_what_hangs() {
+    let mut m = Mocks::new();
+    m.repo.expect_ping().returning(|| Ok(()));
+    m.runtime
+        .expect_ping()
+        .returning(|| Err(Error::unavailable("docker", "connection refused")));
+    // A timer that has already fired wins only over a check that is not ready yet.
+    let readiness = m.service().readiness(|| std::future::ready(())).await;
+    assert!(readiness.database.is_ok(), "{readiness:?}");
+    assert!(matches!(readiness.docker, Err(Error::Unavailable { .. })));
+    assert!(!readiness.is_ready());
+
+    let mut m = Mocks::new();
+    m.repo
+        .expect_ping()
+        .returning(|| Err(Error::unavailable("database", "down")));
+    m.runtime.expect_ping().returning(|| Ok(()));
+    let readiness = m.service().readiness(futures::future::pending::<()>).await;
+    assert!(
+        matches!(readiness.database, Err(Error::Unavailable { ref dependency, .. }) if dependency == "database")
+    );
+    assert!(readiness.docker.is_ok());
+
+    // A check that never answers is given up when the timer fires, naming its dependency.
+    let hung = super::within(
+        futures::future::pending::<crate::Result<()>>(),
+        std::future::ready(()),
+        "docker",
+    )
+    .await;
+    assert!(
+        matches!(hung, Err(Error::Unavailable { ref dependency, .. }) if dependency == "docker")
+    );
 }
 
 #[tokio::test]
