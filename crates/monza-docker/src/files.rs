@@ -129,8 +129,12 @@ impl DockerRuntime {
             target = stat.link_target.clone();
             stat = self.path_stat(container_id, &target).await?;
         }
+        // No regular file there: not found, like a missing one (the path is well formed; a
+        // 400 would say the request itself was wrong).
         if stat.mode & MODE_DIR != 0 {
-            return Err(Error::invalid(format!("{path} is a directory")));
+            return Err(Error::not_found(format!(
+                "{path} is a directory, not a regular file"
+            )));
         }
         let what = format!("downloading {path} from container {container_id}");
         let endpoint = format!(
@@ -147,7 +151,7 @@ impl DockerRuntime {
         let mut reader = TarReader::new(response.into_body(), self.settings.transfer_timeout);
         let size = reader.first_file().await.map_err(|e| match e {
             ReadError::Failure(f) => f.into_domain(&self.settings.host, &what),
-            ReadError::Invalid(m) => Error::invalid(format!("{path}: {m}")),
+            ReadError::Invalid(m) => Error::not_found(format!("{path}: {m}")),
             ReadError::Malformed(m) => Error::internal(format!("{what}: {m}")),
         })?;
         Ok(FileDownload {
