@@ -113,7 +113,7 @@ pub(crate) async fn list_sandboxes(
 /// Creates a sandbox from a template and returns it `running`.
 #[utoipa::path(
     post, path = "/api/sandboxes", tag = "sandboxes",
-    request_body(content = CreateSandboxRequest, description = "Optional: no body (or an empty one) uses the defaults"),
+    request_body(content = Option<CreateSandboxRequest>, description = "Optional: no body, an empty one or `null` uses the defaults"),
     responses(
         (status = 201, description = "Created and running", body = SandboxResponse,
             headers(("Location" = String, description = "/api/sandboxes/{id}"))),

@@ -209,11 +209,11 @@ pub struct ExecuteRequest {
     #[schema(minimum = 0, maximum = 18446744073709551615_u64)]
     #[serde(default, deserialize_with = "whole_number")]
     pub timeout_secs: Option<u64>,
-    /// Working directory, absolute, without `..`, at most 4096 bytes (255 a component) (default: the
+    /// Working directory, absolute, without `..`, at most 3072 bytes (255 a component) (default: the
     /// sandbox's workspace folder).
     #[schema(
         example = "/workspace",
-        max_length = 4096,
+        max_length = 3072,
         pattern = r"^(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
     )]
     pub workdir: Option<String>,
@@ -305,12 +305,12 @@ pub struct UploadForm {
     /// base name.
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
-    /// Destination directory, absolute, without `..`, at most 4096 bytes (255 a component); absent or empty:
+    /// Destination directory, absolute, without `..`, at most 3072 bytes (255 a component); absent or empty:
     /// the sandbox's workspace folder.
     #[schema(value_type = String, required = false)]
     #[schema(
         example = "/workspace",
-        max_length = 4096,
+        max_length = 3072,
         pattern = r"^$|^(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
     )]
     path: Option<String>,
@@ -331,10 +331,10 @@ pub struct UploadResponse {
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DownloadQuery {
-    /// The file, absolute, without `..`, at most 4096 bytes (255 a component).
+    /// The file, absolute, without `..`, at most 3072 bytes (255 a component).
     #[param(
         example = "/workspace/main.go",
-        max_length = 4096,
+        max_length = 3072,
         pattern = r"^(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
     )]
     pub path: String,

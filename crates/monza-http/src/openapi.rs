@@ -135,7 +135,7 @@ impl Modify for Protected {
         if let Some(RefOr::T(Schema::Object(form))) = components.schemas.get_mut("UploadForm") {
             form.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
         }
-        // The create body is optional: absent or empty means the defaults (not `null`).
+        // The create body is optional: absent, empty or `null` means the defaults.
         if let Some(RefOr::T(body)) = doc
             .paths
             .paths

@@ -350,12 +350,12 @@ fn a_download_is_documented_as_the_one_type_it_is_served_as() {
 }
 
 #[test]
-fn the_create_body_is_optional_and_an_object() {
+fn the_create_body_is_optional_and_an_object_or_null() {
     let doc = serde_json::to_value(monza_http::ApiDoc::openapi()).unwrap();
     let body = &doc["paths"]["/api/sandboxes"]["post"]["requestBody"];
     assert_eq!(body["required"], false);
     assert_eq!(
         body["content"]["application/json"]["schema"],
-        json!({"$ref": "#/components/schemas/CreateSandboxRequest"})
+        json!({"oneOf": [{"$ref": "#/components/schemas/CreateSandboxRequest"}, {"type": "null"}]})
     );
 }
