@@ -16,7 +16,10 @@ use uuid::Uuid;
 use crate::error::ApiError;
 
 /// `POST /api/sandboxes`. Both fields are optional; an empty body is allowed too.
+///
+/// A field it does not name is refused (400), so a misspelt one is never silently ignored.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateSandboxRequest {
     /// Display name (1 to 128 characters, trimmed, no control characters); default
     /// `sandbox-<template>`.
@@ -190,7 +193,11 @@ pub struct ListQuery {
 }
 
 /// `POST /api/sandboxes/{id}/execute`.
+///
+/// A field it does not name is refused (400): `{"command": "make", "timeout": 5}` must not
+/// run for the default 10 minutes.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ExecuteRequest {
     /// The command line, run by `/bin/sh -c`. Must not be empty or only white space, and
     /// holds no NUL byte.
@@ -305,13 +312,16 @@ pub struct UploadForm {
     /// base name.
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
-    /// Destination directory, absolute, without `..`, at most 3072 bytes (255 a component); absent or empty:
-    /// the sandbox's workspace folder.
+    /// Destination directory, absolute, without `..`, at most 3072 bytes (255 a component),
+    /// not under `/proc`, `/sys` or `/dev`, nor `/etc/hosts`, `/etc/hostname`,
+    /// `/etc/resolv.conf` (the engine's mounts), `/etc/passwd` or `/etc/group`, and the file
+    /// may not land over one of the engine's mounts; absent or empty: the sandbox's workspace
+    /// folder.
     #[schema(value_type = String, required = false)]
     #[schema(
         example = "/workspace",
         max_length = 3072,
-        pattern = r"^$|^(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
+        pattern = r"^$|^(?!/(proc|sys|dev)(/|$)|/etc/(hosts|hostname|resolv\.conf|passwd|group)(/|$))(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
     )]
     path: Option<String>,
 }
@@ -331,11 +341,12 @@ pub struct UploadResponse {
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DownloadQuery {
-    /// The file, absolute, without `..`, at most 3072 bytes (255 a component).
+    /// The file, absolute, without `..`, at most 3072 bytes (255 a component), not under
+    /// `/proc`, `/sys` or `/dev` (kernel file systems the file API cannot reach: use execute).
     #[param(
         example = "/workspace/main.go",
         max_length = 3072,
-        pattern = r"^(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
+        pattern = r"^(?!/(proc|sys|dev)(/|$))(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
     )]
     pub path: String,
 }
