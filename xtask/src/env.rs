@@ -49,7 +49,7 @@ fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> R
     bail!("{what} did not answer within {}s", timeout.as_secs())
 }
 
-fn apt_install(packages: &[&str]) -> Result<()> {
+pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
     if !have("apt-get") {
         bail!(
             "{} missing and this is not a Debian machine: install it by hand",

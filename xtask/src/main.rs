@@ -3,6 +3,7 @@
 mod arch;
 mod bench;
 mod env;
+mod fuzz;
 
 use std::process::{Command, ExitCode};
 
@@ -12,7 +13,9 @@ const HELP: &str = "\
 cargo xtask <task>
 
 Tasks:
-  test        bring up Docker, PostgreSQL and the test images, then run every test
+  test        bring up Docker, PostgreSQL and the test images, install schemathesis,
+              then run every test (the schema fuzzer on both stores among them)
+  fuzz        only the schema fuzzer (monza-app's `schema_fuzz` target) on both stores
   ci          cargo fmt --check, cargo clippy -D warnings, `test`, `faults`, then
               `bench --quick`
   faults      the fault tests (monza-app's `faults` target: kill -9, docker rm -f, the
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
         "test" => test(&args[1..]),
         "ci" => ci(&args[1..]),
         "faults" => faults(&args[1..]),
+        "fuzz" => fuzz(&args[1..]),
         "bench" => bench::bench(&args[1..]),
         "env" => env::ensure_all(),
         "arch" => arch::check_workspace(),
@@ -53,11 +57,29 @@ fn main() -> ExitCode {
 /// Brings up what the tests need, then runs every test of the workspace.
 fn test(extra: &[String]) -> Result<()> {
     env::ensure_all()?;
+    let st = fuzz::ensure_schemathesis()?;
     let mut cmd = cargo();
+    cmd.env(fuzz::ENV, st);
     if has_nextest() {
         cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
     } else {
         cmd.args(["test", "--workspace", "--no-fail-fast"]);
+    }
+    cmd.args(extra);
+    run(&mut cmd)
+}
+
+/// The schema fuzzer alone (it also runs in `test`).
+fn fuzz(extra: &[String]) -> Result<()> {
+    env::ensure_all()?;
+    let st = fuzz::ensure_schemathesis()?;
+    let mut cmd = cargo();
+    cmd.env(fuzz::ENV, st);
+    let selection = ["-p", "monza-app", "--test", "schema_fuzz", "--no-fail-fast"];
+    if has_nextest() {
+        cmd.args(["nextest", "run"]).args(selection);
+    } else {
+        cmd.arg("test").args(selection);
     }
     cmd.args(extra);
     run(&mut cmd)

@@ -203,8 +203,19 @@ async fn every_route(store: Store) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    let (status, deleted) = app.get_json(&format!("/api/sandboxes/{id}")).await;
-    assert_eq!(status, StatusCode::OK);
+    // Gone from its own address (and its events), still listed with ?status=deleted.
+    let (status, body) = app.get_json(&format!("/api/sandboxes/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _) = app.get_json(&format!("/api/sandboxes/{id}/events")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, deleted) = app.get_json("/api/sandboxes?status=deleted").await;
+    let deleted = deleted
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == sandbox["id"])
+        .unwrap()
+        .clone();
     assert_eq!(deleted["status"], "deleted");
     assert!(deleted["deleted_at"].is_string());
     let response = app

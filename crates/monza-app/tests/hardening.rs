@@ -305,24 +305,24 @@ async fn the_engines_file_refusals_are_the_clients_4xx_never_a_500() {
     let uploads: [(&str, &str, u16, &str); 10] = [
         (&long_dir, "x.txt", 400, "invalid_input"),
         ("/workspace", &long, 400, "invalid_input"),
-        ("/workspace/reg", "x.txt", 400, "invalid_input"),
+        ("/workspace/reg", "x.txt", 404, "not_found"),
         ("/etc", "hosts", 400, "invalid_input"),
         ("/etc", "hostname", 400, "invalid_input"),
         ("/etc/hostname", "x.txt", 400, "invalid_input"),
         ("/workspace/p1", "x.txt", 404, "not_found"),
         ("/workspace/cwd", "x.txt", 404, "not_found"),
-        ("/workspace/loop1", "x.txt", 400, "invalid_input"),
-        ("/workspace/reg/deeper", "x.txt", 400, "invalid_input"),
+        ("/workspace/loop1", "x.txt", 404, "not_found"),
+        ("/workspace/reg/deeper", "x.txt", 404, "not_found"),
     ];
     for (dir, name, want, code) in uploads {
         let what = format!("upload {name:.20} into {dir:.40}");
         assert_error(&what, &upload(&app, id, Some(dir), name).await, want, code);
     }
     let downloads: [(&str, u16, &str); 6] = [
-        ("/workspace/loop1", 400, "invalid_input"),
-        ("/workspace/loop1/x", 400, "invalid_input"),
-        ("/etc/hostname/x", 400, "invalid_input"),
-        ("/workspace/reg/x", 400, "invalid_input"),
+        ("/workspace/loop1", 404, "not_found"),
+        ("/workspace/loop1/x", 404, "not_found"),
+        ("/etc/hostname/x", 404, "not_found"),
+        ("/workspace/reg/x", 404, "not_found"),
         (&long_dir, 400, "invalid_input"),
         ("/workspace/p1/etc/passwd", 404, "not_found"),
     ];

@@ -221,7 +221,7 @@ impl DockerRuntime {
         while stat.mode & MODE_SYMLINK != 0 && !stat.link_target.is_empty() {
             hops += 1;
             if hops > MAX_SYMLINKS {
-                return Err(Error::invalid(format!(
+                return Err(Error::not_found(format!(
                     "{path}: too many levels of symbolic links"
                 )));
             }
@@ -229,8 +229,12 @@ impl DockerRuntime {
             self.refuse_tmpfs(container_id, &target).await?;
             stat = self.path_stat(container_id, &target).await?;
         }
+        // No regular file there: not found, like a missing one (the path is well formed; a
+        // 400 would say the request itself was wrong).
         if stat.mode & MODE_DIR != 0 {
-            return Err(Error::invalid(format!("{path} is a directory")));
+            return Err(Error::not_found(format!(
+                "{path} is a directory, not a regular file"
+            )));
         }
         let what = format!("downloading {path} from container {container_id}");
         let endpoint = format!(
@@ -249,7 +253,7 @@ impl DockerRuntime {
         let mut reader = TarReader::new(response.into_body(), self.settings.transfer_timeout);
         let size = reader.first_file().await.map_err(|e| match e {
             ReadError::Failure(f) => f.into_domain(&self.settings.host, &what),
-            ReadError::Invalid(m) => Error::invalid(format!("{path}: {m}")),
+            ReadError::Invalid(m) => Error::not_found(format!("{path}: {m}")),
             ReadError::Malformed(m) => Error::internal(format!("{what}: {m}")),
         })?;
         Ok(FileDownload {
@@ -276,14 +280,16 @@ fn path_refusal(failure: &Failure, path: &str) -> Option<Error> {
     }
     let message = message.to_ascii_lowercase();
     let says = |text: &str| message.contains(text);
+    // A well-formed path the engine cannot follow to a file is "not found", like any path
+    // where nothing is (a 400 would say the request itself was malformed).
     Some(if says("not a directory") {
-        Error::invalid(format!(
+        Error::not_found(format!(
             "{path}: a component of the path is a file, not a directory"
         ))
     } else if says("file name too long") {
         Error::invalid(format!("{path}: a file name in the path is too long"))
     } else if says("too many links") || says("too many levels of symbolic links") {
-        Error::invalid(format!("{path}: too many levels of symbolic links"))
+        Error::not_found(format!("{path}: too many levels of symbolic links"))
     } else if says("device or resource busy") {
         Error::invalid(format!(
             "{path} is a mount point inside the sandbox and cannot be replaced through the file \
@@ -551,7 +557,7 @@ mod tests {
             ),
             (
                 "Error processing tar file(exit status 1): open /w/reg/x: not a directory",
-                400,
+                404,
             ),
             (
                 "Error processing tar file(exit status 1): unlinkat /etc/hosts: device or resource busy",
@@ -559,7 +565,7 @@ mod tests {
             ),
             (
                 "Error processing tar file(exit status 1): open /w/loop1/x: too many levels of symbolic links",
-                400,
+                404,
             ),
             (
                 "Error processing tar file(exit status 1): open /w/p1/x: no such file or directory",
@@ -567,11 +573,11 @@ mod tests {
             ),
             (
                 &format!("evalSymlinksInScope: too many links in {merged}/w/loop1") as &str,
-                400,
+                404,
             ),
             (
                 &format!("lstat {merged}/etc/hostname/x: not a directory") as &str,
-                400,
+                404,
             ),
         ];
         for (message, status) in cases {

@@ -505,7 +505,7 @@ async fn files_go_in_and_out_byte_for_byte() {
         Err(Error::NotFound(_))
     ));
     assert!(
-        matches!(runtime.download(&sandbox.id, "/workspace").await, Err(Error::InvalidInput(m)) if m.contains("is a directory"))
+        matches!(runtime.download(&sandbox.id, "/workspace").await, Err(Error::NotFound(m)) if m.contains("is a directory"))
     );
 
     let short = UploadFile {

@@ -2,8 +2,12 @@
 
 use crate::error::{Error, Result};
 
-/// Longest accepted path inside a sandbox, in bytes (Linux's PATH_MAX).
-pub const MAX_PATH_LEN: usize = 4096;
+/// Longest accepted path inside a sandbox, in bytes: Linux's PATH_MAX (4096) less room for
+/// the prefix the engine puts in front of it (the container's root on the host,
+/// `/var/lib/docker/overlay2/<id>/merged` is 96 bytes), because the engine refuses a longer
+/// whole with ENAMETOOLONG (seen from 3,991 bytes on), which a documented limit must never
+/// let through.
+pub const MAX_PATH_LEN: usize = 3072;
 
 /// Longest accepted file name, in bytes (Linux's NAME_MAX).
 pub const MAX_NAME_LEN: usize = 255;

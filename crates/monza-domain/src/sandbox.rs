@@ -471,7 +471,7 @@ impl FromStr for StatusFilter {
 
     fn from_str(s: &str) -> Result<Self, Error> {
         match s {
-            "" | "live" => Ok(Self::Live),
+            "live" => Ok(Self::Live),
             "all" => Ok(Self::All),
             other => other.parse().map(Self::Only).map_err(|_| {
                 Error::invalid(format!(

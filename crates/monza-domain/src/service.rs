@@ -459,6 +459,20 @@ impl SandboxService {
         failure.error
     }
 
+    /// One sandbox as a client reads it (`GET /api/sandboxes/{id}` and its events): any
+    /// status but `deleted`. A deleted sandbox is not found at its own address any more, as a
+    /// deleted resource should be; its row stays, listed with `StatusFilter::Only(Deleted)`
+    /// or `All`. An expired one is still shown, so its client learns why it ended.
+    pub async fn show(&self, access: &Access, id: SandboxId) -> Result<Sandbox> {
+        let sandbox = self.get(access, id).await?;
+        if sandbox.status == SandboxStatus::Deleted {
+            return Err(Error::NotFound(format!(
+                "sandbox {id} was deleted; it is still listed with ?status=deleted"
+            )));
+        }
+        Ok(sandbox)
+    }
+
     /// One sandbox the caller may see, in any status.
     pub async fn get(&self, access: &Access, id: SandboxId) -> Result<Sandbox> {
         let sandbox = self.repo.get(id).await?;
@@ -477,13 +491,14 @@ impl SandboxService {
         self.repo.list(&filter).await
     }
 
-    /// A sandbox's event log, oldest first.
+    /// A sandbox's event log, oldest first; not found once the sandbox is deleted (as
+    /// [`Self::show`]).
     pub async fn events(
         &self,
         access: &Access,
         id: SandboxId,
     ) -> Result<Vec<crate::sandbox::SandboxEvent>> {
-        self.get(access, id).await?;
+        self.show(access, id).await?;
         self.repo.events(id).await
     }
 

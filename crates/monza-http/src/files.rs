@@ -31,12 +31,12 @@ const CHUNK: usize = 64 * 1024;
 /// has no name on disk and disappears when the request ends, however it ends.
 #[utoipa::path(
     post, path = "/api/sandboxes/{id}/files/upload", tag = "files",
-    params(("id" = String, Path, description = "The sandbox id (a UUID)")),
+    params(("id" = Uuid, Path, description = "The sandbox id (a UUID)")),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "The file is in the sandbox", body = UploadResponse),
         (status = 400, description = "Malformed id or multipart body, no `file` field or filename, bad `path` (relative, `..`, NUL, overlong), unexpected field", body = ErrorBody),
-        (status = 404, description = "Unknown sandbox, or the destination directory does not exist", body = ErrorBody),
+        (status = 404, description = "Unknown sandbox, or the destination directory does not exist or cannot be followed (a component is a file, a link loop)", body = ErrorBody),
         (status = 409, description = "The sandbox is not running", body = ErrorBody),
         (status = 413, description = "The file is over the upload limit (100 MiB by default)", body = ErrorBody),
         (status = 415, description = "The body is not multipart/form-data", body = ErrorBody),
@@ -183,16 +183,18 @@ fn multipart_error(error: MultipartError) -> ApiError {
 /// Streams a regular file out of a running sandbox.
 #[utoipa::path(
     get, path = "/api/sandboxes/{id}/files/download", tag = "files",
-    params(("id" = String, Path, description = "The sandbox id (a UUID)"), DownloadQuery),
+    params(("id" = Uuid, Path, description = "The sandbox id (a UUID)"), DownloadQuery),
     responses(
-        (status = 200, description = "The file's bytes; `Content-Type` is sniffed from the content",
+        (status = 200, description = "The file's bytes, always as `application/octet-stream` (with \
+            `X-Content-Type-Options: nosniff`): the name is in `Content-Disposition`",
             content_type = "application/octet-stream",
             headers(
+                ("X-Content-Type-Options" = String, description = "`nosniff`"),
                 ("Content-Disposition" = String, description = "attachment; filename=\"…\"; filename*=UTF-8''…"),
                 ("Content-Length" = u64, description = "The file's size"),
             )),
-        (status = 400, description = "Malformed id, no `path`, bad `path` (relative, `..`, NUL, overlong), a directory", body = ErrorBody),
-        (status = 404, description = "Unknown sandbox or no such file", body = ErrorBody),
+        (status = 400, description = "Malformed id, no `path`, bad `path` (relative, `..`, NUL, overlong)", body = ErrorBody),
+        (status = 404, description = "Unknown sandbox, or no regular file at `path` (none, a directory, or a path that cannot be followed)", body = ErrorBody),
         (status = 409, description = "The sandbox is not running", body = ErrorBody),
         (status = 503, description = "The store or Docker is unavailable", body = ErrorBody),
     )
@@ -208,46 +210,25 @@ pub(crate) async fn download_file(
     let path = query_param(&query, "path")?
         .ok_or_else(|| ApiError::invalid("query parameter `path` is required"))?;
     let FileDownload { stat, mut content } = service.download(&caller.0, id, &path).await?;
-    // Peek the first chunk to sniff the type, then put it back in front of the rest.
+    // Peek the first chunk, so an error reading it is an error response rather than a cut
+    // body, then put it back in front of the rest.
     let first = match content.next().await {
         Some(Ok(bytes)) => bytes,
         Some(Err(e)) => return Err(e.into()),
         None => Bytes::new(),
     };
-    let content_type = sniff_content_type(&first);
     let body = futures::stream::once(async move { Ok::<_, Error>(first) })
         .chain(content)
         .inspect_err(|e| tracing::warn!(error = %e, "download interrupted"));
     let disposition = HeaderValue::from_str(&content_disposition(&stat.name))
         .map_err(|e| ApiError::internal(format!("Content-Disposition for {:?}: {e}", stat.name)))?;
     Ok(HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, content_type))
+        // One type whatever the bytes: a type guessed from the first chunk (`text/html` for
+        // a page a sandbox wrote) would let a browser render what a sandbox chose.
+        .insert_header((header::CONTENT_TYPE, "application/octet-stream"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .insert_header((header::CONTENT_DISPOSITION, disposition))
         .body(SizedStream::new(stat.size, body)))
-}
-
-/// The MIME type of a file from its first bytes: a known signature, else UTF-8 text without
-/// NULs, else opaque bytes.
-pub(crate) fn sniff_content_type(first: &[u8]) -> &'static str {
-    if let Some(kind) = infer::get(first) {
-        return kind.mime_type();
-    }
-    if looks_like_text(first) {
-        "text/plain; charset=utf-8"
-    } else {
-        "application/octet-stream"
-    }
-}
-
-fn looks_like_text(bytes: &[u8]) -> bool {
-    if bytes.contains(&0) {
-        return false;
-    }
-    match std::str::from_utf8(bytes) {
-        Ok(_) => true,
-        // Valid so far, cut inside the last character: the chunk ended mid-character.
-        Err(e) => e.error_len().is_none(),
-    }
 }
 
 /// RFC 5987 `attr-char`s are kept, everything else is percent-encoded.
@@ -312,33 +293,6 @@ mod tests {
         assert_eq!(
             content_disposition(""),
             "attachment; filename=\"download\"; filename*=UTF-8''"
-        );
-    }
-
-    #[test]
-    fn content_type_is_sniffed_from_the_first_bytes() {
-        assert_eq!(
-            sniff_content_type(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"),
-            "image/png"
-        );
-        assert_eq!(sniff_content_type(b"%PDF-1.7\n"), "application/pdf");
-        assert_eq!(
-            sniff_content_type(b"package main\n"),
-            "text/plain; charset=utf-8"
-        );
-        assert_eq!(
-            sniff_content_type("héllo".as_bytes()),
-            "text/plain; charset=utf-8"
-        );
-        // Cut in the middle of "é".
-        assert_eq!(
-            sniff_content_type(&"hé".as_bytes()[..2]),
-            "text/plain; charset=utf-8"
-        );
-        assert_eq!(sniff_content_type(b"a\0b"), "application/octet-stream");
-        assert_eq!(
-            sniff_content_type(b"\xff\xfe\xfd x"),
-            "application/octet-stream"
         );
     }
 }

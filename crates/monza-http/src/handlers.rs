@@ -113,13 +113,12 @@ pub(crate) async fn list_sandboxes(
 /// Creates a sandbox from a template and returns it `running`.
 #[utoipa::path(
     post, path = "/api/sandboxes", tag = "sandboxes",
-    request_body(content = Option<CreateSandboxRequest>, description = "Optional: an empty body uses the defaults"),
+    request_body(content = Option<CreateSandboxRequest>, description = "Optional: no body, an empty one or `null` uses the defaults"),
     responses(
         (status = 201, description = "Created and running", body = SandboxResponse,
             headers(("Location" = String, description = "/api/sandboxes/{id}"))),
         (status = 400, description = "Invalid JSON, name or template; unknown template (the message lists the available ones); a lifecycle command failed", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
-        (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 429, description = "The tenant's limit on live sandboxes is reached", body = ErrorBody),
         (status = 503, description = "The store or Docker is unavailable", body = ErrorBody),
     )
@@ -137,14 +136,15 @@ pub(crate) async fn create_sandbox(
         .json(SandboxResponse::from(sandbox)))
 }
 
-/// One sandbox, in any status.
+/// One sandbox, in any status but `deleted` (a deleted one is listed with
+/// `?status=deleted`).
 #[utoipa::path(
     get, path = "/api/sandboxes/{id}", tag = "sandboxes",
-    params(("id" = String, Path, description = "The sandbox id (a UUID)")),
+    params(("id" = Uuid, Path, description = "The sandbox id (a UUID)")),
     responses(
         (status = 200, description = "The sandbox", body = SandboxResponse),
         (status = 400, description = "Malformed id", body = ErrorBody),
-        (status = 404, description = "Unknown sandbox", body = ErrorBody),
+        (status = 404, description = "Unknown or deleted sandbox", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     )
 )]
@@ -154,13 +154,13 @@ pub(crate) async fn get_sandbox(
     id: web::Path<String>,
 ) -> Result<web::Json<SandboxResponse>, ApiError> {
     let id = sandbox_id(&id)?;
-    Ok(web::Json(service.get(&caller.0, id).await?.into()))
+    Ok(web::Json(service.show(&caller.0, id).await?.into()))
 }
 
 /// Deletes a sandbox and removes its container. Deleting again is a success.
 #[utoipa::path(
     delete, path = "/api/sandboxes/{id}", tag = "sandboxes",
-    params(("id" = String, Path, description = "The sandbox id (a UUID)")),
+    params(("id" = Uuid, Path, description = "The sandbox id (a UUID)")),
     responses(
         (status = 204, description = "Deleted (or already ended)"),
         (status = 400, description = "Malformed id", body = ErrorBody),
@@ -181,7 +181,7 @@ pub(crate) async fn delete_sandbox(
 /// Keeps a running sandbox alive: its expiry moves to now + TTL.
 #[utoipa::path(
     post, path = "/api/sandboxes/{id}/heartbeat", tag = "sandboxes",
-    params(("id" = String, Path, description = "The sandbox id (a UUID)")),
+    params(("id" = Uuid, Path, description = "The sandbox id (a UUID)")),
     responses(
         (status = 204, description = "Expiry extended"),
         (status = 400, description = "Malformed id", body = ErrorBody),
@@ -203,7 +203,7 @@ pub(crate) async fn heartbeat_sandbox(
 /// Runs a shell command (`/bin/sh -c`) in a running sandbox, to completion or timeout.
 #[utoipa::path(
     post, path = "/api/sandboxes/{id}/execute", tag = "sandboxes",
-    params(("id" = String, Path, description = "The sandbox id (a UUID)")),
+    params(("id" = Uuid, Path, description = "The sandbox id (a UUID)")),
     request_body = ExecuteRequest,
     responses(
         (status = 200, description = "The command ran (whatever its exit code)", body = ExecuteResponse),
@@ -211,7 +211,6 @@ pub(crate) async fn heartbeat_sandbox(
         (status = 404, description = "Unknown sandbox", body = ErrorBody),
         (status = 409, description = "The sandbox is not running", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
-        (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 503, description = "The store or Docker is unavailable, or the server's output budget is spent (retry shortly)", body = ErrorBody),
     )
 )]
@@ -335,11 +334,11 @@ fn streamed_json(
 /// deleted, expired, failed (heartbeats are not logged). For operators.
 #[utoipa::path(
     get, path = "/api/sandboxes/{id}/events", tag = "sandboxes",
-    params(("id" = String, Path, description = "The sandbox id (a UUID)")),
+    params(("id" = Uuid, Path, description = "The sandbox id (a UUID)")),
     responses(
         (status = 200, description = "Events, oldest first", body = Vec<EventResponse>),
         (status = 400, description = "Malformed id", body = ErrorBody),
-        (status = 404, description = "Unknown sandbox", body = ErrorBody),
+        (status = 404, description = "Unknown or deleted sandbox", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     )
 )]

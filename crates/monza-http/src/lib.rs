@@ -41,13 +41,13 @@
 //! | `GET /api/openapi.json` | 200, the OpenAPI 3.1 document |
 //! | `GET /api/sandboxes?status=live\|all\|<status>` | 200 array, newest first |
 //! | `POST /api/sandboxes` | 201 sandbox with `Location` |
-//! | `GET /api/sandboxes/{id}` | 200 sandbox |
+//! | `GET /api/sandboxes/{id}` | 200 sandbox (404 once deleted) |
 //! | `DELETE /api/sandboxes/{id}` | 204 |
 //! | `POST /api/sandboxes/{id}/heartbeat` | 204 |
 //! | `POST /api/sandboxes/{id}/execute` | 200 `{"output","exitCode","truncated",…}` |
 //! | `GET /api/sandboxes/{id}/events` | 200 the sandbox's event log, oldest first |
 //! | `POST /api/sandboxes/{id}/files/upload` | 200 `{"status":"ok","path":…}` |
-//! | `GET /api/sandboxes/{id}/files/download?path=…` | 200 the file's bytes |
+//! | `GET /api/sandboxes/{id}/files/download?path=…` | 200 the file's bytes (`application/octet-stream`) |
 //!
 //! Every error is `{"error":{"code","message"}}` ([`ApiError`]): `invalid_input` 400,
 //! `unauthorized` 401 (with `WWW-Authenticate: Bearer`), `not_found` 404, `method_not_allowed` 405, `conflict` 409, `too_large` 413,

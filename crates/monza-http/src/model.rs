@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use monza_domain::{
-    CreateSandbox, ExecOutput, ExecuteCommand, PortMapping, Sandbox, SandboxEvent, SandboxName,
-    TemplateName,
+    CreateSandbox, EventAction, ExecOutput, ExecuteCommand, PortMapping, Sandbox, SandboxEvent,
+    SandboxName, SandboxStatus, TemplateName,
 };
 use serde::{Deserialize, Serialize};
 use time::{OffsetDateTime, UtcOffset};
@@ -16,13 +16,27 @@ use uuid::Uuid;
 use crate::error::ApiError;
 
 /// `POST /api/sandboxes`. Both fields are optional; an empty body is allowed too.
+///
+/// A field it does not name is refused (400), so a misspelt one is never silently ignored.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateSandboxRequest {
-    /// Display name (1 to 128 characters, trimmed); default `sandbox-<template>`.
-    #[schema(example = "my-sandbox")]
+    /// Display name (1 to 128 characters, trimmed, no control characters); default
+    /// `sandbox-<template>`.
+    #[schema(
+        example = "my-sandbox",
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: Option<String>,
-    /// Template from the catalog; default the server's default template (`go`).
-    #[schema(example = "go")]
+    /// Template from the catalog; default the server's default template. The document
+    /// served by a running server lists its templates as this field's `enum`.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^(?!\.{1,2}$)[A-Za-z0-9._-]+$"
+    )]
     pub template: Option<String>,
 }
 
@@ -72,7 +86,7 @@ pub struct SandboxResponse {
     /// Display name.
     pub name: String,
     /// `creating`, `running`, `expired`, `deleted` or `error`.
-    #[schema(example = "running")]
+    #[schema(example = "running", schema_with = status_schema)]
     pub status: String,
     /// Why it is in `error`, or how it ended, when known.
     pub status_reason: Option<String>,
@@ -146,7 +160,7 @@ pub struct EventResponse {
     pub sandbox_id: Uuid,
     /// `created`, `started`, `executed`, `uploaded`, `downloaded`, `deleted`, `expired` or
     /// `failed`.
-    #[schema(example = "executed")]
+    #[schema(example = "executed", schema_with = action_schema)]
     pub action: String,
     /// Details (the command, the path, the failure...); never file contents.
     #[schema(value_type = Object)]
@@ -176,33 +190,80 @@ impl From<SandboxEvent> for EventResponse {
 pub struct ListQuery {
     /// `live` (default: not deleted, not expired), `all`, or one status (`creating`,
     /// `running`, `expired`, `deleted`, `error`).
-    #[param(example = "all")]
+    #[param(example = "all", schema_with = status_filter_schema)]
     pub status: Option<String>,
 }
 
 /// `POST /api/sandboxes/{id}/execute`.
+///
+/// A field it does not name is refused (400): `{"command": "make", "timeout": 5}` must not
+/// run for the default 10 minutes.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ExecuteRequest {
-    /// The command line, run by `/bin/sh -c`. Must not be empty.
-    #[schema(example = "ls -la")]
+    /// The command line, run by `/bin/sh -c`. Must not be empty or only white space, and
+    /// holds no NUL byte.
+    #[schema(
+        example = "ls -la",
+        pattern = r"^[^\u0000]*[^\u0000\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    )]
     pub command: String,
     /// Output to keep, in bytes (default 65536; clamped to the server's maximum, 16 MiB by
     /// default).
-    pub max_output_bytes: Option<usize>,
+    #[schema(minimum = 0, maximum = 18446744073709551615_u64)]
+    #[serde(default, deserialize_with = "whole_number")]
+    pub max_output_bytes: Option<u64>,
     /// Kill the command after this many seconds (default 600; clamped to the server's
     /// maximum, 3600 by default).
+    #[schema(minimum = 0, maximum = 18446744073709551615_u64)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub timeout_secs: Option<u64>,
-    /// Working directory, absolute (default: the sandbox's workspace folder).
+    /// Working directory, absolute, without `..`, at most 3072 bytes (255 a component) (default: the
+    /// sandbox's workspace folder).
+    #[schema(
+        example = "/workspace",
+        max_length = 3072,
+        pattern = r"^(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
+    )]
     pub workdir: Option<String>,
-    /// Extra environment variables.
+    /// Extra environment variables: names not empty and without `=`, no NUL anywhere.
+    #[schema(schema_with = env_schema)]
     pub env: Option<BTreeMap<String, String>>,
+}
+
+/// An optional count: JSON has one number type, so `1000.0` is the integer 1000 (as JSON
+/// Schema's `integer` says); a fraction, a negative number or one past `u64` is refused.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error as _;
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => {
+            if let Some(v) = n.as_u64() {
+                return Ok(Some(v));
+            }
+            match n.as_f64() {
+                // 2^64 is the first float past u64::MAX.
+                Some(f) if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) =>
+                {
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    Ok(Some(f as u64))
+                }
+                _ => Err(D::Error::custom(format!(
+                    "invalid value {n}: expected a whole number from 0 to {}",
+                    u64::MAX
+                ))),
+            }
+        }
+    }
 }
 
 impl From<ExecuteRequest> for ExecuteCommand {
     fn from(r: ExecuteRequest) -> Self {
         Self {
             command: r.command,
-            max_output_bytes: r.max_output_bytes,
+            max_output_bytes: r
+                .max_output_bytes
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             timeout: r.timeout_secs.map(Duration::from_secs),
             workdir: r.workdir,
             env: r.env.unwrap_or_default(),
@@ -253,9 +314,17 @@ pub struct UploadForm {
     /// base name.
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
-    /// Destination directory, absolute, without `..` (default: the sandbox's workspace
-    /// folder).
-    #[schema(example = "/workspace/data")]
+    /// Destination directory, absolute, without `..`, at most 3072 bytes (255 a component),
+    /// not under `/proc`, `/sys` or `/dev`, nor `/etc/hosts`, `/etc/hostname`,
+    /// `/etc/resolv.conf` (the engine's mounts), `/etc/passwd` or `/etc/group`, and the file
+    /// may not land over one of the engine's mounts; absent or empty: the sandbox's workspace
+    /// folder.
+    #[schema(value_type = String, required = false)]
+    #[schema(
+        example = "/workspace",
+        max_length = 3072,
+        pattern = r"^$|^(?!/(proc|sys|dev)(/|$)|/etc/(hosts|hostname|resolv\.conf|passwd|group)(/|$))(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
+    )]
     path: Option<String>,
 }
 
@@ -276,9 +345,32 @@ pub struct UploadResponse {
 #[allow(dead_code)]
 #[into_params(parameter_in = Query)]
 pub struct DownloadQuery {
-    /// The file, absolute, without `..`.
-    #[param(example = "/workspace/main.go")]
+    /// The file, absolute, without `..`, at most 3072 bytes (255 a component), not under
+    /// `/proc`, `/sys` or `/dev` (kernel file systems the file API cannot reach: use execute).
+    #[param(
+        example = "/workspace/main.go",
+        max_length = 3072,
+        pattern = r"^(?!/(proc|sys|dev)(/|$))(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
+    )]
     pub path: String,
+}
+
+/// `GET /api/openapi.json`: an OpenAPI 3.1 document (described here only at its top level).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // Only describes the document for the OpenAPI document.
+pub struct OpenApiDocument {
+    /// The OpenAPI version.
+    #[schema(example = "3.1.0")]
+    openapi: String,
+    /// Title, version, description.
+    #[schema(value_type = Object)]
+    info: serde_json::Value,
+    /// The operations, by path.
+    #[schema(value_type = Object)]
+    paths: serde_json::Value,
+    /// The schemas and security schemes.
+    #[schema(value_type = Object)]
+    components: serde_json::Value,
 }
 
 /// `GET /health`.
@@ -309,4 +401,48 @@ pub struct ReadyResponse {
     /// The Docker engine.
     #[schema(example = "ok")]
     pub docker: String,
+}
+
+/// `SandboxResponse::status`: one of the domain's statuses.
+fn status_schema() -> utoipa::openapi::schema::Schema {
+    text_enum(SandboxStatus::ALL.iter().map(|s| s.as_str()))
+}
+
+/// `ListQuery::status`: `live`, `all` or one status (what `StatusFilter` parses).
+fn status_filter_schema() -> utoipa::openapi::schema::Schema {
+    let statuses = SandboxStatus::ALL.iter().map(|s| s.as_str());
+    text_enum(["live", "all"].into_iter().chain(statuses))
+}
+
+/// `EventResponse::action`: one of the domain's event actions.
+fn action_schema() -> utoipa::openapi::schema::Schema {
+    text_enum(EventAction::ALL.iter().map(|a| a.as_str()))
+}
+
+fn text_enum<'a>(values: impl IntoIterator<Item = &'a str>) -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values))
+        .into()
+}
+
+/// `ExecuteRequest::env`: an object of text values, or null.
+fn env_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .pattern(Some(r"^[^=\u0000]+$")),
+        ))
+        .additional_properties(Some(AdditionalProperties::RefOr(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^[^\u0000]*$"))
+                .into(),
+        )))
+        .into()
 }

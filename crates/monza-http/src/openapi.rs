@@ -1,7 +1,20 @@
 //! The OpenAPI 3.1 document, generated from the handlers' `#[utoipa::path]` annotations.
+//!
+//! What every protected route shares is added in one place ([`Protected`], from
+//! [`crate::is_protected`], the rule the router applies): the bearer security requirement and
+//! the 401 and 503 of authentication. The served document also lists the server's templates
+//! (`CreateSandboxRequest.template`'s `enum`), so a client that follows it names one that
+//! exists.
 
 use actix_web::web;
-use utoipa::OpenApi;
+use monza_domain::SandboxService;
+use serde_json::Value;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{
+    ContentBuilder, HeaderBuilder, Ref, RefOr, Required, ResponseBuilder, Schema,
+    schema::{AdditionalProperties, Type},
+};
+use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::files::{__path_download_file, __path_upload_file};
@@ -12,7 +25,8 @@ use crate::handlers::{
 };
 use crate::model::{
     CreateSandboxRequest, EventResponse, ExecuteRequest, ExecuteResponse, HealthResponse,
-    HelloResponse, PortMappingResponse, ReadyResponse, SandboxResponse, UploadForm, UploadResponse,
+    HelloResponse, OpenApiDocument, PortMappingResponse, ReadyResponse, SandboxResponse,
+    UploadForm, UploadResponse,
 };
 
 /// The API description. Every route registered by [`crate::configure`] must appear in
@@ -22,8 +36,12 @@ use crate::model::{
     info(
         title = "monza",
         description = "Short-lived Docker development sandboxes over a REST API. Every error \
-                       is `{\"error\":{\"code\",\"message\"}}` with a stable code.",
+                       is `{\"error\":{\"code\",\"message\"}}` with a stable code. Every \
+                       `/api` route but this document needs `Authorization: Bearer <token>`. \
+                       A method a path does not list is answered 405 with `Allow`; an unknown \
+                       path 404.",
     ),
+    modifiers(&Protected),
     paths(
         get_health,
         get_hello,
@@ -53,6 +71,7 @@ use crate::model::{
         HealthResponse,
         HelloResponse,
         ReadyResponse,
+        OpenApiDocument,
     )),
     tags(
         (name = "health", description = "Liveness and readiness (public)"),
@@ -63,11 +82,137 @@ use crate::model::{
 )]
 pub struct ApiDoc;
 
-/// This document, as JSON.
+/// The name of the bearer security scheme.
+pub const BEARER: &str = "bearer";
+
+/// Adds the bearer scheme, and to every protected operation its requirement and the answers
+/// of authentication, so the document cannot forget a route the router protects.
+struct Protected;
+
+impl Modify for Protected {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        // Set first: the loop below borrows the paths.
+        components.add_security_scheme(
+            BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API token (`monza token create`, or the bootstrap admin token)",
+                    ))
+                    .build(),
+            ),
+        );
+        for (path, item) in doc.paths.paths.iter_mut() {
+            if !crate::is_protected(path) {
+                continue;
+            }
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ];
+            for operation in operations.into_iter().flatten() {
+                operation.security =
+                    Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
+                let responses = &mut operation.responses.responses;
+                responses
+                    .entry("401".to_owned())
+                    .or_insert_with(unauthorized);
+                responses.entry("503".to_owned()).or_insert_with(|| {
+                    error_response("The store (which holds the tokens) is unavailable")
+                });
+            }
+        }
+        // The upload form refuses fields other than `file` and `path` (a misspelt `path`
+        // must not land the file in the default directory).
+        if let Some(RefOr::T(Schema::Object(form))) = components.schemas.get_mut("UploadForm") {
+            form.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+        }
+        // The create body is optional: absent, empty or `null` means the defaults.
+        if let Some(RefOr::T(body)) = doc
+            .paths
+            .paths
+            .get_mut("/api/sandboxes")
+            .and_then(|item| item.post.as_mut())
+            .and_then(|op| op.request_body.as_mut())
+        {
+            body.required = Some(Required::False);
+        }
+    }
+}
+
+fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
+        .into()
+}
+
+fn unauthorized() -> RefOr<utoipa::openapi::Response> {
+    ResponseBuilder::new()
+        .description(
+            "No, a malformed, an unknown or a revoked bearer token (checked before the body \
+             is read)",
+        )
+        .header(
+            "WWW-Authenticate",
+            HeaderBuilder::new()
+                .schema(Some(
+                    utoipa::openapi::ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some([crate::WWW_AUTHENTICATE])),
+                ))
+                .description(Some("The scheme to use"))
+                .build(),
+        )
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
+        .into()
+}
+
+/// This document, as JSON, with the server's templates as the `enum` of a create's
+/// `template`.
 #[utoipa::path(
     get, path = "/api/openapi.json", tag = "meta",
-    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json"))
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = OpenApiDocument))
 )]
-pub(crate) async fn get_openapi() -> web::Json<utoipa::openapi::OpenApi> {
-    web::Json(ApiDoc::openapi())
+pub(crate) async fn get_openapi(service: web::Data<SandboxService>) -> web::Json<Value> {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
+    match service.catalog().list().await {
+        Ok(names) if !names.is_empty() => {
+            let mut values: Vec<Value> = names
+                .iter()
+                .map(|n| Value::String(n.as_str().to_owned()))
+                .collect();
+            // The field is optional and may be null.
+            values.push(Value::Null);
+            if let Some(template) = doc
+                .pointer_mut("/components/schemas/CreateSandboxRequest/properties/template")
+                .and_then(Value::as_object_mut)
+            {
+                template.insert("enum".to_owned(), Value::Array(values));
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "listing templates for the OpenAPI document"),
+    }
+    web::Json(doc)
 }

@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 
 use actix_web::http::{Method, header};
 use actix_web::test::TestRequest;
-use monza_domain::SandboxId;
-use serde_json::Value;
+use monza_domain::{SandboxId, SandboxStatus, StatusFilter, TemplateName};
+use serde_json::{Value, json};
 use support::{Mocks, multipart, send};
 use utoipa::OpenApi;
 
@@ -45,7 +45,14 @@ fn documented(doc: &Value) -> BTreeSet<(String, String)> {
 
 #[actix_web::test]
 async fn the_served_document_is_openapi_3_1_and_lists_every_registered_route() {
-    let app = app!(Mocks::new().service());
+    let mut mocks = Mocks::new();
+    mocks.catalog.expect_list().returning(|| {
+        Ok(vec![
+            TemplateName::new("busybox").unwrap(),
+            TemplateName::new("go").unwrap(),
+        ])
+    });
+    let app = app!(mocks.service());
     let res = send(
         &app,
         TestRequest::get().uri("/api/openapi.json").to_request(),
@@ -55,6 +62,12 @@ async fn the_served_document_is_openapi_3_1_and_lists_every_registered_route() {
     let doc = res.json();
     assert_eq!(doc["openapi"], "3.1.0");
     assert_eq!(doc["info"]["title"], "monza");
+
+    // The served document names the server's templates, so a client names one that exists.
+    assert_eq!(
+        doc["components"]["schemas"]["CreateSandboxRequest"]["properties"]["template"]["enum"],
+        json!(["busybox", "go", null])
+    );
 
     let registered: BTreeSet<(String, String)> =
         monza_http::registered_routes().into_iter().collect();
@@ -257,4 +270,92 @@ async fn no_input_makes_a_handler_panic_or_fail_outside_the_error_shape() {
         }
         assert!(requests > 1000, "{requests}");
     }
+}
+
+#[test]
+fn every_protected_operation_declares_the_bearer_scheme_and_its_401_and_no_public_one_does() {
+    let doc = serde_json::to_value(monza_http::ApiDoc::openapi()).unwrap();
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"],
+        json!({"type": "http", "scheme": "bearer",
+               "description": "An API token (`monza token create`, or the bootstrap admin token)"})
+    );
+    for (method, path) in monza_http::registered_routes() {
+        let op = &doc["paths"][&path][method.to_lowercase()];
+        if monza_http::is_protected(&path) {
+            assert_eq!(op["security"], json!([{"bearer": []}]), "{method} {path}");
+            let unauthorized = &op["responses"]["401"];
+            assert!(
+                unauthorized["headers"]["WWW-Authenticate"].is_object(),
+                "{method} {path}: {unauthorized}"
+            );
+            assert!(
+                unauthorized["content"]["application/json"].is_object(),
+                "{method} {path}"
+            );
+            // Authentication reads the token store, which may be down.
+            assert!(op["responses"]["503"].is_object(), "{method} {path}");
+        } else {
+            assert!(op.get("security").is_none(), "{method} {path} is public");
+            assert!(op["responses"].get("401").is_none(), "{method} {path}");
+        }
+    }
+}
+
+#[test]
+fn ids_are_uuids_and_the_status_filter_is_the_domain_s() {
+    let doc = serde_json::to_value(monza_http::ApiDoc::openapi()).unwrap();
+    for (method, path) in monza_http::registered_routes() {
+        let op = &doc["paths"][&path][method.to_lowercase()];
+        for param in op["parameters"].as_array().into_iter().flatten() {
+            if param["name"] == "id" {
+                assert_eq!(param["in"], "path");
+                assert_eq!(param["schema"]["format"], "uuid", "{method} {path}");
+            }
+        }
+    }
+    let list = &doc["paths"]["/api/sandboxes"]["get"]["parameters"][0];
+    let values: Vec<&str> = list["schema"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for value in &values {
+        assert!(value.parse::<StatusFilter>().is_ok(), "{value}");
+    }
+    for status in SandboxStatus::ALL {
+        assert!(values.contains(&status.as_str()), "{status:?}");
+    }
+    assert!(values.contains(&"live") && values.contains(&"all"));
+    // What the document does not list is refused.
+    for value in ["", "LIVE", "ok", " running"] {
+        assert!(value.parse::<StatusFilter>().is_err(), "{value:?}");
+    }
+    let statuses = &doc["components"]["schemas"]["SandboxResponse"]["properties"]["status"];
+    assert_eq!(
+        statuses["enum"],
+        json!(SandboxStatus::ALL.map(SandboxStatus::as_str))
+    );
+}
+
+#[test]
+fn a_download_is_documented_as_the_one_type_it_is_served_as() {
+    let doc = serde_json::to_value(monza_http::ApiDoc::openapi()).unwrap();
+    let ok = &doc["paths"]["/api/sandboxes/{id}/files/download"]["get"]["responses"]["200"];
+    let types: Vec<&String> = ok["content"].as_object().unwrap().keys().collect();
+    assert_eq!(types, ["application/octet-stream"]);
+    assert!(ok["headers"]["Content-Disposition"].is_object());
+    assert!(ok["headers"]["X-Content-Type-Options"].is_object());
+}
+
+#[test]
+fn the_create_body_is_optional_and_an_object_or_null() {
+    let doc = serde_json::to_value(monza_http::ApiDoc::openapi()).unwrap();
+    let body = &doc["paths"]["/api/sandboxes"]["post"]["requestBody"];
+    assert_eq!(body["required"], false);
+    assert_eq!(
+        body["content"]["application/json"]["schema"],
+        json!({"oneOf": [{"$ref": "#/components/schemas/CreateSandboxRequest"}, {"type": "null"}]})
+    );
 }

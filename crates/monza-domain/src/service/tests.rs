@@ -467,6 +467,29 @@ async fn delete_marks_deleted_then_removes_the_container() {
 }
 
 #[tokio::test]
+async fn a_deleted_sandbox_is_not_found_at_its_own_address_but_any_other_status_is_shown() {
+    for status in SandboxStatus::ALL {
+        let s = sandbox(status);
+        let id = s.id;
+        let mut m = Mocks::new();
+        m.repo.expect_get().returning(move |_| Ok(s.clone()));
+        m.repo.expect_events().returning(|_| Ok(Vec::new()));
+        let service = m.service();
+        let shown = service.show(&Access::Admin, id).await;
+        let events = service.events(&Access::Admin, id).await;
+        if status == SandboxStatus::Deleted {
+            assert!(matches!(shown, Err(Error::NotFound(_))), "{shown:?}");
+            assert!(matches!(events, Err(Error::NotFound(_))), "{events:?}");
+            // `get` (what delete and the activity routes read) still sees it.
+            assert!(service.get(&Access::Admin, id).await.is_ok());
+        } else {
+            assert_eq!(shown.unwrap().status, status);
+            assert!(events.is_ok());
+        }
+    }
+}
+
+#[tokio::test]
 async fn deleting_an_ended_sandbox_succeeds_without_a_new_transition() {
     for status in [SandboxStatus::Deleted, SandboxStatus::Expired] {
         let s = sandbox(status);

@@ -76,6 +76,9 @@ impl Mocks {
                 "no template {name}; available: go"
             )))
         });
+        m.catalog
+            .expect_list()
+            .returning(|| Ok(vec![TemplateName::new("go").unwrap()]));
         m
     }
 
