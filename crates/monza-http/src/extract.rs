@@ -22,9 +22,23 @@ use tokio::time::{Instant, Sleep};
 use crate::HttpConfig;
 use crate::error::ApiError;
 
-/// Parses the `{id}` path segment; a malformed id is a 400.
-pub(crate) fn sandbox_id(raw: &str) -> Result<SandboxId, ApiError> {
-    Ok(raw.parse::<SandboxId>()?)
+/// The `{id}` path segment as a sandbox id, for every route that names one: a malformed id
+/// is a 400 before the handler runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PathId(pub SandboxId);
+
+impl FromRequest for PathId {
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let raw = web::Path::<String>::from_request(req, payload);
+        Box::pin(async move {
+            let raw = raw.await?;
+            let id = raw.parse::<SandboxId>().map_err(ApiError::from)?;
+            Ok(Self(id))
+        })
+    }
 }
 
 /// A JSON object body: read within [`HttpConfig::body_timeout`] and

@@ -18,7 +18,7 @@ use tokio_util::io::ReaderStream;
 use crate::HttpConfig;
 use crate::access::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{Paced, payload_error, query_param, sandbox_id, strict_query};
+use crate::extract::{Paced, PathId, payload_error, query_param, strict_query};
 use crate::model::{DownloadQuery, UploadForm, UploadResponse};
 
 /// Read size when streaming a spooled upload into the sandbox.
@@ -47,7 +47,7 @@ pub(crate) async fn upload_file(
     service: web::Data<SandboxService>,
     config: web::Data<HttpConfig>,
     caller: Caller,
-    id: web::Path<String>,
+    PathId(id): PathId,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<web::Json<UploadResponse>, ApiError> {
@@ -58,7 +58,6 @@ pub(crate) async fn upload_file(
         config.upload_min_bytes_per_sec,
     );
     let mut form = Multipart::new(req.headers(), paced);
-    let id = sandbox_id(&id)?;
     // Refuse an unknown or stopped sandbox before reading up to 100 MiB.
     service.check_upload(&caller.0, id).await?;
     let limit = service.config().max_upload_bytes;
@@ -202,10 +201,9 @@ fn multipart_error(error: MultipartError) -> ApiError {
 pub(crate) async fn download_file(
     service: web::Data<SandboxService>,
     caller: Caller,
-    id: web::Path<String>,
+    PathId(id): PathId,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let id = sandbox_id(&id)?;
     let query = strict_query(&req)?;
     let path = query_param(&query, "path")?
         .ok_or_else(|| ApiError::invalid("query parameter `path` is required"))?;

@@ -13,7 +13,7 @@ use monza_domain::{Error, ExecuteCommand, SandboxFilter, SandboxService, StatusF
 use crate::HttpConfig;
 use crate::access::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{JsonObject, JsonOrEmpty, query_param, sandbox_id, strict_query};
+use crate::extract::{JsonObject, JsonOrEmpty, PathId, query_param, strict_query};
 use crate::model::{
     CreateSandboxRequest, EventResponse, ExecuteRequest, ExecuteResponse, HealthResponse,
     HelloResponse, ListQuery, ReadyResponse, SandboxResponse,
@@ -151,9 +151,8 @@ pub(crate) async fn create_sandbox(
 pub(crate) async fn get_sandbox(
     service: web::Data<SandboxService>,
     caller: Caller,
-    id: web::Path<String>,
+    PathId(id): PathId,
 ) -> Result<web::Json<SandboxResponse>, ApiError> {
-    let id = sandbox_id(&id)?;
     Ok(web::Json(service.show(&caller.0, id).await?.into()))
 }
 
@@ -171,9 +170,8 @@ pub(crate) async fn get_sandbox(
 pub(crate) async fn delete_sandbox(
     service: web::Data<SandboxService>,
     caller: Caller,
-    id: web::Path<String>,
+    PathId(id): PathId,
 ) -> Result<HttpResponse, ApiError> {
-    let id = sandbox_id(&id)?;
     service.delete(&caller.0, id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -193,9 +191,8 @@ pub(crate) async fn delete_sandbox(
 pub(crate) async fn heartbeat_sandbox(
     service: web::Data<SandboxService>,
     caller: Caller,
-    id: web::Path<String>,
+    PathId(id): PathId,
 ) -> Result<HttpResponse, ApiError> {
-    let id = sandbox_id(&id)?;
     service.heartbeat(&caller.0, id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -218,10 +215,9 @@ pub(crate) async fn execute_command(
     service: web::Data<SandboxService>,
     config: web::Data<HttpConfig>,
     caller: Caller,
-    id: web::Path<String>,
+    PathId(id): PathId,
     body: JsonObject<ExecuteRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = sandbox_id(&id)?;
     let command: ExecuteCommand = body.0.into();
     // The answer holds the combined output and the stream it came from: twice the cap.
     let cap = service
@@ -345,9 +341,8 @@ fn streamed_json(
 pub(crate) async fn list_events(
     service: web::Data<SandboxService>,
     caller: Caller,
-    id: web::Path<String>,
+    PathId(id): PathId,
 ) -> Result<web::Json<Vec<EventResponse>>, ApiError> {
-    let id = sandbox_id(&id)?;
     let events = service.events(&caller.0, id).await?;
     Ok(web::Json(events.into_iter().map(Into::into).collect()))
 }

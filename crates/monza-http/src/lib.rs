@@ -193,26 +193,50 @@ macro_rules! endpoint {
     }};
 }
 
-/// Every operation the API serves, in registration order.
-fn endpoints() -> Vec<Endpoint> {
-    use files::*;
-    use handlers::*;
-    use openapi::*;
-    let mut all = Vec::new();
-    all.extend(endpoint!(get_health, __path_get_health));
-    all.extend(endpoint!(get_hello, __path_get_hello));
-    all.extend(endpoint!(get_ready, __path_get_ready));
-    all.extend(endpoint!(get_openapi, __path_get_openapi));
-    all.extend(endpoint!(list_sandboxes, __path_list_sandboxes));
-    all.extend(endpoint!(create_sandbox, __path_create_sandbox));
-    all.extend(endpoint!(get_sandbox, __path_get_sandbox));
-    all.extend(endpoint!(delete_sandbox, __path_delete_sandbox));
-    all.extend(endpoint!(heartbeat_sandbox, __path_heartbeat_sandbox));
-    all.extend(endpoint!(execute_command, __path_execute_command));
-    all.extend(endpoint!(list_events, __path_list_events));
-    all.extend(endpoint!(upload_file, __path_upload_file));
-    all.extend(endpoint!(download_file, __path_download_file));
-    all
+/// Declares the API's operations once: each `(handler, its utoipa path type)` is both mounted
+/// by the router ([`endpoints`]) and listed in the OpenAPI document ([`documented_paths`]), so
+/// the two cannot disagree and a route is written in one place.
+macro_rules! operations {
+    ($(($handler:path, $doc:ty)),+ $(,)?) => {
+        /// Every operation the API serves, in registration order.
+        fn endpoints() -> Vec<Endpoint> {
+            let mut all = Vec::new();
+            $(all.extend(endpoint!($handler, $doc));)+
+            all
+        }
+
+        /// The document's paths, from the same list.
+        pub(crate) fn documented_paths() -> utoipa::openapi::Paths {
+            utoipa::openapi::path::PathsBuilder::new()
+                $(.path_from::<$doc>())+
+                .build()
+        }
+    };
+}
+
+use files::{__path_download_file, __path_upload_file, download_file, upload_file};
+use handlers::{
+    __path_create_sandbox, __path_delete_sandbox, __path_execute_command, __path_get_health,
+    __path_get_hello, __path_get_ready, __path_get_sandbox, __path_heartbeat_sandbox,
+    __path_list_events, __path_list_sandboxes, create_sandbox, delete_sandbox, execute_command,
+    get_health, get_hello, get_ready, get_sandbox, heartbeat_sandbox, list_events, list_sandboxes,
+};
+use openapi::{__path_get_openapi, get_openapi};
+
+operations! {
+    (get_health, __path_get_health),
+    (get_hello, __path_get_hello),
+    (get_ready, __path_get_ready),
+    (get_openapi, __path_get_openapi),
+    (list_sandboxes, __path_list_sandboxes),
+    (create_sandbox, __path_create_sandbox),
+    (get_sandbox, __path_get_sandbox),
+    (delete_sandbox, __path_delete_sandbox),
+    (heartbeat_sandbox, __path_heartbeat_sandbox),
+    (execute_command, __path_execute_command),
+    (list_events, __path_list_events),
+    (upload_file, __path_upload_file),
+    (download_file, __path_download_file),
 }
 
 /// Whether a route needs a bearer token: every `/api/...` route but the OpenAPI document.

@@ -17,20 +17,14 @@ use utoipa::openapi::{
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::files::{__path_download_file, __path_upload_file};
-use crate::handlers::{
-    __path_create_sandbox, __path_delete_sandbox, __path_execute_command, __path_get_health,
-    __path_get_hello, __path_get_ready, __path_get_sandbox, __path_heartbeat_sandbox,
-    __path_list_events, __path_list_sandboxes,
-};
 use crate::model::{
     CreateSandboxRequest, EventResponse, ExecuteRequest, ExecuteResponse, HealthResponse,
     HelloResponse, OpenApiDocument, PortMappingResponse, ReadyResponse, SandboxResponse,
     UploadForm, UploadResponse,
 };
 
-/// The API description. Every route registered by [`crate::configure`] must appear in
-/// `paths` (a test compares the two).
+/// The API description. Its paths come from the one list of operations the router mounts
+/// (`operations!` in the crate root), added by [`Operations`] before [`Protected`] runs.
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(
@@ -41,22 +35,7 @@ use crate::model::{
                        A method a path does not list is answered 405 with `Allow`; an unknown \
                        path 404.",
     ),
-    modifiers(&Protected),
-    paths(
-        get_health,
-        get_hello,
-        get_ready,
-        get_openapi,
-        list_sandboxes,
-        create_sandbox,
-        get_sandbox,
-        delete_sandbox,
-        heartbeat_sandbox,
-        execute_command,
-        list_events,
-        upload_file,
-        download_file,
-    ),
+    modifiers(&Operations, &Protected),
     components(schemas(
         ErrorBody,
         ErrorDetail,
@@ -84,6 +63,15 @@ pub struct ApiDoc;
 
 /// The name of the bearer security scheme.
 pub const BEARER: &str = "bearer";
+
+/// Puts the paths of every operation the router mounts into the document.
+struct Operations;
+
+impl Modify for Operations {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi.paths = crate::documented_paths();
+    }
+}
 
 /// Adds the bearer scheme, and to every protected operation its requirement and the answers
 /// of authentication, so the document cannot forget a route the router protects.
