@@ -49,6 +49,7 @@ macro_rules! repository_contract_tests {
             insert_then_get_returns_the_same_sandbox,
             get_of_an_unknown_id_is_not_found,
             insert_of_a_duplicate_id_is_a_conflict,
+            insert_with_a_container_port_mapped_twice_is_a_conflict,
             insert_records_a_created_event,
             json_fields_round_trip_exactly,
             timestamps_round_trip_to_the_microsecond,
@@ -290,6 +291,22 @@ pub async fn insert_of_a_duplicate_id_is_a_conflict(repo: Repo) {
     assert_conflict(repo.insert(&again, None).await, "duplicate insert");
     assert_eq!(get(&repo, first.id).await, first);
     assert_eq!(actions(&repo, first.id).await, vec![EventAction::Created]);
+}
+
+/// A container port mapped twice in one insert is a conflict (the same on every backend),
+/// and nothing of the sandbox is written.
+pub async fn insert_with_a_container_port_mapped_twice_is_a_conflict(repo: Repo) {
+    let mut sandbox = sample_sandbox("acme", SandboxStatus::Running, base_time());
+    let id = sandbox.id;
+    let mapping = |host_port| PortMapping {
+        id: Uuid::new_v4(),
+        sandbox_id: id,
+        host_port,
+        container_port: 8080,
+    };
+    sandbox.port_mappings = vec![mapping(40_001), mapping(40_002)];
+    assert_conflict(repo.insert(&sandbox, None).await, "a port mapped twice");
+    assert_not_found(repo.get(id).await, "the refused sandbox");
 }
 
 /// `insert` writes the `created` event, stamped with the sandbox's `created_at`.
