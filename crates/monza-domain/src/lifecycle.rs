@@ -135,9 +135,18 @@ pub fn expires_at(last_activity: OffsetDateTime, ttl: Duration) -> OffsetDateTim
     last_activity + ttl
 }
 
-/// Whether the reaper may remove a sandbox now: running and past its expiry.
+/// The one status the reaper expires sandboxes from (what [`allowed_from`] says of
+/// [`LifecycleEvent::Expire`]; a test holds the two together).
+pub const REAPABLE: SandboxStatus = SandboxStatus::Running;
+
+/// Why a reaped sandbox ended, kept as its `status_reason`.
+pub const EXPIRY_REASON: &str = "expired: idle past its time to live";
+
+/// Whether the reaper may remove a sandbox now: [`REAPABLE`] and past its expiry
+/// (`expires_at <= now`). Stores apply this rule as the indexed condition of
+/// `SandboxRepository::claim_expired`, with the statuses an `ExpiryClaim` carries.
 pub fn is_expired(status: SandboxStatus, expires_at: OffsetDateTime, now: OffsetDateTime) -> bool {
-    status == SandboxStatus::Running && expires_at <= now
+    status == REAPABLE && expires_at <= now
 }
 
 /// Whether a `creating` sandbox's creator is gone: it wrote a lease and stopped renewing
@@ -244,6 +253,12 @@ mod tests {
                 assert_eq!(to, target(event), "{from} + {event:?}");
             }
         }
+    }
+
+    #[test]
+    fn the_reaper_expires_exactly_what_the_table_allows() {
+        assert_eq!(allowed_from(E::Expire), vec![REAPABLE]);
+        assert_eq!(target(E::Expire), S::Expired);
     }
 
     #[test]

@@ -428,6 +428,34 @@ impl NewEvent {
     pub fn new(action: EventAction, details: serde_json::Value) -> Self {
         Self { action, details }
     }
+
+    /// The `created` event a new sandbox's row is written with: its name and template.
+    pub fn created(sandbox: &Sandbox) -> Self {
+        Self::new(
+            EventAction::Created,
+            serde_json::json!({ "name": sandbox.name, "template": sandbox.template }),
+        )
+    }
+
+    /// The `started` event of `creating → running`: the container and its image.
+    pub fn started(container_id: &str, image: &str) -> Self {
+        Self::new(
+            EventAction::Started,
+            serde_json::json!({ "container_id": container_id, "image": image }),
+        )
+    }
+
+    /// The `expired` event the reaper records: the expiry that passed, in RFC 3339.
+    pub fn expired(sandbox: &Sandbox) -> Self {
+        let expires_at = sandbox
+            .expires_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| sandbox.expires_at.unix_timestamp().to_string());
+        Self::new(
+            EventAction::Expired,
+            serde_json::json!({ "expires_at": expires_at }),
+        )
+    }
 }
 
 /// An event as stored.

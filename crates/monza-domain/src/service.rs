@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 use crate::lifecycle::{self, LifecycleEvent};
 use crate::paths;
 use crate::ports::{
-    Admission, Clock, ContainerRuntime, RunningUpdate, SandboxRepository, StatusChange,
-    TemplateCatalog, Touch,
+    Admission, Clock, ContainerRuntime, ExpiryClaim, RunningUpdate, SandboxRepository,
+    StatusChange, TemplateCatalog, Touch,
 };
 use crate::runtime::{
     ContainerSpec, ExecOutput, ExecRequest, FileDownload, PublishedPort, UploadFile,
@@ -398,6 +398,7 @@ impl SandboxService {
             port_mappings: port_mappings(sandbox.id, &published),
             at: now,
             expires_at: lifecycle::expires_at(now, self.config.ttl),
+            record: NewEvent::started(&created.id, &created.image),
         };
         self.repo
             .mark_running(sandbox.id, &update)
@@ -639,7 +640,8 @@ impl SandboxService {
         let mut report = ReapReport::default();
         let now = self.clock.now();
         loop {
-            let claimed = self.repo.claim_expired(now, self.config.reap_batch).await?;
+            let claim = ExpiryClaim::new(now, self.config.reap_batch);
+            let claimed = self.repo.claim_expired(&claim).await?;
             report.expired += claimed.len();
             let containers: Vec<String> = claimed
                 .iter()

@@ -805,9 +805,9 @@ async fn the_reaper_expires_exactly_what_the_store_claims_and_removes_their_cont
     .into_iter();
     m.repo
         .expect_claim_expired()
-        .with(eq(later), eq(2))
+        .with(eq(crate::ports::ExpiryClaim::new(later, 2)))
         .times(2)
-        .returning(move |_, _| Ok(batches.next().unwrap_or_default()));
+        .returning(move |_| Ok(batches.next().unwrap_or_default()));
     m.runtime
         .expect_remove()
         .with(eq(CID))
@@ -829,7 +829,7 @@ async fn the_reaper_expires_exactly_what_the_store_claims_and_removes_their_cont
 #[tokio::test]
 async fn the_reaper_sweeps_containers_of_ended_sandboxes_only() {
     let mut m = Mocks::new();
-    m.repo.expect_claim_expired().returning(|_, _| Ok(vec![]));
+    m.repo.expect_claim_expired().returning(|_| Ok(vec![]));
     let statuses = [
         SandboxStatus::Running,
         SandboxStatus::Creating,
@@ -876,7 +876,7 @@ async fn the_reaper_sweeps_containers_of_ended_sandboxes_only() {
 #[tokio::test]
 async fn a_failed_removal_is_counted_and_does_not_stop_the_pass() {
     let mut m = Mocks::new();
-    m.repo.expect_claim_expired().returning(|_, _| {
+    m.repo.expect_claim_expired().returning(|_| {
         Ok(vec![sandbox(SandboxStatus::Expired), {
             let mut s = sandbox(SandboxStatus::Expired);
             s.container_id = Some("other".into());

@@ -12,10 +12,9 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use monza_domain::lifecycle::{self, LifecycleEvent};
 use monza_domain::{
-    Admission, Error, EventAction, InstanceId, NewEvent, PortMapping, RunningUpdate, Sandbox,
+    Admission, Error, ExpiryClaim, InstanceId, NewEvent, PortMapping, RunningUpdate, Sandbox,
     SandboxEvent, SandboxFilter, SandboxId, SandboxStatus, StatusChange, StatusFilter, TenantId,
 };
-use serde_json::json;
 use time::OffsetDateTime;
 
 use super::codec::{self, Id};
@@ -158,11 +157,7 @@ pub(crate) async fn insert(
         .await
         .map_err(unique_conflict(format!("sandbox {id} already exists")))?;
     insert_ports(conn, id, &sandbox.port_mappings).await?;
-    let created = NewEvent::new(
-        EventAction::Created,
-        json!({ "name": sandbox.name, "template": sandbox.template }),
-    );
-    append(conn, id, &created, sandbox.created_at).await?;
+    append(conn, id, &NewEvent::created(sandbox), sandbox.created_at).await?;
     Ok(Admission::Inserted)
 }
 
@@ -263,11 +258,7 @@ pub(crate) async fn mark_running(
         return Err(refusal(conn, id, event).await);
     };
     set_ports(conn, id, &update.port_mappings).await?;
-    let started = NewEvent::new(
-        EventAction::Started,
-        json!({ "container_id": update.container_id, "image": update.image }),
-    );
-    append(conn, id, &started, update.at).await?;
+    append(conn, id, &update.record, update.at).await?;
     one_with_ports(conn, row).await
 }
 
@@ -383,33 +374,24 @@ pub(crate) async fn record_activity(
     one_with_ports(conn, row).await
 }
 
-/// Claims (`specific::claim_expired`, the backend's own statement) and records one
-/// `expired` event per claimed sandbox, inside the caller's transaction.
-pub(crate) async fn claim_expired(
-    conn: &mut Conn,
-    now: OffsetDateTime,
-    limit: u32,
-) -> Tx<Vec<Sandbox>> {
-    if limit == 0 {
+/// Claims (`specific::claim_expired`, the backend's own statement of the domain's rule)
+/// and records the claim's event for each claimed sandbox, inside the caller's
+/// transaction.
+pub(crate) async fn claim_expired(conn: &mut Conn, claim: &ExpiryClaim) -> Tx<Vec<Sandbox>> {
+    if claim.limit == 0 {
         return Ok(Vec::new());
     }
-    let reason = "expired: idle past its time to live";
-    let mut rows = specific::claim_expired(conn, codec::time(now), reason, limit).await?;
+    let mut rows = specific::claim_expired(conn, claim).await?;
     rows.sort_by(|a, b| {
         a.expires_at
             .cmp(&b.expires_at)
             .then_with(|| a.id.cmp(&b.id))
     });
     let claimed = with_ports(conn, rows).await?;
-    let mut events = Vec::with_capacity(claimed.len());
-    for sandbox in &claimed {
-        let expires_at = sandbox
-            .expires_at
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_else(|_| sandbox.expires_at.unix_timestamp().to_string());
-        let expired = NewEvent::new(EventAction::Expired, json!({ "expires_at": expires_at }));
-        events.push(NewEventRow::new(sandbox.id, &expired, now)?);
-    }
+    let events = claimed
+        .iter()
+        .map(|sandbox| NewEventRow::new(sandbox.id, &claim.record(sandbox), claim.now))
+        .collect::<Result<Vec<_>, _>>()?;
     specific::insert_events(conn, &events).await?;
     Ok(claimed)
 }

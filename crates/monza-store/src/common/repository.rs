@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 use monza_domain::{
-    Admission, InstanceId, NewEvent, PortMapping, Result, RunningUpdate, Sandbox, SandboxEvent,
-    SandboxFilter, SandboxId, SandboxRepository, StatusChange, TenantId, Touch,
+    Admission, ExpiryClaim, InstanceId, NewEvent, PortMapping, Result, RunningUpdate, Sandbox,
+    SandboxEvent, SandboxFilter, SandboxId, SandboxRepository, StatusChange, TenantId, Touch,
 };
 use time::OffsetDateTime;
 
@@ -91,8 +91,8 @@ impl SandboxRepository for Store {
     }
 
     #[tracing::instrument(skip_all, err)]
-    async fn claim_expired(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Sandbox>> {
-        in_transaction!(self, |c| queries::claim_expired(c, now, limit))
+    async fn claim_expired(&self, claim: &ExpiryClaim) -> Result<Vec<Sandbox>> {
+        in_transaction!(self, |c| queries::claim_expired(c, claim))
     }
 
     #[tracing::instrument(skip_all, fields(leases = ids.len()), err)]
@@ -118,8 +118,12 @@ impl SandboxRepository for Store {
     }
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "debug"))]
-    async fn append_event(&self, id: SandboxId, event: &NewEvent) -> Result<()> {
-        let at = OffsetDateTime::now_utc();
+    async fn append_event(
+        &self,
+        id: SandboxId,
+        event: &NewEvent,
+        at: OffsetDateTime,
+    ) -> Result<()> {
         in_transaction!(self, |c| queries::append_event(c, id, event, at))
     }
 

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 use monza_domain::lifecycle::{self, LifecycleEvent};
-use monza_domain::{SandboxId, TenantId, Touch};
+use monza_domain::{ExpiryClaim, SandboxId, TenantId, Touch};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -61,30 +61,30 @@ pub(crate) async fn status_for_update(conn: &mut Conn, id: SandboxId) -> Tx<Opti
 /// sandbox is handed out twice. The candidates are a MATERIALIZED CTE: a
 /// `WHERE id IN (SELECT ... LIMIT n)` subquery may be rescanned by the plan and then claims
 /// more than `n` rows.
-pub(crate) async fn claim_expired(
-    conn: &mut Conn,
-    now: OffsetDateTime,
-    reason: &str,
-    limit: u32,
-) -> Tx<Vec<SandboxRow>> {
-    Ok(diesel::sql_query(
+pub(crate) async fn claim_expired(conn: &mut Conn, claim: &ExpiryClaim) -> Tx<Vec<SandboxRow>> {
+    // The statuses are the domain's (`lifecycle::REAPABLE` and its target), written into the
+    // statement as literals so the partial index on running rows' `expires_at` serves it.
+    let sql = format!(
         "WITH claimed AS MATERIALIZED ( \
              SELECT id FROM sandboxes \
-             WHERE status = 'running' AND expires_at <= $1 \
+             WHERE status = '{from}' AND expires_at <= $1 \
              ORDER BY expires_at, id \
              LIMIT $3 \
              FOR UPDATE SKIP LOCKED) \
          UPDATE sandboxes \
-         SET status = 'expired', deleted_at = $1, status_reason = $2 \
+         SET status = '{to}', deleted_at = $1, status_reason = $2 \
          FROM claimed \
-         WHERE sandboxes.id = claimed.id AND sandboxes.status = 'running' \
+         WHERE sandboxes.id = claimed.id AND sandboxes.status = '{from}' \
          RETURNING sandboxes.*",
-    )
-    .bind::<Timestamptz, _>(now)
-    .bind::<Text, _>(reason)
-    .bind::<BigInt, _>(i64::from(limit))
-    .load(conn)
-    .await?)
+        from = claim.from.as_str(),
+        to = claim.to.as_str(),
+    );
+    Ok(diesel::sql_query(sql)
+        .bind::<Timestamptz, _>(codec::time(claim.now))
+        .bind::<Text, _>(&claim.reason)
+        .bind::<BigInt, _>(i64::from(claim.limit))
+        .load(conn)
+        .await?)
 }
 
 /// The id a batched touch changed.

@@ -8,10 +8,10 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::RunQueryDsl;
 use monza_domain::lifecycle::{self, LifecycleEvent};
-use monza_domain::{SandboxId, TenantId, Touch};
+use monza_domain::{ExpiryClaim, SandboxId, TenantId, Touch};
 
 use super::Conn;
-use super::codec::{self, Time};
+use super::codec;
 use super::queries::statuses;
 use super::rows::{NewEventRow, PortMappingRow, SandboxRow, id_of};
 use super::schema::{port_mappings, sandbox_events, sandboxes};
@@ -39,25 +39,25 @@ pub(crate) async fn status_for_update(conn: &mut Conn, id: SandboxId) -> Tx<Opti
 
 /// One statement inside the writer's `BEGIN IMMEDIATE`: no other claimer (thread or
 /// process) can see these rows as running any more.
-pub(crate) async fn claim_expired(
-    conn: &mut Conn,
-    now: Time,
-    reason: &str,
-    limit: u32,
-) -> Tx<Vec<SandboxRow>> {
-    Ok(diesel::sql_query(
+pub(crate) async fn claim_expired(conn: &mut Conn, claim: &ExpiryClaim) -> Tx<Vec<SandboxRow>> {
+    // The statuses are the domain's (`lifecycle::REAPABLE` and its target), written into the
+    // statement as literals so the partial index on running rows' `expires_at` serves it.
+    let sql = format!(
         "UPDATE sandboxes \
-         SET status = 'expired', deleted_at = ?1, status_reason = ?2 \
+         SET status = '{to}', deleted_at = ?1, status_reason = ?2 \
          WHERE id IN (SELECT id FROM sandboxes \
-                      WHERE status = 'running' AND expires_at <= ?1 \
+                      WHERE status = '{from}' AND expires_at <= ?1 \
                       ORDER BY expires_at, id LIMIT ?3) \
          RETURNING *",
-    )
-    .bind::<BigInt, _>(now)
-    .bind::<Text, _>(reason)
-    .bind::<BigInt, _>(i64::from(limit))
-    .load(conn)
-    .await?)
+        from = claim.from.as_str(),
+        to = claim.to.as_str(),
+    );
+    Ok(diesel::sql_query(sql)
+        .bind::<BigInt, _>(codec::time(claim.now))
+        .bind::<Text, _>(&claim.reason)
+        .bind::<BigInt, _>(i64::from(claim.limit))
+        .load(conn)
+        .await?)
 }
 
 /// Each touch is one conditional statement; the caller's transaction makes the batch one
