@@ -285,6 +285,8 @@ mod tests {
             workspace_mount: "/workspace".into(),
             devcontainer_config: serde_json::json!({}),
             env_vars: Default::default(),
+            remote_env: Default::default(),
+            remote_user: None,
             port_mappings: vec![],
             last_activity: t,
             created_at: t,

@@ -335,6 +335,10 @@ pub struct Sandbox {
     pub devcontainer_config: serde_json::Value,
     /// Environment given to the container.
     pub env_vars: BTreeMap<String, String>,
+    /// The template's resolved `remoteEnv`: environment of the commands run in it.
+    pub remote_env: BTreeMap<String, String>,
+    /// The template's resolved `remoteUser`: who commands run as (`None`: the image's user).
+    pub remote_user: Option<String>,
     /// Published ports.
     pub port_mappings: Vec<PortMapping>,
     /// Last heartbeat or use.

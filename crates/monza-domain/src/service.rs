@@ -300,6 +300,8 @@ impl SandboxService {
             workspace_mount: template.workspace_folder.clone(),
             devcontainer_config: template.config.clone(),
             env_vars: template.container_env.clone(),
+            remote_env: template.remote_env.clone(),
+            remote_user: template.remote_user.clone(),
             port_mappings: Vec::new(),
             last_activity: now,
             created_at: now,
@@ -550,16 +552,9 @@ impl SandboxService {
             .unwrap_or(limits.default_timeout)
             .min(limits.max_timeout);
         let sandbox = self.running(access, id).await?;
-        let template_env = sandbox.devcontainer_config.get("remoteEnv");
-        let mut env: BTreeMap<String, String> = template_env
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .unwrap_or_default();
+        let mut env = sandbox.remote_env.clone();
         env.extend(command.env);
-        let user = sandbox
-            .devcontainer_config
-            .get("remoteUser")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
+        let user = sandbox.remote_user.clone();
         let request = ExecRequest {
             command: Command::Shell(command.command.clone()),
             workdir: Some(workdir.unwrap_or_else(|| sandbox.workspace_mount.clone())),

@@ -139,3 +139,36 @@ async fn writes_go_through_the_write_ahead_log() {
     );
     assert!(dir.path().join("monza.db-wal").exists(), "WAL mode");
 }
+
+/// A row written by a monza older than the `remote_env`/`remote_user` columns (both NULL)
+/// reads its remote settings from its stored devcontainer.json (the compatibility path).
+#[tokio::test]
+async fn a_row_without_remote_settings_reads_them_from_its_stored_template() {
+    use diesel::{Connection, RunQueryDsl, SqliteConnection};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("monza.db");
+    let repo = SqliteSandboxRepository::open(&path, SqliteOptions::default())
+        .await
+        .unwrap();
+    let mut sandbox = sample_sandbox("acme", SandboxStatus::Running, base_time());
+    sandbox.devcontainer_config = serde_json::json!({
+        "image": "busybox",
+        "remoteUser": "vscode",
+        "remoteEnv": {"EDITOR": "vi"},
+    });
+    assert_eq!(
+        repo.insert(&sandbox, None).await.unwrap(),
+        monza_domain::Admission::Inserted
+    );
+    let mut conn = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+    diesel::sql_query("UPDATE sandboxes SET remote_env = NULL, remote_user = NULL")
+        .execute(&mut conn)
+        .unwrap();
+    let back = repo.get(sandbox.id).await.unwrap();
+    assert_eq!(back.remote_user.as_deref(), Some("vscode"));
+    assert_eq!(
+        back.remote_env,
+        std::collections::BTreeMap::from([("EDITOR".to_owned(), "vi".to_owned())])
+    );
+}

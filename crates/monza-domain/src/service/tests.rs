@@ -49,6 +49,8 @@ fn sandbox(status: SandboxStatus) -> Sandbox {
         workspace_mount: "/workspace".into(),
         devcontainer_config: serde_json::json!({}),
         env_vars: BTreeMap::new(),
+        remote_env: Default::default(),
+        remote_user: None,
         port_mappings: vec![],
         last_activity: T0,
         created_at: T0,
@@ -672,6 +674,48 @@ async fn execute_records_activity_then_runs_with_clamped_limits() {
         .await
         .unwrap();
     assert_eq!(out.output, "a\n");
+}
+
+#[tokio::test]
+async fn execute_runs_as_the_templates_remote_user_with_its_remote_env_under_the_requests() {
+    let mut s = sandbox(SandboxStatus::Running);
+    s.remote_env = BTreeMap::from([
+        ("FROM_TEMPLATE".to_owned(), "t".to_owned()),
+        ("OVERRIDDEN".to_owned(), "template".to_owned()),
+    ]);
+    s.remote_user = Some("vscode".to_owned());
+    // The stored document says otherwise: only the typed fields count.
+    s.devcontainer_config = serde_json::json!({"remoteUser": "root", "remoteEnv": {"X": "y"}});
+    let id = s.id;
+    let mut m = running_mocks(&s);
+    let touched = s.clone();
+    m.repo
+        .expect_record_activity()
+        .returning(move |_, _, _, _| Ok(touched.clone()));
+    m.runtime
+        .expect_exec()
+        .withf(|_, r| {
+            r.user.as_deref() == Some("vscode")
+                && r.env
+                    == BTreeMap::from([
+                        ("FROM_TEMPLATE".to_owned(), "t".to_owned()),
+                        ("OVERRIDDEN".to_owned(), "request".to_owned()),
+                    ])
+        })
+        .times(1)
+        .returning(|_, _| Ok(exec_output(0, "")));
+    m.service()
+        .execute(
+            &Access::Admin,
+            id,
+            ExecuteCommand {
+                command: "env".into(),
+                env: BTreeMap::from([("OVERRIDDEN".to_owned(), "request".to_owned())]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

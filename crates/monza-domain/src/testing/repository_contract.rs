@@ -161,6 +161,8 @@ pub fn sample_sandbox(
             "forwardPorts": [8080],
         }),
         env_vars: BTreeMap::from([("LANG".to_owned(), "C.UTF-8".to_owned())]),
+        remote_env: BTreeMap::from([("PATH_EXTRA".to_owned(), "/opt/tools/bin".to_owned())]),
+        remote_user: Some("vscode".to_owned()),
         port_mappings,
         last_activity: created_at,
         created_at,

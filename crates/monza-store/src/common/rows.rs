@@ -37,6 +37,8 @@ pub(crate) struct SandboxRow {
     pub deleted_at: Option<Time>,
     pub creator_instance: Option<Id>,
     pub lease_expires_at: Option<Time>,
+    pub remote_env: Option<Json>,
+    pub remote_user: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -101,11 +103,19 @@ impl SandboxRow {
             lease_expires_at: sandbox
                 .create_lease
                 .map(|lease| codec::time(lease.expires_at)),
+            remote_env: Some(codec::json(&sandbox.remote_env)?),
+            remote_user: sandbox.remote_user.clone(),
         })
     }
 
     pub(crate) fn into_domain(self, ports: Vec<PortMappingRow>) -> Result<Sandbox, Error> {
         let env_vars: BTreeMap<String, String> = codec::from_json(self.env_vars, "env_vars")?;
+        let devcontainer_config: serde_json::Value =
+            codec::from_json(self.devcontainer_config, "devcontainer_config")?;
+        let (remote_env, remote_user) = match self.remote_env {
+            Some(env) => (codec::from_json(env, "remote_env")?, self.remote_user),
+            None => legacy_remote_settings(&devcontainer_config),
+        };
         Ok(Sandbox {
             id: SandboxId::from_uuid(codec::uuid(&self.id)?),
             tenant: stored("tenant", TenantId::new(&self.tenant))?,
@@ -116,8 +126,10 @@ impl SandboxRow {
             container_id: self.container_id,
             image: self.image,
             workspace_mount: self.workspace_mount,
-            devcontainer_config: codec::from_json(self.devcontainer_config, "devcontainer_config")?,
+            devcontainer_config,
             env_vars,
+            remote_env,
+            remote_user,
             port_mappings: ports
                 .into_iter()
                 .map(PortMappingRow::into_domain)
@@ -135,6 +147,26 @@ impl SandboxRow {
             },
         })
     }
+}
+
+/// COMPATIBILITY, for rows written before the `remote_env`/`remote_user` columns (by a monza
+/// older than migration `2026-12-02-000000_add_remote_settings`, which may still run beside
+/// this one during an upgrade): their `remoteEnv` and `remoteUser`, read from the stored
+/// devcontainer.json the way that monza's `execute` read them (a `remoteEnv` that is not an
+/// object of strings is no environment). Remove with a migration that backfills the
+/// columns, once no older monza writes rows.
+fn legacy_remote_settings(
+    config: &serde_json::Value,
+) -> (BTreeMap<String, String>, Option<String>) {
+    let env = config
+        .get("remoteEnv")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    let user = config
+        .get("remoteUser")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned);
+    (env, user)
 }
 
 impl PortMappingRow {

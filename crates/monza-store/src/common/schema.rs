@@ -24,6 +24,8 @@ diesel::table! {
         deleted_at -> Nullable<TimeSql>,
         creator_instance -> Nullable<IdSql>,
         lease_expires_at -> Nullable<TimeSql>,
+        remote_env -> Nullable<JsonSql>,
+        remote_user -> Nullable<Text>,
     }
 }
 
