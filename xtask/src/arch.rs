@@ -2,7 +2,7 @@
 //!
 //! - `monza-domain` depends on no other monza crate and on no adapter technology
 //!   (actix-web, diesel, docker-api, the tokio runtime) outside its tests.
-//! - Each adapter (`monza-devcontainer`, `monza-postgres`, `monza-sqlite`, `monza-docker`,
+//! - Each adapter (`monza-devcontainer`, `monza-store`, `monza-docker`,
 //!   `monza-http`) depends on `monza-domain` and on no other monza crate, in any kind of
 //!   dependency.
 //! - Each adapter knows one technology: it names none of the others' (`ADAPTER_FORBIDDEN`,
@@ -16,10 +16,9 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 const DOMAIN: &str = "monza-domain";
-const ADAPTERS: [&str; 5] = [
+const ADAPTERS: [&str; 4] = [
     "monza-devcontainer",
-    "monza-postgres",
-    "monza-sqlite",
+    "monza-store",
     "monza-docker",
     "monza-http",
 ];
@@ -50,14 +49,14 @@ const STORES: [&str; 6] = [
 /// The Docker engine's crates.
 const DOCKER: [&str; 4] = ["docker-api", "hyper", "hyperlocal", "tar"];
 
-/// What each adapter must not use: the technologies of the other adapters. (The two stores
-/// share diesel, so each may use it; what tells them apart is their driver feature.)
+/// What each adapter must not use: the technologies of the other adapters. (`monza-store`
+/// serves SQLite and PostgreSQL from one crate, so it alone may use every store crate.)
 fn adapter_forbidden(adapter: &str) -> Vec<&'static str> {
     let mut forbidden = Vec::new();
     if adapter != "monza-http" {
         forbidden.extend(HTTP);
     }
-    if !matches!(adapter, "monza-postgres" | "monza-sqlite") {
+    if adapter != "monza-store" {
         forbidden.extend(STORES);
     }
     if adapter != "monza-docker" {
@@ -177,12 +176,12 @@ mod tests {
     fn an_adapter_importing_another_adapter_is_caught() {
         let metadata = json!({ "packages": [
             package("monza-http", &[(DOMAIN, None), ("monza-docker", None)]),
-            package("monza-postgres", &[(DOMAIN, None), ("monza-sqlite", Some("dev"))]),
+            package("monza-store", &[(DOMAIN, None), ("monza-docker", Some("dev"))]),
         ]});
         let found = violations(&metadata);
         assert_eq!(found.len(), 2, "{found:?}");
         assert!(found[0].contains("monza-http depends on monza-docker"));
-        assert!(found[1].contains("monza-postgres depends on monza-sqlite (dev)"));
+        assert!(found[1].contains("monza-store depends on monza-docker (dev)"));
     }
 
     #[test]
@@ -197,16 +196,16 @@ mod tests {
     fn an_adapter_using_another_adapters_technology_is_caught() {
         let metadata = json!({ "packages": [
             package("monza-http", &[(DOMAIN, None), ("actix-web", None), ("diesel", None)]),
-            package("monza-sqlite", &[(DOMAIN, None), ("diesel", None), ("docker-api", Some("dev"))]),
+            package("monza-store", &[(DOMAIN, None), ("diesel", None), ("docker-api", Some("dev"))]),
             package("monza-docker", &[(DOMAIN, None), ("hyper", None), ("actix-web", None)]),
             package("monza-devcontainer", &[(DOMAIN, None), ("tokio-postgres", None)]),
-            package("monza-postgres", &[(DOMAIN, None), ("diesel", None), ("deadpool", None)]),
+            package("monza-store", &[(DOMAIN, None), ("diesel", None), ("deadpool", None), ("libsqlite3-sys", None)]),
         ]});
         let found = violations(&metadata);
         assert_eq!(found.len(), 4, "{found:#?}");
         for (adapter, technology) in [
             ("monza-http", "diesel"),
-            ("monza-sqlite", "docker-api"),
+            ("monza-store", "docker-api"),
             ("monza-docker", "actix-web"),
             ("monza-devcontainer", "tokio-postgres"),
         ] {

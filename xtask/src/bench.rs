@@ -69,8 +69,8 @@ pub fn bench(args: &[String]) -> Result<()> {
     let mode: &[&str] = if quick { &["--", "--quick"] } else { &[] };
     for (package, bench) in [
         ("monza-docker", "docker"),
-        ("monza-sqlite", "repository"),
-        ("monza-postgres", "repository"),
+        ("monza-store", "sqlite"),
+        ("monza-store", "postgres"),
     ] {
         run(cargo()
             .args(["bench", "-p", package, "--bench", bench])

@@ -97,7 +97,7 @@ pub async fn open_stores(url: Option<&Secret>, data_dir: &Path, retry: &Retry) -
     match locate(url.map(Secret::expose), data_dir)? {
         StoreLocation::Postgres(url) => {
             // The URL's own error never contains the password.
-            let url = monza_postgres::PgUrl::parse(&url)
+            let url = monza_store::postgres::PgUrl::parse(&url)
                 .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
             let described = url.describe();
             let deployment = format!(
@@ -106,12 +106,12 @@ pub async fn open_stores(url: Option<&Secret>, data_dir: &Path, retry: &Retry) -
                 url.port(),
                 url.database()
             );
-            let options = monza_postgres::PgOptions {
+            let options = monza_store::postgres::PgOptions {
                 migration_attempts: retry.attempts,
                 migration_retry_delay: retry.delay,
-                ..monza_postgres::PgOptions::default()
+                ..monza_store::postgres::PgOptions::default()
             };
-            let repo = monza_postgres::PgSandboxRepository::connect_to(url, options)
+            let repo = monza_store::postgres::PgSandboxRepository::connect_to(url, options)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             tracing::info!(database = %described, "store: PostgreSQL");
@@ -123,15 +123,16 @@ pub async fn open_stores(url: Option<&Secret>, data_dir: &Path, retry: &Retry) -
                     format!("MONZA_DATA_DIR: cannot create {}", parent.display())
                 })?;
             }
-            let repo = monza_sqlite::SqliteSandboxRepository::open(&path, Default::default())
-                .await
-                .map_err(|e| anyhow::anyhow!("SQLite database {}: {e}", path.display()))?;
+            let repo =
+                monza_store::sqlite::SqliteSandboxRepository::open(&path, Default::default())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("SQLite database {}: {e}", path.display()))?;
             tracing::info!(path = %path.display(), "store: SQLite");
             let path = std::fs::canonicalize(&path).unwrap_or(path);
             Ok(Stores::of(repo, format!("sqlite:{}", path.display())))
         }
         StoreLocation::SqliteMemory => {
-            let repo = monza_sqlite::SqliteSandboxRepository::in_memory()
+            let repo = monza_store::sqlite::SqliteSandboxRepository::in_memory()
                 .await
                 .map_err(|e| anyhow::anyhow!("in-memory SQLite: {e}"))?;
             tracing::info!("store: in-memory SQLite (nothing survives a restart)");

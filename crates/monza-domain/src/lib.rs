@@ -20,8 +20,8 @@ pub use auth::{ApiToken, Bootstrap, IssuedToken, StoredToken, TokenHash, TokenId
 pub use error::{Error, Result};
 pub use lifecycle::{LifecycleEvent, transition};
 pub use ports::{
-    Admission, Clock, ContainerRuntime, RunningUpdate, SandboxRepository, StatusChange,
-    SystemClock, TemplateCatalog, TokenRepository, Touch,
+    Admission, Clock, ContainerRuntime, ExpiryClaim, RunningUpdate, SandboxRepository,
+    StatusChange, SystemClock, TemplateCatalog, TokenRepository, Touch,
 };
 pub use runtime::{
     ByteStream, ContainerSpec, ContainerState, CreatedContainer, ExecOutput, ExecRequest,

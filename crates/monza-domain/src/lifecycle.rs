@@ -135,9 +135,18 @@ pub fn expires_at(last_activity: OffsetDateTime, ttl: Duration) -> OffsetDateTim
     last_activity + ttl
 }
 
-/// Whether the reaper may remove a sandbox now: running and past its expiry.
+/// The one status the reaper expires sandboxes from (what [`allowed_from`] says of
+/// [`LifecycleEvent::Expire`]; a test holds the two together).
+pub const REAPABLE: SandboxStatus = SandboxStatus::Running;
+
+/// Why a reaped sandbox ended, kept as its `status_reason`.
+pub const EXPIRY_REASON: &str = "expired: idle past its time to live";
+
+/// Whether the reaper may remove a sandbox now: [`REAPABLE`] and past its expiry
+/// (`expires_at <= now`). Stores apply this rule as the indexed condition of
+/// `SandboxRepository::claim_expired`, with the statuses an `ExpiryClaim` carries.
 pub fn is_expired(status: SandboxStatus, expires_at: OffsetDateTime, now: OffsetDateTime) -> bool {
-    status == SandboxStatus::Running && expires_at <= now
+    status == REAPABLE && expires_at <= now
 }
 
 /// Whether a `creating` sandbox's creator is gone: it wrote a lease and stopped renewing
@@ -247,6 +256,12 @@ mod tests {
     }
 
     #[test]
+    fn the_reaper_expires_exactly_what_the_table_allows() {
+        assert_eq!(allowed_from(E::Expire), vec![REAPABLE]);
+        assert_eq!(target(E::Expire), S::Expired);
+    }
+
+    #[test]
     fn allowed_from_lists_the_sources() {
         assert_eq!(allowed_from(E::Activity), vec![S::Running]);
         assert_eq!(
@@ -270,6 +285,8 @@ mod tests {
             workspace_mount: "/workspace".into(),
             devcontainer_config: serde_json::json!({}),
             env_vars: Default::default(),
+            remote_env: Default::default(),
+            remote_user: None,
             port_mappings: vec![],
             last_activity: t,
             created_at: t,

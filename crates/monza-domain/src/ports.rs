@@ -16,9 +16,44 @@ use crate::runtime::{
 };
 use crate::sandbox::{
     InstanceId, NewEvent, PortMapping, Sandbox, SandboxEvent, SandboxFilter, SandboxId,
-    TemplateName, TenantId,
+    SandboxStatus, TemplateName, TenantId,
 };
 use crate::template::Template;
+
+/// One reaper claim, as [`SandboxRepository::claim_expired`] takes it: the rule of
+/// [`crate::lifecycle::is_expired`] as data, decided by the domain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpiryClaim {
+    /// Claim sandboxes with `expires_at <= now`; `now` also becomes their `deleted_at` and
+    /// their `expired` events' time.
+    pub now: OffsetDateTime,
+    /// At most this many.
+    pub limit: u32,
+    /// Only sandboxes in this status ([`crate::lifecycle::REAPABLE`]).
+    pub from: SandboxStatus,
+    /// Moved to this status (`lifecycle::target(Expire)`).
+    pub to: SandboxStatus,
+    /// Kept as each claimed sandbox's `status_reason`.
+    pub reason: String,
+}
+
+impl ExpiryClaim {
+    /// The reaper's claim of up to `limit` sandboxes expired at `now`.
+    pub fn new(now: OffsetDateTime, limit: u32) -> Self {
+        Self {
+            now,
+            limit,
+            from: crate::lifecycle::REAPABLE,
+            to: crate::lifecycle::target(LifecycleEvent::Expire),
+            reason: crate::lifecycle::EXPIRY_REASON.to_owned(),
+        }
+    }
+
+    /// The event recorded with each claimed sandbox (as the claim leaves it).
+    pub fn record(&self, sandbox: &Sandbox) -> NewEvent {
+        NewEvent::expired(sandbox)
+    }
+}
 
 /// The fields a sandbox gains when it starts (`creating` → `running`).
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +68,8 @@ pub struct RunningUpdate {
     pub at: OffsetDateTime,
     /// `at + ttl`.
     pub expires_at: OffsetDateTime,
+    /// The `started` event recorded with it ([`NewEvent::started`]).
+    pub record: NewEvent,
 }
 
 /// One heartbeat's write, as [`SandboxRepository::touch`] takes it.
@@ -84,7 +121,8 @@ pub enum Admission {
 #[async_trait]
 pub trait SandboxRepository: Send + Sync {
     /// Writes a new sandbox (normally `creating`, with its creator's lease) and its `created`
-    /// event. A duplicate id is a conflict.
+    /// event ([`NewEvent::created`], stamped `created_at`). A duplicate id, or a container
+    /// port mapped twice, is a conflict.
     ///
     /// With `max_live`, the count of the tenant's live (not deleted, not expired) sandboxes
     /// and the insert are one atomic decision, across every instance on the store (other
@@ -99,8 +137,8 @@ pub trait SandboxRepository: Send + Sync {
     /// Sandboxes matching the filter, newest first.
     async fn list(&self, filter: &SandboxFilter) -> Result<Vec<Sandbox>>;
 
-    /// `creating` → `running` with the container's details, and a `started` event; the create
-    /// lease is cleared. Not-found if unknown; conflict if the sandbox is no longer `creating`
+    /// `creating` → `running` with the container's details, and the update's `record` (the
+    /// `started` event, stamped `at`); the create lease is cleared. Not-found if unknown; conflict if the sandbox is no longer `creating`
     /// (its create was settled meanwhile, e.g. because its lease lapsed).
     async fn mark_running(&self, id: SandboxId, update: &RunningUpdate) -> Result<Sandbox>;
 
@@ -143,10 +181,12 @@ pub trait SandboxRepository: Send + Sync {
     /// nothing, when the sandbox is unknown or not `running`.
     async fn replace_port_mappings(&self, id: SandboxId, ports: &[PortMapping]) -> Result<bool>;
 
-    /// Atomically moves up to `limit` running sandboxes with `expires_at <= now` to
-    /// `expired` (with `deleted_at = now` and an `expired` event) and returns them. Two
-    /// concurrent callers never receive the same sandbox.
-    async fn claim_expired(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Sandbox>>;
+    /// Atomically moves up to `claim.limit` sandboxes in `claim.from` with
+    /// `expires_at <= claim.now`, earliest expiry first, to `claim.to` (with
+    /// `deleted_at = now`, `status_reason = claim.reason` and the event `claim.record` gives,
+    /// stamped `now`) and returns them. Two concurrent callers never receive the same
+    /// sandbox.
+    async fn claim_expired(&self, claim: &ExpiryClaim) -> Result<Vec<Sandbox>>;
 
     /// Moves the create lease of each of `ids` that is still `creating` with a lease held by
     /// `instance` to `expires_at`, in one write; returns how many it moved. Rows of another
@@ -172,8 +212,10 @@ pub trait SandboxRepository: Send + Sync {
         change: &StatusChange,
     ) -> Result<Option<Sandbox>>;
 
-    /// Appends an event to a sandbox's log.
-    async fn append_event(&self, id: SandboxId, event: &NewEvent) -> Result<()>;
+    /// Appends an event, stamped `at`, to a sandbox's log. Not-found if the sandbox is
+    /// unknown.
+    async fn append_event(&self, id: SandboxId, event: &NewEvent, at: OffsetDateTime)
+    -> Result<()>;
 
     /// A sandbox's events, oldest first.
     async fn events(&self, id: SandboxId) -> Result<Vec<SandboxEvent>>;

@@ -335,6 +335,10 @@ pub struct Sandbox {
     pub devcontainer_config: serde_json::Value,
     /// Environment given to the container.
     pub env_vars: BTreeMap<String, String>,
+    /// The template's resolved `remoteEnv`: environment of the commands run in it.
+    pub remote_env: BTreeMap<String, String>,
+    /// The template's resolved `remoteUser`: who commands run as (`None`: the image's user).
+    pub remote_user: Option<String>,
     /// Published ports.
     pub port_mappings: Vec<PortMapping>,
     /// Last heartbeat or use.
@@ -427,6 +431,34 @@ impl NewEvent {
     /// An event with details.
     pub fn new(action: EventAction, details: serde_json::Value) -> Self {
         Self { action, details }
+    }
+
+    /// The `created` event a new sandbox's row is written with: its name and template.
+    pub fn created(sandbox: &Sandbox) -> Self {
+        Self::new(
+            EventAction::Created,
+            serde_json::json!({ "name": sandbox.name, "template": sandbox.template }),
+        )
+    }
+
+    /// The `started` event of `creating → running`: the container and its image.
+    pub fn started(container_id: &str, image: &str) -> Self {
+        Self::new(
+            EventAction::Started,
+            serde_json::json!({ "container_id": container_id, "image": image }),
+        )
+    }
+
+    /// The `expired` event the reaper records: the expiry that passed, in RFC 3339.
+    pub fn expired(sandbox: &Sandbox) -> Self {
+        let expires_at = sandbox
+            .expires_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| sandbox.expires_at.unix_timestamp().to_string());
+        Self::new(
+            EventAction::Expired,
+            serde_json::json!({ "expires_at": expires_at }),
+        )
     }
 }
 

@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 use crate::lifecycle::{self, LifecycleEvent};
 use crate::paths;
 use crate::ports::{
-    Admission, Clock, ContainerRuntime, RunningUpdate, SandboxRepository, StatusChange,
-    TemplateCatalog, Touch,
+    Admission, Clock, ContainerRuntime, ExpiryClaim, RunningUpdate, SandboxRepository,
+    StatusChange, TemplateCatalog, Touch,
 };
 use crate::runtime::{
     ContainerSpec, ExecOutput, ExecRequest, FileDownload, PublishedPort, UploadFile,
@@ -326,6 +326,8 @@ impl SandboxService {
             workspace_mount: template.workspace_folder.clone(),
             devcontainer_config: template.config.clone(),
             env_vars: template.container_env.clone(),
+            remote_env: template.remote_env.clone(),
+            remote_user: template.remote_user.clone(),
             port_mappings: Vec::new(),
             last_activity: now,
             created_at: now,
@@ -424,6 +426,7 @@ impl SandboxService {
             port_mappings: port_mappings(sandbox.id, &published),
             at: now,
             expires_at: lifecycle::expires_at(now, self.config.ttl),
+            record: NewEvent::started(&created.id, &created.image),
         };
         self.repo
             .mark_running(sandbox.id, &update)
@@ -590,16 +593,9 @@ impl SandboxService {
             .unwrap_or(limits.default_timeout)
             .min(limits.max_timeout);
         let sandbox = self.running(access, id).await?;
-        let template_env = sandbox.devcontainer_config.get("remoteEnv");
-        let mut env: BTreeMap<String, String> = template_env
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .unwrap_or_default();
+        let mut env = sandbox.remote_env.clone();
         env.extend(command.env);
-        let user = sandbox
-            .devcontainer_config
-            .get("remoteUser")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
+        let user = sandbox.remote_user.clone();
         let request = ExecRequest {
             command: Command::Shell(command.command.clone()),
             workdir: Some(workdir.unwrap_or_else(|| sandbox.workspace_mount.clone())),
@@ -680,7 +676,8 @@ impl SandboxService {
         let mut report = ReapReport::default();
         let now = self.clock.now();
         loop {
-            let claimed = self.repo.claim_expired(now, self.config.reap_batch).await?;
+            let claim = ExpiryClaim::new(now, self.config.reap_batch);
+            let claimed = self.repo.claim_expired(&claim).await?;
             report.expired += claimed.len();
             let containers: Vec<String> = claimed
                 .iter()

@@ -652,9 +652,9 @@ async fn control_plane(
     let (store, repo): (Store, Arc<dyn SandboxRepository>) = if store_name == "SQLite" {
         let dir = root.join("control-sqlite");
         std::fs::create_dir_all(&dir).unwrap();
-        let repo = monza_sqlite::SqliteSandboxRepository::open(
+        let repo = monza_store::sqlite::SqliteSandboxRepository::open(
             dir.join("monza.db"),
-            monza_sqlite::SqliteOptions::default(),
+            monza_store::sqlite::SqliteOptions::default(),
         )
         .await
         .unwrap();
@@ -663,9 +663,9 @@ async fn control_plane(
         let db = PgDatabase::create();
         let url = db.url();
         _pg = Some(db);
-        let repo = monza_postgres::PgSandboxRepository::connect(
+        let repo = monza_store::postgres::PgSandboxRepository::connect(
             &url,
-            monza_postgres::PgOptions::default(),
+            monza_store::postgres::PgOptions::default(),
         )
         .await
         .unwrap();

@@ -49,6 +49,8 @@ fn sandbox(status: SandboxStatus) -> Sandbox {
         workspace_mount: "/workspace".into(),
         devcontainer_config: serde_json::json!({}),
         env_vars: BTreeMap::new(),
+        remote_env: Default::default(),
+        remote_user: None,
         port_mappings: vec![],
         last_activity: T0,
         created_at: T0,
@@ -738,6 +740,48 @@ async fn execute_records_activity_then_runs_with_clamped_limits() {
 }
 
 #[tokio::test]
+async fn execute_runs_as_the_templates_remote_user_with_its_remote_env_under_the_requests() {
+    let mut s = sandbox(SandboxStatus::Running);
+    s.remote_env = BTreeMap::from([
+        ("FROM_TEMPLATE".to_owned(), "t".to_owned()),
+        ("OVERRIDDEN".to_owned(), "template".to_owned()),
+    ]);
+    s.remote_user = Some("vscode".to_owned());
+    // The stored document says otherwise: only the typed fields count.
+    s.devcontainer_config = serde_json::json!({"remoteUser": "root", "remoteEnv": {"X": "y"}});
+    let id = s.id;
+    let mut m = running_mocks(&s);
+    let touched = s.clone();
+    m.repo
+        .expect_record_activity()
+        .returning(move |_, _, _, _| Ok(touched.clone()));
+    m.runtime
+        .expect_exec()
+        .withf(|_, r| {
+            r.user.as_deref() == Some("vscode")
+                && r.env
+                    == BTreeMap::from([
+                        ("FROM_TEMPLATE".to_owned(), "t".to_owned()),
+                        ("OVERRIDDEN".to_owned(), "request".to_owned()),
+                    ])
+        })
+        .times(1)
+        .returning(|_, _| Ok(exec_output(0, "")));
+    m.service()
+        .execute(
+            &Access::Admin,
+            id,
+            ExecuteCommand {
+                command: "env".into(),
+                env: BTreeMap::from([("OVERRIDDEN".to_owned(), "request".to_owned())]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn execute_refuses_an_empty_command_and_bad_input_without_touching_anything() {
     let m = Mocks::new();
     let service = m.service();
@@ -868,9 +912,9 @@ async fn the_reaper_expires_exactly_what_the_store_claims_and_removes_their_cont
     .into_iter();
     m.repo
         .expect_claim_expired()
-        .with(eq(later), eq(2))
+        .with(eq(crate::ports::ExpiryClaim::new(later, 2)))
         .times(2)
-        .returning(move |_, _| Ok(batches.next().unwrap_or_default()));
+        .returning(move |_| Ok(batches.next().unwrap_or_default()));
     m.runtime
         .expect_remove()
         .with(eq(CID))
@@ -892,7 +936,7 @@ async fn the_reaper_expires_exactly_what_the_store_claims_and_removes_their_cont
 #[tokio::test]
 async fn the_reaper_sweeps_containers_of_ended_sandboxes_only() {
     let mut m = Mocks::new();
-    m.repo.expect_claim_expired().returning(|_, _| Ok(vec![]));
+    m.repo.expect_claim_expired().returning(|_| Ok(vec![]));
     let statuses = [
         SandboxStatus::Running,
         SandboxStatus::Creating,
@@ -939,7 +983,7 @@ async fn the_reaper_sweeps_containers_of_ended_sandboxes_only() {
 #[tokio::test]
 async fn a_failed_removal_is_counted_and_does_not_stop_the_pass() {
     let mut m = Mocks::new();
-    m.repo.expect_claim_expired().returning(|_, _| {
+    m.repo.expect_claim_expired().returning(|_| {
         Ok(vec![sandbox(SandboxStatus::Expired), {
             let mut s = sandbox(SandboxStatus::Expired);
             s.container_id = Some("other".into());

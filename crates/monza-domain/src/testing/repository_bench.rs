@@ -273,7 +273,9 @@ pub async fn run(store: &str, repo: Repo, config: &BenchConfig) -> Result<BenchR
     let started = Instant::now();
     for _ in 0..config.claims {
         let t = Instant::now();
-        let claimed = repo.claim_expired(now, config.claim_batch).await?;
+        let claimed = repo
+            .claim_expired(&crate::ports::ExpiryClaim::new(now, config.claim_batch))
+            .await?;
         samples.push(t.elapsed());
         if claimed.len() != config.claim_batch as usize {
             return Err(Error::internal(format!(

@@ -13,7 +13,7 @@
 //! - `claim_expired` claims the sandboxes that expired first, first.
 //! - The `created`, `started` and `expired` events are stamped with the sandbox's
 //!   `created_at`, the update's `at` and the claim's `now`; a transition's and an
-//!   activity's event with their `at`; `append_event` with the current time. `events` lists
+//!   activity's event with their `at`; `append_event` with the time it is given. `events` lists
 //!   them in the order they were written.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::error::Error;
 use crate::lifecycle::{self, LifecycleEvent};
-use crate::ports::{Admission, RunningUpdate, SandboxRepository, StatusChange, Touch};
+use crate::ports::{Admission, ExpiryClaim, RunningUpdate, SandboxRepository, StatusChange, Touch};
 use crate::sandbox::{
     CreateLease, EventAction, InstanceId, NewEvent, PortMapping, Sandbox, SandboxEvent,
     SandboxFilter, SandboxId, SandboxName, SandboxStatus, StatusFilter, TemplateName, TenantId,
@@ -49,6 +49,7 @@ macro_rules! repository_contract_tests {
             insert_then_get_returns_the_same_sandbox,
             get_of_an_unknown_id_is_not_found,
             insert_of_a_duplicate_id_is_a_conflict,
+            insert_with_a_container_port_mapped_twice_is_a_conflict,
             insert_records_a_created_event,
             json_fields_round_trip_exactly,
             timestamps_round_trip_to_the_microsecond,
@@ -160,6 +161,8 @@ pub fn sample_sandbox(
             "forwardPorts": [8080],
         }),
         env_vars: BTreeMap::from([("LANG".to_owned(), "C.UTF-8".to_owned())]),
+        remote_env: BTreeMap::from([("PATH_EXTRA".to_owned(), "/opt/tools/bin".to_owned())]),
+        remote_user: Some("vscode".to_owned()),
         port_mappings,
         last_activity: created_at,
         created_at,
@@ -236,8 +239,10 @@ fn assert_conflict<T: std::fmt::Debug>(result: Result<T, Error>, what: &str) -> 
 
 fn running_update(id: SandboxId, at: OffsetDateTime) -> RunningUpdate {
     let at = micros(at);
+    let container_id = format!("started-{}", id.as_uuid().simple());
     RunningUpdate {
-        container_id: format!("started-{}", id.as_uuid().simple()),
+        record: NewEvent::started(&container_id, "monza-built:abc123"),
+        container_id,
         image: "monza-built:abc123".to_owned(),
         port_mappings: vec![
             PortMapping {
@@ -292,6 +297,22 @@ pub async fn insert_of_a_duplicate_id_is_a_conflict(repo: Repo) {
     assert_eq!(actions(&repo, first.id).await, vec![EventAction::Created]);
 }
 
+/// A container port mapped twice in one insert is a conflict (the same on every backend),
+/// and nothing of the sandbox is written.
+pub async fn insert_with_a_container_port_mapped_twice_is_a_conflict(repo: Repo) {
+    let mut sandbox = sample_sandbox("acme", SandboxStatus::Running, base_time());
+    let id = sandbox.id;
+    let mapping = |host_port| PortMapping {
+        id: Uuid::new_v4(),
+        sandbox_id: id,
+        host_port,
+        container_port: 8080,
+    };
+    sandbox.port_mappings = vec![mapping(40_001), mapping(40_002)];
+    assert_conflict(repo.insert(&sandbox, None).await, "a port mapped twice");
+    assert_not_found(repo.get(id).await, "the refused sandbox");
+}
+
 /// `insert` writes the `created` event, stamped with the sandbox's `created_at`.
 pub async fn insert_records_a_created_event(repo: Repo) {
     let sandbox = sample_sandbox("acme", SandboxStatus::Creating, base_time());
@@ -304,6 +325,7 @@ pub async fn insert_records_a_created_event(repo: Repo) {
     assert_eq!(events[0].sandbox_id, sandbox.id);
     assert_eq!(events[0].action, EventAction::Created);
     assert_eq!(events[0].created_at, sandbox.created_at);
+    assert_eq!(events[0].details, NewEvent::created(&sandbox).details);
 }
 
 /// The JSON and map fields come back exactly: nesting, unicode, escapes, numbers.
@@ -342,6 +364,7 @@ pub async fn json_fields_round_trip_exactly(repo: Repo) {
     repo.append_event(
         sandbox.id,
         &NewEvent::new(EventAction::Executed, details.clone()),
+        base_time(),
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
@@ -398,7 +421,7 @@ pub async fn port_mappings_round_trip_in_container_port_order(repo: Repo) {
     assert_eq!(listed[0].port_mappings, expected);
 
     let claimed = repo
-        .claim_expired(sandbox.expires_at, 10)
+        .claim_expired(&ExpiryClaim::new(sandbox.expires_at, 10))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(claimed.len(), 1);
@@ -908,6 +931,10 @@ pub async fn mark_running_moves_creating_to_running_with_its_container(repo: Rep
             (EventAction::Started, update.at)
         ]
     );
+    assert_eq!(
+        events.last().map(|e| &e.details),
+        Some(&update.record.details)
+    );
 }
 
 /// `mark_running` is a conflict from any status but `creating` (the row is unchanged) and
@@ -1352,7 +1379,7 @@ pub async fn claim_expired_returns_exactly_the_running_sandboxes_past_expiry(rep
     }
 
     let claimed = repo
-        .claim_expired(now, 100)
+        .claim_expired(&ExpiryClaim::new(now, 100))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let claimed_ids: BTreeSet<SandboxId> = claimed.iter().map(|s| s.id).collect();
@@ -1388,6 +1415,15 @@ pub async fn claim_expired_returns_exactly_the_running_sandboxes_past_expiry(rep
                 (EventAction::Expired, now)
             ]
         );
+        assert_eq!(
+            events[1].details,
+            NewEvent::expired(sandbox).details,
+            "the domain's payload"
+        );
+        assert_eq!(
+            sandbox.status_reason.as_deref(),
+            Some(lifecycle::EXPIRY_REASON)
+        );
     }
     for sandbox in &untouched {
         assert_eq!(
@@ -1397,7 +1433,10 @@ pub async fn claim_expired_returns_exactly_the_running_sandboxes_past_expiry(rep
             sandbox.status
         );
     }
-    assert_eq!(repo.claim_expired(now, 100).await, Ok(vec![]));
+    assert_eq!(
+        repo.claim_expired(&ExpiryClaim::new(now, 100)).await,
+        Ok(vec![])
+    );
 }
 
 /// With a limit, `claim_expired` takes the earliest `expires_at` first, never more than the
@@ -1410,7 +1449,7 @@ pub async fn claim_expired_takes_the_earliest_expiry_first_and_honours_the_limit
     let mut claimed = Vec::new();
     for want in [3, 3, 1, 0] {
         let batch = repo
-            .claim_expired(now, 3)
+            .claim_expired(&ExpiryClaim::new(now, 3))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(batch.len(), want, "batch sizes");
@@ -1419,7 +1458,10 @@ pub async fn claim_expired_takes_the_earliest_expiry_first_and_honours_the_limit
         claimed.extend(batch.into_iter().map(|s| s.id));
     }
     assert_eq!(claimed, order, "earliest expiry first");
-    assert_eq!(repo.claim_expired(now, 0).await, Ok(vec![]));
+    assert_eq!(
+        repo.claim_expired(&ExpiryClaim::new(now, 0)).await,
+        Ok(vec![])
+    );
 }
 
 async fn race_claimers(first: Repo, second: Repo) {
@@ -1429,7 +1471,7 @@ async fn race_claimers(first: Repo, second: Repo) {
         let mut mine = Vec::new();
         loop {
             let batch = repo
-                .claim_expired(now, 3)
+                .claim_expired(&ExpiryClaim::new(now, 3))
                 .await
                 .unwrap_or_else(|e| panic!("claim: {e}"));
             if batch.is_empty() {
@@ -1488,9 +1530,8 @@ pub async fn an_acknowledged_write_is_visible_to_another_instance(first: Repo, s
     assert_eq!(seen.expires_at, at + Duration::minutes(30));
 }
 
-/// `events` are oldest first (in the order they were written; `append_event` stamps the
-/// current time); `append_event` and
-/// `events` of an unknown sandbox are not-found.
+/// `events` are oldest first (in the order they were written), each stamped with the time
+/// it was given; `append_event` and `events` of an unknown sandbox are not-found.
 pub async fn events_are_oldest_first_and_unknown_ids_are_not_found(repo: Repo) {
     let sandbox = sample_sandbox("acme", SandboxStatus::Creating, base_time());
     insert(&repo, &sandbox).await;
@@ -1501,7 +1542,8 @@ pub async fn events_are_oldest_first_and_unknown_ids_are_not_found(repo: Repo) {
         EventAction::Executed,
     ];
     for (i, action) in appended.into_iter().enumerate() {
-        repo.append_event(sandbox.id, &NewEvent::new(action, json!({ "i": i })))
+        let at = micros(base_time() + Duration::seconds(i as i64));
+        repo.append_event(sandbox.id, &NewEvent::new(action, json!({ "i": i })), at)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     }
@@ -1517,13 +1559,17 @@ pub async fn events_are_oldest_first_and_unknown_ids_are_not_found(repo: Repo) {
         assert_eq!(event.details, json!({ "i": i }));
         assert_eq!(event.sandbox_id, sandbox.id);
     }
-    for pair in events.windows(2) {
-        assert!(pair[0].created_at <= pair[1].created_at, "oldest first");
+    for (i, event) in events.iter().skip(1).enumerate() {
+        assert_eq!(
+            event.created_at,
+            micros(base_time() + Duration::seconds(i as i64)),
+            "stamped with the time given"
+        );
     }
 
     let unknown = SandboxId::new_random();
     assert_not_found(
-        repo.append_event(unknown, &event(EventAction::Executed))
+        repo.append_event(unknown, &event(EventAction::Executed), base_time())
             .await,
         "append to unknown",
     );

@@ -156,6 +156,8 @@ pub fn sandbox(status: SandboxStatus) -> Sandbox {
         workspace_mount: "/workspace".into(),
         devcontainer_config: json!({"image": "golang:1.22", "forwardPorts": [8080]}),
         env_vars: BTreeMap::from([("GOFLAGS".to_owned(), "-mod=mod".to_owned())]),
+        remote_env: Default::default(),
+        remote_user: None,
         port_mappings: vec![PortMapping {
             id: uuid::Uuid::new_v4(),
             sandbox_id: id,

@@ -1,6 +1,0 @@
-//! Rebuilds the crate when a migration changes, so `embed_migrations!` never embeds a stale
-//! copy.
-
-fn main() {
-    println!("cargo:rerun-if-changed=../../migrations/postgres");
-}

@@ -1,0 +1,1 @@
+ALTER TABLE sandboxes DROP COLUMN remote_user, DROP COLUMN remote_env;
