@@ -126,10 +126,21 @@ fn read_json<T: DeserializeOwned + 'static>(
     })
 }
 
-fn config_of(req: &HttpRequest) -> HttpConfig {
-    req.app_data::<web::Data<HttpConfig>>()
-        .map(|c| c.get_ref().clone())
-        .unwrap_or_default()
+/// The JSON body limits in force: size and arrival time (the defaults outside `configure`).
+struct JsonLimits {
+    max_json_bytes: usize,
+    body_timeout: Duration,
+}
+
+fn config_of(req: &HttpRequest) -> JsonLimits {
+    let limits = |c: &HttpConfig| JsonLimits {
+        max_json_bytes: c.max_json_bytes,
+        body_timeout: c.body_timeout,
+    };
+    match req.app_data::<web::Data<HttpConfig>>() {
+        Some(config) => limits(config),
+        None => limits(&HttpConfig::default()),
+    }
 }
 
 fn json_kind(value: &Value) -> &'static str {
