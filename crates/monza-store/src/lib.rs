@@ -3,9 +3,10 @@
 //! databases (the way lldap serves several from one SQL crate):
 //!
 //! - [`sqlite`] (feature `sqlite`): the embedded default store, used when `DATABASE_URL` is
-//!   unset. Bundled SQLite behind diesel-async's `SyncConnectionWrapper`; one writer with
-//!   `BEGIN IMMEDIATE` transactions, WAL readers; ids as UUID text, timestamps as integer
-//!   microseconds, JSON as text.
+//!   unset. Bundled SQLite behind diesel-async's `SyncConnectionWrapper`, each port call's
+//!   statements run in one trip to a blocking thread; one writer with `BEGIN IMMEDIATE`
+//!   transactions, WAL readers; ids as UUID text, timestamps as integer microseconds, JSON
+//!   as text.
 //! - [`postgres`] (feature `postgres`): the store for production and several replicas.
 //!   diesel-async over tokio-postgres (no libpq) with a deadpool pool; `uuid`,
 //!   `timestamptz` and `jsonb` columns.
@@ -38,6 +39,20 @@ macro_rules! transaction_on {
             .await;
         result.map_err(monza_domain::Error::from)
     }};
+}
+
+/// What a port call's statements take along, owned, as each backend's `in_transaction!` /
+/// `in_read!` lists it (`[id, filter, row = row]`): `name` is `name.to_owned()`, `name =
+/// value` is `value`. SQLite runs the statements on a blocking thread, which needs them
+/// `'static`; PostgreSQL takes the same copies, small beside a round trip.
+#[allow(unused_macros)]
+macro_rules! owned {
+    ($name:ident) => {
+        $name.to_owned()
+    };
+    ($name:ident = $value:expr) => {
+        $value
+    };
 }
 
 mod error;

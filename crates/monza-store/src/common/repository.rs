@@ -15,27 +15,31 @@ use super::{Store, queries, specific};
 impl SandboxRepository for Store {
     #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox.id), err(level = "debug"))]
     async fn insert(&self, sandbox: &Sandbox, max_live: Option<u64>) -> Result<Admission> {
-        in_transaction!(self, |c| queries::insert(c, sandbox, max_live))
+        in_transaction!(self, [sandbox, max_live], |c| queries::insert(
+            c, &sandbox, max_live
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "debug"))]
     async fn get(&self, id: SandboxId) -> Result<Sandbox> {
-        in_read!(self, |c| queries::get(c, id))
+        in_read!(self, [id], |c| queries::get(c, id))
     }
 
     #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn list(&self, filter: &SandboxFilter) -> Result<Vec<Sandbox>> {
-        in_read!(self, |c| queries::list(c, filter))
+        in_read!(self, [filter], |c| queries::list(c, &filter))
     }
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "debug"))]
     async fn mark_running(&self, id: SandboxId, update: &RunningUpdate) -> Result<Sandbox> {
-        in_transaction!(self, |c| queries::mark_running(c, id, update))
+        in_transaction!(self, [id, update], |c| queries::mark_running(
+            c, id, &update
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "debug"))]
     async fn transition(&self, id: SandboxId, change: &StatusChange) -> Result<Sandbox> {
-        in_transaction!(self, |c| queries::transition(c, id, change))
+        in_transaction!(self, [id, change], |c| queries::transition(c, id, &change))
     }
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "debug"))]
@@ -49,16 +53,12 @@ impl SandboxRepository for Store {
         match &record {
             // A heartbeat's write is one statement (and the read of its ports): no
             // transaction needed on PostgreSQL.
-            None => in_statement!(self, |c| queries::record_activity(
+            None => in_statement!(self, [id, at, expires_at], |c| queries::record_activity(
                 c, id, at, expires_at, None
             )),
-            Some(record) => in_transaction!(self, |c| queries::record_activity(
-                c,
-                id,
-                at,
-                expires_at,
-                Some(record)
-            )),
+            Some(_) => in_transaction!(self, [id, at, expires_at, record], |c| {
+                queries::record_activity(c, id, at, expires_at, record.as_ref())
+            }),
         }
     }
 
@@ -69,30 +69,34 @@ impl SandboxRepository for Store {
         at: OffsetDateTime,
         expires_at: OffsetDateTime,
     ) -> Result<bool> {
-        let touch = [Touch {
+        let touch = Touch {
             id,
             tenant,
             at,
             expires_at,
-        }];
-        let changed: Vec<bool> = in_statement!(self, |c| specific::touch_many(c, &touch))?;
+        };
+        let changed: Vec<bool> = in_statement!(self, [touches = [touch]], |c| {
+            specific::touch_many(c, &touches)
+        })?;
         Ok(changed.iter().any(|touched| *touched))
     }
 
     #[tracing::instrument(skip_all, fields(touches = touches.len()), err)]
     async fn touch_many(&self, touches: &[Touch]) -> Result<Vec<bool>> {
         // One statement on PostgreSQL, one transaction on SQLite: one flush for the batch.
-        in_statement!(self, |c| specific::touch_many(c, touches))
+        in_statement!(self, [touches], |c| specific::touch_many(c, &touches))
     }
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %id), err)]
     async fn replace_port_mappings(&self, id: SandboxId, ports: &[PortMapping]) -> Result<bool> {
-        in_transaction!(self, |c| queries::replace_port_mappings(c, id, ports))
+        in_transaction!(self, [id, ports], |c| queries::replace_port_mappings(
+            c, id, &ports
+        ))
     }
 
     #[tracing::instrument(skip_all, err)]
     async fn claim_expired(&self, claim: &ExpiryClaim) -> Result<Vec<Sandbox>> {
-        in_transaction!(self, |c| queries::claim_expired(c, claim))
+        in_transaction!(self, [claim], |c| queries::claim_expired(c, &claim))
     }
 
     #[tracing::instrument(skip_all, fields(leases = ids.len()), err)]
@@ -102,9 +106,11 @@ impl SandboxRepository for Store {
         ids: &[SandboxId],
         expires_at: OffsetDateTime,
     ) -> Result<u64> {
-        in_statement!(self, |c| queries::renew_leases(
-            c, instance, ids, expires_at
-        ))
+        in_statement!(
+            self,
+            [instance, ids, expires_at],
+            |c| queries::renew_leases(c, instance, &ids, expires_at)
+        )
     }
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %id), err)]
@@ -114,7 +120,9 @@ impl SandboxRepository for Store {
         now: OffsetDateTime,
         change: &StatusChange,
     ) -> Result<Option<Sandbox>> {
-        in_transaction!(self, |c| queries::fail_lapsed_create(c, id, now, change))
+        in_transaction!(self, [id, now, change], |c| queries::fail_lapsed_create(
+            c, id, now, &change
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "debug"))]
@@ -124,15 +132,17 @@ impl SandboxRepository for Store {
         event: &NewEvent,
         at: OffsetDateTime,
     ) -> Result<()> {
-        in_transaction!(self, |c| queries::append_event(c, id, event, at))
+        in_transaction!(self, [id, event, at], |c| queries::append_event(
+            c, id, &event, at
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "debug"))]
     async fn events(&self, id: SandboxId) -> Result<Vec<SandboxEvent>> {
-        in_read!(self, |c| queries::events(c, id))
+        in_read!(self, [id], |c| queries::events(c, id))
     }
 
     async fn ping(&self) -> Result<()> {
-        in_read!(self, |c| queries::ping(c))
+        in_read!(self, [], |c| queries::ping(c))
     }
 }

@@ -124,30 +124,30 @@ async fn count(conn: &mut Conn) -> Tx<u64> {
 impl TokenRepository for Store {
     #[tracing::instrument(skip_all, fields(token_id = %token.token.id), err(level = "debug"))]
     async fn insert_token(&self, token: &StoredToken) -> Result<()> {
-        let row = TokenRow::new(token);
-        in_statement!(self, |c| insert(c, &row))
+        in_statement!(self, [row = TokenRow::new(token)], |c| insert(c, &row))
     }
 
     #[tracing::instrument(skip_all, fields(token_id = %token.token.id), err(level = "debug"))]
     async fn insert_first_token(&self, token: &StoredToken) -> Result<bool> {
-        let row = TokenRow::new(token);
-        in_transaction!(self, |c| insert_first(c, &row))
+        in_transaction!(self, [row = TokenRow::new(token)], |c| insert_first(
+            c, &row
+        ))
     }
 
     async fn find_token(&self, id: &TokenId) -> Result<StoredToken> {
-        in_read!(self, |c| find(c, id.as_str()))
+        in_read!(self, [id], |c| find(c, id.as_str()))
     }
 
     async fn list_tokens(&self) -> Result<Vec<ApiToken>> {
-        in_read!(self, |c| list(c))
+        in_read!(self, [], |c| list(c))
     }
 
     #[tracing::instrument(skip_all, fields(token_id = %id), err(level = "debug"))]
     async fn revoke_token(&self, id: &TokenId, at: OffsetDateTime) -> Result<ApiToken> {
-        in_transaction!(self, |c| revoke(c, id.as_str(), at))
+        in_transaction!(self, [id, at], |c| revoke(c, id.as_str(), at))
     }
 
     async fn count_tokens(&self) -> Result<u64> {
-        in_read!(self, |c| count(c))
+        in_read!(self, [], |c| count(c))
     }
 }

@@ -45,14 +45,16 @@ const IN_CHUNK: usize = usize::MAX;
 /// A transaction on a pooled connection (committed before it returns, rolled back on an
 /// error).
 macro_rules! in_transaction {
-    ($store:expr, |$c:ident| $body:expr) => {
+    ($store:expr, [$($name:ident $(= $value:expr)?),*], |$c:ident| $body:expr) => {{
+        $(let $name = owned!($name $(= $value)?);)*
         transaction_on!($store.conn().await?, |$c| $body)
-    };
+    }};
 }
 
 /// One statement, autocommitted: durable when it returns.
 macro_rules! in_statement {
-    ($store:expr, |$c:ident| $body:expr) => {{
+    ($store:expr, [$($name:ident $(= $value:expr)?),*], |$c:ident| $body:expr) => {{
+        $(let $name = owned!($name $(= $value)?);)*
         let mut conn = $store.conn().await?;
         let $c: &mut super::Conn = &mut conn;
         let result: crate::error::Tx<_> = $body.await;
@@ -63,8 +65,8 @@ macro_rules! in_statement {
 /// Reads on a pooled connection (one statement each: a query that needs one snapshot is
 /// one statement).
 macro_rules! in_read {
-    ($store:expr, |$c:ident| $body:expr) => {
-        in_statement!($store, |$c| $body)
+    ($store:expr, [$($capture:tt)*], |$c:ident| $body:expr) => {
+        in_statement!($store, [$($capture)*], |$c| $body)
     };
 }
 

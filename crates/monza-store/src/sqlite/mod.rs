@@ -15,6 +15,7 @@ mod specific;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,15 +26,18 @@ use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
-use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::sync_connection_wrapper::{SpawnBlocking, SyncConnectionWrapper};
 use diesel_async::{AsyncConnection, TransactionManager};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use monza_domain::{Error, Result};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::error::{Tx, db_error, pool_error, unavailable};
 
-type Conn = SyncConnectionWrapper<SqliteConnection>;
+/// diesel-async's view of a SQLite connection, its statements run on the calling thread:
+/// a port call runs all of its statements, with its `BEGIN` and `COMMIT`, in one trip to a
+/// blocking thread ([`run`]) instead of one trip per statement.
+type Conn = SyncConnectionWrapper<SqliteConnection, OnThisThread>;
 #[allow(
     dead_code,
     reason = "named by the rows' `check_for_backend`, which the lint does not see"
@@ -45,30 +49,36 @@ type Store = SqliteSandboxRepository;
 const IN_CHUNK: usize = 500;
 
 /// A `BEGIN IMMEDIATE` transaction on the writer, committed (and so durable) before it
-/// returns, rolled back on an error.
+/// returns, rolled back on an error: all of it in one trip to a blocking thread.
 macro_rules! in_transaction {
-    ($store:expr, |$c:ident| $body:expr) => {{
-        let mut writer = $store.begin_write().await?;
-        let result: crate::error::Tx<_> = {
-            let $c: &mut super::Conn = &mut writer;
+    ($store:expr, [$($name:ident $(= $value:expr)?),*], |$c:ident| $body:expr) => {{
+        $(let $name = owned!($name $(= $value)?);)*
+        let writer = $store.writer().await?;
+        super::run(writer, super::Begin::Immediate, async move |$c: &mut super::Conn| {
             $body.await
-        };
-        super::Store::end_write(&mut writer, result).await
+        })
+        .await
     }};
 }
 
 /// A single-statement write: SQLite has one writer, so it is a transaction like any other.
 macro_rules! in_statement {
-    ($store:expr, |$c:ident| $body:expr) => {
-        in_transaction!($store, |$c| $body)
+    ($store:expr, [$($capture:tt)*], |$c:ident| $body:expr) => {
+        in_transaction!($store, [$($capture)*], |$c| $body)
     };
 }
 
-/// A read transaction (one consistent snapshot) on a reader.
+/// A read transaction (one consistent snapshot) on a reader, in one trip to a blocking
+/// thread.
 macro_rules! in_read {
-    ($store:expr, |$c:ident| $body:expr) => {
-        transaction_on!($store.reader().await?, |$c| $body)
-    };
+    ($store:expr, [$($name:ident $(= $value:expr)?),*], |$c:ident| $body:expr) => {{
+        $(let $name = owned!($name $(= $value)?);)*
+        let reader = $store.reader().await?;
+        super::run(reader, super::Begin::Deferred, async move |$c: &mut super::Conn| {
+            $body.await
+        })
+        .await
+    }};
 }
 
 #[path = "../common/queries.rs"]
@@ -180,7 +190,7 @@ pub struct SqliteSandboxRepository {
 
 struct Inner {
     location: SqliteLocation,
-    writer: Mutex<Conn>,
+    writer: Arc<Mutex<Conn>>,
     readers: Option<Pool<Conn>>,
     acquire_timeout: Duration,
 }
@@ -276,7 +286,7 @@ impl SqliteSandboxRepository {
         })
         .await
         .map_err(|e| Error::internal(format!("opening SQLite: {e}")))??;
-        let writer = SyncConnectionWrapper::new(writer);
+        let writer = Conn::new(writer);
 
         let readers = match &location {
             SqliteLocation::Memory => None,
@@ -291,7 +301,7 @@ impl SqliteSandboxRepository {
                         let conn = tokio::task::spawn_blocking(move || establish(&url, &setup))
                             .await
                             .map_err(|e| ConnectionError::BadConnection(e.to_string()))??;
-                        Ok(SyncConnectionWrapper::new(conn))
+                        Ok(Conn::new(conn))
                     })
                 });
                 let manager = AsyncDieselConnectionManager::<Conn>::new_with_config(url, config);
@@ -309,70 +319,115 @@ impl SqliteSandboxRepository {
         Ok(Self {
             inner: Arc::new(Inner {
                 location,
-                writer: Mutex::new(writer),
+                writer: Arc::new(Mutex::new(writer)),
                 readers,
                 acquire_timeout: options.acquire_timeout,
             }),
         })
     }
 
-    /// The writer, locked, in a fresh `BEGIN IMMEDIATE` transaction: SQLite's one write
-    /// lock, against every connection and process, until [`Self::end_write`].
-    async fn begin_write(&self) -> Result<MutexGuard<'_, Conn>> {
-        let mut writer = tokio::time::timeout(self.inner.acquire_timeout, self.inner.writer.lock())
+    /// The writer: SQLite's one write connection, held until the call's transaction ends.
+    async fn writer(&self) -> Result<Lease> {
+        let writer = self.inner.writer.clone().lock_owned();
+        let writer = tokio::time::timeout(self.inner.acquire_timeout, writer)
             .await
             .map_err(|_| unavailable("timed out waiting for the SQLite writer"))?;
-        recover(&mut writer).await?;
-        writer
-            .spawn_blocking(|c| {
-                diesel::connection::AnsiTransactionManager::begin_transaction_sql(
-                    c,
-                    "BEGIN IMMEDIATE",
-                )
-            })
-            .await
-            .map_err(db_error)?;
-        Ok(writer)
-    }
-
-    /// Commits the writer's transaction if `result` is a success (durable before this
-    /// returns), rolls it back otherwise.
-    async fn end_write<T>(writer: &mut Conn, result: Tx<T>) -> Result<T> {
-        match result {
-            Ok(value) => match Manager::commit_transaction(writer).await {
-                Ok(()) => Ok(value),
-                Err(e) => {
-                    recover(writer).await?;
-                    Err(db_error(e))
-                }
-            },
-            Err(e) => {
-                recover(writer).await?;
-                Err(e.into())
-            }
-        }
+        Ok(Lease::Writer(writer))
     }
 
     /// A read connection (the writer for an in-memory database, which has only one).
-    async fn reader(&self) -> Result<Reader<'_>> {
+    async fn reader(&self) -> Result<Lease> {
         match &self.inner.readers {
-            Some(pool) => Ok(Reader::Pooled(pool.get().await.map_err(pool_error)?)),
-            None => {
-                let mut writer =
-                    tokio::time::timeout(self.inner.acquire_timeout, self.inner.writer.lock())
-                        .await
-                        .map_err(|_| unavailable("timed out waiting for the SQLite connection"))?;
-                recover(&mut writer).await?;
-                Ok(Reader::Writer(writer))
-            }
+            Some(pool) => Ok(Lease::Pooled(pool.get().await.map_err(pool_error)?)),
+            None => self.writer().await,
         }
+    }
+}
+
+/// How a call's transaction starts.
+#[derive(Debug, Clone, Copy)]
+enum Begin {
+    /// Takes the write lock at once (against every connection and process), so the
+    /// transaction never fails half-way on a lock another writer took since its first read.
+    Immediate,
+    /// A read snapshot, taken at the first read.
+    Deferred,
+}
+
+/// Runs `job` in one transaction on `conn`, committed (durable, for a write) before this
+/// returns, rolled back on an error, all on one blocking thread: SQLite calls block (a
+/// commit waits for its fsync), so they stay off the async workers, and one trip for the
+/// whole call costs a fraction of one trip per statement. The job runs to its end even if
+/// the caller stops waiting, so a write is all done or not at all.
+async fn run<T, F>(mut conn: Lease, begin: Begin, job: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: AsyncFnOnce(&mut Conn) -> Tx<T> + Send + 'static,
+{
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        // Every future below is ready when first polled (`OnThisThread`), so this never
+        // parks.
+        handle.block_on(async move {
+            let conn: &mut Conn = &mut conn;
+            recover(conn).await?;
+            match begin {
+                Begin::Immediate => conn
+                    .spawn_blocking(|c| {
+                        diesel::connection::AnsiTransactionManager::begin_transaction_sql(
+                            c,
+                            "BEGIN IMMEDIATE",
+                        )
+                    })
+                    .await
+                    .map_err(db_error)?,
+                Begin::Deferred => Manager::begin_transaction(conn).await.map_err(db_error)?,
+            }
+            match job(conn).await {
+                Ok(value) => match Manager::commit_transaction(conn).await {
+                    Ok(()) => Ok(value),
+                    Err(e) => {
+                        recover(conn).await?;
+                        Err(db_error(e))
+                    }
+                },
+                Err(e) => {
+                    recover(conn).await?;
+                    Err(e.into())
+                }
+            }
+        })
+    })
+    .await
+    .map_err(|e| Error::internal(format!("SQLite call ended abnormally: {e}")))?
+}
+
+/// Runs diesel-async's "blocking" tasks where they are asked for: [`run`] already put the
+/// whole call on a blocking thread.
+#[derive(Debug, Clone, Copy, Default)]
+struct OnThisThread;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl SpawnBlocking for OnThisThread {
+    fn spawn_blocking<'a, R>(
+        &mut self,
+        task: impl FnOnce() -> R + Send + 'static,
+    ) -> Pin<Box<dyn Future<Output = std::result::Result<R, BoxError>> + Send + 'a>>
+    where
+        R: Send + 'static,
+    {
+        Box::pin(std::future::ready(Ok(task())))
+    }
+
+    fn get_runtime() -> Self {
+        Self
     }
 }
 
 type Manager = <Conn as AsyncConnection>::TransactionManager;
 
-/// Rolls back a transaction left open on `conn`: by a failed commit, or by a call whose
-/// future was dropped between two statements.
+/// Rolls back a transaction left open on `conn` (by a failed commit or rollback).
 async fn recover(conn: &mut Conn) -> Result<()> {
     for _ in 0..8 {
         let depth = Manager::transaction_manager_status_mut(conn)
@@ -388,13 +443,13 @@ async fn recover(conn: &mut Conn) -> Result<()> {
     Err(Error::internal("SQLite: cannot leave a nested transaction"))
 }
 
-/// A connection to read on.
-enum Reader<'a> {
+/// A connection held for one call: a pooled reader or the locked writer.
+enum Lease {
     Pooled(Object<Conn>),
-    Writer(MutexGuard<'a, Conn>),
+    Writer(OwnedMutexGuard<Conn>),
 }
 
-impl std::ops::Deref for Reader<'_> {
+impl std::ops::Deref for Lease {
     type Target = Conn;
 
     fn deref(&self) -> &Conn {
@@ -405,7 +460,7 @@ impl std::ops::Deref for Reader<'_> {
     }
 }
 
-impl std::ops::DerefMut for Reader<'_> {
+impl std::ops::DerefMut for Lease {
     fn deref_mut(&mut self) -> &mut Conn {
         match self {
             Self::Pooled(conn) => conn,
