@@ -11,7 +11,7 @@ use actix_web::http::{Method, header};
 use actix_web::test::TestRequest;
 use monza_domain::{SandboxId, SandboxStatus, StatusFilter, TemplateName};
 use serde_json::{Value, json};
-use support::{Mocks, multipart, send};
+use support::{Mocks, multipart};
 use utoipa::OpenApi;
 
 /// The routes issue 5 promises, plus the operator extras (events, ready, the document).
@@ -52,12 +52,7 @@ async fn the_served_document_is_openapi_3_1_and_lists_every_registered_route() {
             TemplateName::new("go").unwrap(),
         ])
     });
-    let app = app!(mocks.service());
-    let res = send(
-        &app,
-        TestRequest::get().uri("/api/openapi.json").to_request(),
-    )
-    .await;
+    let res = app!(mocks.service()).get("/api/openapi.json").await;
     assert_eq!(res.status, 200);
     let doc = res.json();
     assert_eq!(doc["openapi"], "3.1.0");
@@ -163,14 +158,9 @@ async fn every_documented_operation_is_served_by_the_router() {
     for (method, path) in monza_http::registered_routes() {
         let uri = path.replace("{id}", &id);
         let method = Method::from_bytes(method.as_bytes()).unwrap();
-        let res = send(
-            &app,
-            TestRequest::default()
-                .method(method.clone())
-                .uri(&uri)
-                .to_request(),
-        )
-        .await;
+        let res = app
+            .call(TestRequest::default().method(method.clone()).uri(&uri))
+            .await;
         let unrouted = res.status == 405
             || res.status == 404
                 && res.json()["error"]["message"]
@@ -252,7 +242,7 @@ async fn no_input_makes_a_handler_panic_or_fail_outside_the_error_shape() {
                         );
                     }
                     for req in cases {
-                        let res = send(&app, req.to_request()).await;
+                        let res = app.call(req).await;
                         requests += 1;
                         let status = res.status.as_u16();
                         assert!(
