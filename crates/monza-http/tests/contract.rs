@@ -86,6 +86,12 @@ async fn the_served_document_is_openapi_3_1_and_lists_every_registered_route() {
 async fn the_document_describes_parameters_bodies_and_errors() {
     let doc = serde_json::to_value(monza_http::ApiDoc::openapi()).unwrap();
     let op = |method: &str, path: &str| doc["paths"][path][method].clone();
+    let assert_properties = |schema: &str, fields: &[&str]| {
+        let properties = &doc["components"]["schemas"][schema]["properties"];
+        for field in fields {
+            assert!(properties[field].is_object(), "{schema}.{field}");
+        }
+    };
 
     let execute = op("post", "/api/sandboxes/{id}/execute");
     assert_eq!(execute["parameters"][0]["name"], "id");
@@ -99,17 +105,17 @@ async fn the_document_describes_parameters_bodies_and_errors() {
     for status in ["200", "400", "404", "409", "413"] {
         assert!(execute["responses"][status].is_object(), "execute {status}");
     }
-    let response = &doc["components"]["schemas"]["ExecuteResponse"]["properties"];
-    for field in [
-        "output",
-        "exitCode",
-        "truncated",
-        "stdout",
-        "stderr",
-        "timed_out",
-    ] {
-        assert!(response[field].is_object(), "ExecuteResponse.{field}");
-    }
+    assert_properties(
+        "ExecuteResponse",
+        &[
+            "output",
+            "exitCode",
+            "truncated",
+            "stdout",
+            "stderr",
+            "timed_out",
+        ],
+    );
 
     let upload = op("post", "/api/sandboxes/{id}/files/upload");
     assert!(upload["requestBody"]["content"]["multipart/form-data"].is_object());
@@ -131,24 +137,24 @@ async fn the_document_describes_parameters_bodies_and_errors() {
     let create = op("post", "/api/sandboxes");
     assert!(create["responses"]["201"]["headers"]["Location"].is_object());
 
-    let sandbox = &doc["components"]["schemas"]["SandboxResponse"]["properties"];
-    for field in [
-        "id",
-        "name",
-        "status",
-        "container_id",
-        "image",
-        "workspace_mount",
-        "devcontainer_config",
-        "env_vars",
-        "port_mappings",
-        "last_activity",
-        "created_at",
-        "expires_at",
-        "deleted_at",
-    ] {
-        assert!(sandbox[field].is_object(), "SandboxResponse.{field}");
-    }
+    assert_properties(
+        "SandboxResponse",
+        &[
+            "id",
+            "name",
+            "status",
+            "container_id",
+            "image",
+            "workspace_mount",
+            "devcontainer_config",
+            "env_vars",
+            "port_mappings",
+            "last_activity",
+            "created_at",
+            "expires_at",
+            "deleted_at",
+        ],
+    );
 }
 
 #[actix_web::test]

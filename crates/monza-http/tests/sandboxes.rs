@@ -175,8 +175,7 @@ async fn list_passes_the_status_filter_and_keeps_the_store_order() {
 async fn an_unknown_status_filter_is_400() {
     let app = app!(Mocks::new().service());
     let res = app.get("/api/sandboxes?status=zombie").await;
-    let message = res.error(400, "invalid_input");
-    assert!(message.contains("zombie"), "{message}");
+    res.error_mentioning(400, "invalid_input", "zombie");
 }
 
 /// Mocks for a create that succeeds with template `tpl`.
@@ -263,8 +262,7 @@ async fn create_rejects_bad_json_names_and_templates_with_400() {
     let unknown = app
         .post_json("/api/sandboxes", &json!({"template": "cobol"}))
         .await;
-    let message = unknown.error(400, "invalid_input");
-    assert!(message.contains("available: go"), "{message}");
+    unknown.error_mentioning(400, "invalid_input", "available: go");
 }
 
 #[actix_web::test]
@@ -282,8 +280,7 @@ async fn create_past_the_tenant_limit_is_429() {
         })
     });
     let res = app!(m.service()).post("/api/sandboxes").await;
-    let message = res.error(429, "limit_exceeded");
-    assert!(message.contains("limit is 2"), "{message}");
+    res.error_mentioning(429, "limit_exceeded", "limit is 2");
 }
 
 #[actix_web::test]
@@ -291,13 +288,11 @@ async fn json_bodies_over_64_kib_are_413_and_a_body_that_is_not_json_is_400_what
     let app = app!(Mocks::permissive().service());
     let big = json!({"name": "x".repeat(70 * 1024)});
     let res = app.post_json("/api/sandboxes", &big).await;
-    let message = res.error(413, "too_large");
-    assert!(message.contains("65536"), "{message}");
+    res.error_mentioning(413, "too_large", "65536");
 
     let execute = sandbox_uri(SandboxId::new_random(), "/execute");
     let res = app.post_raw(&execute, "text/plain", "ls").await;
-    let message = res.error(400, "invalid_input");
-    assert!(message.contains("invalid JSON body"), "{message}");
+    res.error_mentioning(400, "invalid_input", "invalid JSON body");
 }
 
 #[actix_web::test]
@@ -355,8 +350,7 @@ async fn unknown_sandboxes_are_404_on_every_sandbox_route() {
     ];
     for req in requests {
         let res = app.call(req).await;
-        let message = res.error(404, "not_found");
-        assert!(message.contains(&id.to_string()), "{message}");
+        res.error_mentioning(404, "not_found", &id.to_string());
     }
 }
 
@@ -512,8 +506,7 @@ async fn an_internal_error_is_500_with_a_generic_message() {
 async fn unknown_routes_are_json_404_and_wrong_methods_json_405_with_allow() {
     let app = app!(Mocks::new().service());
     let res = app.get("/api/nope").await;
-    let message = res.error(404, "not_found");
-    assert!(message.contains("/api/nope"), "{message}");
+    res.error_mentioning(404, "not_found", "/api/nope");
 
     let res = app.call(TestRequest::put().uri("/api/sandboxes")).await;
     res.error(405, "method_not_allowed");

@@ -334,6 +334,12 @@ impl Answer {
             .unwrap_or_else(|| panic!("no message: {body}"))
             .to_owned()
     }
+
+    /// Asserts the error shape and that the message mentions `says`.
+    pub fn error_mentioning(&self, status: u16, code: &str, says: &str) {
+        let message = self.error(status, code);
+        assert!(message.contains(says), "{says:?} not in {message:?}");
+    }
 }
 
 /// Sends a request and reads the whole response.
