@@ -136,44 +136,38 @@ impl Modify for Protected {
     }
 }
 
+/// A response whose body is an [`ErrorBody`].
+fn error_body(description: &str) -> ResponseBuilder {
+    ResponseBuilder::new().description(description).content(
+        "application/json",
+        ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("ErrorBody")))
+            .build(),
+    )
+}
+
 fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
-    ResponseBuilder::new()
-        .description(description)
-        .content(
-            "application/json",
-            ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name("ErrorBody")))
-                .build(),
-        )
-        .build()
-        .into()
+    error_body(description).build().into()
 }
 
 fn unauthorized() -> RefOr<utoipa::openapi::Response> {
-    ResponseBuilder::new()
-        .description(
-            "No, a malformed, an unknown or a revoked bearer token (checked before the body \
-             is read)",
-        )
-        .header(
-            "WWW-Authenticate",
-            HeaderBuilder::new()
-                .schema(Some(
-                    utoipa::openapi::ObjectBuilder::new()
-                        .schema_type(Type::String)
-                        .enum_values(Some([crate::WWW_AUTHENTICATE])),
-                ))
-                .description(Some("The scheme to use"))
-                .build(),
-        )
-        .content(
-            "application/json",
-            ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name("ErrorBody")))
-                .build(),
-        )
-        .build()
-        .into()
+    error_body(
+        "No, a malformed, an unknown or a revoked bearer token (checked before the body is \
+         read)",
+    )
+    .header(
+        "WWW-Authenticate",
+        HeaderBuilder::new()
+            .schema(Some(
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some([crate::WWW_AUTHENTICATE])),
+            ))
+            .description(Some("The scheme to use"))
+            .build(),
+    )
+    .build()
+    .into()
 }
 
 /// This document, as JSON, with the server's templates as the `enum` of a create's
