@@ -31,7 +31,6 @@ const CHUNK: usize = 64 * 1024;
 /// has no name on disk and disappears when the request ends, however it ends.
 #[utoipa::path(
     post, path = "/api/sandboxes/{id}/files/upload", tag = "files",
-    params(("id" = Uuid, Path, description = "The sandbox id (a UUID)")),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "The file is in the sandbox", body = UploadResponse),
@@ -182,7 +181,7 @@ fn multipart_error(error: MultipartError) -> ApiError {
 /// Streams a regular file out of a running sandbox.
 #[utoipa::path(
     get, path = "/api/sandboxes/{id}/files/download", tag = "files",
-    params(("id" = Uuid, Path, description = "The sandbox id (a UUID)"), DownloadQuery),
+    params(DownloadQuery),
     responses(
         (status = 200, description = "The file's bytes, always as `application/octet-stream` (with \
             `X-Content-Type-Options: nosniff`): the name is in `Content-Disposition`",

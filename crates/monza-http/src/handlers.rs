@@ -140,10 +140,8 @@ pub(crate) async fn create_sandbox(
 /// `?status=deleted`).
 #[utoipa::path(
     get, path = "/api/sandboxes/{id}", tag = "sandboxes",
-    params(("id" = Uuid, Path, description = "The sandbox id (a UUID)")),
     responses(
         (status = 200, description = "The sandbox", body = SandboxResponse),
-        (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 404, description = "Unknown or deleted sandbox", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     )
@@ -159,10 +157,8 @@ pub(crate) async fn get_sandbox(
 /// Deletes a sandbox and removes its container. Deleting again is a success.
 #[utoipa::path(
     delete, path = "/api/sandboxes/{id}", tag = "sandboxes",
-    params(("id" = Uuid, Path, description = "The sandbox id (a UUID)")),
     responses(
         (status = 204, description = "Deleted (or already ended)"),
-        (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 404, description = "Unknown sandbox", body = ErrorBody),
         (status = 503, description = "The store or Docker is unavailable", body = ErrorBody),
     )
@@ -179,10 +175,8 @@ pub(crate) async fn delete_sandbox(
 /// Keeps a running sandbox alive: its expiry moves to now + TTL.
 #[utoipa::path(
     post, path = "/api/sandboxes/{id}/heartbeat", tag = "sandboxes",
-    params(("id" = Uuid, Path, description = "The sandbox id (a UUID)")),
     responses(
         (status = 204, description = "Expiry extended"),
-        (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 404, description = "Unknown sandbox", body = ErrorBody),
         (status = 409, description = "The sandbox is not running", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
@@ -200,7 +194,6 @@ pub(crate) async fn heartbeat_sandbox(
 /// Runs a shell command (`/bin/sh -c`) in a running sandbox, to completion or timeout.
 #[utoipa::path(
     post, path = "/api/sandboxes/{id}/execute", tag = "sandboxes",
-    params(("id" = Uuid, Path, description = "The sandbox id (a UUID)")),
     request_body = ExecuteRequest,
     responses(
         (status = 200, description = "The command ran (whatever its exit code)", body = ExecuteResponse),
@@ -330,10 +323,8 @@ fn streamed_json(
 /// deleted, expired, failed (heartbeats are not logged). For operators.
 #[utoipa::path(
     get, path = "/api/sandboxes/{id}/events", tag = "sandboxes",
-    params(("id" = Uuid, Path, description = "The sandbox id (a UUID)")),
     responses(
         (status = 200, description = "Events, oldest first", body = Vec<EventResponse>),
-        (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 404, description = "Unknown or deleted sandbox", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     )

@@ -2,17 +2,20 @@
 //!
 //! What every protected route shares is added in one place ([`Protected`], from
 //! [`crate::is_protected`], the rule the router applies): the bearer security requirement and
-//! the 401 and 503 of authentication. The served document also lists the server's templates
-//! (`CreateSandboxRequest.template`'s `enum`), so a client that follows it names one that
-//! exists.
+//! the 401 and 503 of authentication. Likewise what every route with a sandbox `{id}` shares
+//! ([`SandboxIds`], from the [`crate::extract::PathId`] each of them takes): the `id`
+//! parameter and the 400 of a malformed one. The served document also lists the server's
+//! templates (`CreateSandboxRequest.template`'s `enum`), so a client that follows it names one
+//! that exists.
 
 use actix_web::web;
 use monza_domain::SandboxService;
 use serde_json::Value;
+use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn, PathItem};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
     ContentBuilder, HeaderBuilder, Ref, RefOr, Required, ResponseBuilder, Schema,
-    schema::{AdditionalProperties, Type},
+    schema::{AdditionalProperties, KnownFormat, ObjectBuilder, SchemaFormat, Type},
 };
 use utoipa::{Modify, OpenApi};
 
@@ -24,7 +27,8 @@ use crate::model::{
 };
 
 /// The API description. Its paths come from the one list of operations the router mounts
-/// (`operations!` in the crate root), added by [`Operations`] before [`Protected`] runs.
+/// (`operations!` in the crate root), added by [`Operations`] before [`SandboxIds`] and
+/// [`Protected`] run.
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(
@@ -35,7 +39,7 @@ use crate::model::{
                        A method a path does not list is answered 405 with `Allow`; an unknown \
                        path 404.",
     ),
-    modifiers(&Operations, &Protected),
+    modifiers(&Operations, &SandboxIds, &Protected),
     components(schemas(
         ErrorBody,
         ErrorDetail,
@@ -73,6 +77,59 @@ impl Modify for Operations {
     }
 }
 
+/// Every operation of a path item.
+fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// Adds to every operation on a route with a sandbox `{id}` what its
+/// [`crate::extract::PathId`] means for it: the `id` path parameter (first), and a 400 for a
+/// malformed id unless the operation describes its 400 more fully.
+struct SandboxIds;
+
+impl Modify for SandboxIds {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in doc.paths.paths.iter_mut() {
+            if !path.contains("{id}") {
+                continue;
+            }
+            for operation in operations(item) {
+                let id = ParameterBuilder::new()
+                    .name("id")
+                    .parameter_in(ParameterIn::Path)
+                    .description(Some("The sandbox id (a UUID)"))
+                    .required(Required::True)
+                    .schema(Some(
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid))),
+                    ))
+                    .build();
+                operation
+                    .parameters
+                    .get_or_insert_with(Vec::new)
+                    .insert(0, RefOr::T(id));
+                operation
+                    .responses
+                    .responses
+                    .entry("400".to_owned())
+                    .or_insert_with(|| error_response("Malformed id"));
+            }
+        }
+    }
+}
+
 /// Adds the bearer scheme, and to every protected operation its requirement and the answers
 /// of authentication, so the document cannot forget a route the router protects.
 struct Protected;
@@ -96,17 +153,7 @@ impl Modify for Protected {
             if !crate::is_protected(path) {
                 continue;
             }
-            let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.options,
-                &mut item.head,
-                &mut item.patch,
-                &mut item.trace,
-            ];
-            for operation in operations.into_iter().flatten() {
+            for operation in operations(item) {
                 operation.security =
                     Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
                 let responses = &mut operation.responses.responses;
@@ -136,44 +183,38 @@ impl Modify for Protected {
     }
 }
 
+/// A response whose body is an [`ErrorBody`].
+fn error_body(description: &str) -> ResponseBuilder {
+    ResponseBuilder::new().description(description).content(
+        "application/json",
+        ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("ErrorBody")))
+            .build(),
+    )
+}
+
 fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
-    ResponseBuilder::new()
-        .description(description)
-        .content(
-            "application/json",
-            ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name("ErrorBody")))
-                .build(),
-        )
-        .build()
-        .into()
+    error_body(description).build().into()
 }
 
 fn unauthorized() -> RefOr<utoipa::openapi::Response> {
-    ResponseBuilder::new()
-        .description(
-            "No, a malformed, an unknown or a revoked bearer token (checked before the body \
-             is read)",
-        )
-        .header(
-            "WWW-Authenticate",
-            HeaderBuilder::new()
-                .schema(Some(
-                    utoipa::openapi::ObjectBuilder::new()
-                        .schema_type(Type::String)
-                        .enum_values(Some([crate::WWW_AUTHENTICATE])),
-                ))
-                .description(Some("The scheme to use"))
-                .build(),
-        )
-        .content(
-            "application/json",
-            ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name("ErrorBody")))
-                .build(),
-        )
-        .build()
-        .into()
+    error_body(
+        "No, a malformed, an unknown or a revoked bearer token (checked before the body is \
+         read)",
+    )
+    .header(
+        "WWW-Authenticate",
+        HeaderBuilder::new()
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some([crate::WWW_AUTHENTICATE])),
+            ))
+            .description(Some("The scheme to use"))
+            .build(),
+    )
+    .build()
+    .into()
 }
 
 /// This document, as JSON, with the server's templates as the `enum` of a create's

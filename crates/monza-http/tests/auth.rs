@@ -15,7 +15,7 @@ use monza_domain::{
     TokenService,
 };
 use monza_http::{Auth, is_protected, registered_routes};
-use support::{Mocks, NOW, send};
+use support::{Answer, Mocks, NOW, TestApp};
 
 const ALICE: &str =
     "monza_00000000000000a1_1111111111111111111111111111111111111111111111111111111111111111";
@@ -37,6 +37,14 @@ fn stored(token: &str, tenant: &str, admin: bool, revoked: bool) -> StoredToken 
     }
 }
 
+/// Authentication over a token store.
+fn auth(repo: MockTokenRepository) -> Auth {
+    let mut clock = MockClock::new();
+    clock.expect_now().returning(|| NOW);
+    Auth::Tokens(TokenService::new(Arc::new(repo), Arc::new(clock)))
+}
+
+/// Authentication that knows ALICE, ADMIN and REVOKED.
 fn tokens() -> Auth {
     let mut repo = MockTokenRepository::new();
     let known = [
@@ -51,18 +59,15 @@ fn tokens() -> Auth {
             .cloned()
             .ok_or_else(|| Error::not_found("no such token"))
     });
-    let mut clock = MockClock::new();
-    clock.expect_now().returning(|| NOW);
-    Auth::Tokens(TokenService::new(Arc::new(repo), Arc::new(clock)))
+    auth(repo)
 }
 
-macro_rules! app_with_tokens {
-    ($service:expr) => {
-        actix_web::test::init_service(
-            actix_web::App::new().configure(monza_http::configure($service, tokens())),
-        )
-        .await
-    };
+/// `GET /api/sandboxes` with `token` as the bearer.
+async fn list_with(app: &TestApp, token: &str) -> Answer {
+    let req = TestRequest::get()
+        .uri("/api/sandboxes")
+        .insert_header(("Authorization", format!("Bearer {token}")));
+    app.call(req).await
 }
 
 fn concrete(path: &str) -> String {
@@ -71,7 +76,7 @@ fn concrete(path: &str) -> String {
 
 #[actix_web::test]
 async fn every_protected_route_refuses_missing_malformed_unknown_and_revoked_tokens() {
-    let app = app_with_tokens!(Mocks::permissive().service());
+    let app = app!(Mocks::permissive().service(), auth = tokens());
     let routes: Vec<_> = registered_routes()
         .into_iter()
         .filter(|(_, path)| is_protected(path))
@@ -95,7 +100,7 @@ async fn every_protected_route_refuses_missing_malformed_unknown_and_revoked_tok
             if let Some(value) = header {
                 req = req.insert_header(("Authorization", *value));
             }
-            let answer = send(&app, req.to_request()).await;
+            let answer = app.call(req).await;
             let message = answer.error(401, "unauthorized");
             assert!(
                 message.contains(says),
@@ -112,25 +117,19 @@ async fn every_protected_route_refuses_missing_malformed_unknown_and_revoked_tok
 
 #[actix_web::test]
 async fn health_hello_ready_and_the_openapi_document_need_no_token() {
-    let app = app_with_tokens!(Mocks::permissive().service());
+    let app = app!(Mocks::permissive().service(), auth = tokens());
     for path in ["/health", "/hello", "/ready", "/api/openapi.json"] {
-        let answer = send(&app, TestRequest::get().uri(path).to_request()).await;
+        let answer = app.get(path).await;
         assert_eq!(answer.status, 200, "{path}");
     }
 }
 
 #[actix_web::test]
 async fn an_unauthenticated_oversized_body_is_401_not_413() {
-    let app = app_with_tokens!(Mocks::permissive().service());
-    let answer = send(
-        &app,
-        TestRequest::post()
-            .uri("/api/sandboxes")
-            .insert_header(("Content-Type", "application/json"))
-            .set_payload(vec![b' '; 200 * 1024])
-            .to_request(),
-    )
-    .await;
+    let app = app!(Mocks::permissive().service(), auth = tokens());
+    let answer = app
+        .post_raw("/api/sandboxes", "application/json", vec![b' '; 200 * 1024])
+        .await;
     answer.error(401, "unauthorized");
 }
 
@@ -149,16 +148,9 @@ async fn a_tenant_token_lists_only_its_tenant_and_an_admin_token_every_tenant() 
         .withf(|filter| filter.tenant.is_none())
         .times(1)
         .returning(|_| Ok(Vec::new()));
-    let app = app_with_tokens!(mocks.service());
+    let app = app!(mocks.service(), auth = tokens());
     for token in [ALICE, ADMIN] {
-        let answer = send(
-            &app,
-            TestRequest::get()
-                .uri("/api/sandboxes")
-                .insert_header(("Authorization", format!("Bearer {token}")))
-                .to_request(),
-        )
-        .await;
+        let answer = list_with(&app, token).await;
         assert_eq!(answer.status, 200);
     }
 }
@@ -168,20 +160,7 @@ async fn an_unreachable_token_store_is_503_not_401() {
     let mut repo = MockTokenRepository::new();
     repo.expect_find_token()
         .returning(|_| Err(Error::unavailable("database", "connection refused")));
-    let mut clock = MockClock::new();
-    clock.expect_now().returning(|| NOW);
-    let auth = Auth::Tokens(TokenService::new(Arc::new(repo), Arc::new(clock)));
-    let app = actix_web::test::init_service(
-        actix_web::App::new().configure(monza_http::configure(Mocks::permissive().service(), auth)),
-    )
-    .await;
-    let answer = send(
-        &app,
-        TestRequest::get()
-            .uri("/api/sandboxes")
-            .insert_header(("Authorization", format!("Bearer {ALICE}")))
-            .to_request(),
-    )
-    .await;
+    let app = app!(Mocks::permissive().service(), auth = auth(repo));
+    let answer = list_with(&app, ALICE).await;
     answer.error(503, "unavailable");
 }

@@ -11,7 +11,7 @@ use actix_web::http::{Method, header};
 use actix_web::test::TestRequest;
 use monza_domain::{SandboxId, SandboxStatus, StatusFilter, TemplateName};
 use serde_json::{Value, json};
-use support::{Mocks, multipart, send};
+use support::{Mocks, multipart};
 use utoipa::OpenApi;
 
 /// The routes issue 5 promises, plus the operator extras (events, ready, the document).
@@ -52,12 +52,7 @@ async fn the_served_document_is_openapi_3_1_and_lists_every_registered_route() {
             TemplateName::new("go").unwrap(),
         ])
     });
-    let app = app!(mocks.service());
-    let res = send(
-        &app,
-        TestRequest::get().uri("/api/openapi.json").to_request(),
-    )
-    .await;
+    let res = app!(mocks.service()).get("/api/openapi.json").await;
     assert_eq!(res.status, 200);
     let doc = res.json();
     assert_eq!(doc["openapi"], "3.1.0");
@@ -91,6 +86,12 @@ async fn the_served_document_is_openapi_3_1_and_lists_every_registered_route() {
 async fn the_document_describes_parameters_bodies_and_errors() {
     let doc = serde_json::to_value(monza_http::ApiDoc::openapi()).unwrap();
     let op = |method: &str, path: &str| doc["paths"][path][method].clone();
+    let assert_properties = |schema: &str, fields: &[&str]| {
+        let properties = &doc["components"]["schemas"][schema]["properties"];
+        for field in fields {
+            assert!(properties[field].is_object(), "{schema}.{field}");
+        }
+    };
 
     let execute = op("post", "/api/sandboxes/{id}/execute");
     assert_eq!(execute["parameters"][0]["name"], "id");
@@ -104,17 +105,17 @@ async fn the_document_describes_parameters_bodies_and_errors() {
     for status in ["200", "400", "404", "409", "413"] {
         assert!(execute["responses"][status].is_object(), "execute {status}");
     }
-    let response = &doc["components"]["schemas"]["ExecuteResponse"]["properties"];
-    for field in [
-        "output",
-        "exitCode",
-        "truncated",
-        "stdout",
-        "stderr",
-        "timed_out",
-    ] {
-        assert!(response[field].is_object(), "ExecuteResponse.{field}");
-    }
+    assert_properties(
+        "ExecuteResponse",
+        &[
+            "output",
+            "exitCode",
+            "truncated",
+            "stdout",
+            "stderr",
+            "timed_out",
+        ],
+    );
 
     let upload = op("post", "/api/sandboxes/{id}/files/upload");
     assert!(upload["requestBody"]["content"]["multipart/form-data"].is_object());
@@ -136,24 +137,24 @@ async fn the_document_describes_parameters_bodies_and_errors() {
     let create = op("post", "/api/sandboxes");
     assert!(create["responses"]["201"]["headers"]["Location"].is_object());
 
-    let sandbox = &doc["components"]["schemas"]["SandboxResponse"]["properties"];
-    for field in [
-        "id",
-        "name",
-        "status",
-        "container_id",
-        "image",
-        "workspace_mount",
-        "devcontainer_config",
-        "env_vars",
-        "port_mappings",
-        "last_activity",
-        "created_at",
-        "expires_at",
-        "deleted_at",
-    ] {
-        assert!(sandbox[field].is_object(), "SandboxResponse.{field}");
-    }
+    assert_properties(
+        "SandboxResponse",
+        &[
+            "id",
+            "name",
+            "status",
+            "container_id",
+            "image",
+            "workspace_mount",
+            "devcontainer_config",
+            "env_vars",
+            "port_mappings",
+            "last_activity",
+            "created_at",
+            "expires_at",
+            "deleted_at",
+        ],
+    );
 }
 
 #[actix_web::test]
@@ -163,14 +164,9 @@ async fn every_documented_operation_is_served_by_the_router() {
     for (method, path) in monza_http::registered_routes() {
         let uri = path.replace("{id}", &id);
         let method = Method::from_bytes(method.as_bytes()).unwrap();
-        let res = send(
-            &app,
-            TestRequest::default()
-                .method(method.clone())
-                .uri(&uri)
-                .to_request(),
-        )
-        .await;
+        let res = app
+            .call(TestRequest::default().method(method.clone()).uri(&uri))
+            .await;
         let unrouted = res.status == 405
             || res.status == 404
                 && res.json()["error"]["message"]
@@ -252,7 +248,7 @@ async fn no_input_makes_a_handler_panic_or_fail_outside_the_error_shape() {
                         );
                     }
                     for req in cases {
-                        let res = send(&app, req.to_request()).await;
+                        let res = app.call(req).await;
                         requests += 1;
                         let status = res.status.as_u16();
                         assert!(

@@ -20,7 +20,7 @@ use monza_domain::{
 };
 use monza_http::HttpConfig;
 use serde_json::json;
-use support::{Mocks, Part, multipart, sandbox, send};
+use support::{Answer, Mocks, Part, TestApp, multipart, sandbox, sandbox_uri};
 
 /// What the runtime mock received: the destination and the file, stream included.
 type Received = Arc<Mutex<Option<(String, UploadFile)>>>;
@@ -28,17 +28,11 @@ type Received = Arc<Mutex<Option<(String, UploadFile)>>>;
 /// Mocks for an upload into a running sandbox; the runtime keeps what it receives.
 fn uploading(max_upload_bytes: u64) -> (Mocks, SandboxId, Received) {
     let sb = sandbox(SandboxStatus::Running);
-    let id = sb.id;
-    let mut m = Mocks::new();
+    let mut m = Mocks::serving(&sb);
     m.config = ServiceConfig {
         max_upload_bytes,
         ..ServiceConfig::default()
     };
-    let found = sb.clone();
-    m.repo.expect_get().returning(move |_| Ok(found.clone()));
-    m.repo
-        .expect_record_activity()
-        .returning(move |_, _, _, _| Ok(sb.clone()));
     let received: Received = Arc::default();
     let keep = received.clone();
     m.runtime
@@ -48,15 +42,33 @@ fn uploading(max_upload_bytes: u64) -> (Mocks, SandboxId, Received) {
             *keep.lock().unwrap() = Some((dir.to_owned(), file));
             Ok(())
         });
-    (m, id, received)
+    (m, sb.id, received)
 }
 
 fn upload_request(id: SandboxId, parts: &[Part<'_>]) -> TestRequest {
     let (content_type, body) = multipart(parts);
     TestRequest::post()
-        .uri(&format!("/api/sandboxes/{id}/files/upload"))
+        .uri(&sandbox_uri(id, "/files/upload"))
         .insert_header((header::CONTENT_TYPE, content_type))
         .set_payload(body)
+}
+
+/// Sends an upload whose body is `head` and then nothing, never ending; the answer must come
+/// anyway (`why` says why, when it does not).
+async fn upload_never_ending(
+    app: &TestApp,
+    id: SandboxId,
+    content_type: String,
+    head: Bytes,
+    why: &str,
+) -> Answer {
+    let req = TestRequest::post()
+        .uri(&sandbox_uri(id, "/files/upload"))
+        .insert_header((header::CONTENT_TYPE, content_type));
+    let answer = app.call_streaming(req, Payload::from(endless(head)));
+    tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect(why)
 }
 
 /// An upload directory of its own, to check nothing is left in it.
@@ -80,11 +92,12 @@ async fn upload_streams_the_file_into_the_workspace() {
     let app = app!(m.service(), config);
     // Several chunks' worth, and every byte value.
     let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    let res = send(
-        &app,
-        upload_request(id, &[("file", Some("../../etc/main.go"), &content)]).to_request(),
-    )
-    .await;
+    let res = app
+        .call(upload_request(
+            id,
+            &[("file", Some("../../etc/main.go"), &content)],
+        ))
+        .await;
     assert_eq!(res.status, 200, "{:?}", res.body);
     assert_eq!(
         res.json(),
@@ -112,7 +125,7 @@ async fn upload_takes_the_path_field_before_or_after_the_file() {
         } else {
             [file, path]
         };
-        let res = send(&app, upload_request(id, &parts).to_request()).await;
+        let res = app.call(upload_request(id, &parts)).await;
         assert_eq!(res.status, 200, "{:?}", res.body);
         assert_eq!(res.json()["path"], "/home/dev/notes.txt");
         let (dest, file) = received.lock().unwrap().take().unwrap();
@@ -129,23 +142,24 @@ async fn an_upload_over_the_limit_is_413_and_never_reaches_the_sandbox() {
     m.runtime.expect_upload().never();
     let (dir, config) = spool_dir();
     let app = app!(m.service(), config);
-    let res = send(
-        &app,
-        upload_request(id, &[("file", Some("big.bin"), &[7u8; 1025])]).to_request(),
-    )
-    .await;
-    let message = res.error(413, "too_large");
-    assert!(message.contains("1024 bytes"), "{message}");
+    let res = app
+        .call(upload_request(
+            id,
+            &[("file", Some("big.bin"), &[7u8; 1025])],
+        ))
+        .await;
+    res.error_mentioning(413, "too_large", "1024 bytes");
     assert!(is_empty(&dir));
 
     // Exactly at the limit is fine.
     let (m, id, received) = uploading(1024);
     let app = app!(m.service());
-    let res = send(
-        &app,
-        upload_request(id, &[("file", Some("big.bin"), &[7u8; 1024])]).to_request(),
-    )
-    .await;
+    let res = app
+        .call(upload_request(
+            id,
+            &[("file", Some("big.bin"), &[7u8; 1024])],
+        ))
+        .await;
     assert_eq!(res.status, 200, "{:?}", res.body);
     assert!(received.lock().unwrap().is_some());
 }
@@ -164,14 +178,8 @@ async fn the_upload_limit_is_enforced_while_the_body_is_still_arriving() {
     let (content_type, body) = multipart(&[("file", Some("endless.bin"), &[1u8; 4096])]);
     // The first 3 KiB arrive, then the client never sends more and never finishes.
     let head = Bytes::from(body[..3072].to_vec());
-    let req = TestRequest::post()
-        .uri(&format!("/api/sandboxes/{id}/files/upload"))
-        .insert_header((header::CONTENT_TYPE, content_type))
-        .to_request();
-    let (req, _) = req.replace_payload(Payload::from(endless(head)));
-    let res = tokio::time::timeout(Duration::from_secs(10), send(&app, req))
-        .await
-        .expect("the 413 must come before the body ends");
+    let why = "the 413 must come before the body ends";
+    let res = upload_never_ending(&app, id, content_type, head, why).await;
     res.error(413, "too_large");
 }
 
@@ -179,39 +187,22 @@ async fn the_upload_limit_is_enforced_while_the_body_is_still_arriving() {
 async fn malformed_or_incomplete_forms_are_400() {
     let (m, id, _) = uploading(1024);
     let app = app!(m.service());
-    let uri = format!("/api/sandboxes/{id}/files/upload");
+    let uri = sandbox_uri(id, "/files/upload");
 
-    let garbage = send(
-        &app,
-        TestRequest::post()
-            .uri(&uri)
-            .insert_header((header::CONTENT_TYPE, "multipart/form-data; boundary=XYZ"))
-            .set_payload("this is not a multipart body")
-            .to_request(),
-    )
-    .await;
+    let garbage = app
+        .post_raw(
+            &uri,
+            "multipart/form-data; boundary=XYZ",
+            "this is not a multipart body",
+        )
+        .await;
     let message = garbage.error(400, "invalid_input");
     assert!(message.starts_with("malformed multipart body"), "{message}");
 
-    let no_boundary = send(
-        &app,
-        TestRequest::post()
-            .uri(&uri)
-            .insert_header((header::CONTENT_TYPE, "multipart/form-data"))
-            .set_payload("--x\r\n")
-            .to_request(),
-    )
-    .await;
+    let no_boundary = app.post_raw(&uri, "multipart/form-data", "--x\r\n").await;
     no_boundary.error(400, "invalid_input");
 
-    let not_multipart = send(
-        &app,
-        TestRequest::post()
-            .uri(&uri)
-            .set_json(json!({"file": "x"}))
-            .to_request(),
-    )
-    .await;
+    let not_multipart = app.post_json(&uri, &json!({"file": "x"})).await;
     not_multipart.error(415, "unsupported_media_type");
 
     let cases: [(&[Part<'_>], &str); 5] = [
@@ -225,26 +216,18 @@ async fn malformed_or_incomplete_forms_are_400() {
         (&[("file", Some(".."), b"x")], "no usable base name"),
     ];
     for (parts, expected) in cases {
-        let res = send(&app, upload_request(id, parts).to_request()).await;
+        let res = app.call(upload_request(id, parts)).await;
         let message = res.error(400, "invalid_input");
         assert!(message.contains(expected), "{expected}: {message}");
     }
 
     let long_path = format!("/{}", "a".repeat(9000));
-    let res = send(
-        &app,
-        upload_request(
-            id,
-            &[
-                ("path", None, long_path.as_bytes()),
-                ("file", Some("a"), b"1"),
-            ],
-        )
-        .to_request(),
-    )
-    .await;
-    let message = res.error(400, "invalid_input");
-    assert!(message.contains("longer than 8192 bytes"), "{message}");
+    let parts: [Part<'_>; 2] = [
+        ("path", None, long_path.as_bytes()),
+        ("file", Some("a"), b"1"),
+    ];
+    let res = app.call(upload_request(id, &parts)).await;
+    res.error_mentioning(400, "invalid_input", "longer than 8192 bytes");
 }
 
 #[actix_web::test]
@@ -259,11 +242,8 @@ async fn bad_destination_paths_are_400() {
         m.runtime.checkpoint();
         m.runtime.expect_upload().never();
         let app = app!(m.service());
-        let res = send(
-            &app,
-            upload_request(id, &[("path", None, path), ("file", Some("a.txt"), b"x")]).to_request(),
-        )
-        .await;
+        let parts: [Part<'_>; 2] = [("path", None, path), ("file", Some("a.txt"), b"x")];
+        let res = app.call(upload_request(id, &parts)).await;
         let message = res.error(400, "invalid_input");
         assert!(message.contains(expected), "{expected}: {message}");
     }
@@ -272,41 +252,27 @@ async fn bad_destination_paths_are_400() {
 #[actix_web::test]
 async fn upload_to_a_stopped_sandbox_is_409_and_to_an_unknown_one_404() {
     let deleted = sandbox(SandboxStatus::Deleted);
-    let id = deleted.id;
-    let mut m = Mocks::new();
-    m.repo.expect_get().returning(move |_| Ok(deleted.clone()));
-    let app = app!(m.service());
+    let app = app!(Mocks::finding(&deleted).service());
     // Refused before the body is read: the body never ends.
     let (content_type, _) = multipart(&[]);
-    let req = TestRequest::post()
-        .uri(&format!("/api/sandboxes/{id}/files/upload"))
-        .insert_header((header::CONTENT_TYPE, content_type))
-        .to_request();
-    let (req, _) = req.replace_payload(Payload::from(endless(Bytes::new())));
-    let res = tokio::time::timeout(Duration::from_secs(10), send(&app, req))
-        .await
-        .expect("the 409 must not wait for the body");
+    let why = "the 409 must not wait for the body";
+    let res = upload_never_ending(&app, deleted.id, content_type, Bytes::new(), why).await;
     res.error(409, "conflict");
 
     let app = app!(Mocks::permissive().service());
-    let res = send(
-        &app,
-        upload_request(SandboxId::new_random(), &[("file", Some("a"), b"1")]).to_request(),
-    )
-    .await;
+    let res = app
+        .call(upload_request(
+            SandboxId::new_random(),
+            &[("file", Some("a"), b"1")],
+        ))
+        .await;
     res.error(404, "not_found");
 }
 
 /// Mocks for a download of `name` whose content arrives in `chunks`.
 fn downloading(name: &str, chunks: Vec<&'static [u8]>) -> (Mocks, SandboxId) {
     let sb = sandbox(SandboxStatus::Running);
-    let id = sb.id;
-    let mut m = Mocks::new();
-    let found = sb.clone();
-    m.repo.expect_get().returning(move |_| Ok(found.clone()));
-    m.repo
-        .expect_record_activity()
-        .returning(move |_, _, _, _| Ok(sb.clone()));
+    let mut m = Mocks::serving(&sb);
     let name = name.to_owned();
     m.runtime
         .expect_download()
@@ -328,11 +294,11 @@ fn downloading(name: &str, chunks: Vec<&'static [u8]>) -> (Mocks, SandboxId) {
                 content: stream.boxed(),
             })
         });
-    (m, id)
+    (m, sb.id)
 }
 
 fn download_uri(id: SandboxId) -> String {
-    format!("/api/sandboxes/{id}/files/download?path=/workspace/out/")
+    sandbox_uri(id, "/files/download?path=/workspace/out/")
 }
 
 #[actix_web::test]
@@ -341,7 +307,7 @@ async fn download_streams_the_bytes_with_length_type_and_disposition() {
     let png: &'static [u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
     let (m, id) = downloading("chart.png", vec![png, b"rest of the image"]);
     let app = app!(m.service());
-    let res = send(&app, TestRequest::get().uri(&download_uri(id)).to_request()).await;
+    let res = app.get(&download_uri(id)).await;
     assert_eq!(res.status, 200);
     assert_eq!(res.header("content-type"), "application/octet-stream");
     assert_eq!(res.header("x-content-type-options"), "nosniff");
@@ -364,7 +330,7 @@ async fn every_download_is_octet_stream_whatever_its_bytes() {
     for content in cases {
         let (m, id) = downloading("f", vec![content]);
         let app = app!(m.service());
-        let res = send(&app, TestRequest::get().uri(&download_uri(id)).to_request()).await;
+        let res = app.get(&download_uri(id)).await;
         assert_eq!(res.status, 200);
         assert_eq!(res.header("content-type"), "application/octet-stream");
         assert_eq!(res.header("x-content-type-options"), "nosniff");
@@ -377,7 +343,7 @@ async fn every_download_is_octet_stream_whatever_its_bytes() {
 async fn a_hostile_file_name_cannot_inject_headers() {
     let (m, id) = downloading("ré\"port\r\nSet-Cookie: a=b.txt", vec![b"x"]);
     let app = app!(m.service());
-    let res = send(&app, TestRequest::get().uri(&download_uri(id)).to_request()).await;
+    let res = app.get(&download_uri(id)).await;
     assert_eq!(res.status, 200);
     assert!(res.headers.get("set-cookie").is_none());
     assert_eq!(
@@ -391,35 +357,22 @@ async fn a_hostile_file_name_cannot_inject_headers() {
 async fn download_path_errors_are_400_and_a_missing_file_404() {
     let app = app!(Mocks::permissive().service());
     let id = SandboxId::new_random();
-    let base = format!("/api/sandboxes/{id}/files/download");
-    let no_path = send(&app, TestRequest::get().uri(&base).to_request()).await;
-    let message = no_path.error(400, "invalid_input");
-    assert!(message.contains("path"), "{message}");
+    let base = sandbox_uri(id, "/files/download");
+    let no_path = app.get(&base).await;
+    no_path.error_mentioning(400, "invalid_input", "path");
     for (query, expected) in [
         ("path=relative/file", "not absolute"),
         ("path=/workspace/../etc/shadow", "\"..\""),
         ("path=/a%00b", "NUL"),
         ("path=", "empty"),
     ] {
-        let res = send(
-            &app,
-            TestRequest::get()
-                .uri(&format!("{base}?{query}"))
-                .to_request(),
-        )
-        .await;
+        let res = app.get(&format!("{base}?{query}")).await;
         let message = res.error(400, "invalid_input");
         assert!(message.contains(expected), "{query}: {message}");
     }
 
     let sb = sandbox(SandboxStatus::Running);
-    let id = sb.id;
-    let mut m = Mocks::new();
-    let found = sb.clone();
-    m.repo.expect_get().returning(move |_| Ok(found.clone()));
-    m.repo
-        .expect_record_activity()
-        .returning(move |_, _, _, _| Ok(sb.clone()));
+    let mut m = Mocks::serving(&sb);
     m.runtime
         .expect_download()
         .returning(|_, path| Err(Error::not_found(format!("no such file {path}"))));
@@ -427,14 +380,9 @@ async fn download_path_errors_are_400_and_a_missing_file_404() {
     m.runtime
         .expect_state()
         .returning(|_| Ok(monza_domain::ContainerState::Running));
-    let app = app!(m.service());
-    let res = send(
-        &app,
-        TestRequest::get()
-            .uri(&format!("/api/sandboxes/{id}/files/download?path=/nope"))
-            .to_request(),
-    )
-    .await;
+    let res = app!(m.service())
+        .get(&sandbox_uri(sb.id, "/files/download?path=/nope"))
+        .await;
     let message = res.error(404, "not_found");
     assert_eq!(message, "no such file /nope");
 }

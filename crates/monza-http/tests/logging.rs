@@ -9,9 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use actix_web::test::TestRequest;
 use monza_domain::{Error, SandboxId};
-use support::{Mocks, send};
+use support::{Mocks, sandbox_uri};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
@@ -89,15 +88,12 @@ async fn each_request_logs_one_line_with_id_method_path_status_and_duration() {
     let (events, _guard) = capture();
     let app = app!(Mocks::permissive().service());
     let id = SandboxId::new_random();
-    let res = send(
-        &app,
-        TestRequest::get()
-            .uri(&format!(
-                "/api/sandboxes/{id}/files/download?path=/home/dev/.ssh/id_ed25519"
-            ))
-            .to_request(),
-    )
-    .await;
+    let res = app
+        .get(&sandbox_uri(
+            id,
+            "/files/download?path=/home/dev/.ssh/id_ed25519",
+        ))
+        .await;
     res.error(404, "not_found");
     let request_id = res.header("x-request-id").to_owned();
 
@@ -127,8 +123,7 @@ async fn a_500_logs_its_cause_under_the_request_id() {
     m.repo
         .expect_list()
         .returning(|_| Err(Error::internal("row 7 has status \"zombie\"")));
-    let app = app!(m.service());
-    let res = send(&app, TestRequest::get().uri("/api/sandboxes").to_request()).await;
+    let res = app!(m.service()).get("/api/sandboxes").await;
     res.error(500, "internal");
     let request_id = res.header("x-request-id").to_owned();
 

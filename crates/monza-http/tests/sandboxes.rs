@@ -10,50 +10,43 @@ use std::time::Duration;
 use actix_web::http::{Method, header};
 use actix_web::test::TestRequest;
 use monza_domain::{
-    CreatedContainer, Error, ExecOutput, PublishedPort, SandboxStatus, ServiceConfig,
+    CreatedContainer, Error, ExecOutput, PublishedPort, SandboxId, SandboxStatus, ServiceConfig,
 };
-use serde_json::json;
-use support::{Mocks, NOW, sandbox, send, template};
+use serde_json::{Value, json};
+use support::{Mocks, NOW, sandbox, sandbox_uri, template};
 
 #[actix_web::test]
 async fn health_and_hello_answer_their_fixed_bodies() {
     let app = app!(Mocks::new().service());
-    let health = send(&app, TestRequest::get().uri("/health").to_request()).await;
+    let health = app.get("/health").await;
     assert_eq!(health.status, 200);
     assert_eq!(health.json(), json!({"status": "ok"}));
-    let hello = send(&app, TestRequest::get().uri("/hello").to_request()).await;
+    let hello = app.get("/hello").await;
     assert_eq!(hello.status, 200);
     assert_eq!(hello.json(), json!({"message": "hello, world"}));
 }
 
-#[actix_web::test]
-async fn ready_is_ok_when_both_dependencies_answer() {
+/// `GET /ready`, where the store answers and Docker answers `docker`, is `status` with `body`.
+async fn ready_answers(docker: monza_domain::Result<()>, status: u16, body: Value) {
     let mut m = Mocks::new();
     m.repo.expect_ping().returning(|| Ok(()));
-    m.runtime.expect_ping().returning(|| Ok(()));
-    let app = app!(m.service());
-    let res = send(&app, TestRequest::get().uri("/ready").to_request()).await;
-    assert_eq!(res.status, 200);
-    assert_eq!(
-        res.json(),
-        json!({"status": "ok", "database": "ok", "docker": "ok"})
-    );
+    m.runtime.expect_ping().returning(move || docker.clone());
+    let res = app!(m.service()).get("/ready").await;
+    assert_eq!(res.status, status);
+    assert_eq!(res.json(), body);
+}
+
+#[actix_web::test]
+async fn ready_is_ok_when_both_dependencies_answer() {
+    let ok = json!({"status": "ok", "database": "ok", "docker": "ok"});
+    ready_answers(Ok(()), 200, ok).await;
 }
 
 #[actix_web::test]
 async fn ready_is_503_naming_the_dependency_that_is_down() {
-    let mut m = Mocks::new();
-    m.repo.expect_ping().returning(|| Ok(()));
-    m.runtime
-        .expect_ping()
-        .returning(|| Err(Error::unavailable("docker", "connection refused")));
-    let app = app!(m.service());
-    let res = send(&app, TestRequest::get().uri("/ready").to_request()).await;
-    assert_eq!(res.status, 503);
-    assert_eq!(
-        res.json(),
-        json!({"status": "unavailable", "database": "ok", "docker": "unavailable"})
-    );
+    let down = Error::unavailable("docker", "connection refused");
+    let body = json!({"status": "unavailable", "database": "ok", "docker": "unavailable"});
+    ready_answers(Err(down), 503, body).await;
 }
 
 #[actix_web::test]
@@ -67,14 +60,7 @@ async fn get_returns_every_documented_field_with_utc_timestamps() {
         .expect_get()
         .withf(move |got| *got == id)
         .returning(move |_| Ok(found.clone()));
-    let app = app!(m.service());
-    let res = send(
-        &app,
-        TestRequest::get()
-            .uri(&format!("/api/sandboxes/{id}"))
-            .to_request(),
-    )
-    .await;
+    let res = app!(m.service()).get(&sandbox_uri(id, "")).await;
     assert_eq!(res.status, 200);
     assert_eq!(
         res.json(),
@@ -108,17 +94,9 @@ async fn get_returns_every_documented_field_with_utc_timestamps() {
 async fn an_ended_sandbox_shows_its_status_and_deleted_at() {
     let mut sb = sandbox(SandboxStatus::Expired);
     sb.deleted_at = Some(NOW);
-    let id = sb.id;
-    let mut m = Mocks::new();
-    m.repo.expect_get().returning(move |_| Ok(sb.clone()));
-    let app = app!(m.service());
-    let res = send(
-        &app,
-        TestRequest::get()
-            .uri(&format!("/api/sandboxes/{id}"))
-            .to_request(),
-    )
-    .await;
+    let res = app!(Mocks::finding(&sb).service())
+        .get(&sandbox_uri(sb.id, ""))
+        .await;
     assert_eq!(res.status, 200);
     let body = res.json();
     assert_eq!(body["status"], "expired");
@@ -140,22 +118,15 @@ async fn a_malformed_id_is_400_on_every_sandbox_route_without_touching_the_store
         ),
     ];
     for (method, uri) in cases {
-        let res = send(
-            &app,
-            TestRequest::default().method(method).uri(uri).to_request(),
-        )
-        .await;
+        let res = app
+            .call(TestRequest::default().method(method).uri(uri))
+            .await;
         let message = res.error(400, "invalid_input");
         assert!(message.contains("malformed sandbox id"), "{uri}: {message}");
     }
-    let res = send(
-        &app,
-        TestRequest::post()
-            .uri("/api/sandboxes/zzz/execute")
-            .set_json(json!({"command": "true"}))
-            .to_request(),
-    )
-    .await;
+    let res = app
+        .post_json("/api/sandboxes/zzz/execute", &json!({"command": "true"}))
+        .await;
     res.error(400, "invalid_input");
 }
 
@@ -183,13 +154,7 @@ async fn list_passes_the_status_filter_and_keeps_the_store_order() {
         .returning(|_| Ok(Vec::new()));
     let app = app!(m.service());
 
-    let all = send(
-        &app,
-        TestRequest::get()
-            .uri("/api/sandboxes?status=all")
-            .to_request(),
-    )
-    .await;
+    let all = app.get("/api/sandboxes?status=all").await;
     assert_eq!(all.status, 200);
     let listed: Vec<String> = all
         .json()
@@ -200,30 +165,17 @@ async fn list_passes_the_status_filter_and_keeps_the_store_order() {
         .collect();
     assert_eq!(listed, ids);
 
-    let live = send(&app, TestRequest::get().uri("/api/sandboxes").to_request()).await;
+    let live = app.get("/api/sandboxes").await;
     assert_eq!(live.json(), json!([]));
-    let running = send(
-        &app,
-        TestRequest::get()
-            .uri("/api/sandboxes?status=running")
-            .to_request(),
-    )
-    .await;
+    let running = app.get("/api/sandboxes?status=running").await;
     assert_eq!(running.json(), json!([]));
 }
 
 #[actix_web::test]
 async fn an_unknown_status_filter_is_400() {
     let app = app!(Mocks::new().service());
-    let res = send(
-        &app,
-        TestRequest::get()
-            .uri("/api/sandboxes?status=zombie")
-            .to_request(),
-    )
-    .await;
-    let message = res.error(400, "invalid_input");
-    assert!(message.contains("zombie"), "{message}");
+    let res = app.get("/api/sandboxes?status=zombie").await;
+    res.error_mentioning(400, "invalid_input", "zombie");
 }
 
 /// Mocks for a create that succeeds with template `tpl`.
@@ -261,14 +213,12 @@ fn creating(tpl: &'static str) -> Mocks {
 #[actix_web::test]
 async fn create_is_201_with_location_and_the_running_sandbox() {
     let app = app!(creating("python").service());
-    let res = send(
-        &app,
-        TestRequest::post()
-            .uri("/api/sandboxes")
-            .set_json(json!({"name": "mine", "template": "python"}))
-            .to_request(),
-    )
-    .await;
+    let res = app
+        .post_json(
+            "/api/sandboxes",
+            &json!({"name": "mine", "template": "python"}),
+        )
+        .await;
     assert_eq!(res.status, 201, "{:?}", res.body);
     let body = res.json();
     assert_eq!(body["status"], "running");
@@ -280,29 +230,22 @@ async fn create_is_201_with_location_and_the_running_sandbox() {
 #[actix_web::test]
 async fn create_without_a_body_uses_the_default_template() {
     let app = app!(creating("go").service());
-    let res = send(&app, TestRequest::post().uri("/api/sandboxes").to_request()).await;
+    let res = app.post("/api/sandboxes").await;
     assert_eq!(res.status, 201, "{:?}", res.body);
     let typed_but_empty = TestRequest::post()
         .uri("/api/sandboxes")
         .insert_header((header::CONTENT_TYPE, "application/json"))
-        .insert_header((header::CONTENT_LENGTH, "0"))
-        .to_request();
-    let res = send(&app, typed_but_empty).await;
+        .insert_header((header::CONTENT_LENGTH, "0"));
+    let res = app.call(typed_but_empty).await;
     assert_eq!(res.status, 201, "{:?}", res.body);
 }
 
 #[actix_web::test]
 async fn create_rejects_bad_json_names_and_templates_with_400() {
     let app = app!(Mocks::permissive().service());
-    let bad_json = send(
-        &app,
-        TestRequest::post()
-            .uri("/api/sandboxes")
-            .insert_header((header::CONTENT_TYPE, "application/json"))
-            .set_payload("{\"name\": ")
-            .to_request(),
-    )
-    .await;
+    let bad_json = app
+        .post_raw("/api/sandboxes", "application/json", "{\"name\": ")
+        .await;
     let message = bad_json.error(400, "invalid_input");
     assert!(message.starts_with("invalid JSON body"), "{message}");
 
@@ -311,28 +254,15 @@ async fn create_rejects_bad_json_names_and_templates_with_400() {
         json!({"template": "../etc"}),
         json!({"name": 5}),
     ] {
-        let res = send(
-            &app,
-            TestRequest::post()
-                .uri("/api/sandboxes")
-                .set_json(&body)
-                .to_request(),
-        )
-        .await;
+        let res = app.post_json("/api/sandboxes", &body).await;
         res.error(400, "invalid_input");
     }
 
     // The catalog's "not found" is the client's mistake here: 400, listing what exists.
-    let unknown = send(
-        &app,
-        TestRequest::post()
-            .uri("/api/sandboxes")
-            .set_json(json!({"template": "cobol"}))
-            .to_request(),
-    )
-    .await;
-    let message = unknown.error(400, "invalid_input");
-    assert!(message.contains("available: go"), "{message}");
+    let unknown = app
+        .post_json("/api/sandboxes", &json!({"template": "cobol"}))
+        .await;
+    unknown.error_mentioning(400, "invalid_input", "available: go");
 }
 
 #[actix_web::test]
@@ -349,41 +279,20 @@ async fn create_past_the_tenant_limit_is_429() {
             limit: limit.unwrap(),
         })
     });
-    let app = app!(m.service());
-    let res = send(&app, TestRequest::post().uri("/api/sandboxes").to_request()).await;
-    let message = res.error(429, "limit_exceeded");
-    assert!(message.contains("limit is 2"), "{message}");
+    let res = app!(m.service()).post("/api/sandboxes").await;
+    res.error_mentioning(429, "limit_exceeded", "limit is 2");
 }
 
 #[actix_web::test]
 async fn json_bodies_over_64_kib_are_413_and_a_body_that_is_not_json_is_400_whatever_its_type() {
     let app = app!(Mocks::permissive().service());
     let big = json!({"name": "x".repeat(70 * 1024)});
-    let res = send(
-        &app,
-        TestRequest::post()
-            .uri("/api/sandboxes")
-            .set_json(&big)
-            .to_request(),
-    )
-    .await;
-    let message = res.error(413, "too_large");
-    assert!(message.contains("65536"), "{message}");
+    let res = app.post_json("/api/sandboxes", &big).await;
+    res.error_mentioning(413, "too_large", "65536");
 
-    let res = send(
-        &app,
-        TestRequest::post()
-            .uri(&format!(
-                "/api/sandboxes/{}/execute",
-                monza_domain::SandboxId::new_random()
-            ))
-            .insert_header((header::CONTENT_TYPE, "text/plain"))
-            .set_payload("ls")
-            .to_request(),
-    )
-    .await;
-    let message = res.error(400, "invalid_input");
-    assert!(message.contains("invalid JSON body"), "{message}");
+    let execute = sandbox_uri(SandboxId::new_random(), "/execute");
+    let res = app.post_raw(&execute, "text/plain", "ls").await;
+    res.error_mentioning(400, "invalid_input", "invalid JSON body");
 }
 
 #[actix_web::test]
@@ -418,13 +327,7 @@ async fn delete_is_204_and_removes_the_container_and_again_is_204() {
         .returning(move |_| Ok(ended.clone()));
     let app = app!(m.service());
     for _ in 0..2 {
-        let res = send(
-            &app,
-            TestRequest::delete()
-                .uri(&format!("/api/sandboxes/{id}"))
-                .to_request(),
-        )
-        .await;
+        let res = app.delete(&sandbox_uri(id, "")).await;
         assert_eq!(res.status, 204);
         assert!(res.body.is_empty());
     }
@@ -433,23 +336,21 @@ async fn delete_is_204_and_removes_the_container_and_again_is_204() {
 #[actix_web::test]
 async fn unknown_sandboxes_are_404_on_every_sandbox_route() {
     let app = app!(Mocks::permissive().service());
-    let id = monza_domain::SandboxId::new_random();
+    let id = SandboxId::new_random();
+    let uri = |rest| sandbox_uri(id, rest);
     let requests = [
-        TestRequest::get().uri(&format!("/api/sandboxes/{id}")),
-        TestRequest::delete().uri(&format!("/api/sandboxes/{id}")),
-        TestRequest::post().uri(&format!("/api/sandboxes/{id}/heartbeat")),
-        TestRequest::get().uri(&format!("/api/sandboxes/{id}/events")),
+        TestRequest::get().uri(&uri("")),
+        TestRequest::delete().uri(&uri("")),
+        TestRequest::post().uri(&uri("/heartbeat")),
+        TestRequest::get().uri(&uri("/events")),
         TestRequest::post()
-            .uri(&format!("/api/sandboxes/{id}/execute"))
+            .uri(&uri("/execute"))
             .set_json(json!({"command": "ls"})),
-        TestRequest::get().uri(&format!(
-            "/api/sandboxes/{id}/files/download?path=/etc/hosts"
-        )),
+        TestRequest::get().uri(&uri("/files/download?path=/etc/hosts")),
     ];
     for req in requests {
-        let res = send(&app, req.to_request()).await;
-        let message = res.error(404, "not_found");
-        assert!(message.contains(&id.to_string()), "{message}");
+        let res = app.call(req).await;
+        res.error_mentioning(404, "not_found", &id.to_string());
     }
 }
 
@@ -463,42 +364,22 @@ async fn heartbeat_is_204_when_running_and_409_otherwise() {
         .withf(move |got, _, at, _| *got == id && *at == NOW)
         .times(1)
         .returning(|_, _, _, _| Ok(true));
-    let app = app!(m.service());
-    let res = send(
-        &app,
-        TestRequest::post()
-            .uri(&format!("/api/sandboxes/{id}/heartbeat"))
-            .to_request(),
-    )
-    .await;
+    let res = app!(m.service()).post(&sandbox_uri(id, "/heartbeat")).await;
     assert_eq!(res.status, 204);
 
     let deleted = sandbox(SandboxStatus::Deleted);
-    let id = deleted.id;
-    let mut m = Mocks::new();
+    let mut m = Mocks::finding(&deleted);
     m.repo.expect_touch().returning(|_, _, _, _| Ok(false));
-    m.repo.expect_get().returning(move |_| Ok(deleted.clone()));
-    let app = app!(m.service());
-    let res = send(
-        &app,
-        TestRequest::post()
-            .uri(&format!("/api/sandboxes/{id}/heartbeat"))
-            .to_request(),
-    )
-    .await;
+    let res = app!(m.service())
+        .post(&sandbox_uri(deleted.id, "/heartbeat"))
+        .await;
     res.error(409, "conflict");
 }
 
 #[actix_web::test]
 async fn execute_returns_the_deepagents_shape_and_passes_the_request_through() {
     let sb = sandbox(SandboxStatus::Running);
-    let id = sb.id;
-    let mut m = Mocks::new();
-    let found = sb.clone();
-    m.repo.expect_get().returning(move |_| Ok(found.clone()));
-    m.repo
-        .expect_record_activity()
-        .returning(move |_, _, _, _| Ok(sb.clone()));
+    let mut m = Mocks::serving(&sb);
     m.runtime
         .expect_exec()
         .withf(|cid, r| {
@@ -521,21 +402,16 @@ async fn execute_returns_the_deepagents_shape_and_passes_the_request_through() {
                 duration: Duration::from_millis(1234),
             })
         });
-    let app = app!(m.service());
-    let res = send(
-        &app,
-        TestRequest::post()
-            .uri(&format!("/api/sandboxes/{id}/execute"))
-            .set_json(json!({
-                "command": "echo hi; echo oops >&2",
-                "max_output_bytes": 100,
-                "timeout_secs": 7,
-                "workdir": "/tmp",
-                "env": {"FOO": "bar"},
-            }))
-            .to_request(),
-    )
-    .await;
+    let request = json!({
+        "command": "echo hi; echo oops >&2",
+        "max_output_bytes": 100,
+        "timeout_secs": 7,
+        "workdir": "/tmp",
+        "env": {"FOO": "bar"},
+    });
+    let res = app!(m.service())
+        .post_json(&sandbox_uri(sb.id, "/execute"), &request)
+        .await;
     assert_eq!(res.status, 200, "{:?}", res.body);
     assert_eq!(
         res.json(),
@@ -554,41 +430,15 @@ async fn execute_returns_the_deepagents_shape_and_passes_the_request_through() {
 #[actix_web::test]
 async fn execute_without_a_command_is_400_naming_it() {
     let app = app!(Mocks::permissive().service());
-    let uri = format!(
-        "/api/sandboxes/{}/execute",
-        monza_domain::SandboxId::new_random()
-    );
-    let missing = send(
-        &app,
-        TestRequest::post()
-            .uri(&uri)
-            .set_json(json!({"timeout_secs": 1}))
-            .to_request(),
-    )
-    .await;
-    let message = missing.error(400, "invalid_input");
-    assert!(message.contains("`command`"), "{message}");
-
-    let empty = send(
-        &app,
-        TestRequest::post()
-            .uri(&uri)
-            .set_json(json!({"command": "  "}))
-            .to_request(),
-    )
-    .await;
-    let message = empty.error(400, "invalid_input");
-    assert!(message.contains("command is empty"), "{message}");
-
-    let relative = send(
-        &app,
-        TestRequest::post()
-            .uri(&uri)
-            .set_json(json!({"command": "ls", "workdir": "tmp"}))
-            .to_request(),
-    )
-    .await;
-    relative.error(400, "invalid_input");
+    let uri = sandbox_uri(SandboxId::new_random(), "/execute");
+    for (body, says) in [
+        (json!({"timeout_secs": 1}), "`command`"),
+        (json!({"command": "  "}), "command is empty"),
+        (json!({"command": "ls", "workdir": "tmp"}), ""), // any message
+    ] {
+        let message = app.post_json(&uri, &body).await.error(400, "invalid_input");
+        assert!(message.contains(says), "{body}: {message}");
+    }
 }
 
 #[actix_web::test]
@@ -596,8 +446,7 @@ async fn events_are_listed_oldest_first() {
     use monza_domain::{EventAction, SandboxEvent};
     let sb = sandbox(SandboxStatus::Running);
     let id = sb.id;
-    let mut m = Mocks::new();
-    m.repo.expect_get().returning(move |_| Ok(sb.clone()));
+    let mut m = Mocks::finding(&sb);
     m.repo.expect_events().returning(move |id| {
         Ok(vec![
             SandboxEvent {
@@ -614,14 +463,7 @@ async fn events_are_listed_oldest_first() {
             },
         ])
     });
-    let app = app!(m.service());
-    let res = send(
-        &app,
-        TestRequest::get()
-            .uri(&format!("/api/sandboxes/{id}/events"))
-            .to_request(),
-    )
-    .await;
+    let res = app!(m.service()).get(&sandbox_uri(id, "/events")).await;
     assert_eq!(res.status, 200);
     assert_eq!(
         res.json(),
@@ -638,8 +480,7 @@ async fn an_unavailable_store_is_503_with_the_dependency_named() {
     m.repo
         .expect_list()
         .returning(|_| Err(Error::unavailable("database", "connection refused")));
-    let app = app!(m.service());
-    let res = send(&app, TestRequest::get().uri("/api/sandboxes").to_request()).await;
+    let res = app!(m.service()).get("/api/sandboxes").await;
     let message = res.error(503, "unavailable");
     assert_eq!(message, "database is unavailable: connection refused");
 }
@@ -652,17 +493,9 @@ async fn an_internal_error_is_500_with_a_generic_message() {
             "row has status \"zombie\"; dsn=postgres://monza:s3cret@db",
         ))
     });
-    let app = app!(m.service());
-    let res = send(
-        &app,
-        TestRequest::get()
-            .uri(&format!(
-                "/api/sandboxes/{}",
-                monza_domain::SandboxId::new_random()
-            ))
-            .to_request(),
-    )
-    .await;
+    let res = app!(m.service())
+        .get(&sandbox_uri(SandboxId::new_random(), ""))
+        .await;
     let message = res.error(500, "internal");
     assert_eq!(message, "internal server error");
     let raw = String::from_utf8_lossy(&res.body);
@@ -672,15 +505,14 @@ async fn an_internal_error_is_500_with_a_generic_message() {
 #[actix_web::test]
 async fn unknown_routes_are_json_404_and_wrong_methods_json_405_with_allow() {
     let app = app!(Mocks::new().service());
-    let res = send(&app, TestRequest::get().uri("/api/nope").to_request()).await;
-    let message = res.error(404, "not_found");
-    assert!(message.contains("/api/nope"), "{message}");
+    let res = app.get("/api/nope").await;
+    res.error_mentioning(404, "not_found", "/api/nope");
 
-    let res = send(&app, TestRequest::put().uri("/api/sandboxes").to_request()).await;
+    let res = app.call(TestRequest::put().uri("/api/sandboxes")).await;
     res.error(405, "method_not_allowed");
     assert_eq!(res.header("allow"), "GET, POST");
 
-    let res = send(&app, TestRequest::post().uri("/health").to_request()).await;
+    let res = app.post("/health").await;
     res.error(405, "method_not_allowed");
     assert_eq!(res.header("allow"), "GET");
 }
@@ -688,27 +520,18 @@ async fn unknown_routes_are_json_404_and_wrong_methods_json_405_with_allow() {
 #[actix_web::test]
 async fn every_response_carries_a_request_id_and_a_plain_client_id_is_kept() {
     let app = app!(Mocks::new().service());
-    let res = send(&app, TestRequest::get().uri("/health").to_request()).await;
+    let res = app.get("/health").await;
     let generated = res.header("x-request-id");
     assert!(uuid::Uuid::parse_str(generated).is_ok(), "{generated}");
 
-    let res = send(
-        &app,
+    let with_id = |uri, id| {
         TestRequest::get()
-            .uri("/api/nope")
-            .insert_header(("x-request-id", "trace-42.a_b"))
-            .to_request(),
-    )
-    .await;
+            .uri(uri)
+            .insert_header(("x-request-id", id))
+    };
+    let res = app.call(with_id("/api/nope", "trace-42.a_b")).await;
     assert_eq!(res.header("x-request-id"), "trace-42.a_b");
 
-    let res = send(
-        &app,
-        TestRequest::get()
-            .uri("/health")
-            .insert_header(("x-request-id", "a b\" forged=1"))
-            .to_request(),
-    )
-    .await;
+    let res = app.call(with_id("/health", "a b\" forged=1")).await;
     assert!(uuid::Uuid::parse_str(res.header("x-request-id")).is_ok());
 }

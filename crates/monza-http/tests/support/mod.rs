@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actix_web::body::{BodySize, MessageBody};
-use actix_web::dev::{Service, ServiceResponse};
+use actix_web::dev::{Payload, Service, ServiceResponse};
 use actix_web::http::StatusCode;
-use actix_web::http::header::HeaderMap;
-use actix_web::test;
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::test::{self, TestRequest};
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::future::LocalBoxFuture;
 use monza_domain::{
     Error, ExecOutput, FileDownload, FileStat, ImageSource, MockClock, MockContainerRuntime,
     MockSandboxRepository, MockTemplateCatalog, PortMapping, RunOptions, Sandbox, SandboxId,
@@ -22,24 +23,97 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::macros::datetime;
 
-/// Builds an app over a service, with optional `HttpConfig`.
+/// Builds a [`TestApp`] over a service: with `Auth::Disabled` and the default `HttpConfig`,
+/// with a given `HttpConfig`, or with a given `Auth`.
 #[macro_export]
 macro_rules! app {
+    ($service:expr, auth = $auth:expr) => {
+        $crate::app!(@configure monza_http::configure($service, $auth))
+    };
     ($service:expr) => {
-        actix_web::test::init_service(
-            actix_web::App::new()
-                .configure(monza_http::configure($service, monza_http::Auth::Disabled)),
-        )
-        .await
+        $crate::app!($service, auth = monza_http::Auth::Disabled)
     };
     ($service:expr, $config:expr) => {
-        actix_web::test::init_service(actix_web::App::new().configure(monza_http::configure_with(
+        $crate::app!(@configure monza_http::configure_with(
             $service,
             monza_http::Auth::Disabled,
             $config,
-        )))
-        .await
+        ))
     };
+    (@configure $configure:expr) => {{
+        let app = std::rc::Rc::new(
+            actix_web::test::init_service(actix_web::App::new().configure($configure)).await,
+        );
+        // The closure is written here, where the app's request type is known, so that
+        // `TestApp` need not name it.
+        $crate::support::TestApp::new(move |req, payload| {
+            let app = app.clone();
+            Box::pin(async move {
+                let req = req.to_request();
+                let req = match payload {
+                    Some(payload) => req.replace_payload(payload).0,
+                    None => req,
+                };
+                $crate::support::send(&*app, req).await
+            })
+        })
+    }};
+}
+
+/// How a [`TestApp`] answers a request, with the payload that replaces its body, if any.
+type Handle = dyn Fn(TestRequest, Option<Payload>) -> LocalBoxFuture<'static, Answer>;
+
+/// An app under test (built by [`app!`]): sends requests and reads the whole answers.
+pub struct TestApp(Box<Handle>);
+
+impl TestApp {
+    pub fn new(
+        handle: impl Fn(TestRequest, Option<Payload>) -> LocalBoxFuture<'static, Answer> + 'static,
+    ) -> Self {
+        Self(Box::new(handle))
+    }
+
+    /// Sends `req` as built.
+    pub async fn call(&self, req: TestRequest) -> Answer {
+        (self.0)(req, None).await
+    }
+
+    /// Sends `req` with `payload` as its body (a stream, for bodies that trickle or never
+    /// end).
+    pub async fn call_streaming(&self, req: TestRequest, payload: Payload) -> Answer {
+        (self.0)(req, Some(payload)).await
+    }
+
+    pub async fn get(&self, uri: &str) -> Answer {
+        self.call(TestRequest::get().uri(uri)).await
+    }
+
+    /// A POST without a body.
+    pub async fn post(&self, uri: &str) -> Answer {
+        self.call(TestRequest::post().uri(uri)).await
+    }
+
+    pub async fn post_json(&self, uri: &str, body: &Value) -> Answer {
+        self.call(TestRequest::post().uri(uri).set_json(body)).await
+    }
+
+    /// A POST of `body` as it is, declared as `content_type`.
+    pub async fn post_raw(&self, uri: &str, content_type: &str, body: impl Into<Bytes>) -> Answer {
+        let req = TestRequest::post()
+            .uri(uri)
+            .insert_header((header::CONTENT_TYPE, content_type))
+            .set_payload(body.into());
+        self.call(req).await
+    }
+
+    pub async fn delete(&self, uri: &str) -> Answer {
+        self.call(TestRequest::delete().uri(uri)).await
+    }
+}
+
+/// The route of a sandbox: `/api/sandboxes/{id}` followed by `rest` (`""`, `"/execute"`, …).
+pub fn sandbox_uri(id: impl std::fmt::Display, rest: &str) -> String {
+    format!("/api/sandboxes/{id}{rest}")
 }
 
 /// The fixed "now" of the mock clock: 2030-01-02 03:04:05 UTC.
@@ -125,6 +199,25 @@ impl Mocks {
                 content: futures::stream::iter([Ok(Bytes::from_static(b"x"))]).boxed(),
             })
         });
+        m
+    }
+
+    /// The store finds `sb` whatever the id asked for.
+    pub fn finding(sb: &Sandbox) -> Self {
+        let mut m = Self::new();
+        let found = sb.clone();
+        m.repo.expect_get().returning(move |_| Ok(found.clone()));
+        m
+    }
+
+    /// The store finds `sb` and records activity on it: what a use case that acts on a
+    /// running sandbox (execute, upload, download) reads and writes.
+    pub fn serving(sb: &Sandbox) -> Self {
+        let mut m = Self::finding(sb);
+        let active = sb.clone();
+        m.repo
+            .expect_record_activity()
+            .returning(move |_, _, _, _| Ok(active.clone()));
         m
     }
 
@@ -240,6 +333,12 @@ impl Answer {
             .as_str()
             .unwrap_or_else(|| panic!("no message: {body}"))
             .to_owned()
+    }
+
+    /// Asserts the error shape and that the message mentions `says`.
+    pub fn error_mentioning(&self, status: u16, code: &str, says: &str) {
+        let message = self.error(status, code);
+        assert!(message.contains(says), "{says:?} not in {message:?}");
     }
 }
 
