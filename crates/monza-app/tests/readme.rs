@@ -139,5 +139,5 @@ async fn the_readme_api_examples_work_as_written() {
     );
     assert_eq!(all.len(), 1, "the walkthrough makes exactly one sandbox");
     assert_eq!(all[0].name.as_str(), "demo");
-    assert_eq!(all[0].status, monza_domain::SandboxStatus::Deleted);
+    assert_eq!(all[0].status(), monza_domain::SandboxStatus::Deleted);
 }

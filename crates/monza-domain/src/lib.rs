@@ -29,7 +29,8 @@ pub use runtime::{
 };
 pub use sandbox::{
     CreateLease, EventAction, InstanceId, NewEvent, PortMapping, Sandbox, SandboxEvent,
-    SandboxFilter, SandboxId, SandboxName, SandboxStatus, StatusFilter, TemplateName, TenantId,
+    SandboxFilter, SandboxId, SandboxName, SandboxState, SandboxStatus, StatusFilter, TemplateName,
+    TenantId,
 };
 pub use service::{
     Access, CreateSandbox, ExecLimits, ExecuteCommand, LeaseReport, Readiness, ReapReport,

@@ -111,11 +111,10 @@ pub fn target(event: LifecycleEvent) -> SandboxStatus {
 /// Checks `event` against a sandbox's current status; the refusal is a conflict that names
 /// the sandbox, its status and, for a failed one, the reason.
 pub fn check(sandbox: &Sandbox, event: LifecycleEvent) -> Result<SandboxStatus, Error> {
-    transition(sandbox.status, event).map_err(|refused| {
+    transition(sandbox.status(), event).map_err(|refused| {
         let reason = sandbox
-            .status_reason
-            .as_deref()
-            .filter(|_| sandbox.status == SandboxStatus::Error)
+            .status_reason()
+            .filter(|_| sandbox.status() == SandboxStatus::Error)
             .map(|reason| format!(" ({reason})"))
             .unwrap_or_default();
         Error::Conflict(format!("sandbox {}: {refused}{reason}", sandbox.id))
@@ -154,9 +153,9 @@ pub fn is_expired(status: SandboxStatus, expires_at: OffsetDateTime, now: Offset
 /// it may be settled at once. A sandbox without a lease never lapses (see
 /// [`create_timed_out`]).
 pub fn lease_lapsed(sandbox: &Sandbox, now: OffsetDateTime) -> bool {
-    sandbox.status == SandboxStatus::Creating
+    sandbox.status() == SandboxStatus::Creating
         && sandbox
-            .create_lease
+            .create_lease()
             .is_some_and(|lease| lease.expires_at <= now)
 }
 
@@ -164,8 +163,8 @@ pub fn lease_lapsed(sandbox: &Sandbox, now: OffsetDateTime) -> bool {
 /// creating for longer than `timeout`: the backstop for creates no process vouches for. A
 /// leased sandbox is never timed out: its lease says whether its creator still works on it.
 pub fn create_timed_out(sandbox: &Sandbox, now: OffsetDateTime, timeout: Duration) -> bool {
-    sandbox.status == SandboxStatus::Creating
-        && sandbox.create_lease.is_none()
+    sandbox.status() == SandboxStatus::Creating
+        && sandbox.create_lease().is_none()
         && now - sandbox.created_at > timeout
 }
 
@@ -278,8 +277,12 @@ mod tests {
             tenant: crate::sandbox::TenantId::default_tenant(),
             name: crate::sandbox::SandboxName::new("s").unwrap(),
             template: crate::sandbox::TemplateName::trusted("go"),
-            status: S::Creating,
-            status_reason: None,
+            state: crate::sandbox::SandboxState::creating(lease.map(|expires_at| {
+                crate::sandbox::CreateLease {
+                    instance: crate::sandbox::InstanceId::new_random(),
+                    expires_at,
+                }
+            })),
             container_id: None,
             image: String::new(),
             workspace_mount: "/workspace".into(),
@@ -291,11 +294,6 @@ mod tests {
             last_activity: t,
             created_at: t,
             expires_at: t + Duration::minutes(15),
-            deleted_at: None,
-            create_lease: lease.map(|expires_at| crate::sandbox::CreateLease {
-                instance: crate::sandbox::InstanceId::new_random(),
-                expires_at,
-            }),
         }
     }
 
@@ -306,10 +304,32 @@ mod tests {
         assert!(!lease_lapsed(&leased, t - Duration::milliseconds(1)));
         assert!(lease_lapsed(&leased, t));
         assert!(lease_lapsed(&leased, t + Duration::hours(1)));
+        let started = leased.state.after(E::Start, t, None).unwrap();
+        let moved_on = [
+            leased
+                .state
+                .after(E::Fail, t, Some("failed".into()))
+                .unwrap(),
+            leased.state.after(E::Delete, t, None).unwrap(),
+            started.after(E::Expire, t, None).unwrap(),
+            started,
+        ];
+        for state in moved_on {
+            let other = Sandbox {
+                state,
+                ..leased.clone()
+            };
+            assert_eq!(other.create_lease(), None, "{}", other.status());
+            assert!(
+                !lease_lapsed(&other, t + Duration::hours(1)),
+                "{}",
+                other.status()
+            );
+        }
         for status in [S::Running, S::Error, S::Deleted, S::Expired] {
-            let mut other = leased.clone();
-            other.status = status;
-            assert!(!lease_lapsed(&other, t + Duration::hours(1)), "{status}");
+            let kept =
+                crate::sandbox::SandboxState::restore(status, None, None, leased.create_lease());
+            assert!(kept.is_err(), "a {status} sandbox kept its create lease");
         }
         assert!(
             !lease_lapsed(&creating(None), t + Duration::days(1)),
@@ -334,7 +354,7 @@ mod tests {
             "a renewed lease keeps a long create alive"
         );
         let mut running = unleased;
-        running.status = S::Running;
+        running.state = running.state.after(E::Start, at, None).unwrap();
         assert!(!create_timed_out(
             &running,
             at + Duration::hours(1),

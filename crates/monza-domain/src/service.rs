@@ -21,7 +21,7 @@ use crate::runtime::{
 };
 use crate::sandbox::{
     CreateLease, EventAction, InstanceId, NewEvent, PortMapping, Sandbox, SandboxFilter, SandboxId,
-    SandboxName, SandboxStatus, TemplateName, TenantId,
+    SandboxName, SandboxState, SandboxStatus, TemplateName, TenantId,
 };
 use crate::template::{Command, Template};
 
@@ -319,8 +319,10 @@ impl SandboxService {
             tenant,
             name,
             template: template_name,
-            status: SandboxStatus::Creating,
-            status_reason: None,
+            state: SandboxState::creating(Some(CreateLease {
+                instance: self.instance,
+                expires_at: now + self.config.create_lease,
+            })),
             container_id: None,
             image: template.image_name().unwrap_or_default().to_owned(),
             workspace_mount: template.workspace_folder.clone(),
@@ -332,11 +334,6 @@ impl SandboxService {
             last_activity: now,
             created_at: now,
             expires_at: lifecycle::expires_at(now, self.config.ttl),
-            deleted_at: None,
-            create_lease: Some(CreateLease {
-                instance: self.instance,
-                expires_at: now + self.config.create_lease,
-            }),
         };
         // The count and the insert are one decision in the store: concurrent creates (on
         // any replica) cannot pass the limit together.
@@ -468,7 +465,7 @@ impl SandboxService {
     /// or `All`. An expired one is still shown, so its client learns why it ended.
     pub async fn show(&self, access: &Access, id: SandboxId) -> Result<Sandbox> {
         let sandbox = self.get(access, id).await?;
-        if sandbox.status == SandboxStatus::Deleted {
+        if sandbox.status() == SandboxStatus::Deleted {
             return Err(Error::NotFound(format!(
                 "sandbox {id} was deleted; it is still listed with ?status=deleted"
             )));
@@ -510,7 +507,7 @@ impl SandboxService {
     #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
     pub async fn delete(&self, access: &Access, id: SandboxId) -> Result<()> {
         let sandbox = self.get(access, id).await?;
-        let ended = if sandbox.status.is_terminal() {
+        let ended = if sandbox.status().is_terminal() {
             sandbox
         } else {
             let change = StatusChange {
@@ -697,7 +694,8 @@ impl SandboxService {
             };
             match self.repo.get(sandbox_id).await {
                 Ok(sandbox)
-                    if sandbox.status.is_terminal() || sandbox.status == SandboxStatus::Error =>
+                    if sandbox.status().is_terminal()
+                        || sandbox.status() == SandboxStatus::Error =>
                 {
                     leftovers.push(container.id);
                 }

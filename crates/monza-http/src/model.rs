@@ -132,11 +132,12 @@ fn utc(t: OffsetDateTime) -> OffsetDateTime {
 
 impl From<Sandbox> for SandboxResponse {
     fn from(s: Sandbox) -> Self {
+        let deleted_at = s.deleted_at().map(utc);
         Self {
             id: s.id.as_uuid(),
             name: s.name.as_str().to_owned(),
-            status: s.status.as_str().to_owned(),
-            status_reason: s.status_reason,
+            status: s.status().as_str().to_owned(),
+            status_reason: s.status_reason().map(str::to_owned),
             template: s.template.as_str().to_owned(),
             tenant: s.tenant.as_str().to_owned(),
             container_id: s.container_id,
@@ -148,7 +149,7 @@ impl From<Sandbox> for SandboxResponse {
             last_activity: utc(s.last_activity),
             created_at: utc(s.created_at),
             expires_at: utc(s.expires_at),
-            deleted_at: s.deleted_at.map(utc),
+            deleted_at,
         }
     }
 }

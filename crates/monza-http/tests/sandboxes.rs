@@ -10,7 +10,8 @@ use std::time::Duration;
 use actix_web::http::{Method, header};
 use actix_web::test::TestRequest;
 use monza_domain::{
-    CreatedContainer, Error, ExecOutput, PublishedPort, SandboxId, SandboxStatus, ServiceConfig,
+    CreatedContainer, Error, ExecOutput, LifecycleEvent, PublishedPort, SandboxId, SandboxState,
+    SandboxStatus, ServiceConfig,
 };
 use serde_json::{Value, json};
 use support::{Mocks, NOW, sandbox, sandbox_uri, template};
@@ -93,7 +94,7 @@ async fn get_returns_every_documented_field_with_utc_timestamps() {
 #[actix_web::test]
 async fn an_ended_sandbox_shows_its_status_and_deleted_at() {
     let mut sb = sandbox(SandboxStatus::Expired);
-    sb.deleted_at = Some(NOW);
+    sb.state = SandboxState::restore(SandboxStatus::Expired, None, Some(NOW), None).unwrap();
     let res = app!(Mocks::finding(&sb).service())
         .get(&sandbox_uri(sb.id, ""))
         .await;
@@ -300,8 +301,7 @@ async fn delete_is_204_and_removes_the_container_and_again_is_204() {
     let live = sandbox(SandboxStatus::Running);
     let id = live.id;
     let mut ended = live.clone();
-    ended.status = SandboxStatus::Deleted;
-    ended.deleted_at = Some(NOW);
+    ended.state = live.state.after(LifecycleEvent::Delete, NOW, None).unwrap();
     let mut m = Mocks::new();
     let mut seq = mockall::Sequence::new();
     m.repo

@@ -193,7 +193,7 @@ impl SandboxService {
         sandbox: &Sandbox,
         now: OffsetDateTime,
     ) -> Result<bool> {
-        let Some(lease) = &sandbox.create_lease else {
+        let Some(lease) = &sandbox.create_lease() else {
             return Ok(false);
         };
         let reason = lapsed_reason(lease);

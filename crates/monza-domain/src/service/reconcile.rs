@@ -192,11 +192,11 @@ impl SandboxService {
             }
             // Not in the lists read above: ended, unknown, or changed since. Ask again.
             match self.repo.get(sandbox_id).await {
-                Ok(sandbox) if sandbox.status == SandboxStatus::Creating => {
+                Ok(sandbox) if sandbox.status() == SandboxStatus::Creating => {
                     report.creating_in_grace += 1;
                 }
                 Ok(sandbox)
-                    if sandbox.status == SandboxStatus::Running
+                    if sandbox.status() == SandboxStatus::Running
                         && sandbox.container_id.as_deref() == Some(container.id.as_str()) => {}
                 Ok(_) | Err(Error::NotFound(_)) => orphans.push(container.id.clone()),
                 Err(e) => {
@@ -370,7 +370,7 @@ impl SandboxService {
         // reaper): whatever the engine said ("removal in progress", "no such container"),
         // the answer is the conflict an ended sandbox gets.
         match self.repo.get(sandbox.id).await {
-            Ok(current) if current.status != SandboxStatus::Running => {
+            Ok(current) if current.status() != SandboxStatus::Running => {
                 return lifecycle::check(&current, LifecycleEvent::Activity)
                     .err()
                     .unwrap_or(error);

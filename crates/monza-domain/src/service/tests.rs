@@ -42,8 +42,8 @@ fn sandbox(status: SandboxStatus) -> Sandbox {
         tenant: TenantId::default_tenant(),
         name: SandboxName::new("s").unwrap(),
         template: TemplateName::new("go").unwrap(),
-        status,
-        status_reason: None,
+        state: SandboxState::restore(status, None, status.is_terminal().then_some(T0), None)
+            .unwrap(),
         container_id: Some(CID.into()),
         image: "golang:1".into(),
         workspace_mount: "/workspace".into(),
@@ -55,9 +55,13 @@ fn sandbox(status: SandboxStatus) -> Sandbox {
         last_activity: T0,
         created_at: T0,
         expires_at: T0 + Duration::minutes(15),
-        deleted_at: status.is_terminal().then_some(T0),
-        create_lease: None,
     }
+}
+
+/// `s`, its status' reason set to `reason`.
+fn with_reason(mut s: Sandbox, reason: Option<String>) -> Sandbox {
+    s.state = SandboxState::restore(s.status(), reason, s.deleted_at(), s.create_lease()).unwrap();
+    s
 }
 
 fn clock_at(t: OffsetDateTime) -> MockClock {
@@ -106,7 +110,7 @@ impl Mocks {
     fn with_insert(mut self) -> Self {
         self.repo
             .expect_insert()
-            .withf(|s, _| s.status == SandboxStatus::Creating && s.container_id.is_none())
+            .withf(|s, _| s.status() == SandboxStatus::Creating && s.container_id.is_none())
             .times(1)
             .returning(|_, _| Ok(Admission::Inserted));
         self
@@ -122,9 +126,10 @@ impl Mocks {
             })
             .times(1)
             .returning(|_, _| {
-                let mut s = sandbox(SandboxStatus::Error);
-                s.status_reason = Some("failed".into());
-                Ok(s)
+                Ok(with_reason(
+                    sandbox(SandboxStatus::Error),
+                    Some("failed".into()),
+                ))
             });
         self
     }
@@ -193,7 +198,7 @@ async fn create_writes_creating_then_running_with_ports_and_expiry() {
         .create(&Access::Admin, CreateSandbox::default())
         .await
         .unwrap();
-    assert_eq!(s.status, SandboxStatus::Running);
+    assert_eq!(s.status(), SandboxStatus::Running);
     assert_eq!(s.port_mappings[0].host_port, 49153);
 }
 
@@ -485,7 +490,7 @@ async fn a_deleted_sandbox_is_not_found_at_its_own_address_but_any_other_status_
             // `get` (what delete and the activity routes read) still sees it.
             assert!(service.get(&Access::Admin, id).await.is_ok());
         } else {
-            assert_eq!(shown.unwrap().status, status);
+            assert_eq!(shown.unwrap().status(), status);
             assert!(events.is_ok());
         }
     }
@@ -638,8 +643,7 @@ async fn activity_on_a_sandbox_that_is_not_running_is_a_conflict() {
         SandboxStatus::Deleted,
         SandboxStatus::Error,
     ] {
-        let mut s = sandbox(status);
-        s.status_reason = Some("container vanished".into());
+        let s = with_reason(sandbox(status), Some("container vanished".into()));
         let id = s.id;
         let mut m = Mocks::new();
         m.repo.expect_get().returning(move |_| Ok(s.clone()));
@@ -948,7 +952,7 @@ async fn the_reaper_sweeps_containers_of_ended_sandboxes_only() {
     let managed: Vec<ManagedContainer> = sandboxes
         .iter()
         .map(|s| ManagedContainer {
-            id: format!("c-{}", s.status),
+            id: format!("c-{}", s.status()),
             sandbox_id: Some(s.id),
             running: true,
         })

@@ -28,7 +28,8 @@ use crate::lifecycle::{self, LifecycleEvent};
 use crate::ports::{Admission, ExpiryClaim, RunningUpdate, SandboxRepository, StatusChange, Touch};
 use crate::sandbox::{
     CreateLease, EventAction, InstanceId, NewEvent, PortMapping, Sandbox, SandboxEvent,
-    SandboxFilter, SandboxId, SandboxName, SandboxStatus, StatusFilter, TemplateName, TenantId,
+    SandboxFilter, SandboxId, SandboxName, SandboxState, SandboxStatus, StatusFilter, TemplateName,
+    TenantId,
 };
 
 /// A repository under test.
@@ -149,8 +150,15 @@ pub fn sample_sandbox(
         tenant: tenant(tenant_name),
         name: SandboxName::new("my sandbox").unwrap_or_else(|e| panic!("{e}")),
         template: TemplateName::new("python").unwrap_or_else(|e| panic!("{e}")),
-        status,
-        status_reason: matches!(status, SandboxStatus::Error).then(|| "it broke".to_owned()),
+        state: SandboxState::restore(
+            status,
+            matches!(status, SandboxStatus::Error).then(|| "it broke".to_owned()),
+            status
+                .is_terminal()
+                .then_some(created_at + Duration::minutes(5)),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}")),
         container_id: (!matches!(status, SandboxStatus::Creating))
             .then(|| format!("container-{}", id.as_uuid().simple())),
         image: "mcr.microsoft.com/devcontainers/python:3.12".to_owned(),
@@ -167,10 +175,6 @@ pub fn sample_sandbox(
         last_activity: created_at,
         created_at,
         expires_at: created_at + Duration::hours(1),
-        deleted_at: status
-            .is_terminal()
-            .then_some(created_at + Duration::minutes(5)),
-        create_lease: None,
     }
 }
 
@@ -181,10 +185,10 @@ pub fn leased_sandbox(
     expires_at: OffsetDateTime,
 ) -> Sandbox {
     Sandbox {
-        create_lease: Some(CreateLease {
+        state: SandboxState::creating(Some(CreateLease {
             instance,
             expires_at: micros(expires_at),
-        }),
+        })),
         ..sample_sandbox(tenant_name, SandboxStatus::Creating, base_time())
     }
 }
@@ -384,7 +388,13 @@ pub async fn timestamps_round_trip_to_the_microsecond(repo: Repo) {
     sandbox.created_at = precise;
     sandbox.last_activity = precise.to_offset(east) + Duration::seconds(1);
     sandbox.expires_at = precise + Duration::days(400);
-    sandbox.deleted_at = Some(precise + Duration::microseconds(1));
+    sandbox.state = SandboxState::restore(
+        SandboxStatus::Deleted,
+        None,
+        Some(precise + Duration::microseconds(1)),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     insert(&repo, &sandbox).await;
     let back = get(&repo, sandbox.id).await;
     assert_eq!(
@@ -393,7 +403,7 @@ pub async fn timestamps_round_trip_to_the_microsecond(repo: Repo) {
     );
     assert_eq!(back.last_activity, micros(sandbox.last_activity));
     assert_eq!(back.expires_at, micros(sandbox.expires_at));
-    assert_eq!(back.deleted_at, sandbox.deleted_at.map(micros));
+    assert_eq!(back.deleted_at(), sandbox.deleted_at().map(micros));
     assert_eq!(back.created_at.offset(), UtcOffset::UTC, "read back in UTC");
 }
 
@@ -466,7 +476,7 @@ pub async fn list_is_newest_first_and_filters_by_tenant_and_status(repo: Repo) {
         let mut rows: Vec<&Sandbox> = written
             .iter()
             .filter(|s| tenant_name.is_none_or(|t| s.tenant.as_str() == t))
-            .filter(|s| status.matches(s.status))
+            .filter(|s| status.matches(s.status()))
             .collect();
         rows.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
         rows.into_iter().map(|s| s.id).collect::<Vec<_>>()
@@ -673,7 +683,7 @@ pub async fn a_create_lease_round_trips_and_ends_when_the_sandbox_leaves_creatin
     let stored = get(&repo, started.id).await;
     assert_eq!(stored, started);
     assert_eq!(
-        stored.create_lease,
+        stored.create_lease(),
         Some(CreateLease {
             instance,
             expires_at: micros(until),
@@ -694,8 +704,8 @@ pub async fn a_create_lease_round_trips_and_ends_when_the_sandbox_leaves_creatin
         .mark_running(started.id, &update)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(running.create_lease, None);
-    assert_eq!(get(&repo, started.id).await.create_lease, None);
+    assert_eq!(running.create_lease(), None);
+    assert_eq!(get(&repo, started.id).await.create_lease(), None);
 
     let failed = leased_sandbox("acme", instance, until);
     insert(&repo, &failed).await;
@@ -709,8 +719,8 @@ pub async fn a_create_lease_round_trips_and_ends_when_the_sandbox_leaves_creatin
         .transition(failed.id, &change)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(ended.create_lease, None);
-    assert_eq!(get(&repo, failed.id).await.create_lease, None);
+    assert_eq!(ended.create_lease(), None);
+    assert_eq!(get(&repo, failed.id).await.create_lease(), None);
 }
 
 /// `renew_leases` moves the lease of the named `creating` sandboxes of this instance only,
@@ -749,7 +759,7 @@ pub async fn renew_leases_moves_only_this_instances_creating_leases(repo: Repo) 
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(renewed, 1);
     assert_eq!(
-        get(&repo, mine.id).await.create_lease,
+        get(&repo, mine.id).await.create_lease(),
         Some(CreateLease {
             instance: me,
             expires_at: later
@@ -813,9 +823,13 @@ pub async fn fail_lapsed_create_settles_only_a_creating_sandbox_whose_lease_laps
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|| panic!("a lapsed lease is settled"));
     let expected = Sandbox {
-        status: SandboxStatus::Error,
-        status_reason: Some("lease lapsed".into()),
-        create_lease: None,
+        state: SandboxState::restore(
+            SandboxStatus::Error,
+            Some("lease lapsed".into()),
+            None,
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}")),
         ..lapsed.clone()
     };
     assert_eq!(settled, expected);
@@ -908,7 +922,8 @@ pub async fn mark_running_moves_creating_to_running_with_its_container(repo: Rep
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let expected = Sandbox {
-        status: SandboxStatus::Running,
+        state: SandboxState::restore(SandboxStatus::Running, None, None, None)
+            .unwrap_or_else(|e| panic!("{e}")),
         container_id: Some(update.container_id.clone()),
         image: update.image.clone(),
         port_mappings: update.port_mappings.clone(),
@@ -998,13 +1013,17 @@ pub async fn transition_follows_the_lifecycle_for_every_status_and_event(repo: R
                 Ok(to) => {
                     let changed = result.unwrap_or_else(|e| panic!("{case}: {e}"));
                     let expected = Sandbox {
-                        status: to,
-                        status_reason: change.reason.clone(),
-                        deleted_at: if to.is_terminal() {
-                            Some(at)
-                        } else {
-                            sandbox.deleted_at
-                        },
+                        state: SandboxState::restore(
+                            to,
+                            change.reason.clone(),
+                            if to.is_terminal() {
+                                Some(at)
+                            } else {
+                                sandbox.deleted_at()
+                            },
+                            None,
+                        )
+                        .unwrap_or_else(|e| panic!("{e}")),
                         ..sandbox.clone()
                     };
                     assert_eq!(changed, expected, "{case}");
@@ -1391,13 +1410,17 @@ pub async fn claim_expired_returns_exactly_the_running_sandboxes_past_expiry(rep
             .iter()
             .find(|s| s.id == sandbox.id)
             .unwrap_or_else(|| panic!("claimed unknown {}", sandbox.id));
-        assert_eq!(sandbox.status, SandboxStatus::Expired);
-        assert_eq!(sandbox.deleted_at, Some(now));
-        assert!(sandbox.status_reason.is_some(), "a reason is recorded");
+        assert_eq!(sandbox.status(), SandboxStatus::Expired);
+        assert_eq!(sandbox.deleted_at(), Some(now));
+        assert!(sandbox.status_reason().is_some(), "a reason is recorded");
         let expected = Sandbox {
-            status: SandboxStatus::Expired,
-            deleted_at: Some(now),
-            status_reason: sandbox.status_reason.clone(),
+            state: SandboxState::restore(
+                SandboxStatus::Expired,
+                sandbox.status_reason().map(str::to_owned),
+                Some(now),
+                None,
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
             ..before.clone()
         };
         assert_eq!(sandbox, &expected);
@@ -1420,17 +1443,14 @@ pub async fn claim_expired_returns_exactly_the_running_sandboxes_past_expiry(rep
             NewEvent::expired(sandbox).details,
             "the domain's payload"
         );
-        assert_eq!(
-            sandbox.status_reason.as_deref(),
-            Some(lifecycle::EXPIRY_REASON)
-        );
+        assert_eq!(sandbox.status_reason(), Some(lifecycle::EXPIRY_REASON));
     }
     for sandbox in &untouched {
         assert_eq!(
             &get(&repo, sandbox.id).await,
             sandbox,
             "{} untouched",
-            sandbox.status
+            sandbox.status()
         );
     }
     assert_eq!(

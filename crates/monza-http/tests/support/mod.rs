@@ -17,7 +17,8 @@ use futures::future::LocalBoxFuture;
 use monza_domain::{
     Error, ExecOutput, FileDownload, FileStat, ImageSource, MockClock, MockContainerRuntime,
     MockSandboxRepository, MockTemplateCatalog, PortMapping, RunOptions, Sandbox, SandboxId,
-    SandboxName, SandboxService, SandboxStatus, ServiceConfig, Template, TemplateName, TenantId,
+    SandboxName, SandboxService, SandboxState, SandboxStatus, ServiceConfig, Template,
+    TemplateName, TenantId,
 };
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -242,8 +243,7 @@ pub fn sandbox(status: SandboxStatus) -> Sandbox {
         tenant: TenantId::default_tenant(),
         name: SandboxName::new("demo").unwrap(),
         template: TemplateName::new("go").unwrap(),
-        status,
-        status_reason: None,
+        state: SandboxState::restore(status, None, None, None).unwrap(),
         container_id: Some("c0ffee".into()),
         image: "golang:1.22".into(),
         workspace_mount: "/workspace".into(),
@@ -260,8 +260,6 @@ pub fn sandbox(status: SandboxStatus) -> Sandbox {
         last_activity: datetime!(2030-01-02 05:04:05 +02:00),
         created_at: datetime!(2030-01-02 05:00:00 +02:00),
         expires_at: datetime!(2030-01-02 05:19:05 +02:00),
-        deleted_at: None,
-        create_lease: None,
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use diesel::prelude::*;
 use monza_domain::{
     CreateLease, Error, EventAction, InstanceId, NewEvent, PortMapping, Sandbox, SandboxEvent,
-    SandboxId, SandboxName, SandboxStatus, TemplateName, TenantId,
+    SandboxId, SandboxName, SandboxState, SandboxStatus, TemplateName, TenantId,
 };
 use time::OffsetDateTime;
 
@@ -86,8 +86,8 @@ impl SandboxRow {
             tenant: sandbox.tenant.as_str().to_owned(),
             name: sandbox.name.as_str().to_owned(),
             template: sandbox.template.as_str().to_owned(),
-            status: sandbox.status.as_str().to_owned(),
-            status_reason: sandbox.status_reason.clone(),
+            status: sandbox.status().as_str().to_owned(),
+            status_reason: sandbox.status_reason().map(str::to_owned),
             container_id: sandbox.container_id.clone(),
             image: sandbox.image.clone(),
             workspace_mount: sandbox.workspace_mount.clone(),
@@ -96,12 +96,12 @@ impl SandboxRow {
             last_activity: codec::time(sandbox.last_activity),
             created_at: codec::time(sandbox.created_at),
             expires_at: codec::time(sandbox.expires_at),
-            deleted_at: sandbox.deleted_at.map(codec::time),
+            deleted_at: sandbox.deleted_at().map(codec::time),
             creator_instance: sandbox
-                .create_lease
+                .create_lease()
                 .map(|lease| codec::id(lease.instance.as_uuid())),
             lease_expires_at: sandbox
-                .create_lease
+                .create_lease()
                 .map(|lease| codec::time(lease.expires_at)),
             remote_env: Some(codec::json(&sandbox.remote_env)?),
             remote_user: sandbox.remote_user.clone(),
@@ -116,13 +116,28 @@ impl SandboxRow {
             Some(env) => (codec::from_json(env, "remote_env")?, self.remote_user),
             None => legacy_remote_settings(&devcontainer_config),
         };
+        let create_lease = match (self.creator_instance, self.lease_expires_at) {
+            (Some(instance), Some(expires_at)) => Some(CreateLease {
+                instance: InstanceId::from_uuid(codec::uuid(&instance)?),
+                expires_at: codec::from_time(expires_at)?,
+            }),
+            _ => None,
+        };
+        let state = stored(
+            "state",
+            SandboxState::restore(
+                stored("status", self.status.parse::<SandboxStatus>())?,
+                self.status_reason,
+                self.deleted_at.map(codec::from_time).transpose()?,
+                create_lease,
+            ),
+        )?;
         Ok(Sandbox {
             id: SandboxId::from_uuid(codec::uuid(&self.id)?),
             tenant: stored("tenant", TenantId::new(&self.tenant))?,
             name: stored("name", SandboxName::new(&self.name))?,
             template: stored("template", TemplateName::new(&self.template))?,
-            status: stored("status", self.status.parse::<SandboxStatus>())?,
-            status_reason: self.status_reason,
+            state,
             container_id: self.container_id,
             image: self.image,
             workspace_mount: self.workspace_mount,
@@ -137,14 +152,6 @@ impl SandboxRow {
             last_activity: codec::from_time(self.last_activity)?,
             created_at: codec::from_time(self.created_at)?,
             expires_at: codec::from_time(self.expires_at)?,
-            deleted_at: self.deleted_at.map(codec::from_time).transpose()?,
-            create_lease: match (self.creator_instance, self.lease_expires_at) {
-                (Some(instance), Some(expires_at)) => Some(CreateLease {
-                    instance: InstanceId::from_uuid(codec::uuid(&instance)?),
-                    expires_at: codec::from_time(expires_at)?,
-                }),
-                _ => None,
-            },
         })
     }
 }

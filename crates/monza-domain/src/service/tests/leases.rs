@@ -60,10 +60,10 @@ fn stuck_service(m: Mocks) -> SandboxService {
 fn leased(expires_at: OffsetDateTime) -> Sandbox {
     let mut s = sandbox(SandboxStatus::Creating);
     s.container_id = None;
-    s.create_lease = Some(CreateLease {
+    s.state = SandboxState::creating(Some(CreateLease {
         instance: InstanceId::new_random(),
         expires_at,
-    });
+    }));
     s
 }
 
@@ -104,9 +104,8 @@ fn expect_settle(m: &mut Mocks, id: SandboxId, now: OffsetDateTime, settles: boo
         .times(1)
         .returning(move |_, _, change| {
             Ok(settles.then(|| {
-                let mut s = sandbox(SandboxStatus::Error);
+                let mut s = with_reason(sandbox(SandboxStatus::Error), change.reason.clone());
                 s.id = id;
-                s.status_reason = change.reason.clone();
                 s
             }))
         });
@@ -128,7 +127,7 @@ async fn create_writes_a_lease_naming_this_instance_for_one_lease_from_now() {
         .await;
     let inserted = inserted.lock().unwrap().clone().unwrap();
     assert_eq!(
-        inserted.create_lease,
+        inserted.create_lease(),
         Some(CreateLease {
             instance: service.instance(),
             expires_at: T0 + Duration::seconds(20),

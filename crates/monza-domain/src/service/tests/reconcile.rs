@@ -75,9 +75,8 @@ fn expect_fail(m: &mut Mocks, id: SandboxId, reason_contains: &'static str) {
         })
         .times(1)
         .returning(move |_, change| {
-            let mut s = sandbox(SandboxStatus::Error);
+            let mut s = with_reason(sandbox(SandboxStatus::Error), change.reason.clone());
             s.id = id;
-            s.status_reason = change.reason.clone();
             Ok(s)
         });
 }
