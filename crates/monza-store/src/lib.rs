@@ -56,6 +56,7 @@ macro_rules! owned {
 }
 
 mod error;
+mod pool;
 
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -12,6 +12,21 @@ use monza_store::sqlite::{
 };
 use time::Duration;
 
+/// The store on the file at `path`, with the default options.
+async fn open(path: &std::path::Path) -> SqliteSandboxRepository {
+    SqliteSandboxRepository::open(path, SqliteOptions::default())
+        .await
+        .unwrap()
+}
+
+/// Inserts `sandbox` (no limit) and checks it was written.
+async fn inserted(repo: &SqliteSandboxRepository, sandbox: &monza_domain::Sandbox) {
+    assert_eq!(
+        repo.insert(sandbox, None).await.unwrap(),
+        monza_domain::Admission::Inserted
+    );
+}
+
 #[test]
 fn parses_the_accepted_url_forms() {
     assert_eq!(
@@ -60,18 +75,11 @@ async fn migrations_run_on_a_new_and_on_an_already_migrated_file() {
     let path = dir.path().join("monza.db");
     let sandbox = sample_sandbox("acme", SandboxStatus::Running, base_time());
     {
-        let repo = SqliteSandboxRepository::open(&path, SqliteOptions::default())
-            .await
-            .unwrap();
-        assert_eq!(
-            repo.insert(&sandbox, None).await.unwrap(),
-            monza_domain::Admission::Inserted
-        );
+        let repo = open(&path).await;
+        inserted(&repo, &sandbox).await;
     }
     // Opening again finds the schema current and the data intact.
-    let repo = SqliteSandboxRepository::open(&path, SqliteOptions::default())
-        .await
-        .unwrap();
+    let repo = open(&path).await;
     assert_eq!(repo.get(sandbox.id).await.unwrap(), sandbox);
 }
 
@@ -81,30 +89,21 @@ async fn an_acknowledged_heartbeat_is_on_disk() {
     let path = dir.path().join("monza.db");
     let sandbox = sample_sandbox("acme", SandboxStatus::Running, base_time());
     let at = micros(base_time() + Duration::minutes(9));
-    let writer = SqliteSandboxRepository::open(&path, SqliteOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(
-        writer.insert(&sandbox, None).await.unwrap(),
-        monza_domain::Admission::Inserted
-    );
+    let writer = open(&path).await;
+    inserted(&writer, &sandbox).await;
     writer
         .record_activity(sandbox.id, at, at + Duration::minutes(30), None)
         .await
         .unwrap();
     // A new repository (new connections) on the same file, while the first is still open:
     // nothing was waiting in memory.
-    let reader = SqliteSandboxRepository::open(&path, SqliteOptions::default())
-        .await
-        .unwrap();
+    let reader = open(&path).await;
     let seen = reader.get(sandbox.id).await.unwrap();
     assert_eq!(seen.last_activity, at);
     assert_eq!(seen.expires_at, at + Duration::minutes(30));
     drop(writer);
     drop(reader);
-    let reopened = SqliteSandboxRepository::open(&path, SqliteOptions::default())
-        .await
-        .unwrap();
+    let reopened = open(&path).await;
     assert_eq!(reopened.get(sandbox.id).await.unwrap().last_activity, at);
 }
 
@@ -127,16 +126,11 @@ async fn an_unopenable_path_is_one_clear_error() {
 async fn writes_go_through_the_write_ahead_log() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("monza.db");
-    let repo = SqliteSandboxRepository::open(&path, SqliteOptions::default())
-        .await
-        .unwrap();
+    let repo = open(&path).await;
     repo.ping().await.unwrap();
     // The WAL file exists next to the database once the journal mode is WAL.
     let sandbox = sample_sandbox("acme", SandboxStatus::Creating, base_time());
-    assert_eq!(
-        repo.insert(&sandbox, None).await.unwrap(),
-        monza_domain::Admission::Inserted
-    );
+    inserted(&repo, &sandbox).await;
     assert!(dir.path().join("monza.db-wal").exists(), "WAL mode");
 }
 
@@ -148,19 +142,14 @@ async fn a_row_without_remote_settings_reads_them_from_its_stored_template() {
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("monza.db");
-    let repo = SqliteSandboxRepository::open(&path, SqliteOptions::default())
-        .await
-        .unwrap();
+    let repo = open(&path).await;
     let mut sandbox = sample_sandbox("acme", SandboxStatus::Running, base_time());
     sandbox.devcontainer_config = serde_json::json!({
         "image": "busybox",
         "remoteUser": "vscode",
         "remoteEnv": {"EDITOR": "vi"},
     });
-    assert_eq!(
-        repo.insert(&sandbox, None).await.unwrap(),
-        monza_domain::Admission::Inserted
-    );
+    inserted(&repo, &sandbox).await;
     let mut conn = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
     diesel::sql_query("UPDATE sandboxes SET remote_env = NULL, remote_user = NULL")
         .execute(&mut conn)

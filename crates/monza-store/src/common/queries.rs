@@ -36,6 +36,21 @@ fn terminal() -> Vec<&'static str> {
         .collect()
 }
 
+/// The row one sandbox's `UPDATE … RETURNING` wrote; when it matched none, returns the
+/// refusal of `$event` (see [`refusal`]).
+macro_rules! updated_or_refused {
+    ($conn:ident, $id:expr, $event:expr, $statement:expr) => {
+        match $statement
+            .get_result::<SandboxRow>($conn)
+            .await
+            .optional()?
+        {
+            Some(row) => row,
+            None => return Err(refusal($conn, $id, $event).await),
+        }
+    };
+}
+
 fn not_found(id: SandboxId) -> TxError {
     Error::not_found(format!("sandbox {id} not found")).into()
 }
@@ -135,6 +150,29 @@ async fn refusal(conn: &mut Conn, id: SandboxId, event: LifecycleEvent) -> TxErr
     }
 }
 
+/// The assignments that end a create's lease: every status change out of `creating`.
+fn lease_ended() -> (
+    diesel::dsl::Eq<sandboxes::creator_instance, Option<Id>>,
+    diesel::dsl::Eq<sandboxes::lease_expires_at, Option<codec::Time>>,
+) {
+    (
+        sandboxes::creator_instance.eq(None::<Id>),
+        sandboxes::lease_expires_at.eq(None::<codec::Time>),
+    )
+}
+
+/// Records `record` at `at` and reads the changed sandbox back with its ports.
+async fn recorded(
+    conn: &mut Conn,
+    id: SandboxId,
+    row: SandboxRow,
+    record: &NewEvent,
+    at: OffsetDateTime,
+) -> Tx<Sandbox> {
+    append(conn, id, record, at).await?;
+    one_with_ports(conn, row).await
+}
+
 /// Inside the caller's transaction; `specific::lock_tenant` makes the count and the insert
 /// one step for every connection, process and replica.
 pub(crate) async fn insert(
@@ -168,11 +206,9 @@ async fn insert_ports(conn: &mut Conn, id: SandboxId, ports: &[PortMapping]) -> 
         .iter()
         .map(|m| PortMappingRow::from_domain(id, m))
         .collect();
-    specific::insert_ports(conn, &rows)
-        .await
-        .map_err(unique_conflict(format!(
-            "sandbox {id}: a port mapping is duplicated or already in use"
-        )))?;
+    insert_all!(conn, port_mappings::table, &rows).map_err(unique_conflict(format!(
+        "sandbox {id}: a port mapping is duplicated or already in use"
+    )))?;
     Ok(())
 }
 
@@ -239,7 +275,7 @@ pub(crate) async fn mark_running(
     update: &RunningUpdate,
 ) -> Tx<Sandbox> {
     let event = LifecycleEvent::Start;
-    let row: Option<SandboxRow> = diesel::update(sandboxes::table.find(id_of(id)))
+    let statement = diesel::update(sandboxes::table.find(id_of(id)))
         .filter(sandboxes::status.eq_any(statuses(&lifecycle::allowed_from(event))))
         .set((
             sandboxes::status.eq(lifecycle::target(event).as_str()),
@@ -247,19 +283,12 @@ pub(crate) async fn mark_running(
             sandboxes::image.eq(&update.image),
             sandboxes::last_activity.eq(codec::time(update.at)),
             sandboxes::expires_at.eq(codec::time(update.expires_at)),
-            sandboxes::creator_instance.eq(None::<Id>),
-            sandboxes::lease_expires_at.eq(None::<codec::Time>),
+            lease_ended(),
         ))
-        .returning(SandboxRow::as_returning())
-        .get_result(conn)
-        .await
-        .optional()?;
-    let Some(row) = row else {
-        return Err(refusal(conn, id, event).await);
-    };
+        .returning(SandboxRow::as_returning());
+    let row = updated_or_refused!(conn, id, event, statement);
     set_ports(conn, id, &update.port_mappings).await?;
-    append(conn, id, &update.record, update.at).await?;
-    one_with_ports(conn, row).await
+    recorded(conn, id, row, &update.record, update.at).await
 }
 
 pub(crate) async fn transition(
@@ -270,28 +299,19 @@ pub(crate) async fn transition(
     let event = change.event;
     let to = lifecycle::target(event);
     let allowed = statuses(&lifecycle::allowed_from(event));
-    let target = sandboxes::table
-        .find(id_of(id))
-        .filter(sandboxes::status.eq_any(allowed));
     // `deleted_at` is set by a terminal status and empty while the sandbox lives.
     let deleted_at = to.is_terminal().then(|| codec::time(change.at));
-    let updated: Option<SandboxRow> = diesel::update(target)
+    let statement = diesel::update(sandboxes::table.find(id_of(id)))
+        .filter(sandboxes::status.eq_any(allowed))
         .set((
             sandboxes::status.eq(to.as_str()),
             sandboxes::status_reason.eq(&change.reason),
             sandboxes::deleted_at.eq(deleted_at),
-            sandboxes::creator_instance.eq(None::<Id>),
-            sandboxes::lease_expires_at.eq(None::<codec::Time>),
+            lease_ended(),
         ))
-        .returning(SandboxRow::as_returning())
-        .get_result(conn)
-        .await
-        .optional()?;
-    let Some(row) = updated else {
-        return Err(refusal(conn, id, event).await);
-    };
-    append(conn, id, &change.record, change.at).await?;
-    one_with_ports(conn, row).await
+        .returning(SandboxRow::as_returning());
+    let row = updated_or_refused!(conn, id, event, statement);
+    recorded(conn, id, row, &change.record, change.at).await
 }
 
 pub(crate) async fn renew_leases(
@@ -333,18 +353,18 @@ pub(crate) async fn fail_lapsed_create(
         .set((
             sandboxes::status.eq(to.as_str()),
             sandboxes::status_reason.eq(&change.reason),
-            sandboxes::creator_instance.eq(None::<Id>),
-            sandboxes::lease_expires_at.eq(None::<codec::Time>),
+            lease_ended(),
         ))
         .returning(SandboxRow::as_returning())
         .get_result(conn)
         .await
         .optional()?;
-    let Some(row) = settled else {
-        return Ok(None);
-    };
-    append(conn, id, &change.record, change.at).await?;
-    one_with_ports(conn, row).await.map(Some)
+    match settled {
+        Some(row) => recorded(conn, id, row, &change.record, change.at)
+            .await
+            .map(Some),
+        None => Ok(None),
+    }
 }
 
 pub(crate) async fn record_activity(
@@ -355,23 +375,18 @@ pub(crate) async fn record_activity(
     record: Option<&NewEvent>,
 ) -> Tx<Sandbox> {
     let event = LifecycleEvent::Activity;
-    let row: Option<SandboxRow> = diesel::update(sandboxes::table.find(id_of(id)))
+    let statement = diesel::update(sandboxes::table.find(id_of(id)))
         .filter(sandboxes::status.eq_any(statuses(&lifecycle::allowed_from(event))))
         .set((
             sandboxes::last_activity.eq(codec::time(at)),
             sandboxes::expires_at.eq(codec::time(expires_at)),
         ))
-        .returning(SandboxRow::as_returning())
-        .get_result(conn)
-        .await
-        .optional()?;
-    let Some(row) = row else {
-        return Err(refusal(conn, id, event).await);
-    };
-    if let Some(record) = record {
-        append(conn, id, record, at).await?;
+        .returning(SandboxRow::as_returning());
+    let row = updated_or_refused!(conn, id, event, statement);
+    match record {
+        Some(record) => recorded(conn, id, row, record, at).await,
+        None => one_with_ports(conn, row).await,
     }
-    one_with_ports(conn, row).await
 }
 
 /// Claims (`specific::claim_expired`, the backend's own statement of the domain's rule)
@@ -392,7 +407,7 @@ pub(crate) async fn claim_expired(conn: &mut Conn, claim: &ExpiryClaim) -> Tx<Ve
         .iter()
         .map(|sandbox| NewEventRow::new(sandbox.id, &claim.record(sandbox), claim.now))
         .collect::<Result<Vec<_>, _>>()?;
-    specific::insert_events(conn, &events).await?;
+    insert_all!(conn, sandbox_events::table, &events)?;
     Ok(claimed)
 }
 

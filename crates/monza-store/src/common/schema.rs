@@ -1,6 +1,7 @@
 //! The tables, as diesel sees them (private to the crate), written once: `IdSql`, `TimeSql`
-//! and `JsonSql` are the backend's column types (its `codec::sql`; each table is a module inside this one, hence `super::super`). Matches
-//! `migrations/sqlite` and `migrations/postgres`.
+//! and `JsonSql` are the backend's column types (its `codec::sql`; each table is a module
+//! inside this one, hence `super::super`). Matches `migrations/sqlite` and
+//! `migrations/postgres`.
 
 diesel::table! {
     use diesel::sql_types::*;

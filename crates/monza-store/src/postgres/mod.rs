@@ -16,7 +16,6 @@ mod url;
 use std::fmt;
 use std::time::Duration;
 
-use deadpool::Runtime;
 use diesel::ConnectionError;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
@@ -68,6 +67,22 @@ macro_rules! in_read {
     ($store:expr, [$($capture:tt)*], |$c:ident| $body:expr) => {
         in_statement!($store, [$($capture)*], |$c| $body)
     };
+}
+
+/// `$rows` (a slice) into `$table` in one multi-row `INSERT`, none for no rows.
+macro_rules! insert_all {
+    ($conn:ident, $table:expr, $rows:expr) => {{
+        let rows = $rows;
+        if rows.is_empty() {
+            Ok(())
+        } else {
+            diesel::insert_into($table)
+                .values(rows)
+                .execute($conn)
+                .await
+                .map(drop)
+        }
+    }};
 }
 
 #[path = "../common/queries.rs"]
@@ -253,14 +268,13 @@ impl PgSandboxRepository {
             url.expose(),
             config,
         );
-        let pool = Pool::builder(manager)
-            .max_size(options.max_connections.max(1))
-            .wait_timeout(Some(options.acquire_timeout))
-            .create_timeout(Some(options.connect_timeout))
-            .recycle_timeout(Some(options.connect_timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| Error::internal(format!("building the PostgreSQL pool: {e}")))?;
+        let pool = crate::pool::build(
+            manager,
+            options.max_connections,
+            options.acquire_timeout,
+            options.connect_timeout,
+            "PostgreSQL",
+        )?;
         Ok(Self { pool, url })
     }
 

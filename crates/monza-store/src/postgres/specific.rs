@@ -12,8 +12,8 @@ use uuid::Uuid;
 use super::Conn;
 use super::codec;
 use super::queries::statuses;
-use super::rows::{NewEventRow, PortMappingRow, SandboxRow};
-use super::schema::{port_mappings, sandbox_events, sandboxes};
+use super::rows::SandboxRow;
+use super::schema::sandboxes;
 use crate::error::Tx;
 
 /// The first key of the transaction-level advisory locks that serialize one tenant's
@@ -135,26 +135,4 @@ pub(crate) async fn touch_many(conn: &mut Conn, touches: &[Touch]) -> Tx<Vec<boo
         .iter()
         .map(|t| touched.contains(&t.id.as_uuid()))
         .collect())
-}
-
-/// Port mappings in one multi-row `INSERT`.
-pub(crate) async fn insert_ports(conn: &mut Conn, rows: &[PortMappingRow]) -> QueryResult<()> {
-    if !rows.is_empty() {
-        diesel::insert_into(port_mappings::table)
-            .values(rows)
-            .execute(conn)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Events in one multi-row `INSERT`.
-pub(crate) async fn insert_events(conn: &mut Conn, rows: &[NewEventRow]) -> QueryResult<()> {
-    if !rows.is_empty() {
-        diesel::insert_into(sandbox_events::table)
-            .values(rows)
-            .execute(conn)
-            .await?;
-    }
-    Ok(())
 }

@@ -19,7 +19,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool::Runtime;
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, ConnectionError, SqliteConnection};
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
@@ -48,17 +47,24 @@ type Store = SqliteSandboxRepository;
 /// SQLite keeps at most this many bound parameters in one statement comfortably.
 const IN_CHUNK: usize = 500;
 
-/// A `BEGIN IMMEDIATE` transaction on the writer, committed (and so durable) before it
-/// returns, rolled back on an error: all of it in one trip to a blocking thread.
-macro_rules! in_transaction {
-    ($store:expr, [$($name:ident $(= $value:expr)?),*], |$c:ident| $body:expr) => {{
+/// Runs `$body` on `$lease`'s connection through [`run`], taking along what it captures.
+macro_rules! run_on {
+    ($lease:expr, $begin:ident, [$($name:ident $(= $value:expr)?),*], |$c:ident| $body:expr) => {{
         $(let $name = owned!($name $(= $value)?);)*
-        let writer = $store.writer().await?;
-        super::run(writer, super::Begin::Immediate, async move |$c: &mut super::Conn| {
+        let lease = $lease;
+        super::run(lease, super::Begin::$begin, async move |$c: &mut super::Conn| {
             $body.await
         })
         .await
     }};
+}
+
+/// A `BEGIN IMMEDIATE` transaction on the writer, committed (and so durable) before it
+/// returns, rolled back on an error: all of it in one trip to a blocking thread.
+macro_rules! in_transaction {
+    ($store:expr, [$($capture:tt)*], |$c:ident| $body:expr) => {
+        run_on!($store.writer().await?, Immediate, [$($capture)*], |$c| $body)
+    };
 }
 
 /// A single-statement write: SQLite has one writer, so it is a transaction like any other.
@@ -71,13 +77,23 @@ macro_rules! in_statement {
 /// A read transaction (one consistent snapshot) on a reader, in one trip to a blocking
 /// thread.
 macro_rules! in_read {
-    ($store:expr, [$($name:ident $(= $value:expr)?),*], |$c:ident| $body:expr) => {{
-        $(let $name = owned!($name $(= $value)?);)*
-        let reader = $store.reader().await?;
-        super::run(reader, super::Begin::Deferred, async move |$c: &mut super::Conn| {
-            $body.await
-        })
-        .await
+    ($store:expr, [$($capture:tt)*], |$c:ident| $body:expr) => {
+        run_on!($store.reader().await?, Deferred, [$($capture)*], |$c| $body)
+    };
+}
+
+/// `$rows` (a slice) into `$table`, one `INSERT` each (diesel batches SQLite inserts only on
+/// its synchronous connection); the caller's transaction makes them one commit.
+macro_rules! insert_all {
+    ($conn:ident, $table:expr, $rows:expr) => {{
+        let mut inserted = Ok(());
+        for row in $rows {
+            if let Err(e) = diesel::insert_into($table).values(row).execute($conn).await {
+                inserted = Err(e);
+                break;
+            }
+        }
+        inserted
     }};
 }
 
@@ -305,15 +321,13 @@ impl SqliteSandboxRepository {
                     })
                 });
                 let manager = AsyncDieselConnectionManager::<Conn>::new_with_config(url, config);
-                let pool = Pool::builder(manager)
-                    .max_size(options.readers.max(1))
-                    .wait_timeout(Some(options.acquire_timeout))
-                    .create_timeout(Some(options.acquire_timeout))
-                    .recycle_timeout(Some(options.acquire_timeout))
-                    .runtime(Runtime::Tokio1)
-                    .build()
-                    .map_err(|e| Error::internal(format!("building the SQLite pool: {e}")))?;
-                Some(pool)
+                Some(crate::pool::build(
+                    manager,
+                    options.readers,
+                    options.acquire_timeout,
+                    options.acquire_timeout,
+                    "SQLite",
+                )?)
             }
         };
         Ok(Self {

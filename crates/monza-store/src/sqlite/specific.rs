@@ -13,8 +13,8 @@ use monza_domain::{ExpiryClaim, SandboxId, TenantId, Touch};
 use super::Conn;
 use super::codec;
 use super::queries::statuses;
-use super::rows::{NewEventRow, PortMappingRow, SandboxRow, id_of};
-use super::schema::{port_mappings, sandbox_events, sandboxes};
+use super::rows::{SandboxRow, id_of};
+use super::schema::sandboxes;
 use crate::error::Tx;
 
 /// The writer's transaction already serializes the count and the insert.
@@ -84,27 +84,4 @@ pub(crate) async fn touch_many(conn: &mut Conn, touches: &[Touch]) -> Tx<Vec<boo
         changed.push(rows == 1);
     }
     Ok(changed)
-}
-
-/// Port mappings, one `INSERT` each (diesel batches SQLite inserts only on its synchronous
-/// connection); the caller's transaction makes them one commit.
-pub(crate) async fn insert_ports(conn: &mut Conn, rows: &[PortMappingRow]) -> QueryResult<()> {
-    for row in rows {
-        diesel::insert_into(port_mappings::table)
-            .values(row)
-            .execute(conn)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Events, one `INSERT` each, in the caller's transaction.
-pub(crate) async fn insert_events(conn: &mut Conn, rows: &[NewEventRow]) -> QueryResult<()> {
-    for row in rows {
-        diesel::insert_into(sandbox_events::table)
-            .values(row)
-            .execute(conn)
-            .await?;
-    }
-    Ok(())
 }
