@@ -137,32 +137,31 @@ impl SandboxService {
 
         let mut given_up: HashSet<SandboxId> = HashSet::new();
         for sandbox in &creating {
-            if lifecycle::lease_lapsed(sandbox, now) {
-                match self.settle_lapsed(sandbox, now).await {
-                    Ok(true) => {
-                        report.lease_lapsed += 1;
-                        given_up.insert(sandbox.id);
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        report.failures += 1;
-                        tracing::warn!(sandbox_id = %sandbox.id, error = %e, "could not settle a create whose lease lapsed");
-                    }
-                }
+            // A lapsed lease settles the create at once; without one, only its timeout does.
+            let (settled, count, failure) = if lifecycle::lease_lapsed(sandbox, now) {
+                (
+                    self.settle_lapsed(sandbox, now).await,
+                    &mut report.lease_lapsed,
+                    "could not settle a create whose lease lapsed",
+                )
+            } else if lifecycle::create_timed_out(sandbox, now, self.config.create_timeout) {
+                (
+                    self.give_up_creating(sandbox.id).await,
+                    &mut report.stale_creating,
+                    "could not fail a sandbox stuck in creating",
+                )
+            } else {
                 continue;
-            }
-            if !lifecycle::create_timed_out(sandbox, now, self.config.create_timeout) {
-                continue;
-            }
-            match self.give_up_creating(sandbox.id).await {
+            };
+            match settled {
                 Ok(true) => {
-                    report.stale_creating += 1;
+                    *count += 1;
                     given_up.insert(sandbox.id);
                 }
                 Ok(false) => {}
                 Err(e) => {
                     report.failures += 1;
-                    tracing::warn!(sandbox_id = %sandbox.id, error = %e, "could not fail a sandbox stuck in creating");
+                    tracing::warn!(sandbox_id = %sandbox.id, error = %e, "{failure}");
                 }
             }
         }
