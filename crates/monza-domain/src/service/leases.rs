@@ -28,7 +28,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::SandboxService;
-use super::reconcile::only;
+use super::reconcile::{SETTLE_FAILED, only, settled_now};
 use crate::error::Result;
 use crate::lifecycle::{self, LifecycleEvent};
 use crate::ports::StatusChange;
@@ -150,15 +150,9 @@ impl SandboxService {
         let mut report = LeaseReport::default();
         let mut settled = HashSet::new();
         for sandbox in rows.iter().filter(|s| lifecycle::lease_lapsed(s, now)) {
-            match self.settle_lapsed(sandbox, now).await {
-                Ok(true) => {
-                    settled.insert(sandbox.id);
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    report.failures += 1;
-                    tracing::warn!(sandbox_id = %sandbox.id, error = %e, "could not settle a create whose lease lapsed");
-                }
+            let result = self.settle_lapsed(sandbox, now).await;
+            if settled_now(result, sandbox.id, &mut report.failures, SETTLE_FAILED) {
+                settled.insert(sandbox.id);
             }
         }
         report.settled = settled.len();

@@ -142,7 +142,7 @@ impl SandboxService {
                 (
                     self.settle_lapsed(sandbox, now).await,
                     &mut report.lease_lapsed,
-                    "could not settle a create whose lease lapsed",
+                    SETTLE_FAILED,
                 )
             } else if lifecycle::create_timed_out(sandbox, now, self.config.create_timeout) {
                 (
@@ -153,16 +153,9 @@ impl SandboxService {
             } else {
                 continue;
             };
-            match settled {
-                Ok(true) => {
-                    *count += 1;
-                    given_up.insert(sandbox.id);
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    report.failures += 1;
-                    tracing::warn!(sandbox_id = %sandbox.id, error = %e, "{failure}");
-                }
+            if settled_now(settled, sandbox.id, &mut report.failures, failure) {
+                *count += 1;
+                given_up.insert(sandbox.id);
             }
         }
 
@@ -407,4 +400,22 @@ impl SandboxService {
             .err()
             .unwrap_or(error)
     }
+}
+
+/// What a failed settle of a lapsed lease is logged as.
+pub(super) const SETTLE_FAILED: &str = "could not settle a create whose lease lapsed";
+
+/// Whether a settle attempt for `sandbox` changed it; a failure is counted in `failures` and
+/// logged as `failure` (the next pass retries it).
+pub(super) fn settled_now(
+    result: Result<bool>,
+    sandbox: SandboxId,
+    failures: &mut usize,
+    failure: &str,
+) -> bool {
+    result.unwrap_or_else(|e| {
+        *failures += 1;
+        tracing::warn!(sandbox_id = %sandbox, error = %e, "{failure}");
+        false
+    })
 }
