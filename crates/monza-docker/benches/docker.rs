@@ -26,9 +26,10 @@ use docker_api::opts::{
 };
 use futures::StreamExt;
 use monza_docker::{DockerRuntime, DockerSettings, SANDBOX_CAPABILITIES};
+use monza_domain::testing::fixtures;
 use monza_domain::{
-    Command, ContainerRuntime, ContainerSpec, ExecRequest, ImageSource, RunOptions, SandboxId,
-    Template, TemplateName, TenantId, UploadFile,
+    Command, ContainerRuntime, ContainerSpec, ExecRequest, RunOptions, SandboxId, Template,
+    TenantId, UploadFile,
 };
 
 const IMAGE: &str = "monza-test/busybox:latest";
@@ -243,23 +244,12 @@ fn spec() -> ContainerSpec {
         sandbox_id: SandboxId::new_random(),
         tenant: TenantId::default_tenant(),
         template: Template {
-            name: TemplateName::new("bench").unwrap(),
-            image: ImageSource::Image(IMAGE.into()),
             container_env: BTreeMap::from([("A".into(), "1".into())]),
-            remote_env: BTreeMap::new(),
-            container_user: None,
-            remote_user: None,
-            workspace_folder: "/workspace".into(),
-            forward_ports: vec![8080],
-            override_command: true,
-            lifecycle_commands: vec![],
-            mounts: vec![],
             run_options: RunOptions {
                 labels: BTreeMap::from([("monza.bench".into(), "true".into())]),
                 ..RunOptions::default()
             },
-            config: serde_json::json!({}),
-            warnings: vec![],
+            ..fixtures::template("bench", IMAGE)
         },
     }
 }

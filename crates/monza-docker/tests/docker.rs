@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use monza_docker::{DockerRuntime, DockerSettings, SANDBOX_CAPABILITIES};
-use monza_domain::testing::require;
+use monza_domain::testing::{fixtures, require};
 use monza_domain::{
     BuildSpec, Command, ContainerRuntime, ContainerSpec, Error, ExecOutput, ExecRequest,
-    ImageSource, Mount, RunOptions, SandboxId, Template, TemplateName, TenantId, UploadFile,
+    ImageSource, Mount, RunOptions, SandboxId, Template, TenantId, UploadFile,
 };
 use serde_json::json;
 
@@ -34,23 +34,14 @@ async fn runtime() -> Option<DockerRuntime> {
 
 fn template(image: ImageSource) -> Template {
     Template {
-        name: TemplateName::new("docker-adapter-test").unwrap(),
         image,
         container_env: BTreeMap::from([("GREETING".into(), "hello sandbox".into())]),
-        remote_env: BTreeMap::new(),
-        container_user: None,
-        remote_user: None,
-        workspace_folder: "/workspace".into(),
         forward_ports: vec![],
-        override_command: true,
-        lifecycle_commands: vec![],
-        mounts: vec![],
         run_options: RunOptions {
             labels: BTreeMap::from([(TEST_LABEL.into(), "docker-adapter".into())]),
             ..RunOptions::default()
         },
-        config: serde_json::json!({}),
-        warnings: vec![],
+        ..fixtures::template("docker-adapter-test", IMAGE)
     }
 }
 
