@@ -242,18 +242,14 @@ fn normalize(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use monza_domain::testing::fixtures::template;
-    use monza_domain::{SandboxId, Template, TenantId};
+    use monza_domain::Template;
+    use monza_domain::testing::fixtures::{container_spec, template};
 
     fn spec() -> ContainerSpec {
-        ContainerSpec {
-            sandbox_id: SandboxId::new_random(),
-            tenant: TenantId::default_tenant(),
-            template: Template {
-                container_env: BTreeMap::from([("A".into(), "1".into())]),
-                ..template("base", "busybox")
-            },
-        }
+        container_spec(Template {
+            container_env: BTreeMap::from([("A".into(), "1".into())]),
+            ..template("base", "busybox")
+        })
     }
 
     fn sockets() -> Vec<PathBuf> {

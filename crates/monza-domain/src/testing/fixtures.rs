@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use crate::sandbox::TemplateName;
+use crate::runtime::ContainerSpec;
+use crate::sandbox::{SandboxId, TemplateName, TenantId};
 use crate::template::{ImageSource, RunOptions, Template};
 
 /// An image template as most tests want one: `image` by name, no environment, users,
@@ -30,4 +31,26 @@ pub fn template(name: &str, image: &str) -> Template {
         config: json!({ "image": image }),
         warnings: Vec::new(),
     }
+}
+
+/// What a container runtime is asked to create for a new sandbox of the default tenant.
+pub fn container_spec(template: Template) -> ContainerSpec {
+    ContainerSpec {
+        sandbox_id: SandboxId::new_random(),
+        tenant: TenantId::default_tenant(),
+        template,
+    }
+}
+
+/// `len` bytes that do not compress to nothing (xorshift), the same for the same `seed`.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
 }
