@@ -40,6 +40,14 @@ mod tests {
 
     use super::*;
 
+    /// The message of the error that says `text` is malformed.
+    fn malformed(text: &str) -> String {
+        match parse(text) {
+            Err(ParseError::Malformed { message }) => message,
+            other => panic!("expected malformed, got {other:?}"),
+        }
+    }
+
     #[test]
     fn plain_json_parses() {
         assert_eq!(parse(r#"{"a": [1, 2]}"#).unwrap(), json!({"a": [1, 2]}));
@@ -92,19 +100,13 @@ mod tests {
 
     #[test]
     fn unterminated_block_comment_is_malformed_with_its_line() {
-        let err = parse("{\n\"a\": 1 /* never closed\n}").unwrap_err();
-        let ParseError::Malformed { message } = err else {
-            panic!("expected malformed, got {err:?}");
-        };
+        let message = malformed("{\n\"a\": 1 /* never closed\n}");
         assert!(message.contains("line 2"), "{message}");
     }
 
     #[test]
     fn syntax_errors_report_the_original_line() {
-        let err = parse("{\n  // comment\n  /* a\n  b */\n  \"a\": 1\n  \"b\": 2\n}").unwrap_err();
-        let ParseError::Malformed { message } = err else {
-            panic!("expected malformed, got {err:?}");
-        };
+        let message = malformed("{\n  // comment\n  /* a\n  b */\n  \"a\": 1\n  \"b\": 2\n}");
         // The comma is missing at the end of line 5, where `"a": 1` ends.
         assert!(message.contains("line 5"), "{message}");
     }

@@ -343,25 +343,25 @@ mod tests {
         }
     }
 
+    /// The mount a test expects.
+    fn mount_of(kind: &str, source: Option<&str>, target: &str, read_only: bool) -> Mount {
+        Mount {
+            kind: kind.into(),
+            source: source.map(Into::into),
+            target: target.into(),
+            read_only,
+        }
+    }
+
     #[test]
     fn mount_strings() {
         assert_eq!(
             mount_string("type=bind,source=/src,target=/dst,readonly", &f()).unwrap(),
-            Mount {
-                kind: "bind".into(),
-                source: Some("/src".into()),
-                target: "/dst".into(),
-                read_only: true
-            }
+            mount_of("bind", Some("/src"), "/dst", true)
         );
         assert_eq!(
             mount_string("src=cache, dst=/cache, consistency=cached", &f()).unwrap(),
-            Mount {
-                kind: "volume".into(),
-                source: Some("cache".into()),
-                target: "/cache".into(),
-                read_only: false
-            }
+            mount_of("volume", Some("cache"), "/cache", false)
         );
         assert!(mount_string("type=bind,target=/x", &f()).is_err());
         assert!(mount_string("type=volume,source=x", &f()).is_err());
@@ -374,12 +374,7 @@ mod tests {
     fn mount_objects() {
         assert_eq!(
             mount(&json!({"type": "volume", "target": "/home/x"}), &f()).unwrap(),
-            Mount {
-                kind: "volume".into(),
-                source: None,
-                target: "/home/x".into(),
-                read_only: false
-            }
+            mount_of("volume", None, "/home/x", false)
         );
         assert!(
             mount(

@@ -12,6 +12,9 @@ use monza_devcontainer::{
 use monza_domain::{Error, ImageSource, TemplateCatalog, TemplateName};
 use tempfile::TempDir;
 
+mod support;
+use support::hook_labels;
+
 fn write(path: &Path, text: &str) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     fs::write(path, text).unwrap();
@@ -19,6 +22,21 @@ fn write(path: &Path, text: &str) {
 
 fn name(text: &str) -> TemplateName {
     TemplateName::new(text).unwrap()
+}
+
+/// A catalog with one template, its devcontainer.json at `config` (relative).
+fn one_template(config: &str, text: &str) -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join(config), text);
+    dir
+}
+
+/// The lines `check_dir` reports for `dir`, as text.
+fn check_lines(dir: &Path) -> Vec<String> {
+    check_dir(dir, false)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 /// A catalog with one template at each of the three locations.
@@ -206,9 +224,8 @@ async fn a_changed_file_is_picked_up_without_restart() {
 
 #[tokio::test]
 async fn template_options_fill_placeholders_and_their_changes_are_picked_up() {
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        &dir.path().join("py/.devcontainer/devcontainer.json"),
+    let dir = one_template(
+        "py/.devcontainer/devcontainer.json",
         r#"{"image": "python:${templateOption:imageVariant}"}"#,
     );
     let options = dir.path().join("py/devcontainer-template.json");
@@ -240,9 +257,8 @@ async fn template_options_fill_placeholders_and_their_changes_are_picked_up() {
 
 #[tokio::test]
 async fn unsafe_templates_resolve_only_when_allowed() {
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        &dir.path().join("priv/devcontainer.json"),
+    let dir = one_template(
+        "priv/devcontainer.json",
         r#"{"image": "a", "privileged": true}"#,
     );
     let err = DirTemplateCatalog::new(dir.path(), false)
@@ -260,9 +276,8 @@ async fn unsafe_templates_resolve_only_when_allowed() {
 
 #[tokio::test]
 async fn compose_templates_are_invalid_input_saying_compose_is_unsupported() {
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        &dir.path().join("compose/devcontainer.json"),
+    let dir = one_template(
+        "compose/devcontainer.json",
         r#"{"dockerComposeFile": "c.yml", "service": "app"}"#,
     );
     let err = DirTemplateCatalog::new(dir.path(), true)
@@ -278,9 +293,8 @@ async fn compose_templates_are_invalid_input_saying_compose_is_unsupported() {
 
 #[tokio::test]
 async fn build_templates_get_an_absolute_context_and_a_checked_dockerfile() {
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        &dir.path().join("built/.devcontainer/devcontainer.json"),
+    let dir = one_template(
+        "built/.devcontainer/devcontainer.json",
         r#"{"build": {"dockerfile": "Dockerfile", "context": ".."}}"#,
     );
     let catalog = DirTemplateCatalog::new(dir.path(), false);
@@ -368,10 +382,7 @@ fn check_dir_reports_one_line_per_template() {
         &dir.path().join("priv/devcontainer.json"),
         r#"{"image": "a", "capAdd": ["ALL"]}"#,
     );
-    let lines: Vec<String> = check_dir(dir.path(), false)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let lines = check_lines(dir.path());
     assert_eq!(lines.len(), 9, "{lines:#?}");
     assert!(
         lines[0]
@@ -436,10 +447,7 @@ fn check_dir_without_errors_and_on_bad_directories() {
 #[test]
 fn shipped_templates_pass_the_check() {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../devcontainers");
-    let lines: Vec<String> = check_dir(&shipped, false)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let lines = check_lines(&shipped);
     assert_eq!(
         lines,
         [
@@ -454,10 +462,7 @@ fn shipped_templates_pass_the_check() {
 /// The test templates other crates use against a real engine stay valid.
 #[test]
 fn test_templates_pass_the_check() {
-    let lines: Vec<String> = check_dir(test_templates_dir(), false)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let lines = check_lines(test_templates_dir());
     assert_eq!(
         lines,
         [
@@ -477,13 +482,8 @@ async fn test_templates_have_what_their_names_promise() {
     let ports = catalog.resolve(&name("busybox-ports")).await.unwrap();
     assert_eq!(ports.forward_ports, vec![8080]);
     let hooks = catalog.resolve(&name("busybox-hooks")).await.unwrap();
-    let labels: Vec<&str> = hooks
-        .lifecycle_commands
-        .iter()
-        .map(|c| c.label.as_str())
-        .collect();
     assert_eq!(
-        labels,
+        hook_labels(&hooks),
         [
             "onCreateCommand",
             "postCreateCommand:a",

@@ -11,6 +11,9 @@ use monza_domain::{
 };
 use serde_json::json;
 
+mod support;
+use support::hook_labels;
+
 const DIR: &str = "/srv/templates/t";
 
 fn template_with(text: &str, allow_unsafe: bool) -> Result<Template, ParseError> {
@@ -153,13 +156,8 @@ fn lifecycle_commands_in_hook_order_whatever_the_document_order() {
             "postAttachCommand": "echo attach"
         }"#,
     );
-    let labels: Vec<&str> = t
-        .lifecycle_commands
-        .iter()
-        .map(|c| c.label.as_str())
-        .collect();
     assert_eq!(
-        labels,
+        hook_labels(&t),
         [
             "onCreateCommand",
             "updateContentCommand",

@@ -24,11 +24,13 @@ use docker_api::Docker;
 use docker_api::opts::{
     ContainerCreateOpts, ContainerRemoveOpts, ExecCreateOpts, ExecStartOpts, PublishPort,
 };
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use monza_docker::{DockerRuntime, DockerSettings, SANDBOX_CAPABILITIES};
+use monza_domain::testing::fixtures::{self, random_bytes};
+use monza_domain::testing::in_ci;
 use monza_domain::{
-    Command, ContainerRuntime, ContainerSpec, ExecRequest, ImageSource, RunOptions, SandboxId,
-    Template, TemplateName, TenantId, UploadFile,
+    Command, ContainerRuntime, ContainerSpec, ExecRequest, RunOptions, SandboxId, Template,
+    UploadFile,
 };
 
 const IMAGE: &str = "monza-test/busybox:latest";
@@ -73,7 +75,7 @@ async fn run(plan: Plan, quick: bool) {
             "!!! SKIPPED: Docker engine at {} is unavailable ({e})",
             settings.host
         );
-        if monza_domain_ci() {
+        if in_ci() {
             std::process::exit(1);
         }
         return;
@@ -152,81 +154,90 @@ async fn run(plan: Plan, quick: bool) {
         .cycle()
         .take(COPY_BYTES as usize)
         .collect();
-    let (mut a_in, mut b_in, mut a_out, mut b_out) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut rss_a_in, mut rss_b_in, mut rss_a_out, mut rss_b_out) = (0u64, 0u64, 0u64, 0u64);
+    let [mut a_in, mut b_in, mut a_out, mut b_out]: [Copies; 4] = Default::default();
     for i in 0..plan.copy {
         for adapter_turn in order(i) {
             if adapter_turn {
-                let base = reset_peak();
-                let started = Instant::now();
-                adapter
-                    .upload(&id, "/workspace", upload(&pattern))
-                    .await
-                    .unwrap();
-                a_in.push(started.elapsed());
-                rss_a_in = rss_a_in.max(peak().saturating_sub(base));
-
-                let base = reset_peak();
-                let started = Instant::now();
-                let download = adapter.download(&id, "/workspace/bench.bin").await.unwrap();
-                let mut n = 0u64;
-                let mut content = download.content;
-                while let Some(chunk) = content.next().await {
-                    n += chunk.unwrap().len() as u64;
-                }
-                assert_eq!(n, COPY_BYTES);
-                a_out.push(started.elapsed());
-                rss_a_out = rss_a_out.max(peak().saturating_sub(base));
+                a_in.measure(async {
+                    adapter
+                        .upload(&id, "/workspace", upload(&pattern))
+                        .await
+                        .unwrap();
+                })
+                .await;
+                a_out
+                    .measure(async {
+                        let download = adapter.download(&id, "/workspace/bench.bin").await;
+                        assert_eq!(byte_count(download.unwrap().content).await, COPY_BYTES);
+                    })
+                    .await;
             } else {
                 let container = docker.containers().get(&id);
-                let base = reset_peak();
-                let started = Instant::now();
-                container
-                    .copy_file_into("/workspace/raw.bin", &whole)
-                    .await
-                    .unwrap();
-                b_in.push(started.elapsed());
-                rss_b_in = rss_b_in.max(peak().saturating_sub(base));
-
-                let base = reset_peak();
-                let started = Instant::now();
-                let mut stream = std::pin::pin!(container.copy_from("/workspace/raw.bin"));
-                let mut n = 0u64;
-                while let Some(chunk) = stream.next().await {
-                    n += chunk.unwrap().len() as u64;
-                }
-                assert!(n >= COPY_BYTES);
-                b_out.push(started.elapsed());
-                rss_b_out = rss_b_out.max(peak().saturating_sub(base));
+                b_in.measure(async {
+                    container
+                        .copy_file_into("/workspace/raw.bin", &whole)
+                        .await
+                        .unwrap();
+                })
+                .await;
+                b_out
+                    .measure(async {
+                        let tar = container.copy_from("/workspace/raw.bin");
+                        assert!(byte_count(tar).await >= COPY_BYTES);
+                    })
+                    .await;
             }
         }
     }
     adapter.remove(&id).await.unwrap();
-    row("copy in 100 MiB", &a_in, &b_in);
-    row("copy out 100 MiB", &a_out, &b_out);
+    row("copy in 100 MiB", &a_in.times, &b_in.times);
+    row("copy out 100 MiB", &a_out.times, &b_out.times);
     println!();
     println!(
         "| copy | adapter MiB/s (median) | raw MiB/s (median) | adapter/raw throughput | adapter peak RSS growth | raw peak RSS growth |"
     );
     println!("|---|---|---|---|---|---|");
-    for (name, a, b, ra, rb) in [
-        ("in", &a_in, &b_in, rss_a_in, rss_b_in),
-        ("out", &a_out, &b_out, rss_a_out, rss_b_out),
-    ] {
-        let ta = throughput(median(a));
-        let tb = throughput(median(b));
+    for (name, a, b) in [("in", &a_in, &b_in), ("out", &a_out, &b_out)] {
+        let ta = throughput(median(&a.times));
+        let tb = throughput(median(&b.times));
         println!(
             "| {name} | {ta:.0} | {tb:.0} | {:.0} % | {:.1} MiB | {:.1} MiB |",
             100.0 * ta / tb,
-            mib(ra),
-            mib(rb)
+            mib(a.rss_growth),
+            mib(b.rss_growth)
         );
     }
 }
 
-fn monza_domain_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+/// One side's copies in one direction: how long each took, and the largest growth of this
+/// process's peak RSS during one.
+#[derive(Default)]
+struct Copies {
+    times: Vec<Duration>,
+    rss_growth: u64,
+}
+
+impl Copies {
+    /// Runs one copy, timing it and measuring how much the peak RSS grows meanwhile.
+    async fn measure(&mut self, copy: impl Future<Output = ()>) {
+        let base = reset_peak();
+        let started = Instant::now();
+        copy.await;
+        self.times.push(started.elapsed());
+        self.rss_growth = self.rss_growth.max(peak().saturating_sub(base));
+    }
+}
+
+/// Reads a stream of chunks to its end; how many bytes it gave.
+async fn byte_count<C: AsRef<[u8]>, E: std::fmt::Debug>(
+    chunks: impl Stream<Item = Result<C, E>>,
+) -> u64 {
+    let mut chunks = std::pin::pin!(chunks);
+    let mut n = 0u64;
+    while let Some(chunk) = chunks.next().await {
+        n += chunk.unwrap().as_ref().len() as u64;
+    }
+    n
 }
 
 /// Adapter first on even iterations, raw first on odd ones.
@@ -239,29 +250,14 @@ fn order(i: usize) -> [bool; 2] {
 }
 
 fn spec() -> ContainerSpec {
-    ContainerSpec {
-        sandbox_id: SandboxId::new_random(),
-        tenant: TenantId::default_tenant(),
-        template: Template {
-            name: TemplateName::new("bench").unwrap(),
-            image: ImageSource::Image(IMAGE.into()),
-            container_env: BTreeMap::from([("A".into(), "1".into())]),
-            remote_env: BTreeMap::new(),
-            container_user: None,
-            remote_user: None,
-            workspace_folder: "/workspace".into(),
-            forward_ports: vec![8080],
-            override_command: true,
-            lifecycle_commands: vec![],
-            mounts: vec![],
-            run_options: RunOptions {
-                labels: BTreeMap::from([("monza.bench".into(), "true".into())]),
-                ..RunOptions::default()
-            },
-            config: serde_json::json!({}),
-            warnings: vec![],
+    fixtures::container_spec(Template {
+        container_env: BTreeMap::from([("A".into(), "1".into())]),
+        run_options: RunOptions {
+            labels: BTreeMap::from([("monza.bench".into(), "true".into())]),
+            ..RunOptions::default()
         },
-    }
+        ..fixtures::template("bench", IMAGE)
+    })
 }
 
 /// The same container through docker-api's builder, as far as it goes, then start and
@@ -334,18 +330,6 @@ fn upload(pattern: &Bytes) -> UploadFile {
         size: COPY_BYTES,
         content: futures::stream::iter(chunks).boxed(),
     }
-}
-
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 fn status_kib(field: &str) -> u64 {

@@ -242,29 +242,14 @@ fn normalize(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use monza_domain::{ImageSource, RunOptions, SandboxId, Template, TemplateName, TenantId};
+    use monza_domain::Template;
+    use monza_domain::testing::fixtures::{container_spec, template};
 
     fn spec() -> ContainerSpec {
-        ContainerSpec {
-            sandbox_id: SandboxId::new_random(),
-            tenant: TenantId::default_tenant(),
-            template: Template {
-                name: TemplateName::new("base").unwrap(),
-                image: ImageSource::Image("busybox".into()),
-                container_env: BTreeMap::from([("A".into(), "1".into())]),
-                remote_env: BTreeMap::new(),
-                container_user: None,
-                remote_user: None,
-                workspace_folder: "/workspace".into(),
-                forward_ports: vec![8080],
-                override_command: true,
-                lifecycle_commands: vec![],
-                mounts: vec![],
-                run_options: RunOptions::default(),
-                config: json!({}),
-                warnings: vec![],
-            },
-        }
+        container_spec(Template {
+            container_env: BTreeMap::from([("A".into(), "1".into())]),
+            ..template("base", "busybox")
+        })
     }
 
     fn sockets() -> Vec<PathBuf> {

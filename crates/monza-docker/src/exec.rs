@@ -324,6 +324,14 @@ fn text(bytes: Vec<u8>) -> String {
 mod tests {
     use super::*;
 
+    /// A collector keeping `cap` bytes a buffer that has already read the wrapper's pid line.
+    fn past_the_marker(cap: usize) -> Collector {
+        let mut c = Collector::new(cap);
+        c.stderr(b"__monza_exec_pid=7\n");
+        assert_eq!(c.pid, Some(7));
+        c
+    }
+
     #[test]
     fn marker_is_stripped_even_when_split_across_chunks() {
         let mut c = Collector::new(100);
@@ -352,8 +360,7 @@ mod tests {
 
     #[test]
     fn one_stream_alone_is_kept_once_and_copied_at_the_end() {
-        let mut c = Collector::new(8);
-        c.stderr(b"__monza_exec_pid=7\n");
+        let mut c = past_the_marker(8);
         c.stdout(b"abcdefghij");
         assert!(c.split.is_none(), "a lone stream has no buffer of its own");
         assert_eq!(c.output.buf.len(), 8);
@@ -366,8 +373,7 @@ mod tests {
 
     #[test]
     fn a_second_stream_starts_with_the_first_ones_output_so_far() {
-        let mut c = Collector::new(100);
-        c.stderr(b"__monza_exec_pid=7\n");
+        let mut c = past_the_marker(100);
         c.stderr(b"e1 ");
         c.stdout(b"o1 ");
         c.stderr(b"e2");
@@ -380,8 +386,7 @@ mod tests {
 
     #[test]
     fn invalid_utf8_becomes_replacement_characters() {
-        let mut c = Collector::new(100);
-        c.stderr(b"__monza_exec_pid=7\n");
+        let mut c = past_the_marker(100);
         c.stdout(b"a\xffb");
         let out = c.finish(0, false, Duration::ZERO);
         assert_eq!(out.output, "a\u{fffd}b");
@@ -390,8 +395,7 @@ mod tests {
 
     #[test]
     fn each_buffer_is_capped_and_flags_truncation() {
-        let mut c = Collector::new(4);
-        c.stderr(b"__monza_exec_pid=7\n");
+        let mut c = past_the_marker(4);
         c.stdout(b"abc");
         c.stderr(b"xyz");
         c.stdout(&[b'a'; 1000]);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
-use hyper::{Body, Method};
+use hyper::{Body, Method, Response};
 use monza_domain::{ByteStream, Error, FileDownload, FileStat, Result, UploadFile};
 
 use crate::engine::query_value;
@@ -157,6 +157,15 @@ impl DockerRuntime {
         })
     }
 
+    /// A request without a body (`HEAD`, `GET`) to `endpoint`, within the request timeout.
+    async fn bodyless(&self, method: Method, endpoint: &str) -> Result<Response<Body>, Failure> {
+        bounded(
+            self.settings.request_timeout,
+            self.raw.send(method, endpoint, None, Body::empty()),
+        )
+        .await
+    }
+
     async fn path_stat(&self, container_id: &str, path: &str) -> Result<PathStat> {
         let what = format!("{path} in container {container_id}");
         let endpoint = format!(
@@ -164,12 +173,7 @@ impl DockerRuntime {
             query_value(container_id),
             query_value(path)
         );
-        let head = bounded(
-            self.settings.request_timeout,
-            self.raw.send(Method::HEAD, &endpoint, None, Body::empty()),
-        )
-        .await;
-        let response = match head {
+        let response = match self.bodyless(Method::HEAD, &endpoint).await {
             Ok(response) => response,
             // A HEAD answer has no body: say what is missing ourselves.
             Err(Failure::Status { code: 404, .. }) => {
@@ -180,12 +184,7 @@ impl DockerRuntime {
             }
             // Any other refusal: ask again with GET, whose answer says why.
             Err(Failure::Status { .. }) => {
-                let get = bounded(
-                    self.settings.request_timeout,
-                    self.raw.send(Method::GET, &endpoint, None, Body::empty()),
-                )
-                .await;
-                let failure = match get {
+                let failure = match self.bodyless(Method::GET, &endpoint).await {
                     Err(f) => f,
                     Ok(_) => Failure::Other("HEAD failed where GET did not".into()),
                 };
@@ -242,12 +241,7 @@ impl DockerRuntime {
             query_value(container_id),
             query_value(&target)
         );
-        let response = bounded(
-            self.settings.request_timeout,
-            self.raw.send(Method::GET, &endpoint, None, Body::empty()),
-        )
-        .await
-        .map_err(|f| {
+        let response = self.bodyless(Method::GET, &endpoint).await.map_err(|f| {
             path_refusal(&f, path).unwrap_or_else(|| f.into_domain(&self.settings.host, &what))
         })?;
         let mut reader = TarReader::new(response.into_body(), self.settings.transfer_timeout);

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use monza_docker::{DockerRuntime, DockerSettings, SANDBOX_CAPABILITIES};
+use monza_domain::testing::fixtures::{self, random_bytes};
 use monza_domain::testing::require;
 use monza_domain::{
     BuildSpec, Command, ContainerRuntime, ContainerSpec, Error, ExecOutput, ExecRequest,
-    ImageSource, Mount, RunOptions, SandboxId, Template, TemplateName, TenantId, UploadFile,
+    ImageSource, Mount, RunOptions, SandboxId, Template, TenantId, UploadFile,
 };
 use serde_json::json;
 
@@ -32,25 +33,16 @@ async fn runtime() -> Option<DockerRuntime> {
     Some(runtime)
 }
 
-fn template(image: ImageSource) -> Template {
+/// The test image's template; `Template { image, ..template() }` for another image or a build.
+fn template() -> Template {
     Template {
-        name: TemplateName::new("docker-adapter-test").unwrap(),
-        image,
         container_env: BTreeMap::from([("GREETING".into(), "hello sandbox".into())]),
-        remote_env: BTreeMap::new(),
-        container_user: None,
-        remote_user: None,
-        workspace_folder: "/workspace".into(),
         forward_ports: vec![],
-        override_command: true,
-        lifecycle_commands: vec![],
-        mounts: vec![],
         run_options: RunOptions {
             labels: BTreeMap::from([(TEST_LABEL.into(), "docker-adapter".into())]),
             ..RunOptions::default()
         },
-        config: serde_json::json!({}),
-        warnings: vec![],
+        ..fixtures::template("docker-adapter-test", IMAGE)
     }
 }
 
@@ -155,24 +147,12 @@ fn peak_rss() -> u64 {
     kib * 1024
 }
 
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_started_sandbox_has_its_env_labels_ports_limits_and_hardening() {
     let Some(runtime) = runtime().await else {
         return;
     };
-    let mut t = template(ImageSource::Image(IMAGE.into()));
+    let mut t = template();
     t.forward_ports = vec![8080, 9090];
     let spec = spec(t);
     let created = runtime.create(&spec).await.unwrap();
@@ -302,7 +282,7 @@ async fn run_options_lower_limits_and_apply_init_hostname_shm_and_extra_caps() {
     let Some(runtime) = runtime().await else {
         return;
     };
-    let mut t = template(ImageSource::Image(IMAGE.into()));
+    let mut t = template();
     t.run_options.cpus = Some(0.5);
     t.run_options.memory_bytes = Some(256 * 1024 * 1024);
     t.run_options.init = true;
@@ -334,7 +314,7 @@ async fn exec_reports_exit_codes_and_keeps_streams_apart_and_in_order() {
     let Some(runtime) = runtime().await else {
         return;
     };
-    let sandbox = Sandbox::started(&runtime, template(ImageSource::Image(IMAGE.into()))).await;
+    let sandbox = Sandbox::started(&runtime, template()).await;
 
     let out = sandbox
         .sh("echo out1; sleep 0.2; echo err1 >&2; sleep 0.2; echo out2; exit 3")
@@ -382,7 +362,7 @@ async fn exec_output_is_capped_with_bounded_memory() {
     let Some(runtime) = runtime().await else {
         return;
     };
-    let sandbox = Sandbox::started(&runtime, template(ImageSource::Image(IMAGE.into()))).await;
+    let sandbox = Sandbox::started(&runtime, template()).await;
     let before = peak_rss();
     let request = ExecRequest {
         max_output_bytes: 1000,
@@ -406,7 +386,7 @@ async fn exec_timeout_kills_the_command_and_its_children() {
     let Some(runtime) = runtime().await else {
         return;
     };
-    let sandbox = Sandbox::started(&runtime, template(ImageSource::Image(IMAGE.into()))).await;
+    let sandbox = Sandbox::started(&runtime, template()).await;
     let request = ExecRequest {
         timeout: Some(Duration::from_secs(1)),
         ..shell("echo started; sleep 30 & sleep 31; echo never")
@@ -439,7 +419,7 @@ async fn files_go_in_and_out_byte_for_byte() {
     let Some(runtime) = runtime().await else {
         return;
     };
-    let sandbox = Sandbox::started(&runtime, template(ImageSource::Image(IMAGE.into()))).await;
+    let sandbox = Sandbox::started(&runtime, template()).await;
     let data = random_bytes(5 * 1024 * 1024 + 123, 42);
     let chunks: Vec<Result<Bytes, Error>> = data
         .chunks(64 * 1024)
@@ -534,7 +514,7 @@ async fn managed_containers_are_listed_and_removal_is_idempotent() {
     let Some(runtime) = runtime().await else {
         return;
     };
-    let spec = spec(template(ImageSource::Image(IMAGE.into())));
+    let spec = spec(template());
     let sandbox = Sandbox::create(&runtime, &spec).await;
     let listed = runtime.list_managed().await.unwrap();
     let mine = listed.iter().find(|c| c.id == sandbox.id).expect("listed");
@@ -576,7 +556,10 @@ async fn an_unknown_image_fails_fast_naming_it() {
     );
     let started = Instant::now();
     let result = runtime
-        .create(&spec(template(ImageSource::Image(name.clone()))))
+        .create(&spec(Template {
+            image: ImageSource::Image(name.clone()),
+            ..template()
+        }))
         .await;
     let err = result.expect_err("an image that is nowhere cannot be used");
     eprintln!("unknown image: {err}");
@@ -593,7 +576,7 @@ async fn a_socket_mount_is_refused_even_when_unsafe_options_are_allowed() {
     let Some(runtime) = runtime().await else {
         return;
     };
-    let mut t = template(ImageSource::Image(IMAGE.into()));
+    let mut t = template();
     t.run_options.privileged = true;
     t.mounts = vec![Mount {
         kind: "bind".into(),
@@ -620,10 +603,7 @@ async fn an_unreachable_engine_is_unavailable_with_its_address_quickly() {
         let started = Instant::now();
         for result in [
             runtime.ping().await.map(drop),
-            runtime
-                .create(&spec(template(ImageSource::Image(IMAGE.into()))))
-                .await
-                .map(drop),
+            runtime.create(&spec(template())).await.map(drop),
             runtime.list_managed().await.map(drop),
         ] {
             match result {
@@ -667,7 +647,10 @@ async fn a_built_template_is_built_once_and_reused() {
         args: BTreeMap::from([("FLAVOUR".into(), "spicy".into())]),
         target: None,
     };
-    let t = template(ImageSource::Build(build.clone()));
+    let t = Template {
+        image: ImageSource::Build(build.clone()),
+        ..template()
+    };
 
     let first_spec = spec(t.clone());
     let first = Sandbox::create(&runtime, &first_spec).await;
@@ -737,7 +720,7 @@ async fn files_on_a_tmpfs_mount_are_refused_since_the_sandbox_would_not_see_them
     let Some(runtime) = runtime().await else {
         return;
     };
-    let mut t = template(ImageSource::Image(IMAGE.into()));
+    let mut t = template();
     t.mounts = vec![Mount {
         kind: "tmpfs".into(),
         source: None,
@@ -793,7 +776,11 @@ async fn a_build_whose_registry_does_not_answer_is_unavailable_and_a_failing_ste
             args: BTreeMap::new(),
             target: None,
         };
-        (context, template(ImageSource::Build(spec)))
+        let built = Template {
+            image: ImageSource::Build(spec),
+            ..template()
+        };
+        (context, built)
     };
     // Port 1 on loopback: nothing listens, so the base image's registry refuses at once.
     let (_unreachable, t) = build("FROM 127.0.0.1:1/nothing:latest\nRUN true\n");

@@ -25,6 +25,7 @@ pub fn require<T, E: Display>(what: &str, result: Result<T, E>) -> Option<T> {
     }
 }
 
+pub mod fixtures;
 pub mod repository_bench;
 pub mod repository_contract;
 pub mod token_contract;

@@ -14,11 +14,11 @@ use actix_web::test::{self, TestRequest};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::LocalBoxFuture;
+use monza_domain::testing::fixtures;
 use monza_domain::{
-    Error, ExecOutput, FileDownload, FileStat, ImageSource, MockClock, MockContainerRuntime,
-    MockSandboxRepository, MockTemplateCatalog, PortMapping, RunOptions, Sandbox, SandboxId,
-    SandboxName, SandboxService, SandboxState, SandboxStatus, ServiceConfig, Template,
-    TemplateName, TenantId,
+    Error, ExecOutput, FileDownload, FileStat, MockClock, MockContainerRuntime,
+    MockSandboxRepository, MockTemplateCatalog, PortMapping, Sandbox, SandboxId, SandboxName,
+    SandboxService, SandboxState, SandboxStatus, ServiceConfig, Template, TemplateName, TenantId,
 };
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -265,22 +265,7 @@ pub fn sandbox(status: SandboxStatus) -> Sandbox {
 
 /// A minimal image template.
 pub fn template(name: &TemplateName) -> Template {
-    Template {
-        name: name.clone(),
-        image: ImageSource::Image("golang:1.22".into()),
-        container_env: BTreeMap::new(),
-        remote_env: BTreeMap::new(),
-        container_user: None,
-        remote_user: None,
-        workspace_folder: "/workspace".into(),
-        forward_ports: vec![8080],
-        override_command: true,
-        lifecycle_commands: Vec::new(),
-        mounts: Vec::new(),
-        run_options: RunOptions::default(),
-        config: json!({"image": "golang:1.22"}),
-        warnings: Vec::new(),
-    }
+    fixtures::template(name.as_str(), "golang:1.22")
 }
 
 /// A response, read whole.
