@@ -12,8 +12,9 @@ use monza_domain::{LifecycleCommand, Mount};
 use serde_json::{Map, Value};
 
 use crate::error::ParseError;
-use crate::fields::{Field, boolean, env_map, get, kind, object, string, strings};
+use crate::fields::{Field, boolean, env_map, get, object, string, strings};
 use crate::{jsonc, values, variables};
+use monza_domain::error::json_kind;
 
 /// The workspace folder when the template names none.
 pub const DEFAULT_WORKSPACE_FOLDER: &str = "/workspace";
@@ -137,7 +138,10 @@ impl DevcontainerConfig {
         });
         let Value::Object(root) = &resolved else {
             return Err(ParseError::Malformed {
-                message: format!("the document is {}, not a JSON object", kind(&resolved)),
+                message: format!(
+                    "the document is {}, not a JSON object",
+                    json_kind(&resolved)
+                ),
             });
         };
         let workspace_folder = match get(root, "workspaceFolder") {
@@ -397,7 +401,7 @@ fn host_requirements(
         Some(other) => {
             return Err(ParseError::invalid(
                 field.key("memory"),
-                format!("must be a size such as \"4gb\", not {}", kind(other)),
+                format!("must be a size such as \"4gb\", not {}", json_kind(other)),
             ));
         }
     };

@@ -7,6 +7,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use crate::error::ParseError;
+use monza_domain::error::json_kind;
 
 /// A field's JSON path, for error messages: `build.args`, `forwardPorts[2]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +55,7 @@ pub(crate) fn string(value: &Value, field: &Field) -> Result<String, ParseError>
         Value::String(text) => Ok(text.clone()),
         other => Err(ParseError::invalid(
             field,
-            format!("must be a string, not {}", kind(other)),
+            format!("must be a string, not {}", json_kind(other)),
         )),
     }
 }
@@ -64,7 +65,7 @@ pub(crate) fn boolean(value: &Value, field: &Field) -> Result<bool, ParseError> 
         Value::Bool(flag) => Ok(*flag),
         other => Err(ParseError::invalid(
             field,
-            format!("must be true or false, not {}", kind(other)),
+            format!("must be true or false, not {}", json_kind(other)),
         )),
     }
 }
@@ -77,7 +78,7 @@ pub(crate) fn object<'a>(
         Value::Object(map) => Ok(map),
         other => Err(ParseError::invalid(
             field,
-            format!("must be an object, not {}", kind(other)),
+            format!("must be an object, not {}", json_kind(other)),
         )),
     }
 }
@@ -87,7 +88,7 @@ pub(crate) fn array<'a>(value: &'a Value, field: &Field) -> Result<&'a [Value], 
         Value::Array(items) => Ok(items),
         other => Err(ParseError::invalid(
             field,
-            format!("must be an array, not {}", kind(other)),
+            format!("must be an array, not {}", json_kind(other)),
         )),
     }
 }
@@ -124,23 +125,11 @@ pub(crate) fn env_map(
             other => {
                 return Err(ParseError::invalid(
                     item_field,
-                    format!("must be a string, not {}", kind(other)),
+                    format!("must be a string, not {}", json_kind(other)),
                 ));
             }
         };
         env.insert(name.clone(), text);
     }
     Ok(env)
-}
-
-/// A JSON value's kind, for messages.
-pub(crate) fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }

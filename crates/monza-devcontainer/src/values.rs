@@ -4,7 +4,8 @@ use monza_domain::{Command, LifecycleCommand, Mount};
 use serde_json::Value;
 
 use crate::error::ParseError;
-use crate::fields::{Field, array, kind, string};
+use crate::fields::{Field, array, string};
+use monza_domain::error::json_kind;
 
 /// A port number in 1..=65535 from a JSON number.
 fn port_number(value: &Value, field: &Field) -> Result<u16, ParseError> {
@@ -50,7 +51,7 @@ pub(crate) fn forward_ports(value: &Value, field: &Field) -> Result<Vec<u16>, Pa
                     item_field,
                     format!(
                         "must be a port number or a \"host:port\" string, not {}",
-                        kind(other)
+                        json_kind(other)
                     ),
                 ));
             }
@@ -84,7 +85,7 @@ pub(crate) fn app_ports(value: &Value, field: &Field) -> Result<Vec<u16>, ParseE
             }
             other => Err(ParseError::invalid(
                 item_field,
-                format!("must be a port number or string, not {}", kind(other)),
+                format!("must be a port number or string, not {}", json_kind(other)),
             )),
         }
     };
@@ -245,7 +246,7 @@ fn command(value: &Value, field: &Field) -> Result<Option<Command>, ParseError> 
             field,
             format!(
                 "must be a string or an array of strings, not {}",
-                kind(other)
+                json_kind(other)
             ),
         )),
     }

@@ -99,3 +99,17 @@ impl Error {
 
 /// Shorthand for results in the domain.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A JSON value's kind, as messages about bad input name it ("must be a string, not a
+/// number"), the same in every adapter.
+pub fn json_kind(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

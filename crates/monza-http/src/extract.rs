@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use futures::future::LocalBoxFuture;
 use futures::{Stream, StreamExt};
 use monza_domain::SandboxId;
+use monza_domain::error::json_kind;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::time::{Instant, Sleep};
@@ -140,17 +141,6 @@ fn config_of(req: &HttpRequest) -> JsonLimits {
     match req.app_data::<web::Data<HttpConfig>>() {
         Some(config) => limits(config),
         None => limits(&HttpConfig::default()),
-    }
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
