@@ -98,6 +98,12 @@ impl Mocks {
         m
     }
 
+    /// The repository finds a running sandbox (its container `CID`) at any id; its id.
+    fn finding_running() -> (Self, SandboxId) {
+        let s = sandbox(SandboxStatus::Running);
+        (Self::finding(&s), s.id)
+    }
+
     fn service(mut self) -> SandboxService {
         let runtime = std::mem::replace(&mut self.runtime, MockContainerRuntime::new());
         self.service_over(runtime)
@@ -112,6 +118,16 @@ impl Mocks {
             Arc::new(self.clock),
             self.config,
         )
+    }
+
+    /// The catalog resolves any name to the `go` template without lifecycle commands.
+    fn creating() -> Self {
+        Self::new().with_template(template(vec![]))
+    }
+
+    /// Runs `command` in sandbox `id`, as the admin.
+    async fn execute(self, id: SandboxId, command: ExecuteCommand) -> Result<ExecOutput> {
+        self.service().execute(&Access::Admin, id, command).await
     }
 
     /// Creates a sandbox from the default request, as the admin.
@@ -224,6 +240,30 @@ impl Mocks {
         });
     }
 
+    /// `insert` is called once and answers `answer`; the returned slot holds what it was given.
+    fn captures_insert(&mut self, answer: Result<Admission>) -> Arc<Mutex<Option<Sandbox>>> {
+        let inserted = Arc::new(Mutex::new(None));
+        let sink = inserted.clone();
+        self.repo.expect_insert().times(1).returning(move |s, _| {
+            *sink.lock().unwrap() = Some(s.clone());
+            answer.clone()
+        });
+        inserted
+    }
+
+    /// `record_activity` is called once, with an event for which `event` holds, and answers
+    /// a running sandbox.
+    fn records_activity_once(
+        &mut self,
+        event: impl Fn(Option<&NewEvent>) -> bool + Send + 'static,
+    ) {
+        self.repo
+            .expect_record_activity()
+            .withf(move |_, _, _, e| event(e.as_ref()))
+            .times(1)
+            .returning(|_, _, _, _| Ok(sandbox(SandboxStatus::Running)));
+    }
+
     /// `record_activity` succeeds, answering `touched`.
     fn records_activity(&mut self, touched: Sandbox) {
         self.repo
@@ -258,6 +298,14 @@ fn managed(id: &str, sandbox_id: Option<SandboxId>, running: bool) -> ManagedCon
     }
 }
 
+/// A request to run the shell command `line`, all else default.
+fn command(line: &str) -> ExecuteCommand {
+    ExecuteCommand {
+        command: line.into(),
+        ..Default::default()
+    }
+}
+
 fn exec_output(exit_code: i64, output: &str) -> ExecOutput {
     ExecOutput {
         output: output.into(),
@@ -279,7 +327,7 @@ fn created() -> crate::runtime::CreatedContainer {
 
 #[tokio::test]
 async fn create_writes_creating_then_running_with_ports_and_expiry() {
-    let mut m = Mocks::new().with_template(template(vec![])).with_insert();
+    let mut m = Mocks::creating().with_insert();
     let mut seq = Sequence::new();
     m.runtime
         .expect_create()
@@ -323,7 +371,7 @@ async fn create_writes_creating_then_running_with_ports_and_expiry() {
 
 #[tokio::test]
 async fn create_defaults_the_name_from_the_template_and_the_tenant_from_the_caller() {
-    let mut m = Mocks::new().with_template(template(vec![]));
+    let mut m = Mocks::creating();
     m.repo
         .expect_insert()
         .withf(|s, _| s.name.as_str() == "sandbox-go" && s.tenant.as_str() == "acme")
@@ -403,7 +451,7 @@ async fn readiness_names_what_does_not_answer_and_gives_up_on_what_hangs() {
 
 #[tokio::test]
 async fn create_failing_in_the_repository_makes_no_container() {
-    let mut m = Mocks::new().with_template(template(vec![]));
+    let mut m = Mocks::creating();
     m.repo
         .expect_insert()
         .returning(|_, _| Err(Error::internal("disk full")));
@@ -413,10 +461,7 @@ async fn create_failing_in_the_repository_makes_no_container() {
 
 #[tokio::test]
 async fn create_failing_at_container_create_marks_error_and_removes_nothing() {
-    let mut m = Mocks::new()
-        .with_template(template(vec![]))
-        .with_insert()
-        .expect_failed();
+    let mut m = Mocks::creating().with_insert().expect_failed();
     m.runtime
         .expect_create()
         .returning(|_| Err(Error::invalid("image golang:1 not found")));
@@ -427,10 +472,7 @@ async fn create_failing_at_container_create_marks_error_and_removes_nothing() {
 
 #[tokio::test]
 async fn create_failing_at_start_removes_the_container_and_marks_error() {
-    let mut m = Mocks::new()
-        .with_template(template(vec![]))
-        .with_insert()
-        .expect_failed();
+    let mut m = Mocks::creating().with_insert().expect_failed();
     m.runtime.expect_create().returning(|_| Ok(created()));
     m.runtime
         .expect_start()
@@ -477,10 +519,7 @@ async fn a_failing_lifecycle_command_removes_the_container_and_logs_its_output()
 
 #[tokio::test]
 async fn create_failing_to_record_running_removes_the_container() {
-    let mut m = Mocks::new()
-        .with_template(template(vec![]))
-        .with_insert()
-        .expect_failed();
+    let mut m = Mocks::creating().with_insert().expect_failed();
     m.starts_a_container();
     m.repo
         .expect_mark_running()
@@ -492,7 +531,7 @@ async fn create_failing_to_record_running_removes_the_container() {
 
 #[tokio::test]
 async fn create_hands_the_tenant_limit_to_the_insert_and_past_it_makes_no_container() {
-    let mut m = Mocks::new().with_template(template(vec![]));
+    let mut m = Mocks::creating();
     m.config.max_sandboxes_per_tenant = Some(2);
     m.repo
         .expect_insert()
@@ -518,7 +557,7 @@ async fn create_hands_the_tenant_limit_to_the_insert_and_past_it_makes_no_contai
 
 #[tokio::test]
 async fn create_without_a_limit_inserts_unconditionally() {
-    let mut m = Mocks::new().with_template(template(vec![]));
+    let mut m = Mocks::creating();
     m.repo
         .expect_insert()
         .withf(|_, max_live| max_live.is_none())
@@ -625,9 +664,7 @@ async fn delete_of_an_unknown_sandbox_is_not_found() {
 
 #[tokio::test]
 async fn another_tenants_sandbox_is_not_found() {
-    let s = sandbox(SandboxStatus::Running);
-    let id = s.id;
-    let mut m = Mocks::finding(&s);
+    let (mut m, id) = Mocks::finding_running();
     m.repo
         .expect_touch()
         .withf(|_, tenant, _, _| tenant.as_ref().map(TenantId::as_str) == Some("other"))
@@ -738,16 +775,7 @@ async fn activity_on_a_sandbox_that_is_not_running_is_a_conflict() {
         if status == SandboxStatus::Error {
             assert!(message.contains("container vanished"), "{message}");
         }
-        let execute = service
-            .execute(
-                &Access::Admin,
-                id,
-                ExecuteCommand {
-                    command: "true".into(),
-                    ..Default::default()
-                },
-            )
-            .await;
+        let execute = service.execute(&Access::Admin, id, command("true")).await;
         assert!(matches!(execute, Err(Error::Conflict(_))), "{status}");
         let upload = service
             .upload(&Access::Admin, id, None, upload_file("a.txt", b"x"))
@@ -770,9 +798,7 @@ fn upload_file(name: &str, content: &'static [u8]) -> UploadFile {
 
 #[tokio::test]
 async fn execute_records_activity_then_runs_with_clamped_limits() {
-    let s = sandbox(SandboxStatus::Running);
-    let id = s.id;
-    let mut m = Mocks::finding(&s);
+    let (mut m, id) = Mocks::finding_running();
     let mut seq = Sequence::new();
     m.repo
         .expect_record_activity()
@@ -797,15 +823,12 @@ async fn execute_records_activity_then_runs_with_clamped_limits() {
         .in_sequence(&mut seq)
         .returning(|_, _| Ok(exec_output(0, "a\n")));
     let out = m
-        .service()
         .execute(
-            &Access::Admin,
             id,
             ExecuteCommand {
-                command: "ls".into(),
                 max_output_bytes: Some(usize::MAX),
                 timeout: Some(StdDuration::from_secs(1_000_000)),
-                ..Default::default()
+                ..command("ls")
             },
         )
         .await
@@ -838,18 +861,15 @@ async fn execute_runs_as_the_templates_remote_user_with_its_remote_env_under_the
         })
         .times(1)
         .returning(|_, _| Ok(exec_output(0, "")));
-    m.service()
-        .execute(
-            &Access::Admin,
-            id,
-            ExecuteCommand {
-                command: "env".into(),
-                env: BTreeMap::from([("OVERRIDDEN".to_owned(), "request".to_owned())]),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    m.execute(
+        id,
+        ExecuteCommand {
+            env: BTreeMap::from([("OVERRIDDEN".to_owned(), "request".to_owned())]),
+            ..command("env")
+        },
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -858,19 +878,14 @@ async fn execute_refuses_an_empty_command_and_bad_input_without_touching_anythin
     let service = m.service();
     let id = SandboxId::new_random();
     for command in [
+        command("  "),
         ExecuteCommand {
-            command: "  ".into(),
-            ..Default::default()
-        },
-        ExecuteCommand {
-            command: "ls".into(),
             workdir: Some("relative".into()),
-            ..Default::default()
+            ..command("ls")
         },
         ExecuteCommand {
-            command: "ls".into(),
             env: BTreeMap::from([("A=B".into(), "x".into())]),
-            ..Default::default()
+            ..command("ls")
         },
     ] {
         let err = service
@@ -883,18 +898,10 @@ async fn execute_refuses_an_empty_command_and_bad_input_without_touching_anythin
 
 #[tokio::test]
 async fn upload_goes_to_the_workspace_under_a_safe_name() {
-    let s = sandbox(SandboxStatus::Running);
-    let id = s.id;
-    let mut m = Mocks::finding(&s);
-    m.repo
-        .expect_record_activity()
-        .withf(|_, _, _, e| {
-            e.as_ref().is_some_and(|e| {
-                e.details["path"] == "/workspace/passwd" && e.details["bytes"] == 2
-            })
-        })
-        .times(1)
-        .returning(|_, _, _, _| Ok(sandbox(SandboxStatus::Running)));
+    let (mut m, id) = Mocks::finding_running();
+    m.records_activity_once(|e| {
+        e.is_some_and(|e| e.details["path"] == "/workspace/passwd" && e.details["bytes"] == 2)
+    });
     m.runtime
         .expect_upload()
         .withf(|cid, dir, file| cid == CID && dir == "/workspace" && file.name == "passwd")
@@ -938,13 +945,8 @@ async fn upload_refuses_oversized_files_and_bad_paths() {
 
 #[tokio::test]
 async fn download_checks_the_path_then_records_activity() {
-    let s = sandbox(SandboxStatus::Running);
-    let id = s.id;
-    let mut m = Mocks::finding(&s);
-    m.repo
-        .expect_record_activity()
-        .times(1)
-        .returning(|_, _, _, _| Ok(sandbox(SandboxStatus::Running)));
+    let (mut m, id) = Mocks::finding_running();
+    m.records_activity_once(|_| true);
     m.runtime
         .expect_download()
         .withf(|cid, path| cid == CID && path == "/workspace/a.txt")

@@ -71,14 +71,9 @@ fn expect_settle(m: &mut Mocks, id: SandboxId, now: OffsetDateTime, settles: boo
 
 #[tokio::test]
 async fn create_writes_a_lease_naming_this_instance_for_one_lease_from_now() {
-    let mut m = Mocks::new().with_template(template(vec![]));
+    let mut m = Mocks::creating();
     m.config.create_lease = Duration::seconds(20);
-    let inserted = Arc::new(Mutex::new(None));
-    let sink = inserted.clone();
-    m.repo.expect_insert().times(1).returning(move |s, _| {
-        *sink.lock().unwrap() = Some(s.clone());
-        Err(Error::internal("stop here"))
-    });
+    let inserted = m.captures_insert(Err(Error::internal("stop here")));
     let service = m.service();
     let _ = service
         .create(&Access::Admin, CreateSandbox::default())
@@ -99,14 +94,9 @@ async fn create_writes_a_lease_naming_this_instance_for_one_lease_from_now() {
 
 #[tokio::test]
 async fn a_create_in_flight_is_renewed_and_stops_being_renewed_once_its_future_is_dropped() {
-    let mut m = Mocks::new().with_template(template(vec![]));
+    let mut m = Mocks::creating();
     m.config.create_lease = Duration::seconds(15);
-    let inserted = Arc::new(Mutex::new(None));
-    let sink = inserted.clone();
-    m.repo.expect_insert().times(1).returning(move |s, _| {
-        *sink.lock().unwrap() = Some(s.id);
-        Ok(Admission::Inserted)
-    });
+    let inserted = m.captures_insert(Ok(Admission::Inserted));
     let renewals = Arc::new(Mutex::new(Vec::new()));
     let sink = renewals.clone();
     m.repo
@@ -123,7 +113,7 @@ async fn a_create_in_flight_is_renewed_and_stops_being_renewed_once_its_future_i
         futures::poll!(&mut create).is_pending(),
         "stuck in the engine"
     );
-    let id = inserted.lock().unwrap().unwrap();
+    let id = inserted.lock().unwrap().as_ref().unwrap().id;
     assert_eq!(service.renew_create_leases().await, Ok(1));
     assert_eq!(
         *renewals.lock().unwrap(),
@@ -215,7 +205,7 @@ async fn a_lease_renewed_after_the_listing_is_not_settled_and_nothing_is_removed
 
 #[tokio::test]
 async fn a_process_that_cannot_renew_its_own_leases_settles_nobody_elses() {
-    let mut m = Mocks::new().with_template(template(vec![]));
+    let mut m = Mocks::creating();
     m.repo
         .expect_insert()
         .returning(|_, _| Ok(Admission::Inserted));
@@ -234,7 +224,7 @@ async fn a_process_that_cannot_renew_its_own_leases_settles_nobody_elses() {
 
 #[tokio::test]
 async fn a_create_settled_under_its_creator_fails_at_mark_running_and_removes_its_container() {
-    let mut m = Mocks::new().with_template(template(vec![])).with_insert();
+    let mut m = Mocks::creating().with_insert();
     m.starts_a_container();
     m.repo.expect_mark_running().times(1).returning(|id, _| {
         Err(Error::Conflict(format!(

@@ -8,13 +8,14 @@ fn with_container(mut s: Sandbox, cid: &str) -> Sandbox {
     s
 }
 
-/// The store lists `s` as its only running sandbox, and the engine lists its container,
-/// stopped.
-fn stopped_container(m: &mut Mocks, s: Sandbox) {
+/// Mocks where the store lists `s` as its only running sandbox, and the engine lists its
+/// container, stopped.
+fn stopped_container(s: Sandbox) -> Mocks {
+    let mut m = Mocks::new();
     let cid = s.container_id.clone().expect("a sandbox with a container");
-    let containers = vec![managed(&cid, Some(s.id), false)];
+    m.lists_containers(vec![managed(&cid, Some(s.id), false)]);
     m.lists(vec![], vec![s.clone()], vec![s]);
-    m.lists_containers(containers);
+    m
 }
 
 #[tokio::test]
@@ -77,9 +78,7 @@ async fn a_running_sandbox_whose_container_is_gone_becomes_error_with_the_reason
 
 #[tokio::test]
 async fn a_stopped_container_is_started_again_and_the_sandbox_stays_running() {
-    let mut m = Mocks::new();
-    let s = with_container(sandbox(SandboxStatus::Running), "stopped");
-    stopped_container(&mut m, s);
+    let mut m = stopped_container(with_container(sandbox(SandboxStatus::Running), "stopped"));
     m.runtime
         .expect_start()
         .with(eq("stopped"))
@@ -94,7 +93,6 @@ async fn a_stopped_container_is_started_again_and_the_sandbox_stays_running() {
 
 #[tokio::test]
 async fn a_restarted_container_on_new_host_ports_has_them_recorded() {
-    let mut m = Mocks::new();
     let mut s = with_container(sandbox(SandboxStatus::Running), "stopped");
     s.port_mappings = vec![PortMapping {
         id: Uuid::new_v4(),
@@ -103,7 +101,7 @@ async fn a_restarted_container_on_new_host_ports_has_them_recorded() {
         container_port: 8080,
     }];
     let id = s.id;
-    stopped_container(&mut m, s);
+    let mut m = stopped_container(s);
     m.runtime.expect_start().times(1).returning(|_| {
         Ok(vec![PublishedPort {
             container_port: 8080,
@@ -131,9 +129,7 @@ async fn a_restarted_container_on_new_host_ports_has_them_recorded() {
 
 #[tokio::test]
 async fn a_restarted_container_whose_ports_cannot_be_recorded_is_a_failure_to_retry() {
-    let mut m = Mocks::new();
-    let s = with_container(sandbox(SandboxStatus::Running), "stopped");
-    stopped_container(&mut m, s);
+    let mut m = stopped_container(with_container(sandbox(SandboxStatus::Running), "stopped"));
     m.runtime.expect_start().returning(|_| {
         Ok(vec![PublishedPort {
             container_port: 8080,
@@ -151,10 +147,9 @@ async fn a_restarted_container_whose_ports_cannot_be_recorded_is_a_failure_to_re
 
 #[tokio::test]
 async fn a_stopped_container_that_will_not_start_makes_the_sandbox_error() {
-    let mut m = Mocks::new();
     let s = with_container(sandbox(SandboxStatus::Running), "broken");
     let id = s.id;
-    stopped_container(&mut m, s);
+    let mut m = stopped_container(s);
     m.runtime
         .expect_start()
         .times(1)
@@ -169,9 +164,7 @@ async fn a_stopped_container_that_will_not_start_makes_the_sandbox_error() {
 
 #[tokio::test]
 async fn an_unreachable_engine_on_restart_is_a_failure_to_retry_not_an_error_sandbox() {
-    let mut m = Mocks::new();
-    let s = with_container(sandbox(SandboxStatus::Running), "stopped");
-    stopped_container(&mut m, s);
+    let mut m = stopped_container(with_container(sandbox(SandboxStatus::Running), "stopped"));
     m.runtime
         .expect_start()
         .returning(|_| Err(Error::unavailable("docker", "connection refused")));
@@ -261,18 +254,7 @@ async fn a_request_on_a_sandbox_whose_container_vanished_is_a_conflict_with_the_
         .returning(|_| Ok(ContainerState::Missing));
     m.expects_failure(id, "container vanished");
 
-    let err = m
-        .service()
-        .execute(
-            &Access::Admin,
-            id,
-            ExecuteCommand {
-                command: "ls".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_err();
+    let err = m.execute(id, command("ls")).await.unwrap_err();
 
     match err {
         Error::Conflict(message) => {
@@ -285,9 +267,7 @@ async fn a_request_on_a_sandbox_whose_container_vanished_is_a_conflict_with_the_
 
 #[tokio::test]
 async fn a_missing_file_in_a_live_container_stays_not_found() {
-    let s = sandbox(SandboxStatus::Running);
-    let id = s.id;
-    let mut m = Mocks::finding(&s);
+    let (mut m, id) = Mocks::finding_running();
     m.records_activity(sandbox(SandboxStatus::Running));
     m.runtime
         .expect_download()
