@@ -46,7 +46,7 @@ pub type Repo = Arc<dyn SandboxRepository>;
 #[macro_export]
 macro_rules! repository_contract_tests {
     (fresh = $fresh:path, fresh_pair = $pair:path $(,)?) => {
-        $crate::repository_contract_tests!(@single $fresh;
+        $crate::contract_checks!(repository_contract, $fresh, (repo);
             insert_then_get_returns_the_same_sandbox,
             get_of_an_unknown_id_is_not_found,
             insert_of_a_duplicate_id_is_a_conflict,
@@ -78,34 +78,34 @@ macro_rules! repository_contract_tests {
             events_are_oldest_first_and_unknown_ids_are_not_found,
             ping_answers,
         );
-        $crate::repository_contract_tests!(@pair $pair;
+        $crate::contract_checks!(repository_contract, $pair, (first, second);
             concurrent_claimers_on_two_instances_never_share_a_sandbox,
             an_acknowledged_write_is_visible_to_another_instance,
             concurrent_inserts_on_two_instances_never_pass_the_tenant_limit,
             concurrent_settlers_on_two_instances_settle_a_lapsed_create_once,
         );
     };
-    (@single $fresh:path; $($check:ident),* $(,)?) => {
+}
+
+/// For the contract suites' macros: one `#[tokio::test]` per `$check` of
+/// `crate::testing::$suite`, given the stores `$fresh` returns (named as in `($store, ...)`,
+/// followed by a guard), or skipped when it returns `None`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! contract_checks {
+    ($suite:ident, $fresh:path, $stores:tt; $($check:ident),* $(,)?) => {
         $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() {
-                let Some((repo, _guard)) = $fresh().await else {
-                    return;
-                };
-                $crate::testing::repository_contract::$check(repo).await;
-            }
+            $crate::contract_checks!(@check $suite, $fresh, $stores, $check);
         )*
     };
-    (@pair $pair:path; $($check:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() {
-                let Some((first, second, _guard)) = $pair().await else {
-                    return;
-                };
-                $crate::testing::repository_contract::$check(first, second).await;
-            }
-        )*
+    (@check $suite:ident, $fresh:path, ($($store:ident),+), $check:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() {
+            let Some(($($store,)+ _guard)) = $fresh().await else {
+                return;
+            };
+            $crate::testing::$suite::$check($($store),+).await;
+        }
     };
 }
 
