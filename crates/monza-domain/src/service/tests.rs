@@ -98,13 +98,15 @@ impl Mocks {
         m
     }
 
-    /// The repository finds a running sandbox (its container `CID`) at any id; its id.
+    /// Mocks whose repository finds a running sandbox (container `CID`) at any id, and that
+    /// sandbox's id.
     fn finding_running() -> (Self, SandboxId) {
         let s = sandbox(SandboxStatus::Running);
         (Self::finding(&s), s.id)
     }
 
     fn service(mut self) -> SandboxService {
+        // The mocked engine goes to the service; an unused one is left in its place.
         let runtime = std::mem::replace(&mut self.runtime, MockContainerRuntime::new());
         self.service_over(runtime)
     }
