@@ -73,6 +73,14 @@ fn service_over(repo: Arc<MemTokens>) -> TokenService {
     TokenService::new(repo, Arc::new(clock))
 }
 
+/// A service whose store fails every lookup as unavailable.
+fn service_over_a_store_that_is_down() -> TokenService {
+    service_over(Arc::new(MemTokens {
+        down: true,
+        ..MemTokens::default()
+    }))
+}
+
 fn tenant(name: &str) -> TenantId {
     TenantId::new(name).unwrap()
 }
@@ -141,11 +149,7 @@ async fn a_wrong_secret_and_an_unknown_id_are_refused_alike() {
 
 #[tokio::test]
 async fn malformed_bearers_are_unauthorized_without_a_lookup() {
-    let repo = Arc::new(MemTokens {
-        down: true,
-        ..MemTokens::default()
-    });
-    let tokens = service_over(repo);
+    let tokens = service_over_a_store_that_is_down();
     let long = "a".repeat(MAX_TOKEN_LEN + 1);
     for bearer in [
         "",
@@ -184,11 +188,7 @@ async fn a_revoked_token_is_refused_and_revoking_keeps_the_first_time() {
 
 #[tokio::test]
 async fn an_unreachable_store_is_not_the_callers_fault() {
-    let repo = Arc::new(MemTokens {
-        down: true,
-        ..MemTokens::default()
-    });
-    let tokens = service_over(repo);
+    let tokens = service_over_a_store_that_is_down();
     let err = tokens
         .authenticate(&format!("monza_{}_{}", "1".repeat(16), "2".repeat(64)))
         .await

@@ -1,7 +1,7 @@
 //! The lifecycle rules of the use cases, against mocked ports.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
 use mockall::Sequence;
@@ -12,6 +12,7 @@ use time::{Duration, OffsetDateTime};
 use super::*;
 use crate::ports::{MockClock, MockContainerRuntime, MockSandboxRepository, MockTemplateCatalog};
 use crate::runtime::ManagedContainer;
+use crate::sandbox::StatusFilter;
 use crate::template::{ImageSource, LifecycleCommand, RunOptions};
 
 const T0: OffsetDateTime = datetime!(2026-01-01 12:00 UTC);
@@ -89,14 +90,53 @@ impl Mocks {
         }
     }
 
-    fn service(self) -> SandboxService {
+    /// The repository finds `s`, whatever id it is asked for.
+    fn finding(s: &Sandbox) -> Self {
+        let mut m = Self::new();
+        let found = s.clone();
+        m.repo.expect_get().returning(move |_| Ok(found.clone()));
+        m
+    }
+
+    /// Mocks whose repository finds a running sandbox (container `CID`) at any id, and that
+    /// sandbox's id.
+    fn finding_running() -> (Self, SandboxId) {
+        let s = sandbox(SandboxStatus::Running);
+        (Self::finding(&s), s.id)
+    }
+
+    fn service(mut self) -> SandboxService {
+        // The mocked engine goes to the service; an unused one is left in its place.
+        let runtime = std::mem::replace(&mut self.runtime, MockContainerRuntime::new());
+        self.service_over(runtime)
+    }
+
+    /// The service over these mocks, with `runtime` as its engine (the mocked one unused).
+    fn service_over(self, runtime: impl ContainerRuntime + 'static) -> SandboxService {
         SandboxService::new(
             Arc::new(self.repo),
-            Arc::new(self.runtime),
+            Arc::new(runtime),
             Arc::new(self.catalog),
             Arc::new(self.clock),
             self.config,
         )
+    }
+
+    /// The catalog resolves any name to the `go` template without lifecycle commands.
+    fn creating() -> Self {
+        Self::new().with_template(template(vec![]))
+    }
+
+    /// Runs `command` in sandbox `id`, as the admin.
+    async fn execute(self, id: SandboxId, command: ExecuteCommand) -> Result<ExecOutput> {
+        self.service().execute(&Access::Admin, id, command).await
+    }
+
+    /// Creates a sandbox from the default request, as the admin.
+    async fn create(self) -> Result<Sandbox> {
+        self.service()
+            .create(&Access::Admin, CreateSandbox::default())
+            .await
     }
 
     fn with_template(mut self, template: Template) -> Self {
@@ -116,14 +156,11 @@ impl Mocks {
         self
     }
 
+    /// One `transition` fails the sandbox, with any reason.
     fn expect_failed(mut self) -> Self {
         self.repo
             .expect_transition()
-            .withf(|_, change| {
-                change.event == LifecycleEvent::Fail
-                    && change.record.action == EventAction::Failed
-                    && change.reason.is_some()
-            })
+            .withf(|_, change| is_failure(change, ""))
             .times(1)
             .returning(|_, _| {
                 Ok(with_reason(
@@ -132,6 +169,142 @@ impl Mocks {
                 ))
             });
         self
+    }
+
+    /// One `transition` fails `id` with a reason, also logged as the event's `error`, that
+    /// contains `reason_contains`.
+    fn expects_failure(&mut self, id: SandboxId, reason_contains: &'static str) {
+        self.repo
+            .expect_transition()
+            .withf(move |sid, change| {
+                *sid == id
+                    && is_failure(change, reason_contains)
+                    && change.record.details["error"]
+                        .as_str()
+                        .is_some_and(|r| r.contains(reason_contains))
+            })
+            .times(1)
+            .returning(move |_, change| Ok(failed(id, change)));
+    }
+
+    /// The engine creates container `CID` and starts it, publishing no ports.
+    fn starts_a_container(&mut self) {
+        self.runtime.expect_create().returning(|_| Ok(created()));
+        self.runtime.expect_start().returning(|_| Ok(vec![]));
+    }
+
+    /// The engine is asked once to remove `cid`, and does.
+    fn removes(&mut self, cid: &'static str) {
+        self.runtime
+            .expect_remove()
+            .with(eq(cid))
+            .times(1)
+            .returning(|_| Ok(()));
+    }
+
+    /// The engine removes whatever it is asked to; the returned list records what that was.
+    fn removals(&mut self) -> Arc<Mutex<Vec<String>>> {
+        let removed = Arc::new(Mutex::new(Vec::new()));
+        let sink = removed.clone();
+        self.runtime.expect_remove().returning(move |cid| {
+            sink.lock().unwrap().push(cid.to_owned());
+            Ok(())
+        });
+        removed
+    }
+
+    /// The engine lists `containers` as the managed ones.
+    fn lists_containers(&mut self, containers: Vec<ManagedContainer>) {
+        self.runtime
+            .expect_list_managed()
+            .returning(move || Ok(containers.clone()));
+    }
+
+    /// The store lists these `creating` and `running` sandboxes, and answers `get` from `rows`.
+    fn lists(&mut self, creating: Vec<Sandbox>, running: Vec<Sandbox>, rows: Vec<Sandbox>) {
+        self.repo
+            .expect_list()
+            .returning(move |filter| match filter.status {
+                StatusFilter::Only(SandboxStatus::Creating) => Ok(creating.clone()),
+                StatusFilter::Only(SandboxStatus::Running) => Ok(running.clone()),
+                other => panic!("unexpected listing {other:?}"),
+            });
+        self.gets_from(rows);
+    }
+
+    /// The store's `get` finds the sandbox of `rows` with the id asked for, or not-found.
+    fn gets_from(&mut self, rows: Vec<Sandbox>) {
+        self.repo.expect_get().returning(move |id| {
+            rows.iter()
+                .find(|s| s.id == id)
+                .cloned()
+                .ok_or_else(|| Error::not_found("no such sandbox"))
+        });
+    }
+
+    /// `insert` is called once and answers `answer`; the returned slot holds what it was given.
+    fn captures_insert(&mut self, answer: Result<Admission>) -> Arc<Mutex<Option<Sandbox>>> {
+        let inserted = Arc::new(Mutex::new(None));
+        let sink = inserted.clone();
+        self.repo.expect_insert().times(1).returning(move |s, _| {
+            *sink.lock().unwrap() = Some(s.clone());
+            answer.clone()
+        });
+        inserted
+    }
+
+    /// `record_activity` is called once, with an event for which `event` holds, and answers
+    /// a running sandbox.
+    fn records_activity_once(
+        &mut self,
+        event: impl Fn(Option<&NewEvent>) -> bool + Send + 'static,
+    ) {
+        self.repo
+            .expect_record_activity()
+            .withf(move |_, _, _, e| event(e.as_ref()))
+            .times(1)
+            .returning(|_, _, _, _| Ok(sandbox(SandboxStatus::Running)));
+    }
+
+    /// `record_activity` succeeds, answering `touched`.
+    fn records_activity(&mut self, touched: Sandbox) {
+        self.repo
+            .expect_record_activity()
+            .returning(move |_, _, _, _| Ok(touched.clone()));
+    }
+}
+
+/// `change` fails a sandbox (a `Fail` logged as `failed`) with a reason containing
+/// `reason_contains` (any reason for `""`).
+fn is_failure(change: &StatusChange, reason_contains: &str) -> bool {
+    change.event == LifecycleEvent::Fail
+        && change.record.action == EventAction::Failed
+        && change
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains(reason_contains))
+}
+
+/// Sandbox `id` as `change` failed it: in error, with the change's reason.
+fn failed(id: SandboxId, change: &StatusChange) -> Sandbox {
+    let mut s = with_reason(sandbox(SandboxStatus::Error), change.reason.clone());
+    s.id = id;
+    s
+}
+
+fn managed(id: &str, sandbox_id: Option<SandboxId>, running: bool) -> ManagedContainer {
+    ManagedContainer {
+        id: id.into(),
+        sandbox_id,
+        running,
+    }
+}
+
+/// A request to run the shell command `line`, all else default.
+fn command(line: &str) -> ExecuteCommand {
+    ExecuteCommand {
+        command: line.into(),
+        ..Default::default()
     }
 }
 
@@ -156,7 +329,7 @@ fn created() -> crate::runtime::CreatedContainer {
 
 #[tokio::test]
 async fn create_writes_creating_then_running_with_ports_and_expiry() {
-    let mut m = Mocks::new().with_template(template(vec![])).with_insert();
+    let mut m = Mocks::creating().with_insert();
     let mut seq = Sequence::new();
     m.runtime
         .expect_create()
@@ -193,18 +366,14 @@ async fn create_writes_creating_then_running_with_ports_and_expiry() {
             s.port_mappings = u.port_mappings.clone();
             Ok(s)
         });
-    let s = m
-        .service()
-        .create(&Access::Admin, CreateSandbox::default())
-        .await
-        .unwrap();
+    let s = m.create().await.unwrap();
     assert_eq!(s.status(), SandboxStatus::Running);
     assert_eq!(s.port_mappings[0].host_port, 49153);
 }
 
 #[tokio::test]
 async fn create_defaults_the_name_from_the_template_and_the_tenant_from_the_caller() {
-    let mut m = Mocks::new().with_template(template(vec![]));
+    let mut m = Mocks::creating();
     m.repo
         .expect_insert()
         .withf(|s, _| s.name.as_str() == "sandbox-go" && s.tenant.as_str() == "acme")
@@ -284,56 +453,34 @@ async fn readiness_names_what_does_not_answer_and_gives_up_on_what_hangs() {
 
 #[tokio::test]
 async fn create_failing_in_the_repository_makes_no_container() {
-    let mut m = Mocks::new().with_template(template(vec![]));
+    let mut m = Mocks::creating();
     m.repo
         .expect_insert()
         .returning(|_, _| Err(Error::internal("disk full")));
-    let err = m
-        .service()
-        .create(&Access::Admin, CreateSandbox::default())
-        .await
-        .unwrap_err();
+    let err = m.create().await.unwrap_err();
     assert_eq!(err, Error::internal("disk full"));
 }
 
 #[tokio::test]
 async fn create_failing_at_container_create_marks_error_and_removes_nothing() {
-    let mut m = Mocks::new()
-        .with_template(template(vec![]))
-        .with_insert()
-        .expect_failed();
+    let mut m = Mocks::creating().with_insert().expect_failed();
     m.runtime
         .expect_create()
         .returning(|_| Err(Error::invalid("image golang:1 not found")));
     m.runtime.expect_remove().never();
-    let err = m
-        .service()
-        .create(&Access::Admin, CreateSandbox::default())
-        .await
-        .unwrap_err();
+    let err = m.create().await.unwrap_err();
     assert_eq!(err, Error::invalid("image golang:1 not found"));
 }
 
 #[tokio::test]
 async fn create_failing_at_start_removes_the_container_and_marks_error() {
-    let mut m = Mocks::new()
-        .with_template(template(vec![]))
-        .with_insert()
-        .expect_failed();
+    let mut m = Mocks::creating().with_insert().expect_failed();
     m.runtime.expect_create().returning(|_| Ok(created()));
     m.runtime
         .expect_start()
         .returning(|_| Err(Error::unavailable("docker", "engine gone")));
-    m.runtime
-        .expect_remove()
-        .with(eq(CID))
-        .times(1)
-        .returning(|_| Ok(()));
-    let err = m
-        .service()
-        .create(&Access::Admin, CreateSandbox::default())
-        .await
-        .unwrap_err();
+    m.removes(CID);
+    let err = m.create().await.unwrap_err();
     assert!(matches!(err, Error::Unavailable { .. }));
 }
 
@@ -346,18 +493,13 @@ async fn a_failing_lifecycle_command_removes_the_container_and_logs_its_output()
     let mut m = Mocks::new()
         .with_template(template(vec![hook]))
         .with_insert();
-    m.runtime.expect_create().returning(|_| Ok(created()));
-    m.runtime.expect_start().returning(|_| Ok(vec![]));
+    m.starts_a_container();
     m.runtime
         .expect_exec()
         .withf(|_, r| r.command == Command::Shell("exit 3".into()))
         .times(1)
         .returning(|_, _| Ok(exec_output(3, "npm ERR! boom")));
-    m.runtime
-        .expect_remove()
-        .with(eq(CID))
-        .times(1)
-        .returning(|_| Ok(()));
+    m.removes(CID);
     m.repo
         .expect_transition()
         .withf(|_, change| {
@@ -367,11 +509,7 @@ async fn a_failing_lifecycle_command_removes_the_container_and_logs_its_output()
         })
         .times(1)
         .returning(|_, _| Ok(sandbox(SandboxStatus::Error)));
-    let err = m
-        .service()
-        .create(&Access::Admin, CreateSandbox::default())
-        .await
-        .unwrap_err();
+    let err = m.create().await.unwrap_err();
     let Error::InvalidInput(message) = err else {
         panic!("expected invalid input, got {err:?}")
     };
@@ -383,31 +521,19 @@ async fn a_failing_lifecycle_command_removes_the_container_and_logs_its_output()
 
 #[tokio::test]
 async fn create_failing_to_record_running_removes_the_container() {
-    let mut m = Mocks::new()
-        .with_template(template(vec![]))
-        .with_insert()
-        .expect_failed();
-    m.runtime.expect_create().returning(|_| Ok(created()));
-    m.runtime.expect_start().returning(|_| Ok(vec![]));
+    let mut m = Mocks::creating().with_insert().expect_failed();
+    m.starts_a_container();
     m.repo
         .expect_mark_running()
         .returning(|_, _| Err(Error::unavailable("database", "down")));
-    m.runtime
-        .expect_remove()
-        .with(eq(CID))
-        .times(1)
-        .returning(|_| Ok(()));
-    let err = m
-        .service()
-        .create(&Access::Admin, CreateSandbox::default())
-        .await
-        .unwrap_err();
+    m.removes(CID);
+    let err = m.create().await.unwrap_err();
     assert!(matches!(err, Error::Unavailable { .. }));
 }
 
 #[tokio::test]
 async fn create_hands_the_tenant_limit_to_the_insert_and_past_it_makes_no_container() {
-    let mut m = Mocks::new().with_template(template(vec![]));
+    let mut m = Mocks::creating();
     m.config.max_sandboxes_per_tenant = Some(2);
     m.repo
         .expect_insert()
@@ -433,17 +559,13 @@ async fn create_hands_the_tenant_limit_to_the_insert_and_past_it_makes_no_contai
 
 #[tokio::test]
 async fn create_without_a_limit_inserts_unconditionally() {
-    let mut m = Mocks::new().with_template(template(vec![]));
+    let mut m = Mocks::creating();
     m.repo
         .expect_insert()
         .withf(|_, max_live| max_live.is_none())
         .times(1)
         .returning(|_, _| Err(Error::internal("stop here")));
-    let err = m
-        .service()
-        .create(&Access::Admin, CreateSandbox::default())
-        .await
-        .unwrap_err();
+    let err = m.create().await.unwrap_err();
     assert_eq!(err, Error::internal("stop here"));
 }
 
@@ -478,8 +600,7 @@ async fn a_deleted_sandbox_is_not_found_at_its_own_address_but_any_other_status_
     for status in SandboxStatus::ALL {
         let s = sandbox(status);
         let id = s.id;
-        let mut m = Mocks::new();
-        m.repo.expect_get().returning(move |_| Ok(s.clone()));
+        let mut m = Mocks::finding(&s);
         m.repo.expect_events().returning(|_| Ok(Vec::new()));
         let service = m.service();
         let shown = service.show(&Access::Admin, id).await;
@@ -501,8 +622,7 @@ async fn deleting_an_ended_sandbox_succeeds_without_a_new_transition() {
     for status in [SandboxStatus::Deleted, SandboxStatus::Expired] {
         let s = sandbox(status);
         let id = s.id;
-        let mut m = Mocks::new();
-        m.repo.expect_get().returning(move |_| Ok(s.clone()));
+        let mut m = Mocks::finding(&s);
         m.repo.expect_transition().never();
         m.runtime.expect_remove().times(1).returning(|_| Ok(()));
         m.service().delete(&Access::Admin, id).await.unwrap();
@@ -546,10 +666,7 @@ async fn delete_of_an_unknown_sandbox_is_not_found() {
 
 #[tokio::test]
 async fn another_tenants_sandbox_is_not_found() {
-    let s = sandbox(SandboxStatus::Running);
-    let id = s.id;
-    let mut m = Mocks::new();
-    m.repo.expect_get().returning(move |_| Ok(s.clone()));
+    let (mut m, id) = Mocks::finding_running();
     m.repo
         .expect_touch()
         .withf(|_, tenant, _, _| tenant.as_ref().map(TenantId::as_str) == Some("other"))
@@ -645,8 +762,7 @@ async fn activity_on_a_sandbox_that_is_not_running_is_a_conflict() {
     ] {
         let s = with_reason(sandbox(status), Some("container vanished".into()));
         let id = s.id;
-        let mut m = Mocks::new();
-        m.repo.expect_get().returning(move |_| Ok(s.clone()));
+        let mut m = Mocks::finding(&s);
         m.repo.expect_touch().returning(|_, _, _, _| Ok(false));
         m.repo.expect_record_activity().never();
         m.runtime.expect_exec().never();
@@ -661,16 +777,7 @@ async fn activity_on_a_sandbox_that_is_not_running_is_a_conflict() {
         if status == SandboxStatus::Error {
             assert!(message.contains("container vanished"), "{message}");
         }
-        let execute = service
-            .execute(
-                &Access::Admin,
-                id,
-                ExecuteCommand {
-                    command: "true".into(),
-                    ..Default::default()
-                },
-            )
-            .await;
+        let execute = service.execute(&Access::Admin, id, command("true")).await;
         assert!(matches!(execute, Err(Error::Conflict(_))), "{status}");
         let upload = service
             .upload(&Access::Admin, id, None, upload_file("a.txt", b"x"))
@@ -691,18 +798,9 @@ fn upload_file(name: &str, content: &'static [u8]) -> UploadFile {
     }
 }
 
-fn running_mocks(s: &Sandbox) -> Mocks {
-    let mut m = Mocks::new();
-    let found = s.clone();
-    m.repo.expect_get().returning(move |_| Ok(found.clone()));
-    m
-}
-
 #[tokio::test]
 async fn execute_records_activity_then_runs_with_clamped_limits() {
-    let s = sandbox(SandboxStatus::Running);
-    let id = s.id;
-    let mut m = running_mocks(&s);
+    let (mut m, id) = Mocks::finding_running();
     let mut seq = Sequence::new();
     m.repo
         .expect_record_activity()
@@ -727,15 +825,12 @@ async fn execute_records_activity_then_runs_with_clamped_limits() {
         .in_sequence(&mut seq)
         .returning(|_, _| Ok(exec_output(0, "a\n")));
     let out = m
-        .service()
         .execute(
-            &Access::Admin,
             id,
             ExecuteCommand {
-                command: "ls".into(),
                 max_output_bytes: Some(usize::MAX),
                 timeout: Some(StdDuration::from_secs(1_000_000)),
-                ..Default::default()
+                ..command("ls")
             },
         )
         .await
@@ -754,11 +849,8 @@ async fn execute_runs_as_the_templates_remote_user_with_its_remote_env_under_the
     // The stored document says otherwise: only the typed fields count.
     s.devcontainer_config = serde_json::json!({"remoteUser": "root", "remoteEnv": {"X": "y"}});
     let id = s.id;
-    let mut m = running_mocks(&s);
-    let touched = s.clone();
-    m.repo
-        .expect_record_activity()
-        .returning(move |_, _, _, _| Ok(touched.clone()));
+    let mut m = Mocks::finding(&s);
+    m.records_activity(s.clone());
     m.runtime
         .expect_exec()
         .withf(|_, r| {
@@ -771,18 +863,15 @@ async fn execute_runs_as_the_templates_remote_user_with_its_remote_env_under_the
         })
         .times(1)
         .returning(|_, _| Ok(exec_output(0, "")));
-    m.service()
-        .execute(
-            &Access::Admin,
-            id,
-            ExecuteCommand {
-                command: "env".into(),
-                env: BTreeMap::from([("OVERRIDDEN".to_owned(), "request".to_owned())]),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    m.execute(
+        id,
+        ExecuteCommand {
+            env: BTreeMap::from([("OVERRIDDEN".to_owned(), "request".to_owned())]),
+            ..command("env")
+        },
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -791,19 +880,14 @@ async fn execute_refuses_an_empty_command_and_bad_input_without_touching_anythin
     let service = m.service();
     let id = SandboxId::new_random();
     for command in [
+        command("  "),
         ExecuteCommand {
-            command: "  ".into(),
-            ..Default::default()
-        },
-        ExecuteCommand {
-            command: "ls".into(),
             workdir: Some("relative".into()),
-            ..Default::default()
+            ..command("ls")
         },
         ExecuteCommand {
-            command: "ls".into(),
             env: BTreeMap::from([("A=B".into(), "x".into())]),
-            ..Default::default()
+            ..command("ls")
         },
     ] {
         let err = service
@@ -816,18 +900,10 @@ async fn execute_refuses_an_empty_command_and_bad_input_without_touching_anythin
 
 #[tokio::test]
 async fn upload_goes_to_the_workspace_under_a_safe_name() {
-    let s = sandbox(SandboxStatus::Running);
-    let id = s.id;
-    let mut m = running_mocks(&s);
-    m.repo
-        .expect_record_activity()
-        .withf(|_, _, _, e| {
-            e.as_ref().is_some_and(|e| {
-                e.details["path"] == "/workspace/passwd" && e.details["bytes"] == 2
-            })
-        })
-        .times(1)
-        .returning(|_, _, _, _| Ok(sandbox(SandboxStatus::Running)));
+    let (mut m, id) = Mocks::finding_running();
+    m.records_activity_once(|e| {
+        e.is_some_and(|e| e.details["path"] == "/workspace/passwd" && e.details["bytes"] == 2)
+    });
     m.runtime
         .expect_upload()
         .withf(|cid, dir, file| cid == CID && dir == "/workspace" && file.name == "passwd")
@@ -871,13 +947,8 @@ async fn upload_refuses_oversized_files_and_bad_paths() {
 
 #[tokio::test]
 async fn download_checks_the_path_then_records_activity() {
-    let s = sandbox(SandboxStatus::Running);
-    let id = s.id;
-    let mut m = running_mocks(&s);
-    m.repo
-        .expect_record_activity()
-        .times(1)
-        .returning(|_, _, _, _| Ok(sandbox(SandboxStatus::Running)));
+    let (mut m, id) = Mocks::finding_running();
+    m.records_activity_once(|_| true);
     m.runtime
         .expect_download()
         .withf(|cid, path| cid == CID && path == "/workspace/a.txt")
@@ -924,7 +995,7 @@ async fn the_reaper_expires_exactly_what_the_store_claims_and_removes_their_cont
         .with(eq(CID))
         .times(3)
         .returning(|_| Ok(()));
-    m.runtime.expect_list_managed().returning(|| Ok(vec![]));
+    m.lists_containers(vec![]);
     let report = m.service().reap_expired().await.unwrap();
     assert_eq!(
         report,
@@ -949,35 +1020,16 @@ async fn the_reaper_sweeps_containers_of_ended_sandboxes_only() {
         SandboxStatus::Error,
     ];
     let sandboxes: Vec<Sandbox> = statuses.iter().map(|s| sandbox(*s)).collect();
-    let managed: Vec<ManagedContainer> = sandboxes
-        .iter()
-        .map(|s| ManagedContainer {
-            id: format!("c-{}", s.status()),
-            sandbox_id: Some(s.id),
-            running: true,
-        })
-        .chain([ManagedContainer {
-            id: "c-unknown".into(),
-            sandbox_id: Some(SandboxId::new_random()),
-            running: true,
-        }])
-        .collect();
-    m.runtime
-        .expect_list_managed()
-        .returning(move || Ok(managed.clone()));
-    m.repo.expect_get().returning(move |id| {
+    m.lists_containers(
         sandboxes
             .iter()
-            .find(|s| s.id == id)
-            .cloned()
-            .ok_or_else(|| Error::not_found("gone"))
-    });
+            .map(|s| managed(&format!("c-{}", s.status()), Some(s.id), true))
+            .chain([managed("c-unknown", Some(SandboxId::new_random()), true)])
+            .collect(),
+    );
+    m.gets_from(sandboxes);
     for removed in ["c-expired", "c-deleted", "c-error"] {
-        m.runtime
-            .expect_remove()
-            .with(eq(removed))
-            .times(1)
-            .returning(|_| Ok(()));
+        m.removes(removed);
     }
     let report = m.service().reap_expired().await.unwrap();
     assert_eq!(report.swept, 3);
@@ -1003,7 +1055,7 @@ async fn a_failed_removal_is_counted_and_does_not_stop_the_pass() {
         .with(eq("other"))
         .times(1)
         .returning(|_| Ok(()));
-    m.runtime.expect_list_managed().returning(|| Ok(vec![]));
+    m.lists_containers(vec![]);
     let report = m.service().reap_expired().await.unwrap();
     assert_eq!((report.expired, report.removed, report.failures), (2, 1, 1));
 }

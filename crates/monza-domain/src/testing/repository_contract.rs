@@ -46,7 +46,7 @@ pub type Repo = Arc<dyn SandboxRepository>;
 #[macro_export]
 macro_rules! repository_contract_tests {
     (fresh = $fresh:path, fresh_pair = $pair:path $(,)?) => {
-        $crate::repository_contract_tests!(@single $fresh;
+        $crate::contract_checks!(repository_contract, $fresh, (repo);
             insert_then_get_returns_the_same_sandbox,
             get_of_an_unknown_id_is_not_found,
             insert_of_a_duplicate_id_is_a_conflict,
@@ -78,34 +78,34 @@ macro_rules! repository_contract_tests {
             events_are_oldest_first_and_unknown_ids_are_not_found,
             ping_answers,
         );
-        $crate::repository_contract_tests!(@pair $pair;
+        $crate::contract_checks!(repository_contract, $pair, (first, second);
             concurrent_claimers_on_two_instances_never_share_a_sandbox,
             an_acknowledged_write_is_visible_to_another_instance,
             concurrent_inserts_on_two_instances_never_pass_the_tenant_limit,
             concurrent_settlers_on_two_instances_settle_a_lapsed_create_once,
         );
     };
-    (@single $fresh:path; $($check:ident),* $(,)?) => {
+}
+
+/// For the contract suites' macros: one `#[tokio::test]` per `$check` of
+/// `crate::testing::$suite`, given the stores `$fresh` returns (named as in `($store, ...)`,
+/// followed by a guard), or skipped when it returns `None`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! contract_checks {
+    ($suite:ident, $fresh:path, $stores:tt; $($check:ident),* $(,)?) => {
         $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() {
-                let Some((repo, _guard)) = $fresh().await else {
-                    return;
-                };
-                $crate::testing::repository_contract::$check(repo).await;
-            }
+            $crate::contract_checks!(@check $suite, $fresh, $stores, $check);
         )*
     };
-    (@pair $pair:path; $($check:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() {
-                let Some((first, second, _guard)) = $pair().await else {
-                    return;
-                };
-                $crate::testing::repository_contract::$check(first, second).await;
-            }
-        )*
+    (@check $suite:ident, $fresh:path, ($($store:ident),+), $check:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() {
+            let Some(($($store,)+ _guard)) = $fresh().await else {
+                return;
+            };
+            $crate::testing::$suite::$check($($store),+).await;
+        }
     };
 }
 
@@ -210,19 +210,82 @@ async fn insert(repo: &Repo, sandbox: &Sandbox) {
     );
 }
 
+/// A sample of acme's in `status`, created at the base time, inserted.
+async fn insert_sample(repo: &Repo, status: SandboxStatus) -> Sandbox {
+    let sandbox = sample_sandbox("acme", status, base_time());
+    insert(repo, &sandbox).await;
+    sandbox
+}
+
 async fn get(repo: &Repo, id: SandboxId) -> Sandbox {
     repo.get(id)
         .await
         .unwrap_or_else(|e| panic!("get {id}: {e}"))
 }
 
-async fn actions(repo: &Repo, id: SandboxId) -> Vec<EventAction> {
+async fn events_of(repo: &Repo, id: SandboxId) -> Vec<SandboxEvent> {
     repo.events(id)
         .await
         .unwrap_or_else(|e| panic!("events {id}: {e}"))
+}
+
+async fn actions(repo: &Repo, id: SandboxId) -> Vec<EventAction> {
+    events_of(repo, id)
+        .await
         .into_iter()
         .map(|e| e.action)
         .collect()
+}
+
+/// Each event's action and time.
+fn stamps(events: &[SandboxEvent]) -> Vec<(EventAction, OffsetDateTime)> {
+    events.iter().map(|e| (e.action, e.created_at)).collect()
+}
+
+/// Every status but `except`.
+fn all_but(except: SandboxStatus) -> impl Iterator<Item = SandboxStatus> {
+    SandboxStatus::ALL.into_iter().filter(move |s| *s != except)
+}
+
+/// `sandbox` moved to `status`, with `reason` and `deleted_at`, and no lease.
+fn in_state(
+    sandbox: &Sandbox,
+    status: SandboxStatus,
+    reason: Option<String>,
+    deleted_at: Option<OffsetDateTime>,
+) -> Sandbox {
+    Sandbox {
+        state: SandboxState::restore(status, reason, deleted_at, None)
+            .unwrap_or_else(|e| panic!("{e}")),
+        ..sandbox.clone()
+    }
+}
+
+/// A write answered `returned`: it is `expected`, and so is what the store now holds.
+async fn assert_written(repo: &Repo, returned: &Sandbox, expected: &Sandbox, what: &str) {
+    assert_eq!(returned, expected, "{what}: the answer");
+    assert_eq!(&get(repo, expected.id).await, expected, "{what}: the row");
+}
+
+/// `result` is a conflict naming `sandbox`'s status, and its row and log are as they were.
+async fn assert_refused<T: std::fmt::Debug>(
+    repo: &Repo,
+    result: Result<T, Error>,
+    sandbox: &Sandbox,
+    what: &str,
+) {
+    let status = sandbox.status();
+    let message = assert_conflict(result, what);
+    assert!(
+        message.contains(status.as_str()),
+        "{what}: the conflict names the status {status}: {message}"
+    );
+    assert_eq!(&get(repo, sandbox.id).await, sandbox, "{what}: unchanged");
+    assert_eq!(
+        actions(repo, sandbox.id).await,
+        vec![EventAction::Created],
+        "{what}: nothing logged"
+    );
 }
 
 #[track_caller]
@@ -319,12 +382,8 @@ pub async fn insert_with_a_container_port_mapped_twice_is_a_conflict(repo: Repo)
 
 /// `insert` writes the `created` event, stamped with the sandbox's `created_at`.
 pub async fn insert_records_a_created_event(repo: Repo) {
-    let sandbox = sample_sandbox("acme", SandboxStatus::Creating, base_time());
-    insert(&repo, &sandbox).await;
-    let events = repo
-        .events(sandbox.id)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let sandbox = insert_sample(&repo, SandboxStatus::Creating).await;
+    let events = events_of(&repo, sandbox.id).await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].sandbox_id, sandbox.id);
     assert_eq!(events[0].action, EventAction::Created);
@@ -372,10 +431,7 @@ pub async fn json_fields_round_trip_exactly(repo: Repo) {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let events = repo
-        .events(sandbox.id)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let events = events_of(&repo, sandbox.id).await;
     assert_eq!(events.last().map(|e| &e.details), Some(&details));
 }
 
@@ -437,8 +493,7 @@ pub async fn port_mappings_round_trip_in_container_port_order(repo: Repo) {
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].port_mappings, expected);
 
-    let creating = sample_sandbox("acme", SandboxStatus::Creating, base_time());
-    insert(&repo, &creating).await;
+    let creating = insert_sample(&repo, SandboxStatus::Creating).await;
     assert_eq!(get(&repo, creating.id).await.port_mappings, vec![]);
     let update = running_update(creating.id, base_time());
     let running = repo
@@ -673,6 +728,16 @@ pub async fn concurrent_inserts_on_two_instances_never_pass_the_tenant_limit(
     race_limited_inserts(first, second).await;
 }
 
+/// Neither `answered` nor its stored row holds a create lease any more.
+async fn assert_lease_ended(repo: &Repo, answered: &Sandbox, what: &str) {
+    assert_eq!(answered.create_lease(), None, "{what}: the answer");
+    assert_eq!(
+        get(repo, answered.id).await.create_lease(),
+        None,
+        "{what}: the row"
+    );
+}
+
 /// A create lease is stored with its row and read back as written; it ends (is `None`)
 /// once the sandbox leaves `creating`, by `mark_running` or by a transition.
 pub async fn a_create_lease_round_trips_and_ends_when_the_sandbox_leaves_creating(repo: Repo) {
@@ -704,8 +769,7 @@ pub async fn a_create_lease_round_trips_and_ends_when_the_sandbox_leaves_creatin
         .mark_running(started.id, &update)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(running.create_lease(), None);
-    assert_eq!(get(&repo, started.id).await.create_lease(), None);
+    assert_lease_ended(&repo, &running, "mark_running").await;
 
     let failed = leased_sandbox("acme", instance, until);
     insert(&repo, &failed).await;
@@ -719,8 +783,23 @@ pub async fn a_create_lease_round_trips_and_ends_when_the_sandbox_leaves_creatin
         .transition(failed.id, &change)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(ended.create_lease(), None);
-    assert_eq!(get(&repo, failed.id).await.create_lease(), None);
+    assert_lease_ended(&repo, &ended, "a transition").await;
+}
+
+/// A create leased by `instance` until `until`, inserted, then marked running at `at` (so no
+/// longer creating); as stored.
+async fn finished_create(
+    repo: &Repo,
+    instance: InstanceId,
+    until: OffsetDateTime,
+    at: OffsetDateTime,
+) -> Sandbox {
+    let sandbox = leased_sandbox("acme", instance, until);
+    insert(repo, &sandbox).await;
+    repo.mark_running(sandbox.id, &running_update(sandbox.id, at))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    get(repo, sandbox.id).await
 }
 
 /// `renew_leases` moves the lease of the named `creating` sandboxes of this instance only,
@@ -734,17 +813,10 @@ pub async fn renew_leases_moves_only_this_instances_creating_leases(repo: Repo) 
     let mine_unnamed = leased_sandbox("acme", me, until);
     let theirs = leased_sandbox("acme", other, until);
     let unleased = sample_sandbox("acme", SandboxStatus::Creating, base_time());
-    let finished = leased_sandbox("acme", me, until);
-    for sandbox in [&mine, &mine_unnamed, &theirs, &unleased, &finished] {
+    for sandbox in [&mine, &mine_unnamed, &theirs, &unleased] {
         insert(&repo, sandbox).await;
     }
-    repo.mark_running(
-        finished.id,
-        &running_update(finished.id, base_time() + Duration::seconds(1)),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let finished = get(&repo, finished.id).await;
+    let finished = finished_create(&repo, me, until, base_time() + Duration::seconds(1)).await;
 
     let named = [
         mine.id,
@@ -800,21 +872,20 @@ pub async fn fail_lapsed_create_settles_only_a_creating_sandbox_whose_lease_laps
     let live = leased_sandbox("acme", instance, until + Duration::microseconds(1));
     let renewed = leased_sandbox("acme", instance, until - Duration::seconds(5));
     let unleased = sample_sandbox("acme", SandboxStatus::Creating, base_time());
-    let finished = leased_sandbox("acme", instance, until - Duration::seconds(5));
-    for sandbox in [&lapsed, &live, &renewed, &unleased, &finished] {
+    for sandbox in [&lapsed, &live, &renewed, &unleased] {
         insert(&repo, sandbox).await;
     }
     repo.renew_leases(instance, &[renewed.id], until + Duration::seconds(15))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let renewed = get(&repo, renewed.id).await;
-    repo.mark_running(
-        finished.id,
-        &running_update(finished.id, base_time() + Duration::seconds(2)),
+    let finished = finished_create(
+        &repo,
+        instance,
+        until - Duration::seconds(5),
+        base_time() + Duration::seconds(2),
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let finished = get(&repo, finished.id).await;
+    .await;
 
     let change = settle(now);
     let settled = repo
@@ -822,22 +893,14 @@ pub async fn fail_lapsed_create_settles_only_a_creating_sandbox_whose_lease_laps
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|| panic!("a lapsed lease is settled"));
-    let expected = Sandbox {
-        state: SandboxState::restore(
-            SandboxStatus::Error,
-            Some("lease lapsed".into()),
-            None,
-            None,
-        )
-        .unwrap_or_else(|e| panic!("{e}")),
-        ..lapsed.clone()
-    };
-    assert_eq!(settled, expected);
-    assert_eq!(get(&repo, lapsed.id).await, expected);
-    let events = repo
-        .events(lapsed.id)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let expected = in_state(
+        &lapsed,
+        SandboxStatus::Error,
+        Some("lease lapsed".into()),
+        None,
+    );
+    assert_written(&repo, &settled, &expected, "settled").await;
+    let events = events_of(&repo, lapsed.id).await;
     let last = events.last().unwrap_or_else(|| panic!("no events"));
     assert_eq!(
         (last.action, last.created_at),
@@ -914,33 +977,24 @@ pub async fn concurrent_settlers_on_two_instances_settle_a_lapsed_create_once(
 /// `mark_running` moves `creating` to `running` with the container's details and a
 /// `started` event, and returns the stored sandbox.
 pub async fn mark_running_moves_creating_to_running_with_its_container(repo: Repo) {
-    let sandbox = sample_sandbox("acme", SandboxStatus::Creating, base_time());
-    insert(&repo, &sandbox).await;
+    let sandbox = insert_sample(&repo, SandboxStatus::Creating).await;
     let update = running_update(sandbox.id, base_time() + Duration::seconds(20));
     let running = repo
         .mark_running(sandbox.id, &update)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let expected = Sandbox {
-        state: SandboxState::restore(SandboxStatus::Running, None, None, None)
-            .unwrap_or_else(|e| panic!("{e}")),
         container_id: Some(update.container_id.clone()),
         image: update.image.clone(),
         port_mappings: update.port_mappings.clone(),
         last_activity: update.at,
         expires_at: update.expires_at,
-        ..sandbox.clone()
+        ..in_state(&sandbox, SandboxStatus::Running, None, None)
     };
-    assert_eq!(running, expected);
-    assert_eq!(get(&repo, sandbox.id).await, expected);
-    let events = repo
-        .events(sandbox.id)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let got: Vec<(EventAction, OffsetDateTime)> =
-        events.iter().map(|e| (e.action, e.created_at)).collect();
+    assert_written(&repo, &running, &expected, "mark_running").await;
+    let events = events_of(&repo, sandbox.id).await;
     assert_eq!(
-        got,
+        stamps(&events),
         vec![
             (EventAction::Created, sandbox.created_at),
             (EventAction::Started, update.at)
@@ -955,23 +1009,18 @@ pub async fn mark_running_moves_creating_to_running_with_its_container(repo: Rep
 /// `mark_running` is a conflict from any status but `creating` (the row is unchanged) and
 /// not-found for an unknown id.
 pub async fn mark_running_is_refused_unless_creating(repo: Repo) {
-    for status in SandboxStatus::ALL
-        .into_iter()
-        .filter(|s| *s != SandboxStatus::Creating)
-    {
-        let sandbox = sample_sandbox("acme", status, base_time());
-        insert(&repo, &sandbox).await;
-        let message = assert_conflict(
-            repo.mark_running(sandbox.id, &running_update(sandbox.id, base_time()))
-                .await,
+    for status in all_but(SandboxStatus::Creating) {
+        let sandbox = insert_sample(&repo, status).await;
+        let result = repo
+            .mark_running(sandbox.id, &running_update(sandbox.id, base_time()))
+            .await;
+        assert_refused(
+            &repo,
+            result,
+            &sandbox,
             &format!("mark_running from {status}"),
-        );
-        assert!(
-            message.contains(status.as_str()),
-            "the conflict names the status {status}: {message}"
-        );
-        assert_eq!(get(&repo, sandbox.id).await, sandbox, "{status} unchanged");
-        assert_eq!(actions(&repo, sandbox.id).await, vec![EventAction::Created]);
+        )
+        .await;
     }
     let unknown = SandboxId::new_random();
     assert_not_found(
@@ -999,8 +1048,7 @@ pub async fn transition_follows_the_lifecycle_for_every_status_and_event(repo: R
     for from in SandboxStatus::ALL {
         for event in LifecycleEvent::ALL {
             let case = format!("{from} + {event:?}");
-            let sandbox = sample_sandbox("acme", from, base_time());
-            insert(&repo, &sandbox).await;
+            let sandbox = insert_sample(&repo, from).await;
             let at = micros(base_time() + Duration::minutes(10) + Duration::nanoseconds(1_500));
             let change = StatusChange {
                 event,
@@ -1012,44 +1060,20 @@ pub async fn transition_follows_the_lifecycle_for_every_status_and_event(repo: R
             match lifecycle::transition(from, event) {
                 Ok(to) => {
                     let changed = result.unwrap_or_else(|e| panic!("{case}: {e}"));
-                    let expected = Sandbox {
-                        state: SandboxState::restore(
-                            to,
-                            change.reason.clone(),
-                            if to.is_terminal() {
-                                Some(at)
-                            } else {
-                                sandbox.deleted_at()
-                            },
-                            None,
-                        )
-                        .unwrap_or_else(|e| panic!("{e}")),
-                        ..sandbox.clone()
+                    let deleted_at = if to.is_terminal() {
+                        Some(at)
+                    } else {
+                        sandbox.deleted_at()
                     };
-                    assert_eq!(changed, expected, "{case}");
-                    assert_eq!(get(&repo, sandbox.id).await, expected, "{case}");
-                    let events = repo
-                        .events(sandbox.id)
-                        .await
-                        .unwrap_or_else(|e| panic!("{e}"));
+                    let expected = in_state(&sandbox, to, change.reason.clone(), deleted_at);
+                    assert_written(&repo, &changed, &expected, &case).await;
+                    let events = events_of(&repo, sandbox.id).await;
                     assert_eq!(events.len(), 2, "{case}: {events:?}");
                     assert_eq!(events[1].action, change.record.action, "{case}");
                     assert_eq!(events[1].details, change.record.details, "{case}");
                     assert_eq!(events[1].created_at, at, "{case}");
                 }
-                Err(_) => {
-                    let message = assert_conflict(result, &case);
-                    assert!(
-                        message.contains(from.as_str()),
-                        "{case}: the conflict names the status: {message}"
-                    );
-                    assert_eq!(get(&repo, sandbox.id).await, sandbox, "{case} unchanged");
-                    assert_eq!(
-                        actions(&repo, sandbox.id).await,
-                        vec![EventAction::Created],
-                        "{case}: nothing logged"
-                    );
-                }
+                Err(_) => assert_refused(&repo, result, &sandbox, &case).await,
             }
         }
     }
@@ -1078,8 +1102,7 @@ fn event_for(event: LifecycleEvent) -> NewEvent {
 /// `record_activity` moves `last_activity` and `expires_at` of a running sandbox, logs the
 /// event when given and nothing for a heartbeat.
 pub async fn record_activity_moves_last_activity_and_expiry_while_running(repo: Repo) {
-    let sandbox = sample_sandbox("acme", SandboxStatus::Running, base_time());
-    insert(&repo, &sandbox).await;
+    let sandbox = insert_sample(&repo, SandboxStatus::Running).await;
 
     let at = micros(base_time() + Duration::minutes(3));
     let expires = at + Duration::minutes(30);
@@ -1092,8 +1115,7 @@ pub async fn record_activity_moves_last_activity_and_expiry_while_running(repo: 
         expires_at: expires,
         ..sandbox.clone()
     };
-    assert_eq!(touched, expected);
-    assert_eq!(get(&repo, sandbox.id).await, expected);
+    assert_written(&repo, &touched, &expected, "a heartbeat").await;
     assert_eq!(
         actions(&repo, sandbox.id).await,
         vec![EventAction::Created],
@@ -1116,10 +1138,7 @@ pub async fn record_activity_moves_last_activity_and_expiry_while_running(repo: 
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(touched.last_activity, later);
     assert_eq!(touched.expires_at, later + Duration::minutes(30));
-    let events = repo
-        .events(sandbox.id)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let events = events_of(&repo, sandbox.id).await;
     assert_eq!(events.len(), 2);
     assert_eq!(events[1].action, EventAction::Uploaded);
     assert_eq!(events[1].details, record.details);
@@ -1129,26 +1148,18 @@ pub async fn record_activity_moves_last_activity_and_expiry_while_running(repo: 
 /// `record_activity` is a conflict naming the status unless running (nothing changes or is
 /// logged), and not-found for an unknown id.
 pub async fn record_activity_is_refused_unless_running(repo: Repo) {
-    for status in SandboxStatus::ALL
-        .into_iter()
-        .filter(|s| *s != SandboxStatus::Running)
-    {
-        let sandbox = sample_sandbox("acme", status, base_time());
-        insert(&repo, &sandbox).await;
+    for status in all_but(SandboxStatus::Running) {
+        let sandbox = insert_sample(&repo, status).await;
         let at = base_time() + Duration::minutes(1);
-        let message = assert_conflict(
-            repo.record_activity(
+        let result = repo
+            .record_activity(
                 sandbox.id,
                 at,
                 at + Duration::hours(1),
                 Some(event(EventAction::Executed)),
             )
-            .await,
-            &format!("activity on {status}"),
-        );
-        assert!(message.contains(status.as_str()), "{status}: {message}");
-        assert_eq!(get(&repo, sandbox.id).await, sandbox, "{status} unchanged");
-        assert_eq!(actions(&repo, sandbox.id).await, vec![EventAction::Created]);
+            .await;
+        assert_refused(&repo, result, &sandbox, &format!("activity on {status}")).await;
     }
     assert_not_found(
         repo.record_activity(
@@ -1164,8 +1175,7 @@ pub async fn record_activity_is_refused_unless_running(repo: Repo) {
 
 /// The heartbeat's fast path: one conditional write, no event, `false` when refused.
 pub async fn touch_moves_expiry_only_for_a_running_sandbox_of_its_tenant(repo: Repo) {
-    let sandbox = sample_sandbox("acme", SandboxStatus::Running, base_time());
-    insert(&repo, &sandbox).await;
+    let sandbox = insert_sample(&repo, SandboxStatus::Running).await;
     let at = micros(base_time() + Duration::minutes(5));
     let expires = at + Duration::minutes(15);
     let other = TenantId::new("other").unwrap_or_else(|e| panic!("{e}"));
@@ -1196,12 +1206,8 @@ pub async fn touch_moves_expiry_only_for_a_running_sandbox_of_its_tenant(repo: R
         "a heartbeat is not logged"
     );
 
-    for status in SandboxStatus::ALL
-        .into_iter()
-        .filter(|s| *s != SandboxStatus::Running)
-    {
-        let ended = sample_sandbox("acme", status, base_time());
-        insert(&repo, &ended).await;
+    for status in all_but(SandboxStatus::Running) {
+        let ended = insert_sample(&repo, status).await;
         let touched = repo
             .touch(ended.id, None, at, expires)
             .await
@@ -1306,8 +1312,7 @@ pub async fn concurrent_touch_batches_over_the_same_rows_all_succeed(repo: Repo)
 /// A restarted container's new host ports replace a running sandbox's mappings; an ended
 /// or unknown sandbox is left alone.
 pub async fn replace_port_mappings_only_while_running(repo: Repo) {
-    let sandbox = sample_sandbox("acme", SandboxStatus::Running, base_time());
-    insert(&repo, &sandbox).await;
+    let sandbox = insert_sample(&repo, SandboxStatus::Running).await;
     let mapping = |sandbox_id: SandboxId, container_port: u16, host_port: u16| PortMapping {
         id: Uuid::new_v4(),
         sandbox_id,
@@ -1339,12 +1344,8 @@ pub async fn replace_port_mappings_only_while_running(repo: Repo) {
         "only the ports change"
     );
 
-    for status in SandboxStatus::ALL
-        .into_iter()
-        .filter(|s| *s != SandboxStatus::Running)
-    {
-        let other = sample_sandbox("acme", status, base_time());
-        insert(&repo, &other).await;
+    for status in all_but(SandboxStatus::Running) {
+        let other = insert_sample(&repo, status).await;
         let replaced = repo
             .replace_port_mappings(other.id, &[mapping(other.id, 8080, 50_003)])
             .await
@@ -1413,26 +1414,16 @@ pub async fn claim_expired_returns_exactly_the_running_sandboxes_past_expiry(rep
         assert_eq!(sandbox.status(), SandboxStatus::Expired);
         assert_eq!(sandbox.deleted_at(), Some(now));
         assert!(sandbox.status_reason().is_some(), "a reason is recorded");
-        let expected = Sandbox {
-            state: SandboxState::restore(
-                SandboxStatus::Expired,
-                sandbox.status_reason().map(str::to_owned),
-                Some(now),
-                None,
-            )
-            .unwrap_or_else(|e| panic!("{e}")),
-            ..before.clone()
-        };
-        assert_eq!(sandbox, &expected);
-        assert_eq!(&get(&repo, sandbox.id).await, sandbox);
-        let events = repo
-            .events(sandbox.id)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let got: Vec<(EventAction, OffsetDateTime)> =
-            events.iter().map(|e| (e.action, e.created_at)).collect();
+        let expected = in_state(
+            before,
+            SandboxStatus::Expired,
+            sandbox.status_reason().map(str::to_owned),
+            Some(now),
+        );
+        assert_written(&repo, sandbox, &expected, "claimed").await;
+        let events = events_of(&repo, sandbox.id).await;
         assert_eq!(
-            got,
+            stamps(&events),
             vec![
                 (EventAction::Created, before.created_at),
                 (EventAction::Expired, now)
@@ -1553,8 +1544,7 @@ pub async fn an_acknowledged_write_is_visible_to_another_instance(first: Repo, s
 /// `events` are oldest first (in the order they were written), each stamped with the time
 /// it was given; `append_event` and `events` of an unknown sandbox are not-found.
 pub async fn events_are_oldest_first_and_unknown_ids_are_not_found(repo: Repo) {
-    let sandbox = sample_sandbox("acme", SandboxStatus::Creating, base_time());
-    insert(&repo, &sandbox).await;
+    let sandbox = insert_sample(&repo, SandboxStatus::Creating).await;
     let appended = [
         EventAction::Executed,
         EventAction::Uploaded,
@@ -1567,10 +1557,7 @@ pub async fn events_are_oldest_first_and_unknown_ids_are_not_found(repo: Repo) {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     }
-    let events: Vec<SandboxEvent> = repo
-        .events(sandbox.id)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let events = events_of(&repo, sandbox.id).await;
     let got: Vec<EventAction> = events.iter().map(|e| e.action).collect();
     let mut want = vec![EventAction::Created];
     want.extend(appended);

@@ -24,7 +24,7 @@ pub type Tokens = Arc<dyn TokenRepository>;
 #[macro_export]
 macro_rules! token_contract_tests {
     (fresh = $fresh:path $(,)?) => {
-        $crate::token_contract_tests!(@each $fresh;
+        $crate::contract_checks!(token_contract, $fresh, (tokens);
             insert_then_find_returns_the_same_token,
             find_of_an_unknown_id_is_not_found,
             insert_of_a_duplicate_id_is_a_conflict,
@@ -34,17 +34,6 @@ macro_rules! token_contract_tests {
             insert_first_token_writes_only_into_an_empty_store,
             concurrent_first_inserts_write_exactly_one,
         );
-    };
-    (@each $fresh:path; $($check:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() {
-                let Some((tokens, _guard)) = $fresh().await else {
-                    return;
-                };
-                $crate::testing::token_contract::$check(tokens).await;
-            }
-        )*
     };
 }
 

@@ -47,16 +47,6 @@ impl ContainerRuntime for StuckRuntime {
     }
 }
 
-fn stuck_service(m: Mocks) -> SandboxService {
-    SandboxService::new(
-        Arc::new(m.repo),
-        Arc::new(StuckRuntime),
-        Arc::new(m.catalog),
-        Arc::new(m.clock),
-        m.config,
-    )
-}
-
 fn leased(expires_at: OffsetDateTime) -> Sandbox {
     let mut s = sandbox(SandboxStatus::Creating);
     s.container_id = None;
@@ -67,60 +57,23 @@ fn leased(expires_at: OffsetDateTime) -> Sandbox {
     s
 }
 
-fn managed(id: &str, sandbox_id: SandboxId) -> ManagedContainer {
-    ManagedContainer {
-        id: id.into(),
-        sandbox_id: Some(sandbox_id),
-        running: true,
-    }
-}
-
-/// Records every removed container.
-fn removals(m: &mut Mocks) -> Arc<Mutex<Vec<String>>> {
-    let removed = Arc::new(Mutex::new(Vec::new()));
-    let sink = removed.clone();
-    m.runtime.expect_remove().returning(move |cid| {
-        sink.lock().unwrap().push(cid.to_owned());
-        Ok(())
-    });
-    removed
-}
-
 /// `fail_lapsed_create` settles exactly `id`, at the clock's `now`, with a `Fail` whose reason
 /// says the lease lapsed.
 fn expect_settle(m: &mut Mocks, id: SandboxId, now: OffsetDateTime, settles: bool) {
     m.repo
         .expect_fail_lapsed_create()
         .withf(move |sid, at, change| {
-            *sid == id
-                && *at == now
-                && change.event == LifecycleEvent::Fail
-                && change.record.action == EventAction::Failed
-                && change
-                    .reason
-                    .as_deref()
-                    .is_some_and(|r| r.contains("stopped renewing its lease"))
+            *sid == id && *at == now && is_failure(change, "stopped renewing its lease")
         })
         .times(1)
-        .returning(move |_, _, change| {
-            Ok(settles.then(|| {
-                let mut s = with_reason(sandbox(SandboxStatus::Error), change.reason.clone());
-                s.id = id;
-                s
-            }))
-        });
+        .returning(move |_, _, change| Ok(settles.then(|| failed(id, change))));
 }
 
 #[tokio::test]
 async fn create_writes_a_lease_naming_this_instance_for_one_lease_from_now() {
-    let mut m = Mocks::new().with_template(template(vec![]));
+    let mut m = Mocks::creating();
     m.config.create_lease = Duration::seconds(20);
-    let inserted = Arc::new(Mutex::new(None));
-    let sink = inserted.clone();
-    m.repo.expect_insert().times(1).returning(move |s, _| {
-        *sink.lock().unwrap() = Some(s.clone());
-        Err(Error::internal("stop here"))
-    });
+    let inserted = m.captures_insert(Err(Error::internal("stop here")));
     let service = m.service();
     let _ = service
         .create(&Access::Admin, CreateSandbox::default())
@@ -141,14 +94,9 @@ async fn create_writes_a_lease_naming_this_instance_for_one_lease_from_now() {
 
 #[tokio::test]
 async fn a_create_in_flight_is_renewed_and_stops_being_renewed_once_its_future_is_dropped() {
-    let mut m = Mocks::new().with_template(template(vec![]));
+    let mut m = Mocks::creating();
     m.config.create_lease = Duration::seconds(15);
-    let inserted = Arc::new(Mutex::new(None));
-    let sink = inserted.clone();
-    m.repo.expect_insert().times(1).returning(move |s, _| {
-        *sink.lock().unwrap() = Some(s.id);
-        Ok(Admission::Inserted)
-    });
+    let inserted = m.captures_insert(Ok(Admission::Inserted));
     let renewals = Arc::new(Mutex::new(Vec::new()));
     let sink = renewals.clone();
     m.repo
@@ -158,14 +106,14 @@ async fn a_create_in_flight_is_renewed_and_stops_being_renewed_once_its_future_i
             sink.lock().unwrap().push((instance, ids.to_vec(), until));
             Ok(1)
         });
-    let service = stuck_service(m);
+    let service = m.service_over(StuckRuntime);
 
     let mut create = Box::pin(service.create(&Access::Admin, CreateSandbox::default()));
     assert!(
         futures::poll!(&mut create).is_pending(),
         "stuck in the engine"
     );
-    let id = inserted.lock().unwrap().unwrap();
+    let id = inserted.lock().unwrap().as_ref().unwrap().id;
     assert_eq!(service.renew_create_leases().await, Ok(1));
     assert_eq!(
         *renewals.lock().unwrap(),
@@ -215,15 +163,13 @@ async fn the_lease_pass_settles_only_lapsed_leases_and_removes_only_their_contai
     expect_settle(&mut m, lapsed.id, now, true);
     expect_settle(&mut m, at_expiry.id, now, true);
     let containers = vec![
-        managed("c-lapsed", lapsed.id),
-        managed("c-at-expiry", at_expiry.id),
-        managed("c-live", live.id),
-        managed("c-unleased", unleased.id),
+        managed("c-lapsed", Some(lapsed.id), true),
+        managed("c-at-expiry", Some(at_expiry.id), true),
+        managed("c-live", Some(live.id), true),
+        managed("c-unleased", Some(unleased.id), true),
     ];
-    m.runtime
-        .expect_list_managed()
-        .returning(move || Ok(containers.clone()));
-    let removed = removals(&mut m);
+    m.lists_containers(containers);
+    let removed = m.removals();
 
     let report = m.service().lease_pass().await.unwrap();
 
@@ -259,7 +205,7 @@ async fn a_lease_renewed_after_the_listing_is_not_settled_and_nothing_is_removed
 
 #[tokio::test]
 async fn a_process_that_cannot_renew_its_own_leases_settles_nobody_elses() {
-    let mut m = Mocks::new().with_template(template(vec![]));
+    let mut m = Mocks::creating();
     m.repo
         .expect_insert()
         .returning(|_, _| Ok(Admission::Inserted));
@@ -267,7 +213,7 @@ async fn a_process_that_cannot_renew_its_own_leases_settles_nobody_elses() {
         .expect_renew_leases()
         .returning(|_, _, _| Err(Error::unavailable("database", "timed out")));
     // No `list` expectation: the pass must stop before looking for lapsed leases.
-    let service = stuck_service(m);
+    let service = m.service_over(StuckRuntime);
     let mut create = Box::pin(service.create(&Access::Admin, CreateSandbox::default()));
     assert!(futures::poll!(&mut create).is_pending());
 
@@ -278,29 +224,20 @@ async fn a_process_that_cannot_renew_its_own_leases_settles_nobody_elses() {
 
 #[tokio::test]
 async fn a_create_settled_under_its_creator_fails_at_mark_running_and_removes_its_container() {
-    let mut m = Mocks::new().with_template(template(vec![])).with_insert();
-    m.runtime.expect_create().returning(|_| Ok(created()));
-    m.runtime.expect_start().returning(|_| Ok(vec![]));
+    let mut m = Mocks::creating().with_insert();
+    m.starts_a_container();
     m.repo.expect_mark_running().times(1).returning(|id, _| {
         Err(Error::Conflict(format!(
             "sandbox {id}: cannot start a sandbox that is error"
         )))
     });
-    m.runtime
-        .expect_remove()
-        .with(eq(CID))
-        .times(1)
-        .returning(|_| Ok(()));
+    m.removes(CID);
     m.repo
         .expect_transition()
         .times(1)
         .returning(|id, _| Err(Error::Conflict(format!("sandbox {id}: already error"))));
 
-    let err = m
-        .service()
-        .create(&Access::Admin, CreateSandbox::default())
-        .await
-        .unwrap_err();
+    let err = m.create().await.unwrap_err();
 
     assert!(matches!(err, Error::Conflict(_)), "{err:?}");
 }
@@ -316,27 +253,15 @@ async fn reconciliation_settles_a_lapsed_lease_at_once_and_never_times_out_a_liv
     let lapsed = leased(T0 + Duration::minutes(1));
     let live = leased(now + Duration::seconds(10));
     let creating = vec![lapsed.clone(), live.clone()];
-    let rows = creating.clone();
-    m.repo
-        .expect_list()
-        .returning(move |filter| match filter.status {
-            StatusFilter::Only(SandboxStatus::Creating) => Ok(creating.clone()),
-            StatusFilter::Only(SandboxStatus::Running) => Ok(vec![]),
-            other => panic!("unexpected listing {other:?}"),
-        });
-    m.repo.expect_get().returning(move |id| {
-        rows.iter()
-            .find(|s| s.id == id)
-            .cloned()
-            .ok_or_else(|| Error::not_found("no such sandbox"))
-    });
+    m.lists(creating.clone(), vec![], creating);
     expect_settle(&mut m, lapsed.id, now, true);
     // No `transition` expectation: the create timeout must not fail the live one.
-    let containers = vec![managed("c-lapsed", lapsed.id), managed("c-live", live.id)];
-    m.runtime
-        .expect_list_managed()
-        .returning(move || Ok(containers.clone()));
-    let removed = removals(&mut m);
+    let containers = vec![
+        managed("c-lapsed", Some(lapsed.id), true),
+        managed("c-live", Some(live.id), true),
+    ];
+    m.lists_containers(containers);
+    let removed = m.removals();
 
     let report = m.service().reconcile().await.unwrap();
 

@@ -1,84 +1,21 @@
 //! Reconciliation and the vanished-container path of requests, against mocked ports.
 
-use std::sync::Mutex;
-
 use super::*;
 use crate::runtime::ContainerState;
-use crate::sandbox::StatusFilter;
-
-fn managed(id: &str, sandbox_id: Option<SandboxId>, running: bool) -> ManagedContainer {
-    ManagedContainer {
-        id: id.into(),
-        sandbox_id,
-        running,
-    }
-}
 
 fn with_container(mut s: Sandbox, cid: &str) -> Sandbox {
     s.container_id = Some(cid.into());
     s
 }
 
-/// The store lists these `creating` and `running` sandboxes, and answers `get` from `rows`.
-fn listing(m: &mut Mocks, creating: Vec<Sandbox>, running: Vec<Sandbox>, rows: Vec<Sandbox>) {
-    m.repo
-        .expect_list()
-        .returning(move |filter| match filter.status {
-            StatusFilter::Only(SandboxStatus::Creating) => Ok(creating.clone()),
-            StatusFilter::Only(SandboxStatus::Running) => Ok(running.clone()),
-            other => panic!("unexpected listing {other:?}"),
-        });
-    m.repo.expect_get().returning(move |id| {
-        rows.iter()
-            .find(|s| s.id == id)
-            .cloned()
-            .ok_or_else(|| Error::not_found("no such sandbox"))
-    });
-}
-
-/// The store lists `s` as its only running sandbox, and the engine lists its container,
-/// stopped.
-fn stopped_container(m: &mut Mocks, s: Sandbox) {
+/// Mocks where the store lists `s` as its only running sandbox, and the engine lists its
+/// container, stopped.
+fn stopped_container(s: Sandbox) -> Mocks {
+    let mut m = Mocks::new();
     let cid = s.container_id.clone().expect("a sandbox with a container");
-    let containers = vec![managed(&cid, Some(s.id), false)];
-    listing(m, vec![], vec![s.clone()], vec![s]);
-    m.runtime
-        .expect_list_managed()
-        .returning(move || Ok(containers.clone()));
-}
-
-/// Records every removed container.
-fn removals(m: &mut Mocks) -> Arc<Mutex<Vec<String>>> {
-    let removed = Arc::new(Mutex::new(Vec::new()));
-    let sink = removed.clone();
-    m.runtime.expect_remove().returning(move |cid| {
-        sink.lock().unwrap().push(cid.to_owned());
-        Ok(())
-    });
-    removed
-}
-
-fn expect_fail(m: &mut Mocks, id: SandboxId, reason_contains: &'static str) {
-    m.repo
-        .expect_transition()
-        .withf(move |sid, change| {
-            *sid == id
-                && change.event == LifecycleEvent::Fail
-                && change.record.action == EventAction::Failed
-                && change
-                    .reason
-                    .as_deref()
-                    .is_some_and(|r| r.contains(reason_contains))
-                && change.record.details["error"]
-                    .as_str()
-                    .is_some_and(|r| r.contains(reason_contains))
-        })
-        .times(1)
-        .returning(move |_, change| {
-            let mut s = with_reason(sandbox(SandboxStatus::Error), change.reason.clone());
-            s.id = id;
-            Ok(s)
-        });
+    m.lists_containers(vec![managed(&cid, Some(s.id), false)]);
+    m.lists(vec![], vec![s.clone()], vec![s]);
+    m
 }
 
 #[tokio::test]
@@ -97,8 +34,7 @@ async fn removes_containers_of_unknown_and_ended_sandboxes_and_nothing_else() {
         managed("c-unknown", Some(unknown), true),
         managed("c-unlabelled", None, true),
     ];
-    listing(
-        &mut m,
+    m.lists(
         vec![],
         vec![live.clone()],
         vec![live, deleted, expired, failed],
@@ -107,7 +43,7 @@ async fn removes_containers_of_unknown_and_ended_sandboxes_and_nothing_else() {
         .expect_list_managed()
         .times(1)
         .returning(move || Ok(containers.clone()));
-    let removed = removals(&mut m);
+    let removed = m.removals();
 
     let report = m.service().reconcile().await.unwrap();
 
@@ -125,14 +61,14 @@ async fn a_running_sandbox_whose_container_is_gone_becomes_error_with_the_reason
     let mut m = Mocks::new();
     let s = with_container(sandbox(SandboxStatus::Running), "gone");
     let id = s.id;
-    listing(&mut m, vec![], vec![s.clone()], vec![s]);
-    m.runtime.expect_list_managed().returning(|| Ok(vec![]));
+    m.lists(vec![], vec![s.clone()], vec![s]);
+    m.lists_containers(vec![]);
     m.runtime
         .expect_state()
         .with(eq("gone"))
         .times(1)
         .returning(|_| Ok(ContainerState::Missing));
-    expect_fail(&mut m, id, "container vanished");
+    m.expects_failure(id, "container vanished");
 
     let report = m.service().reconcile().await.unwrap();
 
@@ -142,9 +78,7 @@ async fn a_running_sandbox_whose_container_is_gone_becomes_error_with_the_reason
 
 #[tokio::test]
 async fn a_stopped_container_is_started_again_and_the_sandbox_stays_running() {
-    let mut m = Mocks::new();
-    let s = with_container(sandbox(SandboxStatus::Running), "stopped");
-    stopped_container(&mut m, s);
+    let mut m = stopped_container(with_container(sandbox(SandboxStatus::Running), "stopped"));
     m.runtime
         .expect_start()
         .with(eq("stopped"))
@@ -159,7 +93,6 @@ async fn a_stopped_container_is_started_again_and_the_sandbox_stays_running() {
 
 #[tokio::test]
 async fn a_restarted_container_on_new_host_ports_has_them_recorded() {
-    let mut m = Mocks::new();
     let mut s = with_container(sandbox(SandboxStatus::Running), "stopped");
     s.port_mappings = vec![PortMapping {
         id: Uuid::new_v4(),
@@ -168,7 +101,7 @@ async fn a_restarted_container_on_new_host_ports_has_them_recorded() {
         container_port: 8080,
     }];
     let id = s.id;
-    stopped_container(&mut m, s);
+    let mut m = stopped_container(s);
     m.runtime.expect_start().times(1).returning(|_| {
         Ok(vec![PublishedPort {
             container_port: 8080,
@@ -196,9 +129,7 @@ async fn a_restarted_container_on_new_host_ports_has_them_recorded() {
 
 #[tokio::test]
 async fn a_restarted_container_whose_ports_cannot_be_recorded_is_a_failure_to_retry() {
-    let mut m = Mocks::new();
-    let s = with_container(sandbox(SandboxStatus::Running), "stopped");
-    stopped_container(&mut m, s);
+    let mut m = stopped_container(with_container(sandbox(SandboxStatus::Running), "stopped"));
     m.runtime.expect_start().returning(|_| {
         Ok(vec![PublishedPort {
             container_port: 8080,
@@ -216,15 +147,14 @@ async fn a_restarted_container_whose_ports_cannot_be_recorded_is_a_failure_to_re
 
 #[tokio::test]
 async fn a_stopped_container_that_will_not_start_makes_the_sandbox_error() {
-    let mut m = Mocks::new();
     let s = with_container(sandbox(SandboxStatus::Running), "broken");
     let id = s.id;
-    stopped_container(&mut m, s);
+    let mut m = stopped_container(s);
     m.runtime
         .expect_start()
         .times(1)
         .returning(|_| Err(Error::internal("docker answered 500: cannot start")));
-    expect_fail(&mut m, id, "could not be started again");
+    m.expects_failure(id, "could not be started again");
 
     let report = m.service().reconcile().await.unwrap();
 
@@ -234,9 +164,7 @@ async fn a_stopped_container_that_will_not_start_makes_the_sandbox_error() {
 
 #[tokio::test]
 async fn an_unreachable_engine_on_restart_is_a_failure_to_retry_not_an_error_sandbox() {
-    let mut m = Mocks::new();
-    let s = with_container(sandbox(SandboxStatus::Running), "stopped");
-    stopped_container(&mut m, s);
+    let mut m = stopped_container(with_container(sandbox(SandboxStatus::Running), "stopped"));
     m.runtime
         .expect_start()
         .returning(|_| Err(Error::unavailable("docker", "connection refused")));
@@ -264,17 +192,14 @@ async fn creating_past_the_timeout_becomes_error_and_loses_its_container_but_fre
         managed("c-stale", Some(stale.id), false),
         managed("c-fresh", Some(fresh.id), false),
     ];
-    listing(
-        &mut m,
+    m.lists(
         vec![stale.clone(), fresh.clone()],
         vec![],
         vec![stale, fresh],
     );
-    m.runtime
-        .expect_list_managed()
-        .returning(move || Ok(containers.clone()));
-    expect_fail(&mut m, stale_id, "creation did not finish within 600s");
-    let removed = removals(&mut m);
+    m.lists_containers(containers);
+    m.expects_failure(stale_id, "creation did not finish within 600s");
+    let removed = m.removals();
 
     let report = m.service().reconcile().await.unwrap();
 
@@ -291,10 +216,8 @@ async fn a_container_whose_sandbox_was_inserted_after_the_listing_is_left_alone(
     let mut newcomer = sandbox(SandboxStatus::Creating);
     newcomer.container_id = None;
     let containers = vec![managed("c-new", Some(newcomer.id), true)];
-    listing(&mut m, vec![], vec![], vec![newcomer]);
-    m.runtime
-        .expect_list_managed()
-        .returning(move || Ok(containers.clone()));
+    m.lists(vec![], vec![], vec![newcomer]);
+    m.lists_containers(containers);
     // No remove expected.
 
     let report = m.service().reconcile().await.unwrap();
@@ -306,12 +229,7 @@ async fn a_container_whose_sandbox_was_inserted_after_the_listing_is_left_alone(
 #[tokio::test]
 async fn an_unreachable_engine_fails_the_pass_without_touching_the_store() {
     let mut m = Mocks::new();
-    listing(
-        &mut m,
-        vec![],
-        vec![sandbox(SandboxStatus::Running)],
-        vec![],
-    );
+    m.lists(vec![], vec![sandbox(SandboxStatus::Running)], vec![]);
     m.runtime
         .expect_list_managed()
         .returning(|| Err(Error::unavailable("docker", "connection refused")));
@@ -325,11 +243,8 @@ async fn an_unreachable_engine_fails_the_pass_without_touching_the_store() {
 async fn a_request_on_a_sandbox_whose_container_vanished_is_a_conflict_with_the_reason() {
     let s = sandbox(SandboxStatus::Running);
     let id = s.id;
-    let mut m = running_mocks(&s);
-    let touched = s.clone();
-    m.repo
-        .expect_record_activity()
-        .returning(move |_, _, _, _| Ok(touched.clone()));
+    let mut m = Mocks::finding(&s);
+    m.records_activity(s.clone());
     m.runtime
         .expect_exec()
         .returning(|_, _| Err(Error::not_found("No such container: c0ffee")));
@@ -337,20 +252,9 @@ async fn a_request_on_a_sandbox_whose_container_vanished_is_a_conflict_with_the_
         .expect_state()
         .with(eq(CID))
         .returning(|_| Ok(ContainerState::Missing));
-    expect_fail(&mut m, id, "container vanished");
+    m.expects_failure(id, "container vanished");
 
-    let err = m
-        .service()
-        .execute(
-            &Access::Admin,
-            id,
-            ExecuteCommand {
-                command: "ls".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_err();
+    let err = m.execute(id, command("ls")).await.unwrap_err();
 
     match err {
         Error::Conflict(message) => {
@@ -363,12 +267,8 @@ async fn a_request_on_a_sandbox_whose_container_vanished_is_a_conflict_with_the_
 
 #[tokio::test]
 async fn a_missing_file_in_a_live_container_stays_not_found() {
-    let s = sandbox(SandboxStatus::Running);
-    let id = s.id;
-    let mut m = running_mocks(&s);
-    m.repo
-        .expect_record_activity()
-        .returning(|_, _, _, _| Ok(sandbox(SandboxStatus::Running)));
+    let (mut m, id) = Mocks::finding_running();
+    m.records_activity(sandbox(SandboxStatus::Running));
     m.runtime
         .expect_download()
         .returning(|_, _| Err(Error::not_found("/workspace/x does not exist")));
