@@ -13,7 +13,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod service;
 pub mod template;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use auth::{ApiToken, Bootstrap, IssuedToken, StoredToken, TokenHash, TokenId, TokenService};

@@ -13,27 +13,16 @@ use super::*;
 use crate::ports::{MockClock, MockContainerRuntime, MockSandboxRepository, MockTemplateCatalog};
 use crate::runtime::ManagedContainer;
 use crate::sandbox::StatusFilter;
-use crate::template::{ImageSource, LifecycleCommand, RunOptions};
+use crate::template::LifecycleCommand;
 
 const T0: OffsetDateTime = datetime!(2026-01-01 12:00 UTC);
 const CID: &str = "c0ffee";
 
 fn template(hooks: Vec<LifecycleCommand>) -> Template {
     Template {
-        name: TemplateName::new("go").unwrap(),
-        image: ImageSource::Image("golang:1".into()),
         container_env: BTreeMap::from([("A".into(), "1".into())]),
-        remote_env: BTreeMap::new(),
-        container_user: None,
-        remote_user: None,
-        workspace_folder: "/workspace".into(),
-        forward_ports: vec![8080],
-        override_command: true,
         lifecycle_commands: hooks,
-        mounts: vec![],
-        run_options: RunOptions::default(),
-        config: serde_json::json!({"image": "golang:1"}),
-        warnings: vec![],
+        ..crate::testing::fixtures::template("go", "golang:1")
     }
 }
 
