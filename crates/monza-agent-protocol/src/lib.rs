@@ -1,0 +1,597 @@
+//! The wire protocol between monza (the host) and `monza-agent` (inside a sandbox).
+//!
+//! One unix-socket connection, opened by the agent towards a socket the host listens on,
+//! carries many concurrent requests. Every message is one frame:
+//!
+//! ```text
+//! +----------------+---------+------+-----------------+----------------------+
+//! | len: u32 (BE)  | version | kind | id: u64 (BE)    | body (len - 10 bytes)|
+//! +----------------+---------+------+-----------------+----------------------+
+//! ```
+//!
+//! `len` counts the bytes after itself (at least [`FRAME_HEADER_AFTER_LEN`], at most
+//! [`MAX_FRAME_LEN`]). `version` is [`PROTOCOL_VERSION`] on every frame; a frame of another
+//! version is refused. `id` ties answers to their request: the host picks it, the agent echoes
+//! it on every output chunk, exit or error of that request (id 0 is the connection itself:
+//! hello and welcome). Bodies are JSON for control messages and raw bytes for data, so output
+//! is never re-encoded and bytes that are not UTF-8 arrive intact.
+//!
+//! The codec is pure ([`encode`], [`decode`] work on byte slices) so the blocking agent and,
+//! later, an async host (a `tokio_util` codec over the same two functions) share it;
+//! [`read_message`] and [`write_message`] are the blocking helpers over `std::io`.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this crate speaks, stated in every frame and in the hello.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Bytes of a frame after the length field and before the body: version, kind, id.
+pub const FRAME_HEADER_AFTER_LEN: usize = 1 + 1 + 8;
+
+/// The largest `len` accepted: 8 MiB, enough for an exec's inline stdin of the 1 MiB+ the
+/// execute route accepts, small enough that a broken peer cannot make the other side allocate
+/// without bound.
+pub const MAX_FRAME_LEN: usize = 8 * 1024 * 1024;
+
+/// The largest output chunk the agent sends in one frame.
+pub const MAX_CHUNK: usize = 64 * 1024;
+
+mod kind {
+    pub const HELLO: u8 = 0x01;
+    pub const WELCOME: u8 = 0x02;
+    pub const EXEC: u8 = 0x10;
+    pub const PING: u8 = 0x11;
+    pub const SIGNAL: u8 = 0x12;
+    pub const STDOUT: u8 = 0x20;
+    pub const STDERR: u8 = 0x21;
+    pub const EXIT: u8 = 0x30;
+    pub const PONG: u8 = 0x31;
+    pub const ERROR: u8 = 0x3f;
+}
+
+/// The agent's first frame on every connection (id 0). Its layout (a JSON body in a frame of
+/// kind 0x01) never changes between versions, so a host can always read it and say why it
+/// refuses an agent of another version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u8,
+    /// The agent's pid in the sandbox's pid namespace.
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The agent's crate version.
+    pub agent_version: String,
+}
+
+/// The host's answer to [`Hello`] (id 0): the agent serves requests only after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol: u8,
+}
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Program {
+    /// Executed directly: the first element is the program (looked up in `PATH`).
+    Argv(Vec<String>),
+    /// Run as `/bin/sh -c <command>`.
+    Shell(String),
+}
+
+/// Run one command to its end, streaming its output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub program: Program,
+    /// Working directory; the agent's own when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Added to (or overriding) the agent's environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Killed with its whole process group after this long; exit code 124 and `timed_out`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Stdout and stderr together forward at most this many bytes; the rest is read and
+    /// dropped (the command is not blocked) and the exit says `truncated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
+    /// Bytes written to the command's stdin, which is then closed. Absent: stdin is
+    /// `/dev/null`. Travels raw after the JSON, not inside it.
+    #[serde(skip)]
+    pub stdin: Option<Vec<u8>>,
+}
+
+impl ExecRequest {
+    /// `/bin/sh -c command`, no timeout, no limit, no stdin.
+    pub fn shell(command: impl Into<String>) -> Self {
+        Self::new(Program::Shell(command.into()))
+    }
+
+    /// The program and its arguments, executed directly.
+    pub fn argv<I, S>(argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::new(Program::Argv(argv.into_iter().map(Into::into).collect()))
+    }
+
+    fn new(program: Program) -> Self {
+        Self {
+            program,
+            cwd: None,
+            env: BTreeMap::new(),
+            timeout_ms: None,
+            max_output_bytes: None,
+            stdin: None,
+        }
+    }
+}
+
+/// Signals the host may send to a running request's process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Signal {
+    Term,
+    Int,
+    Kill,
+    Hup,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SignalBody {
+    signal: Signal,
+}
+
+/// Which pipe an output chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// The last frame of an exec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exit {
+    /// The exit code; 128 + signal when a signal ended it; 124 when it timed out.
+    pub exit_code: i32,
+    /// The signal that ended the command, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    /// Some output was not forwarded (`max_output_bytes`, or the command timed out while the
+    /// host was not reading).
+    pub truncated: bool,
+    /// Bytes the command wrote to each pipe, forwarded or not.
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    /// From spawn to exit, in microseconds.
+    pub duration_us: u64,
+}
+
+/// Why a request failed without running (or is not understood).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The program could not be started (not found, not executable, bad cwd).
+    Spawn,
+    /// The request's body did not parse, or its id is already in use.
+    BadRequest,
+    /// A frame kind this agent does not know (a newer host).
+    Unsupported,
+    /// A signal for an id that runs nothing.
+    NotFound,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The OS error number, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+}
+
+/// Every message of the protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Agent → host, first frame.
+    Hello(Hello),
+    /// Host → agent, answer to the hello.
+    Welcome(Welcome),
+    /// Host → agent: run a command; answered by output chunks then [`Message::Exit`], or by
+    /// one [`Message::Error`].
+    Exec { id: u64, request: ExecRequest },
+    /// Host → agent; answered by [`Message::Pong`] with the same id.
+    Ping { id: u64 },
+    /// Host → agent: signal the process group of the request `id`.
+    Signal { id: u64, signal: Signal },
+    /// Agent → host: bytes the command wrote.
+    Output {
+        id: u64,
+        stream: Stream,
+        data: Vec<u8>,
+    },
+    /// Agent → host: the command ended.
+    Exit { id: u64, exit: Exit },
+    Pong { id: u64 },
+    /// Agent → host: the request `id` failed.
+    Error { id: u64, error: ErrorReply },
+}
+
+impl Message {
+    /// The request id the frame carries (0 for hello and welcome).
+    pub fn id(&self) -> u64 {
+        match self {
+            Message::Hello(_) | Message::Welcome(_) => 0,
+            Message::Exec { id, .. }
+            | Message::Ping { id }
+            | Message::Signal { id, .. }
+            | Message::Output { id, .. }
+            | Message::Exit { id, .. }
+            | Message::Pong { id }
+            | Message::Error { id, .. } => *id,
+        }
+    }
+}
+
+/// A frame that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("frame length {len} is over the maximum of {max} bytes")]
+    Oversized { len: usize, max: usize },
+    #[error("frame length {len} is shorter than the {min}-byte header")]
+    Undersized { len: usize, min: usize },
+    #[error("frame is protocol version {found}, this side speaks version {supported}")]
+    UnsupportedVersion { found: u8, supported: u8 },
+    #[error("truncated frame: the stream ended after {got} of {expected} bytes")]
+    Truncated { expected: usize, got: usize },
+    /// The frame was read whole (the stream is still in step); only its kind is unknown.
+    #[error("unknown frame kind {kind:#04x} (request id {id})")]
+    UnknownKind { kind: u8, id: u64 },
+    /// The frame was read whole (the stream is still in step); its body is wrong.
+    #[error("bad body in frame of kind {kind:#04x} (request id {id}): {reason}")]
+    BadBody { kind: u8, id: u64, reason: String },
+}
+
+/// A message that cannot be written.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("message of {len} bytes is over the frame maximum of {max} bytes")]
+    Oversized { len: usize, max: usize },
+    #[error("cannot serialize the message body: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Reading a message from a stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+/// Writing a message to a stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+}
+
+fn begin(out: &mut Vec<u8>, kind: u8, id: u64) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.push(PROTOCOL_VERSION);
+    out.push(kind);
+    out.extend_from_slice(&id.to_be_bytes());
+    start
+}
+
+fn finish(out: &mut Vec<u8>, start: usize) -> Result<(), EncodeError> {
+    let len = out.len() - start - 4;
+    if len > MAX_FRAME_LEN {
+        out.truncate(start);
+        return Err(EncodeError::Oversized {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    let len = u32::try_from(len).map_err(|_| EncodeError::Oversized {
+        len,
+        max: MAX_FRAME_LEN,
+    })?;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+/// Appends the frame of `message` to `out`. On error `out` is left as it was.
+pub fn encode(message: &Message, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let start = out.len();
+    let result = encode_inner(message, out, start);
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+fn encode_inner(message: &Message, out: &mut Vec<u8>, start: usize) -> Result<(), EncodeError> {
+    fn json<T: Serialize>(
+        out: &mut Vec<u8>,
+        kind: u8,
+        id: u64,
+        body: &T,
+    ) -> Result<usize, EncodeError> {
+        let start = begin(out, kind, id);
+        serde_json::to_writer(&mut *out, body)?;
+        Ok(start)
+    }
+    let frame_start = match message {
+        Message::Hello(hello) => json(out, kind::HELLO, 0, hello)?,
+        Message::Welcome(welcome) => json(out, kind::WELCOME, 0, welcome)?,
+        Message::Exec { id, request } => {
+            // Body: u32 JSON length, the JSON, then the raw stdin (if the JSON says so).
+            let frame = begin(out, kind::EXEC, *id);
+            let json_at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            let wire = ExecWire {
+                request,
+                stdin: request.stdin.is_some(),
+            };
+            serde_json::to_writer(&mut *out, &wire)?;
+            let json_len = out.len() - json_at - 4;
+            let json_len = u32::try_from(json_len).map_err(|_| EncodeError::Oversized {
+                len: json_len,
+                max: MAX_FRAME_LEN,
+            })?;
+            out[json_at..json_at + 4].copy_from_slice(&json_len.to_be_bytes());
+            if let Some(stdin) = &request.stdin {
+                if out.len() - start + stdin.len() > MAX_FRAME_LEN + 4 {
+                    return Err(EncodeError::Oversized {
+                        len: out.len() - start + stdin.len() - 4,
+                        max: MAX_FRAME_LEN,
+                    });
+                }
+                out.extend_from_slice(stdin);
+            }
+            frame
+        }
+        Message::Ping { id } => begin(out, kind::PING, *id),
+        Message::Pong { id } => begin(out, kind::PONG, *id),
+        Message::Signal { id, signal } => {
+            json(out, kind::SIGNAL, *id, &SignalBody { signal: *signal })?
+        }
+        Message::Output { id, stream, data } => {
+            let kind = match stream {
+                Stream::Stdout => kind::STDOUT,
+                Stream::Stderr => kind::STDERR,
+            };
+            if data.len() + FRAME_HEADER_AFTER_LEN > MAX_FRAME_LEN {
+                return Err(EncodeError::Oversized {
+                    len: data.len() + FRAME_HEADER_AFTER_LEN,
+                    max: MAX_FRAME_LEN,
+                });
+            }
+            let frame = begin(out, kind, *id);
+            out.extend_from_slice(data);
+            frame
+        }
+        Message::Exit { id, exit } => json(out, kind::EXIT, *id, exit)?,
+        Message::Error { id, error } => json(out, kind::ERROR, *id, error)?,
+    };
+    finish(out, frame_start)
+}
+
+#[derive(Serialize)]
+struct ExecWire<'a> {
+    #[serde(flatten)]
+    request: &'a ExecRequest,
+    stdin: bool,
+}
+
+#[derive(Deserialize)]
+struct ExecWireOwned {
+    #[serde(flatten)]
+    request: ExecRequest,
+    stdin: bool,
+}
+
+/// The frame of one message, as a new buffer.
+pub fn encode_to_vec(message: &Message) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::new();
+    encode(message, &mut out)?;
+    Ok(out)
+}
+
+/// Checks the 4-byte length prefix of a frame; returns `len` (bytes after the prefix).
+pub fn check_len(prefix: [u8; 4]) -> Result<usize, DecodeError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(DecodeError::Oversized {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    if len < FRAME_HEADER_AFTER_LEN {
+        return Err(DecodeError::Undersized {
+            len,
+            min: FRAME_HEADER_AFTER_LEN,
+        });
+    }
+    Ok(len)
+}
+
+/// Decodes the first frame of `buf`: `Ok(None)` when `buf` holds only part of it (read
+/// more), `Ok(Some((message, consumed)))` otherwise. A length or version that cannot be
+/// right is refused as soon as its bytes are in, before the rest of the frame arrives.
+pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, DecodeError> {
+    let Some(prefix) = buf.first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let len = check_len(*prefix)?;
+    if let Some(&version) = buf.get(4) {
+        check_version(version)?;
+    }
+    let Some(frame) = buf.get(4..4 + len) else {
+        return Ok(None);
+    };
+    Ok(Some((decode_frame(frame)?, 4 + len)))
+}
+
+fn check_version(version: u8) -> Result<(), DecodeError> {
+    if version == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(DecodeError::UnsupportedVersion {
+            found: version,
+            supported: PROTOCOL_VERSION,
+        })
+    }
+}
+
+/// Decodes one frame without its length prefix (`frame.len()` is the prefix's value).
+pub fn decode_frame(frame: &[u8]) -> Result<Message, DecodeError> {
+    let Some((&[version, kind], rest)) = frame.split_first_chunk::<2>() else {
+        return Err(DecodeError::Undersized {
+            len: frame.len(),
+            min: FRAME_HEADER_AFTER_LEN,
+        });
+    };
+    check_version(version)?;
+    let Some((id, body)) = rest.split_first_chunk::<8>() else {
+        return Err(DecodeError::Undersized {
+            len: frame.len(),
+            min: FRAME_HEADER_AFTER_LEN,
+        });
+    };
+    let id = u64::from_be_bytes(*id);
+    let bad = |reason: String| DecodeError::BadBody { kind, id, reason };
+    fn json<T: for<'de> Deserialize<'de>>(
+        body: &[u8],
+        bad: impl Fn(String) -> DecodeError,
+    ) -> Result<T, DecodeError> {
+        serde_json::from_slice(body).map_err(|e| bad(e.to_string()))
+    }
+    let empty = |body: &[u8]| {
+        if body.is_empty() {
+            Ok(())
+        } else {
+            Err(bad(format!("expected no body, got {} bytes", body.len())))
+        }
+    };
+    let message = match kind {
+        kind::HELLO => Message::Hello(json(body, bad)?),
+        kind::WELCOME => Message::Welcome(json(body, bad)?),
+        kind::EXEC => {
+            let Some((json_len, rest)) = body.split_first_chunk::<4>() else {
+                return Err(bad("exec body shorter than its 4-byte JSON length".into()));
+            };
+            let json_len = u32::from_be_bytes(*json_len) as usize;
+            let Some((meta, stdin)) = rest.split_at_checked(json_len) else {
+                return Err(bad(format!(
+                    "exec JSON length {json_len} is past the body's end ({} bytes)",
+                    rest.len()
+                )));
+            };
+            let wire: ExecWireOwned = json(meta, bad)?;
+            let mut request = wire.request;
+            if wire.stdin {
+                request.stdin = Some(stdin.to_vec());
+            } else if !stdin.is_empty() {
+                return Err(bad(format!(
+                    "{} stdin bytes after an exec that says it has no stdin",
+                    stdin.len()
+                )));
+            }
+            Message::Exec { id, request }
+        }
+        kind::PING => {
+            empty(body)?;
+            Message::Ping { id }
+        }
+        kind::PONG => {
+            empty(body)?;
+            Message::Pong { id }
+        }
+        kind::SIGNAL => {
+            let SignalBody { signal } = json(body, bad)?;
+            Message::Signal { id, signal }
+        }
+        kind::STDOUT | kind::STDERR => Message::Output {
+            id,
+            stream: if kind == kind::STDOUT {
+                Stream::Stdout
+            } else {
+                Stream::Stderr
+            },
+            data: body.to_vec(),
+        },
+        kind::EXIT => Message::Exit {
+            id,
+            exit: json(body, bad)?,
+        },
+        kind::ERROR => Message::Error {
+            id,
+            error: json(body, bad)?,
+        },
+        _ => return Err(DecodeError::UnknownKind { kind, id }),
+    };
+    Ok(message)
+}
+
+/// Reads one whole frame. `Ok(None)`: the stream ended cleanly between frames. A stream that
+/// ends inside a frame is [`DecodeError::Truncated`]. After [`DecodeError::UnknownKind`] and
+/// [`DecodeError::BadBody`] the frame has been consumed and the next read can go on; after
+/// any other error the connection is out of step and must be dropped.
+pub fn read_message<R: Read>(reader: &mut R) -> Result<Option<Message>, ReadError> {
+    let mut prefix = [0u8; 4];
+    let got = read_full(reader, &mut prefix)?;
+    if got == 0 {
+        return Ok(None);
+    }
+    if got < 4 {
+        return Err(DecodeError::Truncated { expected: 4, got }.into());
+    }
+    let len = check_len(prefix)?;
+    let mut frame = vec![0u8; len];
+    let got = read_full(reader, &mut frame)?;
+    if got < len {
+        return Err(DecodeError::Truncated {
+            expected: 4 + len,
+            got: 4 + got,
+        }
+        .into());
+    }
+    Ok(Some(decode_frame(&frame)?))
+}
+
+/// Reads until `buf` is full or the stream ends; returns how much was read.
+fn read_full<R: Read>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Encodes `message` and writes its frame with one `write_all`.
+pub fn write_message<W: Write>(writer: &mut W, message: &Message) -> Result<(), WriteError> {
+    let frame = encode_to_vec(message)?;
+    writer.write_all(&frame)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

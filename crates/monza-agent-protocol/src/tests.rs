@@ -1,0 +1,243 @@
+use super::*;
+
+fn samples() -> Vec<Message> {
+    let mut exec = ExecRequest::shell("echo hi; cat");
+    exec.cwd = Some("/tmp".into());
+    exec.env.insert("FOO".into(), "bar baz".into());
+    exec.timeout_ms = Some(1500);
+    exec.max_output_bytes = Some(1 << 20);
+    exec.stdin = Some(vec![0, 0xff, 0xfe, b'\n']);
+    vec![
+        Message::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            pid: 7,
+            uid: 1000,
+            gid: 1000,
+            agent_version: "0.1.0".into(),
+        }),
+        Message::Welcome(Welcome {
+            protocol: PROTOCOL_VERSION,
+        }),
+        Message::Exec { id: 1, request: exec },
+        Message::Exec {
+            id: u64::MAX,
+            request: ExecRequest::argv(["true"]),
+        },
+        Message::Exec {
+            id: 3,
+            request: ExecRequest {
+                stdin: Some(Vec::new()),
+                ..ExecRequest::argv(["cat"])
+            },
+        },
+        Message::Ping { id: 2 },
+        Message::Pong { id: 2 },
+        Message::Signal {
+            id: 1,
+            signal: Signal::Term,
+        },
+        Message::Output {
+            id: 1,
+            stream: Stream::Stdout,
+            data: vec![0xff, 0x00, 0xc3, 0x28],
+        },
+        Message::Output {
+            id: 1,
+            stream: Stream::Stderr,
+            data: Vec::new(),
+        },
+        Message::Exit {
+            id: 1,
+            exit: Exit {
+                exit_code: 124,
+                signal: Some(9),
+                timed_out: true,
+                truncated: false,
+                stdout_bytes: 3,
+                stderr_bytes: 0,
+                duration_us: 1_000_000,
+            },
+        },
+        Message::Error {
+            id: 4,
+            error: ErrorReply {
+                code: ErrorCode::Spawn,
+                message: "No such file or directory".into(),
+                errno: Some(2),
+            },
+        },
+    ]
+}
+
+#[test]
+fn every_message_round_trips_through_the_pure_codec() {
+    for message in samples() {
+        let frame = encode_to_vec(&message).unwrap();
+        let (decoded, used) = decode(&frame).unwrap().unwrap();
+        assert_eq!(decoded, message);
+        assert_eq!(used, frame.len());
+        assert_eq!(decoded.id(), message.id());
+    }
+}
+
+#[test]
+fn a_stream_of_frames_round_trips_through_read_and_write() {
+    let mut wire = Vec::new();
+    for message in samples() {
+        write_message(&mut wire, &message).unwrap();
+    }
+    let mut reader = wire.as_slice();
+    for message in samples() {
+        assert_eq!(read_message(&mut reader).unwrap(), Some(message));
+    }
+    assert!(read_message(&mut reader).unwrap().is_none(), "clean EOF");
+}
+
+#[test]
+fn a_partial_frame_asks_for_more_bytes() {
+    let frame = encode_to_vec(&samples()[2]).unwrap();
+    for cut in 0..frame.len() {
+        assert!(decode(&frame[..cut]).unwrap().is_none(), "cut at {cut}");
+    }
+}
+
+#[test]
+fn a_frame_cut_by_the_end_of_the_stream_is_truncated() {
+    let frame = encode_to_vec(&samples()[2]).unwrap();
+    for cut in [1, 3, 4, 9, frame.len() - 1] {
+        let err = read_message(&mut &frame[..cut]).unwrap_err();
+        assert!(
+            matches!(err, ReadError::Decode(DecodeError::Truncated { .. })),
+            "cut at {cut}: {err}"
+        );
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
+}
+
+#[test]
+fn an_oversized_length_is_refused_before_the_body_arrives() {
+    let len = u32::try_from(MAX_FRAME_LEN + 1).unwrap().to_be_bytes();
+    let err = decode(&len).unwrap_err();
+    assert!(matches!(err, DecodeError::Oversized { .. }), "{err}");
+    assert!(err.to_string().contains("over the maximum"), "{err}");
+    let err = read_message(&mut &len[..]).unwrap_err();
+    assert!(
+        matches!(err, ReadError::Decode(DecodeError::Oversized { .. })),
+        "{err}"
+    );
+    let err = decode(&[0, 0, 0, 3, 1, 0x11, 0]).unwrap_err();
+    assert!(matches!(err, DecodeError::Undersized { .. }), "{err}");
+}
+
+#[test]
+fn oversized_messages_are_not_encoded() {
+    let mut out = vec![1, 2, 3];
+    let big = Message::Output {
+        id: 1,
+        stream: Stream::Stdout,
+        data: vec![0; MAX_FRAME_LEN],
+    };
+    let err = encode(&big, &mut out).unwrap_err();
+    assert!(matches!(err, EncodeError::Oversized { .. }), "{err}");
+    assert_eq!(out, [1, 2, 3], "the buffer is left as it was");
+    let mut exec = ExecRequest::argv(["cat"]);
+    exec.stdin = Some(vec![0; MAX_FRAME_LEN]);
+    let err = encode(&Message::Exec { id: 1, request: exec }, &mut out).unwrap_err();
+    assert!(matches!(err, EncodeError::Oversized { .. }), "{err}");
+    assert_eq!(out, [1, 2, 3]);
+}
+
+#[test]
+fn another_version_is_refused_as_soon_as_its_byte_is_in() {
+    let mut frame = encode_to_vec(&Message::Ping { id: 5 }).unwrap();
+    frame[4] = PROTOCOL_VERSION + 1;
+    let err = decode(&frame[..5]).unwrap_err();
+    assert!(
+        matches!(err, DecodeError::UnsupportedVersion { found, supported }
+            if found == PROTOCOL_VERSION + 1 && supported == PROTOCOL_VERSION),
+        "{err}"
+    );
+    assert!(err.to_string().contains("version 2"), "{err}");
+    assert!(read_message(&mut frame.as_slice()).is_err());
+}
+
+#[test]
+fn unknown_kinds_and_bad_bodies_keep_the_stream_in_step() {
+    let mut wire = encode_to_vec(&Message::Ping { id: 9 }).unwrap();
+    wire[5] = 0x7e;
+    let mut bad_json = encode_to_vec(&Message::Exit {
+        id: 10,
+        exit: Exit {
+            exit_code: 0,
+            signal: None,
+            timed_out: false,
+            truncated: false,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            duration_us: 0,
+        },
+    })
+    .unwrap();
+    let last = bad_json.len() - 1;
+    bad_json[last] = b'!';
+    wire.extend_from_slice(&bad_json);
+    wire.extend_from_slice(&encode_to_vec(&Message::Pong { id: 11 }).unwrap());
+
+    let mut reader = wire.as_slice();
+    let err = read_message(&mut reader).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ReadError::Decode(DecodeError::UnknownKind { kind: 0x7e, id: 9 })
+        ),
+        "{err}"
+    );
+    let err = read_message(&mut reader).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ReadError::Decode(DecodeError::BadBody { id: 10, .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        read_message(&mut reader).unwrap(),
+        Some(Message::Pong { id: 11 })
+    );
+}
+
+#[test]
+fn exec_bodies_are_checked() {
+    let frame = encode_to_vec(&Message::Exec {
+        id: 1,
+        request: ExecRequest::argv(["true"]),
+    })
+    .unwrap();
+    // Trailing bytes after an exec without stdin.
+    let mut extra = frame.clone();
+    extra.push(b'x');
+    let len = u32::try_from(extra.len() - 4).unwrap().to_be_bytes();
+    extra[..4].copy_from_slice(&len);
+    let err = decode(&extra).unwrap_err();
+    assert!(matches!(err, DecodeError::BadBody { .. }), "{err}");
+    // A JSON length past the end.
+    let mut long = frame;
+    long[14..18].copy_from_slice(&u32::MAX.to_be_bytes());
+    let err = decode(&long).unwrap_err();
+    assert!(err.to_string().contains("past the body's end"), "{err}");
+}
+
+#[test]
+fn the_exec_json_is_readable_by_other_implementations() {
+    let mut request = ExecRequest::shell("ls");
+    request.timeout_ms = Some(10);
+    request.stdin = Some(b"in".to_vec());
+    let frame = encode_to_vec(&Message::Exec { id: 1, request }).unwrap();
+    let json_len = u32::from_be_bytes(frame[14..18].try_into().unwrap()) as usize;
+    let json: serde_json::Value = serde_json::from_slice(&frame[18..18 + json_len]).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"program": {"shell": "ls"}, "timeout_ms": 10, "stdin": true})
+    );
+    assert_eq!(&frame[18 + json_len..], b"in");
+}
