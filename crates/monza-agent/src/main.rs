@@ -1,0 +1,234 @@
+//! `monza-agent`: runs inside a sandbox, connects out to the unix socket monza listens on,
+//! and runs commands for it. See the crate's README for the protocol and the reasoning.
+//!
+//! Usage: `monza-agent [--socket PATH]`; the path defaults to `$MONZA_AGENT_SOCKET`, then to
+//! `/.monza/agent.sock`.
+
+mod exec;
+mod outbox;
+
+use std::io::{BufReader, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use monza_agent_protocol::{
+    DecodeError, ErrorCode, Hello, Message, PROTOCOL_VERSION, ReadError, read_message,
+    write_message,
+};
+
+use crate::exec::Jobs;
+use crate::outbox::Outbox;
+
+/// The environment variable naming the socket; removed from the commands' environment.
+pub const SOCKET_ENV: &str = "MONZA_AGENT_SOCKET";
+const DEFAULT_SOCKET: &str = "/.monza/agent.sock";
+
+/// Bytes of encoded frames that may wait for the socket, across all commands.
+const OUTBOX_BUDGET: usize = 1024 * 1024;
+
+/// Reconnection backoff: doubles from the first to the last, then stays there.
+const BACKOFF_FIRST: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// How long the host has to answer the hello.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn main() {
+    let mut socket = std::env::var_os(SOCKET_ENV).map(PathBuf::from);
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("--socket") => match args.next() {
+                Some(path) => socket = Some(PathBuf::from(path)),
+                None => usage("--socket needs a path"),
+            },
+            Some("--version") => {
+                println!(
+                    "monza-agent {} (protocol {PROTOCOL_VERSION})",
+                    env!("CARGO_PKG_VERSION")
+                );
+                return;
+            }
+            _ => usage(&format!("unknown argument {arg:?}")),
+        }
+    }
+    let socket = socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+
+    let mut backoff = BACKOFF_FIRST;
+    let mut last_error = String::new();
+    loop {
+        match UnixStream::connect(&socket) {
+            Ok(stream) => {
+                last_error.clear();
+                match serve(stream) {
+                    Ok(()) => {
+                        eprintln!("monza-agent: the host closed the connection");
+                        backoff = BACKOFF_FIRST;
+                    }
+                    Err(e) => eprintln!("monza-agent: connection ended: {e}"),
+                }
+            }
+            Err(e) => {
+                // Said once per kind of failure, not on every retry.
+                let error = e.to_string();
+                if error != last_error {
+                    eprintln!(
+                        "monza-agent: cannot connect to {}: {error}; retrying",
+                        socket.display()
+                    );
+                    last_error = error;
+                }
+            }
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn usage(problem: &str) -> ! {
+    eprintln!("monza-agent: {problem}\nusage: monza-agent [--socket PATH]");
+    std::process::exit(2)
+}
+
+/// Says hello, waits for the welcome, then serves requests until the connection ends.
+/// `Ok` when the host closed it cleanly.
+fn serve(stream: UnixStream) -> Result<(), String> {
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    write_message(
+        &mut writer,
+        &Message::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            pid: rustix::process::getpid()
+                .as_raw_nonzero()
+                .get()
+                .unsigned_abs(),
+            uid: rustix::process::getuid().as_raw(),
+            gid: rustix::process::getgid().as_raw(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+        }),
+    )
+    .map_err(|e| format!("sending the hello: {e}"))?;
+    reader
+        .get_ref()
+        .set_read_timeout(Some(WELCOME_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    match read_message(&mut reader) {
+        Ok(Some(Message::Welcome(welcome))) if welcome.protocol == PROTOCOL_VERSION => {}
+        Ok(Some(Message::Welcome(welcome))) => {
+            return Err(format!(
+                "the host speaks protocol {}, this agent {PROTOCOL_VERSION}",
+                welcome.protocol
+            ));
+        }
+        Ok(Some(other)) => return Err(format!("expected a welcome, got {other:?}")),
+        Ok(None) => return Err("the host closed the connection before its welcome".into()),
+        Err(e) => return Err(format!("waiting for the welcome: {e}")),
+    }
+    reader
+        .get_ref()
+        .set_read_timeout(None)
+        .map_err(|e| e.to_string())?;
+
+    let outbox = Arc::new(Outbox::new(OUTBOX_BUDGET));
+    let jobs = Arc::new(Jobs::default());
+    let writer_thread = {
+        let outbox = Arc::clone(&outbox);
+        std::thread::Builder::new()
+            .name("writer".into())
+            .spawn(move || {
+                while let Some(frame) = outbox.pop() {
+                    if writer.write_all(&frame).is_err() {
+                        break;
+                    }
+                }
+                outbox.close();
+                // Wakes the reader if the host vanished.
+                let _ = writer.shutdown(Shutdown::Both);
+            })
+            .map_err(|e| e.to_string())?
+    };
+
+    let mut commands: Vec<JoinHandle<()>> = Vec::new();
+    let result = loop {
+        let message = match read_message(&mut reader) {
+            Ok(Some(message)) => message,
+            Ok(None) => break Ok(()),
+            Err(ReadError::Decode(DecodeError::UnknownKind { kind, id })) => {
+                exec::refuse(
+                    id,
+                    ErrorCode::Unsupported,
+                    format!("this agent does not know frame kind {kind:#04x}"),
+                    &outbox,
+                );
+                continue;
+            }
+            Err(ReadError::Decode(e @ DecodeError::BadBody { id, .. })) => {
+                exec::refuse(id, ErrorCode::BadRequest, e.to_string(), &outbox);
+                continue;
+            }
+            Err(e) => break Err(e.to_string()),
+        };
+        match message {
+            Message::Exec { id, request } => {
+                commands.retain(|handle| !handle.is_finished());
+                if !jobs.reserve(id) {
+                    exec::refuse(
+                        id,
+                        ErrorCode::BadRequest,
+                        format!("request id {id} is already running"),
+                        &outbox,
+                    );
+                    continue;
+                }
+                let spawned = {
+                    let (outbox, jobs) = (Arc::clone(&outbox), Arc::clone(&jobs));
+                    std::thread::Builder::new()
+                        .name(format!("exec-{id}"))
+                        .stack_size(256 * 1024)
+                        .spawn(move || exec::run(id, request, &outbox, &jobs))
+                };
+                match spawned {
+                    Ok(handle) => commands.push(handle),
+                    Err(e) => {
+                        jobs.remove(id);
+                        exec::refuse(id, ErrorCode::Spawn, format!("no thread: {e}"), &outbox);
+                    }
+                }
+            }
+            Message::Ping { id } => {
+                let _ = outbox.send(&Message::Pong { id });
+            }
+            Message::Signal { id, signal } => {
+                if !jobs.signal(id, signal) {
+                    exec::refuse(
+                        id,
+                        ErrorCode::NotFound,
+                        format!("request id {id} runs nothing"),
+                        &outbox,
+                    );
+                }
+            }
+            other => exec::refuse(
+                other.id(),
+                ErrorCode::BadRequest,
+                "the agent does not accept this message from the host".into(),
+                &outbox,
+            ),
+        }
+    };
+
+    // Whatever ended the connection, its commands end with it.
+    outbox.close();
+    jobs.kill_all();
+    let _ = reader.get_ref().shutdown(Shutdown::Both);
+    for handle in commands {
+        let _ = handle.join();
+    }
+    let _ = writer_thread.join();
+    result
+}
