@@ -64,11 +64,8 @@ fn main() {
         match UnixStream::connect(&socket) {
             Ok(stream) => {
                 last_error.clear();
-                match serve(stream) {
-                    Ok(()) => {
-                        eprintln!("monza-agent: the host closed the connection");
-                        backoff = BACKOFF_FIRST;
-                    }
+                match serve(stream, &mut backoff) {
+                    Ok(()) => eprintln!("monza-agent: the host closed the connection"),
                     Err(e) => eprintln!("monza-agent: connection ended: {e}"),
                 }
             }
@@ -95,8 +92,9 @@ fn usage(problem: &str) -> ! {
 }
 
 /// Says hello, waits for the welcome, then serves requests until the connection ends.
-/// `Ok` when the host closed it cleanly.
-fn serve(stream: UnixStream) -> Result<(), String> {
+/// `Ok` when the host closed it cleanly. A welcome resets the reconnection `backoff`; a host
+/// that refuses the agent (or is not one) leaves it growing.
+fn serve(stream: UnixStream, backoff: &mut Duration) -> Result<(), String> {
     let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     write_message(
@@ -129,6 +127,7 @@ fn serve(stream: UnixStream) -> Result<(), String> {
         Ok(None) => return Err("the host closed the connection before its welcome".into()),
         Err(e) => return Err(format!("waiting for the welcome: {e}")),
     }
+    *backoff = BACKOFF_FIRST;
     reader
         .get_ref()
         .set_read_timeout(None)
