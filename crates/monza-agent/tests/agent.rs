@@ -128,6 +128,12 @@ fn output_is_capped_and_bytes_that_are_not_utf8_arrive_intact() {
 /// contains `needle`.
 fn processes_matching(conn: &mut common::Conn, needle: &str) -> Vec<String> {
     let out = conn.sh("ps -o pid,stat,args");
+    assert_eq!(
+        out.exit().exit_code,
+        0,
+        "ps: {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout_text()
         .lines()
         .filter(|line| line.contains(needle) && !line.contains("ps -o"))
@@ -191,6 +197,22 @@ fn a_timeout_kills_the_whole_process_group_and_answers_124() {
         other => panic!("expected the exit, got {other:?}"),
     }
     assert_gone(conn, "sleep 10");
+
+    // A command that leaves something in the background holding its pipes answers soon
+    // after its main process exits; the background process is left running.
+    let began = Instant::now();
+    let out = conn.sh("sleep 105 & echo bg");
+    assert_eq!(
+        (out.stdout_text().as_str(), out.exit().exit_code),
+        ("bg\n", 0)
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(processes_matching(conn, "sleep 105").len(), 1);
+
     conn.send(&Message::Signal {
         id: 999,
         signal: Signal::Term,
@@ -199,6 +221,31 @@ fn a_timeout_kills_the_whole_process_group_and_answers_124() {
         Message::Error { id: 999, error } => assert_eq!(error.code, ErrorCode::NotFound),
         other => panic!("expected an error, got {other:?}"),
     }
+}
+
+#[test]
+fn a_timeout_fires_while_the_host_is_not_reading() {
+    let Some(mut sb) = sandbox() else { return };
+    let mut request = ExecRequest::argv(["yes"]);
+    request.timeout_ms = Some(300);
+    let id = sb.conn.start(request);
+    // The outbox and the socket fill; the agent's command thread waits on them.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut received = 0usize;
+    let exit = loop {
+        match sb.conn.recv() {
+            Message::Output { data, .. } => received += data.len(),
+            Message::Exit { id: got, exit } => {
+                assert_eq!(got, id);
+                break exit;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(exit.timed_out, "{exit:?}");
+    assert_eq!(exit.exit_code, 124);
+    assert!(received > 0 && received < 16 << 20, "{received} bytes");
+    assert_eq!(sb.conn.sh("echo next").stdout_text(), "next\n");
 }
 
 #[test]
