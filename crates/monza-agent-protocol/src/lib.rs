@@ -18,7 +18,8 @@
 //!
 //! The codec is pure ([`encode`], [`decode`] work on byte slices) so the blocking agent and,
 //! later, an async host (a `tokio_util` codec over the same two functions) share it;
-//! [`read_message`] and [`write_message`] are the blocking helpers over `std::io`.
+//! [`read_message`] and [`write_message`] are the blocking helpers over `std::io`; with the
+//! `tokio-codec` feature, `AgentCodec` is the same codec as a `tokio_util` Decoder/Encoder.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -206,11 +207,19 @@ pub enum Message {
     Welcome(Welcome),
     /// Host → agent: run a command; answered by output chunks then [`Message::Exit`], or by
     /// one [`Message::Error`].
-    Exec { id: u64, request: ExecRequest },
+    Exec {
+        id: u64,
+        request: ExecRequest,
+    },
     /// Host → agent; answered by [`Message::Pong`] with the same id.
-    Ping { id: u64 },
+    Ping {
+        id: u64,
+    },
     /// Host → agent: signal the process group of the request `id`.
-    Signal { id: u64, signal: Signal },
+    Signal {
+        id: u64,
+        signal: Signal,
+    },
     /// Agent → host: bytes the command wrote.
     Output {
         id: u64,
@@ -218,10 +227,18 @@ pub enum Message {
         data: Vec<u8>,
     },
     /// Agent → host: the command ended.
-    Exit { id: u64, exit: Exit },
-    Pong { id: u64 },
+    Exit {
+        id: u64,
+        exit: Exit,
+    },
+    Pong {
+        id: u64,
+    },
     /// Agent → host: the request `id` failed.
-    Error { id: u64, error: ErrorReply },
+    Error {
+        id: u64,
+        error: ErrorReply,
+    },
 }
 
 impl Message {
@@ -592,6 +609,11 @@ pub fn write_message<W: Write>(writer: &mut W, message: &Message) -> Result<(), 
     writer.write_all(&frame)?;
     Ok(())
 }
+
+#[cfg(feature = "tokio-codec")]
+mod tokio_codec;
+#[cfg(feature = "tokio-codec")]
+pub use tokio_codec::{AgentCodec, CodecError};
 
 #[cfg(test)]
 mod tests;

@@ -18,7 +18,10 @@ fn samples() -> Vec<Message> {
         Message::Welcome(Welcome {
             protocol: PROTOCOL_VERSION,
         }),
-        Message::Exec { id: 1, request: exec },
+        Message::Exec {
+            id: 1,
+            request: exec,
+        },
         Message::Exec {
             id: u64::MAX,
             request: ExecRequest::argv(["true"]),
@@ -142,7 +145,14 @@ fn oversized_messages_are_not_encoded() {
     assert_eq!(out, [1, 2, 3], "the buffer is left as it was");
     let mut exec = ExecRequest::argv(["cat"]);
     exec.stdin = Some(vec![0; MAX_FRAME_LEN]);
-    let err = encode(&Message::Exec { id: 1, request: exec }, &mut out).unwrap_err();
+    let err = encode(
+        &Message::Exec {
+            id: 1,
+            request: exec,
+        },
+        &mut out,
+    )
+    .unwrap_err();
     assert!(matches!(err, EncodeError::Oversized { .. }), "{err}");
     assert_eq!(out, [1, 2, 3]);
 }
@@ -194,10 +204,7 @@ fn unknown_kinds_and_bad_bodies_keep_the_stream_in_step() {
     );
     let err = read_message(&mut reader).unwrap_err();
     assert!(
-        matches!(
-            err,
-            ReadError::Decode(DecodeError::BadBody { id: 10, .. })
-        ),
+        matches!(err, ReadError::Decode(DecodeError::BadBody { id: 10, .. })),
         "{err}"
     );
     assert_eq!(
