@@ -175,6 +175,15 @@ fn serve(stream: UnixStream, backoff: &mut Duration) -> Result<(), String> {
         match message {
             Message::Exec { id, request } => {
                 commands.retain(|handle| !handle.is_finished());
+                if id == 0 {
+                    exec::refuse(
+                        id,
+                        ErrorCode::BadRequest,
+                        "request id 0 is the connection's own".into(),
+                        &outbox,
+                    );
+                    continue;
+                }
                 if !jobs.reserve(id) {
                     exec::refuse(
                         id,
