@@ -51,6 +51,19 @@ mod kind {
     pub const EXIT: u8 = 0x30;
     pub const PONG: u8 = 0x31;
     pub const ERROR: u8 = 0x3f;
+    // Background processes.
+    pub const START: u8 = 0x13;
+    pub const LIST: u8 = 0x14;
+    pub const ATTACH: u8 = 0x15;
+    pub const STDIN: u8 = 0x16;
+    pub const SIGNAL_PROCESS: u8 = 0x17;
+    pub const DETACH: u8 = 0x18;
+    pub const PROCESS_STDOUT: u8 = 0x24;
+    pub const PROCESS_STDERR: u8 = 0x25;
+    pub const STARTED: u8 = 0x32;
+    pub const PROCESSES: u8 = 0x33;
+    pub const CAUGHT_UP: u8 = 0x34;
+    pub const OK: u8 = 0x35;
 }
 
 /// The agent's first frame on every connection (id 0). Its layout (a JSON body in a frame of
@@ -198,6 +211,95 @@ pub struct ErrorReply {
     pub errno: Option<i32>,
 }
 
+/// Start a background process: it outlives the request and the connection; its output is
+/// kept in a ring per stream inside the agent, read with [`AttachRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartRequest {
+    pub program: Program,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Keep stdin open for [`Message::Stdin`]; otherwise it is `/dev/null`.
+    #[serde(default)]
+    pub stdin: bool,
+    /// Bytes kept per stream; the oldest are dropped first. The agent's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_limit: Option<u64>,
+}
+
+impl StartRequest {
+    pub fn shell(command: impl Into<String>) -> Self {
+        Self {
+            program: Program::Shell(command.into()),
+            cwd: None,
+            env: BTreeMap::new(),
+            stdin: false,
+            output_limit: None,
+        }
+    }
+}
+
+/// The answer to a start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Started {
+    pub pid: u32,
+    pub started_at_ms: u64,
+}
+
+/// Offsets `[start, end)` of the bytes a ring holds for one stream; `start` > 0 when the
+/// oldest were dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    pub start: u64,
+    pub end: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub program: Program,
+    pub started_at_ms: u64,
+    /// Absent while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<Exit>,
+    pub stdout: Span,
+    pub stderr: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessList {
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// Read a background process's output from byte offsets (per stream), then, with `follow`,
+/// as it comes. Answered by [`Message::ProcessOutput`] chunks, then [`Message::Exit`] (the
+/// process ended and everything was sent) or [`Message::CaughtUp`] (not following, or
+/// detached).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachRequest {
+    pub pid: u32,
+    #[serde(default)]
+    pub stdout_offset: u64,
+    #[serde(default)]
+    pub stderr_offset: u64,
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// The offsets an attach reached when it ended without an exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaughtUp {
+    pub stdout_offset: u64,
+    pub stderr_offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PidSignal {
+    pid: u32,
+    signal: Signal,
+}
+
 /// Every message of the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -239,6 +341,61 @@ pub enum Message {
         id: u64,
         error: ErrorReply,
     },
+    /// Host → agent: start a background process; answered by [`Message::Started`].
+    Start {
+        id: u64,
+        request: StartRequest,
+    },
+    Started {
+        id: u64,
+        started: Started,
+    },
+    /// Host → agent: every background process; answered by [`Message::Processes`].
+    List {
+        id: u64,
+    },
+    Processes {
+        id: u64,
+        list: ProcessList,
+    },
+    /// Host → agent: stream a background process's output (see [`AttachRequest`]).
+    Attach {
+        id: u64,
+        request: AttachRequest,
+    },
+    /// Agent → host: output of a background process, starting at byte `offset` of its
+    /// stream (later than asked when the ring dropped the bytes asked for).
+    ProcessOutput {
+        id: u64,
+        stream: Stream,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    CaughtUp {
+        id: u64,
+        offsets: CaughtUp,
+    },
+    /// Host → agent: end the attach `id` (it answers with [`Message::CaughtUp`]).
+    Detach {
+        id: u64,
+    },
+    /// Host → agent: bytes for a background process's stdin, then close it if `close`;
+    /// answered by [`Message::Ok`] once written. One at a time per process.
+    Stdin {
+        id: u64,
+        pid: u32,
+        close: bool,
+        data: Vec<u8>,
+    },
+    /// Host → agent: signal a background process's group; answered by [`Message::Ok`].
+    SignalProcess {
+        id: u64,
+        pid: u32,
+        signal: Signal,
+    },
+    Ok {
+        id: u64,
+    },
 }
 
 impl Message {
@@ -252,7 +409,18 @@ impl Message {
             | Message::Output { id, .. }
             | Message::Exit { id, .. }
             | Message::Pong { id }
-            | Message::Error { id, .. } => *id,
+            | Message::Error { id, .. }
+            | Message::Start { id, .. }
+            | Message::Started { id, .. }
+            | Message::List { id }
+            | Message::Processes { id, .. }
+            | Message::Attach { id, .. }
+            | Message::ProcessOutput { id, .. }
+            | Message::CaughtUp { id, .. }
+            | Message::Detach { id }
+            | Message::Stdin { id, .. }
+            | Message::SignalProcess { id, .. }
+            | Message::Ok { id } => *id,
         }
     }
 }
@@ -402,6 +570,63 @@ fn encode_inner(message: &Message, out: &mut Vec<u8>, start: usize) -> Result<()
         }
         Message::Exit { id, exit } => json(out, kind::EXIT, *id, exit)?,
         Message::Error { id, error } => json(out, kind::ERROR, *id, error)?,
+        Message::Start { id, request } => json(out, kind::START, *id, request)?,
+        Message::Started { id, started } => json(out, kind::STARTED, *id, started)?,
+        Message::List { id } => begin(out, kind::LIST, *id),
+        Message::Processes { id, list } => json(out, kind::PROCESSES, *id, list)?,
+        Message::Attach { id, request } => json(out, kind::ATTACH, *id, request)?,
+        Message::ProcessOutput {
+            id,
+            stream,
+            offset,
+            data,
+        } => {
+            let kind = match stream {
+                Stream::Stdout => kind::PROCESS_STDOUT,
+                Stream::Stderr => kind::PROCESS_STDERR,
+            };
+            if data.len() + 8 + FRAME_HEADER_AFTER_LEN > MAX_FRAME_LEN {
+                return Err(EncodeError::Oversized {
+                    len: data.len() + 8 + FRAME_HEADER_AFTER_LEN,
+                    max: MAX_FRAME_LEN,
+                });
+            }
+            let frame = begin(out, kind, *id);
+            out.extend_from_slice(&offset.to_be_bytes());
+            out.extend_from_slice(data);
+            frame
+        }
+        Message::CaughtUp { id, offsets } => json(out, kind::CAUGHT_UP, *id, offsets)?,
+        Message::Detach { id } => begin(out, kind::DETACH, *id),
+        Message::Stdin {
+            id,
+            pid,
+            close,
+            data,
+        } => {
+            // Body: u32 pid, u8 close, the raw bytes.
+            if data.len() + 5 + FRAME_HEADER_AFTER_LEN > MAX_FRAME_LEN {
+                return Err(EncodeError::Oversized {
+                    len: data.len() + 5 + FRAME_HEADER_AFTER_LEN,
+                    max: MAX_FRAME_LEN,
+                });
+            }
+            let frame = begin(out, kind::STDIN, *id);
+            out.extend_from_slice(&pid.to_be_bytes());
+            out.push(u8::from(*close));
+            out.extend_from_slice(data);
+            frame
+        }
+        Message::SignalProcess { id, pid, signal } => json(
+            out,
+            kind::SIGNAL_PROCESS,
+            *id,
+            &PidSignal {
+                pid: *pid,
+                signal: *signal,
+            },
+        )?,
+        Message::Ok { id } => begin(out, kind::OK, *id),
     };
     finish(out, frame_start)
 }
@@ -558,6 +783,74 @@ pub fn decode_frame(frame: &[u8]) -> Result<Message, DecodeError> {
             id,
             error: json(body, bad)?,
         },
+        kind::START => Message::Start {
+            id,
+            request: json(body, bad)?,
+        },
+        kind::STARTED => Message::Started {
+            id,
+            started: json(body, bad)?,
+        },
+        kind::LIST => {
+            empty(body)?;
+            Message::List { id }
+        }
+        kind::PROCESSES => Message::Processes {
+            id,
+            list: json(body, bad)?,
+        },
+        kind::ATTACH => Message::Attach {
+            id,
+            request: json(body, bad)?,
+        },
+        kind::PROCESS_STDOUT | kind::PROCESS_STDERR => {
+            let Some((offset, data)) = body.split_first_chunk::<8>() else {
+                return Err(bad("process output shorter than its 8-byte offset".into()));
+            };
+            Message::ProcessOutput {
+                id,
+                stream: if kind == kind::PROCESS_STDOUT {
+                    Stream::Stdout
+                } else {
+                    Stream::Stderr
+                },
+                offset: u64::from_be_bytes(*offset),
+                data: data.to_vec(),
+            }
+        }
+        kind::CAUGHT_UP => Message::CaughtUp {
+            id,
+            offsets: json(body, bad)?,
+        },
+        kind::DETACH => {
+            empty(body)?;
+            Message::Detach { id }
+        }
+        kind::STDIN => {
+            let Some((pid, rest)) = body.split_first_chunk::<4>() else {
+                return Err(bad("stdin body shorter than its 4-byte pid".into()));
+            };
+            let Some((&close, data)) = rest.split_first() else {
+                return Err(bad("stdin body without its close byte".into()));
+            };
+            if close > 1 {
+                return Err(bad(format!("stdin close byte is {close}, not 0 or 1")));
+            }
+            Message::Stdin {
+                id,
+                pid: u32::from_be_bytes(*pid),
+                close: close == 1,
+                data: data.to_vec(),
+            }
+        }
+        kind::SIGNAL_PROCESS => {
+            let PidSignal { pid, signal } = json(body, bad)?;
+            Message::SignalProcess { id, pid, signal }
+        }
+        kind::OK => {
+            empty(body)?;
+            Message::Ok { id }
+        }
         _ => return Err(DecodeError::UnknownKind { kind, id }),
     };
     Ok(message)

@@ -61,6 +61,70 @@ fn samples() -> Vec<Message> {
                 duration_us: 1_000_000,
             },
         },
+        Message::Start {
+            id: 20,
+            request: StartRequest {
+                stdin: true,
+                output_limit: Some(4096),
+                ..StartRequest::shell("npm run dev")
+            },
+        },
+        Message::Started {
+            id: 20,
+            started: Started {
+                pid: 42,
+                started_at_ms: 1_700_000_000_000,
+            },
+        },
+        Message::List { id: 21 },
+        Message::Processes {
+            id: 21,
+            list: ProcessList {
+                processes: vec![ProcessInfo {
+                    pid: 42,
+                    program: Program::Argv(vec!["sleep".into(), "1".into()]),
+                    started_at_ms: 5,
+                    exit: None,
+                    stdout: Span { start: 10, end: 20 },
+                    stderr: Span { start: 0, end: 0 },
+                }],
+            },
+        },
+        Message::Attach {
+            id: 22,
+            request: AttachRequest {
+                pid: 42,
+                stdout_offset: 10,
+                stderr_offset: 3,
+                follow: true,
+            },
+        },
+        Message::ProcessOutput {
+            id: 22,
+            stream: Stream::Stderr,
+            offset: 1 << 40,
+            data: vec![0xff, 0],
+        },
+        Message::CaughtUp {
+            id: 22,
+            offsets: CaughtUp {
+                stdout_offset: 20,
+                stderr_offset: 5,
+            },
+        },
+        Message::Detach { id: 22 },
+        Message::Stdin {
+            id: 23,
+            pid: 42,
+            close: true,
+            data: vec![0xfe, b'\n'],
+        },
+        Message::SignalProcess {
+            id: 24,
+            pid: 42,
+            signal: Signal::Hup,
+        },
+        Message::Ok { id: 24 },
         Message::Error {
             id: 4,
             error: ErrorReply {
