@@ -22,11 +22,11 @@ use crate::outbox::{Outbox, PushError};
 /// How long output is still read after the command's main process exited while something it
 /// started (a `cmd &`) keeps the pipes open. The exit is reported then; the rest is not
 /// waited for.
-const DRAIN_GRACE: Duration = Duration::from_millis(100);
+pub(crate) const DRAIN_GRACE: Duration = Duration::from_millis(100);
 
 /// Without a pidfd (kernels before 5.3, or a seccomp profile that refuses it) the exit is
 /// noticed by polling this often.
-const EXIT_POLL: Duration = Duration::from_millis(10);
+pub(crate) const EXIT_POLL: Duration = Duration::from_millis(10);
 
 /// The requests of one connection that are running, by request id.
 #[derive(Debug, Default)]
@@ -119,7 +119,7 @@ impl Jobs {
     }
 }
 
-fn send(pid: Pid, signal: Signal) {
+pub(crate) fn send(pid: Pid, signal: Signal) {
     let signal = match signal {
         Signal::Term => rustix::process::Signal::TERM,
         Signal::Int => rustix::process::Signal::INT,
@@ -188,50 +188,14 @@ impl<'a> Runner<'a> {
         outbox: &'a Outbox,
         jobs: &'a Jobs,
     ) -> Result<Self, Failure> {
-        let mut command = match &request.program {
-            Program::Argv(argv) => {
-                let Some((program, args)) = argv.split_first() else {
-                    return Err(Failure::Reply(ErrorReply {
-                        code: ErrorCode::BadRequest,
-                        message: "argv is empty".into(),
-                        errno: None,
-                    }));
-                };
-                let mut command = Command::new(program);
-                command.args(args);
-                command
-            }
-            Program::Shell(line) => {
-                let mut command = Command::new("/bin/sh");
-                command.arg("-c").arg(line);
-                command
-            }
-        };
-        command
-            .env_remove(SOCKET_ENV)
-            .envs(&request.env)
-            .stdin(if request.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group, so a timeout or a signal reaches everything it started.
-            // (A session would need `pre_exec`, i.e. unsafe code; the agent has no controlling
-            // terminal for a command to inherit, so a group is as good.)
-            .process_group(0);
-        if let Some(cwd) = &request.cwd {
-            command.current_dir(cwd);
-        }
         let started = Instant::now();
-        let mut child = command.spawn().map_err(|e| {
-            Failure::Reply(ErrorReply {
-                code: ErrorCode::Spawn,
-                message: e.to_string(),
-                errno: e.raw_os_error(),
-            })
-        })?;
+        let mut child = spawn(
+            &request.program,
+            request.cwd.as_deref(),
+            &request.env,
+            request.stdin.is_some(),
+        )
+        .map_err(Failure::Reply)?;
         let pid = Pid::from_child(&child);
         jobs.started(id, pid);
         if let (Some(bytes), Some(mut stdin)) = (request.stdin, child.stdin.take()) {
@@ -333,12 +297,8 @@ impl<'a> Runner<'a> {
                 }
             }
         }
-        let status = status.unwrap_or_else(|| ExitStatus::from_raw(0));
-        let (exit_code, signal) = match (status.code(), status.signal()) {
-            (Some(code), _) => (code, None),
-            (None, Some(signal)) => (128 + signal, Some(signal)),
-            (None, None) => (-1, None),
-        };
+        let (exit_code, signal) =
+            code_and_signal(status.unwrap_or_else(|| ExitStatus::from_raw(0)));
         Ok(Exit {
             exit_code: if self.timed_out { 124 } else { exit_code },
             signal,
@@ -417,14 +377,75 @@ impl<'a> Runner<'a> {
     }
 }
 
-#[derive(Default)]
-struct Ready {
-    stdout: bool,
-    stderr: bool,
-    exited: bool,
+/// Spawns `program` with piped stdout and stderr in its own process group.
+pub(crate) fn spawn(
+    program: &Program,
+    cwd: Option<&str>,
+    env: &std::collections::BTreeMap<String, String>,
+    piped_stdin: bool,
+) -> Result<Child, ErrorReply> {
+    let mut command = match program {
+        Program::Argv(argv) => {
+            let Some((program, args)) = argv.split_first() else {
+                return Err(ErrorReply {
+                    code: ErrorCode::BadRequest,
+                    message: "argv is empty".into(),
+                    errno: None,
+                });
+            };
+            let mut command = Command::new(program);
+            command.args(args);
+            command
+        }
+        Program::Shell(line) => {
+            let mut command = Command::new("/bin/sh");
+            command.arg("-c").arg(line);
+            command
+        }
+    };
+    command
+        .env_remove(SOCKET_ENV)
+        .envs(env)
+        .stdin(if piped_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so a timeout or a signal reaches everything it started.
+        // (A session would need `pre_exec`, i.e. unsafe code; the agent has no controlling
+        // terminal for a command to inherit, so a group is as good.)
+        .process_group(0);
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
+    command.spawn().map_err(|e| ErrorReply {
+        code: ErrorCode::Spawn,
+        message: e.to_string(),
+        errno: e.raw_os_error(),
+    })
 }
 
-fn wait_ready(
+/// The exit code (128 + signal for a signal, as `sh` and Docker say) and the signal.
+pub(crate) fn code_and_signal(status: ExitStatus) -> (i32, Option<i32>) {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => (code, None),
+        (None, Some(signal)) => (128 + signal, Some(signal)),
+        (None, None) => (-1, None),
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Ready {
+    pub stdout: bool,
+    pub stderr: bool,
+    pub exited: bool,
+}
+
+/// Waits until a pipe is readable (or closed), the pidfd says the process exited, or `wait`
+/// passes.
+pub(crate) fn wait_ready(
     stdout: Option<&ChildStdout>,
     stderr: Option<&ChildStderr>,
     pidfd: Option<&std::os::fd::OwnedFd>,

@@ -6,6 +6,7 @@
 
 mod exec;
 mod outbox;
+mod processes;
 
 use std::io::{BufReader, Write};
 use std::net::Shutdown;
@@ -22,6 +23,7 @@ use monza_agent_protocol::{
 
 use crate::exec::Jobs;
 use crate::outbox::Outbox;
+use crate::processes::{Attaches, Processes};
 
 /// The environment variable naming the socket; removed from the commands' environment.
 pub const SOCKET_ENV: &str = "MONZA_AGENT_SOCKET";
@@ -58,13 +60,15 @@ fn main() {
     }
     let socket = socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
 
+    // Background processes belong to the agent, not to a connection: they outlive it.
+    let processes = Arc::new(Processes::default());
     let mut backoff = BACKOFF_FIRST;
     let mut last_error = String::new();
     loop {
         match UnixStream::connect(&socket) {
             Ok(stream) => {
                 last_error.clear();
-                match serve(stream, &mut backoff) {
+                match serve(stream, &processes, &mut backoff) {
                     Ok(()) => eprintln!("monza-agent: the host closed the connection"),
                     Err(e) => eprintln!("monza-agent: connection ended: {e}"),
                 }
@@ -94,7 +98,11 @@ fn usage(problem: &str) -> ! {
 /// Says hello, waits for the welcome, then serves requests until the connection ends.
 /// `Ok` when the host closed it cleanly. A welcome resets the reconnection `backoff`; a host
 /// that refuses the agent (or is not one) leaves it growing.
-fn serve(stream: UnixStream, backoff: &mut Duration) -> Result<(), String> {
+fn serve(
+    stream: UnixStream,
+    processes: &Arc<Processes>,
+    backoff: &mut Duration,
+) -> Result<(), String> {
     let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     write_message(
@@ -135,6 +143,7 @@ fn serve(stream: UnixStream, backoff: &mut Duration) -> Result<(), String> {
 
     let outbox = Arc::new(Outbox::new(OUTBOX_BUDGET));
     let jobs = Arc::new(Jobs::default());
+    let attaches = Attaches::default();
     let writer_thread = {
         let outbox = Arc::clone(&outbox);
         std::thread::Builder::new()
@@ -221,6 +230,48 @@ fn serve(stream: UnixStream, backoff: &mut Duration) -> Result<(), String> {
                     );
                 }
             }
+            Message::Start { id, request } => {
+                let answer = match processes.start(request) {
+                    Ok(started) => Message::Started { id, started },
+                    Err(error) => Message::Error { id, error },
+                };
+                let _ = outbox.send(&answer);
+            }
+            Message::List { id } => {
+                let list = processes.list();
+                let _ = outbox.send(&Message::Processes { id, list });
+            }
+            Message::Attach { id, request } => {
+                commands.retain(|handle| !handle.is_finished());
+                match processes.attach(id, &request, &outbox, &attaches) {
+                    Ok(handle) => commands.push(handle),
+                    Err(error) => {
+                        let _ = outbox.send(&Message::Error { id, error });
+                    }
+                }
+            }
+            Message::Detach { id } => {
+                if !attaches.detach(id) {
+                    exec::refuse(id, ErrorCode::NotFound, format!("no attach {id}"), &outbox);
+                }
+            }
+            Message::Stdin {
+                id,
+                pid,
+                close,
+                data,
+            } => {
+                if let Err(error) = processes.stdin(id, pid, data, close, &outbox) {
+                    let _ = outbox.send(&Message::Error { id, error });
+                }
+            }
+            Message::SignalProcess { id, pid, signal } => {
+                let answer = match processes.signal(pid, signal) {
+                    Ok(()) => Message::Ok { id },
+                    Err(error) => Message::Error { id, error },
+                };
+                let _ = outbox.send(&answer);
+            }
             other => exec::refuse(
                 other.id(),
                 ErrorCode::BadRequest,
@@ -233,6 +284,7 @@ fn serve(stream: UnixStream, backoff: &mut Duration) -> Result<(), String> {
     // Whatever ended the connection, its commands end with it.
     outbox.close();
     jobs.kill_all();
+    attaches.detach_all();
     let _ = reader.get_ref().shutdown(Shutdown::Both);
     for handle in commands {
         let _ = handle.join();
