@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::sandbox;
 use monza_agent_protocol::{
-    ErrorCode, ExecRequest, Message, PROTOCOL_VERSION, Signal, Stream, encode_to_vec,
+    AttachRequest, CaughtUp, ErrorCode, ExecRequest, Message, PROTOCOL_VERSION, ProcessInfo,
+    Signal, Span, StartRequest, Stream, encode_to_vec,
 };
 
 #[test]
@@ -458,4 +459,274 @@ fn latency_of_exec_true() {
             times[500], times[990], times[999]
         );
     }
+}
+
+fn start(conn: &mut common::Conn, request: StartRequest) -> u32 {
+    let id = conn.fresh_id();
+    conn.send(&Message::Start { id, request });
+    match conn.recv() {
+        Message::Started { id: got, started } => {
+            assert_eq!(got, id);
+            started.pid
+        }
+        other => panic!("expected started, got {other:?}"),
+    }
+}
+
+/// Everything an attach sends until its exit or caught-up frame, as
+/// (stdout, stderr, first offsets, last frame).
+fn attach(
+    conn: &mut common::Conn,
+    pid: u32,
+    offsets: (u64, u64),
+    follow: bool,
+) -> (Vec<u8>, Vec<u8>, Vec<u64>, Message) {
+    let id = conn.fresh_id();
+    conn.send(&Message::Attach {
+        id,
+        request: AttachRequest {
+            pid,
+            stdout_offset: offsets.0,
+            stderr_offset: offsets.1,
+            follow,
+        },
+    });
+    let (mut out, mut err, mut firsts) = (Vec::new(), Vec::new(), Vec::new());
+    loop {
+        let message = conn.recv();
+        assert_eq!(message.id(), id);
+        match message {
+            Message::ProcessOutput {
+                stream,
+                offset,
+                data,
+                ..
+            } => {
+                let buf = if stream == Stream::Stdout {
+                    &mut out
+                } else {
+                    &mut err
+                };
+                if buf.is_empty() {
+                    firsts.push(offset);
+                }
+                buf.extend(data);
+            }
+            last => return (out, err, firsts, last),
+        }
+    }
+}
+
+fn list(conn: &mut common::Conn) -> Vec<ProcessInfo> {
+    let id = conn.fresh_id();
+    conn.send(&Message::List { id });
+    match conn.recv() {
+        Message::Processes { list, .. } => list.processes,
+        other => panic!("expected the list, got {other:?}"),
+    }
+}
+
+fn expect_ok(conn: &mut common::Conn, id: u64) {
+    match conn.recv() {
+        Message::Ok { id: got } => assert_eq!(got, id),
+        other => panic!("expected ok for {id}, got {other:?}"),
+    }
+}
+
+#[test]
+fn background_processes_keep_their_output_and_take_stdin() {
+    let Some(mut sb) = sandbox() else { return };
+    let conn = &mut sb.conn;
+    let mut request = StartRequest::shell(
+        "echo begin; echo warn >&2; while read line; do echo \"got $line\"; done; exit 5",
+    );
+    request.stdin = true;
+    let pid = start(conn, request);
+
+    // Not following: what is there now, then where it stopped.
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        let (out, _, _, last) = attach(conn, pid, (0, 0), false);
+        assert!(matches!(last, Message::CaughtUp { .. }), "{last:?}");
+        seen = out;
+        if seen == b"begin\n" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(seen, b"begin\n");
+
+    let id = conn.fresh_id();
+    conn.send(&Message::Stdin {
+        id,
+        pid,
+        close: false,
+        data: b"one\n".to_vec(),
+    });
+    expect_ok(conn, id);
+
+    // Following from an offset: only what comes after it, then the exit once stdin closes.
+    let attach_id = conn.fresh_id();
+    conn.send(&Message::Attach {
+        id: attach_id,
+        request: AttachRequest {
+            pid,
+            stdout_offset: 6,
+            stderr_offset: 0,
+            follow: true,
+        },
+    });
+    let stdin_id = conn.fresh_id();
+    conn.send(&Message::Stdin {
+        id: stdin_id,
+        pid,
+        close: true,
+        data: b"two\n".to_vec(),
+    });
+    let (mut out, mut err, mut offsets, mut ok) = (Vec::new(), Vec::new(), Vec::new(), false);
+    let exit = loop {
+        match conn.recv() {
+            Message::Ok { id } if id == stdin_id => ok = true,
+            Message::ProcessOutput {
+                id,
+                stream,
+                offset,
+                data,
+            } => {
+                assert_eq!(id, attach_id);
+                offsets.push((stream, offset));
+                match stream {
+                    Stream::Stdout => out.extend(data),
+                    Stream::Stderr => err.extend(data),
+                }
+            }
+            Message::Exit { id, exit } => {
+                assert_eq!(id, attach_id);
+                break exit;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(ok, "the stdin write was acknowledged");
+    assert_eq!(out, b"got one\ngot two\n");
+    assert_eq!(err, b"warn\n");
+    assert_eq!(offsets[0], (Stream::Stdout, 6));
+    assert_eq!(
+        (exit.exit_code, exit.stdout_bytes, exit.stderr_bytes),
+        (5, 22, 5)
+    );
+
+    let info = list(conn)
+        .into_iter()
+        .find(|p| p.pid == pid)
+        .expect("listed");
+    assert_eq!(info.exit.map(|e| e.exit_code), Some(5));
+    assert_eq!(info.stdout, Span { start: 0, end: 22 });
+
+    // stdin is closed now; an unknown pid is not found.
+    let id = conn.fresh_id();
+    conn.send(&Message::Stdin {
+        id,
+        pid,
+        close: false,
+        data: b"late\n".to_vec(),
+    });
+    assert!(
+        matches!(conn.recv(), Message::Error { error, .. } if error.code == ErrorCode::NotFound)
+    );
+    let id = conn.fresh_id();
+    conn.send(&Message::SignalProcess {
+        id,
+        pid: 999_999,
+        signal: Signal::Term,
+    });
+    assert!(
+        matches!(conn.recv(), Message::Error { error, .. } if error.code == ErrorCode::NotFound)
+    );
+
+    // The ring keeps the newest bytes and says where they start.
+    let mut request = StartRequest::shell("yes abcdefghi | head -c 5000");
+    request.output_limit = Some(1000);
+    let pid = start(conn, request);
+    // Following while it writes: whatever the ring holds when asked, then the rest.
+    let (_, _, _, last) = attach(conn, pid, (0, 0), true);
+    assert!(matches!(last, Message::Exit { .. }), "{last:?}");
+    // Once it ended: only the last 1000 bytes are left, and the offset says so.
+    let (out, _, firsts, last) = attach(conn, pid, (0, 0), false);
+    let Message::Exit { exit, .. } = last else {
+        panic!("expected the exit, got {last:?}")
+    };
+    assert!(exit.truncated);
+    assert_eq!(exit.stdout_bytes, 5000);
+    assert_eq!(firsts, [4000]);
+    assert_eq!(out.len(), 1000);
+    assert!(out.ends_with(b"abcdefghi\n"));
+}
+
+#[test]
+fn background_processes_outlive_the_connection_and_are_signalled() {
+    let Some(mut sb) = sandbox() else { return };
+    let ticker = start(
+        &mut sb.conn,
+        StartRequest::shell("for i in 0 1 2 3; do echo tick$i; sleep 0.2; done"),
+    );
+    let sleeper = start(&mut sb.conn, StartRequest::shell("sleep 106"));
+    let common::Sandbox {
+        conn,
+        mut host,
+        container,
+    } = sb;
+    drop(conn);
+    host.restart();
+    let mut conn = host.accept(Duration::from_secs(10)).expect("reconnects");
+    let pids: Vec<u32> = list(&mut conn).iter().map(|p| p.pid).collect();
+    assert!(
+        pids.contains(&ticker) && pids.contains(&sleeper),
+        "{pids:?}"
+    );
+    assert_eq!(processes_matching(&mut conn, "sleep 106").len(), 1);
+
+    // Everything it wrote, also what it wrote while nobody was connected.
+    let (out, _, _, last) = attach(&mut conn, ticker, (0, 0), true);
+    assert_eq!(out, b"tick0\ntick1\ntick2\ntick3\n");
+    assert!(matches!(last, Message::Exit { exit, .. } if exit.exit_code == 0));
+
+    // A follow with nothing to say ends when detached.
+    let id = conn.fresh_id();
+    conn.send(&Message::Attach {
+        id,
+        request: AttachRequest {
+            pid: sleeper,
+            stdout_offset: 0,
+            stderr_offset: 0,
+            follow: true,
+        },
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    conn.send(&Message::Detach { id });
+    assert_eq!(
+        conn.recv(),
+        Message::CaughtUp {
+            id,
+            offsets: CaughtUp {
+                stdout_offset: 0,
+                stderr_offset: 0
+            }
+        }
+    );
+
+    let id = conn.fresh_id();
+    conn.send(&Message::SignalProcess {
+        id,
+        pid: sleeper,
+        signal: Signal::Kill,
+    });
+    expect_ok(&mut conn, id);
+    let (_, _, _, last) = attach(&mut conn, sleeper, (0, 0), true);
+    assert!(
+        matches!(&last, Message::Exit { exit, .. } if exit.signal == Some(9)),
+        "{last:?}"
+    );
+    assert_gone(&mut conn, "sleep 106");
+    drop(container);
 }
