@@ -8,6 +8,11 @@
 //! - Each adapter knows one technology: it names none of the others' (`ADAPTER_FORBIDDEN`,
 //!   e.g. `monza-http` knows no store and no Docker, the stores no HTTP and no Docker), in
 //!   any kind of dependency.
+//! - The agent that runs inside each sandbox (`monza-agent`) and its wire protocol
+//!   (`monza-agent-protocol`) stand outside the hexagon: the protocol depends on no monza
+//!   crate, the agent only on the protocol, neither on any adapter's technology, and the agent
+//!   not on tokio (outside its tests). `monza-docker`, the adapter that talks to the agent,
+//!   may depend on the protocol.
 //! - Only `monza-app` may name every crate. Any other crate must be added to the rules here.
 
 use std::process::Command;
@@ -23,6 +28,10 @@ const ADAPTERS: [&str; 4] = [
     "monza-http",
 ];
 const APP: &str = "monza-app";
+const AGENT: &str = "monza-agent";
+const AGENT_PROTOCOL: &str = "monza-agent-protocol";
+/// The adapter that speaks the agent's protocol.
+const AGENT_CLIENT: &str = "monza-docker";
 const TOOLS: [&str; 1] = ["xtask"];
 /// Technologies the domain must not know, outside dev-dependencies.
 const DOMAIN_FORBIDDEN: [&str; 7] = [
@@ -110,8 +119,29 @@ pub fn violations(metadata: &Value) -> Vec<String> {
                         "{DOMAIN} depends on the adapter technology {dep_name} ({kind})"
                     ));
                 }
+            } else if name == AGENT || name == AGENT_PROTOCOL {
+                let allowed = name == AGENT && dep_name == AGENT_PROTOCOL;
+                if is_monza && !allowed {
+                    found.push(format!(
+                        "{name} depends on {dep_name} ({kind}): the agent's crates stand outside the hexagon"
+                    ));
+                }
+                if HTTP.contains(&dep_name)
+                    || STORES.contains(&dep_name)
+                    || DOCKER.contains(&dep_name)
+                {
+                    found.push(format!(
+                        "{name} depends on the adapter technology {dep_name} ({kind})"
+                    ));
+                }
+                if name == AGENT && kind != "dev" && dep_name == "tokio" {
+                    found.push(format!(
+                        "{AGENT} depends on tokio ({kind}): it stays std-only"
+                    ));
+                }
             } else if ADAPTERS.contains(&name) {
-                if is_monza && dep_name != DOMAIN {
+                let protocol = name == AGENT_CLIENT && dep_name == AGENT_PROTOCOL;
+                if is_monza && dep_name != DOMAIN && !protocol {
                     found.push(format!(
                         "adapter {name} depends on {dep_name} ({kind}): adapters depend only on {DOMAIN}"
                     ));
@@ -131,6 +161,8 @@ pub fn violations(metadata: &Value) -> Vec<String> {
         if deps.is_empty()
             && name != DOMAIN
             && name != APP
+            && name != AGENT
+            && name != AGENT_PROTOCOL
             && !ADAPTERS.contains(&name)
             && !TOOLS.contains(&name)
         {
@@ -216,6 +248,23 @@ mod tests {
                 "{adapter} {technology}: {found:#?}"
             );
         }
+    }
+
+    #[test]
+    fn the_agent_stands_outside_the_hexagon() {
+        let allowed = json!({ "packages": [
+            package(AGENT_PROTOCOL, &[("serde", None), ("tokio-util", None)]),
+            package(AGENT, &[(AGENT_PROTOCOL, None), ("rustix", None), ("tokio", Some("dev"))]),
+            package("monza-docker", &[(DOMAIN, None), (AGENT_PROTOCOL, None)]),
+        ]});
+        assert_eq!(violations(&allowed), Vec::<String>::new());
+        let broken = json!({ "packages": [
+            package(AGENT_PROTOCOL, &[(DOMAIN, None)]),
+            package(AGENT, &[(AGENT_PROTOCOL, None), ("tokio", None), ("docker-api", None)]),
+            package("monza-http", &[(DOMAIN, None), (AGENT_PROTOCOL, None)]),
+        ]});
+        let found = violations(&broken);
+        assert_eq!(found.len(), 4, "{found:#?}");
     }
 
     #[test]
