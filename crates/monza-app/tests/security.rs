@@ -12,24 +12,15 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{ADMIN_TOKEN as ADMIN, ServeChild, Store, TestApp, docker, monza, serve_fails};
+use support::{
+    ADMIN_TOKEN as ADMIN, ServeChild, Store, TestApp, docker, monza, serve_fails, stdout_of,
+};
 
 const ID_PLACEHOLDER: &str = "{id}";
 
 /// `monza token ARGS` on the SQLite store in `dir`; its stdout.
 fn token_cli(dir: &Path, args: &[&str]) -> String {
-    let out = monza()
-        .arg("token")
-        .args(args)
-        .env("MONZA_DATA_DIR", dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "monza token {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    stdout_of(monza().arg("token").args(args).env("MONZA_DATA_DIR", dir))
 }
 
 /// A test server on SQLite, after `tweak`.
@@ -91,6 +82,24 @@ async fn ids(server: &TestApp, token: &str) -> Vec<String> {
         .collect()
 }
 
+/// A multipart form of one file, `content` named `name`.
+fn file_form(content: &'static [u8], name: &str) -> reqwest::multipart::Form {
+    let part = reqwest::multipart::Part::bytes(content).file_name(name.to_owned());
+    reqwest::multipart::Form::new().part("file", part)
+}
+
+/// An upload of `form` into sandbox `id`, as the admin.
+fn upload(server: &TestApp, id: &str, form: reqwest::multipart::Form) -> reqwest::RequestBuilder {
+    let path = format!("/api/sandboxes/{id}/files/upload");
+    server.client.post(server.url(&path)).multipart(form)
+}
+
+/// A download of `path` from sandbox `id`, as the admin.
+fn download(server: &TestApp, id: &str, path: &str) -> reqwest::RequestBuilder {
+    let url = server.url(&format!("/api/sandboxes/{id}/files/download"));
+    server.client.get(url).query(&[("path", path)])
+}
+
 /// Asserts a JSON error with this status and code; returns its message.
 fn error_of(status: StatusCode, body: &Value, want: u16, code: &str) -> String {
     assert_eq!(status.as_u16(), want, "{body}");
@@ -119,11 +128,7 @@ fn route_request(
     if path.ends_with("/execute") {
         req.json(&json!({ "command": "true" }))
     } else if path.ends_with("/files/upload") {
-        let form = reqwest::multipart::Form::new().part(
-            "file",
-            reqwest::multipart::Part::bytes(b"x".to_vec()).file_name("x.txt"),
-        );
-        req.multipart(form)
+        req.multipart(file_form(b"x", "x.txt"))
     } else if path == "/api/sandboxes" && is_post {
         req.json(&json!({ "template": "busybox" }))
     } else {
@@ -208,14 +213,7 @@ async fn every_api_route_needs_a_valid_token_and_tenants_never_see_each_other() 
         ids(&server, ADMIN).await.contains(&id),
         "the admin sees every tenant"
     );
-    let (status, seen) = json(
-        &server,
-        Method::GET,
-        &format!("/api/sandboxes/{id}"),
-        ADMIN,
-        None,
-    )
-    .await;
+    let (status, seen) = server.get_json(&format!("/api/sandboxes/{id}")).await;
     assert_eq!(status, StatusCode::OK, "{seen}");
     // Bob's refused calls changed nothing: the sandbox still runs.
     assert_eq!(seen["status"], "running");
@@ -382,66 +380,50 @@ async fn hostile_input_is_a_4xx_json_error_and_leaves_nothing_half_made() {
     let sandbox = create(&server, ADMIN, "busybox").await;
     let id = sandbox["id"].as_str().unwrap().to_owned();
     let api = |tail: &str| format!("/api/sandboxes/{id}{tail}");
+    let execute_path = api("/execute");
+    let execute = |body: Value| server.post_json(&execute_path, body);
 
     // JSON over 64 KiB.
     let big = json!({ "command": "x".repeat(70 * 1024) });
-    let (status, body) = json(&server, Method::POST, &api("/execute"), ADMIN, Some(big)).await;
+    let (status, body) = server.post_json(&api("/execute"), big).await;
     error_of(status, &body, 413, "too_large");
-    let (status, body) = json(
-        &server,
-        Method::POST,
-        "/api/sandboxes",
-        ADMIN,
-        Some(json!({"name": "n".repeat(70 * 1024)})),
-    )
-    .await;
+    let (status, body) = server
+        .post_json("/api/sandboxes", json!({"name": "n".repeat(70 * 1024)}))
+        .await;
     error_of(status, &body, 413, "too_large");
 
     // Empty command; clamped limits.
-    let (status, body) = json(
-        &server,
-        Method::POST,
-        &api("/execute"),
-        ADMIN,
-        Some(json!({"command": "  "})),
-    )
-    .await;
+    let (status, body) = execute(json!({"command": "  "})).await;
     error_of(status, &body, 400, "invalid_input");
-    let (status, body) = json(&server,
-            Method::POST,
-            &api("/execute"),
-            ADMIN,
-            Some(json!({"command": "echo hello", "max_output_bytes": 1_u64 << 60, "timeout_secs": 1_u64 << 40})),
-        )
-        .await;
+    let (status, body) = execute(json!({
+        "command": "echo hello",
+        "max_output_bytes": 1_u64 << 60,
+        "timeout_secs": 1_u64 << 40,
+    }))
+    .await;
     assert_eq!(
         status,
         StatusCode::OK,
         "huge limits are clamped, not refused: {body}"
     );
     assert_eq!(body["output"], "hello\n");
-    let (status, body) = json(
-        &server,
-        Method::POST,
-        &api("/execute"),
-        ADMIN,
-        Some(json!({"command": "echo 0123456789", "max_output_bytes": 4})),
-    )
-    .await;
+    let (status, body) =
+        execute(json!({"command": "echo 0123456789", "max_output_bytes": 4})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["truncated"], true, "{body}");
     assert!(body["output"].as_str().unwrap().len() <= 4, "{body}");
 
     // Malformed multipart.
-    let res = server
-        .request(Method::POST, &api("/files/upload"), Some(ADMIN))
-        .header("Content-Type", "multipart/form-data; boundary=xyz")
-        .body("--xyz\r\ngarbage without headers\r\n--nope")
-        .send()
-        .await
-        .unwrap();
-    let status = res.status();
-    error_of(status, &res.json().await.unwrap(), 400, "invalid_input");
+    let (status, body) = server
+        .send(
+            server
+                .client
+                .post(server.url(&api("/files/upload")))
+                .header("Content-Type", "multipart/form-data; boundary=xyz")
+                .body("--xyz\r\ngarbage without headers\r\n--nope"),
+        )
+        .await;
+    error_of(status, &body, 400, "invalid_input");
 
     // Bad upload and download paths.
     let long = format!("/{}", "a".repeat(5000));
@@ -451,62 +433,25 @@ async fn hostile_input_is_a_4xx_json_error_and_leaves_nothing_half_made() {
         "/tmp/a\0b",
         long.as_str(),
     ] {
-        let form = reqwest::multipart::Form::new()
-            .part(
-                "file",
-                reqwest::multipart::Part::bytes(b"x".to_vec()).file_name("x.txt"),
-            )
-            .text("path", bad.to_owned());
-        let res = server
-            .request(Method::POST, &api("/files/upload"), Some(ADMIN))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
-        let status = res.status();
-        error_of(status, &res.json().await.unwrap(), 400, "invalid_input");
-        let res = server
-            .request(Method::GET, &api("/files/download"), Some(ADMIN))
-            .query(&[("path", bad)])
-            .send()
-            .await
-            .unwrap();
-        let status = res.status();
-        error_of(status, &res.json().await.unwrap(), 400, "invalid_input");
+        let form = file_form(b"x", "x.txt").text("path", bad.to_owned());
+        let (status, body) = server.send(upload(&server, &id, form)).await;
+        error_of(status, &body, 400, "invalid_input");
+        let (status, body) = server.send(download(&server, &id, bad)).await;
+        error_of(status, &body, 400, "invalid_input");
     }
 
     // A hostile upload name is reduced to a safe base name in the destination directory.
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(b"payload".to_vec()).file_name("../../etc/evil.txt"),
-        )
-        .text("path", "/tmp");
-    let (status, body) = {
-        let res = server
-            .request(Method::POST, &api("/files/upload"), Some(ADMIN))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
-        (res.status(), res.json::<Value>().await.unwrap())
-    };
+    let form = file_form(b"payload", "../../etc/evil.txt").text("path", "/tmp");
+    let (status, body) = server.send(upload(&server, &id, form)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["path"], "/tmp/evil.txt");
 
     // A file whose name would inject a header is downloaded with an encoded filename*.
-    let (status, body) = json(
-        &server,
-        Method::POST,
-        &api("/execute"),
-        ADMIN,
-        Some(json!({"command": "printf x > \"$(printf '/tmp/a\\r\\nX-Injected: 1\";b')\""})),
-    )
-    .await;
+    let (status, body) =
+        execute(json!({"command": "printf x > \"$(printf '/tmp/a\\r\\nX-Injected: 1\";b')\""}))
+            .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let res = server
-        .request(Method::GET, &api("/files/download"), Some(ADMIN))
-        .query(&[("path", "/tmp/a\r\nX-Injected: 1\";b")])
+    let res = download(&server, &id, "/tmp/a\r\nX-Injected: 1\";b")
         .send()
         .await
         .unwrap();
@@ -533,11 +478,8 @@ async fn hostile_input_is_a_4xx_json_error_and_leaves_nothing_half_made() {
     let part =
         reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(stream)).file_name("big.bin");
     let started = Instant::now();
-    let sent = server
-        .request(Method::POST, &api("/files/upload"), Some(ADMIN))
-        .multipart(reqwest::multipart::Form::new().part("file", part))
-        .send()
-        .await;
+    let form = reqwest::multipart::Form::new().part("file", part);
+    let sent = upload(&server, &id, form).send().await;
     match sent {
         Ok(res) => {
             let status = res.status();
@@ -552,17 +494,11 @@ async fn hostile_input_is_a_4xx_json_error_and_leaves_nothing_half_made() {
 
     // Nothing half-made: one sandbox, running; no stray file.
     assert_eq!(ids(&server, ADMIN).await, vec![id.clone()]);
-    let (status, body) = json(&server, Method::GET, &api(""), ADMIN, None).await;
+    let (status, body) = server.get_json(&api("")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "running");
-    let (_, body) = json(
-        &server,
-        Method::POST,
-        &api("/execute"),
-        ADMIN,
-        Some(json!({"command": "ls /tmp /workspace 2>/dev/null; ls /etc/evil.txt"})),
-    )
-    .await;
+    let (_, body) =
+        execute(json!({"command": "ls /tmp /workspace 2>/dev/null; ls /etc/evil.txt"})).await;
     assert!(
         !body["output"].as_str().unwrap().contains("big.bin"),
         "{body}"
@@ -572,16 +508,8 @@ async fn hostile_input_is_a_4xx_json_error_and_leaves_nothing_half_made() {
 }
 
 fn inspect(container: &str) -> Value {
-    let out = Command::new("docker")
-        .args(["inspect", container])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = stdout_of(Command::new("docker").args(["inspect", container]));
+    let all: Value = serde_json::from_str(&out).unwrap();
     all[0].clone()
 }
 
@@ -672,14 +600,7 @@ async fn a_fork_bomb_hits_the_pids_limit_while_the_server_keeps_answering() {
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::OK);
-        let (status, _) = json(
-            &server,
-            Method::GET,
-            &format!("/api/sandboxes/{id}"),
-            ADMIN,
-            None,
-        )
-        .await;
+        let (status, _) = server.get_json(&format!("/api/sandboxes/{id}")).await;
         assert_eq!(status, StatusCode::OK);
         slowest = slowest.max(started.elapsed());
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -19,7 +19,7 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
 
 pub mod process;
-pub use process::{ChildServer, ServeChild, monza, serve_fails};
+pub use process::{ChildServer, ServeChild, monza, serve_fails, stdout_of};
 
 /// One test per store for each `async fn NAME(store: Store)`.
 #[macro_export]

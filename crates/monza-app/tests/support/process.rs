@@ -30,6 +30,17 @@ pub fn monza() -> Command {
     cmd
 }
 
+/// Runs `cmd`, which must succeed: its stdout.
+pub fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// `monza serve` on 127.0.0.1:0 with `envs`, which must stop start-up: its stderr.
 pub fn serve_fails(envs: &[(&str, &str)]) -> String {
     let out = monza()
