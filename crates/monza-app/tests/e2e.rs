@@ -96,8 +96,7 @@ async fn every_route(store: Store) {
         .await;
     assert_eq!(out["truncated"], true);
     assert_eq!(out["output"].as_str().unwrap().len(), 1000);
-    let out = app.exec_ok(&id, "pwd").await;
-    assert_eq!(out["output"], "/workspace\n");
+    app.assert_output(&id, "pwd", "/workspace\n").await;
 
     // Heartbeat moves expires_at forward.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -289,8 +288,8 @@ async fn a_restarted_server_serves_live_sandboxes(store: Store) {
     let id = sandbox["id"].as_str().unwrap().to_owned();
     app.exec_ok(&id, "echo before > /workspace/state").await;
     let app = app.restart().await;
-    let out = app.exec_ok(&id, "cat /workspace/state").await;
-    assert_eq!(out["output"], "before\n");
+    app.assert_output(&id, "cat /workspace/state", "before\n")
+        .await;
     assert_eq!(app.status_of(&id).await, "running");
     app.delete(&id).await;
     app.shutdown().await;

@@ -293,6 +293,12 @@ impl Api {
         body
     }
 
+    /// Runs a command; asserts 200 and that its output is `want`.
+    pub async fn assert_output(&self, id: &str, command: &str, want: &str) {
+        let out = self.exec_ok(id, command).await;
+        assert_eq!(out["output"], want, "{command}: {out}");
+    }
+
     /// `POST /api/sandboxes/{id}/heartbeat`: its status.
     pub async fn heartbeat(&self, id: &str) -> StatusCode {
         let url = self.url(&format!("/api/sandboxes/{id}/heartbeat"));
@@ -321,6 +327,15 @@ impl Api {
         let (status, body) = self.get_json(&format!("/api/sandboxes/{id}/events")).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         body.as_array().unwrap().clone()
+    }
+
+    /// The actions of sandbox `id`'s events, oldest first.
+    pub async fn actions(&self, id: &str) -> Vec<String> {
+        self.events(id)
+            .await
+            .iter()
+            .map(|e| e["action"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     /// Deletes, as the admin, every sandbox not deleted yet: the ids of those whose delete
@@ -458,24 +473,4 @@ pub fn admin_client() -> reqwest::Client {
 pub fn assert_error(what: &str, (status, body): &(StatusCode, Value), want: u16, code: &str) {
     assert_eq!(status.as_u16(), want, "{what}: {body}");
     assert_eq!(body["error"]["code"], code, "{what}: {body}");
-}
-
-/// Polls `check` every `every` until it gives `Some`, failing with `what` (and the last
-/// `None`'s reason) past `within`.
-pub async fn wait_for<T, F, Fut>(within: Duration, every: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(why) => assert!(
-                std::time::Instant::now() < deadline,
-                "{what} within {within:?}: {why}"
-            ),
-        }
-        tokio::time::sleep(every).await;
-    }
 }
