@@ -389,8 +389,7 @@ async fn race_creates(app: &TestApp, bases: &[String]) {
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(SIMULTANEOUS_CREATES));
     let creates: Vec<_> = (0..SIMULTANEOUS_CREATES)
         .map(|i| {
-            let client = app.client.clone();
-            let url = format!("{}/api/sandboxes", bases[i % bases.len()]);
+            let api = app.at(&bases[i % bases.len()]);
             let barrier = barrier.clone();
             tokio::spawn(async move {
                 barrier.wait().await;
@@ -401,18 +400,10 @@ async fn race_creates(app: &TestApp, bases: &[String]) {
                     if attempt > 0 {
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
-                    let response = client
-                        .post(&url)
-                        .json(&json!({"template": "busybox"}))
-                        .send()
-                        .await
-                        .unwrap();
-                    let status = response.status();
-                    answer = (
-                        status,
-                        response.json::<Value>().await.unwrap_or(Value::Null),
-                    );
-                    if status != StatusCode::SERVICE_UNAVAILABLE {
+                    answer = api
+                        .post_json("/api/sandboxes", json!({"template": "busybox"}))
+                        .await;
+                    if answer.0 != StatusCode::SERVICE_UNAVAILABLE {
                         break;
                     }
                 }

@@ -375,21 +375,14 @@ async fn execute_racing_delete_answers_200_or_409_only(store: Store) {
         let id = sandbox["id"].as_str().unwrap().to_owned();
         let mut workers = Vec::new();
         for _ in 0..8 {
-            let client = app.client.clone();
-            let url = app.url(&format!("/api/sandboxes/{id}/execute"));
+            let (api, id) = (app.at(&app.base), id.clone());
             workers.push(tokio::spawn(async move {
                 let mut seen = Vec::new();
                 // Until the sandbox answers that it ended; bounded.
                 for _ in 0..200 {
-                    let response = client
-                        .post(&url)
-                        .json(&json!({"command": "echo x"}))
-                        .send()
-                        .await
-                        .unwrap();
-                    let status = response.status().as_u16();
-                    let body = response.text().await.unwrap_or_default();
-                    seen.push((status, body));
+                    let (status, body) = api.exec(&id, "echo x").await;
+                    let status = status.as_u16();
+                    seen.push((status, body.to_string()));
                     if status != 200 {
                         break;
                     }
@@ -398,13 +391,7 @@ async fn execute_racing_delete_answers_200_or_409_only(store: Store) {
             }));
         }
         tokio::time::sleep(Duration::from_millis(150 + 50 * round)).await;
-        let deleted = app
-            .client
-            .delete(app.url(&format!("/api/sandboxes/{id}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+        assert_eq!(app.delete(&id).await, StatusCode::NO_CONTENT);
         for worker in workers {
             answers.extend(worker.await.unwrap());
         }

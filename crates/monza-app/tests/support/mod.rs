@@ -171,6 +171,14 @@ impl Api {
         }
     }
 
+    /// The same clients at another base (another replica).
+    pub fn at(&self, base: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            ..self.clone()
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
