@@ -468,7 +468,7 @@ async fn docker_scenarios(
     }
 
     // 3. upload and download, 1 MiB and 100 MiB.
-    let pattern = stats::random_bytes(MIB, 7);
+    let pattern = monza_domain::testing::fixtures::random_bytes(MIB, 7);
     for (label, size, n) in [
         ("1 MiB", MIB, plan.copy_small),
         ("100 MiB", plan.large_bytes, plan.copy_large),
