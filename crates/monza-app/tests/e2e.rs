@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Store, TestApp};
+use support::{NewImages, Store, TestApp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `sandbox` as it stands in `list` (a JSON array of sandboxes), if it does.
@@ -300,6 +300,8 @@ async fn a_restarted_server_serves_live_sandboxes(store: Store) {
 /// and reused, and the environment and workspace folder reach commands.
 #[tokio::test]
 async fn templates_shape_the_sandbox_end_to_end() {
+    // The build below is this test's own image: removed at the end like its containers.
+    let _built = NewImages::of("monza-build/busybox-build");
     let Some(app) = TestApp::spawn(Store::Sqlite, |_| {}).await else {
         return;
     };

@@ -62,6 +62,42 @@ pub fn docker(args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// The images of one repository (`monza-build/busybox-build`) that appear while this lives:
+/// each is removed when it is dropped, whatever happened. Declare it before the server, so
+/// it is dropped after the server's containers (an image in use cannot be removed).
+#[derive(Debug)]
+pub struct NewImages {
+    repository: String,
+    before: Vec<String>,
+}
+
+impl NewImages {
+    /// Remembers the images `repository` has now.
+    pub fn of(repository: &str) -> Self {
+        Self {
+            repository: repository.to_owned(),
+            before: image_ids(repository),
+        }
+    }
+}
+
+fn image_ids(repository: &str) -> Vec<String> {
+    docker(&["images", "-q", "--no-trunc", repository])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Drop for NewImages {
+    fn drop(&mut self) {
+        for id in image_ids(&self.repository) {
+            if !self.before.contains(&id) {
+                docker(&["rmi", "-f", &id]);
+            }
+        }
+    }
+}
+
 /// The containers carrying one `monza.deployment` label; every one of them is removed (with
 /// its anonymous volumes) when this is dropped, whatever happened.
 #[derive(Debug)]
