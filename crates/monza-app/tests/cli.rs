@@ -1,20 +1,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The `monza` binary's command line, run as a user would.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod support;
 
-fn monza() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_monza"));
-    for var in [
-        "DATABASE_URL",
-        "DEVCONTAINERS_PATH",
-        "MONZA_ALLOW_UNSAFE_TEMPLATES",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
+use std::path::PathBuf;
+use support::{ADMIN_TOKEN, ServeChild, docker, monza, serve_fails};
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -111,13 +101,7 @@ fn a_broken_template_fails_the_check_with_its_name() {
 
 #[test]
 fn an_unknown_database_scheme_stops_start_up_naming_the_setting() {
-    let out = monza()
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .env("DATABASE_URL", "mysql://root:hunter2@localhost/monza")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = serve_fails(&[("DATABASE_URL", "mysql://root:hunter2@localhost/monza")]);
     assert!(stderr.contains("DATABASE_URL"), "{stderr}");
     assert!(stderr.contains("sqlite://"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
@@ -125,13 +109,7 @@ fn an_unknown_database_scheme_stops_start_up_naming_the_setting() {
 
 #[test]
 fn a_bad_duration_stops_start_up_naming_the_setting() {
-    let out = monza()
-        .args(["serve"])
-        .env("MONZA_SANDBOX_TTL", "forever")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = serve_fails(&[("MONZA_SANDBOX_TTL", "forever")]);
     assert!(
         stderr.contains("sandbox-ttl") || stderr.contains("MONZA_SANDBOX_TTL"),
         "{stderr}"
@@ -140,17 +118,13 @@ fn a_bad_duration_stops_start_up_naming_the_setting() {
 
 #[test]
 fn an_unreachable_database_is_one_clear_line_without_the_password() {
-    let out = monza()
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .env(
+    let stderr = serve_fails(&[
+        (
             "DATABASE_URL",
             "postgres://monza:s3cr3t-pw@127.0.0.1:1/monza",
-        )
-        .env("MONZA_DB_CONNECT_ATTEMPTS", "1")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        ),
+        ("MONZA_DB_CONNECT_ATTEMPTS", "1"),
+    ]);
     assert!(
         !stderr.contains("s3cr3t-pw"),
         "the password leaked: {stderr}"
@@ -161,62 +135,25 @@ fn an_unreachable_database_is_one_clear_line_without_the_password() {
     );
 }
 
-/// The admin token the SIGTERM test's server starts with.
-const SIGTERM_TOKEN: &str = "sigterm-test-token-0123456789abcdef0123456789abcdef";
-
 /// `monza serve` as a child process: SIGTERM stops it with exit status 0, and the sandbox
 /// it made is still running afterwards (sandboxes outlive the server).
 #[test]
 fn sigterm_stops_the_server_cleanly_and_leaves_sandboxes_running() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{Read, Write};
     use std::net::TcpStream;
 
     let dir = tempfile::tempdir().unwrap();
-    let mut child = monza()
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .env("MONZA_DATA_DIR", dir.path())
-        .env(
-            "DEVCONTAINERS_PATH",
-            monza_devcontainer::test_templates_dir(),
-        )
-        .env("MONZA_DEFAULT_TEMPLATE", "busybox")
-        .env("MONZA_LOG_FORMAT", "json")
-        .env("MONZA_BOOTSTRAP_TOKEN", SIGTERM_TOKEN)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let mut port = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if line.contains("Docker engine") && line.contains("unavailable") {
-            let _ = child.kill();
-            let _ = child.wait();
-            monza_domain::testing::require::<(), _>("Docker engine", Err(line));
-            return;
-        }
-        if line.contains("monza listening") {
-            let json: serde_json::Value = serde_json::from_str(&line).unwrap();
-            port = json["port"].as_u64();
-            break;
-        }
-    }
-    let Some(port) = port else {
-        let status = child.wait().unwrap();
-        let result: Result<(), String> = Err(format!("the server exited early with {status}"));
-        monza_domain::testing::require("monza serve start-up (Docker engine)", result);
+    let Some(mut serve) = ServeChild::start(dir.path(), &[("MONZA_BOOTSTRAP_TOKEN", ADMIN_TOKEN)])
+    else {
         return;
     };
-    // Drain the rest of the log so the child never blocks on a full pipe.
-    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
-
+    let port = serve.port;
     let request = |method: &str, path: &str, body: &str| -> String {
-        let mut stream = TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         write!(
             stream,
             "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-             Authorization: Bearer {SIGTERM_TOKEN}\r\n\
+             Authorization: Bearer {ADMIN_TOKEN}\r\n\
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )
@@ -231,29 +168,13 @@ fn sigterm_stops_the_server_cleanly_and_leaves_sandboxes_running() {
     let sandbox: serde_json::Value = serde_json::from_str(body).unwrap();
     let container = sandbox["container_id"].as_str().unwrap().to_owned();
 
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
-    let log = drain.join().unwrap();
+    let log = serve.terminate();
     assert!(log.iter().any(|l| l.contains("monza stopped")), "{log:?}");
 
-    let inspect = Command::new("docker")
-        .args(["inspect", "--format", "{{.State.Running}}", &container])
-        .output()
-        .unwrap();
-    let running = String::from_utf8_lossy(&inspect.stdout).trim().to_owned();
-    let _ = Command::new("docker")
-        .args(["rm", "-f", &container])
-        .output();
+    let running = docker(&["inspect", "--format", "{{.State.Running}}", &container]);
     assert_eq!(
-        running, "true",
+        running.trim(),
+        "true",
         "the sandbox's container stopped with the server"
     );
 }

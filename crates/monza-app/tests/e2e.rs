@@ -9,8 +9,26 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Store, TestApp};
+use support::{NewImages, Store, TestApp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `sandbox` as it stands in `list` (a JSON array of sandboxes), if it does.
+fn listed<'a>(list: &'a Value, sandbox: &Value) -> Option<&'a Value> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == sandbox["id"])
+}
+
+/// Asserts a create of `template` is refused with a 4xx whose message contains `needle`.
+async fn create_refused(app: &TestApp, template: &str, needle: &str) {
+    let (status, body) = app
+        .post_json("/api/sandboxes", json!({ "template": template }))
+        .await;
+    assert!(status.is_client_error(), "{status} {body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(needle), "{needle:?} missing: {body}");
+}
 
 async fn every_route(store: Store) {
     let Some(app) = TestApp::spawn(store, |_| {}).await else {
@@ -57,12 +75,7 @@ async fn every_route(store: Store) {
     assert_eq!(got["id"], sandbox["id"]);
     let (status, list) = app.get_json("/api/sandboxes").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(
-        list.as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["id"] == sandbox["id"])
-    );
+    assert!(listed(&list, &sandbox).is_some());
 
     // Execute: output in order, exit code, stderr, truncation.
     let out = app
@@ -75,28 +88,19 @@ async fn every_route(store: Store) {
     assert_eq!(out["output"], "out\nerr\n42\n");
     assert_eq!(out["stderr"], "err\n");
     assert_eq!(out["truncated"], false);
-    let response = app
-        .client
-        .post(app.url(&format!("/api/sandboxes/{id}/execute")))
-        .json(&json!({ "command": "head -c 100000 /dev/zero | tr '\\0' a", "max_output_bytes": 1000 }))
-        .send()
-        .await
-        .unwrap();
-    let out: Value = response.json().await.unwrap();
+    let (_, out) = app
+        .post_json(
+            &format!("/api/sandboxes/{id}/execute"),
+            json!({ "command": "head -c 100000 /dev/zero | tr '\\0' a", "max_output_bytes": 1000 }),
+        )
+        .await;
     assert_eq!(out["truncated"], true);
     assert_eq!(out["output"].as_str().unwrap().len(), 1000);
-    let out = app.exec_ok(&id, "pwd").await;
-    assert_eq!(out["output"], "/workspace\n");
+    app.assert_output(&id, "pwd", "/workspace\n").await;
 
     // Heartbeat moves expires_at forward.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let response = app
-        .client
-        .post(app.url(&format!("/api/sandboxes/{id}/heartbeat")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.heartbeat(&id).await, StatusCode::NO_CONTENT);
     let (_, after) = app.get_json(&format!("/api/sandboxes/{id}")).await;
     assert!(after["expires_at"].as_str() > sandbox["expires_at"].as_str());
 
@@ -163,83 +167,31 @@ async fn every_route(store: Store) {
     let unknown = uuid::Uuid::new_v4();
     let (status, body) = app.get_json(&format!("/api/sandboxes/{unknown}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    // The message lists the available templates.
+    create_refused(&app, "no-such-template", "busybox").await;
     let (status, body) = app
-        .send(
-            app.client
-                .post(app.url("/api/sandboxes"))
-                .json(&json!({"template": "no-such-template"})),
-        )
+        .post_json("/api/sandboxes", json!({"template": "../etc"}))
         .await;
-    assert!(status.is_client_error(), "{status} {body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("busybox"),
-        "the message lists the available templates: {body}"
-    );
-    let response = app
-        .client
-        .post(app.url("/api/sandboxes"))
-        .json(&json!({"template": "../etc"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 
     // Delete: container gone, idempotent, then activity is a conflict.
-    let response = app
-        .client
-        .delete(app.url(&format!("/api/sandboxes/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.delete(&id).await, StatusCode::NO_CONTENT);
     assert!(!app.container_exists(&container_id).await);
-    let response = app
-        .client
-        .delete(app.url(&format!("/api/sandboxes/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.delete(&id).await, StatusCode::NO_CONTENT);
     // Gone from its own address (and its events), still listed with ?status=deleted.
     let (status, body) = app.get_json(&format!("/api/sandboxes/{id}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     let (status, _) = app.get_json(&format!("/api/sandboxes/{id}/events")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, deleted) = app.get_json("/api/sandboxes?status=deleted").await;
-    let deleted = deleted
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == sandbox["id"])
-        .unwrap()
-        .clone();
+    let deleted = listed(&deleted, &sandbox).unwrap();
     assert_eq!(deleted["status"], "deleted");
     assert!(deleted["deleted_at"].is_string());
-    let response = app
-        .client
-        .post(app.url(&format!("/api/sandboxes/{id}/heartbeat")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CONFLICT);
+    assert_eq!(app.heartbeat(&id).await, StatusCode::CONFLICT);
     let (_, list) = app.get_json("/api/sandboxes").await;
-    assert!(
-        !list
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["id"] == sandbox["id"])
-    );
+    assert!(listed(&list, &sandbox).is_none());
     let (_, all) = app.get_json("/api/sandboxes?status=all").await;
-    assert!(
-        all.as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["id"] == sandbox["id"])
-    );
+    assert!(listed(&all, &sandbox).is_some());
     app.shutdown().await;
 }
 
@@ -296,13 +248,7 @@ async fn idle_sandboxes_expire_and_heartbeated_ones_stay(store: Store) {
     let kept_id = kept["id"].as_str().unwrap();
     let mut expired = false;
     for _ in 0..20 {
-        let response = app
-            .client
-            .post(app.url(&format!("/api/sandboxes/{kept_id}/heartbeat")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        assert_eq!(app.heartbeat(kept_id).await, StatusCode::NO_CONTENT);
         if app.status_of(idle_id).await == "expired" {
             expired = true;
             break;
@@ -328,19 +274,9 @@ async fn idle_sandboxes_expire_and_heartbeated_ones_stay(store: Store) {
         app.container_exists(kept["container_id"].as_str().unwrap())
             .await
     );
-    let response = app
-        .client
-        .post(app.url(&format!("/api/sandboxes/{idle_id}/execute")))
-        .json(&json!({"command": "true"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CONFLICT);
-    let _ = app
-        .client
-        .delete(app.url(&format!("/api/sandboxes/{kept_id}")))
-        .send()
-        .await;
+    let (status, body) = app.exec(idle_id, "true").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    app.delete(kept_id).await;
     app.shutdown().await;
 }
 
@@ -352,14 +288,10 @@ async fn a_restarted_server_serves_live_sandboxes(store: Store) {
     let id = sandbox["id"].as_str().unwrap().to_owned();
     app.exec_ok(&id, "echo before > /workspace/state").await;
     let app = app.restart().await;
-    let out = app.exec_ok(&id, "cat /workspace/state").await;
-    assert_eq!(out["output"], "before\n");
-    assert_eq!(app.status_of(&id).await, "running");
-    let _ = app
-        .client
-        .delete(app.url(&format!("/api/sandboxes/{id}")))
-        .send()
+    app.assert_output(&id, "cat /workspace/state", "before\n")
         .await;
+    assert_eq!(app.status_of(&id).await, "running");
+    app.delete(&id).await;
     app.shutdown().await;
 }
 
@@ -368,6 +300,8 @@ async fn a_restarted_server_serves_live_sandboxes(store: Store) {
 /// and reused, and the environment and workspace folder reach commands.
 #[tokio::test]
 async fn templates_shape_the_sandbox_end_to_end() {
+    // The build below is this test's own image: removed at the end like its containers.
+    let _built = NewImages::of("monza-build/busybox-build");
     let Some(app) = TestApp::spawn(Store::Sqlite, |_| {}).await else {
         return;
     };
@@ -380,21 +314,7 @@ async fn templates_shape_the_sandbox_end_to_end() {
         "{out}"
     );
 
-    let (status, body) = app
-        .send(
-            app.client
-                .post(app.url("/api/sandboxes"))
-                .json(&json!({"template": "busybox-failing-hook"})),
-        )
-        .await;
-    assert!(status.is_client_error(), "{status} {body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("exited with code 3"),
-        "{body}"
-    );
+    create_refused(&app, "busybox-failing-hook", "exited with code 3").await;
     let (_, failed) = app.get_json("/api/sandboxes?status=error").await;
     let failed = failed
         .as_array()
@@ -454,14 +374,7 @@ async fn templates_shape_the_sandbox_end_to_end() {
     );
 
     for sandbox in [&hooks, &first, &second, &env] {
-        let _ = app
-            .client
-            .delete(app.url(&format!(
-                "/api/sandboxes/{}",
-                sandbox["id"].as_str().unwrap()
-            )))
-            .send()
-            .await;
+        app.delete(sandbox["id"].as_str().unwrap()).await;
     }
     app.shutdown().await;
 }
@@ -478,8 +391,7 @@ async fn race_creates(app: &TestApp, bases: &[String]) {
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(SIMULTANEOUS_CREATES));
     let creates: Vec<_> = (0..SIMULTANEOUS_CREATES)
         .map(|i| {
-            let client = app.client.clone();
-            let url = format!("{}/api/sandboxes", bases[i % bases.len()]);
+            let api = app.at(&bases[i % bases.len()]);
             let barrier = barrier.clone();
             tokio::spawn(async move {
                 barrier.wait().await;
@@ -490,18 +402,10 @@ async fn race_creates(app: &TestApp, bases: &[String]) {
                     if attempt > 0 {
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
-                    let response = client
-                        .post(&url)
-                        .json(&json!({"template": "busybox"}))
-                        .send()
-                        .await
-                        .unwrap();
-                    let status = response.status();
-                    answer = (
-                        status,
-                        response.json::<Value>().await.unwrap_or(Value::Null),
-                    );
-                    if status != StatusCode::SERVICE_UNAVAILABLE {
+                    answer = api
+                        .post_json("/api/sandboxes", json!({"template": "busybox"}))
+                        .await;
+                    if answer.0 != StatusCode::SERVICE_UNAVAILABLE {
                         break;
                     }
                 }
@@ -530,11 +434,7 @@ async fn race_creates(app: &TestApp, bases: &[String]) {
     let containers = app.runtime().list_managed().await.unwrap();
     let (_, live) = app.get_json("/api/sandboxes").await;
     for id in &created {
-        let _ = app
-            .client
-            .delete(app.url(&format!("/api/sandboxes/{id}")))
-            .send()
-            .await;
+        app.delete(id).await;
     }
     assert_eq!(
         (created.len(), refused),

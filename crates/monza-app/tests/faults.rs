@@ -8,292 +8,31 @@
 //! one test at a time (`--test-threads 1`). Every outage is undone by a guard, even when a
 //! test fails.
 
+mod support;
+
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use support::{ChildServer as Server, DeploymentContainers as Containers, admin_url, docker, psql};
 
-const PG_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
-const TOKEN: &str = "faults-admin-token-0123456789abcdef0123456789abcdef";
-
-fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| PG_URL.into())
+async fn create(server: &Server) -> Value {
+    server.create(json!({"template": "busybox"})).await
 }
 
-fn psql(url: &str, sql: &str) -> Result<(), String> {
-    let out = Command::new("psql")
-        .args([url, "-qc", sql])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-/// A database of its own, dropped at the end.
-struct PgDatabase {
-    name: String,
-}
-
-impl PgDatabase {
-    fn create() -> Self {
-        let name = format!("monza_faults_{}", uuid::Uuid::new_v4().simple());
-        psql(&admin_url(), &format!("CREATE DATABASE {name}")).expect("PostgreSQL must answer");
-        Self { name }
-    }
-
-    fn url(&self) -> String {
-        let admin = admin_url();
-        let (base, _) = admin.rsplit_once('/').unwrap();
-        format!("{base}/{}", self.name)
-    }
-
-    /// The `monza.deployment` label the server derives from this database.
-    fn deployment(&self) -> String {
-        let admin = admin_url();
-        let authority = admin.rsplit_once('@').map_or(admin.as_str(), |(_, a)| a);
-        let host_port = authority.split('/').next().unwrap();
-        format!("postgres://{host_port}/{}", self.name)
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let _ = psql(
-            &admin_url(),
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
-    }
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Removes every container of a deployment when dropped, whatever happened.
-struct Containers(String);
-
-impl Containers {
-    /// `(container id, sandbox id, state)` of the deployment's containers.
-    fn list(&self) -> Vec<(String, String, String)> {
-        docker(&[
-            "ps",
-            "-a",
-            "--no-trunc",
-            "--filter",
-            &format!("label=monza.deployment={}", self.0),
-            "--format",
-            "{{.ID}}\t{{.Label \"monza.sandbox_id\"}}\t{{.State}}",
-        ])
-        .lines()
-        .filter_map(|line| {
-            let mut parts = line.split('\t');
-            Some((
-                parts.next()?.to_owned(),
-                parts.next()?.to_owned(),
-                parts.next()?.to_owned(),
-            ))
-        })
-        .collect()
-    }
-}
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        let ids: Vec<String> = self.list().into_iter().map(|(id, _, _)| id).collect();
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(ids.iter().map(String::as_str));
-            docker(&args);
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `monza serve` as a child process.
-struct Server {
-    child: Child,
-    base: String,
-    log: PathBuf,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Server {
-    async fn start(database_url: &str, settings: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("monza.log");
-        let mut server = Self::spawn(database_url, settings, &log);
-        server._dir = Some(dir);
-        server.wait_healthy().await;
-        server
-    }
-
-    fn spawn(database_url: &str, settings: &[(&str, &str)], log: &Path) -> Self {
-        let port = free_port();
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_monza"));
-        cmd.arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .env("SERVER_ADDR", format!("127.0.0.1:{port}"))
-            .env("DATABASE_URL", database_url)
-            .env(
-                "DEVCONTAINERS_PATH",
-                monza_devcontainer::test_templates_dir(),
-            )
-            .env("MONZA_DEFAULT_TEMPLATE", "busybox")
-            .env("MONZA_BOOTSTRAP_TOKEN", TOKEN)
-            .env("MONZA_MAX_SANDBOXES_PER_TENANT", "0")
-            .env("MONZA_SHUTDOWN_TIMEOUT", "5s");
-        if let Some(host) = std::env::var_os("DOCKER_HOST") {
-            cmd.env("DOCKER_HOST", host);
-        }
-        for (key, value) in settings {
-            cmd.env(key, value);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log: log.to_path_buf(),
-            _dir: None,
-        }
-    }
-
-    async fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let client = reqwest::Client::new();
-        loop {
-            if let Ok(r) = client.get(format!("{}/health", self.base)).send().await
-                && r.status() == StatusCode::OK
-            {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("monza exited with {status}:\n{}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "monza did not start:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn assert_alive(&mut self) {
-        assert!(
-            matches!(self.child.try_wait(), Ok(None)),
-            "monza exited:\n{}",
-            self.log_text()
-        );
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-
-    /// The child's resident memory, in KiB.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn client() -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        reqwest::header::HeaderValue::from_str(&format!("Bearer {TOKEN}")).unwrap(),
-    );
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap()
-}
-
-async fn create(client: &reqwest::Client, server: &Server) -> Value {
-    let response = client
-        .post(server.url("/api/sandboxes"))
-        .json(&json!({"template": "busybox"}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    body
-}
-
-async fn get(client: &reqwest::Client, url: String) -> (StatusCode, Value) {
-    let response = client.get(url).send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn execute(client: &reqwest::Client, server: &Server, id: &str) -> (StatusCode, Value) {
-    let response = client
-        .post(server.url(&format!("/api/sandboxes/{id}/execute")))
-        .json(&json!({"command": "echo hi"}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+async fn execute(server: &Server, id: &str) -> (StatusCode, Value) {
+    server.exec(id, "echo hi").await
 }
 
 /// Executes in the sandbox every 500 ms until it answers 200 (within 60 s): the body.
-async fn execute_once_recovered(client: &reqwest::Client, server: &Server, id: &str) -> Value {
+async fn execute_once_recovered(server: &Server, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (status, body) = execute(client, server, id).await;
+        let (status, body) = execute(server, id).await;
         if status == StatusCode::OK {
             return body;
         }
@@ -303,12 +42,6 @@ async fn execute_once_recovered(client: &reqwest::Client, server: &Server, id: &
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-async fn all_sandboxes(client: &reqwest::Client, server: &Server) -> Vec<Value> {
-    let (status, body) = get(client, server.url("/api/sandboxes?status=all")).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body.as_array().unwrap().clone()
 }
 
 /// Test templates for the kill -9 tests: `busybox`, and `busybox-sleep-N`, whose create sleeps
@@ -334,31 +67,34 @@ fn sleeping_templates(sleeps: &[u32]) -> tempfile::TempDir {
     dir
 }
 
-/// A store for a fault test: a PostgreSQL database of its own, or a SQLite file; with the
-/// deployment label its servers are given.
+/// A store for a fault test: a PostgreSQL database of its own (these tests need PostgreSQL,
+/// in CI and out), or a SQLite file; with the containers of the deployment its servers
+/// carry, removed when it is dropped (before the database).
 struct FaultStore {
     url: String,
-    deployment: String,
-    _pg: Option<PgDatabase>,
+    containers: Containers,
+    _pg: Option<support::PgDatabase>,
     _dir: Option<tempfile::TempDir>,
 }
 
 impl FaultStore {
+    /// The deployment is the one a server derives from the database: none is set.
     fn postgres() -> Self {
-        let pg = PgDatabase::create();
+        let pg = support::PgDatabase::create().expect("PostgreSQL must answer");
         Self {
             url: pg.url(),
-            deployment: pg.deployment(),
+            containers: Containers(pg.deployment()),
             _pg: Some(pg),
             _dir: None,
         }
     }
 
+    /// The deployment must be given to its servers (`MONZA_DEPLOYMENT`).
     fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap();
         Self {
             url: format!("sqlite://{}", dir.path().join("monza.db").display()),
-            deployment: format!("faults-sqlite-{}", uuid::Uuid::new_v4().simple()),
+            containers: Containers(format!("faults-sqlite-{}", uuid::Uuid::new_v4().simple())),
             _pg: None,
             _dir: Some(dir),
         }
@@ -374,15 +110,9 @@ fn borrowed(settings: &[(String, String)]) -> Vec<(&str, &str)> {
 
 /// Sends `count` creates of `template` named `name` and forgets them (their server is about
 /// to be killed).
-fn fire_creates(
-    client: &reqwest::Client,
-    server: &Server,
-    count: usize,
-    name: &str,
-    template: &str,
-) {
+fn fire_creates(server: &Server, count: usize, name: &str, template: &str) {
     for _ in 0..count {
-        let client = client.clone();
+        let client = server.client.clone();
         let url = server.url("/api/sandboxes");
         let body = json!({"name": name, "template": template});
         tokio::spawn(async move {
@@ -393,16 +123,10 @@ fn fire_creates(
 
 /// Waits (30 s at most) until `count` sandboxes named `name` are `creating` and each has its
 /// container: creates in flight, past the engine's create, in their lifecycle hook.
-async fn wait_in_flight(
-    client: &reqwest::Client,
-    server: &Server,
-    containers: &Containers,
-    name: &str,
-    count: usize,
-) {
+async fn wait_in_flight(server: &Server, containers: &Containers, name: &str, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let rows = all_sandboxes(client, server).await;
+        let rows = server.all_sandboxes().await;
         let creating: Vec<&str> = rows
             .iter()
             .filter(|s| s["name"] == name && s["status"] == "creating")
@@ -443,7 +167,6 @@ fn settled(rows: &[Value], containers: &[(String, String, String)], name: &str) 
 
 /// Waits until the sandboxes named `name` are [`settled`], within `within`: the rows.
 async fn wait_settled(
-    client: &reqwest::Client,
     server: &Server,
     containers: &Containers,
     name: &str,
@@ -451,7 +174,7 @@ async fn wait_settled(
 ) -> Vec<Value> {
     let deadline = Instant::now() + within;
     loop {
-        let rows = all_sandboxes(client, server).await;
+        let rows = server.all_sandboxes().await;
         if settled(&rows, &containers.list(), name) {
             return rows;
         }
@@ -486,22 +209,21 @@ fn assert_abandoned(rows: &[Value], name: &str, count: usize) {
 async fn after_kill_9_with_10_creates_in_flight_a_restart_settles_them_within_30s(
     store: FaultStore,
 ) {
-    let containers = Containers(store.deployment.clone());
+    let containers = &store.containers;
     let templates = sleeping_templates(&[60]);
     let settings = [
         (
             "DEVCONTAINERS_PATH".to_owned(),
             templates.path().display().to_string(),
         ),
-        ("MONZA_DEPLOYMENT".to_owned(), store.deployment.clone()),
+        ("MONZA_DEPLOYMENT".to_owned(), store.containers.0.clone()),
         // Only the start-up pass: the leases must settle the creates, not a periodic pass.
         ("MONZA_RECONCILE_INTERVAL".to_owned(), "1h".to_owned()),
     ];
     let settings = borrowed(&settings);
     let mut server = Server::start(&store.url, &settings).await;
-    let client = client();
-    fire_creates(&client, &server, 10, "killed", "busybox-sleep-60");
-    wait_in_flight(&client, &server, &containers, "killed", 10).await;
+    fire_creates(&server, 10, "killed", "busybox-sleep-60");
+    wait_in_flight(&server, containers, "killed", 10).await;
     server.kill9();
 
     let log = server.log.with_file_name("restarted.log");
@@ -509,9 +231,8 @@ async fn after_kill_9_with_10_creates_in_flight_a_restart_settles_them_within_30
     let restart = Instant::now();
     restarted.wait_healthy().await;
     let rows = wait_settled(
-        &client,
         &restarted,
-        &containers,
+        containers,
         "killed",
         Duration::from_secs(30).saturating_sub(restart.elapsed()),
     )
@@ -543,7 +264,7 @@ async fn after_kill_9_with_10_creates_in_flight_a_restart_settles_them_within_30
 async fn after_kill_9_of_a_replica_its_creates_are_settled_and_the_live_replicas_creates_are_undisturbed()
  {
     let store = FaultStore::postgres();
-    let containers = Containers(store.deployment.clone());
+    let containers = &store.containers;
     let templates = sleeping_templates(&[60, 7]);
     let settings = [
         (
@@ -556,13 +277,12 @@ async fn after_kill_9_of_a_replica_its_creates_are_settled_and_the_live_replicas
     let settings = borrowed(&settings);
     let mut a = Server::start(&store.url, &settings).await;
     let mut b = Server::start(&store.url, &settings).await;
-    let client = client();
 
     // The live replica creates all along, three at a time.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let workers: Vec<_> = (0..3)
         .map(|_| {
-            let (client, url, stop) = (client.clone(), b.url("/api/sandboxes"), stop.clone());
+            let (client, url, stop) = (b.client.clone(), b.url("/api/sandboxes"), stop.clone());
             tokio::spawn(async move {
                 let mut answers = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
@@ -582,14 +302,14 @@ async fn after_kill_9_of_a_replica_its_creates_are_settled_and_the_live_replicas
         })
         .collect();
 
-    fire_creates(&client, &a, 10, "killed", "busybox-sleep-60");
-    wait_in_flight(&client, &a, &containers, "killed", 10).await;
+    fire_creates(&a, 10, "killed", "busybox-sleep-60");
+    wait_in_flight(&a, containers, "killed", 10).await;
     a.kill9();
     let killed = Instant::now();
     let log = a.log.with_file_name("restarted.log");
     let mut restarted = Server::spawn(&store.url, &settings, &log);
     restarted.wait_healthy().await;
-    let rows = wait_settled(&client, &b, &containers, "killed", Duration::from_secs(30)).await;
+    let rows = wait_settled(&b, containers, "killed", Duration::from_secs(30)).await;
     let settled_at = Instant::now();
     eprintln!("settled {:?} after the kill", killed.elapsed());
     assert_abandoned(&rows, "killed", 10);
@@ -617,11 +337,11 @@ async fn after_kill_9_of_a_replica_its_creates_are_settled_and_the_live_replicas
             "no create of the live replica was in flight at {what}"
         );
     }
-    let rows = wait_settled(&client, &b, &containers, "live", Duration::from_secs(10)).await;
+    let rows = wait_settled(&b, containers, "live", Duration::from_secs(10)).await;
     for id in &live {
         let sandbox = rows.iter().find(|s| s["id"] == id.as_str()).unwrap();
         assert_eq!(sandbox["status"], "running", "{sandbox}");
-        let (_, events) = get(&client, b.url(&format!("/api/sandboxes/{id}/events"))).await;
+        let (_, events) = b.get_json(&format!("/api/sandboxes/{id}/events")).await;
         let failed = events
             .as_array()
             .unwrap()
@@ -645,20 +365,18 @@ async fn after_kill_9_of_a_replica_its_creates_are_settled_and_the_live_replicas
 
 #[tokio::test]
 async fn a_container_removed_behind_monzas_back_makes_the_sandbox_error_and_requests_get_409() {
-    let db = PgDatabase::create();
-    let _containers = Containers(db.deployment());
-    let server = Server::start(&db.url(), &[("MONZA_RECONCILE_INTERVAL", "2s")]).await;
-    let client = client();
+    let store = FaultStore::postgres();
+    let server = Server::start(&store.url, &[("MONZA_RECONCILE_INTERVAL", "2s")]).await;
 
     // Found by a request.
-    let sandbox = create(&client, &server).await;
+    let sandbox = create(&server).await;
     let id = sandbox["id"].as_str().unwrap();
     docker(&["rm", "-f", sandbox["container_id"].as_str().unwrap()]);
-    let (status, body) = execute(&client, &server, id).await;
+    let (status, body) = execute(&server, id).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("container vanished"), "{message}");
-    let (_, after) = get(&client, server.url(&format!("/api/sandboxes/{id}"))).await;
+    let (_, after) = server.get_json(&format!("/api/sandboxes/{id}")).await;
     assert_eq!(after["status"], "error");
     assert!(
         after["status_reason"]
@@ -666,7 +384,9 @@ async fn a_container_removed_behind_monzas_back_makes_the_sandbox_error_and_requ
             .unwrap()
             .contains("container vanished")
     );
-    let (_, events) = get(&client, server.url(&format!("/api/sandboxes/{id}/events"))).await;
+    let (_, events) = server
+        .get_json(&format!("/api/sandboxes/{id}/events"))
+        .await;
     assert!(
         events
             .as_array()
@@ -680,12 +400,12 @@ async fn a_container_removed_behind_monzas_back_makes_the_sandbox_error_and_requ
     );
 
     // Found by reconciliation, with no request at all.
-    let quiet = create(&client, &server).await;
+    let quiet = create(&server).await;
     let quiet_id = quiet["id"].as_str().unwrap();
     docker(&["rm", "-f", quiet["container_id"].as_str().unwrap()]);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, now) = get(&client, server.url(&format!("/api/sandboxes/{quiet_id}"))).await;
+        let (_, now) = server.get_json(&format!("/api/sandboxes/{quiet_id}")).await;
         if now["status"] == "error" {
             assert!(
                 now["status_reason"]
@@ -698,13 +418,14 @@ async fn a_container_removed_behind_monzas_back_makes_the_sandbox_error_and_requ
         assert!(Instant::now() < deadline, "still {now}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let response = client
-        .post(server.url(&format!("/api/sandboxes/{quiet_id}/heartbeat")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CONFLICT);
-    let body: Value = response.json().await.unwrap();
+    let (status, body) = server
+        .send(
+            server
+                .client
+                .post(server.url(&format!("/api/sandboxes/{quiet_id}/heartbeat"))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(
         body["error"]["message"]
             .as_str()
@@ -712,6 +433,16 @@ async fn a_container_removed_behind_monzas_back_makes_the_sandbox_error_and_requ
             .contains("container vanished"),
         "{body}"
     );
+}
+
+/// Blocks until `done`, checking every `every_ms` milliseconds; fails saying `what` past
+/// `within`.
+fn wait_until(within: Duration, every_ms: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(every_ms));
+    }
 }
 
 fn docker_answers() -> bool {
@@ -736,82 +467,94 @@ fn process_alive(pid: &str) -> bool {
     }
 }
 
-/// Stops the Docker engine and starts it again the way it was started (same command line,
-/// in the background, logging to `$TMPDIR/monza-dockerd.log` like `cargo xtask env`), on
-/// `start` or when dropped.
-struct DockerOutage {
-    cmdline: Vec<String>,
-    restored: bool,
+/// During an outage: `/ready` is a 503 naming the state of the database and of the engine,
+/// while `/health` (liveness) stays 200.
+async fn assert_not_ready(server: &Server, database: &str, docker: &str) {
+    let (status, ready) = server.get_json("/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert_eq!(
+        ready,
+        json!({"status": "unavailable", "database": database, "docker": docker})
+    );
+    let (status, _) = server.get_json("/health").await;
+    assert_eq!(status, StatusCode::OK, "liveness depends on neither");
 }
 
-impl DockerOutage {
-    fn begin() -> Self {
-        let pid = std::fs::read_to_string("/var/run/docker.pid")
-            .expect("dockerd's pid file: this test restarts a dockerd it can find");
-        let pid = pid.trim().to_owned();
-        let cmdline: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-            .unwrap()
-            .split('\0')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
-        assert!(!cmdline.is_empty());
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let outage = Self {
-            cmdline,
-            restored: false,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while process_alive(&pid) {
-            assert!(Instant::now() < deadline, "dockerd did not stop");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        outage
-    }
+/// An outage of a dependency, undone on `end` or when dropped (even when a test fails).
+struct Outage {
+    restore: Option<Box<dyn FnOnce()>>,
+}
 
+impl Outage {
     fn end(&mut self) {
-        if self.restored {
-            return;
-        }
-        self.restored = true;
-        if docker_answers() {
-            return;
-        }
-        let log = std::env::temp_dir().join("monza-dockerd.log");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        Command::new("setsid")
-            // Forks: dockerd is detached from this test (and its process group) at once.
-            .arg("--fork")
-            .args(&self.cmdline)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while !docker_answers() {
-            assert!(Instant::now() < deadline, "dockerd did not come back");
-            std::thread::sleep(Duration::from_millis(200));
+        if let Some(restore) = self.restore.take() {
+            restore();
         }
     }
 }
 
-impl Drop for DockerOutage {
+impl Drop for Outage {
     fn drop(&mut self) {
         self.end();
     }
 }
 
+/// Stops the Docker engine; the outage starts it again the way it was started (same command
+/// line, in the background, logging to `$TMPDIR/monza-dockerd.log` like `cargo xtask env`).
+fn docker_outage() -> Outage {
+    let pid = std::fs::read_to_string("/var/run/docker.pid")
+        .expect("dockerd's pid file: this test restarts a dockerd it can find");
+    let pid = pid.trim().to_owned();
+    let cmdline: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split('\0')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    assert!(!cmdline.is_empty());
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let outage = Outage {
+        restore: Some(Box::new(move || start_dockerd(&cmdline))),
+    };
+    wait_until(Duration::from_secs(60), 100, "dockerd did not stop", || {
+        !process_alive(&pid)
+    });
+    outage
+}
+
+/// Starts dockerd with `cmdline` unless the engine answers already; waits until it does.
+fn start_dockerd(cmdline: &[String]) {
+    if docker_answers() {
+        return;
+    }
+    let log = std::env::temp_dir().join("monza-dockerd.log");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new("setsid")
+        // Forks: dockerd is detached from this test (and its process group) at once.
+        .arg("--fork")
+        .args(cmdline)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .status()
+        .unwrap();
+    wait_until(
+        Duration::from_secs(90),
+        200,
+        "dockerd did not come back",
+        docker_answers,
+    );
+}
+
 #[tokio::test]
 async fn docker_engine_stopped_and_started_gives_quick_503s_then_recovers_without_restart() {
-    let db = PgDatabase::create();
-    let _containers = Containers(db.deployment());
+    let store = FaultStore::postgres();
     let mut server = Server::start(
-        &db.url(),
+        &store.url,
         &[
             ("MONZA_RECONCILE_INTERVAL", "1s"),
             ("MONZA_REAPER_INTERVAL", "1s"),
@@ -819,56 +562,37 @@ async fn docker_engine_stopped_and_started_gives_quick_503s_then_recovers_withou
         ],
     )
     .await;
-    let client = client();
-    let sandbox = create(&client, &server).await;
+    let sandbox = create(&server).await;
     let id = sandbox["id"].as_str().unwrap().to_owned();
-    let response = client
-        .post(server.url("/api/sandboxes"))
-        .json(&json!({"template": "busybox-ports"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let ported: Value = response.json().await.unwrap();
+    let ported = server.create(json!({"template": "busybox-ports"})).await;
     let ported_id = ported["id"].as_str().unwrap().to_owned();
     let ported_container = ported["container_id"].as_str().unwrap().to_owned();
 
-    let mut outage = DockerOutage::begin();
+    let mut outage = docker_outage();
     let started = Instant::now();
-    let response = client
-        .post(server.url("/api/sandboxes"))
-        .json(&json!({"template": "busybox"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let body: Value = response.json().await.unwrap();
+    let (status, body) = server
+        .post_json("/api/sandboxes", json!({"template": "busybox"}))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
-    let (status, body) = execute(&client, &server, &id).await;
+    let (status, body) = execute(&server, &id).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "503s took {:?}",
         started.elapsed()
     );
-    let (status, _) = get(&client, server.url(&format!("/api/sandboxes/{id}"))).await;
+    let (status, _) = server.get_json(&format!("/api/sandboxes/{id}")).await;
     assert_eq!(status, StatusCode::OK, "get needs only the store");
-    let (status, _) = get(&client, server.url("/api/sandboxes")).await;
+    let (status, _) = server.get_json("/api/sandboxes").await;
     assert_eq!(status, StatusCode::OK, "list needs only the store");
-    let (status, ready) = get(&client, server.url("/ready")).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        ready,
-        json!({"status": "unavailable", "database": "ok", "docker": "unavailable"})
-    );
-    let (status, _) = get(&client, server.url("/health")).await;
-    assert_eq!(status, StatusCode::OK, "liveness does not depend on Docker");
+    assert_not_ready(&server, "ok", "unavailable").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(server.log_text().contains("reconcile pass skipped"));
     outage.end();
 
     // The engine stopped the container with it; reconciliation starts it again.
-    let body = execute_once_recovered(&client, &server, &id).await;
+    let body = execute_once_recovered(&server, &id).await;
     assert_eq!(body["output"], "hi\n");
     // The engine may publish a restarted container on other host ports: the API must say
     // where it publishes now.
@@ -880,7 +604,9 @@ async fn docker_engine_stopped_and_started_gives_quick_503s_then_recovers_withou
             .next()
             .and_then(|line| line.rsplit_once(':'))
             .and_then(|(_, port)| port.trim().parse::<u64>().ok());
-        let (status, body) = get(&client, server.url(&format!("/api/sandboxes/{ported_id}"))).await;
+        let (status, body) = server
+            .get_json(&format!("/api/sandboxes/{ported_id}"))
+            .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let api_port = body["port_mappings"][0]["host_port"].as_u64();
         if engine_port.is_some() && engine_port == api_port {
@@ -892,8 +618,8 @@ async fn docker_engine_stopped_and_started_gives_quick_503s_then_recovers_withou
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    create(&client, &server).await;
-    let (status, _) = get(&client, server.url("/ready")).await;
+    create(&server).await;
+    let (status, _) = server.get_json("/ready").await;
     assert_eq!(status, StatusCode::OK);
     server.assert_alive();
 }
@@ -906,105 +632,76 @@ fn pg_version() -> String {
         .unwrap()
 }
 
-/// Stops the local PostgreSQL cluster; starts it again on `end` or when dropped.
-struct PgOutage {
-    version: String,
-    restored: bool,
-}
-
-impl PgOutage {
-    fn begin() -> Self {
-        let version = pg_version();
-        let status = Command::new("pg_ctlcluster")
-            .args([&version, "main", "stop"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        Self {
-            version,
-            restored: false,
-        }
-    }
-
-    fn end(&mut self) {
-        if self.restored {
-            return;
-        }
-        self.restored = true;
-        let _ = Command::new("pg_ctlcluster")
-            .args([&self.version, "main", "start"])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while psql(&admin_url(), "select 1").is_err() {
-            assert!(Instant::now() < deadline, "PostgreSQL did not come back");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for PgOutage {
-    fn drop(&mut self) {
-        self.end();
+/// Stops the local PostgreSQL cluster; the outage starts it again and waits until it answers.
+fn pg_outage() -> Outage {
+    let version = pg_version();
+    let status = Command::new("pg_ctlcluster")
+        .args([&version, "main", "stop"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    Outage {
+        restore: Some(Box::new(move || {
+            let _ = Command::new("pg_ctlcluster")
+                .args([&version, "main", "start"])
+                .status();
+            wait_until(
+                Duration::from_secs(60),
+                200,
+                "PostgreSQL did not come back",
+                || psql(&admin_url(), "select 1").is_ok(),
+            );
+        })),
     }
 }
 
 #[tokio::test]
 async fn postgres_stopped_and_started_gives_quick_503s_then_recovers_without_restart() {
-    let db = PgDatabase::create();
-    let _containers = Containers(db.deployment());
-    let mut server = Server::start(&db.url(), &[("MONZA_RECONCILE_INTERVAL", "1s")]).await;
-    let client = client();
-    let sandbox = create(&client, &server).await;
+    let store = FaultStore::postgres();
+    let mut server = Server::start(&store.url, &[("MONZA_RECONCILE_INTERVAL", "1s")]).await;
+    let sandbox = create(&server).await;
     let id = sandbox["id"].as_str().unwrap().to_owned();
 
-    let mut outage = PgOutage::begin();
+    let mut outage = pg_outage();
     let started = Instant::now();
-    let (status, body) = get(&client, server.url(&format!("/api/sandboxes/{id}"))).await;
+    let (status, body) = server.get_json(&format!("/api/sandboxes/{id}")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "unavailable");
-    let (status, body) = execute(&client, &server, &id).await;
+    let (status, body) = execute(&server, &id).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    let (status, _) = get(&client, server.url("/api/sandboxes")).await;
+    let (status, _) = server.get_json("/api/sandboxes").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "503s took {:?}",
         started.elapsed()
     );
-    let (status, ready) = get(&client, server.url("/ready")).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        ready,
-        json!({"status": "unavailable", "database": "unavailable", "docker": "ok"})
-    );
-    let (status, _) = get(&client, server.url("/health")).await;
-    assert_eq!(status, StatusCode::OK);
+    assert_not_ready(&server, "unavailable", "ok").await;
     outage.end();
 
-    execute_once_recovered(&client, &server, &id).await;
-    create(&client, &server).await;
-    let (status, _) = get(&client, server.url("/ready")).await;
+    execute_once_recovered(&server, &id).await;
+    create(&server).await;
+    let (status, _) = server.get_json("/ready").await;
     assert_eq!(status, StatusCode::OK);
     server.assert_alive();
 }
 
 #[tokio::test]
 async fn two_replicas_expire_each_idle_sandbox_exactly_once() {
-    let db = PgDatabase::create();
-    let containers = Containers(db.deployment());
+    let store = FaultStore::postgres();
+    let containers = &store.containers;
     let settings = [
         ("MONZA_SANDBOX_TTL", "8s"),
         ("MONZA_REAPER_INTERVAL", "1s"),
         ("MONZA_RECONCILE_INTERVAL", "1s"),
     ];
-    let mut a = Server::start(&db.url(), &settings).await;
-    let mut b = Server::start(&db.url(), &settings).await;
-    let client = client();
+    let mut a = Server::start(&store.url, &settings).await;
+    let mut b = Server::start(&store.url, &settings).await;
     let mut ids = Vec::new();
     for round in 0..5 {
         let batch: Vec<_> = (0..4)
             .map(|i| {
-                let client = client.clone();
+                let client = a.client.clone();
                 let url = if (round + i) % 2 == 0 {
                     a.url("/api/sandboxes")
                 } else {
@@ -1030,13 +727,13 @@ async fn two_replicas_expire_each_idle_sandbox_exactly_once() {
     assert_eq!(ids.len(), 20);
     // Either replica answers for any sandbox.
     for id in &ids {
-        let (status, _) = get(&client, b.url(&format!("/api/sandboxes/{id}"))).await;
+        let (status, _) = b.get_json(&format!("/api/sandboxes/{id}")).await;
         assert_eq!(status, StatusCode::OK);
     }
 
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let rows = all_sandboxes(&client, &a).await;
+        let rows = a.all_sandboxes().await;
         if rows.iter().all(|s| s["status"] == "expired") && containers.list().is_empty() {
             break;
         }
@@ -1048,19 +745,13 @@ async fn two_replicas_expire_each_idle_sandbox_exactly_once() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for id in &ids {
-        let (_, events) = get(&client, a.url(&format!("/api/sandboxes/{id}/events"))).await;
-        let actions: Vec<&str> = events
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["action"].as_str().unwrap())
-            .collect();
+        let actions = a.actions(id).await;
         assert_eq!(
-            actions.iter().filter(|a| **a == "expired").count(),
+            actions.iter().filter(|a| *a == "expired").count(),
             1,
             "{id}: {actions:?}"
         );
-        assert!(!actions.contains(&"failed"), "{id}: {actions:?}");
+        assert!(!actions.iter().any(|a| a == "failed"), "{id}: {actions:?}");
     }
     a.assert_alive();
     b.assert_alive();
@@ -1072,18 +763,11 @@ async fn two_replicas_expire_each_idle_sandbox_exactly_once() {
 
 #[tokio::test]
 async fn soak_50_clients_for_60s_gets_no_5xx_and_memory_stays_flat() {
-    let db = PgDatabase::create();
-    let _containers = Containers(db.deployment());
-    let mut server = Server::start(&db.url(), &[]).await;
-    let client = client();
+    let store = FaultStore::postgres();
+    let mut server = Server::start(&store.url, &[]).await;
     let mut ids = Vec::new();
     for _ in 0..10 {
-        ids.push(
-            create(&client, &server).await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        ids.push(create(&server).await["id"].as_str().unwrap().to_owned());
     }
     let ids = Arc::new(ids);
     let base = server.base.clone();
@@ -1093,7 +777,7 @@ async fn soak_50_clients_for_60s_gets_no_5xx_and_memory_stays_flat() {
     let end = Instant::now() + soak;
     let workers: Vec<_> = (0..50u64)
         .map(|worker| {
-            let (client, ids, base) = (client.clone(), ids.clone(), base.clone());
+            let (client, ids, base) = (server.client.clone(), ids.clone(), base.clone());
             let (requests, server_errors) = (requests.clone(), server_errors.clone());
             tokio::spawn(async move {
                 let id = &ids[(worker % 10) as usize];

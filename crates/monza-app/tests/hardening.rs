@@ -52,9 +52,9 @@ async fn upload(app: &TestApp, id: &str, dir: Option<&str>, name: &str) -> (Stat
 
 /// `path` is sent as written: the caller percent-encodes what needs it.
 async fn download(app: &TestApp, id: &str, raw_path: &str) -> (StatusCode, Value) {
-    app.send(app.client.get(app.url(&format!(
+    app.get_json(&format!(
         "/api/sandboxes/{id}/files/download?path={raw_path}"
-    ))))
+    ))
     .await
 }
 
@@ -77,6 +77,14 @@ async fn execute_json(app: &TestApp, id: &str, body: Value) -> (StatusCode, Valu
             .json(&body),
     )
     .await
+}
+
+/// A server on SQLite with one busybox sandbox: the server and the sandbox's id.
+async fn app_with_a_sandbox() -> Option<(TestApp, String)> {
+    let app = TestApp::spawn(Store::Sqlite, |_| {}).await?;
+    let sandbox = app.create(json!({})).await;
+    let id = sandbox["id"].as_str().unwrap().to_owned();
+    Some((app, id))
 }
 
 // --- NUL bytes (item 3) --------------------------------------------------------------------
@@ -138,28 +146,14 @@ async fn nul_bytes_in_every_text_field_are_a_400_and_nothing_runs_or_is_stored(s
     );
     assert_error(
         "list status",
-        &app.send(app.client.get(app.url("/api/sandboxes?status=running%00")))
-            .await,
+        &app.get_json("/api/sandboxes?status=running%00").await,
         400,
         "invalid_input",
     );
     // Nothing ran, nothing was logged as run.
-    let (status, events) = app
-        .send(
-            app.client
-                .get(app.url(&format!("/api/sandboxes/{id}/events"))),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    let actions: Vec<&str> = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["action"].as_str().unwrap())
-        .collect();
-    assert_eq!(actions, ["created", "started"], "{events}");
-    let (status, out) = app.exec(id, "test -e /tmp/ran; echo $?").await;
-    assert_eq!(status, StatusCode::OK, "{out}");
+    let actions = app.actions(id).await;
+    assert_eq!(actions, ["created", "started"]);
+    let out = app.exec_ok(id, "test -e /tmp/ran; echo $?").await;
     assert_eq!(out["output"], "1\n", "a refused command ran: {out}");
     app.shutdown().await;
 }
@@ -196,36 +190,25 @@ async fn bodies_ids_and_queries_are_as_strict_as_documented() {
 
     let (status, body) = execute_json(&app, id, json!(["echo"])).await;
     assert_error("execute array", &(status, body), 400, "invalid_input");
-    let (status, body) = app
-        .send(
+    let raw_execute = |content_type: &'static str, body: &'static str| {
+        let url = app.url(&format!("/api/sandboxes/{id}/execute"));
+        app.send(
             app.client
-                .post(app.url(&format!("/api/sandboxes/{id}/execute")))
-                .header("Content-Type", "application/json")
-                .body("null"),
+                .post(url)
+                .header("Content-Type", content_type)
+                .body(body),
         )
-        .await;
+    };
+    let (status, body) = raw_execute("application/json", "null").await;
     assert_error("execute null", &(status, body), 400, "invalid_input");
 
     // The body is JSON whatever the Content-Type says (`curl -d` sends form encoding), as
     // the Go service did; a body that is not JSON stays a 400.
-    let (status, body) = app
-        .send(
-            app.client
-                .post(app.url(&format!("/api/sandboxes/{id}/execute")))
-                .header("Content-Type", "application/x-www-form-urlencoded")
-                .body(r#"{"command": "echo via curl -d"}"#),
-        )
-        .await;
+    let form_encoded = "application/x-www-form-urlencoded";
+    let (status, body) = raw_execute(form_encoded, r#"{"command": "echo via curl -d"}"#).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["output"], "via curl -d\n");
-    let (status, body) = app
-        .send(
-            app.client
-                .post(app.url(&format!("/api/sandboxes/{id}/execute")))
-                .header("Content-Type", "application/x-www-form-urlencoded")
-                .body("command=echo"),
-        )
-        .await;
+    let (status, body) = raw_execute(form_encoded, "command=echo").await;
     assert_error(
         "form-encoded execute",
         &(status, body),
@@ -245,20 +228,13 @@ async fn bodies_ids_and_queries_are_as_strict_as_documented() {
     ] {
         assert_error(
             &format!("id {spelling}"),
-            &app.send(
-                app.client
-                    .get(app.url(&format!("/api/sandboxes/{spelling}"))),
-            )
-            .await,
+            &app.get_json(&format!("/api/sandboxes/{spelling}")).await,
             400,
             "invalid_input",
         );
     }
     let (status, same) = app
-        .send(
-            app.client
-                .get(app.url(&format!("/api/sandboxes/{}", id.to_uppercase()))),
-        )
+        .get_json(&format!("/api/sandboxes/{}", id.to_uppercase()))
         .await;
     assert_eq!(status, StatusCode::OK, "{same}");
     assert_eq!(same["id"], id);
@@ -271,11 +247,8 @@ async fn bodies_ids_and_queries_are_as_strict_as_documented() {
     );
     assert_error(
         "repeated status",
-        &app.send(
-            app.client
-                .get(app.url("/api/sandboxes?status=all&status=running")),
-        )
-        .await,
+        &app.get_json("/api/sandboxes?status=all&status=running")
+            .await,
         400,
         "invalid_input",
     );
@@ -286,19 +259,16 @@ async fn bodies_ids_and_queries_are_as_strict_as_documented() {
 
 #[tokio::test]
 async fn the_engines_file_refusals_are_the_clients_4xx_never_a_500() {
-    let Some(app) = TestApp::spawn(Store::Sqlite, |_| {}).await else {
+    let Some((app, id)) = app_with_a_sandbox().await else {
         return;
     };
-    let sandbox = app.create(json!({})).await;
-    let id = sandbox["id"].as_str().unwrap();
-    let (status, out) = app
-        .exec(
-            id,
+    let out = app
+        .exec_ok(
+            &id,
             "mkdir -p /workspace && cd /workspace && echo hi > reg && ln -s /proc/1/root p1 && \
              ln -s /proc/self/cwd cwd && ln -s loop1 loop2 && ln -s loop2 loop1",
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{out}");
     assert_eq!(out["exitCode"], 0, "{out}");
     let long = "a".repeat(300);
     let long_dir = format!("/workspace/{long}");
@@ -316,7 +286,7 @@ async fn the_engines_file_refusals_are_the_clients_4xx_never_a_500() {
     ];
     for (dir, name, want, code) in uploads {
         let what = format!("upload {name:.20} into {dir:.40}");
-        assert_error(&what, &upload(&app, id, Some(dir), name).await, want, code);
+        assert_error(&what, &upload(&app, &id, Some(dir), name).await, want, code);
     }
     let downloads: [(&str, u16, &str); 6] = [
         ("/workspace/loop1", 404, "not_found"),
@@ -328,7 +298,7 @@ async fn the_engines_file_refusals_are_the_clients_4xx_never_a_500() {
     ];
     for (path, want, code) in downloads {
         let what = format!("download {path:.40}");
-        let answer = download(&app, id, &encode(path)).await;
+        let answer = download(&app, &id, &encode(path)).await;
         assert_error(&what, &answer, want, code);
         let message = answer.1["error"]["message"].as_str().unwrap();
         assert!(
@@ -337,21 +307,20 @@ async fn the_engines_file_refusals_are_the_clients_4xx_never_a_500() {
         );
     }
     // The sandbox is still what it was: running, its files intact.
-    let (status, out) = app
-        .exec(id, "cat /workspace/reg /etc/hostname >/dev/null && echo ok")
-        .await;
-    assert_eq!(status, StatusCode::OK, "{out}");
-    assert_eq!(out["output"], "ok\n", "{out}");
+    app.assert_output(
+        &id,
+        "cat /workspace/reg /etc/hostname >/dev/null && echo ok",
+        "ok\n",
+    )
+    .await;
     app.shutdown().await;
 }
 
 #[tokio::test]
 async fn kernel_file_systems_and_engine_files_are_refused_and_the_sandbox_keeps_working() {
-    let Some(app) = TestApp::spawn(Store::Sqlite, |_| {}).await else {
+    let Some((app, id)) = app_with_a_sandbox().await else {
         return;
     };
-    let sandbox = app.create(json!({})).await;
-    let id = sandbox["id"].as_str().unwrap();
     for dir in [
         "/proc",
         "/proc/1",
@@ -363,7 +332,7 @@ async fn kernel_file_systems_and_engine_files_are_refused_and_the_sandbox_keeps_
     ] {
         assert_error(
             &format!("upload into {dir}"),
-            &upload(&app, id, Some(dir), "x.txt").await,
+            &upload(&app, &id, Some(dir), "x.txt").await,
             400,
             "invalid_input",
         );
@@ -376,22 +345,20 @@ async fn kernel_file_systems_and_engine_files_are_refused_and_the_sandbox_keeps_
     ] {
         assert_error(
             &format!("download {path}"),
-            &download(&app, id, &encode(path)).await,
+            &download(&app, &id, &encode(path)).await,
             400,
             "invalid_input",
         );
     }
     // Nothing landed under the mounts, and /etc/passwd is still a file: commands still run.
-    let (status, out) = app
-        .exec(
-            id,
-            "test -f /etc/passwd && ! test -e /dev/shm/x.txt && echo fine",
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{out}");
-    assert_eq!(out["output"], "fine\n", "{out}");
+    app.assert_output(
+        &id,
+        "test -f /etc/passwd && ! test -e /dev/shm/x.txt && echo fine",
+        "fine\n",
+    )
+    .await;
     // An ordinary upload still works.
-    let (status, body) = upload(&app, id, Some("/workspace/data"), "x.txt").await;
+    let (status, body) = upload(&app, &id, Some("/workspace/data"), "x.txt").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     app.shutdown().await;
 }
@@ -408,21 +375,14 @@ async fn execute_racing_delete_answers_200_or_409_only(store: Store) {
         let id = sandbox["id"].as_str().unwrap().to_owned();
         let mut workers = Vec::new();
         for _ in 0..8 {
-            let client = app.client.clone();
-            let url = app.url(&format!("/api/sandboxes/{id}/execute"));
+            let (api, id) = (app.at(&app.base), id.clone());
             workers.push(tokio::spawn(async move {
                 let mut seen = Vec::new();
                 // Until the sandbox answers that it ended; bounded.
                 for _ in 0..200 {
-                    let response = client
-                        .post(&url)
-                        .json(&json!({"command": "echo x"}))
-                        .send()
-                        .await
-                        .unwrap();
-                    let status = response.status().as_u16();
-                    let body = response.text().await.unwrap_or_default();
-                    seen.push((status, body));
+                    let (status, body) = api.exec(&id, "echo x").await;
+                    let status = status.as_u16();
+                    seen.push((status, body.to_string()));
                     if status != 200 {
                         break;
                     }
@@ -431,13 +391,7 @@ async fn execute_racing_delete_answers_200_or_409_only(store: Store) {
             }));
         }
         tokio::time::sleep(Duration::from_millis(150 + 50 * round)).await;
-        let deleted = app
-            .client
-            .delete(app.url(&format!("/api/sandboxes/{id}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+        assert_eq!(app.delete(&id).await, StatusCode::NO_CONTENT);
         for worker in workers {
             answers.extend(worker.await.unwrap());
         }
@@ -560,9 +514,8 @@ async fn slow_bodies_are_cut_with_408_within_their_bound() {
         started.elapsed()
     );
     // A body at a normal pace still goes through, and nothing slow ran.
-    let (status, out) = app.exec(&id, "ls /workspace; echo done").await;
-    assert_eq!(status, StatusCode::OK, "{out}");
-    assert_eq!(out["output"], "done\n", "{out}");
+    app.assert_output(&id, "ls /workspace; echo done", "done\n")
+        .await;
     app.shutdown().await;
 }
 

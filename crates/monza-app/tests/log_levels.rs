@@ -76,9 +76,9 @@ async fn client_mistakes_are_never_logged_at_error() {
     let sandbox = app.create(json!({})).await;
     let id = sandbox["id"].as_str().unwrap();
     let (status, body) = app
-        .send(app.client.get(app.url(&format!(
+        .get_json(&format!(
             "/api/sandboxes/{id}/files/download?path=/no/such/file"
-        ))))
+        ))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     app.shutdown().await;

@@ -16,18 +16,16 @@
 //! the API, every container of its deployment is removed by label, and the PostgreSQL
 //! database is dropped.
 
+mod support;
+
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use monza_domain::testing::{in_ci, require};
-use reqwest::StatusCode;
-use serde_json::Value;
+use support::{ADMIN_TOKEN, ChildServer as Server, DeploymentContainers, PgDatabase};
 
-const TOKEN: &str = "schema-fuzz-admin-token-0123456789abcdef0123456789abcdef";
-const PG_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
 /// Fixed unless `MONZA_FUZZ_SEED` says otherwise, so a CI run can be replayed.
 const DEFAULT_SEED: &str = "1100811";
 
@@ -47,101 +45,6 @@ fn setting(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn psql(url: &str, sql: &str) -> Result<(), String> {
-    let out = Command::new("psql")
-        .args([url, "-qc", sql])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| PG_URL.into())
-}
-
-/// A fresh database, dropped (with its connections) when this is dropped.
-struct PgDatabase {
-    name: String,
-}
-
-impl PgDatabase {
-    fn create() -> Option<Self> {
-        let name = format!("monza_fuzz_{}", uuid::Uuid::new_v4().simple());
-        require(
-            "PostgreSQL",
-            psql(&admin_url(), &format!("CREATE DATABASE {name}")),
-        )?;
-        Some(Self { name })
-    }
-
-    fn url(&self) -> String {
-        let admin = admin_url();
-        let (base, _) = admin.rsplit_once('/').unwrap();
-        format!("{base}/{}", self.name)
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        if let Err(e) = psql(
-            &admin_url(),
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        ) {
-            eprintln!("could not drop the fuzz database {}: {e}", self.name);
-        }
-    }
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The containers of one deployment; every one is removed when this is dropped.
-struct Deployment(String);
-
-impl Deployment {
-    fn containers(&self) -> Vec<String> {
-        docker(&[
-            "ps",
-            "-aq",
-            "--no-trunc",
-            "--filter",
-            &format!("label=monza.deployment={}", self.0),
-        ])
-        .lines()
-        .map(str::to_owned)
-        .collect()
-    }
-
-    fn remove_all(&self) {
-        let ids = self.containers();
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f", "-v"];
-            args.extend(ids.iter().map(String::as_str));
-            docker(&args);
-        }
-    }
-}
-
-impl Drop for Deployment {
-    fn drop(&mut self) {
-        self.remove_all();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A directory holding only the busybox test template (the fuzzer may name any template
 /// the document lists; the other test templates build images or fail on purpose).
 fn busybox_templates(dir: &Path) -> PathBuf {
@@ -154,118 +57,6 @@ fn busybox_templates(dir: &Path) -> PathBuf {
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
     templates
-}
-
-/// `monza serve` as a child process, killed when dropped.
-struct Server {
-    child: Child,
-    base: String,
-    log: PathBuf,
-}
-
-impl Server {
-    async fn start(dir: &Path, database_url: &str, deployment: &str) -> Self {
-        let port = free_port();
-        let log = dir.join("monza.log");
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_monza"))
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .env("SERVER_ADDR", format!("127.0.0.1:{port}"))
-            .env("DATABASE_URL", database_url)
-            .env("DEVCONTAINERS_PATH", busybox_templates(dir))
-            .env("MONZA_DEFAULT_TEMPLATE", "busybox")
-            .env("MONZA_BOOTSTRAP_TOKEN", TOKEN)
-            .env("MONZA_DEPLOYMENT", deployment)
-            .env("MONZA_MAX_SANDBOXES_PER_TENANT", "0")
-            .env("MONZA_SHUTDOWN_TIMEOUT", "5s")
-            .envs(std::env::var_os("DOCKER_HOST").map(|h| ("DOCKER_HOST", h)))
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        let mut server = Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-        };
-        server.wait_ready().await;
-        server
-    }
-
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let client = reqwest::Client::new();
-        loop {
-            if let Ok(r) = client.get(format!("{}/ready", self.base)).send().await
-                && r.status() == StatusCode::OK
-            {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("monza exited with {status}:\n{}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "monza did not start:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn client() -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {TOKEN}").parse().unwrap(),
-    );
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
-}
-
-/// Deletes, through the API, every sandbox the run left that is not deleted; the ids of
-/// those that could not be deleted.
-async fn delete_leftovers(server: &Server) -> Vec<String> {
-    let client = client();
-    let list: Vec<Value> = client
-        .get(format!("{}/api/sandboxes?status=all", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut failed = Vec::new();
-    for sandbox in list.iter().filter(|s| s["status"] != "deleted") {
-        let id = sandbox["id"].as_str().unwrap();
-        let response = client
-            .delete(format!("{}/api/sandboxes/{id}", server.base))
-            .send()
-            .await;
-        if !response.is_ok_and(|r| r.status() == StatusCode::NO_CONTENT) {
-            failed.push(id.to_owned());
-        }
-    }
-    failed
 }
 
 /// The two runs that together cover every operation with every check. schemathesis leaves
@@ -298,7 +89,7 @@ fn run_schemathesis(
     cmd.arg("run")
         .arg(format!("{}/api/openapi.json", server.base))
         .args(["--checks", "all"])
-        .args(["--header", &format!("Authorization: Bearer {TOKEN}")])
+        .args(["--header", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
         .args(["--max-examples", &examples])
         .args(["--seed", &seed])
         .args(["--request-timeout", "30"])
@@ -355,8 +146,17 @@ fn run_schemathesis(
 async fn fuzz(store: &str, database_url: impl FnOnce(&Path) -> String) {
     let Some(st) = schemathesis() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let deployment = Deployment(format!("monza-fuzz-{}", uuid::Uuid::new_v4().simple()));
-    let server = Server::start(dir.path(), &database_url(dir.path()), &deployment.0).await;
+    let deployment = DeploymentContainers(format!("monza-fuzz-{}", uuid::Uuid::new_v4().simple()));
+    let templates = busybox_templates(dir.path()).display().to_string();
+    let mut server = Server::spawn(
+        &database_url(dir.path()),
+        &[
+            ("DEVCONTAINERS_PATH", &templates),
+            ("MONZA_DEPLOYMENT", &deployment.0),
+        ],
+        &dir.path().join("monza.log"),
+    );
+    server.wait_ready().await;
     let deadline = Instant::now() + Duration::from_secs(setting("MONZA_FUZZ_TIME_LIMIT_SECS", 600));
     let mut passed = true;
     let mut output = String::new();
@@ -369,10 +169,10 @@ async fn fuzz(store: &str, database_url: impl FnOnce(&Path) -> String) {
             "=== schemathesis on {store}: {what} ===\n{text}\n"
         ));
     }
-    let undeleted = delete_leftovers(&server).await;
+    let undeleted = server.delete_live().await;
     let log = server.log_text();
     drop(server);
-    let left = deployment.containers();
+    let left = deployment.ids();
     deployment.remove_all();
     if !passed {
         let tail: Vec<&str> = log.lines().rev().take(40).collect();

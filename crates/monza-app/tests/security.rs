@@ -4,150 +4,100 @@
 //! `MONZA_AUTH=disabled`, the per-tenant limit, hostile input, the hardened container as the
 //! engine reports it, and a fork bomb.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use monza_app::settings::{Secret, ServeArgs};
-use monza_app::{Application, StopHandle};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use support::{
+    ADMIN_TOKEN as ADMIN, ServeChild, Store, TestApp, docker, monza, serve_fails, stdout_of,
+};
 
-const ADMIN: &str = "security-suite-admin-token-0123456789abcdef0123456789";
 const ID_PLACEHOLDER: &str = "{id}";
-
-fn monza() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_monza"));
-    cmd.env_remove("DATABASE_URL")
-        .env_remove("MONZA_BOOTSTRAP_TOKEN")
-        .env_remove("MONZA_AUTH")
-        .env_remove("RUST_LOG");
-    cmd
-}
 
 /// `monza token ARGS` on the SQLite store in `dir`; its stdout.
 fn token_cli(dir: &Path, args: &[&str]) -> String {
-    let out = monza()
-        .arg("token")
-        .args(args)
-        .env("MONZA_DATA_DIR", dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "monza token {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    stdout_of(monza().arg("token").args(args).env("MONZA_DATA_DIR", dir))
 }
 
-struct Server {
-    base: String,
-    client: reqwest::Client,
-    stop: StopHandle,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    dir: tempfile::TempDir,
+/// A test server on SQLite, after `tweak`.
+async fn start(tweak: impl FnOnce(&mut monza_app::settings::ServeArgs)) -> Option<TestApp> {
+    TestApp::spawn(Store::Sqlite, tweak).await
 }
 
-impl Server {
-    async fn start(tweak: impl FnOnce(&mut ServeArgs)) -> Option<Self> {
-        let dir = tempfile::tempdir().unwrap();
-        let mut args = ServeArgs::defaults();
-        args.addr = "127.0.0.1:0".parse().unwrap();
-        args.devcontainers = monza_devcontainer::test_templates_dir().to_path_buf();
-        args.default_template = "busybox".into();
-        args.data_dir = dir.path().to_path_buf();
-        args.database_url = None;
-        args.shutdown_timeout = Duration::from_secs(5);
-        args.bootstrap_token = Some(Secret::from(ADMIN.to_owned()));
-        tweak(&mut args);
-        let app = monza_domain::testing::require(
-            "Docker engine for the security suite",
-            Application::build(args).await,
-        )?;
-        let base = format!("http://127.0.0.1:{}", app.port());
-        let stop = app.stop_handle();
-        let task = tokio::spawn(app.run_until_stopped());
-        Some(Self {
-            base,
-            client: reqwest::Client::new(),
-            stop,
-            task,
-            dir,
-        })
-    }
+/// A new token for `tenant`, made with the CLI on the running server's store.
+fn token(server: &TestApp, tenant: &str) -> String {
+    token_cli(&server.args.data_dir, &["create", "--tenant", tenant])
+        .trim()
+        .to_owned()
+}
 
-    /// A new token for `tenant`, made with the CLI on the running server's store.
-    fn token(&self, tenant: &str) -> String {
-        token_cli(self.dir.path(), &["create", "--tenant", tenant])
-            .trim()
-            .to_owned()
-    }
+/// `POST /api/sandboxes` of `template` with `token`; asserts 201.
+async fn create(server: &TestApp, token: &str, template: &str) -> Value {
+    let (status, body) = json(
+        server,
+        Method::POST,
+        "/api/sandboxes",
+        token,
+        Some(json!({ "template": template })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body
+}
 
-    fn request(&self, method: Method, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
-        let req = self.client.request(method, format!("{}{path}", self.base));
-        match token {
-            Some(token) => req.bearer_auth(token),
-            None => req,
-        }
+/// A request with `token` (and `body` as JSON): its status and body.
+async fn json(
+    server: &TestApp,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = server.request(method, path, Some(token));
+    if let Some(body) = body {
+        req = req.json(&body);
     }
+    server.send(req).await
+}
 
-    async fn create(&self, token: &str, template: &str) -> Value {
-        let res = self
-            .request(Method::POST, "/api/sandboxes", Some(token))
-            .json(&json!({ "template": template }))
-            .send()
-            .await
-            .unwrap();
-        let status = res.status();
-        let body: Value = res.json().await.unwrap();
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        body
-    }
+/// The ids of every sandbox `token` sees.
+async fn ids(server: &TestApp, token: &str) -> Vec<String> {
+    let (status, list) = json(
+        server,
+        Method::GET,
+        "/api/sandboxes?status=all",
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect()
+}
 
-    async fn json(
-        &self,
-        method: Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self.request(method, path, Some(token));
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let res = req.send().await.unwrap();
-        let status = res.status();
-        let text = res.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
+/// A multipart form of one file, `content` named `name`.
+fn file_form(content: &'static [u8], name: &str) -> reqwest::multipart::Form {
+    let part = reqwest::multipart::Part::bytes(content).file_name(name.to_owned());
+    reqwest::multipart::Form::new().part("file", part)
+}
 
-    async fn ids(&self, token: &str) -> Vec<String> {
-        let (status, list) = self
-            .json(Method::GET, "/api/sandboxes?status=all", token, None)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{list}");
-        list.as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["id"].as_str().unwrap().to_owned())
-            .collect()
-    }
+/// An upload of `form` into sandbox `id`, as the admin.
+fn upload(server: &TestApp, id: &str, form: reqwest::multipart::Form) -> reqwest::RequestBuilder {
+    let path = format!("/api/sandboxes/{id}/files/upload");
+    server.client.post(server.url(&path)).multipart(form)
+}
 
-    async fn stop(self) {
-        for id in self.ids(ADMIN).await {
-            let _ = self
-                .request(Method::DELETE, &format!("/api/sandboxes/{id}"), Some(ADMIN))
-                .send()
-                .await;
-        }
-        self.stop.stop().await;
-        self.task.await.unwrap().unwrap();
-    }
+/// A download of `path` from sandbox `id`, as the admin.
+fn download(server: &TestApp, id: &str, path: &str) -> reqwest::RequestBuilder {
+    let url = server.url(&format!("/api/sandboxes/{id}/files/download"));
+    server.client.get(url).query(&[("path", path)])
 }
 
 /// Asserts a JSON error with this status and code; returns its message.
@@ -161,7 +111,7 @@ fn error_of(status: StatusCode, body: &Value, want: u16, code: &str) -> String {
 
 /// A request for every protected route, otherwise valid, naming sandbox `id`.
 fn route_request(
-    server: &Server,
+    server: &TestApp,
     method: &str,
     path: &str,
     id: &str,
@@ -178,11 +128,7 @@ fn route_request(
     if path.ends_with("/execute") {
         req.json(&json!({ "command": "true" }))
     } else if path.ends_with("/files/upload") {
-        let form = reqwest::multipart::Form::new().part(
-            "file",
-            reqwest::multipart::Part::bytes(b"x".to_vec()).file_name("x.txt"),
-        );
-        req.multipart(form)
+        req.multipart(file_form(b"x", "x.txt"))
     } else if path == "/api/sandboxes" && is_post {
         req.json(&json!({ "template": "busybox" }))
     } else {
@@ -192,16 +138,16 @@ fn route_request(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_api_route_needs_a_valid_token_and_tenants_never_see_each_other() {
-    let Some(server) = Server::start(|_| {}).await else {
+    let Some(server) = start(|_| {}).await else {
         return;
     };
-    let alice = server.token("alice");
-    let bob = server.token("bob");
-    let carol = server.token("carol");
+    let alice = token(&server, "alice");
+    let bob = token(&server, "bob");
+    let carol = token(&server, "carol");
     let carol_id = carol[6..22].to_owned();
-    let revoked = token_cli(server.dir.path(), &["revoke", &carol_id]);
+    let revoked = token_cli(&server.args.data_dir, &["revoke", &carol_id]);
     assert!(revoked.contains(&carol_id), "{revoked}");
-    let listed = token_cli(server.dir.path(), &["list"]);
+    let listed = token_cli(&server.args.data_dir, &["list"]);
     for needle in ["alice", "bob", "carol", &carol_id] {
         assert!(listed.contains(needle), "{needle} missing:\n{listed}");
     }
@@ -212,7 +158,7 @@ async fn every_api_route_needs_a_valid_token_and_tenants_never_see_each_other() 
         );
     }
 
-    let sandbox = server.create(&alice, "busybox").await;
+    let sandbox = create(&server, &alice, "busybox").await;
     let id = sandbox["id"].as_str().unwrap().to_owned();
     assert_eq!(sandbox["tenant"], "alice");
 
@@ -259,17 +205,15 @@ async fn every_api_route_needs_a_valid_token_and_tenants_never_see_each_other() 
     }
 
     assert!(
-        !server.ids(&bob).await.contains(&id),
+        !ids(&server, &bob).await.contains(&id),
         "bob sees alice's sandbox"
     );
-    assert!(server.ids(&alice).await.contains(&id));
+    assert!(ids(&server, &alice).await.contains(&id));
     assert!(
-        server.ids(ADMIN).await.contains(&id),
+        ids(&server, ADMIN).await.contains(&id),
         "the admin sees every tenant"
     );
-    let (status, seen) = server
-        .json(Method::GET, &format!("/api/sandboxes/{id}"), ADMIN, None)
-        .await;
+    let (status, seen) = server.get_json(&format!("/api/sandboxes/{id}")).await;
     assert_eq!(status, StatusCode::OK, "{seen}");
     // Bob's refused calls changed nothing: the sandbox still runs.
     assert_eq!(seen["status"], "running");
@@ -283,87 +227,41 @@ async fn every_api_route_needs_a_valid_token_and_tenants_never_see_each_other() 
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    server.stop().await;
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_per_tenant_limit_create_is_429_naming_the_limit() {
-    let Some(server) = Server::start(|args| args.max_sandboxes_per_tenant = 2).await else {
+    let Some(server) = start(|args| args.max_sandboxes_per_tenant = 2).await else {
         return;
     };
-    let alice = server.token("alice");
-    let bob = server.token("bob");
-    server.create(&alice, "busybox").await;
-    server.create(&alice, "busybox").await;
-    let (status, body) = server
-        .json(
-            Method::POST,
-            "/api/sandboxes",
-            &alice,
-            Some(json!({"template": "busybox"})),
-        )
-        .await;
+    let alice = token(&server, "alice");
+    let bob = token(&server, "bob");
+    create(&server, &alice, "busybox").await;
+    create(&server, &alice, "busybox").await;
+    let (status, body) = json(
+        &server,
+        Method::POST,
+        "/api/sandboxes",
+        &alice,
+        Some(json!({"template": "busybox"})),
+    )
+    .await;
     let message = error_of(status, &body, 429, "limit_exceeded");
     assert!(message.contains("limit is 2"), "{message}");
     assert_eq!(
-        server.ids(&alice).await.len(),
+        ids(&server, &alice).await.len(),
         2,
         "no third sandbox was half-made"
     );
-    server.create(&bob, "busybox").await;
-    server.stop().await;
+    create(&server, &bob, "busybox").await;
+    server.shutdown().await;
 }
 
-/// `monza serve` as a child on `dir` with `envs`; returns it, its port and the stderr lines
-/// up to "monza listening" (the rest is drained in a thread).
-fn spawn_serve(dir: &Path, envs: &[(&str, &str)]) -> Option<(Child, u16, Vec<String>)> {
-    let mut cmd = monza();
-    cmd.args(["serve", "--addr", "127.0.0.1:0"])
-        .env("MONZA_DATA_DIR", dir)
-        .env(
-            "DEVCONTAINERS_PATH",
-            monza_devcontainer::test_templates_dir(),
-        )
-        .env("MONZA_DEFAULT_TEMPLATE", "busybox")
-        .env("MONZA_LOG_FORMAT", "json")
-        .stderr(Stdio::piped());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    let mut port = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if line.contains("monza listening") {
-            let json: Value = serde_json::from_str(&line).unwrap();
-            port = json["port"].as_u64();
-            break;
-        }
-        seen.push(line);
-    }
-    let Some(port) = port else {
-        let _ = child.kill();
-        let _ = child.wait();
-        let result: Result<(), String> = Err(format!("monza serve did not start: {seen:?}"));
-        monza_domain::testing::require("monza serve start-up (Docker engine)", result);
-        return None;
-    };
-    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-    Some((child, port as u16, seen))
-}
-
-fn terminate(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
-}
-
-async fn list_status(port: u16, token: Option<&str>) -> StatusCode {
-    let mut req = reqwest::Client::new().get(format!("http://127.0.0.1:{port}/api/sandboxes"));
+/// The status of `GET /api/sandboxes` on `serve` with `token`, or no token at all.
+async fn list_status(serve: &ServeChild, token: Option<&str>) -> StatusCode {
+    let mut req =
+        reqwest::Client::new().get(format!("http://127.0.0.1:{}/api/sandboxes", serve.port));
     if let Some(token) = token {
         req = req.bearer_auth(token);
     }
@@ -373,9 +271,10 @@ async fn list_status(port: u16, token: Option<&str>) -> StatusCode {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generated_first_token_is_printed_once_and_works() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((child, port, lines)) = spawn_serve(dir.path(), &[]) else {
+    let Some(mut serve) = ServeChild::start(dir.path(), &[]) else {
         return;
     };
+    let lines = &serve.startup;
     let marked: Vec<&String> = lines
         .iter()
         .filter(|l| l.contains(monza_app::BOOTSTRAP_MARKER))
@@ -392,26 +291,26 @@ async fn a_generated_first_token_is_printed_once_and_works() {
         .filter(|l| l.contains(&token) && !l.contains(monza_app::BOOTSTRAP_MARKER))
         .collect();
     assert!(logged.is_empty(), "the token is in a log line: {logged:?}");
-    assert_eq!(list_status(port, Some(&token)).await, StatusCode::OK);
-    assert_eq!(list_status(port, None).await, StatusCode::UNAUTHORIZED);
-    terminate(child);
+    assert_eq!(list_status(&serve, Some(&token)).await, StatusCode::OK);
+    assert_eq!(list_status(&serve, None).await, StatusCode::UNAUTHORIZED);
+    serve.terminate();
 
     // A second start on the same store: no new token, the first still works, even with
     // MONZA_BOOTSTRAP_TOKEN set (it is only for an empty store).
-    let (child, port, lines) =
-        spawn_serve(dir.path(), &[("MONZA_BOOTSTRAP_TOKEN", ADMIN)]).unwrap();
+    let mut serve = ServeChild::start(dir.path(), &[("MONZA_BOOTSTRAP_TOKEN", ADMIN)]).unwrap();
+    let lines = &serve.startup;
     assert!(
         !lines
             .iter()
             .any(|l| l.contains(monza_app::BOOTSTRAP_MARKER)),
         "a second bootstrap: {lines:?}"
     );
-    assert_eq!(list_status(port, Some(&token)).await, StatusCode::OK);
+    assert_eq!(list_status(&serve, Some(&token)).await, StatusCode::OK);
     assert_eq!(
-        list_status(port, Some(ADMIN)).await,
+        list_status(&serve, Some(ADMIN)).await,
         StatusCode::UNAUTHORIZED
     );
-    terminate(child);
+    serve.terminate();
     let listed = token_cli(dir.path(), &["list"]);
     assert_eq!(
         listed.lines().count(),
@@ -424,24 +323,20 @@ async fn a_generated_first_token_is_printed_once_and_works() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bootstrap_setting_becomes_the_admin_token_and_a_weak_one_stops_start_up() {
     let dir = tempfile::tempdir().unwrap();
-    let out = monza()
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .env("MONZA_DATA_DIR", dir.path())
-        .env("MONZA_BOOTSTRAP_TOKEN", "too-short")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = serve_fails(&[
+        ("MONZA_DATA_DIR", dir.path().to_str().unwrap()),
+        ("MONZA_BOOTSTRAP_TOKEN", "too-short"),
+    ]);
     assert!(stderr.contains("MONZA_BOOTSTRAP_TOKEN"), "{stderr}");
     assert!(
         !stderr.contains("too-short"),
         "the value is echoed: {stderr}"
     );
 
-    let Some((child, port, lines)) = spawn_serve(dir.path(), &[("MONZA_BOOTSTRAP_TOKEN", ADMIN)])
-    else {
+    let Some(mut serve) = ServeChild::start(dir.path(), &[("MONZA_BOOTSTRAP_TOKEN", ADMIN)]) else {
         return;
     };
+    let lines = &serve.startup;
     assert!(
         !lines.iter().any(|l| l.contains(ADMIN)),
         "the token is logged"
@@ -451,16 +346,17 @@ async fn the_bootstrap_setting_becomes_the_admin_token_and_a_weak_one_stops_star
             .iter()
             .any(|l| l.contains(monza_app::BOOTSTRAP_MARKER))
     );
-    assert_eq!(list_status(port, Some(ADMIN)).await, StatusCode::OK);
-    terminate(child);
+    assert_eq!(list_status(&serve, Some(ADMIN)).await, StatusCode::OK);
+    serve.terminate();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_disabled_makes_everyone_admin_and_warns() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((child, port, lines)) = spawn_serve(dir.path(), &[("MONZA_AUTH", "disabled")]) else {
+    let Some(mut serve) = ServeChild::start(dir.path(), &[("MONZA_AUTH", "disabled")]) else {
         return;
     };
+    let lines = &serve.startup;
     assert!(
         lines
             .iter()
@@ -472,81 +368,62 @@ async fn auth_disabled_makes_everyone_admin_and_warns() {
             .iter()
             .any(|l| l.contains(monza_app::BOOTSTRAP_MARKER))
     );
-    assert_eq!(list_status(port, None).await, StatusCode::OK);
-    terminate(child);
+    assert_eq!(list_status(&serve, None).await, StatusCode::OK);
+    serve.terminate();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_is_a_4xx_json_error_and_leaves_nothing_half_made() {
-    let Some(server) = Server::start(|_| {}).await else {
+    let Some(server) = start(|_| {}).await else {
         return;
     };
-    let sandbox = server.create(ADMIN, "busybox").await;
+    let sandbox = create(&server, ADMIN, "busybox").await;
     let id = sandbox["id"].as_str().unwrap().to_owned();
     let api = |tail: &str| format!("/api/sandboxes/{id}{tail}");
+    let execute_path = api("/execute");
+    let execute = |body: Value| server.post_json(&execute_path, body);
 
     // JSON over 64 KiB.
     let big = json!({ "command": "x".repeat(70 * 1024) });
-    let (status, body) = server
-        .json(Method::POST, &api("/execute"), ADMIN, Some(big))
-        .await;
+    let (status, body) = server.post_json(&api("/execute"), big).await;
     error_of(status, &body, 413, "too_large");
     let (status, body) = server
-        .json(
-            Method::POST,
-            "/api/sandboxes",
-            ADMIN,
-            Some(json!({"name": "n".repeat(70 * 1024)})),
-        )
+        .post_json("/api/sandboxes", json!({"name": "n".repeat(70 * 1024)}))
         .await;
     error_of(status, &body, 413, "too_large");
 
     // Empty command; clamped limits.
-    let (status, body) = server
-        .json(
-            Method::POST,
-            &api("/execute"),
-            ADMIN,
-            Some(json!({"command": "  "})),
-        )
-        .await;
+    let (status, body) = execute(json!({"command": "  "})).await;
     error_of(status, &body, 400, "invalid_input");
-    let (status, body) = server
-        .json(
-            Method::POST,
-            &api("/execute"),
-            ADMIN,
-            Some(json!({"command": "echo hello", "max_output_bytes": 1_u64 << 60, "timeout_secs": 1_u64 << 40})),
-        )
-        .await;
+    let (status, body) = execute(json!({
+        "command": "echo hello",
+        "max_output_bytes": 1_u64 << 60,
+        "timeout_secs": 1_u64 << 40,
+    }))
+    .await;
     assert_eq!(
         status,
         StatusCode::OK,
         "huge limits are clamped, not refused: {body}"
     );
     assert_eq!(body["output"], "hello\n");
-    let (status, body) = server
-        .json(
-            Method::POST,
-            &api("/execute"),
-            ADMIN,
-            Some(json!({"command": "echo 0123456789", "max_output_bytes": 4})),
-        )
-        .await;
+    let (status, body) =
+        execute(json!({"command": "echo 0123456789", "max_output_bytes": 4})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["truncated"], true, "{body}");
     assert!(body["output"].as_str().unwrap().len() <= 4, "{body}");
 
     // Malformed multipart.
-    let res = server
-        .request(Method::POST, &api("/files/upload"), Some(ADMIN))
-        .header("Content-Type", "multipart/form-data; boundary=xyz")
-        .body("--xyz\r\ngarbage without headers\r\n--nope")
-        .send()
-        .await
-        .unwrap();
-    let status = res.status();
-    error_of(status, &res.json().await.unwrap(), 400, "invalid_input");
+    let (status, body) = server
+        .send(
+            server
+                .client
+                .post(server.url(&api("/files/upload")))
+                .header("Content-Type", "multipart/form-data; boundary=xyz")
+                .body("--xyz\r\ngarbage without headers\r\n--nope"),
+        )
+        .await;
+    error_of(status, &body, 400, "invalid_input");
 
     // Bad upload and download paths.
     let long = format!("/{}", "a".repeat(5000));
@@ -556,62 +433,25 @@ async fn hostile_input_is_a_4xx_json_error_and_leaves_nothing_half_made() {
         "/tmp/a\0b",
         long.as_str(),
     ] {
-        let form = reqwest::multipart::Form::new()
-            .part(
-                "file",
-                reqwest::multipart::Part::bytes(b"x".to_vec()).file_name("x.txt"),
-            )
-            .text("path", bad.to_owned());
-        let res = server
-            .request(Method::POST, &api("/files/upload"), Some(ADMIN))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
-        let status = res.status();
-        error_of(status, &res.json().await.unwrap(), 400, "invalid_input");
-        let res = server
-            .request(Method::GET, &api("/files/download"), Some(ADMIN))
-            .query(&[("path", bad)])
-            .send()
-            .await
-            .unwrap();
-        let status = res.status();
-        error_of(status, &res.json().await.unwrap(), 400, "invalid_input");
+        let form = file_form(b"x", "x.txt").text("path", bad.to_owned());
+        let (status, body) = server.send(upload(&server, &id, form)).await;
+        error_of(status, &body, 400, "invalid_input");
+        let (status, body) = server.send(download(&server, &id, bad)).await;
+        error_of(status, &body, 400, "invalid_input");
     }
 
     // A hostile upload name is reduced to a safe base name in the destination directory.
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(b"payload".to_vec()).file_name("../../etc/evil.txt"),
-        )
-        .text("path", "/tmp");
-    let (status, body) = {
-        let res = server
-            .request(Method::POST, &api("/files/upload"), Some(ADMIN))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
-        (res.status(), res.json::<Value>().await.unwrap())
-    };
+    let form = file_form(b"payload", "../../etc/evil.txt").text("path", "/tmp");
+    let (status, body) = server.send(upload(&server, &id, form)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["path"], "/tmp/evil.txt");
 
     // A file whose name would inject a header is downloaded with an encoded filename*.
-    let (status, body) = server
-        .json(
-            Method::POST,
-            &api("/execute"),
-            ADMIN,
-            Some(json!({"command": "printf x > \"$(printf '/tmp/a\\r\\nX-Injected: 1\";b')\""})),
-        )
-        .await;
+    let (status, body) =
+        execute(json!({"command": "printf x > \"$(printf '/tmp/a\\r\\nX-Injected: 1\";b')\""}))
+            .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let res = server
-        .request(Method::GET, &api("/files/download"), Some(ADMIN))
-        .query(&[("path", "/tmp/a\r\nX-Injected: 1\";b")])
+    let res = download(&server, &id, "/tmp/a\r\nX-Injected: 1\";b")
         .send()
         .await
         .unwrap();
@@ -638,11 +478,8 @@ async fn hostile_input_is_a_4xx_json_error_and_leaves_nothing_half_made() {
     let part =
         reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(stream)).file_name("big.bin");
     let started = Instant::now();
-    let sent = server
-        .request(Method::POST, &api("/files/upload"), Some(ADMIN))
-        .multipart(reqwest::multipart::Form::new().part("file", part))
-        .send()
-        .await;
+    let form = reqwest::multipart::Form::new().part("file", part);
+    let sent = upload(&server, &id, form).send().await;
     match sent {
         Ok(res) => {
             let status = res.status();
@@ -656,43 +493,29 @@ async fn hostile_input_is_a_4xx_json_error_and_leaves_nothing_half_made() {
     assert!(started.elapsed() < Duration::from_secs(60));
 
     // Nothing half-made: one sandbox, running; no stray file.
-    assert_eq!(server.ids(ADMIN).await, vec![id.clone()]);
-    let (status, body) = server.json(Method::GET, &api(""), ADMIN, None).await;
+    assert_eq!(ids(&server, ADMIN).await, vec![id.clone()]);
+    let (status, body) = server.get_json(&api("")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "running");
-    let (_, body) = server
-        .json(
-            Method::POST,
-            &api("/execute"),
-            ADMIN,
-            Some(json!({"command": "ls /tmp /workspace 2>/dev/null; ls /etc/evil.txt"})),
-        )
-        .await;
+    let (_, body) =
+        execute(json!({"command": "ls /tmp /workspace 2>/dev/null; ls /etc/evil.txt"})).await;
     assert!(
         !body["output"].as_str().unwrap().contains("big.bin"),
         "{body}"
     );
     assert_ne!(body["exitCode"], 0, "/etc/evil.txt exists: {body}");
-    server.stop().await;
+    server.shutdown().await;
 }
 
 fn inspect(container: &str) -> Value {
-    let out = Command::new("docker")
-        .args(["inspect", container])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = stdout_of(Command::new("docker").args(["inspect", container]));
+    let all: Value = serde_json::from_str(&out).unwrap();
     all[0].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_reports_a_hardened_container() {
-    let Some(server) = Server::start(|args| {
+    let Some(server) = start(|args| {
         args.pids_limit = 100;
         args.memory_limit = 256 * 1024 * 1024;
         args.cpu_limit = 0.5;
@@ -701,7 +524,7 @@ async fn the_engine_reports_a_hardened_container() {
     else {
         return;
     };
-    let sandbox = server.create(ADMIN, "busybox-ports").await;
+    let sandbox = create(&server, ADMIN, "busybox-ports").await;
     let container = sandbox["container_id"].as_str().unwrap();
     let info = inspect(container);
     let host = &info["HostConfig"];
@@ -746,15 +569,15 @@ async fn the_engine_reports_a_hardened_container() {
             "{mount}"
         );
     }
-    server.stop().await;
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_bomb_hits_the_pids_limit_while_the_server_keeps_answering() {
-    let Some(server) = Server::start(|args| args.pids_limit = 64).await else {
+    let Some(server) = start(|args| args.pids_limit = 64).await else {
         return;
     };
-    let sandbox = server.create(ADMIN, "busybox").await;
+    let sandbox = create(&server, ADMIN, "busybox").await;
     let id = sandbox["id"].as_str().unwrap().to_owned();
     let container = sandbox["container_id"].as_str().unwrap().to_owned();
     let bomb = {
@@ -777,9 +600,7 @@ async fn a_fork_bomb_hits_the_pids_limit_while_the_server_keeps_answering() {
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::OK);
-        let (status, _) = server
-            .json(Method::GET, &format!("/api/sandboxes/{id}"), ADMIN, None)
-            .await;
+        let (status, _) = server.get_json(&format!("/api/sandboxes/{id}")).await;
         assert_eq!(status, StatusCode::OK);
         slowest = slowest.max(started.elapsed());
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -788,16 +609,10 @@ async fn a_fork_bomb_hits_the_pids_limit_while_the_server_keeps_answering() {
         slowest < Duration::from_secs(1),
         "slowest answer {slowest:?}"
     );
-    let pids: u64 = {
-        let out = Command::new("docker")
-            .args(["stats", "--no-stream", "--format", "{{.PIDs}}", &container])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0)
-    };
+    let pids: u64 = docker(&["stats", "--no-stream", "--format", "{{.PIDs}}", &container])
+        .trim()
+        .parse()
+        .unwrap_or(0);
     assert!(pids > 0 && pids <= 64, "pids in the sandbox: {pids}");
     let status = bomb.await.unwrap().unwrap();
     assert!(status.is_success() || status.is_client_error(), "{status}");
@@ -812,5 +627,5 @@ async fn a_fork_bomb_hits_the_pids_limit_while_the_server_keeps_answering() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "the container is still there");
-    server.stop().await;
+    server.shutdown().await;
 }

@@ -9,12 +9,11 @@ mod pg;
 
 use std::sync::Arc;
 
-use monza_domain::testing::repository_bench::{self, BenchConfig};
+use monza_domain::testing::repository_bench;
 use monza_store::postgres::{PgOptions, PgSandboxRepository};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let config = BenchConfig::from_env();
     let Some(db) = pg::TestDb::create().await else {
         return Err("PostgreSQL is unavailable".into());
     };
@@ -24,7 +23,5 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "PostgreSQL ({} pooled connections)",
         options.max_connections
     );
-    let report = repository_bench::run(&name, Arc::new(repo), &config).await?;
-    println!("{report}");
-    Ok(())
+    Ok(repository_bench::run_and_print(&name, Arc::new(repo)).await?)
 }

@@ -6,12 +6,11 @@
 
 use std::sync::Arc;
 
-use monza_domain::testing::repository_bench::{self, BenchConfig};
+use monza_domain::testing::repository_bench;
 use monza_store::sqlite::{SqliteOptions, SqliteSandboxRepository, Synchronous};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let config = BenchConfig::from_env();
     let synchronous = match std::env::var("MONZA_SQLITE_SYNCHRONOUS").as_deref() {
         Ok("normal" | "NORMAL") => Synchronous::Normal,
         _ => Synchronous::Full,
@@ -26,7 +25,5 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "SQLite (WAL, synchronous={synchronous:?}, {} readers)",
         options.readers
     );
-    let report = repository_bench::run(&name, Arc::new(repo), &config).await?;
-    println!("{report}");
-    Ok(())
+    Ok(repository_bench::run_and_print(&name, Arc::new(repo)).await?)
 }

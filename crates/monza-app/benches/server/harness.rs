@@ -1,5 +1,6 @@
 //! The things every scenario drives: the real `monza` binary as a child process, an HTTP
-//! client for its API, a PostgreSQL database of its own, and raw docker-api calls.
+//! client for its API, and raw docker-api calls (the PostgreSQL database of its own is the
+//! tests' `support/pg.rs`).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -22,7 +23,6 @@ pub const IMAGE: &str = "monza-test/busybox:latest";
 /// end of the run removes them all, whatever happened.
 pub const LABEL: &str = "monza-bench";
 const KEEP_ALIVE: &str = "trap 'exit 0' TERM INT\nwhile sleep 1000 & wait $!; do :; done";
-pub const PG_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
 
 /// A templates directory with one template, `bench`: the busybox image, port 8080
 /// published, and the benchmark's label (the same options the raw side uses).
@@ -196,6 +196,13 @@ fn tail(log: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
+/// A request's status and JSON body (`Null` when the body is not JSON).
+async fn send_json(request: RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
 /// monza's REST API. Every request carries `Authorization: Bearer <token>` (the server is
 /// started with the same token as `MONZA_BOOTSTRAP_TOKEN`).
 #[derive(Clone)]
@@ -232,14 +239,11 @@ impl Api {
 
     /// `POST /api/sandboxes` with the bench template: the sandbox, running.
     pub async fn create(&self) -> Value {
-        let response = self
-            .request(Method::POST, "/api/sandboxes")
-            .json(&json!({"template": "bench"}))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let (status, body) = send_json(
+            self.request(Method::POST, "/api/sandboxes")
+                .json(&json!({"template": "bench"})),
+        )
+        .await;
         assert_eq!(status, StatusCode::CREATED, "create: {body}");
         assert_eq!(body["status"], "running", "create: {body}");
         body
@@ -256,14 +260,11 @@ impl Api {
 
     /// `POST …/execute`: the output's length, after checking the exit code is 0.
     pub async fn execute(&self, id: &str, command: &str) -> usize {
-        let response = self
-            .request(Method::POST, &format!("/api/sandboxes/{id}/execute"))
-            .json(&json!({"command": command, "max_output_bytes": 4 * 1024 * 1024}))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let (status, body) = send_json(
+            self.request(Method::POST, &format!("/api/sandboxes/{id}/execute"))
+                .json(&json!({"command": command, "max_output_bytes": 4 * 1024 * 1024})),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "execute: {body}");
         assert_eq!(body["exitCode"], 0, "execute {command:?}");
         body["stdout"].as_str().map_or(0, str::len)
@@ -304,48 +305,6 @@ impl Api {
             n += chunk.unwrap().len() as u64;
         }
         n
-    }
-}
-
-/// A database of its own on the PostgreSQL server, dropped at the end.
-pub struct PgDatabase {
-    admin_url: String,
-    name: String,
-}
-
-impl PgDatabase {
-    pub fn create() -> Self {
-        let admin_url = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| PG_URL.into());
-        let name = format!("monza_bench_{}", uuid::Uuid::new_v4().simple());
-        let output = Command::new("psql")
-            .args([&admin_url, "-qc", &format!("CREATE DATABASE {name}")])
-            .output()
-            .expect("running psql");
-        assert!(
-            output.status.success(),
-            "CREATE DATABASE: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Self { admin_url, name }
-    }
-
-    pub fn url(&self) -> String {
-        match self.admin_url.rsplit_once('/') {
-            Some((base, _)) => format!("{base}/{}", self.name),
-            None => self.admin_url.clone(),
-        }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([
-                &self.admin_url,
-                "-qc",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
-            .output();
     }
 }
 

@@ -23,6 +23,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is the report
 
 mod harness;
+#[path = "../../tests/support/pg.rs"]
+mod pg;
 mod stats;
 
 use std::fmt::Write as _;
@@ -32,13 +34,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
-use harness::{Api, PgDatabase, Raw, Server, ServerConfig, Store};
+use harness::{Api, Raw, Server, ServerConfig, Store};
 use monza_app::Application;
 use monza_app::settings::ServeArgs;
 use monza_domain::{
     Access, CreateSandbox, SandboxRepository, SandboxStatus, TemplateName,
     testing::repository_contract::sample_sandbox,
 };
+use pg::PgDatabase;
 use reqwest::{Method, StatusCode};
 use stats::{Samples, mib, ms, order};
 
@@ -146,52 +149,53 @@ impl Report {
     }
 
     fn markdown(&self, plan: &Plan, header: &str) -> String {
-        let mut md = String::new();
-        let _ = writeln!(md, "{header}");
-        let _ = writeln!(
-            md,
-            "| scenario | n | monza median | p90 | p99 | raw median | p90 | p99 | monza/raw (median) |"
-        );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-        for line in &self.paired {
-            let _ = writeln!(md, "{line}");
-        }
-        let _ = writeln!(md);
-        let _ = writeln!(
-            md,
-            "| transfer | monza MiB/s (median) | raw MiB/s (median) | monza/raw throughput | server peak RSS growth |"
-        );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|");
-        for line in &self.transfers {
-            let _ = writeln!(md, "{line}");
-        }
-        let _ = writeln!(md);
-        let _ = writeln!(
-            md,
+        let control = format!(
             "| control plane ({} live rows, {} connections, {:.1} s each) | store | requests | connection errors | req/s | median | p90 | p99 |",
             plan.live_rows,
             plan.connections,
             plan.load_time.as_secs_f64()
         );
-        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|");
-        for line in &self.control {
-            let _ = writeln!(md, "{line}");
-        }
-        let _ = writeln!(md);
-        let _ = writeln!(md, "| footprint | measured |");
-        let _ = writeln!(md, "|---|---:|");
-        for line in &self.footprint {
-            let _ = writeln!(md, "{line}");
-        }
-        let _ = writeln!(md);
-        let _ = writeln!(md, "| target | measured | met |");
-        let _ = writeln!(md, "|---|---:|---|");
-        for (what, measured, met) in &self.targets {
-            let _ = writeln!(
-                md,
-                "| {what} | {measured} | {} |",
-                if *met { "yes" } else { "**no**" }
-            );
+        let targets: Vec<String> = self
+            .targets
+            .iter()
+            .map(|(what, measured, met)| {
+                format!(
+                    "| {what} | {measured} | {} |",
+                    if *met { "yes" } else { "**no**" }
+                )
+            })
+            .collect();
+        let tables: [(&str, &str, &[String]); 5] = [
+            (
+                "| scenario | n | monza median | p90 | p99 | raw median | p90 | p99 | monza/raw (median) |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+                &self.paired,
+            ),
+            (
+                "| transfer | monza MiB/s (median) | raw MiB/s (median) | monza/raw throughput | server peak RSS growth |",
+                "|---|---:|---:|---:|---:|",
+                &self.transfers,
+            ),
+            (
+                &control,
+                "|---|---|---:|---:|---:|---:|---:|---:|",
+                &self.control,
+            ),
+            ("| footprint | measured |", "|---|---:|", &self.footprint),
+            ("| target | measured | met |", "|---|---:|---|", &targets),
+        ];
+        // The header, then the tables with a blank line between them.
+        let mut md = String::new();
+        let _ = writeln!(md, "{header}");
+        for (i, (head, align, rows)) in tables.iter().enumerate() {
+            if i > 0 {
+                let _ = writeln!(md);
+            }
+            let _ = writeln!(md, "{head}");
+            let _ = writeln!(md, "{align}");
+            for row in rows.iter() {
+                let _ = writeln!(md, "{row}");
+            }
         }
         md
     }
@@ -464,7 +468,7 @@ async fn docker_scenarios(
     }
 
     // 3. upload and download, 1 MiB and 100 MiB.
-    let pattern = stats::random_bytes(MIB, 7);
+    let pattern = monza_domain::testing::fixtures::random_bytes(MIB, 7);
     for (label, size, n) in [
         ("1 MiB", MIB, plan.copy_small),
         ("100 MiB", plan.large_bytes, plan.copy_large),
@@ -660,7 +664,7 @@ async fn control_plane(
         .unwrap();
         (Store::Sqlite(dir), Arc::new(repo))
     } else {
-        let db = PgDatabase::create();
+        let db = PgDatabase::create().expect("PostgreSQL for the benchmark");
         let url = db.url();
         _pg = Some(db);
         let repo = monza_store::postgres::PgSandboxRepository::connect(

@@ -95,19 +95,6 @@ pub fn mem_total_gib() -> f64 {
         .map_or(0.0, |kib| kib / (1024.0 * 1024.0))
 }
 
-/// A payload that does not compress to nothing: xorshift bytes.
-pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// First side on even iterations, second side first on odd ones.
 pub fn order(i: usize) -> [bool; 2] {
     if i.is_multiple_of(2) {

@@ -6,7 +6,7 @@
 //!
 //! `on_both_stores!(name, …)` turns an `async fn name(store: Store)` into the tests
 //! `name::sqlite` and `name::postgres`.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 use std::sync::Arc;
@@ -15,8 +15,14 @@ use std::time::Duration;
 use monza_app::settings::{Secret, ServeArgs};
 use monza_app::{Application, StopHandle};
 use monza_domain::ContainerRuntime;
-use reqwest::StatusCode;
+use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
+
+pub mod pg;
+pub mod process;
+
+pub use pg::{PG_URL, PgDatabase, admin_url, psql};
+pub use process::{ChildServer, ServeChild, monza, serve_fails, stdout_of};
 
 /// One test per store for each `async fn NAME(store: Store)`.
 #[macro_export]
@@ -43,59 +49,57 @@ pub enum Store {
     Postgres,
 }
 
-pub const PG_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
-
 /// The admin token every test server starts with (`MONZA_BOOTSTRAP_TOKEN`), so the tests
 /// run with authentication on, as a real deployment does.
 pub const ADMIN_TOKEN: &str = "support-admin-token-0123456789abcdef0123456789abcdef";
 
-/// A database of its own on the test server, dropped at the end.
-#[derive(Debug)]
-pub struct PgDatabase {
-    admin_url: String,
-    name: String,
+/// `docker ARGS`: its stdout (empty when docker cannot be run).
+pub fn docker(args: &[&str]) -> String {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default()
 }
 
-impl PgDatabase {
-    pub fn create() -> Option<Self> {
-        let admin_url = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| PG_URL.into());
-        let name = format!("monza_test_{}", uuid::Uuid::new_v4().simple());
-        let created = Command::new("psql")
-            .args([&admin_url, "-qc", &format!("CREATE DATABASE {name}")])
-            .output()
-            .map_err(|e| e.to_string())
-            .and_then(|o| {
-                if o.status.success() {
-                    Ok(())
-                } else {
-                    Err(String::from_utf8_lossy(&o.stderr).into_owned())
-                }
-            });
-        monza_domain::testing::require("PostgreSQL (via psql)", created)?;
-        Some(Self { admin_url, name })
-    }
+/// The images of one repository (`monza-build/busybox-build`) that appear while this lives:
+/// each is removed when it is dropped, whatever happened. Declare it before the server, so
+/// it is dropped after the server's containers (an image in use cannot be removed).
+#[derive(Debug)]
+pub struct NewImages {
+    repository: String,
+    before: Vec<String>,
+}
 
-    pub fn url(&self) -> String {
-        match self.admin_url.rsplit_once('/') {
-            Some((base, _)) => format!("{base}/{}", self.name),
-            None => self.admin_url.clone(),
+impl NewImages {
+    /// Remembers the images `repository` has now.
+    pub fn of(repository: &str) -> Self {
+        Self {
+            repository: repository.to_owned(),
+            before: image_ids(repository),
         }
     }
 }
 
-impl Drop for PgDatabase {
+fn image_ids(repository: &str) -> Vec<String> {
+    docker(&["images", "-q", "--no-trunc", repository])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Drop for NewImages {
     fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([
-                &self.admin_url,
-                "-qc",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
-            .output();
+        for id in image_ids(&self.repository) {
+            if !self.before.contains(&id) {
+                docker(&["rmi", "-f", &id]);
+            }
+        }
     }
 }
 
-/// Removes every container carrying a `monza.deployment` label when dropped.
+/// The containers carrying one `monza.deployment` label; every one of them is removed (with
+/// its anonymous volumes) when this is dropped, whatever happened.
 #[derive(Debug)]
 pub struct DeploymentContainers(pub String);
 
@@ -104,27 +108,48 @@ impl DeploymentContainers {
     pub fn label() -> String {
         format!("test-{}", uuid::Uuid::new_v4().simple())
     }
+
+    /// `(container id, sandbox id, state)` of each container of the deployment.
+    pub fn list(&self) -> Vec<(String, String, String)> {
+        docker(&[
+            "ps",
+            "-a",
+            "--no-trunc",
+            "--filter",
+            &format!("label=monza.deployment={}", self.0),
+            "--format",
+            "{{.ID}}\t{{.Label \"monza.sandbox_id\"}}\t{{.State}}",
+        ])
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split('\t');
+            Some((
+                parts.next()?.to_owned(),
+                parts.next()?.to_owned(),
+                parts.next()?.to_owned(),
+            ))
+        })
+        .collect()
+    }
+
+    /// The ids of the deployment's containers.
+    pub fn ids(&self) -> Vec<String> {
+        self.list().into_iter().map(|(id, _, _)| id).collect()
+    }
+
+    pub fn remove_all(&self) {
+        let ids = self.ids();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(ids.iter().map(String::as_str));
+            docker(&args);
+        }
+    }
 }
 
 impl Drop for DeploymentContainers {
     fn drop(&mut self) {
-        let filter = format!("label=monza.deployment={}", self.0);
-        let Ok(listed) = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &filter])
-            .output()
-        else {
-            return;
-        };
-        let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f"])
-                .args(&ids)
-                .output();
-        }
+        self.remove_all();
     }
 }
 
@@ -163,16 +188,175 @@ impl Running {
     }
 }
 
-/// A test server: the first replica, its store and its clean-up.
-pub struct TestApp {
+/// monza's API at `base`, as the admin (`client`) or as anyone (`request`).
+#[derive(Clone)]
+pub struct Api {
     pub base: String,
+    /// Sends the admin token with every request.
     pub client: reqwest::Client,
+    /// Sends no token of its own.
+    plain: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: String) -> Self {
+        Self {
+            base,
+            client: admin_client(),
+            plain: reqwest::Client::new(),
+        }
+    }
+
+    /// The same clients at another base (another replica).
+    pub fn at(&self, base: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The local address, for raw connections.
+    pub fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_owned()
+    }
+
+    /// A request carrying `token`, or no token at all.
+    pub fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
+        let request = self.plain.request(method, self.url(path));
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Creates a sandbox (busybox unless `body` says otherwise); asserts 201.
+    pub async fn create(&self, body: Value) -> Value {
+        let (status, body) = self
+            .send(self.client.post(self.url("/api/sandboxes")).json(&body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    /// A request's status and JSON body (the text as a JSON string when it is not JSON).
+    pub async fn send(&self, request: RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body)
+    }
+
+    pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    /// `POST path` with `body`: the status and JSON body.
+    pub async fn post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(self.client.post(self.url(path)).json(&body))
+            .await
+    }
+
+    pub async fn exec(&self, id: &str, command: &str) -> (StatusCode, Value) {
+        self.post_json(
+            &format!("/api/sandboxes/{id}/execute"),
+            json!({ "command": command }),
+        )
+        .await
+    }
+
+    /// Runs a command; asserts 200.
+    pub async fn exec_ok(&self, id: &str, command: &str) -> Value {
+        let (status, body) = self.exec(id, command).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// Runs a command; asserts 200 and that its output is `want`.
+    pub async fn assert_output(&self, id: &str, command: &str, want: &str) {
+        let out = self.exec_ok(id, command).await;
+        assert_eq!(out["output"], want, "{command}: {out}");
+    }
+
+    /// `POST /api/sandboxes/{id}/heartbeat`: its status.
+    pub async fn heartbeat(&self, id: &str) -> StatusCode {
+        let url = self.url(&format!("/api/sandboxes/{id}/heartbeat"));
+        self.client.post(url).send().await.unwrap().status()
+    }
+
+    /// `DELETE /api/sandboxes/{id}`: its status.
+    pub async fn delete(&self, id: &str) -> StatusCode {
+        let url = self.url(&format!("/api/sandboxes/{id}"));
+        self.client.delete(url).send().await.unwrap().status()
+    }
+
+    pub async fn status_of(&self, id: &str) -> String {
+        let (_, body) = self.get_json(&format!("/api/sandboxes/{id}")).await;
+        body["status"].as_str().unwrap_or_default().to_owned()
+    }
+
+    pub async fn all_sandboxes(&self) -> Vec<Value> {
+        let (status, body) = self.get_json("/api/sandboxes?status=all").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body.as_array().unwrap().clone()
+    }
+
+    /// The event log of sandbox `id`.
+    pub async fn events(&self, id: &str) -> Vec<Value> {
+        let (status, body) = self.get_json(&format!("/api/sandboxes/{id}/events")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body.as_array().unwrap().clone()
+    }
+
+    /// The actions of sandbox `id`'s events, oldest first.
+    pub async fn actions(&self, id: &str) -> Vec<String> {
+        self.events(id)
+            .await
+            .iter()
+            .map(|e| e["action"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Deletes, as the admin, every sandbox not deleted yet: the ids of those whose delete
+    /// was not a 204.
+    pub async fn delete_live(&self) -> Vec<String> {
+        let mut failed = Vec::new();
+        for sandbox in self.all_sandboxes().await {
+            if sandbox["deleted_at"].is_null() {
+                let id = sandbox["id"].as_str().unwrap();
+                let url = self.url(&format!("/api/sandboxes/{id}"));
+                let deleted = self.client.delete(url).send().await;
+                if !deleted.is_ok_and(|r| r.status() == StatusCode::NO_CONTENT) {
+                    failed.push(id.to_owned());
+                }
+            }
+        }
+        failed
+    }
+}
+
+/// A test server: the first replica, its store and its clean-up. Its [`Api`] is the
+/// first replica's.
+pub struct TestApp {
+    api: Api,
     pub args: ServeArgs,
     server: Option<Running>,
     // Dropped in this order: the database after the containers.
     _containers: DeploymentContainers,
     _dir: tempfile::TempDir,
     _pg: Option<PgDatabase>,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl TestApp {
@@ -206,8 +390,7 @@ impl TestApp {
             DeploymentContainers(args.deployment.clone().unwrap_or_else(|| "unset".into()));
         let server = Running::start(args.clone()).await?;
         Some(Self {
-            base: server.base.clone(),
-            client: admin_client(),
+            api: Api::new(server.base.clone()),
             args,
             server: Some(server),
             _containers: containers,
@@ -227,7 +410,7 @@ impl TestApp {
             server.stop().await;
         }
         let server = Running::start(self.args.clone()).await.unwrap();
-        self.base = server.base.clone();
+        self.api.base = server.base.clone();
         self.server = Some(server);
         self
     }
@@ -235,56 +418,6 @@ impl TestApp {
     /// The server's container runtime, to look at the engine as monza sees it.
     pub fn runtime(&self) -> &Arc<dyn ContainerRuntime> {
         &self.server.as_ref().unwrap().runtime
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// The local address, for raw connections.
-    pub fn addr(&self) -> String {
-        self.base.trim_start_matches("http://").to_owned()
-    }
-
-    /// Creates a sandbox (busybox unless `body` says otherwise); asserts 201.
-    pub async fn create(&self, body: Value) -> Value {
-        let (status, body) = self
-            .send(self.client.post(self.url("/api/sandboxes")).json(&body))
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        body
-    }
-
-    /// A request's status and JSON body (`Null` when the body is not JSON).
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
-        self.send(self.client.get(self.url(path))).await
-    }
-
-    pub async fn exec(&self, id: &str, command: &str) -> (StatusCode, Value) {
-        self.send(
-            self.client
-                .post(self.url(&format!("/api/sandboxes/{id}/execute")))
-                .json(&json!({ "command": command })),
-        )
-        .await
-    }
-
-    /// Runs a command; asserts 200.
-    pub async fn exec_ok(&self, id: &str, command: &str) -> Value {
-        let (status, body) = self.exec(id, command).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        body
-    }
-
-    pub async fn status_of(&self, id: &str) -> String {
-        let (_, body) = self.get_json(&format!("/api/sandboxes/{id}")).await;
-        body["status"].as_str().unwrap_or_default().to_owned()
     }
 
     pub async fn container_exists(&self, container_id: &str) -> bool {
@@ -296,27 +429,11 @@ impl TestApp {
             .any(|c| c.id == container_id)
     }
 
-    pub async fn all_sandboxes(&self) -> Vec<Value> {
-        let (status, body) = self.get_json("/api/sandboxes?status=all").await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        body.as_array().unwrap().clone()
-    }
-
     /// Deletes every sandbox still live (removing its container), then stops the server.
     pub async fn shutdown(mut self) {
         if let Some(server) = self.server.take() {
-            for sandbox in self.all_sandboxes().await {
-                if sandbox["deleted_at"].is_null() {
-                    let id = sandbox["id"].as_str().unwrap();
-                    let _ = self
-                        .client
-                        .delete(self.url(&format!("/api/sandboxes/{id}")))
-                        .send()
-                        .await;
-                }
-            }
-            server.stop.stop().await;
-            let _ = server.task.await;
+            self.delete_live().await;
+            server.stop().await;
         }
     }
 }

@@ -159,6 +159,14 @@ fn tenant(i: usize) -> Result<TenantId> {
     TenantId::new(&format!("tenant-{i}"))
 }
 
+/// What a store's benchmark program does: [`run`] with the configuration from the
+/// environment ([`BenchConfig::from_env`]), its report printed as a Markdown table.
+pub async fn run_and_print(store: &str, repo: Repo) -> Result<()> {
+    let report = run(store, repo, &BenchConfig::from_env()).await?;
+    println!("{report}");
+    Ok(())
+}
+
 /// Fills `repo` (which must be empty) and measures it.
 pub async fn run(store: &str, repo: Repo, config: &BenchConfig) -> Result<BenchReport> {
     let now = micros(OffsetDateTime::now_utc());
