@@ -7,6 +7,7 @@ use std::path::{Component, Path, PathBuf};
 use monza_domain::{ContainerSpec, Error, Mount, Result};
 use serde_json::{Map, Value, json};
 
+use crate::agent::Prepared;
 use crate::settings::DockerSettings;
 
 /// Capabilities a sandbox keeps; every other one is dropped (`CapDrop: ["ALL"]`).
@@ -63,6 +64,7 @@ pub(crate) fn create_body(
     image: &str,
     settings: &DockerSettings,
     sockets: &[PathBuf],
+    agent: Option<&Prepared>,
 ) -> Result<Value> {
     let template = &spec.template;
     let run = &template.run_options;
@@ -76,11 +78,14 @@ pub(crate) fn create_body(
         labels.insert(LABEL_DEPLOYMENT.into(), deployment.clone());
     }
 
-    let env: Vec<String> = template
+    let mut env: Vec<String> = template
         .container_env
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
+    if let Some(agent) = agent {
+        env.push(agent.env.clone());
+    }
 
     let mut exposed = Map::new();
     let mut bindings = Map::new();
@@ -134,6 +139,9 @@ pub(crate) fn create_body(
             obj.insert("Source".into(), json!(source));
         }
         mounts.push(m);
+    }
+    if let Some(agent) = agent {
+        mounts.extend(agent.mounts.iter().cloned());
     }
 
     let mut host_config = json!({
@@ -265,12 +273,12 @@ mod tests {
         let mut s = spec();
         s.template.run_options.cpus = Some(8.0);
         s.template.run_options.memory_bytes = Some(8 << 30);
-        let body = create_body(&s, "img", &settings, &sockets()).unwrap();
+        let body = create_body(&s, "img", &settings, &sockets(), None).unwrap();
         assert_eq!(body["HostConfig"]["Memory"], json!(512 * 1024 * 1024));
         assert_eq!(body["HostConfig"]["NanoCpus"], json!(1_000_000_000));
         s.template.run_options.cpus = Some(0.5);
         s.template.run_options.memory_bytes = Some(128 << 20);
-        let body = create_body(&s, "img", &settings, &sockets()).unwrap();
+        let body = create_body(&s, "img", &settings, &sockets(), None).unwrap();
         assert_eq!(body["HostConfig"]["Memory"], json!(128 << 20));
         assert_eq!(body["HostConfig"]["MemorySwap"], json!(128 << 20));
         assert_eq!(body["HostConfig"]["NanoCpus"], json!(500_000_000));
@@ -283,7 +291,7 @@ mod tests {
             (LABEL_MANAGED.to_owned(), "false".to_owned()),
             ("team".to_owned(), "x".to_owned()),
         ]);
-        let body = create_body(&s, "img", &DockerSettings::default(), &sockets()).unwrap();
+        let body = create_body(&s, "img", &DockerSettings::default(), &sockets(), None).unwrap();
         assert_eq!(body["Labels"][LABEL_MANAGED], json!("true"));
         assert_eq!(body["Labels"]["team"], json!("x"));
         assert_eq!(
@@ -301,7 +309,7 @@ mod tests {
             deployment: Some("postgres://db:5432/monza".into()),
             ..DockerSettings::default()
         };
-        let body = create_body(&s, "img", &settings, &sockets()).unwrap();
+        let body = create_body(&s, "img", &settings, &sockets(), None).unwrap();
         assert_eq!(
             body["Labels"][LABEL_DEPLOYMENT],
             json!("postgres://db:5432/monza")
@@ -325,7 +333,7 @@ mod tests {
                 target: "/mnt".into(),
                 read_only: true,
             }];
-            let result = create_body(&s, "img", &DockerSettings::default(), &sockets());
+            let result = create_body(&s, "img", &DockerSettings::default(), &sockets(), None);
             assert!(
                 matches!(result, Err(Error::InvalidInput(ref m)) if m.contains("refused")),
                 "{source}: {result:?}"
@@ -346,7 +354,7 @@ mod tests {
                 read_only: true,
             },
         ];
-        let body = create_body(&s, "img", &DockerSettings::default(), &sockets()).unwrap();
+        let body = create_body(&s, "img", &DockerSettings::default(), &sockets(), None).unwrap();
         assert_eq!(
             body["HostConfig"]["Mounts"][1]["Source"],
             json!("/srv/data")
@@ -357,10 +365,10 @@ mod tests {
     #[test]
     fn keep_alive_only_when_overriding_the_command() {
         let mut s = spec();
-        let body = create_body(&s, "img", &DockerSettings::default(), &sockets()).unwrap();
+        let body = create_body(&s, "img", &DockerSettings::default(), &sockets(), None).unwrap();
         assert_eq!(body["Entrypoint"], json!(["/bin/sh"]));
         s.template.override_command = false;
-        let body = create_body(&s, "img", &DockerSettings::default(), &sockets()).unwrap();
+        let body = create_body(&s, "img", &DockerSettings::default(), &sockets(), None).unwrap();
         assert!(body.get("Entrypoint").is_none() && body.get("Cmd").is_none());
     }
 }

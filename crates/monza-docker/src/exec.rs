@@ -201,7 +201,7 @@ enum Source {
 /// the combined one, so it is not kept; it is made (a copy of the combined output so far)
 /// only when the other stream first speaks.
 #[derive(Debug)]
-struct Collector {
+pub(crate) struct Collector {
     output: Capped,
     /// The one stream that has spoken so far, while there is only one.
     only: Option<Source>,
@@ -222,6 +222,14 @@ impl Collector {
             cap,
             pending: Some(Vec::new()),
             pid: None,
+        }
+    }
+
+    /// A collector for output that carries no pid marker line (the agent's).
+    pub(crate) fn without_marker(cap: usize) -> Self {
+        Self {
+            pending: None,
+            ..Self::new(cap)
         }
     }
 
@@ -258,11 +266,11 @@ impl Collector {
         }
     }
 
-    fn stdout(&mut self, bytes: &[u8]) {
+    pub(crate) fn stdout(&mut self, bytes: &[u8]) {
         self.push(Source::Stdout, bytes);
     }
 
-    fn stderr(&mut self, bytes: &[u8]) {
+    pub(crate) fn stderr(&mut self, bytes: &[u8]) {
         let Some(mut pending) = self.pending.take() else {
             self.push(Source::Stderr, bytes);
             return;
@@ -286,7 +294,12 @@ impl Collector {
         self.stderr(&pending);
     }
 
-    fn finish(mut self, exit_code: i64, timed_out: bool, duration: Duration) -> ExecOutput {
+    pub(crate) fn finish(
+        mut self,
+        exit_code: i64,
+        timed_out: bool,
+        duration: Duration,
+    ) -> ExecOutput {
         if let Some(pending) = self.pending.take() {
             self.push(Source::Stderr, &pending);
         }

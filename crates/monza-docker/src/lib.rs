@@ -18,6 +18,7 @@
 //! args, or streaming archive bodies; for those few endpoints this crate sends plain HTTP
 //! requests over the same socket (module `engine`).
 
+mod agent;
 mod container;
 mod engine;
 mod error;
@@ -27,10 +28,11 @@ mod image;
 mod runtime;
 mod settings;
 
+pub use agent::AGENT_BINARY;
 pub use container::{
     LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_SANDBOX_ID, LABEL_TEMPLATE, LABEL_TENANT,
     SANDBOX_CAPABILITIES,
 };
 pub use image::BUILD_REPOSITORY;
 pub use runtime::DockerRuntime;
-pub use settings::{DEFAULT_DOCKER_HOST, DockerSettings};
+pub use settings::{DEFAULT_AGENT_DIR, DEFAULT_DOCKER_HOST, DockerSettings};

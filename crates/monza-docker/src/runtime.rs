@@ -13,6 +13,7 @@ use monza_domain::{
     ExecRequest, FileDownload, FileStat, ManagedContainer, PublishedPort, Result, UploadFile,
 };
 
+use crate::agent::Agents;
 use crate::container::{
     LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_SANDBOX_ID, container_name, create_body,
 };
@@ -34,6 +35,8 @@ pub struct DockerRuntime {
     /// Each container's tmpfs mount points, which the archive endpoint cannot reach (a
     /// container's mounts never change, so one inspect per container).
     pub(crate) tmpfs: Arc<Mutex<HashMap<String, Arc<[String]>>>>,
+    /// Each sandbox's agent (see module `agent`).
+    agents: Arc<Agents>,
 }
 
 impl DockerRuntime {
@@ -51,12 +54,46 @@ impl DockerRuntime {
         if let Address::Unix(path) = &address {
             sockets.push(path.clone());
         }
+        let raw = RawClient::new(&address);
+        let agents = Arc::new(Agents::new(
+            settings.agent,
+            settings.agent_dir.clone(),
+            raw.clone(),
+            settings.request_timeout,
+        ));
         Ok(Self {
-            raw: RawClient::new(&address),
+            raw,
+            agents,
             docker,
             settings,
             sockets,
             tmpfs: Arc::default(),
+        })
+    }
+
+    /// Writes the agent binary under `agent_dir` now (once, checked by its hash) rather than
+    /// at the first sandbox. When it cannot, the agent is off for this runtime (every
+    /// command goes through Docker exec) and the error says why.
+    pub fn install_agent(&self) -> Result<PathBuf> {
+        self.agents.install_or_disable()
+    }
+
+    /// Whether new sandboxes get the agent (the setting, unless installing it failed).
+    pub fn agent_enabled(&self) -> bool {
+        self.agents.enabled()
+    }
+
+    /// Whether the container's agent is connected now.
+    pub fn agent_connected(&self, container_id: &str) -> bool {
+        self.agents
+            .get(container_id)
+            .is_some_and(|slot| slot.connected())
+    }
+
+    /// How many commands the container's agent ran to their end (not through Docker exec).
+    pub fn agent_execs(&self, container_id: &str) -> u64 {
+        self.agents.get(container_id).map_or(0, |slot| {
+            slot.served.load(std::sync::atomic::Ordering::Relaxed)
         })
     }
 
@@ -114,7 +151,15 @@ impl ContainerRuntime for DockerRuntime {
     #[tracing::instrument(skip_all, fields(sandbox_id = %spec.sandbox_id, template = %spec.template.name), err(level = "info"))]
     async fn create(&self, spec: &ContainerSpec) -> Result<CreatedContainer> {
         let image = self.prepare_image(&spec.template).await?;
-        let body = create_body(spec, &image, &self.settings, &self.sockets)?;
+        let agent = if self.agents.enabled() {
+            Some(self.agents.prepare(
+                &spec.sandbox_id.to_string(),
+                spec.template.remote_user.clone(),
+            )?)
+        } else {
+            None
+        };
+        let body = create_body(spec, &image, &self.settings, &self.sockets, agent.as_ref())?;
         let name = container_name(spec);
         let endpoint = format!("/containers/create?name={}", query_value(&name));
         let what = format!("creating container {name} from {image}");
@@ -143,6 +188,9 @@ impl ContainerRuntime for DockerRuntime {
             .await
             .map_err(self.fail(&what))?;
         tracing::info!(container_id = %created.id, %image, "container created");
+        if let Some(agent) = agent {
+            self.agents.register(&created.id, agent.slot);
+        }
         Ok(CreatedContainer {
             id: created.id,
             image,
@@ -161,6 +209,13 @@ impl ContainerRuntime for DockerRuntime {
                     format_args!("starting container {container_id}"),
                 ));
             }
+        }
+        if let Some(slot) = self.agents.get(container_id)
+            && !slot.connected()
+            && let Err(e) = slot.start_agent().await
+        {
+            // Commands go through Docker exec until an exec starts it again.
+            tracing::warn!(container_id, error = %e, "starting the agent failed");
         }
         self.published_ports(container_id).await
     }
@@ -190,6 +245,14 @@ impl ContainerRuntime for DockerRuntime {
 
     #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
     async fn exec(&self, container_id: &str, request: &ExecRequest) -> Result<ExecOutput> {
+        if self.agents.enabled()
+            && let Some(output) = self
+                .agents
+                .exec(container_id, request, self.settings.default_exec_timeout)
+                .await
+        {
+            return output;
+        }
         self.run_exec(container_id, request).await
     }
 
@@ -215,7 +278,11 @@ impl ContainerRuntime for DockerRuntime {
             .force(true)
             .volumes(true)
             .build();
-        match bounded(self.settings.request_timeout, container.remove(&opts)).await {
+        let removed = bounded(self.settings.request_timeout, container.remove(&opts)).await;
+        if removed.is_ok() || removed.as_ref().is_err_and(Failure::is_not_found) {
+            self.agents.forget(container_id);
+        }
+        match removed {
             Ok(_) => Ok(()),
             Err(f) if f.is_not_found() => Ok(()),
             Err(Failure::Status { code: 409, message })

@@ -1,10 +1,14 @@
 //! How the adapter reaches the engine and what it gives each sandbox.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The engine address used when `DOCKER_HOST` is not set.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// Where the agent's binary and sockets live when `MONZA_AGENT_DIR` is not set.
+pub const DEFAULT_AGENT_DIR: &str = "/run/monza/agent";
 
 /// Settings of [`crate::DockerRuntime`]. `monza-app` fills them from its configuration
 /// (`DOCKER_HOST`, `MONZA_PUBLISH_ADDR`, `SANDBOX_MEMORY_LIMIT`, `SANDBOX_CPU_LIMIT`, ...).
@@ -39,6 +43,14 @@ pub struct DockerSettings {
     /// only containers carrying it, so reconciliation never touches another deployment's
     /// containers on a shared engine. `None`: no label, every managed container is listed.
     pub deployment: Option<String>,
+    /// Run commands through the agent inside each sandbox (default true), falling back to
+    /// Docker exec whenever it is not there. `false` (`MONZA_AGENT=off`): Docker exec only,
+    /// and containers get neither the agent's mounts nor its socket.
+    pub agent: bool,
+    /// Host directory the agent lives in (default `/run/monza/agent`, created root-owned
+    /// 0755): `bin/` holds the agent binary, one directory per sandbox holds the socket monza
+    /// listens on. The Docker engine must see the same paths (a local engine).
+    pub agent_dir: PathBuf,
 }
 
 impl Default for DockerSettings {
@@ -55,6 +67,8 @@ impl Default for DockerSettings {
             default_exec_timeout: Duration::from_secs(3600),
             max_build_context_bytes: 64 * 1024 * 1024,
             deployment: None,
+            agent: true,
+            agent_dir: PathBuf::from(DEFAULT_AGENT_DIR),
         }
     }
 }

@@ -1,0 +1,697 @@
+//! The agent inside each sandbox (crate `monza-agent`), seen from the host: its binary, the
+//! socket monza listens on for it, starting it, and running commands through it.
+//!
+//! Per sandbox, monza creates `<agent_dir>/<sandbox id>/` (root-owned, 0755), binds a
+//! listening unix socket `agent.sock` in it (0666) and keeps the listener; the container
+//! gets that directory read-only at [`SOCKET_DIR`] and the binary read-only at
+//! [`BINARY_PATH`]. After the container starts, a detached Docker exec starts the agent as
+//! the sandbox's user; it connects out to the socket. monza only ever `accept()`s on the
+//! listener it holds: nothing under the directory is opened, connected to or followed after
+//! the listener is bound.
+//!
+//! One connection per sandbox is in use at a time: a later one is accepted only when the
+//! current one has ended (a restarted agent replaces a dead one); others are closed. Answers
+//! are demultiplexed by request id to the execs waiting for them.
+//!
+//! [`Agents::exec`] answers `None` whenever the agent cannot serve a command the way Docker
+//! exec would (no agent, not connected within a short wait, dead, another user, the agent
+//! refusing the command); the caller then runs it through Docker exec, and a dead agent is
+//! restarted in the background.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use hyper::{Body, Method};
+use monza_agent_protocol::{
+    self as protocol, AgentCodec, CodecError, DecodeError, Message, PROTOCOL_VERSION, Program,
+    Signal, Stream, Welcome,
+};
+use monza_domain::{Command, Error, ExecOutput, ExecRequest, Result};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::engine::RawClient;
+use crate::error::{Failure, bounded};
+use crate::exec::Collector;
+
+/// The static agent, built by this crate's build script (see `build.rs`).
+pub const AGENT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/monza-agent"));
+
+/// Where the container sees its socket directory (read-only).
+pub(crate) const SOCKET_DIR: &str = "/.monza";
+/// Where the container sees the agent binary (read-only).
+pub(crate) const BINARY_PATH: &str = "/.monza-agent";
+/// The socket's name in the directory.
+const SOCKET_NAME: &str = "agent.sock";
+/// The environment variable telling the agent where to connect.
+pub(crate) const SOCKET_ENV: &str = "MONZA_AGENT_SOCKET";
+
+/// How long after it was started an agent may take to connect; an exec waits for it that
+/// long at most, then goes through Docker exec.
+const CONNECT_WAIT: Duration = Duration::from_millis(1000);
+/// The agent is not started again sooner than this after the last start.
+const RESTART_EVERY: Duration = Duration::from_secs(2);
+/// A connection's hello must arrive within this.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long past its timeout the host waits for an exec's exit before giving up on it.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+/// Frames buffered per waiting exec (the reader waits when one is full).
+const PER_EXEC_FRAMES: usize = 64;
+/// Frames buffered toward the agent.
+const OUTBOX_FRAMES: usize = 256;
+
+/// Every sandbox's agent, by container id. Shared by the runtime's clones.
+pub(crate) struct Agents {
+    enabled: AtomicBool,
+    dir: PathBuf,
+    raw: RawClient,
+    request_timeout: Duration,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    binary: Mutex<Option<PathBuf>>,
+}
+
+impl std::fmt::Debug for Agents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agents")
+            .field("dir", &self.dir)
+            .field("sandboxes", &lock(&self.slots).len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What a container needs for its agent: its mounts and environment.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) mounts: Vec<serde_json::Value>,
+    pub(crate) env: String,
+}
+
+impl Agents {
+    pub(crate) fn new(
+        enabled: bool,
+        dir: PathBuf,
+        raw: RawClient,
+        request_timeout: Duration,
+    ) -> Self {
+        Self {
+            enabled: AtomicBool::new(enabled),
+            dir,
+            raw,
+            request_timeout,
+            slots: Mutex::default(),
+            binary: Mutex::default(),
+        }
+    }
+
+    /// Whether new sandboxes get an agent and execs try it first.
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Installs the binary now; when that fails, turns the agent off for this runtime
+    /// (Docker exec only) and says why.
+    pub(crate) fn install_or_disable(&self) -> Result<PathBuf> {
+        let installed = self.binary();
+        if installed.is_err() {
+            self.enabled.store(false, Ordering::Relaxed);
+        }
+        installed
+    }
+
+    /// The host path of the agent binary, written once (root-owned, 0555) under
+    /// `<dir>/bin/`, named by its hash; an existing file is used only when its content hashes
+    /// the same.
+    pub(crate) fn binary(&self) -> Result<PathBuf> {
+        let mut cached = lock(&self.binary);
+        if let Some(path) = &*cached {
+            return Ok(path.clone());
+        }
+        let digest = hex(&Sha256::digest(AGENT_BINARY));
+        let bin_dir = self.dir.join("bin");
+        make_dir(&self.dir)?;
+        make_dir(&bin_dir)?;
+        let path = bin_dir.join(format!("monza-agent-{}", &digest[..16]));
+        let fail = |e: std::io::Error| {
+            Error::internal(format!("installing the agent at {}: {e}", path.display()))
+        };
+        let intact = match std::fs::read(&path) {
+            Ok(bytes) => hex(&Sha256::digest(&bytes)) == digest,
+            Err(e) if e.kind() == ErrorKind::NotFound => false,
+            Err(e) => return Err(fail(e)),
+        };
+        if !intact {
+            let tmp = bin_dir.join(format!(
+                ".monza-agent-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ));
+            let write = || -> std::io::Result<()> {
+                let mut file = std::fs::File::create(&tmp)?;
+                file.write_all(AGENT_BINARY)?;
+                file.sync_all()?;
+                file.set_permissions(std::fs::Permissions::from_mode(0o555))?;
+                std::fs::rename(&tmp, &path)
+            };
+            if let Err(e) = write() {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(fail(e));
+            }
+            tracing::info!(path = %path.display(), "agent binary installed");
+        }
+        *cached = Some(path.clone());
+        Ok(path)
+    }
+
+    /// Creates the sandbox's socket directory and listener (before its container exists).
+    /// `user` is who the agent will run as: the user execs without their own run as.
+    pub(crate) fn prepare(&self, sandbox_id: &str, user: Option<String>) -> Result<Prepared> {
+        let binary = self.binary()?;
+        let dir = self.dir.join(sandbox_id);
+        make_dir(&dir)?;
+        let socket = dir.join(SOCKET_NAME);
+        let fail = |e: std::io::Error| {
+            Error::internal(format!(
+                "creating the agent socket {}: {e}",
+                socket.display()
+            ))
+        };
+        // Our own directory, which no sandbox can write: a stale socket from an earlier
+        // listener is ours to remove.
+        match std::fs::remove_file(&socket) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(fail(e)),
+        }
+        let listener = UnixListener::bind(&socket).map_err(fail)?;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).map_err(fail)?;
+
+        let (conn_tx, _) = watch::channel(None);
+        let slot = Arc::new(Slot {
+            dir: dir.clone(),
+            user,
+            container_id: Mutex::new(None),
+            conn: conn_tx,
+            last_start: Mutex::new(None),
+            served: AtomicU64::new(0),
+            raw: self.raw.clone(),
+            request_timeout: self.request_timeout,
+            accept: Mutex::new(None),
+        });
+        let task = tokio::spawn(accept_loop(listener, Arc::downgrade(&slot)));
+        *lock(&slot.accept) = Some(task);
+        Ok(Prepared {
+            slot,
+            mounts: vec![
+                json!({
+                    "Type": "bind",
+                    "Source": dir.to_string_lossy(),
+                    "Target": SOCKET_DIR,
+                    "ReadOnly": true,
+                }),
+                json!({
+                    "Type": "bind",
+                    "Source": binary.to_string_lossy(),
+                    "Target": BINARY_PATH,
+                    "ReadOnly": true,
+                }),
+            ],
+            env: format!("{SOCKET_ENV}={SOCKET_DIR}/{SOCKET_NAME}"),
+        })
+    }
+
+    /// Files a prepared slot under its container's id.
+    pub(crate) fn register(&self, container_id: &str, slot: Arc<Slot>) {
+        *lock(&slot.container_id) = Some(container_id.to_owned());
+        lock(&self.slots).insert(container_id.to_owned(), slot);
+    }
+
+    pub(crate) fn get(&self, container_id: &str) -> Option<Arc<Slot>> {
+        lock(&self.slots).get(container_id).cloned()
+    }
+
+    /// Forgets the container's agent: closes its listener and connection and removes its
+    /// directory.
+    pub(crate) fn forget(&self, container_id: &str) {
+        let slot = lock(&self.slots).remove(container_id);
+        if let Some(slot) = slot {
+            slot.close();
+        }
+    }
+
+    /// Runs `request` through the container's agent, or answers `None` when Docker exec
+    /// must run it instead (see the module docs).
+    pub(crate) async fn exec(
+        &self,
+        container_id: &str,
+        request: &ExecRequest,
+        default_timeout: Duration,
+    ) -> Option<Result<ExecOutput>> {
+        let slot = self.get(container_id)?;
+        if request.user != slot.user {
+            return None;
+        }
+        let Some(conn) = slot.connection().await else {
+            slot.restart_in_background();
+            return None;
+        };
+        let output = conn.exec(request, default_timeout).await;
+        if output.is_none() && conn.is_closed() {
+            slot.restart_in_background();
+        }
+        if output.as_ref().is_some_and(Result::is_ok) {
+            slot.served.fetch_add(1, Ordering::Relaxed);
+        }
+        output
+    }
+}
+
+/// One sandbox's agent: its directory, listener task and current connection.
+pub(crate) struct Slot {
+    dir: PathBuf,
+    user: Option<String>,
+    container_id: Mutex<Option<String>>,
+    conn: watch::Sender<Option<Arc<Conn>>>,
+    last_start: Mutex<Option<Instant>>,
+    /// Commands the agent ran to their end.
+    pub(crate) served: AtomicU64,
+    raw: RawClient,
+    request_timeout: Duration,
+    accept: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("dir", &self.dir)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Slot {
+    /// Whether an agent is connected now.
+    pub(crate) fn connected(&self) -> bool {
+        self.conn.borrow().as_ref().is_some_and(|c| !c.is_closed())
+    }
+
+    /// The live connection; when there is none but the agent was started less than
+    /// [`CONNECT_WAIT`] ago, waits for it until then.
+    async fn connection(&self) -> Option<Arc<Conn>> {
+        let live = |c: &Option<Arc<Conn>>| c.as_ref().is_some_and(|c| !c.is_closed());
+        if let Some(conn) = self.conn.borrow().as_ref().filter(|c| !c.is_closed()) {
+            return Some(conn.clone());
+        }
+        let since = (*lock(&self.last_start))?;
+        let remaining = CONNECT_WAIT.checked_sub(since.elapsed())?;
+        let mut rx = self.conn.subscribe();
+        let waited = tokio::time::timeout(remaining, rx.wait_for(live)).await;
+        match waited {
+            Ok(Ok(conn)) => conn.clone(),
+            _ => None,
+        }
+    }
+
+    /// Starts the agent with a detached Docker exec, as the sandbox's user.
+    pub(crate) async fn start_agent(&self) -> Result<()> {
+        let Some(container_id) = lock(&self.container_id).clone() else {
+            return Ok(());
+        };
+        *lock(&self.last_start) = Some(Instant::now());
+        let what = format!("starting the agent in container {container_id}");
+        let mut body = json!({
+            "Cmd": [BINARY_PATH],
+            "AttachStdin": false,
+            "AttachStdout": false,
+            "AttachStderr": false,
+            "Env": [format!("{SOCKET_ENV}={SOCKET_DIR}/{SOCKET_NAME}")],
+        });
+        if let (Some(user), Some(obj)) = (&self.user, body.as_object_mut()) {
+            obj.insert("User".into(), json!(user));
+        }
+        let start = async {
+            let endpoint = format!("/containers/{container_id}/exec");
+            let response = self
+                .raw
+                .send(
+                    Method::POST,
+                    &endpoint,
+                    Some("application/json"),
+                    Body::from(body.to_string()),
+                )
+                .await?;
+            let bytes = hyper::body::to_bytes(response.into_body()).await?;
+            #[derive(serde::Deserialize)]
+            struct Created {
+                #[serde(rename = "Id")]
+                id: String,
+            }
+            let created: Created = serde_json::from_slice(&bytes)
+                .map_err(|e| Failure::Other(format!("unexpected answer: {e}")))?;
+            let endpoint = format!("/exec/{}/start", created.id);
+            let response = self
+                .raw
+                .send(
+                    Method::POST,
+                    &endpoint,
+                    Some("application/json"),
+                    Body::from(r#"{"Detach":true,"Tty":false}"#),
+                )
+                .await?;
+            hyper::body::to_bytes(response.into_body()).await?;
+            Ok::<(), Failure>(())
+        };
+        bounded(self.request_timeout, start)
+            .await
+            .map_err(|f| f.into_domain("docker", &what))?;
+        tracing::debug!(container_id, "agent started");
+        Ok(())
+    }
+
+    /// Starts the agent again in the background, unless it was started less than
+    /// [`RESTART_EVERY`] ago.
+    fn restart_in_background(self: &Arc<Self>) {
+        {
+            let mut last = lock(&self.last_start);
+            if last.is_some_and(|t| t.elapsed() < RESTART_EVERY) {
+                return;
+            }
+            // Claimed now, so concurrent execs start it once.
+            *last = Some(Instant::now());
+        }
+        let slot = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = slot.start_agent().await {
+                tracing::warn!(error = %e, "restarting the agent failed");
+            }
+        });
+    }
+
+    fn install(&self, conn: Arc<Conn>) -> bool {
+        let mut installed = false;
+        self.conn.send_if_modified(|current| {
+            if current.as_ref().is_some_and(|c| !c.is_closed()) {
+                return false;
+            }
+            *current = Some(conn.clone());
+            installed = true;
+            true
+        });
+        installed
+    }
+
+    fn close(&self) {
+        if let Some(task) = lock(&self.accept).take() {
+            task.abort();
+        }
+        if let Some(conn) = self.conn.send_replace(None) {
+            conn.close();
+        }
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "removing the agent directory failed")
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Accepts agent connections on the listener (and only there) for as long as the slot lives.
+async fn accept_loop(listener: UnixListener, slot: Weak<Slot>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting an agent connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(slot) = slot.upgrade() else {
+            return;
+        };
+        if slot.connected() {
+            // One agent at a time: a second connection while the first lives is refused.
+            drop(stream);
+            continue;
+        }
+        match Conn::handshake(stream).await {
+            Ok(conn) => {
+                if !slot.install(conn.clone()) {
+                    conn.close();
+                }
+            }
+            Err(e) => tracing::info!(error = %e, "agent handshake failed"),
+        }
+    }
+}
+
+/// One accepted agent connection: a writer task, a reader task, the execs waiting.
+struct Conn {
+    outbox: mpsc::Sender<Message>,
+    waiters: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Conn {
+    async fn handshake(stream: UnixStream) -> std::result::Result<Arc<Self>, String> {
+        let (read, write) = stream.into_split();
+        let mut reader = FramedRead::new(read, AgentCodec);
+        let mut writer = FramedWrite::new(write, AgentCodec);
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
+            .await
+            .map_err(|_| "no hello in time".to_owned())?;
+        let hello = match hello {
+            Some(Ok(Message::Hello(hello))) => hello,
+            Some(Ok(other)) => return Err(format!("expected a hello, got {other:?}")),
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("closed before its hello".into()),
+        };
+        if hello.protocol != PROTOCOL_VERSION {
+            return Err(format!("agent speaks protocol {}", hello.protocol));
+        }
+        writer
+            .send(Message::Welcome(Welcome {
+                protocol: PROTOCOL_VERSION,
+            }))
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::debug!(pid = hello.pid, uid = hello.uid, version = %hello.agent_version, "agent connected");
+
+        let (outbox, mut rx) = mpsc::channel::<Message>(OUTBOX_FRAMES);
+        let conn = Arc::new(Self {
+            outbox,
+            waiters: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            tasks: Mutex::default(),
+        });
+        let weak = Arc::downgrade(&conn);
+        let write_task = tokio::spawn(async move {
+            while let Some(message) = rx.recv().await {
+                if writer.send(message).await.is_err() {
+                    break;
+                }
+            }
+            if let Some(conn) = weak.upgrade() {
+                conn.close();
+            }
+        });
+        let weak = Arc::downgrade(&conn);
+        let read_task = tokio::spawn(async move {
+            while let Some(frame) = reader.next().await {
+                let message = match frame {
+                    Ok(message) => message,
+                    // A whole frame this host does not understand: skipped.
+                    Err(CodecError::Decode(
+                        DecodeError::UnknownKind { .. } | DecodeError::BadBody { .. },
+                    )) => continue,
+                    Err(_) => break,
+                };
+                let Some(conn) = weak.upgrade() else { return };
+                let waiter = lock(&conn.waiters).get(&message.id()).cloned();
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(message).await;
+                }
+            }
+            if let Some(conn) = weak.upgrade() {
+                conn.close();
+            }
+        });
+        lock(&conn.tasks).extend([write_task, read_task]);
+        Ok(conn)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Marks the connection dead, wakes every waiting exec and stops its tasks.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        lock(&self.waiters).clear();
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+    }
+
+    /// See [`Agents::exec`].
+    async fn exec(
+        self: &Arc<Self>,
+        request: &ExecRequest,
+        default_timeout: Duration,
+    ) -> Option<Result<ExecOutput>> {
+        let started = Instant::now();
+        let timeout = request.timeout.unwrap_or(default_timeout);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel(PER_EXEC_FRAMES);
+        lock(&self.waiters).insert(id, tx);
+        let mut guard = Waiting {
+            conn: self,
+            id,
+            done: false,
+        };
+        let program = match &request.command {
+            Command::Shell(line) => Program::Shell(line.clone()),
+            Command::Argv(argv) => Program::Argv(argv.clone()),
+        };
+        let message = Message::Exec {
+            id,
+            request: protocol::ExecRequest {
+                program,
+                cwd: request.workdir.clone(),
+                env: request.env.clone(),
+                timeout_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+                // Docker exec's budget is per buffer (combined, stdout, stderr), which one
+                // combined agent limit cannot express: the host caps, as on the Docker path.
+                max_output_bytes: None,
+                stdin: None,
+            },
+        };
+        if self.outbox.send(message).await.is_err() {
+            guard.done = true;
+            return None;
+        }
+        let mut out = Collector::without_marker(request.max_output_bytes);
+        let mut heard = false;
+        let deadline = tokio::time::sleep(timeout.saturating_add(EXIT_GRACE));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                frame = rx.recv() => match frame {
+                    Some(Message::Output { stream, data, .. }) => {
+                        heard = true;
+                        match stream {
+                            Stream::Stdout => out.stdout(&data),
+                            Stream::Stderr => out.stderr(&data),
+                        }
+                    }
+                    Some(Message::Exit { exit, .. }) => {
+                        guard.done = true;
+                        // Docker exec reports the SIGKILL the timeout sends as 128 + 9.
+                        let exit_code = if exit.timed_out {
+                            128 + i64::from(exit.signal.unwrap_or(9))
+                        } else {
+                            i64::from(exit.exit_code)
+                        };
+                        return Some(Ok(out.finish(exit_code, exit.timed_out, started.elapsed())));
+                    }
+                    Some(Message::Error { error, .. }) => {
+                        // Not started (not found, bad cwd...): Docker exec says it its own way.
+                        guard.done = true;
+                        tracing::debug!(code = ?error.code, message = %error.message, "agent refused a command; Docker exec runs it");
+                        return None;
+                    }
+                    Some(_) => {}
+                    None if !heard => {
+                        // The connection ended before the command said anything.
+                        guard.done = true;
+                        return None;
+                    }
+                    None => {
+                        guard.done = true;
+                        return Some(Err(Error::unavailable(
+                            "agent",
+                            "the sandbox's agent went away while the command ran",
+                        )));
+                    }
+                },
+                () = &mut deadline => {
+                    // The agent's own timeout should have ended it long ago.
+                    tracing::warn!("agent did not report a timed-out command's end");
+                    return Some(Ok(out.finish(-1, true, started.elapsed())));
+                }
+            }
+        }
+    }
+}
+
+/// Removes a waiting exec's entry; when the exec is abandoned before its exit (the caller
+/// went away, or gave up), kills its process group.
+struct Waiting<'a> {
+    conn: &'a Arc<Conn>,
+    id: u64,
+    done: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(&self.conn.waiters).remove(&self.id);
+        if !self.done {
+            let _ = self.conn.outbox.try_send(Message::Signal {
+                id: self.id,
+                signal: Signal::Kill,
+            });
+        }
+    }
+}
+
+/// Creates `dir` (0755) if missing and makes sure it is 0755 and not a symlink.
+fn make_dir(dir: &Path) -> Result<()> {
+    let fail = |e: std::io::Error| {
+        Error::internal(format!(
+            "creating the agent directory {}: {e}",
+            dir.display()
+        ))
+    };
+    match std::fs::DirBuilder::new().mode(0o755).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(fail)?;
+    if !meta.is_dir() {
+        return Err(fail(std::io::Error::other("not a directory")));
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(fail)?;
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
