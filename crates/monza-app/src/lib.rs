@@ -120,6 +120,8 @@ impl Application {
             pids_limit: args.pids_limit,
             request_timeout: args.docker_timeout,
             deployment: Some(deployment),
+            agent: args.agent == settings::AgentMode::On,
+            agent_dir: args.agent_dir.clone(),
             ..DockerSettings::default()
         })
         .map_err(|e| anyhow!("DOCKER_HOST {}: {e}", args.docker_host))?;
@@ -128,6 +130,15 @@ impl Application {
             .await
             .map_err(|e| anyhow!("Docker engine at {}: {e}", args.docker_host))?;
         tracing::info!(docker_host = %args.docker_host, "Docker engine answers");
+        if docker.agent_enabled() {
+            match docker.install_agent() {
+                Ok(path) => tracing::info!(path = %path.display(), "sandbox agent ready"),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "sandbox agent unavailable (set MONZA_AGENT_DIR to a writable directory, or MONZA_AGENT=off); commands go through Docker exec"
+                ),
+            }
+        }
 
         let catalog = DirTemplateCatalog::new(&args.devcontainers, args.allow_unsafe_templates);
         if let Ok(names) = monza_domain::TemplateCatalog::list(&catalog).await {

@@ -71,6 +71,13 @@ pub enum AuthMode {
     Disabled,
 }
 
+/// Whether commands go through the sandbox agent (`MONZA_AGENT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AgentMode {
+    On,
+    Off,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TemplatesCommand {
     /// Parse every template in a directory: one line each, exit status 1 if any has an error.
@@ -215,6 +222,17 @@ pub struct ServeArgs {
         default_value = "unix:///var/run/docker.sock"
     )]
     pub docker_host: String,
+
+    /// `on`: commands run through the agent inside each sandbox (a unix socket, about a
+    /// millisecond), falling back to Docker exec whenever it is not there; `off`: Docker exec
+    /// only, and sandboxes get no agent.
+    #[arg(long, env = "MONZA_AGENT", value_enum, default_value_t = AgentMode::On)]
+    pub agent: AgentMode,
+
+    /// Host directory of the agent's binary and of each sandbox's socket directory
+    /// (root-owned; the Docker engine must see the same paths).
+    #[arg(long, env = "MONZA_AGENT_DIR", default_value = monza_docker::DEFAULT_AGENT_DIR)]
+    pub agent_dir: PathBuf,
 
     /// Accept templates that weaken sandbox isolation (privileged, capAdd, mounts...).
     #[arg(long, env = "MONZA_ALLOW_UNSAFE_TEMPLATES", default_value_t = false)]
