@@ -24,13 +24,69 @@ const IMAGE: &str = "monza-test/busybox:latest";
 /// Every container these tests create carries it, so a leftover can be found and swept.
 const TEST_LABEL: &str = "monza.test";
 
+/// A runtime without the agent: every command goes through Docker exec.
 async fn runtime() -> Option<DockerRuntime> {
-    let settings = DockerSettings::from_docker_host_env();
+    let settings = DockerSettings {
+        agent: false,
+        ..DockerSettings::from_docker_host_env()
+    };
     let what = format!("Docker engine at {}", settings.host);
     let runtime = DockerRuntime::new(settings).expect("valid DOCKER_HOST");
     let ping = runtime.ping().await;
     require(&what, ping)?;
     Some(runtime)
+}
+
+/// A runtime with the agent, whose binary and socket directories live in a temporary
+/// directory removed with it (declare it before the sandboxes, so it outlives them).
+struct AgentRuntime {
+    runtime: DockerRuntime,
+    dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for AgentRuntime {
+    type Target = DockerRuntime;
+    fn deref(&self) -> &DockerRuntime {
+        &self.runtime
+    }
+}
+
+async fn agent_runtime() -> Option<AgentRuntime> {
+    let plain = runtime().await?;
+    let dir = tempfile::Builder::new()
+        .prefix("monza-agent-test-")
+        .tempdir()
+        .unwrap();
+    let runtime = DockerRuntime::new(DockerSettings {
+        agent: true,
+        agent_dir: dir.path().to_owned(),
+        ..plain.settings().clone()
+    })
+    .unwrap();
+    runtime.install_agent().expect("installing the agent");
+    Some(AgentRuntime { runtime, dir })
+}
+
+/// Runs an exec test once through Docker exec and once through the agent; `agent` says
+/// which, and the test checks afterwards that the agent path really served its commands.
+async fn on_both_paths<F, Fut>(test: F)
+where
+    F: Fn(DockerRuntime, bool) -> Fut,
+    Fut: Future<Output = Vec<String>>,
+{
+    let Some(plain) = runtime().await else {
+        return;
+    };
+    let containers = test(plain, false).await;
+    assert!(!containers.is_empty());
+    let with_agent = agent_runtime().await.unwrap();
+    let containers = test(with_agent.runtime.clone(), true).await;
+    for id in containers {
+        assert!(
+            with_agent.agent_execs(&id) > 0,
+            "no command of container {id} went through the agent"
+        );
+    }
 }
 
 /// The test image's template; `Template { image, ..template() }` for another image or a build.
@@ -311,107 +367,126 @@ async fn run_options_lower_limits_and_apply_init_hostname_shm_and_extra_caps() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_reports_exit_codes_and_keeps_streams_apart_and_in_order() {
-    let Some(runtime) = runtime().await else {
-        return;
-    };
-    let sandbox = Sandbox::started(&runtime, template()).await;
+    on_both_paths(|runtime, _agent| async move {
+        let sandbox = Sandbox::started(&runtime, template()).await;
 
-    let out = sandbox
-        .sh("echo out1; sleep 0.2; echo err1 >&2; sleep 0.2; echo out2; exit 3")
-        .await;
-    assert_eq!(out.exit_code, 3);
-    assert_eq!(out.stdout, "out1\nout2\n");
-    assert_eq!(out.stderr, "err1\n");
-    assert_eq!(out.output, "out1\nerr1\nout2\n");
-    assert!(!out.truncated && !out.timed_out);
-    assert!(
-        out.duration >= Duration::from_millis(400),
-        "{:?}",
-        out.duration
-    );
+        let out = sandbox
+            .sh("echo out1; sleep 0.2; echo err1 >&2; sleep 0.2; echo out2; exit 3")
+            .await;
+        assert_eq!(out.exit_code, 3);
+        assert_eq!(out.stdout, "out1\nout2\n");
+        assert_eq!(out.stderr, "err1\n");
+        assert_eq!(out.output, "out1\nerr1\nout2\n");
+        assert!(!out.truncated && !out.timed_out);
+        assert!(
+            out.duration >= Duration::from_millis(400),
+            "{:?}",
+            out.duration
+        );
 
-    let argv = ExecRequest {
-        command: Command::Argv(vec!["/bin/echo".into(), "a  b".into(), "$HOME".into()]),
-        workdir: Some("/etc".into()),
-        env: BTreeMap::from([("EXTRA".into(), "x=y".into())]),
-        user: Some("4321".into()),
-        ..shell("")
-    };
-    let out = runtime.exec(&sandbox.id, &argv).await.unwrap();
-    assert_eq!((out.exit_code, out.stdout.as_str()), (0, "a  b $HOME\n"));
-    let probe = ExecRequest {
-        command: Command::Shell("pwd; echo \"$EXTRA\"; id -u".into()),
-        ..argv
-    };
-    let out = runtime.exec(&sandbox.id, &probe).await.unwrap();
-    assert_eq!(out.stdout, "/etc\nx=y\n4321\n", "{out:?}");
+        for user in [Some("4321".to_owned()), None] {
+            let argv = ExecRequest {
+                command: Command::Argv(vec!["/bin/echo".into(), "a  b".into(), "$HOME".into()]),
+                workdir: Some("/etc".into()),
+                env: BTreeMap::from([("EXTRA".into(), "x=y".into())]),
+                user: user.clone(),
+                ..shell("")
+            };
+            let out = runtime.exec(&sandbox.id, &argv).await.unwrap();
+            assert_eq!((out.exit_code, out.stdout.as_str()), (0, "a  b $HOME\n"));
+            let probe = ExecRequest {
+                command: Command::Shell("pwd; echo \"$EXTRA\"; id -u".into()),
+                ..argv
+            };
+            let out = runtime.exec(&sandbox.id, &probe).await.unwrap();
+            let uid = user.as_deref().unwrap_or("0");
+            assert_eq!(out.stdout, format!("/etc\nx=y\n{uid}\n"), "{out:?}");
+        }
 
-    let missing = runtime
-        .exec(&sandbox.id, &shell("no-such-command"))
-        .await
-        .unwrap();
-    assert_eq!(missing.exit_code, 127);
-    assert!(missing.stderr.contains("not found"), "{missing:?}");
+        let missing = runtime
+            .exec(&sandbox.id, &shell("no-such-command"))
+            .await
+            .unwrap();
+        assert_eq!(missing.exit_code, 127);
+        assert!(missing.stderr.contains("not found"), "{missing:?}");
+        let missing_argv = ExecRequest {
+            command: Command::Argv(vec!["no-such-program".into()]),
+            ..shell("")
+        };
+        let missing = runtime.exec(&sandbox.id, &missing_argv).await.unwrap();
+        assert_eq!(missing.exit_code, 127, "{missing:?}");
 
-    let lossy = sandbox.sh("printf 'a\\377b'").await;
-    assert_eq!(lossy.stdout, "a\u{fffd}b");
+        let lossy = sandbox.sh("printf 'a\\377b'").await;
+        assert_eq!(lossy.stdout, "a\u{fffd}b");
+        vec![sandbox.id.clone()]
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_output_is_capped_with_bounded_memory() {
-    let Some(runtime) = runtime().await else {
-        return;
-    };
-    let sandbox = Sandbox::started(&runtime, template()).await;
-    let before = peak_rss();
-    let request = ExecRequest {
-        max_output_bytes: 1000,
-        ..shell("yes | head -c 50000000; echo done >&2")
-    };
-    let out = runtime.exec(&sandbox.id, &request).await.unwrap();
-    let growth = peak_rss().saturating_sub(before);
-    assert_eq!(out.exit_code, 0);
-    assert!(out.truncated);
-    assert_eq!(out.stdout.len(), 1000);
-    assert_eq!(out.output.len(), 1000);
-    assert_eq!(out.stderr, "done\n", "stderr keeps its own budget");
-    assert!(
-        growth < 16 * 1024 * 1024,
-        "peak RSS grew by {growth} bytes for 50 MB of output"
-    );
+    on_both_paths(|runtime, agent| async move {
+        let sandbox = Sandbox::started(&runtime, template()).await;
+        // Warm the path first, so the agent's connection is not counted as growth.
+        sandbox.sh("true").await;
+        let before = peak_rss();
+        let request = ExecRequest {
+            max_output_bytes: 1000,
+            ..shell("yes | head -c 50000000; echo done >&2")
+        };
+        let out = runtime.exec(&sandbox.id, &request).await.unwrap();
+        let growth = peak_rss().saturating_sub(before);
+        assert_eq!(out.exit_code, 0);
+        assert!(out.truncated);
+        assert_eq!(out.stdout.len(), 1000);
+        assert_eq!(out.output.len(), 1000);
+        assert_eq!(
+            out.stderr, "done\n",
+            "stderr keeps its own budget (agent: {agent})"
+        );
+        assert!(
+            growth < 16 * 1024 * 1024,
+            "peak RSS grew by {growth} bytes for 50 MB of output (agent: {agent})"
+        );
+        vec![sandbox.id.clone()]
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_timeout_kills_the_command_and_its_children() {
-    let Some(runtime) = runtime().await else {
-        return;
-    };
-    let sandbox = Sandbox::started(&runtime, template()).await;
-    let request = ExecRequest {
-        timeout: Some(Duration::from_secs(1)),
-        ..shell("echo started; sleep 30 & sleep 31; echo never")
-    };
-    let started = Instant::now();
-    let out = runtime.exec(&sandbox.id, &request).await.unwrap();
-    let took = started.elapsed();
-    assert!(out.timed_out, "{out:?}");
-    assert!(took < Duration::from_secs(6), "took {took:?}");
-    assert_eq!(out.stdout, "started\n");
-    assert_ne!(out.exit_code, 0);
-    let ps = sandbox
-        .sh("ps -o pid,args | grep 'sleep 3[01]' || true")
-        .await;
-    assert_eq!(ps.stdout, "", "processes left behind: {ps:?}");
+    on_both_paths(|runtime, agent| async move {
+        let sandbox = Sandbox::started(&runtime, template()).await;
+        let request = ExecRequest {
+            timeout: Some(Duration::from_secs(1)),
+            ..shell("echo started; sleep 30 & sleep 31; echo never")
+        };
+        let started = Instant::now();
+        let out = runtime.exec(&sandbox.id, &request).await.unwrap();
+        let took = started.elapsed();
+        assert!(out.timed_out, "{out:?}");
+        assert!(took < Duration::from_secs(6), "took {took:?}");
+        assert_eq!(out.stdout, "started\n");
+        // The same code on both paths: the SIGKILL the timeout sends, as 128 + 9.
+        assert_eq!(out.exit_code, 137, "agent: {agent}: {out:?}");
+        let ps = sandbox
+            .sh("ps -o pid,args | grep 'sleep 3[01]' || true")
+            .await;
+        assert_eq!(ps.stdout, "", "processes left behind: {ps:?}");
 
-    let argv = ExecRequest {
-        command: Command::Argv(vec!["sleep".into(), "30".into()]),
-        ..request
-    };
-    let out = runtime.exec(&sandbox.id, &argv).await.unwrap();
-    assert!(
-        out.timed_out && out.duration < Duration::from_secs(6),
-        "{out:?}"
-    );
+        let argv = ExecRequest {
+            command: Command::Argv(vec!["sleep".into(), "30".into()]),
+            ..request
+        };
+        let out = runtime.exec(&sandbox.id, &argv).await.unwrap();
+        assert!(
+            out.timed_out && out.duration < Duration::from_secs(6),
+            "{out:?}"
+        );
+        assert_eq!(out.exit_code, 137, "agent: {agent}: {out:?}");
+        vec![sandbox.id.clone()]
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -801,4 +876,203 @@ async fn a_build_whose_registry_does_not_answer_is_unavailable_and_a_failing_ste
         }
         other => panic!("expected invalid input, got {other:?}"),
     }
+}
+
+/// As root through Docker exec (a user other than the agent's, so never the agent).
+fn as_root(line: &str) -> ExecRequest {
+    ExecRequest {
+        user: Some("0".into()),
+        ..shell(line)
+    }
+}
+
+/// Kills the sandbox's agent process(es) with SIGKILL, through Docker exec.
+const KILL_AGENT: &str = r#"for p in /proc/[0-9]*; do
+  [ "$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)" = "/.monza-agent " ] && kill -9 "${p#/proc/}" && echo killed
+done; true"#;
+
+/// Polls `f` every 100 ms until it holds, for at most `within`.
+async fn eventually(within: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_agent_is_replaced_by_docker_exec_then_restarted_and_removal_cleans_up() {
+    let Some(runtime) = agent_runtime().await else {
+        return;
+    };
+    let spec = spec(template());
+    let dir = runtime.dir.path().join(spec.sandbox_id.to_string());
+    let sandbox = Sandbox::create(&runtime, &spec).await;
+    runtime.start(&sandbox.id).await.unwrap();
+    assert!(dir.join("agent.sock").exists());
+
+    assert_eq!(sandbox.sh("echo one").await.stdout, "one\n");
+    assert_eq!(
+        runtime.agent_execs(&sandbox.id),
+        1,
+        "the first exec waits for the agent"
+    );
+
+    let killed = runtime
+        .exec(&sandbox.id, &as_root(KILL_AGENT))
+        .await
+        .unwrap();
+    assert_eq!(killed.stdout, "killed\n", "{killed:?}");
+    assert!(
+        eventually(Duration::from_secs(2), async || !runtime
+            .agent_connected(&sandbox.id))
+        .await,
+        "the host did not see the agent die"
+    );
+    // Answered through Docker exec, at once.
+    let out = sandbox.sh("echo two").await;
+    assert_eq!((out.exit_code, out.stdout.as_str()), (0, "two\n"));
+    assert_eq!(runtime.agent_execs(&sandbox.id), 1);
+
+    // Later commands start it again, and it serves them.
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            sandbox.sh("true").await;
+            runtime.agent_execs(&sandbox.id) > 1
+        })
+        .await,
+        "the agent did not come back"
+    );
+    let out = sandbox.sh("echo three").await;
+    assert_eq!(out.stdout, "three\n");
+
+    runtime.remove(&sandbox.id).await.unwrap();
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert!(!runtime.agent_connected(&sandbox.id));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_socket_directory_is_read_only_inside_and_the_host_only_accepts() {
+    let Some(runtime) = agent_runtime().await else {
+        return;
+    };
+    let spec = spec(template());
+    let dir = runtime.dir.path().join(spec.sandbox_id.to_string());
+    let sandbox = Sandbox::create(&runtime, &spec).await;
+    runtime.start(&sandbox.id).await.unwrap();
+    sandbox.sh("true").await;
+    assert!(runtime.agent_connected(&sandbox.id));
+
+    // Even root in the sandbox cannot plant anything there.
+    let plant = runtime
+        .exec(
+            &sandbox.id,
+            &as_root(
+                "ln -s /var/run/docker.sock /.monza/agent.sock.new; \
+                 touch /.monza/x; rm /.monza/agent.sock; mv /.monza/agent.sock /.monza/y; \
+                 ls -A /.monza",
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(plant.stdout, "agent.sock\n", "{plant:?}");
+    assert_eq!(
+        plant.stderr.matches("Read-only file system").count(),
+        4,
+        "{plant:?}"
+    );
+    let meta = std::fs::metadata(&dir).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+    assert_eq!(meta.uid(), nix_uid(), "owned by monza's user");
+
+    // Plant symlinks on the host side (where only monza's user could): one beside the
+    // socket, to a listener of ours. The host never connects anywhere, so however the
+    // agent comes and goes, nothing reaches the trap.
+    let trap_dir = tempfile::tempdir().unwrap();
+    let trap = std::os::unix::net::UnixListener::bind(trap_dir.path().join("trap.sock")).unwrap();
+    trap.set_nonblocking(true).unwrap();
+    std::os::unix::fs::symlink(
+        trap_dir.path().join("trap.sock"),
+        dir.join("agent.sock.new"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(trap_dir.path().join("trap.sock"), dir.join("agent")).unwrap();
+    runtime
+        .exec(&sandbox.id, &as_root(KILL_AGENT))
+        .await
+        .unwrap();
+    let served = runtime.agent_execs(&sandbox.id);
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            sandbox.sh("true").await;
+            runtime.agent_execs(&sandbox.id) > served
+        })
+        .await,
+        "the agent did not come back"
+    );
+    assert!(
+        matches!(trap.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "something connected to the planted symlink's target"
+    );
+}
+
+/// This process's uid, from `/proc/self/status` (the workspace forbids `unsafe`).
+fn nix_uid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Not an assertion: the median of 200 sequential `true` execs, through the agent and
+/// through Docker exec, on the same sandbox. `cargo nextest run -p monza-docker
+/// --run-ignored only exec_latency -- --nocapture` (or `cargo test -p monza-docker --test
+/// docker -- --ignored --nocapture exec_latency`).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement, run by hand"]
+async fn exec_latency_agent_vs_docker_exec() {
+    let Some(runtime) = agent_runtime().await else {
+        return;
+    };
+    let sandbox = Sandbox::started(&runtime, template()).await;
+    let argv = ExecRequest {
+        command: Command::Argv(vec!["true".into()]),
+        ..shell("")
+    };
+    let docker = ExecRequest {
+        // Another user than the agent's: Docker exec.
+        user: Some("0".into()),
+        ..argv.clone()
+    };
+    for request in [&argv, &docker] {
+        for _ in 0..10 {
+            runtime.exec(&sandbox.id, request).await.unwrap();
+        }
+    }
+    let before = runtime.agent_execs(&sandbox.id);
+    let mut report = Vec::new();
+    for (name, request) in [("agent", &argv), ("docker exec", &docker)] {
+        let mut took = Vec::with_capacity(200);
+        for _ in 0..200 {
+            let started = Instant::now();
+            let out = runtime.exec(&sandbox.id, request).await.unwrap();
+            took.push(started.elapsed());
+            assert_eq!(out.exit_code, 0);
+        }
+        took.sort();
+        report.push(format!(
+            "{name}: median {:.2} ms, p90 {:.2} ms, max {:.2} ms",
+            took[100].as_secs_f64() * 1e3,
+            took[180].as_secs_f64() * 1e3,
+            took[199].as_secs_f64() * 1e3
+        ));
+    }
+    assert_eq!(runtime.agent_execs(&sandbox.id) - before, 200);
+    println!(
+        "exec `true`, 200 sequential calls each:\n{}",
+        report.join("\n")
+    );
 }
