@@ -78,6 +78,8 @@ pub(crate) struct Agents {
     request_timeout: Duration,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     binary: Mutex<Option<PathBuf>>,
+    /// Containers whose agent adoption was tried (once each).
+    adopted: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Agents {
@@ -117,6 +119,7 @@ impl Agents {
             request_timeout,
             slots: Mutex::default(),
             binary: Mutex::default(),
+            adopted: Mutex::default(),
         }
     }
 
@@ -135,19 +138,21 @@ impl Agents {
         installed
     }
 
-    /// The host path of the agent binary, written once (root-owned, 0555) under
-    /// `<dir>/bin/`, named by its hash; an existing file is used only when its content hashes
-    /// the same.
+    /// The host path of the agent binary, `<dir>/bin/monza-agent` (root-owned, 0555),
+    /// written once per runtime: an existing file is kept only when its content hashes the
+    /// same as the embedded binary, else replaced atomically (a rename; running containers
+    /// keep the file they started with). The name does not change with the content, so a
+    /// stopped container's bind mount still finds it after an upgrade.
     pub(crate) fn binary(&self) -> Result<PathBuf> {
         let mut cached = lock(&self.binary);
         if let Some(path) = &*cached {
             return Ok(path.clone());
         }
-        let digest = hex(&Sha256::digest(AGENT_BINARY));
+        let digest = agent_digest();
         let bin_dir = self.dir.join("bin");
         make_dir(&self.dir)?;
         make_dir(&bin_dir)?;
-        let path = bin_dir.join(format!("monza-agent-{}", &digest[..16]));
+        let path = bin_dir.join("monza-agent");
         let fail = |e: std::io::Error| {
             Error::internal(format!("installing the agent at {}: {e}", path.display()))
         };
@@ -242,6 +247,21 @@ impl Agents {
         lock(&self.slots).insert(container_id.to_owned(), slot);
     }
 
+    /// The sandbox's socket directory.
+    pub(crate) fn sandbox_dir(&self, sandbox_id: &str) -> PathBuf {
+        self.dir.join(sandbox_id)
+    }
+
+    /// Creates `dir` (0755) if missing: a container's bind mount needs its source to start.
+    pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
+        make_dir(dir)
+    }
+
+    /// Records that adoption of the container was tried; false when it already was.
+    pub(crate) fn first_adoption(&self, container_id: &str) -> bool {
+        lock(&self.adopted).insert(container_id.to_owned())
+    }
+
     pub(crate) fn get(&self, container_id: &str) -> Option<Arc<Slot>> {
         lock(&self.slots).get(container_id).cloned()
     }
@@ -251,7 +271,7 @@ impl Agents {
     pub(crate) fn forget(&self, container_id: &str) {
         let slot = lock(&self.slots).remove(container_id);
         if let Some(slot) = slot {
-            slot.close();
+            slot.close(true);
         }
     }
 
@@ -416,12 +436,18 @@ impl Slot {
         installed
     }
 
-    fn close(&self) {
+    /// Stops listening and drops the connection; with `remove_dir`, also removes the
+    /// directory (the container is gone). Without, the directory stays for the container's
+    /// bind mount: a later monza adopts it (see `DockerRuntime::adopt_agent`).
+    pub(crate) fn close(&self, remove_dir: bool) {
         if let Some(task) = lock(&self.accept).take() {
             task.abort();
         }
         if let Some(conn) = self.conn.send_replace(None) {
             conn.close();
+        }
+        if !remove_dir {
+            return;
         }
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => {}
@@ -435,7 +461,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.close();
+        self.close(false);
     }
 }
 
@@ -690,6 +716,11 @@ fn make_dir(dir: &Path) -> Result<()> {
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(fail)?;
     Ok(())
+}
+
+/// The embedded agent's SHA-256, hex.
+fn agent_digest() -> String {
+    hex(&Sha256::digest(AGENT_BINARY))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -43,6 +43,9 @@ pub const LABEL_MANAGED: &str = "monza.managed";
 pub const LABEL_TEMPLATE: &str = "monza.template";
 /// The label naming the tenant.
 pub const LABEL_TENANT: &str = "monza.tenant";
+/// Label: the user the sandbox's agent runs as (the template's `remoteUser`), so a later
+/// monza can adopt the agent of a container it did not create.
+pub const LABEL_AGENT_USER: &str = "monza.agent_user";
 /// Label: the deployment (store) the container belongs to, when the runtime has one.
 pub const LABEL_DEPLOYMENT: &str = "monza.deployment";
 
@@ -76,6 +79,12 @@ pub(crate) fn create_body(
     labels.insert(LABEL_TENANT.into(), spec.tenant.as_str().into());
     if let Some(deployment) = &settings.deployment {
         labels.insert(LABEL_DEPLOYMENT.into(), deployment.clone());
+    }
+    labels.remove(LABEL_AGENT_USER);
+    if agent.is_some()
+        && let Some(user) = &template.remote_user
+    {
+        labels.insert(LABEL_AGENT_USER.into(), user.clone());
     }
 
     let mut env: Vec<String> = template

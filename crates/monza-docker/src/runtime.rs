@@ -15,7 +15,8 @@ use monza_domain::{
 
 use crate::agent::Agents;
 use crate::container::{
-    LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_SANDBOX_ID, container_name, create_body,
+    LABEL_AGENT_USER, LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_SANDBOX_ID, container_name,
+    create_body,
 };
 use crate::engine::{Address, RawClient, query_value};
 use crate::error::{Failure, bounded};
@@ -102,6 +103,42 @@ impl DockerRuntime {
         &self.settings
     }
 
+    /// Takes over the agent of a container created by an earlier monza (or runtime): when
+    /// it has the agent's mounts, makes sure their sources exist (its start needs them) and,
+    /// with the agent on, listens on its socket directory again. An agent still running in
+    /// it reconnects by itself; a dead one is restarted by the next exec. Best effort: a
+    /// failure leaves the container to Docker exec.
+    async fn adopt_agent(&self, container_id: &str) {
+        let container = self.docker.containers().get(container_id);
+        let Ok(inspect) = bounded(self.settings.request_timeout, container.inspect()).await else {
+            return;
+        };
+        let labels = inspect.config.and_then(|c| c.labels).unwrap_or_default();
+        let Some(sandbox_id) = labels.get(LABEL_SANDBOX_ID).cloned() else {
+            return;
+        };
+        let dir = self.agents.sandbox_dir(&sandbox_id);
+        let mounted = inspect.mounts.unwrap_or_default().into_iter().any(|m| {
+            m.destination.as_deref() == Some(crate::agent::SOCKET_DIR)
+                && m.source.as_deref().map(std::path::Path::new) == Some(dir.as_path())
+        });
+        if !mounted {
+            return;
+        }
+        let adopted = if self.agents.enabled() {
+            let user = labels.get(LABEL_AGENT_USER).cloned();
+            self.agents
+                .prepare(&sandbox_id, user)
+                .map(|prepared| self.agents.register(container_id, prepared.slot))
+        } else {
+            self.agents.binary().and_then(|_| Agents::ensure_dir(&dir))
+        };
+        match adopted {
+            Ok(()) => tracing::info!(container_id, %sandbox_id, "agent directory adopted"),
+            Err(e) => tracing::warn!(container_id, error = %e, "adopting the agent failed"),
+        }
+    }
+
     fn fail<'a>(&'a self, what: impl std::fmt::Display + 'a) -> impl FnOnce(Failure) -> Error + 'a {
         move |f| f.into_domain(&self.settings.host, what)
     }
@@ -184,9 +221,15 @@ impl ContainerRuntime for DockerRuntime {
             serde_json::from_slice::<Created>(&bytes)
                 .map_err(|e| Failure::Other(format!("unexpected answer: {e}")))
         };
-        let created = bounded(self.settings.request_timeout, created)
-            .await
-            .map_err(self.fail(&what))?;
+        let created = match bounded(self.settings.request_timeout, created).await {
+            Ok(created) => created,
+            Err(f) => {
+                if let Some(agent) = &agent {
+                    agent.slot.close(true);
+                }
+                return Err(f.into_domain(&self.settings.host, &what));
+            }
+        };
         tracing::info!(container_id = %created.id, %image, "container created");
         if let Some(agent) = agent {
             self.agents.register(&created.id, agent.slot);
@@ -199,6 +242,9 @@ impl ContainerRuntime for DockerRuntime {
 
     #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
     async fn start(&self, container_id: &str) -> Result<Vec<PublishedPort>> {
+        if self.agents.get(container_id).is_none() {
+            self.adopt_agent(container_id).await;
+        }
         let container = self.docker.containers().get(container_id);
         match bounded(self.settings.request_timeout, container.start()).await {
             // 304: already started.
@@ -245,6 +291,16 @@ impl ContainerRuntime for DockerRuntime {
 
     #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
     async fn exec(&self, container_id: &str, request: &ExecRequest) -> Result<ExecOutput> {
+        if self.agents.enabled()
+            && self.agents.get(container_id).is_none()
+            && self.agents.first_adoption(container_id)
+        {
+            // A container this runtime did not create (monza restarted): adopt its agent
+            // in the background; this command goes through Docker exec.
+            let runtime = self.clone();
+            let id = container_id.to_owned();
+            tokio::spawn(async move { runtime.adopt_agent(&id).await });
+        }
         if self.agents.enabled()
             && let Some(output) = self
                 .agents

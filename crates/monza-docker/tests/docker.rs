@@ -1076,3 +1076,68 @@ async fn exec_latency_agent_vs_docker_exec() {
         report.join("\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_runtime_adopts_the_agents_of_containers_it_did_not_create() {
+    let Some(first) = agent_runtime().await else {
+        return;
+    };
+    let AgentRuntime {
+        runtime: first,
+        dir,
+    } = first;
+    let settings = first.settings().clone();
+    let spec = spec(template());
+    let sandbox_dir = dir.path().join(spec.sandbox_id.to_string());
+    let mut sandbox = Sandbox::create(&first, &spec).await;
+    first.start(&sandbox.id).await.unwrap();
+    assert_eq!(sandbox.sh("echo one").await.stdout, "one\n");
+    assert_eq!(first.agent_execs(&sandbox.id), 1);
+
+    // monza restarts: the first runtime (its listeners and connections) goes away, the
+    // directory and the agent in the container stay.
+    let second = DockerRuntime::new(settings.clone()).unwrap();
+    sandbox.runtime = second.clone();
+    drop(first);
+    assert!(sandbox_dir.join("agent.sock").exists());
+    let out = sandbox.sh("echo two").await;
+    assert_eq!(
+        out.stdout, "two\n",
+        "answered through Docker exec meanwhile"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            sandbox.sh("true").await;
+            second.agent_execs(&sandbox.id) > 0
+        })
+        .await,
+        "the running agent did not reconnect to the adopted directory"
+    );
+
+    // The host reboots: the container is stopped and /run is empty. A new runtime's start
+    // makes the mount sources again, so the container starts, and so does its agent.
+    let id = sandbox.id.clone();
+    on_fresh_runtime(move |docker| async move {
+        docker
+            .containers()
+            .get(id)
+            .stop(&Default::default())
+            .await
+            .unwrap();
+    });
+    drop(second);
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    let third = DockerRuntime::new(settings).unwrap();
+    sandbox.runtime = third.clone();
+    third.start(&sandbox.id).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            sandbox.sh("true").await;
+            third.agent_execs(&sandbox.id) > 0
+        })
+        .await,
+        "the agent did not start with the container"
+    );
+    third.remove(&sandbox.id).await.unwrap();
+    assert!(!sandbox_dir.exists());
+}
