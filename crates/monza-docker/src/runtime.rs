@@ -56,8 +56,13 @@ impl DockerRuntime {
             sockets.push(path.clone());
         }
         let raw = RawClient::new(&address);
+        // The agent's mounts are host paths: only a local engine (a unix socket) sees them.
+        let local = matches!(address, Address::Unix(_));
+        if settings.agent && !local {
+            tracing::info!(host = %settings.host, "a remote Docker engine: commands go through Docker exec, no agent");
+        }
         let agents = Arc::new(Agents::new(
-            settings.agent,
+            settings.agent && local,
             settings.agent_dir.clone(),
             raw.clone(),
             settings.request_timeout,

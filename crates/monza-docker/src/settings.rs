@@ -45,7 +45,8 @@ pub struct DockerSettings {
     pub deployment: Option<String>,
     /// Run commands through the agent inside each sandbox (default true), falling back to
     /// Docker exec whenever it is not there. `false` (`MONZA_AGENT=off`): Docker exec only,
-    /// and containers get neither the agent's mounts nor its socket.
+    /// and containers get neither the agent's mounts nor its socket. Ignored (off) for an
+    /// engine reached over TCP, which would not see the host paths the mounts name.
     pub agent: bool,
     /// Host directory the agent lives in (default `/run/monza/agent`, created root-owned
     /// 0755): `bin/` holds the agent binary, one directory per sandbox holds the socket monza
