@@ -97,6 +97,9 @@ async fn every_route(store: Store) {
     assert_eq!(out["truncated"], true);
     assert_eq!(out["output"].as_str().unwrap().len(), 1000);
     app.assert_output(&id, "pwd", "/workspace\n").await;
+    // The sandbox's agent listens in a directory of its own while it lives.
+    let agent_dir = app.args.agent_dir.join(&id);
+    assert!(agent_dir.join("agent.sock").exists(), "{agent_dir:?}");
 
     // Heartbeat moves expires_at forward.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -177,6 +180,7 @@ async fn every_route(store: Store) {
     // Delete: container gone, idempotent, then activity is a conflict.
     assert_eq!(app.delete(&id).await, StatusCode::NO_CONTENT);
     assert!(!app.container_exists(&container_id).await);
+    assert!(!agent_dir.exists(), "{agent_dir:?} outlived its sandbox");
     assert_eq!(app.delete(&id).await, StatusCode::NO_CONTENT);
     // Gone from its own address (and its events), still listed with ?status=deleted.
     let (status, body) = app.get_json(&format!("/api/sandboxes/{id}")).await;

@@ -370,6 +370,7 @@ impl TestApp {
         args.devcontainers = monza_devcontainer::test_templates_dir().to_path_buf();
         args.default_template = "busybox".into();
         args.data_dir = dir.path().to_path_buf();
+        args.agent_dir = dir.path().join("agent");
         args.reaper_interval = Duration::from_secs(1);
         args.shutdown_timeout = Duration::from_secs(5);
         args.bootstrap_token = Some(Secret::from(ADMIN_TOKEN.to_owned()));

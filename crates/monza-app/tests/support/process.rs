@@ -20,6 +20,8 @@ pub fn monza() -> Command {
     for var in [
         "DATABASE_URL",
         "DEVCONTAINERS_PATH",
+        "MONZA_AGENT",
+        "MONZA_AGENT_DIR",
         "MONZA_ALLOW_UNSAFE_TEMPLATES",
         "MONZA_AUTH",
         "MONZA_BOOTSTRAP_TOKEN",
@@ -84,6 +86,7 @@ impl ServeChild {
         let mut cmd = monza();
         cmd.args(["serve", "--addr", "127.0.0.1:0"])
             .env("MONZA_DATA_DIR", dir)
+            .env("MONZA_AGENT_DIR", dir.join("agent"))
             .env(
                 "DEVCONTAINERS_PATH",
                 monza_devcontainer::test_templates_dir(),
@@ -200,6 +203,10 @@ impl ChildServer {
             .env("RUST_LOG", "info")
             .env("SERVER_ADDR", format!("127.0.0.1:{port}"))
             .env("DATABASE_URL", database_url)
+            .env(
+                "MONZA_AGENT_DIR",
+                log.parent().unwrap_or(Path::new("/tmp")).join("agent"),
+            )
             .env(
                 "DEVCONTAINERS_PATH",
                 monza_devcontainer::test_templates_dir(),
