@@ -101,8 +101,39 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 pub(crate) struct Prepared {
     pub(crate) slot: Arc<Slot>,
+    pub(crate) container: AgentMounts,
+}
+
+/// The agent's part of a container's create body.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentMounts {
+    /// Read-only binds: the socket directory and the binary.
     pub(crate) mounts: Vec<serde_json::Value>,
+    /// `MONZA_AGENT_SOCKET=...`.
     pub(crate) env: String,
+}
+
+impl AgentMounts {
+    /// The mounts for socket directory `dir` and agent binary `binary`.
+    pub(crate) fn new(dir: &Path, binary: &Path) -> Self {
+        Self {
+            mounts: vec![
+                json!({
+                    "Type": "bind",
+                    "Source": dir.to_string_lossy(),
+                    "Target": SOCKET_DIR,
+                    "ReadOnly": true,
+                }),
+                json!({
+                    "Type": "bind",
+                    "Source": binary.to_string_lossy(),
+                    "Target": BINARY_PATH,
+                    "ReadOnly": true,
+                }),
+            ],
+            env: format!("{SOCKET_ENV}={SOCKET_DIR}/{SOCKET_NAME}"),
+        }
+    }
 }
 
 impl Agents {
@@ -223,21 +254,7 @@ impl Agents {
         *lock(&slot.accept) = Some(task);
         Ok(Prepared {
             slot,
-            mounts: vec![
-                json!({
-                    "Type": "bind",
-                    "Source": dir.to_string_lossy(),
-                    "Target": SOCKET_DIR,
-                    "ReadOnly": true,
-                }),
-                json!({
-                    "Type": "bind",
-                    "Source": binary.to_string_lossy(),
-                    "Target": BINARY_PATH,
-                    "ReadOnly": true,
-                }),
-            ],
-            env: format!("{SOCKET_ENV}={SOCKET_DIR}/{SOCKET_NAME}"),
+            container: AgentMounts::new(&dir, &binary),
         })
     }
 

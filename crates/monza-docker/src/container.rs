@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 use monza_domain::{ContainerSpec, Error, Mount, Result};
 use serde_json::{Map, Value, json};
 
-use crate::agent::Prepared;
+use crate::agent::AgentMounts;
 use crate::settings::DockerSettings;
 
 /// Capabilities a sandbox keeps; every other one is dropped (`CapDrop: ["ALL"]`).
@@ -61,13 +61,13 @@ pub(crate) fn container_name(spec: &ContainerSpec) -> String {
 }
 
 /// The create body for `spec` running `image`. `sockets` are the engine socket paths no
-/// mount may expose.
+/// mount may expose; `agent`, the agent's mounts and environment when it is on.
 pub(crate) fn create_body(
     spec: &ContainerSpec,
     image: &str,
     settings: &DockerSettings,
     sockets: &[PathBuf],
-    agent: Option<&Prepared>,
+    agent: Option<&AgentMounts>,
 ) -> Result<Value> {
     let template = &spec.template;
     let run = &template.run_options;
@@ -369,6 +369,43 @@ mod tests {
             json!("/srv/data")
         );
         assert_eq!(body["HostConfig"]["Mounts"][1]["ReadOnly"], json!(true));
+    }
+
+    #[test]
+    fn the_agent_gets_read_only_mounts_its_socket_and_a_label_no_template_can_forge() {
+        let mut s = spec();
+        s.template.remote_user = Some("dev".into());
+        s.template.run_options.labels =
+            BTreeMap::from([(LABEL_AGENT_USER.to_owned(), "root".to_owned())]);
+        let agent = AgentMounts::new(Path::new("/run/monza/agent/x"), Path::new("/bin/agent"));
+        let body = create_body(
+            &s,
+            "img",
+            &DockerSettings::default(),
+            &sockets(),
+            Some(&agent),
+        )
+        .unwrap();
+        assert_eq!(body["Labels"][LABEL_AGENT_USER], json!("dev"));
+        assert_eq!(
+            body["HostConfig"]["Mounts"],
+            json!([
+                {"Type": "bind", "Source": "/run/monza/agent/x", "Target": "/.monza", "ReadOnly": true},
+                {"Type": "bind", "Source": "/bin/agent", "Target": "/.monza-agent", "ReadOnly": true},
+            ])
+        );
+        assert!(
+            body["Env"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("MONZA_AGENT_SOCKET=/.monza/agent.sock"))
+        );
+
+        // Without the agent: no mounts, no socket, and still no forged label.
+        let body = create_body(&s, "img", &DockerSettings::default(), &sockets(), None).unwrap();
+        assert!(body["Labels"].get(LABEL_AGENT_USER).is_none());
+        assert_eq!(body["HostConfig"]["Mounts"], json!([]));
+        assert!(!body["Env"].to_string().contains("MONZA_AGENT"));
     }
 
     #[test]

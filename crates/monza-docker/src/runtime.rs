@@ -201,7 +201,13 @@ impl ContainerRuntime for DockerRuntime {
         } else {
             None
         };
-        let body = create_body(spec, &image, &self.settings, &self.sockets, agent.as_ref())?;
+        let body = create_body(
+            spec,
+            &image,
+            &self.settings,
+            &self.sockets,
+            agent.as_ref().map(|a| &a.container),
+        )?;
         let name = container_name(spec);
         let endpoint = format!("/containers/create?name={}", query_value(&name));
         let what = format!("creating container {name} from {image}");

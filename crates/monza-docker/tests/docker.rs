@@ -367,7 +367,7 @@ async fn run_options_lower_limits_and_apply_init_hostname_shm_and_extra_caps() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_reports_exit_codes_and_keeps_streams_apart_and_in_order() {
-    on_both_paths(|runtime, _agent| async move {
+    on_both_paths(|runtime, agent| async move {
         let sandbox = Sandbox::started(&runtime, template()).await;
 
         let out = sandbox
@@ -418,6 +418,19 @@ async fn exec_reports_exit_codes_and_keeps_streams_apart_and_in_order() {
 
         let lossy = sandbox.sh("printf 'a\\377b'").await;
         assert_eq!(lossy.stdout, "a\u{fffd}b");
+
+        // MONZA_AGENT=off: nothing of the agent's in the sandbox.
+        let mounts = sandbox
+            .sh("ls -d /.monza /.monza-agent 2>/dev/null; echo ${MONZA_AGENT_SOCKET:-unset}")
+            .await;
+        let expected = if agent {
+            // The agent hides its own variable from the commands it runs (a command that
+            // falls back to Docker exec sees it).
+            "/.monza\n/.monza-agent\nunset\n"
+        } else {
+            "unset\n"
+        };
+        assert_eq!(mounts.stdout, expected, "agent: {agent}");
         vec![sandbox.id.clone()]
     })
     .await;
@@ -913,13 +926,15 @@ async fn a_killed_agent_is_replaced_by_docker_exec_then_restarted_and_removal_cl
     let sandbox = Sandbox::create(&runtime, &spec).await;
     runtime.start(&sandbox.id).await.unwrap();
     assert!(dir.join("agent.sock").exists());
+    assert!(
+        eventually(Duration::from_secs(10), async || runtime
+            .agent_connected(&sandbox.id))
+        .await,
+        "the agent did not connect"
+    );
 
     assert_eq!(sandbox.sh("echo one").await.stdout, "one\n");
-    assert_eq!(
-        runtime.agent_execs(&sandbox.id),
-        1,
-        "the first exec waits for the agent"
-    );
+    assert_eq!(runtime.agent_execs(&sandbox.id), 1);
 
     let killed = runtime
         .exec(&sandbox.id, &as_root(KILL_AGENT))
@@ -963,8 +978,12 @@ async fn the_socket_directory_is_read_only_inside_and_the_host_only_accepts() {
     let dir = runtime.dir.path().join(spec.sandbox_id.to_string());
     let sandbox = Sandbox::create(&runtime, &spec).await;
     runtime.start(&sandbox.id).await.unwrap();
-    sandbox.sh("true").await;
-    assert!(runtime.agent_connected(&sandbox.id));
+    assert!(
+        eventually(Duration::from_secs(10), async || runtime
+            .agent_connected(&sandbox.id))
+        .await,
+        "the agent did not connect"
+    );
 
     // Even root in the sandbox cannot plant anything there.
     let plant = runtime
