@@ -365,6 +365,17 @@ impl Slot {
         }
     }
 
+    /// Whether this runtime started (or adopted) the agent at some point.
+    pub(crate) fn ever_started(&self) -> bool {
+        lock(&self.last_start).is_some()
+    }
+
+    /// Counts as a start now: for [`CONNECT_WAIT`] execs wait for a connection, and for
+    /// [`RESTART_EVERY`] none starts the agent.
+    pub(crate) fn mark_started(&self) {
+        *lock(&self.last_start) = Some(Instant::now());
+    }
+
     /// Starts the agent with a detached Docker exec, as the sandbox's user.
     pub(crate) async fn start_agent(&self) -> Result<()> {
         let Some(container_id) = lock(&self.container_id).clone() else {

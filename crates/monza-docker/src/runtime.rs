@@ -132,9 +132,12 @@ impl DockerRuntime {
         }
         let adopted = if self.agents.enabled() {
             let user = labels.get(LABEL_AGENT_USER).cloned();
-            self.agents
-                .prepare(&sandbox_id, user)
-                .map(|prepared| self.agents.register(container_id, prepared.slot))
+            self.agents.prepare(&sandbox_id, user).map(|prepared| {
+                // A running agent reconnects within its backoff (at most 2 s): give it
+                // that long before an exec starts another.
+                prepared.slot.mark_started();
+                self.agents.register(container_id, prepared.slot);
+            })
         } else {
             self.agents.binary().and_then(|_| Agents::ensure_dir(&dir))
         };
@@ -257,22 +260,29 @@ impl ContainerRuntime for DockerRuntime {
             self.adopt_agent(container_id).await;
         }
         let container = self.docker.containers().get(container_id);
-        match bounded(self.settings.request_timeout, container.start()).await {
+        let already_running = match bounded(self.settings.request_timeout, container.start()).await
+        {
+            Ok(()) => false,
             // 304: already started.
-            Ok(()) | Err(Failure::Status { code: 304, .. }) => {}
+            Err(Failure::Status { code: 304, .. }) => true,
             Err(f) => {
                 return Err(f.into_domain(
                     &self.settings.host,
                     format_args!("starting container {container_id}"),
                 ));
             }
-        }
+        };
         if let Some(slot) = self.agents.get(container_id)
             && !slot.connected()
-            && let Err(e) = slot.start_agent().await
         {
-            // Commands go through Docker exec until an exec starts it again.
-            tracing::warn!(container_id, error = %e, "starting the agent failed");
+            if already_running && !slot.ever_started() {
+                // Adopted while running: its agent, if alive, reconnects by itself; one
+                // started now would only be refused. An exec restarts a dead one.
+                slot.mark_started();
+            } else if let Err(e) = slot.start_agent().await {
+                // Commands go through Docker exec until an exec starts it again.
+                tracing::warn!(container_id, error = %e, "starting the agent failed");
+            }
         }
         self.published_ports(container_id).await
     }

@@ -904,6 +904,11 @@ const KILL_AGENT: &str = r#"for p in /proc/[0-9]*; do
   [ "$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)" = "/.monza-agent " ] && kill -9 "${p#/proc/}" && echo killed
 done; true"#;
 
+/// Counts the sandbox's agent processes, through Docker exec.
+const COUNT_AGENTS: &str = r#"n=0; for p in /proc/[0-9]*; do
+  [ "$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)" = "/.monza-agent " ] && n=$((n+1))
+done; echo $n"#;
+
 /// Polls `f` every 100 ms until it holds, for at most `within`.
 async fn eventually(within: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
     let until = Instant::now() + within;
@@ -963,6 +968,11 @@ async fn a_killed_agent_is_replaced_by_docker_exec_then_restarted_and_removal_cl
     );
     let out = sandbox.sh("echo three").await;
     assert_eq!(out.stdout, "three\n");
+    let agents = runtime
+        .exec(&sandbox.id, &as_root(COUNT_AGENTS))
+        .await
+        .unwrap();
+    assert_eq!(agents.stdout, "1\n", "one agent, restarted once");
 
     runtime.remove(&sandbox.id).await.unwrap();
     assert!(!dir.exists(), "{} left behind", dir.display());
@@ -1132,6 +1142,11 @@ async fn a_new_runtime_adopts_the_agents_of_containers_it_did_not_create() {
         .await,
         "the running agent did not reconnect to the adopted directory"
     );
+    let agents = second
+        .exec(&sandbox.id, &as_root(COUNT_AGENTS))
+        .await
+        .unwrap();
+    assert_eq!(agents.stdout, "1\n", "the adopted agent was not doubled");
 
     // The host reboots: the container is stopped and /run is empty. A new runtime's start
     // makes the mount sources again, so the container starts, and so does its agent.
