@@ -1175,3 +1175,31 @@ async fn a_new_runtime_adopts_the_agents_of_containers_it_did_not_create() {
     third.remove(&sandbox.id).await.unwrap();
     assert!(!sandbox_dir.exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_execs_through_one_agent_each_get_their_own_output() {
+    let Some(runtime) = agent_runtime().await else {
+        return;
+    };
+    let sandbox = Sandbox::started(&runtime, template()).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || runtime
+            .agent_connected(&sandbox.id))
+        .await,
+        "the agent did not connect"
+    );
+    let runs = (0..20).map(|i| {
+        let runtime = runtime.runtime.clone();
+        let id = sandbox.id.clone();
+        async move {
+            let line = format!("echo out{i}; sleep 0.2; echo err{i} >&2; exit {i}");
+            (i, runtime.exec(&id, &shell(&line)).await.unwrap())
+        }
+    });
+    for (i, out) in futures::future::join_all(runs).await {
+        assert_eq!(out.exit_code, i);
+        assert_eq!(out.stdout, format!("out{i}\n"));
+        assert_eq!(out.stderr, format!("err{i}\n"));
+    }
+    assert_eq!(runtime.agent_execs(&sandbox.id), 20);
+}
