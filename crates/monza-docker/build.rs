@@ -49,7 +49,6 @@ fn main() {
             "build",
             "--quiet",
             "--locked",
-            "--offline",
             "--release",
             "--package",
             "monza-agent",
