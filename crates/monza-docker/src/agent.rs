@@ -652,14 +652,12 @@ impl Conn {
             return None;
         }
         let mut out = Collector::without_marker(request.max_output_bytes);
-        let mut heard = false;
         let deadline = tokio::time::sleep(timeout.saturating_add(EXIT_GRACE));
         tokio::pin!(deadline);
         loop {
             tokio::select! {
                 frame = rx.recv() => match frame {
                     Some(Message::Output { stream, data, .. }) => {
-                        heard = true;
                         match stream {
                             Stream::Stdout => out.stdout(&data),
                             Stream::Stderr => out.stderr(&data),
@@ -682,16 +680,15 @@ impl Conn {
                         return None;
                     }
                     Some(_) => {}
-                    None if !heard => {
-                        // The connection ended before the command said anything.
-                        guard.done = true;
-                        return None;
-                    }
                     None => {
+                        // The connection ended after the command was handed over: it may have
+                        // run, partly or whole. Running it again through Docker exec could run
+                        // it twice, so it fails instead (at most once); the next exec finds
+                        // the agent dead and goes through Docker exec.
                         guard.done = true;
                         return Some(Err(Error::unavailable(
                             "agent",
-                            "the sandbox's agent went away while the command ran",
+                            "the sandbox's agent went away before the command ended; it may have run",
                         )));
                     }
                 },

@@ -1203,3 +1203,41 @@ async fn concurrent_execs_through_one_agent_each_get_their_own_output() {
     }
     assert_eq!(runtime.agent_execs(&sandbox.id), 20);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_dying_mid_command_fails_it_rather_than_running_it_twice() {
+    let Some(runtime) = agent_runtime().await else {
+        return;
+    };
+    let sandbox = Sandbox::started(&runtime, template()).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || runtime
+            .agent_connected(&sandbox.id))
+        .await,
+        "the agent did not connect"
+    );
+    let running = {
+        let runtime = runtime.runtime.clone();
+        let id = sandbox.id.clone();
+        tokio::spawn(async move {
+            runtime
+                .exec(&id, &shell("echo ran >> /tmp/runs; sleep 3"))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    runtime
+        .exec(&sandbox.id, &as_root(KILL_AGENT))
+        .await
+        .unwrap();
+    let result = running.await.unwrap();
+    assert!(
+        matches!(result, Err(Error::Unavailable { .. })),
+        "{result:?}"
+    );
+    let runs = runtime
+        .exec(&sandbox.id, &as_root("cat /tmp/runs"))
+        .await
+        .unwrap();
+    assert_eq!(runs.stdout, "ran\n", "the command ran once");
+}
