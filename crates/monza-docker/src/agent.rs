@@ -309,7 +309,7 @@ impl Agents {
             return None;
         };
         let output = conn.exec(request, default_timeout).await;
-        if output.is_none() && conn.is_closed() {
+        if conn.is_closed() {
             slot.restart_in_background();
         }
         if output.as_ref().is_some_and(Result::is_ok) {

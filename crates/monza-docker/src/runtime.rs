@@ -119,7 +119,12 @@ impl DockerRuntime {
             return;
         };
         let labels = inspect.config.and_then(|c| c.labels).unwrap_or_default();
-        let Some(sandbox_id) = labels.get(LABEL_SANDBOX_ID).cloned() else {
+        // A path component: only a well-formed sandbox id.
+        let Some(sandbox_id) = labels
+            .get(LABEL_SANDBOX_ID)
+            .and_then(|id| id.parse::<monza_domain::SandboxId>().ok())
+            .map(|id| id.to_string())
+        else {
             return;
         };
         let dir = self.agents.sandbox_dir(&sandbox_id);
