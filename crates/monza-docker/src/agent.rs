@@ -219,6 +219,7 @@ impl Agents {
     /// `user` is who the agent will run as: the user execs without their own run as.
     pub(crate) fn prepare(&self, sandbox_id: &str, user: Option<String>) -> Result<Prepared> {
         let binary = self.binary()?;
+        let owner = self.own(sandbox_id)?;
         let dir = self.dir.join(sandbox_id);
         make_dir(&dir)?;
         let socket = dir.join(SOCKET_NAME);
@@ -249,6 +250,7 @@ impl Agents {
             raw: self.raw.clone(),
             request_timeout: self.request_timeout,
             accept: Mutex::new(None),
+            owner: Mutex::new(Some(owner)),
         });
         let task = tokio::spawn(accept_loop(listener, Arc::downgrade(&slot)));
         *lock(&slot.accept) = Some(task);
@@ -256,6 +258,34 @@ impl Agents {
             slot,
             container: AgentMounts::new(&dir, &binary),
         })
+    }
+
+    /// Takes the sandbox's ownership lock, `<dir>/owners/<sandbox id>.lock` (a directory no
+    /// sandbox sees): an exclusive `flock` held while the slot lives, so two runtimes on one
+    /// agent directory (replicas, or a runtime and its successor in one process) never both
+    /// listen for one sandbox. Conflict when another live runtime holds it.
+    fn own(&self, sandbox_id: &str) -> Result<(PathBuf, std::fs::File)> {
+        let owners = self.dir.join("owners");
+        let path = owners.join(format!("{sandbox_id}.lock"));
+        let fail = |e: std::io::Error| Error::internal(format!("locking {}: {e}", path.display()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&owners) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(fail(e)),
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(fail)?;
+        match file.try_lock() {
+            Ok(()) => Ok((path, file)),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::conflict(format!(
+                "the agent of sandbox {sandbox_id} belongs to another live monza"
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(fail(e)),
+        }
     }
 
     /// Files a prepared slot under its container's id.
@@ -331,6 +361,8 @@ pub(crate) struct Slot {
     raw: RawClient,
     request_timeout: Duration,
     accept: Mutex<Option<JoinHandle<()>>>,
+    /// `<agent_dir>/owners/<sandbox id>.lock`, locked while this slot lives.
+    owner: Mutex<Option<(PathBuf, std::fs::File)>>,
 }
 
 impl std::fmt::Debug for Slot {
@@ -474,8 +506,13 @@ impl Slot {
         if let Some(conn) = self.conn.send_replace(None) {
             conn.close();
         }
+        let owner = lock(&self.owner).take();
         if !remove_dir {
+            // Dropping the file releases the lock: a successor may adopt the sandbox.
             return;
+        }
+        if let Some((path, _file)) = owner {
+            let _ = std::fs::remove_file(path);
         }
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => {}

@@ -148,6 +148,9 @@ impl DockerRuntime {
         };
         match adopted {
             Ok(()) => tracing::info!(container_id, %sandbox_id, "agent directory adopted"),
+            Err(Error::Conflict(message)) => {
+                tracing::debug!(container_id, %message, "agent not adopted")
+            }
             Err(e) => tracing::warn!(container_id, error = %e, "adopting the agent failed"),
         }
     }

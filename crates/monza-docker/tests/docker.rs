@@ -1241,3 +1241,40 @@ async fn an_agent_dying_mid_command_fails_it_rather_than_running_it_twice() {
         .unwrap();
     assert_eq!(runs.stdout, "ran\n", "the command ran once");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_live_runtime_on_the_same_agent_directory_leaves_the_agent_to_the_first() {
+    let Some(first) = agent_runtime().await else {
+        return;
+    };
+    let sandbox = Sandbox::started(&first, template()).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || first
+            .agent_connected(&sandbox.id))
+        .await,
+        "the agent did not connect"
+    );
+    // A replica on the same host and directory: its commands go through Docker exec, and
+    // its adoption (tried at its first exec) leaves the first one's socket alone.
+    let second = DockerRuntime::new(first.settings().clone()).unwrap();
+    for _ in 0..3 {
+        let out = second.exec(&sandbox.id, &shell("echo hi")).await.unwrap();
+        assert_eq!(out.stdout, "hi\n");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(second.agent_execs(&sandbox.id), 0);
+    assert!(!second.agent_connected(&sandbox.id));
+    let served = first.agent_execs(&sandbox.id);
+    sandbox.sh("true").await;
+    assert_eq!(first.agent_execs(&sandbox.id), served + 1);
+    // Its agent survives a reconnect to the first runtime's socket, still there.
+    first.exec(&sandbox.id, &as_root(KILL_AGENT)).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            sandbox.sh("true").await;
+            first.agent_execs(&sandbox.id) > served + 1
+        })
+        .await,
+        "the first runtime lost its agent"
+    );
+}
