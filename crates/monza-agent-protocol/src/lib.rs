@@ -68,8 +68,8 @@ mod kind {
 
 /// The agent's first frame on every connection (id 0). Its layout (a JSON body in a frame of
 /// kind 0x01) never changes between versions, so a host can always read it and say why it
-/// refuses an agent of another version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// refuses an agent of another version; fields are only ever added, optional.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     pub protocol: u8,
     /// The agent's pid in the sandbox's pid namespace.
@@ -78,6 +78,24 @@ pub struct Hello {
     pub gid: u32,
     /// The agent's crate version.
     pub agent_version: String,
+    /// The secret the host gave this start of the agent (`MONZA_AGENT_TOKEN` in the
+    /// environment of the Docker exec that started it). The host serves only a connection
+    /// whose hello carries the token of the agent's latest start. Never printed by `Debug`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("protocol", &self.protocol)
+            .field("pid", &self.pid)
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("agent_version", &self.agent_version)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// The host's answer to [`Hello`] (id 0): the agent serves requests only after it.

@@ -14,6 +14,15 @@ fn samples() -> Vec<Message> {
             uid: 1000,
             gid: 1000,
             agent_version: "0.1.0".into(),
+            token: None,
+        }),
+        Message::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            pid: 8,
+            uid: 0,
+            gid: 0,
+            agent_version: "0.2.0".into(),
+            token: Some("00ff".repeat(16)),
         }),
         Message::Welcome(Welcome {
             protocol: PROTOCOL_VERSION,
@@ -311,4 +320,19 @@ fn the_exec_json_is_readable_by_other_implementations() {
         serde_json::json!({"program": {"shell": "ls"}, "timeout_ms": 10, "stdin": true})
     );
     assert_eq!(&frame[18 + json_len..], b"in");
+}
+
+#[test]
+fn a_hello_without_a_token_still_decodes_and_debug_never_shows_the_token() {
+    // An older agent's hello (no token field) keeps decoding: the layout only grows.
+    let body = br#"{"protocol":1,"pid":7,"uid":0,"gid":0,"agent_version":"0.1.0"}"#;
+    let hello: Hello = serde_json::from_slice(body).unwrap();
+    assert_eq!(hello.token, None);
+    let with = Hello {
+        token: Some("s3cret-token".into()),
+        ..hello
+    };
+    let shown = format!("{with:?}");
+    assert!(!shown.contains("s3cret-token"), "{shown}");
+    assert!(shown.contains("<redacted>"), "{shown}");
 }

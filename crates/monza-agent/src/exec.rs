@@ -16,8 +16,8 @@ use monza_agent_protocol::{
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::process::{Pid, PidfdFlags, kill_process, kill_process_group, pidfd_open};
 
-use crate::SOCKET_ENV;
 use crate::outbox::{Outbox, PushError};
+use crate::{SOCKET_ENV, TOKEN_ENV};
 
 /// How long output is still read after the command's main process exited while something it
 /// started (a `cmd &`) keeps the pipes open. The exit is reported then; the rest is not
@@ -405,6 +405,7 @@ pub(crate) fn spawn(
     };
     command
         .env_remove(SOCKET_ENV)
+        .env_remove(TOKEN_ENV)
         .envs(env)
         .stdin(if piped_stdin {
             Stdio::piped()

@@ -27,6 +27,13 @@ use crate::processes::{Attaches, Processes};
 
 /// The environment variable naming the socket; removed from the commands' environment.
 pub const SOCKET_ENV: &str = "MONZA_AGENT_SOCKET";
+/// The environment variable holding this start's secret, sent in the hello; removed from the
+/// commands' environment (never passed to anything the agent runs).
+pub const TOKEN_ENV: &str = "MONZA_AGENT_TOKEN";
+
+/// The exit status when the host refused this agent (a stale token, another protocol): a
+/// newer start has replaced it, so retrying would only pile up agents.
+const EXIT_REFUSED: i32 = 3;
 const DEFAULT_SOCKET: &str = "/.monza/agent.sock";
 
 /// Bytes of encoded frames that may wait for the socket, across all commands.
@@ -59,6 +66,8 @@ fn main() {
         }
     }
     let socket = socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    // Read once; the commands never see it (`exec::spawn` removes it from their environment).
+    let token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty());
 
     // Background processes belong to the agent, not to a connection: they outlive it.
     let processes = Arc::new(Processes::default());
@@ -68,9 +77,13 @@ fn main() {
         match UnixStream::connect(&socket) {
             Ok(stream) => {
                 last_error.clear();
-                match serve(stream, &processes, &mut backoff) {
+                match serve(stream, token.as_deref(), &processes, &mut backoff) {
                     Ok(()) => eprintln!("monza-agent: the host closed the connection"),
-                    Err(e) => eprintln!("monza-agent: connection ended: {e}"),
+                    Err(Ended::Refused(why)) => {
+                        eprintln!("monza-agent: the host refused this agent: {why}; exiting");
+                        std::process::exit(EXIT_REFUSED);
+                    }
+                    Err(Ended::Broken(e)) => eprintln!("monza-agent: connection ended: {e}"),
                 }
             }
             Err(e) => {
@@ -95,14 +108,29 @@ fn usage(problem: &str) -> ! {
     std::process::exit(2)
 }
 
+/// How a connection ended, when not cleanly.
+enum Ended {
+    /// The host answered the hello with an error: this agent will never be served.
+    Refused(String),
+    /// Anything else: worth reconnecting.
+    Broken(String),
+}
+
+impl From<String> for Ended {
+    fn from(e: String) -> Self {
+        Self::Broken(e)
+    }
+}
+
 /// Says hello, waits for the welcome, then serves requests until the connection ends.
 /// `Ok` when the host closed it cleanly. A welcome resets the reconnection `backoff`; a host
-/// that refuses the agent (or is not one) leaves it growing.
+/// that closes without one leaves it growing; one that answers with an error refuses it.
 fn serve(
     stream: UnixStream,
+    token: Option<&str>,
     processes: &Arc<Processes>,
     backoff: &mut Duration,
-) -> Result<(), String> {
+) -> Result<(), Ended> {
     let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     write_message(
@@ -116,6 +144,7 @@ fn serve(
             uid: rustix::process::getuid().as_raw(),
             gid: rustix::process::getgid().as_raw(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
+            token: token.map(str::to_owned),
         }),
     )
     .map_err(|e| format!("sending the hello: {e}"))?;
@@ -125,15 +154,22 @@ fn serve(
         .map_err(|e| e.to_string())?;
     match read_message(&mut reader) {
         Ok(Some(Message::Welcome(welcome))) if welcome.protocol == PROTOCOL_VERSION => {}
+        Ok(Some(Message::Error { id: 0, error })) => {
+            return Err(Ended::Refused(error.message));
+        }
         Ok(Some(Message::Welcome(welcome))) => {
-            return Err(format!(
+            return Err(Ended::Refused(format!(
                 "the host speaks protocol {}, this agent {PROTOCOL_VERSION}",
                 welcome.protocol
-            ));
+            )));
         }
-        Ok(Some(other)) => return Err(format!("expected a welcome, got {other:?}")),
-        Ok(None) => return Err("the host closed the connection before its welcome".into()),
-        Err(e) => return Err(format!("waiting for the welcome: {e}")),
+        Ok(Some(other)) => return Err(format!("expected a welcome, got {other:?}").into()),
+        Ok(None) => {
+            return Err("the host closed the connection before its welcome"
+                .to_owned()
+                .into());
+        }
+        Err(e) => return Err(format!("waiting for the welcome: {e}").into()),
     }
     *backoff = BACKOFF_FIRST;
     reader
@@ -179,7 +215,7 @@ fn serve(
                 exec::refuse(id, ErrorCode::BadRequest, e.to_string(), &outbox);
                 continue;
             }
-            Err(e) => break Err(e.to_string()),
+            Err(e) => break Err(Ended::Broken(e.to_string())),
         };
         match message {
             Message::Exec { id, request } => {

@@ -1,13 +1,17 @@
 //! The agent inside each sandbox (crate `monza-agent`), seen from the host: its binary, the
 //! socket monza listens on for it, starting it, and running commands through it.
 //!
-//! Per sandbox, monza creates `<agent_dir>/<sandbox id>/` (root-owned, 0755), binds a
+//! Per sandbox, monza creates `<agent_dir>/<sandbox id>/` (monza's user, 0711), binds a
 //! listening unix socket `agent.sock` in it (0666) and keeps the listener; the container
 //! gets that directory read-only at [`SOCKET_DIR`] and the binary read-only at
 //! [`BINARY_PATH`]. After the container starts, a detached Docker exec starts the agent as
 //! the sandbox's user; it connects out to the socket. monza only ever `accept()`s on the
 //! listener it holds: nothing under the directory is opened, connected to or followed after
 //! the listener is bound.
+//!
+//! Each start of the agent gets a fresh random token in the starting exec's `Env`
+//! (`MONZA_AGENT_TOKEN`); a connection is served only when its hello carries the latest
+//! start's token, so a peer that merely reaches the socket is refused.
 //!
 //! One connection per sandbox is in use at a time: a later one is accepted only when the
 //! current one has ended (a restarted agent replaces a dead one); others are closed. Answers
@@ -55,6 +59,11 @@ pub(crate) const BINARY_PATH: &str = "/.monza-agent";
 const SOCKET_NAME: &str = "agent.sock";
 /// The environment variable telling the agent where to connect.
 pub(crate) const SOCKET_ENV: &str = "MONZA_AGENT_SOCKET";
+/// The environment variable carrying a start's secret token to the agent: only in the
+/// detached Docker exec's `Env` that starts it, never in the container's config or labels.
+const TOKEN_ENV: &str = "MONZA_AGENT_TOKEN";
+/// Handshakes in progress at once per sandbox; connections beyond are closed at once.
+const HANDSHAKES: usize = 4;
 
 /// How long after it was started an agent may take to connect; an exec waits for it that
 /// long at most, then goes through Docker exec.
@@ -251,6 +260,7 @@ impl Agents {
             request_timeout: self.request_timeout,
             accept: Mutex::new(None),
             owner: Mutex::new(Some(owner)),
+            token: Mutex::new(None),
         });
         let task = tokio::spawn(accept_loop(listener, Arc::downgrade(&slot)));
         *lock(&slot.accept) = Some(task);
@@ -299,7 +309,7 @@ impl Agents {
         self.dir.join(sandbox_id)
     }
 
-    /// Creates `dir` (0755) if missing: a container's bind mount needs its source to start.
+    /// Creates `dir` (0711) if missing: a container's bind mount needs its source to start.
     pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
         make_dir(dir)
     }
@@ -356,6 +366,8 @@ pub(crate) struct Slot {
     container_id: Mutex<Option<String>>,
     conn: watch::Sender<Option<Arc<Conn>>>,
     last_start: Mutex<Option<Instant>>,
+    /// The token of the agent's latest start; `None` until it is started: no one is served.
+    token: Mutex<Option<String>>,
     /// Commands the agent ran to their end.
     pub(crate) served: AtomicU64,
     raw: RawClient,
@@ -397,15 +409,9 @@ impl Slot {
         }
     }
 
-    /// Whether this runtime started (or adopted) the agent at some point.
-    pub(crate) fn ever_started(&self) -> bool {
-        lock(&self.last_start).is_some()
-    }
-
-    /// Counts as a start now: for [`CONNECT_WAIT`] execs wait for a connection, and for
-    /// [`RESTART_EVERY`] none starts the agent.
-    pub(crate) fn mark_started(&self) {
-        *lock(&self.last_start) = Some(Instant::now());
+    /// Whether the agent was started less than [`CONNECT_WAIT`] ago (it may still connect).
+    pub(crate) fn recently_started(&self) -> bool {
+        lock(&self.last_start).is_some_and(|t| t.elapsed() < CONNECT_WAIT)
     }
 
     /// Starts the agent with a detached Docker exec, as the sandbox's user.
@@ -415,12 +421,19 @@ impl Slot {
         };
         *lock(&self.last_start) = Some(Instant::now());
         let what = format!("starting the agent in container {container_id}");
+        // A fresh secret per start: from now on only the agent started here is served (an
+        // earlier start's agent, and anyone else who can reach the socket, is refused).
+        let token = new_token()?;
+        *lock(&self.token) = Some(token.clone());
         let mut body = json!({
             "Cmd": [BINARY_PATH],
             "AttachStdin": false,
             "AttachStdout": false,
             "AttachStderr": false,
-            "Env": [format!("{SOCKET_ENV}={SOCKET_DIR}/{SOCKET_NAME}")],
+            "Env": [
+                format!("{SOCKET_ENV}={SOCKET_DIR}/{SOCKET_NAME}"),
+                format!("{TOKEN_ENV}={token}"),
+            ],
         });
         if let (Some(user), Some(obj)) = (&self.user, body.as_object_mut()) {
             obj.insert("User".into(), json!(user));
@@ -531,7 +544,10 @@ impl Drop for Slot {
 }
 
 /// Accepts agent connections on the listener (and only there) for as long as the slot lives.
+/// Handshakes run side by side (at most [`HANDSHAKES`]), so a peer that connects and says
+/// nothing delays no one.
 async fn accept_loop(listener: UnixListener, slot: Weak<Slot>) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -549,15 +565,53 @@ async fn accept_loop(listener: UnixListener, slot: Weak<Slot>) {
             drop(stream);
             continue;
         }
-        match Conn::handshake(stream).await {
-            Ok(conn) => {
-                if !slot.install(conn.clone()) {
-                    conn.close();
+        let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let weak = Arc::downgrade(&slot);
+        drop(slot);
+        tokio::spawn(async move {
+            let _permit = permit;
+            match Conn::handshake(stream, &weak).await {
+                Ok(conn) => {
+                    // Not into a slot closed meanwhile (its accept task is gone).
+                    let installed = weak.upgrade().is_some_and(|slot| {
+                        lock(&slot.accept).is_some() && slot.install(conn.clone())
+                    });
+                    if !installed {
+                        conn.close();
+                    }
                 }
+                Err(e) => tracing::info!(error = %e, "agent handshake failed"),
             }
-            Err(e) => tracing::info!(error = %e, "agent handshake failed"),
-        }
+        });
     }
+}
+
+/// A fresh start token: 32 random bytes, hex.
+fn new_token() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Error::internal(format!("no randomness for the agent's token: {e}")))?;
+    Ok(hex(&bytes))
+}
+
+/// Whether the hello's token is the slot's current one, compared in constant time (the
+/// length is not secret: every token is 64 hex digits).
+fn token_matches(expected: Option<&str>, given: Option<&str>) -> bool {
+    let (Some(expected), Some(given)) = (expected, given) else {
+        return false;
+    };
+    let (expected, given) = (expected.as_bytes(), given.as_bytes());
+    if expected.len() != given.len() {
+        return false;
+    }
+    expected
+        .iter()
+        .zip(given)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
 }
 
 /// One accepted agent connection: a writer task, a reader task, the execs waiting.
@@ -570,7 +624,13 @@ struct Conn {
 }
 
 impl Conn {
-    async fn handshake(stream: UnixStream) -> std::result::Result<Arc<Self>, String> {
+    /// Reads the hello and answers it: a welcome only for the slot's current token and
+    /// protocol; anything else gets an error frame (id 0), which tells a genuine but stale
+    /// agent to exit, and is closed.
+    async fn handshake(
+        stream: UnixStream,
+        slot: &Weak<Slot>,
+    ) -> std::result::Result<Arc<Self>, String> {
         let (read, write) = stream.into_split();
         let mut reader = FramedRead::new(read, AgentCodec);
         let mut writer = FramedWrite::new(write, AgentCodec);
@@ -579,12 +639,37 @@ impl Conn {
             .map_err(|_| "no hello in time".to_owned())?;
         let hello = match hello {
             Some(Ok(Message::Hello(hello))) => hello,
-            Some(Ok(other)) => return Err(format!("expected a hello, got {other:?}")),
+            Some(Ok(other)) => {
+                return Err(format!(
+                    "expected a hello, got a frame of id {}",
+                    other.id()
+                ));
+            }
             Some(Err(e)) => return Err(e.to_string()),
             None => return Err("closed before its hello".into()),
         };
-        if hello.protocol != PROTOCOL_VERSION {
-            return Err(format!("agent speaks protocol {}", hello.protocol));
+        let refusal = if hello.protocol != PROTOCOL_VERSION {
+            Some(format!("agent speaks protocol {}", hello.protocol))
+        } else {
+            let expected = slot.upgrade().and_then(|slot| lock(&slot.token).clone());
+            (!token_matches(expected.as_deref(), hello.token.as_deref()))
+                .then(|| "the hello does not carry the current start's token".to_owned())
+        };
+        if let Some(why) = refusal {
+            let _ = writer
+                .send(Message::Error {
+                    id: 0,
+                    error: protocol::ErrorReply {
+                        code: protocol::ErrorCode::BadRequest,
+                        message: why.clone(),
+                        errno: None,
+                    },
+                })
+                .await;
+            return Err(format!(
+                "refused a peer (pid {}, uid {}): {why}",
+                hello.pid, hello.uid
+            ));
         }
         writer
             .send(Message::Welcome(Welcome {
@@ -759,7 +844,7 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// Creates `dir` (0755) if missing and makes sure it is 0755 and not a symlink.
+/// Creates `dir` (0711) if missing and makes sure it is 0711 and not a symlink.
 fn make_dir(dir: &Path) -> Result<()> {
     let fail = |e: std::io::Error| {
         Error::internal(format!(
@@ -767,7 +852,7 @@ fn make_dir(dir: &Path) -> Result<()> {
             dir.display()
         ))
     };
-    match std::fs::DirBuilder::new().mode(0o755).create(dir) {
+    match std::fs::DirBuilder::new().mode(0o711).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
         Err(e) => return Err(fail(e)),
@@ -776,7 +861,7 @@ fn make_dir(dir: &Path) -> Result<()> {
     if !meta.is_dir() {
         return Err(fail(std::io::Error::other("not a directory")));
     }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(fail)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(fail)?;
     Ok(())
 }
 
@@ -787,4 +872,28 @@ fn agent_digest() -> String {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_current_token_matches() {
+        let token = new_token().unwrap();
+        assert_eq!(token.len(), 64);
+        assert_ne!(token, new_token().unwrap(), "fresh per start");
+        assert!(token_matches(Some(&token), Some(&token)));
+        assert!(!token_matches(Some(&token), None));
+        assert!(!token_matches(None, Some(&token)));
+        assert!(!token_matches(None, None));
+        assert!(!token_matches(Some(&token), Some("")));
+        assert!(!token_matches(Some(&token), Some(&token[..63])));
+        let mut other = token.clone().into_bytes();
+        other[63] = if other[63] == b'0' { b'1' } else { b'0' };
+        assert!(!token_matches(
+            Some(&token),
+            Some(std::str::from_utf8(&other).unwrap())
+        ));
+    }
 }

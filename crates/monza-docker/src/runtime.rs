@@ -118,6 +118,11 @@ impl DockerRuntime {
         let Ok(inspect) = bounded(self.settings.request_timeout, container.inspect()).await else {
             return;
         };
+        let running = inspect
+            .state
+            .as_ref()
+            .and_then(|state| state.running)
+            .unwrap_or(false);
         let labels = inspect.config.and_then(|c| c.labels).unwrap_or_default();
         // A path component: only a well-formed sandbox id.
         let Some(sandbox_id) = labels
@@ -138,13 +143,25 @@ impl DockerRuntime {
         let adopted = if self.agents.enabled() {
             let user = labels.get(LABEL_AGENT_USER).cloned();
             self.agents.prepare(&sandbox_id, user).map(|prepared| {
-                // A running agent reconnects within its backoff (at most 2 s): give it
-                // that long before an exec starts another.
-                prepared.slot.mark_started();
-                self.agents.register(container_id, prepared.slot);
+                self.agents.register(container_id, prepared.slot.clone());
+                Some(prepared.slot)
             })
         } else {
-            self.agents.binary().and_then(|_| Agents::ensure_dir(&dir))
+            self.agents
+                .binary()
+                .and_then(|_| Agents::ensure_dir(&dir))
+                .map(|()| None)
+        };
+        let adopted = match adopted {
+            Ok(Some(slot)) if running => {
+                // An agent still running in it holds an earlier runtime's token, which this
+                // one never knew: it is refused (and exits); a fresh start replaces it.
+                if let Err(e) = slot.start_agent().await {
+                    tracing::warn!(container_id, error = %e, "starting the adopted agent failed");
+                }
+                Ok(())
+            }
+            other => other.map(|_| ()),
         };
         match adopted {
             Ok(()) => tracing::info!(container_id, %sandbox_id, "agent directory adopted"),
@@ -282,15 +299,12 @@ impl ContainerRuntime for DockerRuntime {
         };
         if let Some(slot) = self.agents.get(container_id)
             && !slot.connected()
+            // Adopted while running: adoption has just started it.
+            && !(already_running && slot.recently_started())
+            && let Err(e) = slot.start_agent().await
         {
-            if already_running && !slot.ever_started() {
-                // Adopted while running: its agent, if alive, reconnects by itself; one
-                // started now would only be refused. An exec restarts a dead one.
-                slot.mark_started();
-            } else if let Err(e) = slot.start_agent().await {
-                // Commands go through Docker exec until an exec starts it again.
-                tracing::warn!(container_id, error = %e, "starting the agent failed");
-            }
+            // Commands go through Docker exec until an exec starts it again.
+            tracing::warn!(container_id, error = %e, "starting the agent failed");
         }
         self.published_ports(container_id).await
     }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use monza_agent_protocol::{Hello, Message, PROTOCOL_VERSION, read_message, write_message};
 use monza_docker::{DockerRuntime, DockerSettings, SANDBOX_CAPABILITIES};
 use monza_domain::testing::fixtures::{self, random_bytes};
 use monza_domain::testing::require;
@@ -1015,7 +1016,7 @@ async fn the_socket_directory_is_read_only_inside_and_the_host_only_accepts() {
     );
     let meta = std::fs::metadata(&dir).unwrap();
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o711);
     assert_eq!(meta.uid(), nix_uid(), "owned by monza's user");
 
     // Plant symlinks on the host side (where only monza's user could): one beside the
@@ -1277,4 +1278,119 @@ async fn a_second_live_runtime_on_the_same_agent_directory_leaves_the_agent_to_t
         .await,
         "the first runtime lost its agent"
     );
+}
+
+/// Connects to the sandbox's socket from the host and says hello with `token`; answers what
+/// the host sent back first (`None`: it closed the connection without a word).
+fn impostor_hello(socket: &std::path::Path, token: Option<String>) -> Option<Message> {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write_message(
+        &mut stream,
+        &Message::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            pid: 1,
+            uid: 0,
+            gid: 0,
+            agent_version: "impostor".into(),
+            token,
+        }),
+    )
+    .unwrap();
+    read_message(&mut std::io::BufReader::new(stream)).unwrap_or(None)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_without_the_start_token_is_refused_and_never_sees_an_exec() {
+    let Some(runtime) = agent_runtime().await else {
+        return;
+    };
+    let spec = spec(template());
+    let socket = runtime
+        .dir
+        .path()
+        .join(spec.sandbox_id.to_string())
+        .join("agent.sock");
+    let sandbox = Sandbox::create(&runtime, &spec).await;
+    runtime.start(&sandbox.id).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || runtime
+            .agent_connected(&sandbox.id))
+        .await,
+        "the agent did not connect"
+    );
+    // The token is in neither the container's config nor any command's environment.
+    let inspect = sandbox.inspect_container();
+    let config = serde_json::to_string(&inspect.config).unwrap();
+    assert!(!config.contains("MONZA_AGENT_TOKEN"), "{config}");
+    let env = sandbox.sh("env; tr '\\0' '\\n' < /proc/1/environ").await;
+    assert!(!env.stdout.contains("MONZA_AGENT_TOKEN"), "{env:?}");
+    assert!(runtime.agent_execs(&sandbox.id) >= 1);
+
+    runtime
+        .exec(&sandbox.id, &as_root(KILL_AGENT))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(2), async || !runtime
+            .agent_connected(&sandbox.id))
+        .await,
+        "the host did not see the agent die"
+    );
+
+    // While no agent is connected: a silent peer holds a connection open, and peers from
+    // the host with no token or a wrong one are refused with an error.
+    let mut silent = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    for token in [None, Some("0".repeat(64)), Some(String::new())] {
+        let answer = impostor_hello(&socket, token.clone());
+        assert!(
+            matches!(answer, Some(Message::Error { id: 0, .. })),
+            "{token:?} got {answer:?}"
+        );
+        assert!(!runtime.agent_connected(&sandbox.id));
+    }
+    // Inside the sandbox, as another user, the agent binary itself without the token: the
+    // host refuses it and it exits (3) rather than retrying.
+    let other = runtime
+        .exec(
+            &sandbox.id,
+            &ExecRequest {
+                user: Some("4242:4242".into()),
+                ..shell("MONZA_AGENT_SOCKET=/.monza/agent.sock timeout 10 /.monza-agent 2>&1; echo status=$?")
+            },
+        )
+        .await
+        .unwrap();
+    assert!(other.stdout.contains("status=3"), "{other:?}");
+    assert!(other.stdout.contains("refused"), "{other:?}");
+
+    // The real agent comes back (the silent peer notwithstanding) and serves, and an exec's
+    // environment reaches it alone.
+    let served = runtime.agent_execs(&sandbox.id);
+    let secret = "monza-secret-7f3a";
+    let with_secret = ExecRequest {
+        env: BTreeMap::from([("API_KEY".into(), secret.into())]),
+        ..shell("echo $API_KEY")
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            let out = runtime.exec(&sandbox.id, &with_secret).await.unwrap();
+            assert_eq!(out.stdout, format!("{secret}\n"));
+            runtime.agent_execs(&sandbox.id) > served
+        })
+        .await,
+        "the agent did not come back"
+    );
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut heard = Vec::new();
+    let _ = silent.read_to_end(&mut heard);
+    assert!(
+        !String::from_utf8_lossy(&heard).contains(secret),
+        "the silent peer saw an exec"
+    );
+    assert!(heard.is_empty(), "the silent peer was sent {heard:?}");
 }
