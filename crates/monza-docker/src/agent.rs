@@ -339,7 +339,7 @@ impl Agents {
         container_id: &str,
         request: &ExecRequest,
         default_timeout: Duration,
-    ) -> Option<Result<ExecOutput>> {
+    ) -> Option<Outcome> {
         let slot = self.get(container_id)?;
         if request.user != slot.user {
             return None;
@@ -352,11 +352,22 @@ impl Agents {
         if conn.is_closed() {
             slot.restart_in_background();
         }
-        if output.as_ref().is_some_and(Result::is_ok) {
+        if matches!(output, Some(Outcome::Done(Ok(_)))) {
             slot.served.fetch_add(1, Ordering::Relaxed);
         }
         output
     }
+}
+
+/// How an exec through the agent ended, when Docker exec is not to run it.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The agent ran it: its output, or why it failed.
+    Done(Result<ExecOutput>),
+    /// The agent was handed the command and then lost (the connection ended, or the agent
+    /// lost track of it after it started): it may have run, so it is not run again. The
+    /// caller finds out whether the container is gone, which is then the answer.
+    Lost(Error),
 }
 
 /// One sandbox's agent: its directory, listener task and current connection.
@@ -741,7 +752,7 @@ impl Conn {
         self: &Arc<Self>,
         request: &ExecRequest,
         default_timeout: Duration,
-    ) -> Option<Result<ExecOutput>> {
+    ) -> Option<Outcome> {
         let started = Instant::now();
         let timeout = request.timeout.unwrap_or(default_timeout);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -793,7 +804,7 @@ impl Conn {
                         } else {
                             i64::from(exit.exit_code)
                         };
-                        return Some(Ok(out.finish(exit_code, exit.timed_out, started.elapsed())));
+                        return Some(Outcome::Done(Ok(out.finish(exit_code, exit.timed_out, started.elapsed()))));
                     }
                     Some(Message::Error { error, .. }) => {
                         // Not started (not found, bad cwd...): Docker exec says it its own way.
@@ -808,7 +819,7 @@ impl Conn {
                         // it twice, so it fails instead (at most once); the next exec finds
                         // the agent dead and goes through Docker exec.
                         guard.done = true;
-                        return Some(Err(Error::unavailable(
+                        return Some(Outcome::Lost(Error::unavailable(
                             "agent",
                             "the sandbox's agent went away before the command ended; it may have run",
                         )));
@@ -817,7 +828,7 @@ impl Conn {
                 () = &mut deadline => {
                     // The agent's own timeout should have ended it long ago.
                     tracing::warn!("agent did not report a timed-out command's end");
-                    return Some(Ok(out.finish(-1, true, started.elapsed())));
+                    return Some(Outcome::Done(Ok(out.finish(-1, true, started.elapsed()))));
                 }
             }
         }

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use docker_api::Docker;
@@ -13,7 +14,7 @@ use monza_domain::{
     ExecRequest, FileDownload, FileStat, ManagedContainer, PublishedPort, Result, UploadFile,
 };
 
-use crate::agent::Agents;
+use crate::agent::{Agents, Outcome};
 use crate::container::{
     LABEL_AGENT_USER, LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_SANDBOX_ID, container_name,
     create_body,
@@ -21,6 +22,10 @@ use crate::container::{
 use crate::engine::{Address, RawClient, query_value};
 use crate::error::{Failure, bounded};
 use crate::settings::DockerSettings;
+
+/// How long a container whose agent lost an exec may still look running before the agent's
+/// error stands (the engine sees a killed container stop a moment later).
+const LOST_SETTLE: Duration = Duration::from_millis(1000);
 
 /// Sandboxes as Docker containers, through docker-api (and plain HTTP on the same socket
 /// where docker-api 0.14 falls short; see the crate docs).
@@ -169,6 +174,45 @@ impl DockerRuntime {
                 tracing::debug!(container_id, %message, "agent not adopted")
             }
             Err(e) => tracing::warn!(container_id, error = %e, "adopting the agent failed"),
+        }
+    }
+
+    /// The agent lost an exec it had been handed (see [`Outcome::Lost`]). Deleting or
+    /// stopping the sandbox kills its agent, so first: is the container still running? When
+    /// it is gone or not running, the answer is what Docker exec answers for such a container
+    /// (not found, or the conflict "is not running"), which the service turns into the ended
+    /// sandbox's conflict; only a container still running keeps the agent's `error`. The
+    /// engine may take a moment to see a killed container stop: a running one is asked again
+    /// for up to [`LOST_SETTLE`].
+    async fn lost_exec(&self, container_id: &str, error: Error) -> Error {
+        let what = format!("running a command in container {container_id}");
+        let until = Instant::now() + LOST_SETTLE;
+        loop {
+            let container = self.docker.containers().get(container_id);
+            match bounded(self.settings.request_timeout, container.inspect()).await {
+                Err(f) if f.is_not_found() => {
+                    return Error::not_found(format!("{what}: No such container: {container_id}"));
+                }
+                Err(f) => {
+                    tracing::warn!(container_id, error = %f.into_domain(&self.settings.host, &what),
+                        "inspecting a container whose agent lost an exec failed");
+                    return error;
+                }
+                Ok(inspect) => {
+                    let state = inspect.state.as_ref();
+                    let removing = state.and_then(|s| s.status.as_deref()) == Some("removing");
+                    let running = state.and_then(|s| s.running).unwrap_or(false);
+                    if removing || !running {
+                        return Error::conflict(format!(
+                            "{what}: container {container_id} is not running"
+                        ));
+                    }
+                }
+            }
+            if Instant::now() >= until {
+                return error;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -344,13 +388,18 @@ impl ContainerRuntime for DockerRuntime {
             let id = container_id.to_owned();
             tokio::spawn(async move { runtime.adopt_agent(&id).await });
         }
-        if self.agents.enabled()
-            && let Some(output) = self
+        if self.agents.enabled() {
+            match self
                 .agents
                 .exec(container_id, request, self.settings.default_exec_timeout)
                 .await
-        {
-            return output;
+            {
+                Some(Outcome::Done(output)) => return output,
+                Some(Outcome::Lost(error)) => {
+                    return Err(self.lost_exec(container_id, error).await);
+                }
+                None => {}
+            }
         }
         self.run_exec(container_id, request).await
     }

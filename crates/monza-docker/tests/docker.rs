@@ -1394,3 +1394,36 @@ async fn a_peer_without_the_start_token_is_refused_and_never_sees_an_exec() {
     );
     assert!(heard.is_empty(), "the silent peer was sent {heard:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_exec_losing_to_a_removal_answers_what_docker_exec_answers_not_unavailable() {
+    let Some(runtime) = agent_runtime().await else {
+        return;
+    };
+    let sandbox = Sandbox::started(&runtime, template()).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || runtime
+            .agent_connected(&sandbox.id))
+        .await,
+        "the agent did not connect"
+    );
+    let running = {
+        let runtime = runtime.runtime.clone();
+        let id = sandbox.id.clone();
+        tokio::spawn(async move { runtime.exec(&id, &shell("sleep 20")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    runtime.remove(&sandbox.id).await.unwrap();
+    let result = running.await.unwrap();
+    assert!(
+        matches!(result, Err(Error::NotFound(_) | Error::Conflict(_))),
+        "{result:?}"
+    );
+    // What Docker exec answers for the same vanished container.
+    let plain = self::runtime().await.unwrap();
+    let docker = plain.exec(&sandbox.id, &shell("true")).await;
+    assert!(
+        matches!(docker, Err(Error::NotFound(_) | Error::Conflict(_))),
+        "{docker:?}"
+    );
+}
