@@ -571,11 +571,9 @@ async fn accept_loop(listener: UnixListener, slot: Weak<Slot>) {
         let Some(slot) = slot.upgrade() else {
             return;
         };
-        if slot.connected() {
-            // One agent at a time: a second connection while the first lives is refused.
-            drop(stream);
-            continue;
-        }
+        // One agent at a time: a second connection while the first lives is not installed,
+        // but still answered, so that a stale agent (an earlier start's token) hears that it
+        // is refused and exits instead of retrying for ever.
         let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
             drop(stream);
             continue;

@@ -1143,11 +1143,18 @@ async fn a_new_runtime_adopts_the_agents_of_containers_it_did_not_create() {
         .await,
         "the running agent did not reconnect to the adopted directory"
     );
-    let agents = second
-        .exec(&sandbox.id, &as_root(COUNT_AGENTS))
-        .await
-        .unwrap();
-    assert_eq!(agents.stdout, "1\n", "the adopted agent was not doubled");
+    // The agent the first runtime started holds a token the second never knew: refused at
+    // its next reconnect (within its 2 s backoff), it exits, leaving the one started anew.
+    assert!(
+        eventually(Duration::from_secs(10), async || second
+            .exec(&sandbox.id, &as_root(COUNT_AGENTS))
+            .await
+            .unwrap()
+            .stdout
+            == "1\n")
+        .await,
+        "the adopted agent was doubled"
+    );
 
     // The host reboots: the container is stopped and /run is empty. A new runtime's start
     // makes the mount sources again, so the container starts, and so does its agent.
