@@ -210,8 +210,11 @@ pub struct Exit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
-    /// The program could not be started (not found, not executable, bad cwd).
+    /// The program could not be started (not found, not executable, bad cwd): it never ran.
     Spawn,
+    /// The command started, then the agent lost track of it (watching or forwarding it
+    /// failed) and killed it: it may have run, partly or whole, so it must not be run again.
+    Started,
     /// The request's body did not parse, or its id is already in use.
     BadRequest,
     /// A frame kind this agent does not know (a newer host).

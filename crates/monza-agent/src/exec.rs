@@ -315,7 +315,7 @@ impl<'a> Runner<'a> {
         self.jobs.signal(self.id, Signal::Kill);
         let _ = self.child.wait();
         Failure::Reply(ErrorReply {
-            code: ErrorCode::Spawn,
+            code: ErrorCode::Started,
             message: format!("watching the command failed: {e}"),
             errno: e.raw_os_error(),
         })

@@ -598,6 +598,13 @@ async fn accept_loop(listener: UnixListener, slot: Weak<Slot>) {
     }
 }
 
+/// Whether an agent's error for an exec leaves it to Docker exec: only when the command was
+/// not started (any code but [`protocol::ErrorCode::Started`]) and none of its output
+/// arrived. Otherwise it ran, or may have, and running it again would run it twice.
+fn falls_back(code: protocol::ErrorCode, output_seen: bool) -> bool {
+    code != protocol::ErrorCode::Started && !output_seen
+}
+
 /// A fresh start token: 32 random bytes, hex.
 fn new_token() -> Result<String> {
     let mut bytes = [0u8; 32];
@@ -783,12 +790,14 @@ impl Conn {
             return None;
         }
         let mut out = Collector::without_marker(request.max_output_bytes);
+        let mut output_seen = false;
         let deadline = tokio::time::sleep(timeout.saturating_add(EXIT_GRACE));
         tokio::pin!(deadline);
         loop {
             tokio::select! {
                 frame = rx.recv() => match frame {
                     Some(Message::Output { stream, data, .. }) => {
+                        output_seen = true;
                         match stream {
                             Stream::Stdout => out.stdout(&data),
                             Stream::Stderr => out.stderr(&data),
@@ -805,10 +814,17 @@ impl Conn {
                         return Some(Outcome::Done(Ok(out.finish(exit_code, exit.timed_out, started.elapsed()))));
                     }
                     Some(Message::Error { error, .. }) => {
-                        // Not started (not found, bad cwd...): Docker exec says it its own way.
                         guard.done = true;
-                        tracing::debug!(code = ?error.code, message = %error.message, "agent refused a command; Docker exec runs it");
-                        return None;
+                        if falls_back(error.code, output_seen) {
+                            // Not started (not found, bad cwd...): Docker exec says it its own way.
+                            tracing::debug!(code = ?error.code, message = %error.message, "agent refused a command; Docker exec runs it");
+                            return None;
+                        }
+                        // It ran, or may have: never a second time through Docker exec.
+                        return Some(Outcome::Lost(Error::unavailable(
+                            "agent",
+                            format!("the sandbox's agent lost the command after it started; it may have run: {}", error.message),
+                        )));
                     }
                     Some(_) => {}
                     None => {
@@ -886,6 +902,27 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_error_falls_back_to_docker_exec_only_before_the_command_started() {
+        use protocol::ErrorCode as C;
+        assert!(
+            falls_back(C::Spawn, false),
+            "not found, bad cwd: Docker exec says it"
+        );
+        assert!(falls_back(C::BadRequest, false));
+        assert!(falls_back(C::Unsupported, false));
+        assert!(!falls_back(C::Started, false), "started: it may have run");
+        for code in [
+            C::Spawn,
+            C::BadRequest,
+            C::Unsupported,
+            C::NotFound,
+            C::Started,
+        ] {
+            assert!(!falls_back(code, true), "{code:?} after output: it ran");
+        }
+    }
 
     #[test]
     fn only_the_current_token_matches() {
