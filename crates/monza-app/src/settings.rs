@@ -230,7 +230,8 @@ pub struct ServeArgs {
     pub agent: AgentMode,
 
     /// Host directory of the agent's binary and of each sandbox's socket directory
-    /// (root-owned; the Docker engine must see the same paths).
+    /// (owned by monza's user, not writable by group or others; created 0711 with its
+    /// parents when missing; the Docker engine must see the same paths).
     #[arg(long, env = "MONZA_AGENT_DIR", default_value = monza_docker::DEFAULT_AGENT_DIR)]
     pub agent_dir: PathBuf,
 

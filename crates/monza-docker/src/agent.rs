@@ -178,7 +178,7 @@ impl Agents {
         installed
     }
 
-    /// The host path of the agent binary, `<dir>/bin/monza-agent` (root-owned, 0555),
+    /// The host path of the agent binary, `<dir>/bin/monza-agent` (monza's user, 0555),
     /// written once per runtime: an existing file is kept only when its content hashes the
     /// same as the embedded binary, else replaced atomically (a rename; running containers
     /// keep the file they started with). The name does not change with the content, so a
@@ -869,24 +869,62 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// Creates `dir` (0711) if missing and makes sure it is 0711 and not a symlink.
+/// Creates `dir` and any missing parent (`create_dir_all`, so the default
+/// `/run/monza/agent` works after a reboot empties `/run`), each 0711 and owned by monza's
+/// user; only directories created here are chmodded. An existing `dir` must be a real
+/// directory (not a symlink) owned by monza's user and not writable by group or others,
+/// else it is refused untouched (`MONZA_AGENT_DIR=/tmp` keeps its sticky bit, and no one
+/// else can swap what monza binds into sandboxes).
 fn make_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let fail = |e: std::io::Error| {
         Error::internal(format!(
             "creating the agent directory {}: {e}",
             dir.display()
         ))
     };
-    match std::fs::DirBuilder::new().mode(0o711).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(fail(e)),
+    // The missing ones, deepest first.
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at.filter(|p| !p.as_os_str().is_empty()) {
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => break,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                missing.push(path);
+                at = path.parent();
+            }
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    for path in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(0o711).create(path) {
+            // Ours: exactly 0711, whatever the umask.
+            Ok(()) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711))
+                .map_err(fail)?,
+            // Made meanwhile by someone else: checked below like any existing one.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(fail(e)),
+        }
     }
     let meta = std::fs::symlink_metadata(dir).map_err(fail)?;
     if !meta.is_dir() {
-        return Err(fail(std::io::Error::other("not a directory")));
+        return Err(fail(std::io::Error::other(
+            "not a directory (a symlink is refused)",
+        )));
     }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(fail)?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(fail(std::io::Error::other(format!(
+            "owned by uid {}, not by monza's user (uid {me})",
+            meta.uid()
+        ))));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(fail(std::io::Error::other(format!(
+            "writable by group or others (mode {:o}); make it 0711 or 0755",
+            meta.mode() & 0o7777
+        ))));
+    }
     Ok(())
 }
 
@@ -922,6 +960,68 @@ mod tests {
         ] {
             assert!(!falls_back(code, true), "{code:?} after output: it ran");
         }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_missing_agent_dir_is_created_with_its_parents_each_0711() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run/monza/agent");
+        make_dir(&dir).unwrap();
+        for path in [
+            tmp.path().join("run"),
+            tmp.path().join("run/monza"),
+            dir.clone(),
+        ] {
+            assert_eq!(mode(&path), 0o711, "{}", path.display());
+        }
+        // Again: existing and fine.
+        make_dir(&dir).unwrap();
+        make_dir(&dir.join("bin")).unwrap();
+        assert_eq!(mode(&dir.join("bin")), 0o711);
+    }
+
+    #[test]
+    fn an_existing_dir_is_never_chmodded_and_refused_when_others_could_write_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let private = tmp.path().join("private");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        make_dir(&private).unwrap();
+        assert_eq!(mode(&private), 0o700, "kept as it was");
+
+        for refused in [0o1777, 0o775, 0o757] {
+            let dir = tmp.path().join(format!("open-{refused:o}"));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(refused)).unwrap();
+            let error = make_dir(&dir).unwrap_err().to_string();
+            assert!(error.contains("writable by group or others"), "{error}");
+            assert_eq!(mode(&dir), refused, "left untouched");
+        }
+
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&private, &link).unwrap();
+        let error = make_dir(&link).unwrap_err().to_string();
+        assert!(error.contains("symlink"), "{error}");
+    }
+
+    #[test]
+    fn an_existing_dir_owned_by_another_uid_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("theirs");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if std::os::unix::fs::chown(&dir, Some(4242), Some(4242)).is_err() {
+            // Not root: nothing else to give it to.
+            return;
+        }
+        let error = make_dir(&dir).unwrap_err().to_string();
+        assert!(error.contains("owned by uid 4242"), "{error}");
+        assert_eq!(mode(&dir), 0o755, "left untouched");
     }
 
     #[test]

@@ -48,9 +48,11 @@ pub struct DockerSettings {
     /// and containers get neither the agent's mounts nor its socket. Ignored (off) for an
     /// engine reached over TCP, which would not see the host paths the mounts name.
     pub agent: bool,
-    /// Host directory the agent lives in (default `/run/monza/agent`, created root-owned
-    /// 0755): `bin/` holds the agent binary, one directory per sandbox holds the socket monza
-    /// listens on. The Docker engine must see the same paths (a local engine).
+    /// Host directory the agent lives in (default `/run/monza/agent`; created with its
+    /// missing parents, 0711, owned by monza's user; an existing one must be owned by monza's
+    /// user and not writable by group or others, else the agent is off): `bin/` holds the
+    /// agent binary, one directory per sandbox holds the socket monza listens on. The Docker
+    /// engine must see the same paths (a local engine).
     pub agent_dir: PathBuf,
 }
 
