@@ -138,7 +138,7 @@ pub(crate) fn create_body(
 
     let mut mounts = Vec::new();
     for mount in &template.mounts {
-        refuse_socket_mount(mount, sockets)?;
+        refuse_socket_mount(mount, sockets, &settings.agent_dir)?;
         let mut m = json!({
             "Type": mount.kind,
             "Target": mount.target,
@@ -207,8 +207,10 @@ pub(crate) fn create_body(
 }
 
 /// Refuses a mount that would hand the sandbox the engine's socket: the socket itself or any
-/// directory containing it (`/`, `/var/run`, ...), whatever the operator allowed.
-fn refuse_socket_mount(mount: &Mount, sockets: &[PathBuf]) -> Result<()> {
+/// directory containing it (`/`, `/var/run`, ...), whatever the operator allowed; likewise
+/// the agent directory, any directory containing it or anything in it (every sandbox's agent
+/// socket and the binary monza binds into sandboxes).
+fn refuse_socket_mount(mount: &Mount, sockets: &[PathBuf], agent_dir: &Path) -> Result<()> {
     let Some(source) = mount.source.as_deref() else {
         return Ok(());
     };
@@ -232,6 +234,22 @@ fn refuse_socket_mount(mount: &Mount, sockets: &[PathBuf]) -> Result<()> {
                 socket.display()
             )));
         }
+    }
+    let agent_dirs = [
+        Some(normalize(agent_dir)),
+        std::fs::canonicalize(agent_dir).ok(),
+    ];
+    let touches_agent = |candidate: &Path| {
+        agent_dirs
+            .iter()
+            .flatten()
+            .any(|dir| dir.starts_with(candidate) || candidate.starts_with(dir))
+    };
+    if touches_agent(&lexical) || resolved.as_deref().is_some_and(touches_agent) {
+        return Err(Error::invalid(format!(
+            "mount of {source} is refused: it would expose monza's agent directory {}",
+            agent_dir.display()
+        )));
     }
     if lexical.file_name().is_some_and(|n| n == "docker.sock") {
         return Err(Error::invalid(format!(
@@ -334,6 +352,12 @@ mod tests {
             "/",
             "/srv/../var/run",
             "/home/me/docker.sock",
+            // The default agent directory, a parent of it, something inside it.
+            "/run/monza/agent",
+            "/run/monza",
+            "/run",
+            "/run/monza/agent/bin/monza-agent",
+            "/run/monza/agent/0195f7c0-0000-7000-8000-000000000000/",
         ] {
             let mut s = spec();
             s.template.mounts = vec![Mount {
