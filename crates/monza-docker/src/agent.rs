@@ -230,23 +230,14 @@ impl Agents {
         let binary = self.binary()?;
         let owner = self.own(sandbox_id)?;
         let dir = self.dir.join(sandbox_id);
-        make_dir(&dir)?;
-        let socket = dir.join(SOCKET_NAME);
-        let fail = |e: std::io::Error| {
-            Error::internal(format!(
-                "creating the agent socket {}: {e}",
-                socket.display()
-            ))
+        let listener = match listen(&dir) {
+            Ok(listener) => listener,
+            Err(e) => {
+                // Nothing to own: no lock file left behind.
+                let _ = std::fs::remove_file(&owner.0);
+                return Err(e);
+            }
         };
-        // Our own directory, which no sandbox can write: a stale socket from an earlier
-        // listener is ours to remove.
-        match std::fs::remove_file(&socket) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(fail(e)),
-        }
-        let listener = UnixListener::bind(&socket).map_err(fail)?;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).map_err(fail)?;
 
         let (conn_tx, _) = watch::channel(None);
         let slot = Arc::new(Slot {
@@ -326,6 +317,7 @@ impl Agents {
     /// Forgets the container's agent: closes its listener and connection and removes its
     /// directory.
     pub(crate) fn forget(&self, container_id: &str) {
+        lock(&self.adopted).remove(container_id);
         let slot = lock(&self.slots).remove(container_id);
         if let Some(slot) = slot {
             slot.close(true);
@@ -603,6 +595,28 @@ async fn accept_loop(listener: UnixListener, slot: Weak<Slot>) {
 /// arrived. Otherwise it ran, or may have, and running it again would run it twice.
 fn falls_back(code: protocol::ErrorCode, output_seen: bool) -> bool {
     code != protocol::ErrorCode::Started && !output_seen
+}
+
+/// Creates the sandbox's socket directory and binds its listener, `agent.sock` (0666).
+fn listen(dir: &Path) -> Result<UnixListener> {
+    make_dir(dir)?;
+    let socket = dir.join(SOCKET_NAME);
+    let fail = |e: std::io::Error| {
+        Error::internal(format!(
+            "creating the agent socket {}: {e}",
+            socket.display()
+        ))
+    };
+    // Our own directory, which no sandbox can write: a stale socket from an earlier
+    // listener is ours to remove.
+    match std::fs::remove_file(&socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let listener = UnixListener::bind(&socket).map_err(fail)?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).map_err(fail)?;
+    Ok(listener)
 }
 
 /// A fresh start token: 32 random bytes, hex.

@@ -266,19 +266,29 @@ impl ContainerRuntime for DockerRuntime {
     async fn create(&self, spec: &ContainerSpec) -> Result<CreatedContainer> {
         let image = self.prepare_image(&spec.template).await?;
         let agent = if self.agents.enabled() {
-            Some(self.agents.prepare(
+            // No agent is no reason to fail the create: its commands go through Docker exec.
+            match self.agents.prepare(
                 &spec.sandbox_id.to_string(),
                 spec.template.remote_user.clone(),
-            )?)
+            ) {
+                Ok(prepared) => Some(prepared),
+                Err(e) => {
+                    tracing::warn!(sandbox_id = %spec.sandbox_id, error = %e, "preparing the agent failed; this sandbox gets none");
+                    None
+                }
+            }
         } else {
             None
         };
+        // Until the container exists, a failed or cancelled create removes the agent's
+        // directory and lock file.
+        let mut pending = PendingAgent(agent);
         let body = create_body(
             spec,
             &image,
             &self.settings,
             &self.sockets,
-            agent.as_ref().map(|a| &a.container),
+            pending.0.as_ref().map(|a| &a.container),
         )?;
         let name = container_name(spec);
         let endpoint = format!("/containers/create?name={}", query_value(&name));
@@ -306,15 +316,10 @@ impl ContainerRuntime for DockerRuntime {
         };
         let created = match bounded(self.settings.request_timeout, created).await {
             Ok(created) => created,
-            Err(f) => {
-                if let Some(agent) = &agent {
-                    agent.slot.close(true);
-                }
-                return Err(f.into_domain(&self.settings.host, &what));
-            }
+            Err(f) => return Err(f.into_domain(&self.settings.host, &what)),
         };
         tracing::info!(container_id = %created.id, %image, "container created");
-        if let Some(agent) = agent {
+        if let Some(agent) = pending.0.take() {
             self.agents.register(&created.id, agent.slot);
         }
         Ok(CreatedContainer {
@@ -478,5 +483,17 @@ impl ContainerRuntime for DockerRuntime {
                 })
             })
             .collect())
+    }
+}
+
+/// An agent prepared for a container not created yet: dropped unused (the create failed or
+/// was cancelled), it closes its slot and removes the directory and lock file.
+struct PendingAgent(Option<crate::agent::Prepared>);
+
+impl Drop for PendingAgent {
+    fn drop(&mut self) {
+        if let Some(agent) = self.0.take() {
+            agent.slot.close(true);
+        }
     }
 }

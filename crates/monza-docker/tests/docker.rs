@@ -1436,3 +1436,53 @@ async fn an_agent_exec_losing_to_a_removal_answers_what_docker_exec_answers_not_
         "{docker:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_create_leaves_no_agent_directory_or_lock_and_a_broken_agent_dir_does_not_fail_it()
+{
+    let Some(runtime) = agent_runtime().await else {
+        return;
+    };
+    let mut t = template();
+    t.mounts = vec![Mount {
+        kind: "bind".into(),
+        source: Some("/var/run".into()),
+        target: "/host-run".into(),
+        read_only: true,
+    }];
+    let refused = spec(t);
+    let id = refused.sandbox_id.to_string();
+    let result = runtime.create(&refused).await;
+    assert!(matches!(result, Err(Error::InvalidInput(_))), "{result:?}");
+    assert!(!runtime.dir.path().join(&id).exists(), "directory left");
+    assert!(
+        !runtime
+            .dir
+            .path()
+            .join("owners")
+            .join(format!("{id}.lock"))
+            .exists(),
+        "lock file left"
+    );
+
+    // A sandbox directory that cannot be made (a file in its place): no agent, still created.
+    let spec = spec(template());
+    std::fs::write(
+        runtime.dir.path().join(spec.sandbox_id.to_string()),
+        b"in the way",
+    )
+    .unwrap();
+    let sandbox = Sandbox::create(&runtime, &spec).await;
+    runtime.start(&sandbox.id).await.unwrap();
+    assert_eq!(sandbox.sh("echo fine").await.stdout, "fine\n");
+    assert_eq!(runtime.agent_execs(&sandbox.id), 0, "Docker exec ran it");
+    assert!(
+        !runtime
+            .dir
+            .path()
+            .join("owners")
+            .join(format!("{}.lock", spec.sandbox_id))
+            .exists(),
+        "lock file left by the failed prepare"
+    );
+}
