@@ -799,14 +799,23 @@ impl Conn {
                 stdin: None,
             },
         };
-        if self.outbox.send(message).await.is_err() {
-            guard.done = true;
-            return None;
+        let deadline = tokio::time::sleep(timeout.saturating_add(EXIT_GRACE));
+        tokio::pin!(deadline);
+        // Within the exec's deadline too: a wedged writer (an agent that stopped reading)
+        // must not hold the exec for ever. Not handed over, so Docker exec may run it.
+        tokio::select! {
+            sent = self.outbox.send(message) => if sent.is_err() {
+                guard.done = true;
+                return None;
+            },
+            () = &mut deadline => {
+                guard.done = true;
+                tracing::warn!("the agent's outbox stayed full past an exec's deadline; Docker exec runs it");
+                return None;
+            }
         }
         let mut out = Collector::without_marker(request.max_output_bytes);
         let mut output_seen = false;
-        let deadline = tokio::time::sleep(timeout.saturating_add(EXIT_GRACE));
-        tokio::pin!(deadline);
         loop {
             tokio::select! {
                 frame = rx.recv() => match frame {
