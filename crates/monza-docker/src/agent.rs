@@ -188,6 +188,13 @@ impl Agents {
         if let Some(path) = &*cached {
             return Ok(path.clone());
         }
+        if !socket_path_fits(&self.dir) {
+            return Err(Error::internal(format!(
+                "the agent directory {} is too long: a sandbox's socket path would not fit a \
+                 unix socket address ({SUN_PATH_MAX} bytes)",
+                self.dir.display()
+            )));
+        }
         let digest = agent_digest();
         let bin_dir = self.dir.join("bin");
         make_dir(&self.dir)?;
@@ -619,6 +626,18 @@ fn listen(dir: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// The longest unix socket path Linux takes (`sun_path` is 108 bytes with its NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// Whether `<dir>/<sandbox id>/agent.sock` fits a unix socket address for every sandbox id
+/// (a UUID, 36 characters).
+fn socket_path_fits(dir: &Path) -> bool {
+    let longest = dir
+        .join("00000000-0000-0000-0000-000000000000")
+        .join(SOCKET_NAME);
+    longest.as_os_str().len() <= SUN_PATH_MAX
+}
+
 /// A fresh start token: 32 random bytes, hex.
 fn new_token() -> Result<String> {
     let mut bytes = [0u8; 32];
@@ -1045,6 +1064,23 @@ mod tests {
         let error = make_dir(&dir).unwrap_err().to_string();
         assert!(error.contains("owned by uid 4242"), "{error}");
         assert_eq!(mode(&dir), 0o755, "left untouched");
+    }
+
+    #[test]
+    fn an_agent_dir_too_long_for_a_socket_address_is_refused() {
+        assert!(socket_path_fits(Path::new("/run/monza/agent")));
+        // 107 bytes exactly: "/" + 58 + "/" + 36 + "/agent.sock".
+        let at_limit = format!("/{}", "a".repeat(58));
+        assert_eq!(
+            Path::new(&at_limit)
+                .join("00000000-0000-0000-0000-000000000000")
+                .join(SOCKET_NAME)
+                .as_os_str()
+                .len(),
+            SUN_PATH_MAX
+        );
+        assert!(socket_path_fits(Path::new(&at_limit)));
+        assert!(!socket_path_fits(Path::new(&format!("{at_limit}a"))));
     }
 
     #[test]
