@@ -296,6 +296,27 @@ impl Agents {
         }
     }
 
+    /// Removes the directory and lock file of a sandbox whose container is gone and which
+    /// no slot of this runtime holds, unless another live runtime owns it (holds its lock).
+    pub(crate) fn remove_leftovers(&self, sandbox_id: &str) {
+        let dir = self.dir.join(sandbox_id);
+        let lock_path = self.dir.join("owners").join(format!("{sandbox_id}.lock"));
+        if !dir.exists() && !lock_path.exists() {
+            return;
+        }
+        let Ok((path, _file)) = self.own(sandbox_id) else {
+            return;
+        };
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing a left-over agent directory failed")
+            }
+        }
+        let _ = std::fs::remove_file(path);
+    }
+
     /// Files a prepared slot under its container's id.
     pub(crate) fn register(&self, container_id: &str, slot: Arc<Slot>) {
         *lock(&slot.container_id) = Some(container_id.to_owned());

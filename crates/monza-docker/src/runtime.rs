@@ -427,6 +427,21 @@ impl ContainerRuntime for DockerRuntime {
     #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
     async fn remove(&self, container_id: &str) -> Result<()> {
         let container = self.docker.containers().get(container_id);
+        // A container this runtime holds no slot for (created by an earlier monza, not
+        // adopted yet) may still have an agent directory: found from its label first.
+        let leftover = if self.agents.get(container_id).is_none() {
+            match bounded(self.settings.request_timeout, container.inspect()).await {
+                Ok(inspect) => inspect
+                    .config
+                    .and_then(|c| c.labels)
+                    .and_then(|labels| labels.get(LABEL_SANDBOX_ID).cloned())
+                    .and_then(|id| id.parse::<monza_domain::SandboxId>().ok())
+                    .map(|id| id.to_string()),
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
         let opts = ContainerRemoveOpts::builder()
             .force(true)
             .volumes(true)
@@ -434,6 +449,9 @@ impl ContainerRuntime for DockerRuntime {
         let removed = bounded(self.settings.request_timeout, container.remove(&opts)).await;
         if removed.is_ok() || removed.as_ref().is_err_and(Failure::is_not_found) {
             self.agents.forget(container_id);
+            if let Some(sandbox_id) = leftover {
+                self.agents.remove_leftovers(&sandbox_id);
+            }
         }
         match removed {
             Ok(_) => Ok(()),

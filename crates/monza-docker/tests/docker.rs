@@ -1486,3 +1486,29 @@ async fn a_failed_create_leaves_no_agent_directory_or_lock_and_a_broken_agent_di
         "lock file left by the failed prepare"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn removing_a_container_of_an_earlier_runtime_removes_its_agent_directory_and_lock() {
+    let Some(first) = agent_runtime().await else {
+        return;
+    };
+    let AgentRuntime {
+        runtime: first,
+        dir,
+    } = first;
+    let spec = spec(template());
+    let sandbox_dir = dir.path().join(spec.sandbox_id.to_string());
+    let lock = dir
+        .path()
+        .join("owners")
+        .join(format!("{}.lock", spec.sandbox_id));
+    let mut sandbox = Sandbox::create(&first, &spec).await;
+    let second = DockerRuntime::new(first.settings().clone()).unwrap();
+    sandbox.runtime = second.clone();
+    drop(first);
+    assert!(sandbox_dir.exists() && lock.exists());
+    // No exec, no start: the second runtime never adopted it.
+    second.remove(&sandbox.id).await.unwrap();
+    assert!(!sandbox_dir.exists(), "directory left");
+    assert!(!lock.exists(), "lock file left");
+}
