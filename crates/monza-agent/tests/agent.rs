@@ -1,9 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The static agent in a real container (`monza-test/busybox:latest`: no libc), run as
 //! 1000:1000 with every capability dropped, connected out to a socket this test owns.
-//!
-//! The latency figure in the README comes from the ignored test at the end:
-//! `cargo test -p monza-agent --test agent -- --ignored --nocapture latency`.
 
 mod common;
 
@@ -416,49 +413,6 @@ fn the_agent_reconnects_when_the_host_restarts_and_kills_the_old_connections_com
         .expect("reconnects again");
     assert_eq!(conn.sh("echo again").stdout_text(), "again\n");
     drop(container);
-}
-
-/// Not a test of behaviour: the measurement quoted in the README.
-#[test]
-#[ignore = "a measurement; run with --ignored --nocapture"]
-fn latency_of_exec_true() {
-    let Some(mut sb) = sandbox() else { return };
-    let mut times: Vec<Duration> = (0..1000)
-        .map(|_| {
-            let began = Instant::now();
-            let id = sb.conn.fresh_id();
-            sb.conn.send(&Message::Ping { id });
-            assert_eq!(sb.conn.recv(), Message::Pong { id });
-            began.elapsed()
-        })
-        .collect();
-    times.sort();
-    eprintln!(
-        "ping: 1000 sequential calls, median {:?}, p99 {:?}",
-        times[500], times[990]
-    );
-    for (label, request) in [
-        ("argv [\"true\"]", ExecRequest::argv(["true"])),
-        ("sh -c true", ExecRequest::shell("true")),
-    ] {
-        for _ in 0..50 {
-            sb.conn.exec(request.clone());
-        }
-        let mut times: Vec<Duration> = (0..1000)
-            .map(|_| {
-                let began = Instant::now();
-                let out = sb.conn.exec(request.clone());
-                let took = began.elapsed();
-                assert_eq!(out.exit().exit_code, 0);
-                took
-            })
-            .collect();
-        times.sort();
-        eprintln!(
-            "exec {label}: 1000 sequential calls, median {:?}, p99 {:?}, max {:?}",
-            times[500], times[990], times[999]
-        );
-    }
 }
 
 fn start(conn: &mut common::Conn, request: StartRequest) -> u32 {

@@ -4,8 +4,9 @@
 //! - create+start: the adapter's `create` + `start` (image check, hardened create, start,
 //!   inspect for ports) vs docker-api `create` + `start` + `inspect` of an equivalent
 //!   container (docker-api cannot express `CapDrop`/`PidsLimit`; the rest is the same);
-//! - exec round-trip of `true`: the adapter's `exec` (with its timeout wrapper) vs docker-api
-//!   exec create + start + drain + inspect;
+//! - exec round-trip of `true`: the adapter's `exec` through Docker exec (with its timeout
+//!   wrapper), and through the sandbox agent, each vs docker-api exec create + start + drain +
+//!   inspect;
 //! - copy of 100 MiB in and out: the adapter's streaming `upload`/`download` vs docker-api's
 //!   `copy_file_into` (whole file in memory, as its API takes it) and `copy_from`; throughput,
 //!   and peak RSS growth of this process during the operation (`VmHWM` after resetting it
@@ -68,7 +69,10 @@ fn main() {
 }
 
 async fn run(plan: Plan, quick: bool) {
-    let settings = DockerSettings::from_docker_host_env();
+    let settings = DockerSettings {
+        agent: false,
+        ..DockerSettings::from_docker_host_env()
+    };
     let adapter = DockerRuntime::new(settings.clone()).unwrap();
     if let Err(e) = adapter.ping().await {
         eprintln!(
@@ -119,9 +123,29 @@ async fn run(plan: Plan, quick: bool) {
     }
     row("create+start", &a, &b);
 
-    // exec `true`, in one long-lived sandbox.
-    let id = adapter.create(&spec()).await.unwrap().id;
-    adapter.start(&id).await.unwrap();
+    // exec `true`, in one long-lived sandbox made with the agent, through Docker exec and
+    // through the agent. The agent's binary and sockets live in a directory removed after.
+    let agent_dir = tempfile::Builder::new()
+        .prefix("monza-bench-agent-")
+        .tempdir()
+        .unwrap();
+    let with_agent = DockerRuntime::new(DockerSettings {
+        agent: true,
+        agent_dir: agent_dir.path().to_owned(),
+        ..settings.clone()
+    })
+    .unwrap();
+    with_agent.install_agent().expect("installing the agent");
+    let id = with_agent.create(&spec()).await.unwrap().id;
+    with_agent.start(&id).await.unwrap();
+    let connected = Instant::now();
+    while !with_agent.agent_connected(&id) {
+        assert!(
+            connected.elapsed() < Duration::from_secs(30),
+            "the agent never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let request = ExecRequest {
         command: Command::Argv(vec!["true".into()]),
         workdir: None,
@@ -129,22 +153,32 @@ async fn run(plan: Plan, quick: bool) {
         user: None,
         max_output_bytes: 64 * 1024,
         timeout: Some(Duration::from_secs(60)),
+        stdin: None,
     };
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    for i in 0..plan.exec {
-        for adapter_turn in order(i) {
-            let started = Instant::now();
-            if adapter_turn {
-                let out = adapter.exec(&id, &request).await.unwrap();
-                assert_eq!(out.exit_code, 0);
-                a.push(started.elapsed());
-            } else {
-                assert_eq!(raw_exec_true(&docker, &id).await, 0);
-                b.push(started.elapsed());
+    for (label, runtime) in [
+        ("exec `true` (Docker exec)", &adapter),
+        ("exec `true` (agent)", &with_agent),
+    ] {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for i in 0..plan.exec {
+            for adapter_turn in order(i) {
+                let started = Instant::now();
+                if adapter_turn {
+                    let out = runtime.exec(&id, &request).await.unwrap();
+                    assert_eq!(out.exit_code, 0);
+                    a.push(started.elapsed());
+                } else {
+                    assert_eq!(raw_exec_true(&docker, &id).await, 0);
+                    b.push(started.elapsed());
+                }
             }
         }
+        row(label, &a, &b);
     }
-    row("exec `true`", &a, &b);
+    assert!(
+        with_agent.agent_execs(&id) >= plan.exec as u64,
+        "the agent row did not go through the agent"
+    );
 
     // copy 100 MiB in and out.
     let pattern = Bytes::from(random_bytes(1024 * 1024, 7));
@@ -189,7 +223,7 @@ async fn run(plan: Plan, quick: bool) {
             }
         }
     }
-    adapter.remove(&id).await.unwrap();
+    with_agent.remove(&id).await.unwrap();
     row("copy in 100 MiB", &a_in.times, &b_in.times);
     row("copy out 100 MiB", &a_out.times, &b_out.times);
     println!();
