@@ -194,6 +194,7 @@ impl Application {
         let http_config = monza_http::HttpConfig {
             body_timeout: args.body_timeout,
             upload_min_bytes_per_sec: args.upload_min_rate,
+            max_command_bytes: usize::try_from(args.max_command_bytes).unwrap_or(usize::MAX),
             exec_output_budget: monza_http::OutputBudget::new(args.exec_output_budget),
             ..monza_http::HttpConfig::default()
         };

@@ -263,6 +263,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MONZA_UPLOAD_MIN_RATE", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub upload_min_rate: u64,
 
+    /// Largest execute request body, in bytes (a command line with its env and stdin);
+    /// more is a 413. Other JSON bodies stay limited to 64 KiB.
+    #[arg(long, env = "MONZA_MAX_COMMAND_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
+    pub max_command_bytes: u64,
+
     /// Bytes of command output all executes together may hold in memory (each reserves
     /// twice its max_output_bytes); past it, execute is a 503. 0: no bound.
     #[arg(long, env = "MONZA_EXEC_OUTPUT_BUDGET", default_value_t = 256 * 1024 * 1024)]

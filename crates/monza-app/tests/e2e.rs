@@ -7,6 +7,7 @@ mod support;
 
 use std::time::Duration;
 
+use monza_app::settings::AgentMode;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{NewImages, Store, TestApp};
@@ -197,6 +198,58 @@ async fn every_route(store: Store) {
     let (_, all) = app.get_json("/api/sandboxes?status=all").await;
     assert!(listed(&all, &sandbox).is_some());
     app.shutdown().await;
+}
+
+/// Execute's fuller request, through the agent and through Docker exec alike: stdin fed
+/// then closed, a body past the old 64 KiB limit, `timeout_secs: 0` as the server's maximum,
+/// a timeout's 124, and a cut that never splits a character.
+async fn execute_in_full(store: Store) {
+    for agent in [AgentMode::On, AgentMode::Off] {
+        let Some(app) = TestApp::spawn(store, |args| args.agent = agent).await else {
+            return;
+        };
+        let id = app.create(json!({})).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let execute = format!("/api/sandboxes/{id}/execute");
+        let run = |body: Value| app.post_json(&execute, body);
+
+        let (status, out) = run(json!({"command": "cat; echo .", "stdin": "a\nb\n"})).await;
+        assert_eq!(status, StatusCode::OK, "{agent:?}: {out}");
+        assert_eq!(out["output"], "a\nb\n.\n", "{agent:?}");
+
+        // A DeepAgents-sized edit in the command line and most of a MiB on stdin.
+        let edit = "QUJD".repeat(25_000);
+        let stdin = "é".repeat(400 * 1024);
+        let command = format!("echo {edit} | base64 -d | wc -c; wc -c");
+        let (status, out) = run(json!({"command": command, "stdin": stdin})).await;
+        assert_eq!(status, StatusCode::OK, "{agent:?}: {out}");
+        let counts: Vec<&str> = out["stdout"].as_str().unwrap().split_whitespace().collect();
+        assert_eq!(counts, ["75000", "819200"], "{agent:?}: {out}");
+
+        let (status, out) = run(json!({"command": "echo quick", "timeout_secs": 0})).await;
+        assert_eq!(status, StatusCode::OK, "{agent:?}: {out}");
+        assert_eq!(
+            (&out["exitCode"], &out["timed_out"]),
+            (&json!(0), &json!(false))
+        );
+
+        let (status, out) =
+            run(json!({"command": "echo started; sleep 30", "timeout_secs": 1})).await;
+        assert_eq!(status, StatusCode::OK, "{agent:?}: {out}");
+        assert_eq!(out["exitCode"], 124, "{agent:?}: {out}");
+        assert_eq!(out["timed_out"], true);
+        assert_eq!(out["output"], "started\n");
+
+        // "é" is two bytes: a cap of 5 falls inside the third one, which is left out whole.
+        let (status, out) =
+            run(json!({"command": "printf 'abcd\\303\\251xyz'", "max_output_bytes": 5})).await;
+        assert_eq!(status, StatusCode::OK, "{agent:?}: {out}");
+        assert_eq!(out["output"], "abcd", "{agent:?}: {out}");
+        assert_eq!(out["truncated"], true);
+        app.shutdown().await;
+    }
 }
 
 async fn forwarded_ports_accept_connections(store: Store) {
@@ -495,6 +548,7 @@ async fn the_tenant_limit_holds_across_two_replicas_on_one_postgres() {
 }
 
 on_both_stores!(
+    execute_in_full,
     every_route,
     forwarded_ports_accept_connections,
     idle_sandboxes_expire_and_heartbeated_ones_stay,

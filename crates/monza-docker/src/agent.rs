@@ -836,7 +836,7 @@ impl Conn {
                 // Docker exec's budget is per buffer (combined, stdout, stderr), which one
                 // combined agent limit cannot express: the host caps, as on the Docker path.
                 max_output_bytes: None,
-                stdin: None,
+                stdin: request.stdin.clone(),
             },
         };
         let deadline = tokio::time::sleep(timeout.saturating_add(EXIT_GRACE));

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use docker_api::Exec;
 use docker_api::conn::TtyChunk;
 use docker_api::opts::{ExecCreateOpts, ExecStartOpts};
-use futures::StreamExt;
+use futures::{AsyncWriteExt, StreamExt};
 use monza_domain::{ExecOutput, ExecRequest, Result};
 
 use crate::error::{Failure, bounded};
@@ -65,6 +65,7 @@ impl DockerRuntime {
             .collect();
         let mut opts = ExecCreateOpts::builder()
             .command(argv)
+            .attach_stdin(request.stdin.is_some())
             .attach_stdout(true)
             .attach_stderr(true)
             .env(env);
@@ -83,9 +84,25 @@ impl DockerRuntime {
         )
         .await
         .map_err(|f| f.into_domain(host, &what))?;
-        let mut stream = bounded(bound, exec.start(&ExecStartOpts::default()))
+        let (stream, mut stdin) = bounded(bound, exec.start(&ExecStartOpts::default()))
             .await
-            .map_err(|f| f.into_domain(host, &what))?;
+            .map_err(|f| f.into_domain(host, &what))?
+            .split();
+        tokio::pin!(stream);
+        // Fed beside the output, so a command that prints before it reads (or never reads)
+        // cannot block on a full pipe while we block on its stdin. Closing our half of the
+        // connection closes the command's stdin. A command that exits without reading it
+        // all makes the write fail, which is not an error of the command's.
+        let feed = async {
+            if let Some(bytes) = &request.stdin {
+                if let Err(e) = stdin.write_all(bytes).await {
+                    tracing::debug!(container_id, error = %e, "a command's stdin was not read in full");
+                }
+                let _ = stdin.close().await;
+            }
+        };
+        tokio::pin!(feed);
+        let mut fed = request.stdin.is_none();
 
         let mut out = Collector::new(request.max_output_bytes);
         let deadline = tokio::time::sleep(timeout);
@@ -114,9 +131,9 @@ impl DockerRuntime {
                     tracing::warn!(container_id, "killed exec's output did not end; leaving it");
                     break;
                 }
+                () = &mut feed, if !fed => fed = true,
             }
         }
-        drop(stream);
 
         let exit_code = self
             .exit_code(&exec, timed_out)
@@ -186,6 +203,35 @@ impl Capped {
         }
         self.buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
+
+    /// The text kept. A cut made by the cap never splits a character: the bytes of a
+    /// character the cap cut short are dropped rather than shown as U+FFFD.
+    fn into_text(mut self) -> String {
+        if self.truncated {
+            let tail = incomplete_tail(&self.buf);
+            self.buf.truncate(self.buf.len() - tail);
+        }
+        text(self.buf)
+    }
+}
+
+/// How many bytes at the end of `buf` start a UTF-8 character they do not finish (0 to 3).
+fn incomplete_tail(buf: &[u8]) -> usize {
+    // A character is at most 4 bytes: look back at most 3 for the lead byte of the last one.
+    for back in 1..=buf.len().min(3) {
+        let byte = buf[buf.len() - back];
+        if byte & 0b1100_0000 == 0b1000_0000 {
+            continue; // a continuation byte: keep looking for its lead
+        }
+        let needs = match byte {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => return 0, // ASCII or not a lead byte at all: nothing to cut
+        };
+        return if needs > back { back } else { 0 };
+    }
+    0
 }
 
 /// Which stream a chunk came from.
@@ -308,9 +354,9 @@ impl Collector {
                 .split
                 .as_ref()
                 .is_some_and(|(o, e)| o.truncated || e.truncated);
-        let output = text(self.output.buf);
+        let output = self.output.into_text();
         let (stdout, stderr) = match (self.split, self.only) {
-            (Some((o, e)), _) => (text(o.buf), text(e.buf)),
+            (Some((o, e)), _) => (o.into_text(), e.into_text()),
             (None, Some(Source::Stdout)) => (output.clone(), String::new()),
             (None, Some(Source::Stderr)) => (String::new(), output.clone()),
             (None, None) => (String::new(), String::new()),
@@ -417,5 +463,41 @@ mod tests {
         assert_eq!(out.stdout, "abca");
         assert_eq!(out.stderr, "xyz");
         assert!(out.truncated);
+    }
+
+    #[test]
+    fn a_cut_never_splits_a_character() {
+        // "é" is 2 bytes, "€" 3, "😀" 4: a cap of 5 falls inside each of them in turn.
+        for (input, kept) in [
+            ("abcdé", "abcd"),
+            ("abc€", "abc"),
+            ("ab€", "ab€"), // fits exactly: whole
+            ("ab😀", "ab"),
+            ("abcde€", "abcde"),
+        ] {
+            let mut c = past_the_marker(5);
+            c.stdout(input.as_bytes());
+            c.stdout(b"more");
+            let out = c.finish(0, false, Duration::ZERO);
+            assert_eq!(out.output, kept, "{input:?}");
+            assert_eq!(out.stdout, kept, "{input:?}");
+            assert!(out.truncated);
+        }
+        // Not cut by the cap: invalid bytes at the end are the command's and stay visible.
+        let mut c = past_the_marker(100);
+        c.stdout(b"ab\xe2\x82");
+        assert_eq!(c.finish(0, false, Duration::ZERO).output, "ab\u{fffd}");
+    }
+
+    #[test]
+    fn the_incomplete_tail_is_found_from_every_lead_byte() {
+        assert_eq!(incomplete_tail(b""), 0);
+        assert_eq!(incomplete_tail(b"a"), 0);
+        assert_eq!(incomplete_tail("é".as_bytes()), 0);
+        assert_eq!(incomplete_tail(&"é".as_bytes()[..1]), 1);
+        assert_eq!(incomplete_tail(&"€".as_bytes()[..2]), 2);
+        assert_eq!(incomplete_tail(&"😀".as_bytes()[..3]), 3);
+        assert_eq!(incomplete_tail("😀".as_bytes()), 0);
+        assert_eq!(incomplete_tail(b"\x80\x80\x80"), 0);
     }
 }

@@ -193,6 +193,7 @@ fn shell(line: &str) -> ExecRequest {
         user: None,
         max_output_bytes: 64 * 1024,
         timeout: Some(Duration::from_secs(30)),
+        stdin: None,
     }
 }
 
@@ -498,6 +499,46 @@ async fn exec_timeout_kills_the_command_and_its_children() {
             "{out:?}"
         );
         assert_eq!(out.exit_code, 137, "agent: {agent}: {out:?}");
+        vec![sandbox.id.clone()]
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_feeds_stdin_then_closes_it() {
+    on_both_paths(|runtime, agent| async move {
+        let sandbox = Sandbox::started(&runtime, template()).await;
+        let with = |line: &str, stdin: &[u8]| ExecRequest {
+            stdin: Some(stdin.to_vec()),
+            ..shell(line)
+        };
+        // Read to its end: the command sees EOF, so it ends.
+        let out = runtime
+            .exec(&sandbox.id, &with("cat; echo end", b"one\ntwo\n"))
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, "one\ntwo\nend\n", "agent: {agent}: {out:?}");
+        assert_eq!(out.exit_code, 0);
+        // More than a pipe holds (4 MiB), counted on the other side, raw bytes included.
+        let big: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let out = runtime
+            .exec(&sandbox.id, &with("wc -c", &big))
+            .await
+            .unwrap();
+        assert_eq!(out.stdout.trim(), "4194304", "agent: {agent}: {out:?}");
+        // A command that never reads it still ends, with its output.
+        let out = runtime
+            .exec(&sandbox.id, &with("echo ignored", &big))
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, "ignored\n", "agent: {agent}: {out:?}");
+        // Without stdin, a reader sees EOF at once rather than waiting for ever.
+        let out = runtime
+            .exec(&sandbox.id, &shell("cat; echo eof"))
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, "eof\n", "agent: {agent}: {out:?}");
+        assert!(!out.timed_out);
         vec![sandbox.id.clone()]
     })
     .await;
@@ -1056,56 +1097,6 @@ fn nix_uid() -> u32 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-/// Not an assertion: the median of 200 sequential `true` execs, through the agent and
-/// through Docker exec, on the same sandbox. `cargo nextest run -p monza-docker
-/// --run-ignored only exec_latency -- --nocapture` (or `cargo test -p monza-docker --test
-/// docker -- --ignored --nocapture exec_latency`).
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "a measurement, run by hand"]
-async fn exec_latency_agent_vs_docker_exec() {
-    let Some(runtime) = agent_runtime().await else {
-        return;
-    };
-    let sandbox = Sandbox::started(&runtime, template()).await;
-    let argv = ExecRequest {
-        command: Command::Argv(vec!["true".into()]),
-        ..shell("")
-    };
-    let docker = ExecRequest {
-        // Another user than the agent's: Docker exec.
-        user: Some("0".into()),
-        ..argv.clone()
-    };
-    for request in [&argv, &docker] {
-        for _ in 0..10 {
-            runtime.exec(&sandbox.id, request).await.unwrap();
-        }
-    }
-    let before = runtime.agent_execs(&sandbox.id);
-    let mut report = Vec::new();
-    for (name, request) in [("agent", &argv), ("docker exec", &docker)] {
-        let mut took = Vec::with_capacity(200);
-        for _ in 0..200 {
-            let started = Instant::now();
-            let out = runtime.exec(&sandbox.id, request).await.unwrap();
-            took.push(started.elapsed());
-            assert_eq!(out.exit_code, 0);
-        }
-        took.sort();
-        report.push(format!(
-            "{name}: median {:.2} ms, p90 {:.2} ms, max {:.2} ms",
-            took[100].as_secs_f64() * 1e3,
-            took[180].as_secs_f64() * 1e3,
-            took[199].as_secs_f64() * 1e3
-        ));
-    }
-    assert_eq!(runtime.agent_execs(&sandbox.id) - before, 200);
-    println!(
-        "exec `true`, 200 sequential calls each:\n{}",
-        report.join("\n")
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -25,7 +25,7 @@ pub use ports::{
 };
 pub use runtime::{
     ByteStream, ContainerSpec, ContainerState, CreatedContainer, ExecOutput, ExecRequest,
-    FileDownload, FileStat, ManagedContainer, PublishedPort, UploadFile,
+    FileDownload, FileStat, ManagedContainer, PublishedPort, TIMED_OUT_EXIT_CODE, UploadFile,
 };
 pub use sandbox::{
     CreateLease, EventAction, InstanceId, NewEvent, PortMapping, Sandbox, SandboxEvent,

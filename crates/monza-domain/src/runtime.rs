@@ -79,9 +79,16 @@ pub struct ExecRequest {
     /// Output kept, in bytes, for `output` (and each of `stdout`/`stderr`); more is dropped
     /// and `truncated` set.
     pub max_output_bytes: usize,
-    /// Kill the command after this long.
+    /// Kill the command (and every process it started) after this long.
     pub timeout: Option<Duration>,
+    /// Bytes written to the command's stdin, which is then closed. `None`: stdin is empty
+    /// (closed at once).
+    pub stdin: Option<Vec<u8>>,
 }
+
+/// The exit code a command killed by its timeout answers with, whatever signal ended it:
+/// coreutils' `timeout` convention, which LangChain DeepAgents' sandboxes expect.
+pub const TIMED_OUT_EXIT_CODE: i64 = 124;
 
 /// What a command did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +99,8 @@ pub struct ExecOutput {
     pub stdout: String,
     /// stderr alone.
     pub stderr: String,
-    /// The exit code (-1 when killed by the timeout without one).
+    /// The exit code: -1 when the command ended without one. A runtime reports what ended
+    /// a timed-out command (137 for SIGKILL); the service answers [`TIMED_OUT_EXIT_CODE`].
     pub exit_code: i64,
     /// Some output was dropped because of `max_output_bytes`.
     pub truncated: bool,

@@ -17,7 +17,8 @@ use crate::ports::{
     StatusChange, TemplateCatalog, Touch,
 };
 use crate::runtime::{
-    ContainerSpec, ExecOutput, ExecRequest, FileDownload, PublishedPort, UploadFile,
+    ContainerSpec, ExecOutput, ExecRequest, FileDownload, PublishedPort, TIMED_OUT_EXIT_CODE,
+    UploadFile,
 };
 use crate::sandbox::{
     CreateLease, EventAction, InstanceId, NewEvent, PortMapping, Sandbox, SandboxFilter, SandboxId,
@@ -79,6 +80,18 @@ impl ExecLimits {
         requested
             .unwrap_or(self.default_output_bytes)
             .min(self.max_output_bytes)
+    }
+
+    /// The timeout of a request asking for `requested`: the default when it says nothing,
+    /// the maximum for zero (LangChain DeepAgents' "no timeout"), never more than
+    /// [`ExecLimits::max_timeout`].
+    pub fn timeout(&self, requested: Option<StdDuration>) -> StdDuration {
+        match requested {
+            None => self.default_timeout,
+            Some(t) if t.is_zero() => self.max_timeout,
+            Some(t) => t,
+        }
+        .min(self.max_timeout)
     }
 }
 
@@ -152,12 +165,14 @@ pub struct ExecuteCommand {
     pub command: String,
     /// Output to keep, clamped to [`ExecLimits::max_output_bytes`].
     pub max_output_bytes: Option<usize>,
-    /// Timeout, clamped to [`ExecLimits::max_timeout`].
+    /// Timeout, clamped to [`ExecLimits::max_timeout`]; zero means the maximum.
     pub timeout: Option<StdDuration>,
     /// Working directory (absolute).
     pub workdir: Option<String>,
     /// Extra environment.
     pub env: BTreeMap<String, String>,
+    /// Fed to the command's stdin, which is then closed.
+    pub stdin: Option<Vec<u8>>,
 }
 
 /// What one reaper pass did.
@@ -391,6 +406,7 @@ impl SandboxService {
                 user: user.clone(),
                 max_output_bytes: self.config.exec_limits.default_output_bytes,
                 timeout: Some(self.config.exec_limits.max_timeout),
+                stdin: None,
             };
             let output = self
                 .runtime
@@ -585,10 +601,7 @@ impl SandboxService {
         }
         let limits = &self.config.exec_limits;
         let max_output_bytes = limits.output_cap(command.max_output_bytes);
-        let timeout = command
-            .timeout
-            .unwrap_or(limits.default_timeout)
-            .min(limits.max_timeout);
+        let timeout = limits.timeout(command.timeout);
         let sandbox = self.running(access, id).await?;
         let mut env = sandbox.remote_env.clone();
         env.extend(command.env);
@@ -600,6 +613,7 @@ impl SandboxService {
             user,
             max_output_bytes,
             timeout: Some(timeout),
+            stdin: command.stdin,
         };
         let event = NewEvent::new(
             EventAction::Executed,
@@ -608,7 +622,8 @@ impl SandboxService {
         let sandbox = self.touch(&sandbox, Some(event)).await?;
         let cid = container_of(&sandbox)?;
         let output = self.runtime.exec(cid, &request).await;
-        self.or_vanished(&sandbox, output).await
+        let output = self.or_vanished(&sandbox, output).await?;
+        Ok(answered(output, max_output_bytes))
     }
 
     /// Copies a file into a running sandbox's `dest_dir` (default: its workspace folder) and
@@ -824,6 +839,24 @@ fn tail(s: &str, max: usize) -> String {
         start += 1;
     }
     s[start..].to_owned()
+}
+
+/// What execute answers for `output`: a timed-out command's exit code is
+/// [`TIMED_OUT_EXIT_CODE`] whatever signal the runtime reports, and no text is longer than
+/// `cap` bytes (a runtime's replacement characters for bytes that are not UTF-8 can make it
+/// longer than the bytes it kept), cut on a character boundary and flagged `truncated`.
+fn answered(mut output: ExecOutput, cap: usize) -> ExecOutput {
+    if output.timed_out {
+        output.exit_code = TIMED_OUT_EXIT_CODE;
+    }
+    for text in [&mut output.output, &mut output.stdout, &mut output.stderr] {
+        if text.len() > cap {
+            let kept = truncate(text, cap).len();
+            text.truncate(kept);
+            output.truncated = true;
+        }
+    }
+    output
 }
 
 /// The first `max` bytes of `s`, on a character boundary.

@@ -42,32 +42,37 @@ impl FromRequest for PathId {
     }
 }
 
-/// A JSON object body: read within [`HttpConfig::body_timeout`] and
-/// [`HttpConfig::max_json_bytes`], then checked before it is decoded: it must be an object,
-/// and no string in it (key or value) may hold a NUL byte. The body is read as JSON whatever
-/// its `Content-Type` says, as the Go service monza replaces did, so `curl -d '{…}'` (which
-/// sends form encoding) works; a body that is not JSON is a 400.
+/// Execute's body, a JSON object carrying a command: read within
+/// [`HttpConfig::body_timeout`] and [`HttpConfig::max_command_bytes`] (a command may carry a
+/// file edit or a stdin), then checked before it is decoded: it must be an object, and no
+/// string in it (key or value) may hold a NUL byte. The body is read as JSON whatever its
+/// `Content-Type` says, as the Go service monza replaces did, so `curl -d '{…}'` (which sends
+/// form encoding) works; a body that is not JSON is a 400.
 #[derive(Debug)]
-pub(crate) struct JsonObject<T>(pub T);
+pub(crate) struct CommandJson<T>(pub T);
 
-/// Like [`JsonObject`], but the body may be absent: an empty body (`curl -X POST …`, or
+/// A JSON object body read and checked like [`CommandJson`]'s within
+/// [`HttpConfig::max_json_bytes`], which may be absent: an empty body (`curl -X POST …`, or
 /// `Content-Length: 0` whatever the type) or a JSON `null` gives `None`.
 #[derive(Debug)]
 pub(crate) struct JsonOrEmpty<T>(pub Option<T>);
 
-impl<T: DeserializeOwned + 'static> FromRequest for JsonObject<T> {
+impl<T: DeserializeOwned + 'static> FromRequest for CommandJson<T> {
     type Error = actix_web::Error;
     type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let body = read_json(req, payload);
-        Box::pin(async move {
-            match body.await? {
-                Some(value) => Ok(Self(value)),
-                None => Err(ApiError::invalid("the body must be a JSON object, not null").into()),
-            }
-        })
+        let body = object(read_json(req, payload, Limit::Command));
+        Box::pin(async move { Ok(Self(body.await?)) })
     }
+}
+
+/// A body that must be there: `null` is refused.
+async fn object<T>(
+    body: LocalBoxFuture<'static, Result<Option<T>, ApiError>>,
+) -> Result<T, ApiError> {
+    body.await?
+        .ok_or_else(|| ApiError::invalid("the body must be a JSON object, not null"))
 }
 
 impl<T: DeserializeOwned + 'static> FromRequest for JsonOrEmpty<T> {
@@ -78,7 +83,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonOrEmpty<T> {
         if has_no_body(req) {
             return Box::pin(async { Ok(Self(None)) });
         }
-        let body = read_json(req, payload);
+        let body = read_json(req, payload, Limit::Json);
         Box::pin(async move { Ok(Self(body.await?)) })
     }
 }
@@ -87,8 +92,9 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonOrEmpty<T> {
 fn read_json<T: DeserializeOwned + 'static>(
     req: &HttpRequest,
     payload: &mut Payload,
+    limit: Limit,
 ) -> LocalBoxFuture<'static, Result<Option<T>, ApiError>> {
-    let config = config_of(req);
+    let config = config_of(req, limit);
     let announced = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -99,11 +105,11 @@ fn read_json<T: DeserializeOwned + 'static>(
             && length > config.max_json_bytes as u64
         {
             return Err(ApiError::too_large(format!(
-                "the JSON body is {length} bytes; the limit is {} bytes",
-                config.max_json_bytes
+                "the JSON body is {length} bytes; the limit is {} bytes{}",
+                config.max_json_bytes, config.setting
             )));
         }
-        let bytes = read_all(payload, config.max_json_bytes, config.body_timeout).await?;
+        let bytes = read_all(payload, &config).await?;
         let value: Value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?;
         match &value {
@@ -127,16 +133,34 @@ fn read_json<T: DeserializeOwned + 'static>(
     })
 }
 
+/// Which size limit a JSON body has.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    /// [`HttpConfig::max_json_bytes`].
+    Json,
+    /// [`HttpConfig::max_command_bytes`].
+    Command,
+}
+
 /// The JSON body limits in force: size and arrival time (the defaults outside `configure`).
 struct JsonLimits {
     max_json_bytes: usize,
+    /// Where the size limit is set, for the 413's message (empty: not settable).
+    setting: &'static str,
     body_timeout: Duration,
 }
 
-fn config_of(req: &HttpRequest) -> JsonLimits {
-    let limits = |c: &HttpConfig| JsonLimits {
-        max_json_bytes: c.max_json_bytes,
-        body_timeout: c.body_timeout,
+fn config_of(req: &HttpRequest, limit: Limit) -> JsonLimits {
+    let limits = |c: &HttpConfig| {
+        let (max_json_bytes, setting) = match limit {
+            Limit::Json => (c.max_json_bytes, ""),
+            Limit::Command => (c.max_command_bytes, " (MONZA_MAX_COMMAND_BYTES)"),
+        };
+        JsonLimits {
+            max_json_bytes,
+            setting,
+            body_timeout: c.body_timeout,
+        }
     };
     match req.app_data::<web::Data<HttpConfig>>() {
         Some(config) => limits(config),
@@ -175,8 +199,9 @@ fn nul_in(value: &Value, at: &str) -> Option<String> {
     }
 }
 
-/// The whole body, refused past `limit` bytes (413) or past `timeout` (408).
-async fn read_all(payload: Payload, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+/// The whole body, refused past the size limit (413) or past the body timeout (408).
+async fn read_all(payload: Payload, limits: &JsonLimits) -> Result<Bytes, ApiError> {
+    let (limit, setting, timeout) = (limits.max_json_bytes, limits.setting, limits.body_timeout);
     let read = async move {
         let mut payload = payload;
         let mut buf = BytesMut::new();
@@ -184,7 +209,7 @@ async fn read_all(payload: Payload, limit: usize, timeout: Duration) -> Result<B
             let chunk = chunk.map_err(payload_error)?;
             if buf.len() + chunk.len() > limit {
                 return Err(ApiError::too_large(format!(
-                    "the JSON body is over the limit of {limit} bytes"
+                    "the JSON body is over the limit of {limit} bytes{setting}"
                 )));
             }
             buf.extend_from_slice(&chunk);

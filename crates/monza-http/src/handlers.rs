@@ -13,7 +13,7 @@ use monza_domain::{Error, ExecuteCommand, SandboxFilter, SandboxService, StatusF
 use crate::HttpConfig;
 use crate::access::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{JsonObject, JsonOrEmpty, PathId, query_param, strict_query};
+use crate::extract::{CommandJson, JsonOrEmpty, PathId, query_param, strict_query};
 use crate::model::{
     CreateSandboxRequest, EventResponse, ExecuteRequest, ExecuteResponse, HealthResponse,
     HelloResponse, ListQuery, ReadyResponse, SandboxResponse,
@@ -200,7 +200,7 @@ pub(crate) async fn heartbeat_sandbox(
         (status = 400, description = "Malformed id or JSON, missing or empty `command`, relative `workdir`, bad env name", body = ErrorBody),
         (status = 404, description = "Unknown sandbox", body = ErrorBody),
         (status = 409, description = "The sandbox is not running", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 413, description = "Body over MONZA_MAX_COMMAND_BYTES (1 MiB by default)", body = ErrorBody),
         (status = 503, description = "The store or Docker is unavailable, or the server's output budget is spent (retry shortly)", body = ErrorBody),
     )
 )]
@@ -209,7 +209,7 @@ pub(crate) async fn execute_command(
     config: web::Data<HttpConfig>,
     caller: Caller,
     PathId(id): PathId,
-    body: JsonObject<ExecuteRequest>,
+    body: CommandJson<ExecuteRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let command: ExecuteCommand = body.0.into();
     // The answer holds the combined output and the stream it came from: twice the cap.

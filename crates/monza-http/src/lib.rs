@@ -96,8 +96,11 @@ pub use request_log::{REQUEST_ID_HEADER, RequestId};
 /// Limits and places of the HTTP layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
-    /// Largest JSON request body, in bytes (64 KiB); more is a 413.
+    /// Largest JSON request body but execute's, in bytes (64 KiB); more is a 413.
     pub max_json_bytes: usize,
+    /// Largest execute body, in bytes (1 MiB): a command may carry a whole file edit, or a
+    /// stdin; more is a 413.
+    pub max_command_bytes: usize,
     /// Largest text field of the upload form (`path`), in bytes (8 KiB); more is a 400.
     pub max_form_field_bytes: usize,
     /// Directory where uploads are spooled before going into the sandbox (the system's
@@ -119,6 +122,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             max_json_bytes: 64 * 1024,
+            max_command_bytes: 1024 * 1024,
             max_form_field_bytes: 8 * 1024,
             upload_dir: std::env::temp_dir(),
             body_timeout: Duration::from_secs(30),

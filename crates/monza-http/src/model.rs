@@ -214,8 +214,10 @@ pub struct ExecuteRequest {
     #[schema(minimum = 0, maximum = 18446744073709551615_u64)]
     #[serde(default, deserialize_with = "whole_number")]
     pub max_output_bytes: Option<u64>,
-    /// Kill the command after this many seconds (default 600; clamped to the server's
-    /// maximum, 3600 by default).
+    /// Kill the command, and every process it started, after this many seconds (default
+    /// 600; clamped to the server's maximum, 3600 by default). `0` means no timeout but the
+    /// server's maximum. A command killed by its timeout answers `exitCode` 124 and
+    /// `timed_out: true`.
     #[schema(minimum = 0, maximum = 18446744073709551615_u64)]
     #[serde(default, deserialize_with = "whole_number")]
     pub timeout_secs: Option<u64>,
@@ -230,6 +232,9 @@ pub struct ExecuteRequest {
     /// Extra environment variables: names not empty and without `=`, no NUL anywhere.
     #[schema(schema_with = env_schema)]
     pub env: Option<BTreeMap<String, String>>,
+    /// Text fed to the command's stdin, which is then closed (default: an empty stdin).
+    #[schema(example = "hello\n")]
+    pub stdin: Option<String>,
 }
 
 /// An optional count: JSON has one number type, so `1000.0` is the integer 1000 (as JSON
@@ -268,6 +273,7 @@ impl From<ExecuteRequest> for ExecuteCommand {
             timeout: r.timeout_secs.map(Duration::from_secs),
             workdir: r.workdir,
             env: r.env.unwrap_or_default(),
+            stdin: r.stdin.map(String::into_bytes),
         }
     }
 }
@@ -278,10 +284,11 @@ impl From<ExecuteRequest> for ExecuteCommand {
 pub struct ExecuteResponse {
     /// stdout and stderr combined, in arrival order.
     pub output: String,
-    /// The exit code (-1 when the timeout killed it without one).
+    /// The exit code: 124 when the timeout killed it, -1 when it ended without one.
     #[serde(rename = "exitCode")]
     pub exit_code: i64,
-    /// Output beyond `max_output_bytes` was dropped.
+    /// Output beyond `max_output_bytes` was dropped (never in the middle of a character:
+    /// no text is longer than `max_output_bytes` bytes).
     pub truncated: bool,
     /// stdout alone.
     pub stdout: String,

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use actix_web::http::{Method, header};
 use actix_web::test::TestRequest;
+use monza_domain::testing::fixtures::exec_output;
 use monza_domain::{
-    CreatedContainer, Error, ExecOutput, LifecycleEvent, PublishedPort, SandboxId, SandboxState,
-    SandboxStatus, ServiceConfig,
+    CreatedContainer, Error, ExecLimits, ExecOutput, LifecycleEvent, PublishedPort, SandboxId,
+    SandboxState, SandboxStatus, ServiceConfig,
 };
 use serde_json::{Value, json};
 use support::{Mocks, NOW, sandbox, sandbox_uri, template};
@@ -285,7 +286,8 @@ async fn create_past_the_tenant_limit_is_429() {
 }
 
 #[actix_web::test]
-async fn json_bodies_over_64_kib_are_413_and_a_body_that_is_not_json_is_400_whatever_its_type() {
+async fn json_bodies_over_their_limit_are_413_and_a_body_that_is_not_json_is_400_whatever_its_type()
+{
     let app = app!(Mocks::permissive().service());
     let big = json!({"name": "x".repeat(70 * 1024)});
     let res = app.post_json("/api/sandboxes", &big).await;
@@ -294,6 +296,58 @@ async fn json_bodies_over_64_kib_are_413_and_a_body_that_is_not_json_is_400_what
     let execute = sandbox_uri(SandboxId::new_random(), "/execute");
     let res = app.post_raw(&execute, "text/plain", "ls").await;
     res.error_mentioning(400, "invalid_input", "invalid JSON body");
+
+    // Execute's limit is its own, 1 MiB by default: past it, the 413 names the setting.
+    let over = json!({"command": "cat", "stdin": "x".repeat(1024 * 1024)});
+    let res = app.post_json(&execute, &over).await;
+    res.error_mentioning(413, "too_large", "MONZA_MAX_COMMAND_BYTES");
+}
+
+#[actix_web::test]
+async fn execute_takes_a_body_of_almost_1_mib_and_feeds_its_stdin() {
+    let sb = sandbox(SandboxStatus::Running);
+    let mut m = Mocks::serving(&sb);
+    // A DeepAgents edit: 50,000 bytes base64-encoded in the command line, and a stdin.
+    let edit = "QUJD".repeat(16_667); // base64 of 50,001 bytes
+    let stdin = "é".repeat(400 * 1024);
+    let (want_edit, want_stdin) = (edit.clone(), stdin.clone());
+    m.runtime
+        .expect_exec()
+        .withf(move |_, r| {
+            r.command.argv()[2].contains(&want_edit)
+                && r.stdin.as_deref() == Some(want_stdin.as_bytes())
+        })
+        .times(1)
+        .returning(|_, _| Ok(exec_output(0, "done")));
+    let request = json!({"command": format!("echo {edit} | base64 -d > f"), "stdin": stdin});
+    let res = app!(m.service())
+        .post_json(&sandbox_uri(sb.id, "/execute"), &request)
+        .await;
+    assert_eq!(res.status, 200, "{:?}", res.body);
+    assert_eq!(res.json()["output"], "done");
+}
+
+#[actix_web::test]
+async fn a_timed_out_command_answers_124_and_timeout_0_is_the_servers_maximum() {
+    let sb = sandbox(SandboxStatus::Running);
+    let mut m = Mocks::serving(&sb);
+    m.runtime
+        .expect_exec()
+        .withf(|_, r| r.timeout == Some(ExecLimits::default().max_timeout))
+        .times(1)
+        .returning(|_, _| {
+            Ok(ExecOutput {
+                timed_out: true,
+                ..exec_output(137, "started\n")
+            })
+        });
+    let request = json!({"command": "sleep 100000", "timeout_secs": 0});
+    let res = app!(m.service())
+        .post_json(&sandbox_uri(sb.id, "/execute"), &request)
+        .await;
+    assert_eq!(res.status, 200, "{:?}", res.body);
+    assert_eq!(res.json()["exitCode"], 124);
+    assert_eq!(res.json()["timed_out"], true);
 }
 
 #[actix_web::test]

@@ -14,6 +14,7 @@ use crate::ports::{MockClock, MockContainerRuntime, MockSandboxRepository, MockT
 use crate::runtime::ManagedContainer;
 use crate::sandbox::StatusFilter;
 use crate::template::LifecycleCommand;
+use crate::testing::fixtures::exec_output;
 
 const T0: OffsetDateTime = datetime!(2026-01-01 12:00 UTC);
 const CID: &str = "c0ffee";
@@ -294,18 +295,6 @@ fn command(line: &str) -> ExecuteCommand {
     ExecuteCommand {
         command: line.into(),
         ..Default::default()
-    }
-}
-
-fn exec_output(exit_code: i64, output: &str) -> ExecOutput {
-    ExecOutput {
-        output: output.into(),
-        stdout: output.into(),
-        stderr: String::new(),
-        exit_code,
-        truncated: false,
-        timed_out: false,
-        duration: StdDuration::from_millis(1),
     }
 }
 
@@ -825,6 +814,75 @@ async fn execute_records_activity_then_runs_with_clamped_limits() {
         .await
         .unwrap();
     assert_eq!(out.output, "a\n");
+}
+
+#[tokio::test]
+async fn execute_takes_a_zero_timeout_as_the_maximum_and_passes_stdin_on() {
+    let (mut m, id) = Mocks::finding_running();
+    m.records_activity(sandbox(SandboxStatus::Running));
+    m.runtime
+        .expect_exec()
+        .withf(|_, r| {
+            r.timeout == Some(StdDuration::from_secs(3600))
+                && r.stdin.as_deref() == Some(&b"line\n"[..])
+        })
+        .times(1)
+        .returning(|_, _| Ok(exec_output(0, "line\n")));
+    m.execute(
+        id,
+        ExecuteCommand {
+            timeout: Some(StdDuration::ZERO),
+            stdin: Some(b"line\n".to_vec()),
+            ..command("cat")
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[test]
+fn exec_limits_pick_the_default_the_maximum_for_zero_and_clamp() {
+    let limits = ExecLimits::default();
+    assert_eq!(limits.timeout(None), limits.default_timeout);
+    assert_eq!(limits.timeout(Some(StdDuration::ZERO)), limits.max_timeout);
+    assert_eq!(
+        limits.timeout(Some(StdDuration::from_secs(5))),
+        StdDuration::from_secs(5)
+    );
+    assert_eq!(
+        limits.timeout(Some(StdDuration::from_secs(1_000_000))),
+        limits.max_timeout
+    );
+}
+
+#[tokio::test]
+async fn a_timed_out_command_answers_124_and_no_text_passes_the_output_cap() {
+    let (mut m, id) = Mocks::finding_running();
+    m.records_activity(sandbox(SandboxStatus::Running));
+    // A runtime's replacement characters for invalid bytes made the text longer than the
+    // four bytes it kept: "a" then two U+FFFD (3 bytes each).
+    m.runtime.expect_exec().times(1).returning(|_, _| {
+        Ok(ExecOutput {
+            timed_out: true,
+            exit_code: 137,
+            ..exec_output(137, "a\u{fffd}\u{fffd}")
+        })
+    });
+    let out = m
+        .execute(
+            id,
+            ExecuteCommand {
+                max_output_bytes: Some(4),
+                ..command("sleep 100")
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, TIMED_OUT_EXIT_CODE);
+    assert!(out.timed_out);
+    assert_eq!(out.output, "a\u{fffd}", "cut on a character boundary");
+    assert_eq!(out.stdout, "a\u{fffd}");
+    assert!(out.truncated);
 }
 
 #[tokio::test]

@@ -1,10 +1,11 @@
 //! Values the adapter crates' tests build again and again, written once.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde_json::json;
 
-use crate::runtime::ContainerSpec;
+use crate::runtime::{ContainerSpec, ExecOutput};
 use crate::sandbox::{SandboxId, TemplateName, TenantId};
 use crate::template::{ImageSource, RunOptions, Template};
 
@@ -53,4 +54,18 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// A command's output as a runtime reports it: `output` on stdout, nothing dropped, not
+/// timed out, 1 ms.
+pub fn exec_output(exit_code: i64, output: &str) -> ExecOutput {
+    ExecOutput {
+        output: output.into(),
+        stdout: output.into(),
+        stderr: String::new(),
+        exit_code,
+        truncated: false,
+        timed_out: false,
+        duration: Duration::from_millis(1),
+    }
 }
