@@ -200,6 +200,120 @@ async fn every_route(store: Store) {
     app.shutdown().await;
 }
 
+/// Reads NDJSON lines from a streamed answer, one at a time.
+struct Lines {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    fn of(response: reqwest::Response) -> Self {
+        use futures::StreamExt;
+        Self {
+            body: response.bytes_stream().boxed(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next line as JSON, within 30 s; `None` at the end of the body.
+    async fn next(&mut self) -> Option<Value> {
+        use futures::StreamExt;
+        loop {
+            if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                return Some(serde_json::from_slice(&line).unwrap());
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(30), self.body.next())
+                .await
+                .expect("a line within 30 s")?;
+            self.buf.extend_from_slice(&chunk.unwrap());
+        }
+    }
+}
+
+/// Execute streamed as NDJSON and as SSE, through the agent and through Docker exec: the
+/// first chunk comes while the command still runs, and a client that goes away takes the
+/// command with it.
+async fn execute_streams(store: Store) {
+    for agent in [AgentMode::On, AgentMode::Off] {
+        let Some(app) = TestApp::spawn(store, |args| args.agent = agent).await else {
+            return;
+        };
+        let id = app.create(json!({})).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let execute = app.url(&format!("/api/sandboxes/{id}/execute"));
+        let stream = |accept: &'static str, command: &str| {
+            app.client
+                .post(&execute)
+                .header("accept", accept)
+                .json(&json!({ "command": command }))
+                .send()
+        };
+
+        // It waits for a file the test creates only once it has read the first line.
+        let gate = "i=0; while [ ! -e /workspace/gate ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done";
+        let response = stream(
+            "application/x-ndjson",
+            &format!("echo first; {gate}; echo last >&2"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+        let mut lines = Lines::of(response);
+        assert_eq!(
+            lines.next().await,
+            Some(json!({"type": "stdout", "data": "first\n"})),
+            "{agent:?}"
+        );
+        app.exec_ok(&id, "touch /workspace/gate").await;
+        assert_eq!(
+            lines.next().await,
+            Some(json!({"type": "stderr", "data": "last\n"})),
+            "{agent:?}"
+        );
+        let exit = lines.next().await.unwrap();
+        assert_eq!(
+            (&exit["type"], &exit["exitCode"]),
+            (&json!("exit"), &json!(0)),
+            "{exit}"
+        );
+        assert_eq!(lines.next().await, None);
+
+        let sse = stream("text/event-stream", "printf x").await.unwrap();
+        assert_eq!(sse.headers()["content-type"], "text/event-stream");
+        let text = sse.text().await.unwrap();
+        assert!(text.starts_with("event: stdout\ndata: {"), "{text}");
+        assert!(text.contains("event: exit\ndata: {"), "{text}");
+
+        // The client leaves: the command and what it started are killed.
+        let response = stream(
+            "application/x-ndjson",
+            "sleep 303 & echo started; sleep 304",
+        )
+        .await
+        .unwrap();
+        let mut lines = Lines::of(response);
+        assert_eq!(lines.next().await.unwrap()["data"], "started\n");
+        drop(lines);
+        let mut left = String::new();
+        for _ in 0..100 {
+            let out = app
+                .exec_ok(&id, "ps -o args | grep -c 'sleep 30[34]' || true")
+                .await;
+            left = out["stdout"].as_str().unwrap().trim().to_owned();
+            if left == "0" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(left, "0", "{agent:?}: the command outlived its client");
+        app.shutdown().await;
+    }
+}
+
 /// Execute's fuller request, through the agent and through Docker exec alike: stdin fed
 /// then closed, a body past the old 64 KiB limit, `timeout_secs: 0` as the server's maximum,
 /// a timeout's 124, and a cut that never splits a character.
@@ -549,6 +663,7 @@ async fn the_tenant_limit_holds_across_two_replicas_on_one_postgres() {
 
 on_both_stores!(
     execute_in_full,
+    execute_streams,
     every_route,
     forwarded_ports_accept_connections,
     idle_sandboxes_expire_and_heartbeated_ones_stay,

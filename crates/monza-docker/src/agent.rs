@@ -36,7 +36,7 @@ use monza_agent_protocol::{
     self as protocol, AgentCodec, CodecError, DecodeError, Message, PROTOCOL_VERSION, Program,
     Signal, Stream, Welcome,
 };
-use monza_domain::{Command, Error, ExecOutput, ExecRequest, Result};
+use monza_domain::{Command, Error, ExecRequest, OutputStream, Result};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::net::{UnixListener, UnixStream};
@@ -46,7 +46,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::engine::RawClient;
 use crate::error::{Failure, bounded};
-use crate::exec::Collector;
+use crate::sink::{Finished, Sink, consumer_gone};
 
 /// The static agent, built by this crate's build script (see `build.rs`).
 pub const AGENT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/monza-agent"));
@@ -359,6 +359,7 @@ impl Agents {
         container_id: &str,
         request: &ExecRequest,
         default_timeout: Duration,
+        sink: &mut Sink,
     ) -> Option<Outcome> {
         let slot = self.get(container_id)?;
         if request.user != slot.user {
@@ -368,7 +369,7 @@ impl Agents {
             slot.restart_in_background();
             return None;
         };
-        let output = conn.exec(request, default_timeout).await;
+        let output = conn.exec(request, default_timeout, sink).await;
         if conn.is_closed() {
             slot.restart_in_background();
         }
@@ -382,8 +383,8 @@ impl Agents {
 /// How an exec through the agent ended, when Docker exec is not to run it.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    /// The agent ran it: its output, or why it failed.
-    Done(Result<ExecOutput>),
+    /// The agent ran it: how it ended (its output is in the sink), or why it failed.
+    Done(Result<Finished>),
     /// The agent was handed the command and then lost (the connection ended, or the agent
     /// lost track of it after it started): it may have run, so it is not run again. The
     /// caller finds out whether the container is gone, which is then the answer.
@@ -811,6 +812,7 @@ impl Conn {
         self: &Arc<Self>,
         request: &ExecRequest,
         default_timeout: Duration,
+        sink: &mut Sink,
     ) -> Option<Outcome> {
         let started = Instant::now();
         let timeout = request.timeout.unwrap_or(default_timeout);
@@ -854,17 +856,19 @@ impl Conn {
                 return None;
             }
         }
-        let mut out = Collector::without_marker(request.max_output_bytes);
         let mut output_seen = false;
         loop {
             tokio::select! {
-                frame = rx.recv() => match frame {
+                // Frames first: the deadline below only catches an agent that went silent.
+                biased;
+                frame = rx.recv(), if sink.ready() => match frame {
                     Some(Message::Output { stream, data, .. }) => {
                         output_seen = true;
-                        match stream {
-                            Stream::Stdout => out.stdout(&data),
-                            Stream::Stderr => out.stderr(&data),
-                        }
+                        let stream = match stream {
+                            Stream::Stdout => OutputStream::Stdout,
+                            Stream::Stderr => OutputStream::Stderr,
+                        };
+                        sink.push(stream, data.into());
                     }
                     Some(Message::Exit { exit, .. }) => {
                         guard.done = true;
@@ -874,7 +878,11 @@ impl Conn {
                         } else {
                             i64::from(exit.exit_code)
                         };
-                        return Some(Outcome::Done(Ok(out.finish(exit_code, exit.timed_out, started.elapsed()))));
+                        return Some(Outcome::Done(Ok(Finished {
+                            exit_code,
+                            timed_out: exit.timed_out,
+                            duration: started.elapsed(),
+                        })));
                     }
                     Some(Message::Error { error, .. }) => {
                         guard.done = true;
@@ -902,10 +910,19 @@ impl Conn {
                         )));
                     }
                 },
-                () = &mut deadline => {
+                live = sink.drive() => if !live {
+                    // The consumer went away: the guard kills the command's process group.
+                    return Some(Outcome::Done(Err(consumer_gone())));
+                },
+                // Not while output waits for a slow consumer: the agent may be waiting on us.
+                () = &mut deadline, if sink.ready() => {
                     // The agent's own timeout should have ended it long ago.
                     tracing::warn!("agent did not report a timed-out command's end");
-                    return Some(Outcome::Done(Ok(out.finish(-1, true, started.elapsed()))));
+                    return Some(Outcome::Done(Ok(Finished {
+                        exit_code: -1,
+                        timed_out: true,
+                        duration: started.elapsed(),
+                    })));
                 }
             }
         }

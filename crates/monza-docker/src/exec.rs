@@ -10,14 +10,16 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use docker_api::Exec;
 use docker_api::conn::TtyChunk;
 use docker_api::opts::{ExecCreateOpts, ExecStartOpts};
 use futures::{AsyncWriteExt, StreamExt};
-use monza_domain::{ExecOutput, ExecRequest, Result};
+use monza_domain::{ExecOutput, ExecRequest, OutputStream, Result};
 
 use crate::error::{Failure, bounded};
 use crate::runtime::DockerRuntime;
+use crate::sink::{Finished, Sink, consumer_gone};
 
 /// The marker line the wrapper writes to stderr before running the command.
 const PID_MARKER: &[u8] = b"__monza_exec_pid=";
@@ -43,7 +45,8 @@ impl DockerRuntime {
         &self,
         container_id: &str,
         request: &ExecRequest,
-    ) -> Result<ExecOutput> {
+        sink: &mut Sink,
+    ) -> Result<Finished> {
         let what = format!("running a command in container {container_id}");
         let host = &self.settings.host;
         let started = Instant::now();
@@ -104,7 +107,7 @@ impl DockerRuntime {
         tokio::pin!(feed);
         let mut fed = request.stdin.is_none();
 
-        let mut out = Collector::new(request.max_output_bytes);
+        let mut marker = PidMarker::default();
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         let mut timed_out = false;
@@ -112,17 +115,25 @@ impl DockerRuntime {
         tokio::pin!(grace);
         loop {
             tokio::select! {
-                chunk = stream.next() => match chunk {
+                chunk = stream.next(), if sink.ready() => match chunk {
                     None => break,
-                    Some(Ok(TtyChunk::StdOut(bytes))) => out.stdout(&bytes),
-                    Some(Ok(TtyChunk::StdErr(bytes))) => out.stderr(&bytes),
+                    Some(Ok(TtyChunk::StdOut(bytes))) => sink.push(OutputStream::Stdout, bytes.into()),
+                    Some(Ok(TtyChunk::StdErr(bytes))) => sink.push(OutputStream::Stderr, marker.stderr(&bytes)),
                     Some(Ok(TtyChunk::StdIn(_))) => {}
                     Some(Err(e)) => return Err(Failure::from(e).into_domain(host, &what)),
+                },
+                live = sink.drive() => if !live {
+                    // The consumer went away: the command goes too (with what it started).
+                    match marker.pid {
+                        Some(pid) => self.kill_tree(container_id, pid).await,
+                        None => tracing::warn!(container_id, "exec abandoned before it reported its pid"),
+                    }
+                    return Err(consumer_gone());
                 },
                 () = &mut deadline, if !timed_out => {
                     timed_out = true;
                     grace.as_mut().reset(tokio::time::Instant::now() + KILL_GRACE);
-                    match out.pid {
+                    match marker.pid {
                         Some(pid) => self.kill_tree(container_id, pid).await,
                         None => tracing::warn!(container_id, "exec timed out before it reported its pid"),
                     }
@@ -135,11 +146,16 @@ impl DockerRuntime {
             }
         }
 
+        sink.push(OutputStream::Stderr, marker.finish());
         let exit_code = self
             .exit_code(&exec, timed_out)
             .await
             .map_err(|f| f.into_domain(host, &what))?;
-        Ok(out.finish(exit_code, timed_out, started.elapsed()))
+        Ok(Finished {
+            exit_code,
+            timed_out,
+            duration: started.elapsed(),
+        })
     }
 
     /// The exec's exit code from its inspect; the engine may record it a moment after the
@@ -234,14 +250,53 @@ fn incomplete_tail(buf: &[u8]) -> usize {
     0
 }
 
-/// Which stream a chunk came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
-    Stdout,
-    Stderr,
+/// Strips the wrapper's pid line from the start of stderr and keeps the pid.
+#[derive(Debug)]
+pub(crate) struct PidMarker {
+    /// stderr bytes held back while they may still be the marker line; `None` once decided.
+    pending: Option<Vec<u8>>,
+    pid: Option<u32>,
 }
 
-/// stdout, stderr and both in arrival order, each capped; strips the wrapper's pid line.
+impl Default for PidMarker {
+    fn default() -> Self {
+        Self {
+            pending: Some(Vec::new()),
+            pid: None,
+        }
+    }
+}
+
+impl PidMarker {
+    /// What of `bytes` is the command's own stderr (possibly nothing yet, while the marker
+    /// line may still be arriving).
+    fn stderr(&mut self, bytes: &[u8]) -> Bytes {
+        let Some(mut pending) = self.pending.take() else {
+            return Bytes::copy_from_slice(bytes);
+        };
+        pending.extend_from_slice(bytes);
+        if let Some(newline) = pending.iter().position(|b| *b == b'\n') {
+            if let Some(pid) = pending[..newline].strip_prefix(PID_MARKER) {
+                self.pid = std::str::from_utf8(pid).ok().and_then(|p| p.parse().ok());
+                return Bytes::from(pending).slice(newline + 1..);
+            }
+        } else if pending.len() < MARKER_MAX
+            && PID_MARKER.starts_with(&pending[..pending.len().min(PID_MARKER.len())])
+        {
+            self.pending = Some(pending);
+            return Bytes::new();
+        }
+        // Not the marker after all (a wrapper that could not run): ordinary stderr.
+        Bytes::from(pending)
+    }
+
+    /// What was held back when the output ended.
+    fn finish(&mut self) -> Bytes {
+        self.pending.take().map(Bytes::from).unwrap_or_default()
+    }
+}
+
+/// stdout, stderr and both in arrival order, each capped.
 ///
 /// Memory stays near the cap: while only one stream has spoken, its own buffer would equal
 /// the combined one, so it is not kept; it is made (a copy of the combined output so far)
@@ -250,36 +305,23 @@ enum Source {
 pub(crate) struct Collector {
     output: Capped,
     /// The one stream that has spoken so far, while there is only one.
-    only: Option<Source>,
+    only: Option<OutputStream>,
     /// Each stream's own buffer, once both have spoken.
     split: Option<(Capped, Capped)>,
     cap: usize,
-    /// stderr bytes held back while they may still be the marker line.
-    pending: Option<Vec<u8>>,
-    pid: Option<u32>,
 }
 
 impl Collector {
-    fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         Self {
             output: Capped::new(cap),
             only: None,
             split: None,
             cap,
-            pending: Some(Vec::new()),
-            pid: None,
         }
     }
 
-    /// A collector for output that carries no pid marker line (the agent's).
-    pub(crate) fn without_marker(cap: usize) -> Self {
-        Self {
-            pending: None,
-            ..Self::new(cap)
-        }
-    }
-
-    fn push(&mut self, source: Source, bytes: &[u8]) {
+    pub(crate) fn push(&mut self, source: OutputStream, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
@@ -296,8 +338,8 @@ impl Collector {
                     };
                     let empty = Capped::new(self.cap);
                     self.split = Some(match only {
-                        Source::Stdout => (first, empty),
-                        Source::Stderr => (empty, first),
+                        OutputStream::Stdout => (first, empty),
+                        OutputStream::Stderr => (empty, first),
                     });
                     self.only = None;
                 }
@@ -306,49 +348,13 @@ impl Collector {
         self.output.push(bytes);
         if let Some((stdout, stderr)) = &mut self.split {
             match source {
-                Source::Stdout => stdout.push(bytes),
-                Source::Stderr => stderr.push(bytes),
+                OutputStream::Stdout => stdout.push(bytes),
+                OutputStream::Stderr => stderr.push(bytes),
             }
         }
     }
 
-    pub(crate) fn stdout(&mut self, bytes: &[u8]) {
-        self.push(Source::Stdout, bytes);
-    }
-
-    pub(crate) fn stderr(&mut self, bytes: &[u8]) {
-        let Some(mut pending) = self.pending.take() else {
-            self.push(Source::Stderr, bytes);
-            return;
-        };
-        pending.extend_from_slice(bytes);
-        if let Some(newline) = pending.iter().position(|b| *b == b'\n') {
-            let line = &pending[..newline];
-            if let Some(pid) = line.strip_prefix(PID_MARKER) {
-                self.pid = std::str::from_utf8(pid).ok().and_then(|p| p.parse().ok());
-                let rest = pending[newline + 1..].to_vec();
-                self.stderr(&rest);
-                return;
-            }
-        } else if pending.len() < MARKER_MAX
-            && PID_MARKER.starts_with(&pending[..pending.len().min(PID_MARKER.len())])
-        {
-            self.pending = Some(pending);
-            return;
-        }
-        // Not the marker after all (a wrapper that could not run): ordinary stderr.
-        self.stderr(&pending);
-    }
-
-    pub(crate) fn finish(
-        mut self,
-        exit_code: i64,
-        timed_out: bool,
-        duration: Duration,
-    ) -> ExecOutput {
-        if let Some(pending) = self.pending.take() {
-            self.push(Source::Stderr, &pending);
-        }
+    pub(crate) fn finish(self, exit_code: i64, timed_out: bool, duration: Duration) -> ExecOutput {
         let truncated = self.output.truncated
             || self
                 .split
@@ -357,8 +363,8 @@ impl Collector {
         let output = self.output.into_text();
         let (stdout, stderr) = match (self.split, self.only) {
             (Some((o, e)), _) => (o.into_text(), e.into_text()),
-            (None, Some(Source::Stdout)) => (output.clone(), String::new()),
-            (None, Some(Source::Stderr)) => (String::new(), output.clone()),
+            (None, Some(OutputStream::Stdout)) => (output.clone(), String::new()),
+            (None, Some(OutputStream::Stderr)) => (String::new(), output.clone()),
             (None, None) => (String::new(), String::new()),
         };
         ExecOutput {
@@ -383,22 +389,52 @@ fn text(bytes: Vec<u8>) -> String {
 mod tests {
     use super::*;
 
-    /// A collector keeping `cap` bytes a buffer that has already read the wrapper's pid line.
-    fn past_the_marker(cap: usize) -> Collector {
-        let mut c = Collector::new(cap);
+    /// The Docker path's pipeline: stderr through the pid marker, then the collector.
+    struct Marked {
+        marker: PidMarker,
+        out: Collector,
+    }
+
+    impl Marked {
+        fn new(cap: usize) -> Self {
+            Self {
+                marker: PidMarker::default(),
+                out: Collector::new(cap),
+            }
+        }
+
+        fn stdout(&mut self, bytes: &[u8]) {
+            self.out.push(OutputStream::Stdout, bytes);
+        }
+
+        fn stderr(&mut self, bytes: &[u8]) {
+            let rest = self.marker.stderr(bytes);
+            self.out.push(OutputStream::Stderr, &rest);
+        }
+
+        fn finish(mut self, exit_code: i64, timed_out: bool, duration: Duration) -> ExecOutput {
+            let rest = self.marker.finish();
+            self.out.push(OutputStream::Stderr, &rest);
+            self.out.finish(exit_code, timed_out, duration)
+        }
+    }
+
+    /// A pipeline keeping `cap` bytes that has already read the wrapper's pid line.
+    fn past_the_marker(cap: usize) -> Marked {
+        let mut c = Marked::new(cap);
         c.stderr(b"__monza_exec_pid=7\n");
-        assert_eq!(c.pid, Some(7));
+        assert_eq!(c.marker.pid, Some(7));
         c
     }
 
     #[test]
     fn marker_is_stripped_even_when_split_across_chunks() {
-        let mut c = Collector::new(100);
+        let mut c = Marked::new(100);
         c.stderr(b"__monza_ex");
         c.stdout(b"out1 ");
         c.stderr(b"ec_pid=42\nerr1 ");
         c.stdout(b"out2");
-        assert_eq!(c.pid, Some(42));
+        assert_eq!(c.marker.pid, Some(42));
         let out = c.finish(3, false, Duration::ZERO);
         assert_eq!(out.stdout, "out1 out2");
         assert_eq!(out.stderr, "err1 ");
@@ -409,9 +445,9 @@ mod tests {
 
     #[test]
     fn stderr_without_marker_is_kept() {
-        let mut c = Collector::new(100);
+        let mut c = Marked::new(100);
         c.stderr(b"sh: not found\n");
-        assert_eq!(c.pid, None);
+        assert_eq!(c.marker.pid, None);
         let out = c.finish(127, false, Duration::ZERO);
         assert_eq!(out.stderr, "sh: not found\n");
         assert_eq!(out.output, "sh: not found\n");
@@ -421,8 +457,11 @@ mod tests {
     fn one_stream_alone_is_kept_once_and_copied_at_the_end() {
         let mut c = past_the_marker(8);
         c.stdout(b"abcdefghij");
-        assert!(c.split.is_none(), "a lone stream has no buffer of its own");
-        assert_eq!(c.output.buf.len(), 8);
+        assert!(
+            c.out.split.is_none(),
+            "a lone stream has no buffer of its own"
+        );
+        assert_eq!(c.out.output.buf.len(), 8);
         let out = c.finish(0, false, Duration::ZERO);
         assert_eq!(out.output, "abcdefgh");
         assert_eq!(out.stdout, "abcdefgh");

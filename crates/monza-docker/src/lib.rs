@@ -27,6 +27,7 @@ mod files;
 mod image;
 mod runtime;
 mod settings;
+mod sink;
 
 pub use agent::AGENT_BINARY;
 pub use container::{

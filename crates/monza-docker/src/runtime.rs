@@ -8,11 +8,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use docker_api::Docker;
 use docker_api::opts::{ContainerFilter, ContainerListOpts, ContainerRemoveOpts};
+use futures::StreamExt;
 use hyper::{Body, Method};
 use monza_domain::{
-    ContainerRuntime, ContainerSpec, ContainerState, CreatedContainer, Error, ExecOutput,
-    ExecRequest, FileDownload, FileStat, ManagedContainer, PublishedPort, Result, UploadFile,
+    ContainerRuntime, ContainerSpec, ContainerState, CreatedContainer, Error, ExecEvents,
+    ExecOutput, ExecRequest, FileDownload, FileStat, ManagedContainer, PublishedPort, Result,
+    UploadFile,
 };
+use tokio::sync::mpsc;
 
 use crate::agent::{Agents, Outcome};
 use crate::container::{
@@ -22,6 +25,7 @@ use crate::container::{
 use crate::engine::{Address, RawClient, query_value};
 use crate::error::{Failure, bounded};
 use crate::settings::DockerSettings;
+use crate::sink::{Finished, STREAM_EVENTS, Sink};
 
 /// How long a container whose agent lost an exec may still look running before the agent's
 /// error stands (the engine sees a killed container stop a moment later).
@@ -175,6 +179,45 @@ impl DockerRuntime {
             }
             Err(e) => tracing::warn!(container_id, error = %e, "adopting the agent failed"),
         }
+    }
+
+    /// Runs `request` through the agent when it can, else through Docker exec, its output
+    /// into `sink`.
+    async fn exec_into(
+        &self,
+        container_id: &str,
+        request: &ExecRequest,
+        sink: &mut Sink,
+    ) -> Result<Finished> {
+        if self.agents.enabled()
+            && self.agents.get(container_id).is_none()
+            && self.agents.first_adoption(container_id)
+        {
+            // A container this runtime did not create (monza restarted): adopt its agent
+            // in the background; this command goes through Docker exec.
+            let runtime = self.clone();
+            let id = container_id.to_owned();
+            tokio::spawn(async move { runtime.adopt_agent(&id).await });
+        }
+        if self.agents.enabled() {
+            match self
+                .agents
+                .exec(
+                    container_id,
+                    request,
+                    self.settings.default_exec_timeout,
+                    sink,
+                )
+                .await
+            {
+                Some(Outcome::Done(finished)) => return finished,
+                Some(Outcome::Lost(error)) => {
+                    return Err(self.lost_exec(container_id, error).await);
+                }
+                None => {}
+            }
+        }
+        self.run_exec(container_id, request, sink).await
     }
 
     /// The agent lost an exec it had been handed (see [`Outcome::Lost`]). Deleting or
@@ -383,30 +426,26 @@ impl ContainerRuntime for DockerRuntime {
 
     #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
     async fn exec(&self, container_id: &str, request: &ExecRequest) -> Result<ExecOutput> {
-        if self.agents.enabled()
-            && self.agents.get(container_id).is_none()
-            && self.agents.first_adoption(container_id)
-        {
-            // A container this runtime did not create (monza restarted): adopt its agent
-            // in the background; this command goes through Docker exec.
-            let runtime = self.clone();
-            let id = container_id.to_owned();
-            tokio::spawn(async move { runtime.adopt_agent(&id).await });
-        }
-        if self.agents.enabled() {
-            match self
-                .agents
-                .exec(container_id, request, self.settings.default_exec_timeout)
-                .await
-            {
-                Some(Outcome::Done(output)) => return output,
-                Some(Outcome::Lost(error)) => {
-                    return Err(self.lost_exec(container_id, error).await);
-                }
-                None => {}
-            }
-        }
-        self.run_exec(container_id, request).await
+        let mut sink = Sink::collect(request.max_output_bytes);
+        let finished = self.exec_into(container_id, request, &mut sink).await?;
+        sink.into_output(finished)
+            .ok_or_else(|| Error::internal("a collecting sink gave no output"))
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
+    async fn exec_stream(&self, container_id: &str, request: &ExecRequest) -> Result<ExecEvents> {
+        let (tx, mut rx) = mpsc::channel(STREAM_EVENTS);
+        let runtime = self.clone();
+        let container_id = container_id.to_owned();
+        let request = request.clone();
+        // Its own task, so the command runs while the consumer is between two reads; the
+        // consumer dropping the stream is noticed by the sink, which kills the command.
+        tokio::spawn(async move {
+            let mut sink = Sink::send(tx);
+            let finished = runtime.exec_into(&container_id, &request, &mut sink).await;
+            sink.end(finished).await;
+        });
+        Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
     }
 
     #[tracing::instrument(skip_all, fields(container_id, dest_dir, size = file.size), err(level = "info"))]

@@ -16,8 +16,8 @@ use monza_docker::{DockerRuntime, DockerSettings, SANDBOX_CAPABILITIES};
 use monza_domain::testing::fixtures::{self, random_bytes};
 use monza_domain::testing::require;
 use monza_domain::{
-    BuildSpec, Command, ContainerRuntime, ContainerSpec, Error, ExecOutput, ExecRequest,
-    ImageSource, Mount, RunOptions, SandboxId, Template, TenantId, UploadFile,
+    BuildSpec, Command, ContainerRuntime, ContainerSpec, Error, ExecEvent, ExecOutput, ExecRequest,
+    ImageSource, Mount, OutputStream, RunOptions, SandboxId, Template, TenantId, UploadFile,
 };
 use serde_json::json;
 
@@ -539,6 +539,107 @@ async fn exec_feeds_stdin_then_closes_it() {
             .unwrap();
         assert_eq!(out.stdout, "eof\n", "agent: {agent}: {out:?}");
         assert!(!out.timed_out);
+        vec![sandbox.id.clone()]
+    })
+    .await;
+}
+
+/// The next event of a streamed exec, within 30 s.
+async fn next_event(events: &mut monza_domain::ExecEvents) -> ExecEvent {
+    tokio::time::timeout(Duration::from_secs(30), events.next())
+        .await
+        .expect("an event within 30 s")
+        .expect("the stream ended before its exit")
+        .expect("an event, not an error")
+}
+
+/// Every event of a streamed exec up to its exit: the bytes of each stream, and the exit.
+async fn drain(mut events: monza_domain::ExecEvents) -> (Vec<u8>, Vec<u8>, ExecEvent) {
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    loop {
+        match next_event(&mut events).await {
+            ExecEvent::Output { stream, data } => match stream {
+                OutputStream::Stdout => stdout.extend_from_slice(&data),
+                OutputStream::Stderr => stderr.extend_from_slice(&data),
+            },
+            exit @ ExecEvent::Exit { .. } => {
+                assert!(events.next().await.is_none(), "nothing after the exit");
+                return (stdout, stderr, exit);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_exec_delivers_output_before_the_command_ends_raw_and_in_full() {
+    on_both_paths(|runtime, agent| async move {
+        let sandbox = Sandbox::started(&runtime, template()).await;
+        // The command waits for a file only this test creates once it saw the first chunk:
+        // the chunk cannot have come at the end.
+        let gate = "/workspace/gate";
+        let request = shell(&format!(
+            "echo first; i=0; while [ ! -e {gate} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; echo second >&2; exit 4"
+        ));
+        let mut events = runtime.exec_stream(&sandbox.id, &request).await.unwrap();
+        assert_eq!(
+            next_event(&mut events).await,
+            ExecEvent::Output {
+                stream: OutputStream::Stdout,
+                data: Bytes::from_static(b"first\n")
+            },
+            "agent: {agent}"
+        );
+        sandbox.sh(&format!("touch {gate}")).await;
+        let (stdout, stderr, exit) = drain(events).await;
+        assert!(stdout.is_empty(), "agent: {agent}: {stdout:?}");
+        assert_eq!(stderr, b"second\n", "agent: {agent}");
+        assert!(
+            matches!(exit, ExecEvent::Exit { exit_code: 4, timed_out: false, .. }),
+            "agent: {agent}: {exit:?}"
+        );
+
+        // Bytes that are not UTF-8 arrive as they are, and a stream is not capped.
+        let raw = shell("printf '\\377\\376'; head -c 3000000 /dev/zero");
+        let (stdout, _, _) = drain(runtime.exec_stream(&sandbox.id, &raw).await.unwrap()).await;
+        assert_eq!(stdout.len(), 3_000_002, "agent: {agent}");
+        assert_eq!(&stdout[..3], b"\xff\xfe\0", "agent: {agent}");
+
+        let timed = ExecRequest {
+            timeout: Some(Duration::from_secs(1)),
+            ..shell("echo started; sleep 30")
+        };
+        let (stdout, _, exit) = drain(runtime.exec_stream(&sandbox.id, &timed).await.unwrap()).await;
+        assert_eq!(stdout, b"started\n");
+        assert!(
+            matches!(exit, ExecEvent::Exit { exit_code: 137, timed_out: true, .. }),
+            "agent: {agent}: {exit:?}"
+        );
+        vec![sandbox.id.clone()]
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropping_a_streamed_exec_kills_the_command_and_what_it_started() {
+    on_both_paths(|runtime, agent| async move {
+        let sandbox = Sandbox::started(&runtime, template()).await;
+        let request = shell("sleep 301 & echo started; sleep 302");
+        let mut events = runtime.exec_stream(&sandbox.id, &request).await.unwrap();
+        assert!(
+            matches!(next_event(&mut events).await, ExecEvent::Output { .. }),
+            "agent: {agent}"
+        );
+        drop(events);
+        let ps = "ps -o args | grep -c 'sleep 30[12]' || true";
+        let gone = eventually(Duration::from_secs(20), async || {
+            sandbox.sh(ps).await.stdout.trim() == "0"
+        })
+        .await;
+        assert!(
+            gone,
+            "agent: {agent}: left running: {:?}",
+            sandbox.sh(ps).await
+        );
         vec![sandbox.id.clone()]
     })
     .await;

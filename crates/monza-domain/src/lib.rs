@@ -24,8 +24,9 @@ pub use ports::{
     StatusChange, SystemClock, TemplateCatalog, TokenRepository, Touch,
 };
 pub use runtime::{
-    ByteStream, ContainerSpec, ContainerState, CreatedContainer, ExecOutput, ExecRequest,
-    FileDownload, FileStat, ManagedContainer, PublishedPort, TIMED_OUT_EXIT_CODE, UploadFile,
+    ByteStream, ContainerSpec, ContainerState, CreatedContainer, ExecEvent, ExecEvents, ExecOutput,
+    ExecRequest, FileDownload, FileStat, ManagedContainer, OutputStream, PublishedPort,
+    TIMED_OUT_EXIT_CODE, UploadFile,
 };
 pub use sandbox::{
     CreateLease, EventAction, InstanceId, NewEvent, PortMapping, Sandbox, SandboxEvent,

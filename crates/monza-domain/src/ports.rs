@@ -11,8 +11,8 @@ use crate::auth::{ApiToken, StoredToken, TokenId};
 use crate::error::Result;
 use crate::lifecycle::LifecycleEvent;
 use crate::runtime::{
-    ContainerSpec, ContainerState, CreatedContainer, ExecOutput, ExecRequest, FileDownload,
-    FileStat, ManagedContainer, PublishedPort, UploadFile,
+    ContainerSpec, ContainerState, CreatedContainer, ExecEvents, ExecOutput, ExecRequest,
+    FileDownload, FileStat, ManagedContainer, PublishedPort, UploadFile,
 };
 use crate::sandbox::{
     InstanceId, NewEvent, PortMapping, Sandbox, SandboxEvent, SandboxFilter, SandboxId,
@@ -270,6 +270,10 @@ pub trait ContainerRuntime: Send + Sync {
 
     /// Runs a command to completion (or to its timeout).
     async fn exec(&self, container_id: &str, request: &ExecRequest) -> Result<ExecOutput>;
+
+    /// Starts a command and streams its output as it comes, then its exit; see
+    /// [`ExecEvents`] for what dropping the stream does.
+    async fn exec_stream(&self, container_id: &str, request: &ExecRequest) -> Result<ExecEvents>;
 
     /// Copies one file into `dest_dir`, streaming.
     async fn upload(&self, container_id: &str, dest_dir: &str, file: UploadFile) -> Result<()>;

@@ -77,7 +77,10 @@ pub struct ExecRequest {
     /// The user to run as (default: the image's).
     pub user: Option<String>,
     /// Output kept, in bytes, for `output` (and each of `stdout`/`stderr`); more is dropped
-    /// and `truncated` set.
+    /// and `truncated` set. A streamed command ([`ContainerRuntime::exec_stream`]) sends all
+    /// of its output and ignores it.
+    ///
+    /// [`ContainerRuntime::exec_stream`]: crate::ContainerRuntime::exec_stream
     pub max_output_bytes: usize,
     /// Kill the command (and every process it started) after this long.
     pub timeout: Option<Duration>,
@@ -109,6 +112,53 @@ pub struct ExecOutput {
     /// How long it ran.
     pub duration: Duration,
 }
+
+/// Which of a command's output streams bytes came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutputStream {
+    /// Its standard output.
+    Stdout,
+    /// Its standard error.
+    Stderr,
+}
+
+impl OutputStream {
+    /// `stdout` or `stderr`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
+}
+
+/// One step of a streamed command: its output as it comes, then its exit, last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    /// Bytes the command wrote, as they came (not necessarily UTF-8, and a character may
+    /// be split between two chunks).
+    Output {
+        /// Where it wrote them.
+        stream: OutputStream,
+        /// What it wrote.
+        data: Bytes,
+    },
+    /// The command ended; nothing follows.
+    Exit {
+        /// As in [`ExecOutput::exit_code`].
+        exit_code: i64,
+        /// The timeout killed it.
+        timed_out: bool,
+        /// How long it ran.
+        duration: Duration,
+    },
+}
+
+/// A streamed command's events, ending with its [`ExecEvent::Exit`] (or an error). The
+/// command runs only while this is held: dropping it before the exit kills the command and
+/// every process it started. A consumer that reads slowly slows the command down (its
+/// output waits), and memory stays bounded whatever it writes.
+pub type ExecEvents = BoxStream<'static, Result<ExecEvent, Error>>;
 
 /// A file going into a sandbox.
 pub struct UploadFile {

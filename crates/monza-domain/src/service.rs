@@ -17,8 +17,8 @@ use crate::ports::{
     StatusChange, TemplateCatalog, Touch,
 };
 use crate::runtime::{
-    ContainerSpec, ExecOutput, ExecRequest, FileDownload, PublishedPort, TIMED_OUT_EXIT_CODE,
-    UploadFile,
+    ContainerSpec, ExecEvent, ExecEvents, ExecOutput, ExecRequest, FileDownload, PublishedPort,
+    TIMED_OUT_EXIT_CODE, UploadFile,
 };
 use crate::sandbox::{
     CreateLease, EventAction, InstanceId, NewEvent, PortMapping, Sandbox, SandboxFilter, SandboxId,
@@ -574,6 +574,53 @@ impl SandboxService {
         id: SandboxId,
         command: ExecuteCommand,
     ) -> Result<ExecOutput> {
+        let (sandbox, request) = self.exec_request(access, id, command).await?;
+        let cid = container_of(&sandbox)?;
+        let output = self.runtime.exec(cid, &request).await;
+        let output = self.or_vanished(&sandbox, output).await?;
+        Ok(answered(output, request.max_output_bytes))
+    }
+
+    /// Starts a shell command in a running sandbox and streams its output as it comes,
+    /// then its exit (a timed-out command's exit code is [`TIMED_OUT_EXIT_CODE`], as with
+    /// [`SandboxService::execute`]). Every byte is streamed: `max_output_bytes` does not
+    /// apply. Dropping the stream kills the command.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
+    pub async fn execute_stream(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        command: ExecuteCommand,
+    ) -> Result<ExecEvents> {
+        let (sandbox, request) = self.exec_request(access, id, command).await?;
+        let cid = container_of(&sandbox)?;
+        let events = self.runtime.exec_stream(cid, &request).await;
+        let events = self.or_vanished(&sandbox, events).await?;
+        Ok(events
+            .map(|event| match event {
+                Ok(ExecEvent::Exit {
+                    timed_out: true,
+                    duration,
+                    ..
+                }) => Ok(ExecEvent::Exit {
+                    exit_code: TIMED_OUT_EXIT_CODE,
+                    timed_out: true,
+                    duration,
+                }),
+                other => other,
+            })
+            .boxed())
+    }
+
+    /// What execute and its streamed form share: the command checked, the sandbox found
+    /// running, the limits applied, the activity recorded. The sandbox returned is the one
+    /// the activity updated.
+    async fn exec_request(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        command: ExecuteCommand,
+    ) -> Result<(Sandbox, ExecRequest)> {
         if command.command.trim().is_empty() {
             return Err(Error::invalid("command is empty"));
         }
@@ -620,10 +667,7 @@ impl SandboxService {
             json!({ "command": truncate(&command.command, 256) }),
         );
         let sandbox = self.touch(&sandbox, Some(event)).await?;
-        let cid = container_of(&sandbox)?;
-        let output = self.runtime.exec(cid, &request).await;
-        let output = self.or_vanished(&sandbox, output).await?;
-        Ok(answered(output, max_output_bytes))
+        Ok((sandbox, request))
     }
 
     /// Copies a file into a running sandbox's `dest_dir` (default: its workspace folder) and

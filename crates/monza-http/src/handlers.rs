@@ -15,10 +15,11 @@ use crate::access::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{CommandJson, JsonOrEmpty, PathId, query_param, strict_query};
 use crate::model::{
-    CreateSandboxRequest, EventResponse, ExecuteRequest, ExecuteResponse, HealthResponse,
-    HelloResponse, ListQuery, ReadyResponse, SandboxResponse,
+    CreateSandboxRequest, EventResponse, ExecuteEvent, ExecuteRequest, ExecuteResponse,
+    HealthResponse, HelloResponse, ListQuery, ReadyResponse, SandboxResponse,
 };
 use crate::output_budget::Reservation;
+use crate::stream::{self, Framing};
 
 /// How long `/ready` waits for each dependency.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -196,7 +197,11 @@ pub(crate) async fn heartbeat_sandbox(
     post, path = "/api/sandboxes/{id}/execute", tag = "sandboxes",
     request_body = ExecuteRequest,
     responses(
-        (status = 200, description = "The command ran (whatever its exit code)", body = ExecuteResponse),
+        (status = 200, description = "The command ran (whatever its exit code). With `Accept: application/x-ndjson` (or `text/event-stream`) the answer starts at once and streams one `ExecuteEvent` per line (or per server-sent event) as output arrives, ending with its `exit` (or an `error`); every byte is streamed (`max_output_bytes` does not apply), and a client that disconnects kills the command", content(
+            (ExecuteResponse = "application/json"),
+            (ExecuteEvent = "application/x-ndjson"),
+            (ExecuteEvent = "text/event-stream"),
+        )),
         (status = 400, description = "Malformed id or JSON, missing or empty `command`, relative `workdir`, bad env name", body = ErrorBody),
         (status = 404, description = "Unknown sandbox", body = ErrorBody),
         (status = 409, description = "The sandbox is not running", body = ErrorBody),
@@ -209,9 +214,24 @@ pub(crate) async fn execute_command(
     config: web::Data<HttpConfig>,
     caller: Caller,
     PathId(id): PathId,
+    req: HttpRequest,
     body: CommandJson<ExecuteRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let command: ExecuteCommand = body.0.into();
+    let framing = Framing::of(&req);
+    if framing != Framing::Whole {
+        let events = service.execute_stream(&caller.0, id, command).await?;
+        let content_type = match framing {
+            Framing::EventStream => stream::EVENT_STREAM,
+            Framing::Ndjson | Framing::Whole => stream::NDJSON,
+        };
+        return Ok(HttpResponse::Ok()
+            .content_type(content_type)
+            .insert_header((header::CACHE_CONTROL, "no-cache"))
+            // Proxies that buffer (nginx) would hold the stream back.
+            .insert_header(("X-Accel-Buffering", "no"))
+            .streaming(stream::body(events, framing)));
+    }
     // The answer holds the combined output and the stream it came from: twice the cap.
     let cap = service
         .config()

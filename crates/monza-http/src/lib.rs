@@ -82,12 +82,14 @@ mod model;
 mod openapi;
 mod output_budget;
 mod request_log;
+mod stream;
 
 pub use access::{Auth, Caller};
 pub use error::{ApiError, ErrorBody, ErrorDetail, INTERNAL_MESSAGE, WWW_AUTHENTICATE};
 pub use model::{
-    CreateSandboxRequest, EventResponse, ExecuteRequest, ExecuteResponse, HealthResponse,
-    HelloResponse, PortMappingResponse, ReadyResponse, SandboxResponse, UploadResponse,
+    CreateSandboxRequest, EventResponse, ExecuteEvent, ExecuteRequest, ExecuteResponse,
+    HealthResponse, HelloResponse, PortMappingResponse, ReadyResponse, SandboxResponse,
+    UploadResponse,
 };
 pub use openapi::ApiDoc;
 pub use output_budget::{OutputBudget, Reservation};

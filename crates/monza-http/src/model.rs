@@ -314,6 +314,38 @@ impl From<ExecOutput> for ExecuteResponse {
     }
 }
 
+/// One line of a streamed execute (`Accept: application/x-ndjson`; with
+/// `Accept: text/event-stream` the same object is each event's `data`, the event named by
+/// `type`). Output comes as `stdout`/`stderr` objects as the command writes it, with `data`
+/// (UTF-8 text) or `data_base64` (bytes that are not UTF-8). The last object is `exit`, or
+/// `error` when the output could not be read to its end. After 5 s without output a
+/// `keepalive` object (an SSE comment) is sent; ignore it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExecuteEvent {
+    /// `stdout`, `stderr`, `exit`, `error` or `keepalive`.
+    #[schema(example = "stdout")]
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Output, when it is UTF-8 (a character is never split between two events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// Output that is not UTF-8, base64-encoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+    /// `exit`: the exit code (124 when the timeout killed the command).
+    #[serde(rename = "exitCode", default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// `exit`: the timeout killed the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timed_out: Option<bool>,
+    /// `exit`: how long it ran, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// `error`: what went wrong, as in every error response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<serde_json::Value>,
+}
+
 /// The multipart form of `POST /api/sandboxes/{id}/files/upload`.
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)] // Only describes the form for the OpenAPI document.

@@ -21,9 +21,9 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::model::{
-    CreateSandboxRequest, EventResponse, ExecuteRequest, ExecuteResponse, HealthResponse,
-    HelloResponse, OpenApiDocument, PortMappingResponse, ReadyResponse, SandboxResponse,
-    UploadForm, UploadResponse,
+    CreateSandboxRequest, EventResponse, ExecuteEvent, ExecuteRequest, ExecuteResponse,
+    HealthResponse, HelloResponse, OpenApiDocument, PortMappingResponse, ReadyResponse,
+    SandboxResponse, UploadForm, UploadResponse,
 };
 
 /// The API description. Its paths come from the one list of operations the router mounts
@@ -49,6 +49,7 @@ use crate::model::{
         EventResponse,
         ExecuteRequest,
         ExecuteResponse,
+        ExecuteEvent,
         UploadForm,
         UploadResponse,
         HealthResponse,

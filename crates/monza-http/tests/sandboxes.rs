@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use actix_web::http::{Method, header};
 use actix_web::test::TestRequest;
+use bytes::Bytes;
+use futures::StreamExt;
 use monza_domain::testing::fixtures::exec_output;
 use monza_domain::{
-    CreatedContainer, Error, ExecLimits, ExecOutput, LifecycleEvent, PublishedPort, SandboxId,
-    SandboxState, SandboxStatus, ServiceConfig,
+    CreatedContainer, Error, ExecEvent, ExecLimits, ExecOutput, LifecycleEvent, OutputStream,
+    PublishedPort, SandboxId, SandboxState, SandboxStatus, ServiceConfig,
 };
 use serde_json::{Value, json};
 use support::{Mocks, NOW, sandbox, sandbox_uri, template};
@@ -325,6 +327,68 @@ async fn execute_takes_a_body_of_almost_1_mib_and_feeds_its_stdin() {
         .await;
     assert_eq!(res.status, 200, "{:?}", res.body);
     assert_eq!(res.json()["output"], "done");
+}
+
+#[actix_web::test]
+async fn execute_streams_ndjson_or_sse_when_asked_and_errors_before_it_stay_json() {
+    for (accept, content_type) in [
+        ("application/x-ndjson", "application/x-ndjson"),
+        ("text/event-stream", "text/event-stream"),
+    ] {
+        let sb = sandbox(SandboxStatus::Running);
+        let mut m = Mocks::serving(&sb);
+        m.runtime
+            .expect_exec_stream()
+            .withf(|cid, r| cid == "c0ffee" && r.stdin.as_deref() == Some(&b"in"[..]))
+            .times(1)
+            .returning(|_, _| {
+                let events = vec![
+                    Ok(ExecEvent::Output {
+                        stream: OutputStream::Stdout,
+                        data: Bytes::from_static(b"hi\n"),
+                    }),
+                    Ok(ExecEvent::Exit {
+                        exit_code: 137,
+                        timed_out: true,
+                        duration: Duration::from_millis(7),
+                    }),
+                ];
+                Ok(futures::stream::iter(events).boxed())
+            });
+        let req = TestRequest::post()
+            .uri(&sandbox_uri(sb.id, "/execute"))
+            .insert_header((header::ACCEPT, accept))
+            .set_json(json!({"command": "cat", "stdin": "in"}));
+        let res = app!(m.service()).call(req).await;
+        assert_eq!(res.status, 200, "{:?}", res.body);
+        assert_eq!(res.header("content-type"), content_type);
+        let text = String::from_utf8(res.body.to_vec()).unwrap();
+        let objects: Vec<Value> = text
+            .lines()
+            .filter_map(|line| match accept {
+                "text/event-stream" => line.strip_prefix("data: "),
+                _ => Some(line),
+            })
+            .map(|json| serde_json::from_str(json).unwrap())
+            .collect();
+        assert_eq!(
+            objects,
+            [
+                json!({"type": "stdout", "data": "hi\n"}),
+                json!({"type": "exit", "exitCode": 124, "timed_out": true, "duration_ms": 7}),
+            ],
+            "{accept}: {text}"
+        );
+    }
+    // An unknown sandbox is found out before the stream starts: an ordinary JSON 404.
+    let req = TestRequest::post()
+        .uri(&sandbox_uri(SandboxId::new_random(), "/execute"))
+        .insert_header((header::ACCEPT, "application/x-ndjson"))
+        .set_json(json!({"command": "true"}));
+    app!(Mocks::permissive().service())
+        .call(req)
+        .await
+        .error(404, "not_found");
 }
 
 #[actix_web::test]

@@ -11,7 +11,7 @@ use time::{Duration, OffsetDateTime};
 
 use super::*;
 use crate::ports::{MockClock, MockContainerRuntime, MockSandboxRepository, MockTemplateCatalog};
-use crate::runtime::ManagedContainer;
+use crate::runtime::{ManagedContainer, OutputStream};
 use crate::sandbox::StatusFilter;
 use crate::template::LifecycleCommand;
 use crate::testing::fixtures::exec_output;
@@ -838,6 +838,64 @@ async fn execute_takes_a_zero_timeout_as_the_maximum_and_passes_stdin_on() {
     )
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn execute_stream_passes_output_through_and_answers_124_for_a_timeout() {
+    let (mut m, id) = Mocks::finding_running();
+    m.records_activity(sandbox(SandboxStatus::Running));
+    m.runtime
+        .expect_exec_stream()
+        .withf(|cid, r| cid == CID && r.command == Command::Shell("yes".into()))
+        .times(1)
+        .returning(|_, _| {
+            let events = vec![
+                Ok(ExecEvent::Output {
+                    stream: OutputStream::Stderr,
+                    data: bytes::Bytes::from_static(b"\xff"),
+                }),
+                Ok(ExecEvent::Exit {
+                    exit_code: 137,
+                    timed_out: true,
+                    duration: StdDuration::from_secs(1),
+                }),
+            ];
+            Ok(futures::stream::iter(events).boxed())
+        });
+    let events: Vec<ExecEvent> = m
+        .service()
+        .execute_stream(&Access::Admin, id, command("yes"))
+        .await
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert_eq!(
+        events,
+        [
+            ExecEvent::Output {
+                stream: OutputStream::Stderr,
+                data: bytes::Bytes::from_static(b"\xff"),
+            },
+            ExecEvent::Exit {
+                exit_code: TIMED_OUT_EXIT_CODE,
+                timed_out: true,
+                duration: StdDuration::from_secs(1),
+            },
+        ]
+    );
+}
+
+#[tokio::test]
+async fn execute_stream_refuses_bad_input_without_touching_anything() {
+    let m = Mocks::new();
+    let err = m
+        .service()
+        .execute_stream(&Access::Admin, SandboxId::new_random(), command(" "))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
 }
 
 #[test]

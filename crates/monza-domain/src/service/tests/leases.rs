@@ -30,6 +30,9 @@ impl ContainerRuntime for StuckRuntime {
     async fn exec(&self, _: &str, _: &ExecRequest) -> Result<ExecOutput> {
         unreachable!("exec")
     }
+    async fn exec_stream(&self, _: &str, _: &ExecRequest) -> Result<ExecEvents> {
+        unreachable!("exec_stream")
+    }
     async fn upload(&self, _: &str, _: &str, _: UploadFile) -> Result<()> {
         unreachable!("upload")
     }
