@@ -5,6 +5,10 @@
 //! could not renew its own leases either). The loop only ends when cancelled, after the HTTP
 //! server finished its in-flight requests, so a create that runs during shutdown keeps its
 //! lease.
+//!
+//! Beside it, on the same cancellation, the activity keeper: one
+//! [`SandboxService::activity_pass`] every third of the idle TTL, so the sandboxes whose
+//! commands this process runs are not reaped while those commands run.
 
 use monza_domain::SandboxService;
 use tokio_util::sync::CancellationToken;
@@ -12,7 +16,23 @@ use tokio_util::sync::CancellationToken;
 use crate::periodic;
 
 pub async fn run(service: SandboxService, cancel: CancellationToken) {
-    let service = &service;
+    tokio::join!(leases(&service, cancel.clone()), activity(&service, cancel));
+}
+
+async fn activity(service: &SandboxService, cancel: CancellationToken) {
+    let interval = service.activity_interval();
+    periodic::every("activity keeper", interval, cancel, move || async move {
+        match service.activity_pass().await {
+            Ok(kept) => tracing::debug!(kept, "activity pass"),
+            Err(e) => {
+                tracing::warn!(error = %e, "activity pass failed; retrying on the next tick");
+            }
+        }
+    })
+    .await;
+}
+
+async fn leases(service: &SandboxService, cancel: CancellationToken) {
     let interval = service.lease_renewal_interval();
     periodic::every("lease keeper", interval, cancel, move || async move {
         match service.lease_pass().await {

@@ -200,6 +200,57 @@ async fn every_route(store: Store) {
     app.shutdown().await;
 }
 
+/// A command running longer than the idle TTL keeps its sandbox alive while it runs,
+/// buffered or streamed, however long it takes.
+async fn a_long_command_outlives_the_idle_ttl(store: Store) {
+    let Some(app) = TestApp::spawn(store, |args| {
+        args.sandbox_ttl = Duration::from_secs(2);
+        args.reaper_interval = Duration::from_secs(1);
+    })
+    .await
+    else {
+        return;
+    };
+    let id = app.create(json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Three TTLs without a heartbeat; the reaper passes every second meanwhile.
+    let out = app.exec_ok(&id, "sleep 6; echo done").await;
+    assert_eq!(out["output"], "done\n", "{out}");
+    assert_eq!(app.status_of(&id).await, "running");
+    let response = app
+        .client
+        .post(app.url(&format!("/api/sandboxes/{id}/execute")))
+        .header("accept", "application/x-ndjson")
+        .json(&json!({"command": "sleep 6; echo streamed"}))
+        .send()
+        .await
+        .unwrap();
+    let mut lines = Lines::of(response);
+    let mut last = Value::Null;
+    while let Some(line) = lines.next().await {
+        last = line;
+    }
+    assert_eq!(
+        (&last["type"], &last["exitCode"]),
+        (&json!("exit"), &json!(0)),
+        "{last}"
+    );
+    assert_eq!(app.status_of(&id).await, "running");
+    // Idle again, it expires as before.
+    let mut expired = false;
+    for _ in 0..40 {
+        if app.status_of(&id).await == "expired" {
+            expired = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(expired, "the idle sandbox did not expire after its command");
+    app.shutdown().await;
+}
+
 /// Reads NDJSON lines from a streamed answer, one at a time.
 struct Lines {
     body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
@@ -662,6 +713,7 @@ async fn the_tenant_limit_holds_across_two_replicas_on_one_postgres() {
 }
 
 on_both_stores!(
+    a_long_command_outlives_the_idle_ttl,
     execute_in_full,
     execute_streams,
     every_route,

@@ -201,6 +201,8 @@ pub struct SandboxService {
     instance: InstanceId,
     /// The creates this process is running, whose leases it renews.
     in_flight: Arc<leases::InFlight>,
+    /// The sandboxes whose commands this process runs, kept alive while they run.
+    busy: Arc<activity::Busy>,
 }
 
 impl std::fmt::Debug for SandboxService {
@@ -249,6 +251,7 @@ impl SandboxService {
             heartbeats: Arc::default(),
             instance: InstanceId::new_random(),
             in_flight: Arc::default(),
+            busy: Arc::default(),
         }
     }
 
@@ -576,6 +579,7 @@ impl SandboxService {
     ) -> Result<ExecOutput> {
         let (sandbox, request) = self.exec_request(access, id, command).await?;
         let cid = container_of(&sandbox)?;
+        let _busy = self.busy.enter(sandbox.id);
         let output = self.runtime.exec(cid, &request).await;
         let output = self.or_vanished(&sandbox, output).await?;
         Ok(answered(output, request.max_output_bytes))
@@ -594,9 +598,16 @@ impl SandboxService {
     ) -> Result<ExecEvents> {
         let (sandbox, request) = self.exec_request(access, id, command).await?;
         let cid = container_of(&sandbox)?;
+        let busy = self.busy.enter(sandbox.id);
         let events = self.runtime.exec_stream(cid, &request).await;
         let events = self.or_vanished(&sandbox, events).await?;
+        // The guard lives as long as the stream: a command keeps its sandbox alive while
+        // its client reads it.
         Ok(events
+            .map(move |event| {
+                let _busy = &busy;
+                event
+            })
             .map(|event| match event {
                 Ok(ExecEvent::Exit {
                     timed_out: true,
@@ -915,6 +926,7 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+mod activity;
 mod heartbeats;
 mod leases;
 mod reconcile;

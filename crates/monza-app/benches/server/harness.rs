@@ -103,6 +103,11 @@ impl Server {
             // limit's check (one count per create) still runs, it just never refuses.
             .env("MONZA_MAX_SANDBOXES_PER_TENANT", "1000")
             .env("MONZA_SHUTDOWN_TIMEOUT", "5s")
+            // The agent's binary and sockets in the run's directory, removed with it.
+            .env(
+                "MONZA_AGENT_DIR",
+                config.log_dir.join(format!("agent-{port}")),
+            )
             .env_remove("RUST_LOG")
             .env_remove("MONZA_LOG_FORMAT")
             .stdin(Stdio::null())
@@ -270,6 +275,49 @@ impl Api {
         body["stdout"].as_str().map_or(0, str::len)
     }
 
+    /// `POST …/execute` streamed as NDJSON of `command`, which must print `ready`, then copy
+    /// a FIFO to stdout: once `ready` arrived, `fire` writes the FIFO and returns when it
+    /// wrote; the answer is the time from then to the arrival of what it wrote (`x`).
+    pub async fn stream_latency(
+        &self,
+        id: &str,
+        command: &str,
+        fire: impl FnOnce() -> Instant + Send + 'static,
+    ) -> Duration {
+        let response = self
+            .request(Method::POST, &format!("/api/sandboxes/{id}/execute"))
+            .header("accept", "application/x-ndjson")
+            .json(&json!({ "command": command }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "streamed execute");
+        let mut body = response.bytes_stream();
+        let mut buf = Vec::new();
+        let mut fire = Some(fire);
+        let mut fired = None;
+        loop {
+            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=end).collect();
+                let event: Value = serde_json::from_slice(&line).unwrap();
+                let data = event["data"].as_str().unwrap_or("");
+                if data.contains("ready")
+                    && let Some(fire) = fire.take()
+                {
+                    fired = Some(tokio::task::spawn_blocking(fire).await.unwrap());
+                }
+                if data.contains('x')
+                    && let Some(at) = fired
+                {
+                    return at.elapsed();
+                }
+                assert_ne!(event["type"], "exit", "the command ended first: {event}");
+            }
+            let chunk = body.next().await.expect("the stream ended early").unwrap();
+            buf.extend_from_slice(&chunk);
+        }
+    }
+
     pub async fn upload(&self, id: &str, name: &str, content: Bytes) {
         let len = content.len() as u64;
         let form = reqwest::multipart::Form::new()
@@ -404,6 +452,53 @@ impl Raw {
         let code = exec.inspect().await.unwrap().exit_code;
         assert_eq!(code, Some(0), "raw exec {command:?}");
         n
+    }
+
+    /// [`Api::stream_latency`] through a raw attached exec.
+    pub async fn stream_latency(
+        &self,
+        id: &str,
+        command: &str,
+        fire: impl FnOnce() -> Instant + Send + 'static,
+    ) -> Duration {
+        let opts = ExecCreateOpts::builder()
+            .command(["/bin/sh", "-c", command])
+            .attach_stdout(true)
+            .attach_stderr(true)
+            .working_dir("/workspace")
+            .build();
+        let exec = docker_api::Exec::create(self.docker.clone(), id, &opts)
+            .await
+            .unwrap();
+        let mut stream = exec.start(&ExecStartOpts::default()).await.unwrap();
+        let mut fire = Some(fire);
+        let mut fired = None;
+        while let Some(chunk) = stream.next().await {
+            if let docker_api::conn::TtyChunk::StdOut(bytes) = chunk.unwrap() {
+                if bytes.windows(5).any(|w| w == b"ready")
+                    && let Some(fire) = fire.take()
+                {
+                    fired = Some(tokio::task::spawn_blocking(fire).await.unwrap());
+                }
+                if bytes.contains(&b'x')
+                    && let Some(at) = fired
+                {
+                    return at.elapsed();
+                }
+            }
+        }
+        panic!("the raw exec ended before its FIFO's line arrived");
+    }
+
+    /// Where `path` of a running container is on the host: under overlay2's merged
+    /// directory (the bench writes a FIFO the container reads through it).
+    pub async fn host_path(&self, id: &str, path: &str) -> PathBuf {
+        let inspect = self.docker.containers().get(id).inspect().await.unwrap();
+        let merged = inspect
+            .graph_driver
+            .and_then(|g| g.data.get("MergedDir").cloned())
+            .expect("an overlay2 merged directory (the stream scenario needs overlay2)");
+        Path::new(&merged).join(path.trim_start_matches('/'))
     }
 
     pub async fn upload(&self, id: &str, path: &str, content: &[u8]) {

@@ -887,6 +887,98 @@ async fn execute_stream_passes_output_through_and_answers_124_for_a_timeout() {
 }
 
 #[tokio::test]
+async fn a_command_keeps_its_sandbox_alive_while_its_stream_is_held() {
+    let s = sandbox(SandboxStatus::Running);
+    let id = s.id;
+    let mut m = Mocks::finding(&s);
+    // The execute's own touch, then one per activity pass while the stream is held, with
+    // no event and an expiry a TTL after the clock's now.
+    let touched = s.clone();
+    let ttl = m.config.ttl;
+    m.repo
+        .expect_record_activity()
+        .withf(move |got, at, expires_at, event| {
+            *got == id
+                && *expires_at == *at + ttl
+                && (event.is_none()
+                    || event
+                        .as_ref()
+                        .is_some_and(|e| e.action == EventAction::Executed))
+        })
+        .times(3)
+        .returning(move |_, _, _, _| Ok(touched.clone()));
+    m.runtime
+        .expect_exec_stream()
+        .times(1)
+        .returning(|_, _| Ok(futures::stream::pending().boxed()));
+    let service = m.service();
+    let events = service
+        .execute_stream(&Access::Admin, id, command("sleep 100000"))
+        .await
+        .unwrap();
+    assert_eq!(service.activity_pass().await.unwrap(), 1);
+    assert_eq!(service.activity_pass().await.unwrap(), 1);
+    drop(events);
+    assert_eq!(
+        service.activity_pass().await.unwrap(),
+        0,
+        "nothing runs any more"
+    );
+}
+
+#[tokio::test]
+async fn the_activity_pass_skips_a_sandbox_that_ended_and_reports_a_store_failure() {
+    let (mut m, id) = Mocks::finding_running();
+    let mut seq = Sequence::new();
+    m.repo
+        .expect_record_activity()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _, _, _| Ok(sandbox(SandboxStatus::Running)));
+    m.repo
+        .expect_record_activity()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _, _, _| Err(Error::Conflict("sandbox is deleted".into())));
+    m.repo
+        .expect_record_activity()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _, _, _| Err(Error::unavailable("database", "down")));
+    m.runtime
+        .expect_exec_stream()
+        .returning(|_, _| Ok(futures::stream::pending().boxed()));
+    let service = m.service();
+    let _events = service
+        .execute_stream(&Access::Admin, id, command("sleep 100000"))
+        .await
+        .unwrap();
+    assert_eq!(service.activity_pass().await.unwrap(), 0);
+    assert!(matches!(
+        service.activity_pass().await,
+        Err(Error::Unavailable { .. })
+    ));
+}
+
+#[test]
+fn the_activity_pass_runs_every_third_of_the_ttl_within_1_s_and_60_s() {
+    let interval = |ttl_secs: i64| {
+        Mocks {
+            config: ServiceConfig {
+                ttl: Duration::seconds(ttl_secs),
+                ..ServiceConfig::default()
+            },
+            ..Mocks::new()
+        }
+        .service()
+        .activity_interval()
+    };
+    assert_eq!(interval(900), StdDuration::from_secs(60));
+    assert_eq!(interval(90), StdDuration::from_secs(30));
+    assert_eq!(interval(2), StdDuration::from_secs(1));
+}
+
+#[tokio::test]
 async fn execute_stream_refuses_bad_input_without_touching_anything() {
     let m = Mocks::new();
     let err = m
