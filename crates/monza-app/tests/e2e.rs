@@ -200,6 +200,35 @@ async fn every_route(store: Store) {
     app.shutdown().await;
 }
 
+/// 200 executes at once on one sandbox, through the agent and through Docker exec: each
+/// answers with its own output and exit code.
+async fn two_hundred_concurrent_executes_all_answer_correctly(store: Store) {
+    for agent in [AgentMode::On, AgentMode::Off] {
+        let Some(app) = TestApp::spawn(store, |args| args.agent = agent).await else {
+            return;
+        };
+        let id = app.create(json!({})).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let answers = futures::future::join_all((0..200).map(|i| {
+            let (app, id) = (&app, &id);
+            async move {
+                let command = format!("echo out-{i}; echo err-{i} >&2; exit {}", i % 7);
+                (i, app.exec(id, &command).await)
+            }
+        }))
+        .await;
+        for (i, (status, out)) in answers {
+            assert_eq!(status, StatusCode::OK, "{agent:?} #{i}: {out}");
+            assert_eq!(out["stdout"], format!("out-{i}\n"), "{agent:?} #{i}: {out}");
+            assert_eq!(out["stderr"], format!("err-{i}\n"), "{agent:?} #{i}: {out}");
+            assert_eq!(out["exitCode"], i % 7, "{agent:?} #{i}: {out}");
+        }
+        app.shutdown().await;
+    }
+}
+
 /// A command running longer than the idle TTL keeps its sandbox alive while it runs,
 /// buffered or streamed, however long it takes.
 async fn a_long_command_outlives_the_idle_ttl(store: Store) {
@@ -714,6 +743,7 @@ async fn the_tenant_limit_holds_across_two_replicas_on_one_postgres() {
 
 on_both_stores!(
     a_long_command_outlives_the_idle_ttl,
+    two_hundred_concurrent_executes_all_answer_correctly,
     execute_in_full,
     execute_streams,
     every_route,
