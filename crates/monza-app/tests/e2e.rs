@@ -7,11 +7,20 @@ mod support;
 
 use std::time::Duration;
 
-use monza_app::settings::AgentMode;
+use monza_app::settings::{AgentMode, ServeArgs};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{NewImages, Store, TestApp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A server whose sandboxes expire after `ttl_secs` idle, with the reaper passing every
+/// second.
+fn reaping_after(ttl_secs: u64) -> impl FnOnce(&mut ServeArgs) {
+    move |args| {
+        args.sandbox_ttl = Duration::from_secs(ttl_secs);
+        args.reaper_interval = Duration::from_secs(1);
+    }
+}
 
 /// `sandbox` as it stands in `list` (a JSON array of sandboxes), if it does.
 fn listed<'a>(list: &'a Value, sandbox: &Value) -> Option<&'a Value> {
@@ -232,12 +241,7 @@ async fn two_hundred_concurrent_executes_all_answer_correctly(store: Store) {
 /// A command running longer than the idle TTL keeps its sandbox alive while it runs,
 /// buffered or streamed, however long it takes.
 async fn a_long_command_outlives_the_idle_ttl(store: Store) {
-    let Some(app) = TestApp::spawn(store, |args| {
-        args.sandbox_ttl = Duration::from_secs(2);
-        args.reaper_interval = Duration::from_secs(1);
-    })
-    .await
-    else {
+    let Some(app) = TestApp::spawn(store, reaping_after(2)).await else {
         return;
     };
     let id = app.create(json!({})).await["id"]
@@ -485,12 +489,7 @@ async fn forwarded_ports_accept_connections(store: Store) {
 }
 
 async fn idle_sandboxes_expire_and_heartbeated_ones_stay(store: Store) {
-    let Some(app) = TestApp::spawn(store, |args| {
-        args.sandbox_ttl = Duration::from_secs(3);
-        args.reaper_interval = Duration::from_secs(1);
-    })
-    .await
-    else {
+    let Some(app) = TestApp::spawn(store, reaping_after(3)).await else {
         return;
     };
     let idle = app.create(json!({"name": "idle"})).await;

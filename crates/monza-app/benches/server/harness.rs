@@ -430,9 +430,15 @@ impl Raw {
             .unwrap();
     }
 
-    /// exec create + start + drain + inspect of `/bin/sh -c COMMAND` (what monza runs):
-    /// the stdout length, after checking the exit code is 0.
-    pub async fn exec(&self, id: &str, command: &str) -> usize {
+    /// exec create + start of `/bin/sh -c COMMAND` in `/workspace`, attached to its output.
+    async fn start_exec(
+        &self,
+        id: &str,
+        command: &str,
+    ) -> (
+        docker_api::Exec,
+        impl futures::Stream<Item = Result<docker_api::conn::TtyChunk, docker_api::conn::Error>> + Unpin,
+    ) {
         let opts = ExecCreateOpts::builder()
             .command(["/bin/sh", "-c", command])
             .attach_stdout(true)
@@ -442,7 +448,14 @@ impl Raw {
         let exec = docker_api::Exec::create(self.docker.clone(), id, &opts)
             .await
             .unwrap();
-        let mut stream = exec.start(&ExecStartOpts::default()).await.unwrap();
+        let stream = exec.start(&ExecStartOpts::default()).await.unwrap();
+        (exec, stream)
+    }
+
+    /// exec create + start + drain + inspect of `/bin/sh -c COMMAND` (what monza runs):
+    /// the stdout length, after checking the exit code is 0.
+    pub async fn exec(&self, id: &str, command: &str) -> usize {
+        let (exec, mut stream) = self.start_exec(id, command).await;
         let mut n = 0;
         while let Some(chunk) = stream.next().await {
             if let docker_api::conn::TtyChunk::StdOut(bytes) = chunk.unwrap() {
@@ -461,16 +474,7 @@ impl Raw {
         command: &str,
         fire: impl FnOnce() -> Instant + Send + 'static,
     ) -> Duration {
-        let opts = ExecCreateOpts::builder()
-            .command(["/bin/sh", "-c", command])
-            .attach_stdout(true)
-            .attach_stderr(true)
-            .working_dir("/workspace")
-            .build();
-        let exec = docker_api::Exec::create(self.docker.clone(), id, &opts)
-            .await
-            .unwrap();
-        let mut stream = exec.start(&ExecStartOpts::default()).await.unwrap();
+        let (_exec, mut stream) = self.start_exec(id, command).await;
         let mut fire = Some(fire);
         let mut fired = None;
         while let Some(chunk) = stream.next().await {
