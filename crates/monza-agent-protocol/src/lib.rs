@@ -46,6 +46,8 @@ mod kind {
     pub const EXEC: u8 = 0x10;
     pub const PING: u8 = 0x11;
     pub const SIGNAL: u8 = 0x12;
+    pub const PAUSE: u8 = 0x19;
+    pub const RESUME: u8 = 0x1a;
     pub const STDOUT: u8 = 0x20;
     pub const STDERR: u8 = 0x21;
     pub const EXIT: u8 = 0x30;
@@ -343,6 +345,16 @@ pub enum Message {
         id: u64,
         signal: Signal,
     },
+    /// Host → agent: stop reading the pipes of the request `id` (the host holds enough of
+    /// its output): its command blocks once its pipes fill, its timeout still runs. The other
+    /// requests go on. No answer.
+    Pause {
+        id: u64,
+    },
+    /// Host → agent: read the pipes of the request `id` again. No answer.
+    Resume {
+        id: u64,
+    },
     /// Agent → host: bytes the command wrote.
     Output {
         id: u64,
@@ -427,6 +439,8 @@ impl Message {
             Message::Exec { id, .. }
             | Message::Ping { id }
             | Message::Signal { id, .. }
+            | Message::Pause { id }
+            | Message::Resume { id }
             | Message::Output { id, .. }
             | Message::Exit { id, .. }
             | Message::Pong { id }
@@ -570,6 +584,8 @@ fn encode_inner(message: &Message, out: &mut Vec<u8>, start: usize) -> Result<()
             frame
         }
         Message::Ping { id } => begin(out, kind::PING, *id),
+        Message::Pause { id } => begin(out, kind::PAUSE, *id),
+        Message::Resume { id } => begin(out, kind::RESUME, *id),
         Message::Pong { id } => begin(out, kind::PONG, *id),
         Message::Signal { id, signal } => {
             json(out, kind::SIGNAL, *id, &SignalBody { signal: *signal })?
@@ -782,6 +798,14 @@ pub fn decode_frame(frame: &[u8]) -> Result<Message, DecodeError> {
         kind::PONG => {
             empty(body)?;
             Message::Pong { id }
+        }
+        kind::PAUSE => {
+            empty(body)?;
+            Message::Pause { id }
+        }
+        kind::RESUME => {
+            empty(body)?;
+            Message::Resume { id }
         }
         kind::SIGNAL => {
             let SignalBody { signal } = json(body, bad)?;

@@ -44,6 +44,8 @@ fn samples() -> Vec<Message> {
         },
         Message::Ping { id: 2 },
         Message::Pong { id: 2 },
+        Message::Pause { id: 1 },
+        Message::Resume { id: 1 },
         Message::Signal {
             id: 1,
             signal: Signal::Term,

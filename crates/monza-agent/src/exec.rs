@@ -24,6 +24,9 @@ use crate::{SOCKET_ENV, TOKEN_ENV};
 /// waited for.
 pub(crate) const DRAIN_GRACE: Duration = Duration::from_millis(100);
 
+/// How often a paused request checks whether the host resumed it.
+pub(crate) const PAUSE_POLL: Duration = Duration::from_millis(5);
+
 /// Without a pidfd (kernels before 5.3, or a seccomp profile that refuses it) the exit is
 /// noticed by polling this often.
 pub(crate) const EXIT_POLL: Duration = Duration::from_millis(10);
@@ -40,6 +43,8 @@ struct JobsState {
     running: HashMap<u64, Option<Pid>>,
     /// The connection is gone: a command spawned from now on is killed at once.
     closed: bool,
+    /// Requests whose pipes the host asked not to read for now ([`Message::Pause`]).
+    paused: std::collections::HashSet<u64>,
 }
 
 impl std::ops::Deref for JobsState {
@@ -106,7 +111,26 @@ impl Jobs {
     }
 
     pub fn remove(&self, id: u64) {
-        self.lock().remove(&id);
+        let mut state = self.lock();
+        state.remove(&id);
+        state.paused.remove(&id);
+    }
+
+    /// Stops (`true`) or resumes reading request `id`'s pipes. Ignored when `id` runs nothing.
+    pub fn pause(&self, id: u64, paused: bool) {
+        let mut state = self.lock();
+        if !state.contains_key(&id) {
+            return;
+        }
+        if paused {
+            state.paused.insert(id);
+        } else {
+            state.paused.remove(&id);
+        }
+    }
+
+    fn is_paused(&self, id: u64) -> bool {
+        self.lock().paused.contains(&id)
     }
 
     /// The connection is gone: kill every command it started.
@@ -250,6 +274,12 @@ impl<'a> Runner<'a> {
             if status.is_none() && !self.timed_out && self.deadline.is_some_and(|d| now >= d) {
                 self.time_out();
             }
+            // Paused by the host: the pipes are not read (the command blocks once they fill)
+            // and the grace after the exit waits, so nothing is lost; checked again often.
+            let paused = self.jobs.is_paused(self.id);
+            if paused && let Some(until) = drain_until.as_mut() {
+                *until = now + DRAIN_GRACE;
+            }
             if status.is_some()
                 && ((stdout.is_none() && stderr.is_none()) || drain_until.is_some_and(|d| now >= d))
             {
@@ -268,9 +298,12 @@ impl<'a> Runner<'a> {
                     cap(EXIT_POLL);
                 }
             }
+            if paused {
+                cap(PAUSE_POLL);
+            }
             let ready = wait_ready(
-                stdout.as_ref(),
-                stderr.as_ref(),
+                stdout.as_ref().filter(|_| !paused),
+                stderr.as_ref().filter(|_| !paused),
                 pidfd.as_ref().filter(|_| status.is_none()),
                 wait,
             )

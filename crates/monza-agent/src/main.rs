@@ -256,6 +256,8 @@ fn serve(
             Message::Ping { id } => {
                 let _ = outbox.send(&Message::Pong { id });
             }
+            Message::Pause { id } => jobs.pause(id, true),
+            Message::Resume { id } => jobs.pause(id, false),
             Message::Signal { id, signal } => {
                 if !jobs.signal(id, signal) {
                     exec::refuse(

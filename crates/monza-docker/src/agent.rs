@@ -74,8 +74,13 @@ const RESTART_EVERY: Duration = Duration::from_secs(2);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long past its timeout the host waits for an exec's exit before giving up on it.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
-/// Frames buffered per waiting exec (the reader waits when one is full).
-const PER_EXEC_FRAMES: usize = 64;
+/// Output bytes held for one exec past which the agent is asked to pause it (a streamed
+/// exec whose client reads slowly); it is resumed below [`RESUME_BELOW`]. The reader never
+/// waits for one exec, so the others go on; what arrives after the pause (the agent's
+/// outbox, at most 1 MiB) is held too.
+const PAUSE_ABOVE: usize = 256 * 1024;
+/// See [`PAUSE_ABOVE`].
+const RESUME_BELOW: usize = 64 * 1024;
 /// Frames buffered toward the agent.
 const OUTBOX_FRAMES: usize = 256;
 
@@ -685,10 +690,26 @@ fn token_matches(expected: Option<&str>, given: Option<&str>) -> bool {
         == 0
 }
 
+/// Where the reader puts one exec's frames: never waiting (the channel is unbounded), its
+/// output bounded by pausing the exec in the agent instead ([`PAUSE_ABOVE`]).
+#[derive(Clone)]
+struct Waiter {
+    tx: mpsc::UnboundedSender<Message>,
+    flow: Arc<Flow>,
+}
+
+/// One exec's output held between the reader and the exec, and whether the agent was asked
+/// to pause it.
+#[derive(Default)]
+struct Flow {
+    held: AtomicU64,
+    paused: AtomicBool,
+}
+
 /// One accepted agent connection: a writer task, a reader task, the execs waiting.
 struct Conn {
     outbox: mpsc::Sender<Message>,
-    waiters: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
+    waiters: Mutex<HashMap<u64, Waiter>>,
     next_id: AtomicU64,
     closed: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -781,9 +802,23 @@ impl Conn {
                     Err(_) => break,
                 };
                 let Some(conn) = weak.upgrade() else { return };
-                let waiter = lock(&conn.waiters).get(&message.id()).cloned();
+                let id = message.id();
+                let waiter = lock(&conn.waiters).get(&id).cloned();
                 if let Some(waiter) = waiter {
-                    let _ = waiter.send(message).await;
+                    if let Message::Output { data, .. } = &message {
+                        let held = waiter
+                            .flow
+                            .held
+                            .fetch_add(data.len() as u64, Ordering::AcqRel)
+                            + data.len() as u64;
+                        if held > PAUSE_ABOVE as u64
+                            && !waiter.flow.paused.swap(true, Ordering::AcqRel)
+                        {
+                            // The outbox is drained by the writer, never by this task.
+                            let _ = conn.outbox.send(Message::Pause { id }).await;
+                        }
+                    }
+                    let _ = waiter.tx.send(message);
                 }
             }
             if let Some(conn) = weak.upgrade() {
@@ -817,8 +852,15 @@ impl Conn {
         let started = Instant::now();
         let timeout = request.timeout.unwrap_or(default_timeout);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = mpsc::channel(PER_EXEC_FRAMES);
-        lock(&self.waiters).insert(id, tx);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let flow = Arc::new(Flow::default());
+        lock(&self.waiters).insert(
+            id,
+            Waiter {
+                tx,
+                flow: flow.clone(),
+            },
+        );
         let mut guard = Waiting {
             conn: self,
             id,
@@ -864,6 +906,11 @@ impl Conn {
                 frame = rx.recv(), if sink.ready() => match frame {
                     Some(Message::Output { stream, data, .. }) => {
                         output_seen = true;
+                        let held = flow.held.fetch_sub(data.len() as u64, Ordering::AcqRel)
+                            - data.len() as u64;
+                        if held < RESUME_BELOW as u64 && flow.paused.swap(false, Ordering::AcqRel) {
+                            let _ = self.outbox.send(Message::Resume { id }).await;
+                        }
                         let stream = match stream {
                             Stream::Stdout => OutputStream::Stdout,
                             Stream::Stderr => OutputStream::Stderr,

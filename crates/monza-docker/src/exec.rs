@@ -108,6 +108,7 @@ impl DockerRuntime {
         let mut fed = request.stdin.is_none();
 
         let mut marker = PidMarker::default();
+        let mut gone = false;
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         let mut timed_out = false;
@@ -115,20 +116,28 @@ impl DockerRuntime {
         tokio::pin!(grace);
         loop {
             tokio::select! {
-                chunk = stream.next(), if sink.ready() => match chunk {
-                    None => break,
-                    Some(Ok(TtyChunk::StdOut(bytes))) => sink.push(OutputStream::Stdout, bytes.into()),
-                    Some(Ok(TtyChunk::StdErr(bytes))) => sink.push(OutputStream::Stderr, marker.stderr(&bytes)),
-                    Some(Ok(TtyChunk::StdIn(_))) => {}
-                    Some(Err(e)) => return Err(Failure::from(e).into_domain(host, &what)),
-                },
-                live = sink.drive() => if !live {
-                    // The consumer went away: the command goes too (with what it started).
-                    match marker.pid {
-                        Some(pid) => self.kill_tree(container_id, pid).await,
-                        None => tracing::warn!(container_id, "exec abandoned before it reported its pid"),
+                chunk = stream.next(), if sink.ready() => {
+                    match chunk {
+                        None if gone => return Err(consumer_gone()),
+                        None => break,
+                        Some(Ok(TtyChunk::StdOut(bytes))) => sink.push(OutputStream::Stdout, bytes.into()),
+                        Some(Ok(TtyChunk::StdErr(bytes))) => sink.push(OutputStream::Stderr, marker.stderr(&bytes)),
+                        Some(Ok(TtyChunk::StdIn(_))) => {}
+                        Some(Err(e)) => return Err(Failure::from(e).into_domain(host, &what)),
                     }
-                    return Err(consumer_gone());
+                    if gone && let Some(pid) = marker.pid {
+                        self.kill_tree(container_id, pid).await;
+                        return Err(consumer_gone());
+                    }
+                }
+                live = sink.drive() => if !live {
+                    // The consumer went away: the command goes too (with what it started),
+                    // once its pid is known: the wrapper's first line, read above if not yet.
+                    gone = true;
+                    if let Some(pid) = marker.pid {
+                        self.kill_tree(container_id, pid).await;
+                        return Err(consumer_gone());
+                    }
                 },
                 () = &mut deadline, if !timed_out => {
                     timed_out = true;

@@ -39,6 +39,8 @@ pub(crate) enum Sink {
         /// Chunks taken from the source and not sent yet.
         pending: VecDeque<ExecEvent>,
     },
+    /// The consumer went away: output is read and dropped until the command is killed.
+    Gone,
 }
 
 impl Sink {
@@ -58,7 +60,7 @@ impl Sink {
     /// Whether it takes a chunk now: a loop reads its source only then.
     pub(crate) fn ready(&self) -> bool {
         match self {
-            Self::Collect(_) => true,
+            Self::Collect(_) | Self::Gone => true,
             Self::Send { pending, .. } => pending.is_empty(),
         }
     }
@@ -71,31 +73,38 @@ impl Sink {
         match self {
             Self::Collect(collector) => collector.push(stream, &data),
             Self::Send { pending, .. } => pending.push_back(ExecEvent::Output { stream, data }),
+            Self::Gone => {}
         }
     }
 
     /// Sends the oldest held chunk, or, with none held, waits for the consumer to go away.
-    /// `false` once the consumer is gone. Never ends for a collecting sink. Cancel-safe: a
-    /// chunk leaves `pending` only once its slot in the channel is reserved.
+    /// `false` once the consumer is gone, after which the sink is [`Sink::Gone`]. Never ends
+    /// for a collecting sink, nor once gone. Cancel-safe: a chunk leaves `pending` only once
+    /// its slot in the channel is reserved.
     pub(crate) async fn drive(&mut self) -> bool {
-        match self {
-            Self::Collect(_) => std::future::pending().await,
+        let live = match self {
+            Self::Collect(_) | Self::Gone => std::future::pending().await,
             Self::Send { tx, pending } => {
                 if pending.is_empty() {
                     tx.closed().await;
-                    return false;
-                }
-                match tx.reserve().await {
-                    Ok(permit) => {
-                        if let Some(event) = pending.pop_front() {
-                            permit.send(Ok(event));
+                    false
+                } else {
+                    match tx.reserve().await {
+                        Ok(permit) => {
+                            if let Some(event) = pending.pop_front() {
+                                permit.send(Ok(event));
+                            }
+                            true
                         }
-                        true
+                        Err(_) => false,
                     }
-                    Err(_) => false,
                 }
             }
+        };
+        if !live {
+            *self = Self::Gone;
         }
+        live
     }
 
     /// What a buffered exec answers; `None` for a sending sink.
@@ -104,7 +113,7 @@ impl Sink {
             Self::Collect(collector) => {
                 Some(collector.finish(finished.exit_code, finished.timed_out, finished.duration))
             }
-            Self::Send { .. } => None,
+            Self::Send { .. } | Self::Gone => None,
         }
     }
 
@@ -195,5 +204,10 @@ mod tests {
         assert!(sink.drive().now_or_never().is_none());
         drop(rx);
         assert!(!sink.drive().await);
+        // Gone: output is dropped and the loop may keep reading until the command is killed.
+        assert!(matches!(sink, Sink::Gone));
+        sink.push(OutputStream::Stdout, Bytes::from_static(b"dropped"));
+        assert!(sink.ready());
+        assert!(sink.drive().now_or_never().is_none());
     }
 }

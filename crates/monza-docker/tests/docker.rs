@@ -620,6 +620,44 @@ async fn a_streamed_exec_delivers_output_before_the_command_ends_raw_and_in_full
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_stream_read_slowly_holds_back_only_its_own_command_and_loses_nothing() {
+    on_both_paths(|runtime, agent| async move {
+        let sandbox = Sandbox::started(&runtime, template()).await;
+        let big = shell("head -c 100000000 /dev/zero; echo end >&2");
+        let mut events = runtime.exec_stream(&sandbox.id, &big).await.unwrap();
+        let first = next_event(&mut events).await;
+        // The peak so far (the other path's 100 MB) must not hide this one's.
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+        let before = peak_rss();
+        // Not read for now: far more than every buffer on the way is waiting. Another
+        // command on the same sandbox (the same agent connection) still runs at once, and
+        // what waits is held back in the sandbox (the command blocks), not in this process.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let other = tokio::time::timeout(Duration::from_secs(20), sandbox.sh("echo other"))
+            .await
+            .expect("another command waited for the slow stream");
+        assert_eq!(other.stdout, "other\n", "agent: {agent}");
+        let growth = peak_rss().saturating_sub(before);
+        assert!(
+            growth < 16 * 1024 * 1024,
+            "agent: {agent}: {growth} bytes held for a stream nobody reads"
+        );
+        let ExecEvent::Output { data, .. } = first else {
+            panic!("agent: {agent}: {first:?}")
+        };
+        let (stdout, stderr, exit) = drain(events).await;
+        assert_eq!(data.len() + stdout.len(), 100_000_000, "agent: {agent}");
+        assert_eq!(stderr, b"end\n", "agent: {agent}");
+        assert!(
+            matches!(exit, ExecEvent::Exit { exit_code: 0, .. }),
+            "{exit:?}"
+        );
+        vec![sandbox.id.clone()]
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn dropping_a_streamed_exec_kills_the_command_and_what_it_started() {
     on_both_paths(|runtime, agent| async move {
         let sandbox = Sandbox::started(&runtime, template()).await;

@@ -602,11 +602,20 @@ impl SandboxService {
         let events = self.runtime.exec_stream(cid, &request).await;
         let events = self.or_vanished(&sandbox, events).await?;
         // The guard lives as long as the stream: a command keeps its sandbox alive while
-        // its client reads it.
+        // its client reads it. An error mid-stream is checked like execute's (a vanished
+        // container makes the sandbox `error` and the answer its conflict).
+        let service = self.clone();
         Ok(events
-            .map(move |event| {
+            .then(move |event| {
                 let _busy = &busy;
-                event
+                // Only an error needs the sandbox again (output chunks go straight on).
+                let recheck = event.is_err().then(|| (service.clone(), sandbox.clone()));
+                async move {
+                    match recheck {
+                        Some((service, sandbox)) => service.or_vanished(&sandbox, event).await,
+                        None => event,
+                    }
+                }
             })
             .map(|event| match event {
                 Ok(ExecEvent::Exit {

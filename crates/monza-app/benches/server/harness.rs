@@ -263,11 +263,18 @@ impl Api {
         assert_eq!(response.status(), StatusCode::NO_CONTENT, "delete {id}");
     }
 
-    /// `POST …/execute`: the output's length, after checking the exit code is 0.
+    /// `POST …/execute` keeping up to 4 MiB: the output's length, after checking the exit
+    /// code is 0.
     pub async fn execute(&self, id: &str, command: &str) -> usize {
+        self.execute_keeping(id, command, 4 * 1024 * 1024).await
+    }
+
+    /// [`Api::execute`] keeping up to `max_output_bytes` (what each execute reserves of the
+    /// server's output budget, twice over, while it runs).
+    pub async fn execute_keeping(&self, id: &str, command: &str, max_output_bytes: usize) -> usize {
         let (status, body) = send_json(
             self.request(Method::POST, &format!("/api/sandboxes/{id}/execute"))
-                .json(&json!({"command": command, "max_output_bytes": 4 * 1024 * 1024})),
+                .json(&json!({"command": command, "max_output_bytes": max_output_bytes})),
         )
         .await;
         assert_eq!(status, StatusCode::OK, "execute: {body}");
