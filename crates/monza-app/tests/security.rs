@@ -383,10 +383,11 @@ async fn hostile_input_is_a_4xx_json_error_and_leaves_nothing_half_made() {
     let execute_path = api("/execute");
     let execute = |body: Value| server.post_json(&execute_path, body);
 
-    // JSON over 64 KiB.
-    let big = json!({ "command": "x".repeat(70 * 1024) });
+    // An execute body over MONZA_MAX_COMMAND_BYTES (1 MiB), any other JSON over 64 KiB.
+    let big = json!({ "command": "x".repeat(1024 * 1024 + 1) });
     let (status, body) = server.post_json(&api("/execute"), big).await;
-    error_of(status, &body, 413, "too_large");
+    let message = error_of(status, &body, 413, "too_large");
+    assert!(message.contains("MONZA_MAX_COMMAND_BYTES"), "{message}");
     let (status, body) = server
         .post_json("/api/sandboxes", json!({"name": "n".repeat(70 * 1024)}))
         .await;

@@ -518,17 +518,24 @@ impl Slot {
     /// [`RESTART_EVERY`] ago.
     fn restart_in_background(self: &Arc<Self>) {
         {
-            let mut last = lock(&self.last_start);
+            let last = lock(&self.last_start);
             if last.is_some_and(|t| t.elapsed() < RESTART_EVERY) {
                 return;
             }
-            // Claimed now, so concurrent execs start it once.
-            *last = Some(Instant::now());
         }
+        self.start_in_background();
+    }
+
+    /// Starts the agent without waiting for the Docker exec that starts it. The start is
+    /// claimed at once, so a command arriving meanwhile waits for its connection (up to
+    /// [`CONNECT_WAIT`]) instead of starting it again; on failure commands go through Docker
+    /// exec and the next one tries again.
+    pub(crate) fn start_in_background(self: &Arc<Self>) {
+        *lock(&self.last_start) = Some(Instant::now());
         let slot = Arc::clone(self);
         tokio::spawn(async move {
             if let Err(e) = slot.start_agent().await {
-                tracing::warn!(error = %e, "restarting the agent failed");
+                tracing::warn!(error = %e, "starting the agent failed");
             }
         });
     }

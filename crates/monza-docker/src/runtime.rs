@@ -393,10 +393,10 @@ impl ContainerRuntime for DockerRuntime {
             && !slot.connected()
             // Adopted while running: adoption has just started it.
             && !(already_running && slot.recently_started())
-            && let Err(e) = slot.start_agent().await
         {
-            // Commands go through Docker exec until an exec starts it again.
-            tracing::warn!(container_id, error = %e, "starting the agent failed");
+            // Beside the inspect below rather than before it: a create does not wait for the
+            // agent's exec (two engine round trips).
+            slot.start_in_background();
         }
         self.published_ports(container_id).await
     }

@@ -577,10 +577,17 @@ impl SandboxService {
         id: SandboxId,
         command: ExecuteCommand,
     ) -> Result<ExecOutput> {
-        let (sandbox, request) = self.exec_request(access, id, command).await?;
+        let (sandbox, request, event) = self.exec_request(access, id, command).await?;
         let cid = container_of(&sandbox)?;
         let _busy = self.busy.enter(sandbox.id);
-        let output = self.runtime.exec(cid, &request).await;
+        // The activity is written while the command runs (a store write costs about what a
+        // command through the agent does). The sandbox was running a moment ago; if it
+        // ended meanwhile, the touch's conflict is the answer, as if it had come first.
+        let (touched, output) = futures::join!(
+            self.touch(&sandbox, Some(event)),
+            self.runtime.exec(cid, &request)
+        );
+        let sandbox = touched?;
         let output = self.or_vanished(&sandbox, output).await?;
         Ok(answered(output, request.max_output_bytes))
     }
@@ -596,7 +603,8 @@ impl SandboxService {
         id: SandboxId,
         command: ExecuteCommand,
     ) -> Result<ExecEvents> {
-        let (sandbox, request) = self.exec_request(access, id, command).await?;
+        let (sandbox, request, event) = self.exec_request(access, id, command).await?;
+        let sandbox = self.touch(&sandbox, Some(event)).await?;
         let cid = container_of(&sandbox)?;
         let busy = self.busy.enter(sandbox.id);
         let events = self.runtime.exec_stream(cid, &request).await;
@@ -633,14 +641,13 @@ impl SandboxService {
     }
 
     /// What execute and its streamed form share: the command checked, the sandbox found
-    /// running, the limits applied, the activity recorded. The sandbox returned is the one
-    /// the activity updated.
+    /// running, the limits applied, and the event the caller records with the activity.
     async fn exec_request(
         &self,
         access: &Access,
         id: SandboxId,
         command: ExecuteCommand,
-    ) -> Result<(Sandbox, ExecRequest)> {
+    ) -> Result<(Sandbox, ExecRequest, NewEvent)> {
         if command.command.trim().is_empty() {
             return Err(Error::invalid("command is empty"));
         }
@@ -686,8 +693,7 @@ impl SandboxService {
             EventAction::Executed,
             json!({ "command": truncate(&command.command, 256) }),
         );
-        let sandbox = self.touch(&sandbox, Some(event)).await?;
-        Ok((sandbox, request))
+        Ok((sandbox, request, event))
     }
 
     /// Copies a file into a running sandbox's `dest_dir` (default: its workspace folder) and
