@@ -31,7 +31,11 @@ the same container (docker-api's builder cannot express `CapDrop`/`PidsLimit`).
   Deletion is outside the timing.
 - **execute**: `POST …/execute` of `true` and of `yes aaaaaaa | head -c 1048576` (1 MiB of
   output) vs docker-api exec create + start + drain + inspect of `/bin/sh -c` the same
-  command, in the same container.
+  command, in the same container (through the sandbox agent, `MONZA_AGENT=on`). A streamed
+  execute (`Accept: application/x-ndjson`) of a command that copies a FIFO to stdout: the
+  bench writes a line into the FIFO from the host and times it to the client, vs the same
+  through a raw attached exec. Then 200 executes of `echo ok` at once on one sandbox vs 200
+  raw execs at once (each request's own latency; throughput in the targets).
 - **upload / download**: the multipart upload route and the download route vs the engine's
   archive endpoints (`copy_file_into`, `copy_from`), same container. Peak RSS growth is the
   server's `VmHWM` after the transfer minus its `VmRSS` before it (the peak is reset
