@@ -17,6 +17,14 @@ pub const BUSYBOX_IMAGE: &str = "monza-test/busybox:latest";
 /// Bumped whenever the image's Dockerfile below changes, so existing machines rebuild it.
 const BUSYBOX_IMAGE_VERSION: &str = "2";
 
+/// The Debian test image: a `debootstrap --variant=minbase bookworm` root filesystem
+/// (glibc, bash, coreutils) loaded with `docker import`, with a non-root user `vscode`
+/// (1000:1000) that owns `/workspace`, as the official devcontainer images have.
+pub const DEBIAN_IMAGE: &str = "monza-test/debian:bookworm";
+
+/// Bumped whenever the Debian image's recipe below changes.
+const DEBIAN_IMAGE_VERSION: &str = "1";
+
 /// The PostgreSQL URL tests use unless `TEST_DATABASE_URL` says otherwise.
 pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
 
@@ -144,18 +152,95 @@ fn ensure_postgres() -> Result<()> {
 }
 
 fn ensure_test_images() -> Result<()> {
-    let version = Command::new("docker")
+    ensure_busybox_image()?;
+    ensure_debian_image()
+}
+
+/// The `monza.image-version` label of a local image (empty when it is missing).
+fn image_version(image: &str) -> String {
+    Command::new("docker")
         .args([
             "image",
             "inspect",
             "--format",
             "{{index .Config.Labels \"monza.image-version\"}}",
-            BUSYBOX_IMAGE,
+            image,
         ])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    if version == BUSYBOX_IMAGE_VERSION {
+        .unwrap_or_default()
+}
+
+/// Builds [`DEBIAN_IMAGE`] unless it exists at its version: about a minute, once per
+/// machine (the engine keeps it between runs).
+fn ensure_debian_image() -> Result<()> {
+    if image_version(DEBIAN_IMAGE) == DEBIAN_IMAGE_VERSION {
+        eprintln!("xtask: {DEBIAN_IMAGE} exists");
+        return Ok(());
+    }
+    if !have("debootstrap") {
+        apt_install(&["debootstrap"])?;
+    }
+    let root = std::env::temp_dir().join(format!("monza-debian-{}", std::process::id()));
+    let built = (|| {
+        run(Command::new("debootstrap").args([
+            "--variant=minbase",
+            "bookworm",
+            &root.display().to_string(),
+            "http://deb.debian.org/debian",
+        ]))?;
+        let append = |file: &str, line: &str| -> Result<()> {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(root.join(file))
+                .with_context(|| format!("opening {file} in the Debian root"))?;
+            writeln!(f, "{line}")?;
+            Ok(())
+        };
+        append(
+            "etc/passwd",
+            "vscode:x:1000:1000:vscode:/home/vscode:/bin/bash",
+        )?;
+        append("etc/group", "vscode:x:1000:")?;
+        for dir in ["home/vscode", "workspace"] {
+            let path = root.join(dir);
+            std::fs::create_dir_all(&path)?;
+            std::os::unix::fs::chown(&path, Some(1000), Some(1000))?;
+        }
+        let mut tar = Command::new("tar")
+            .args(["--numeric-owner", "-C"])
+            .arg(&root)
+            .args(["-c", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("running tar")?;
+        let imported = Command::new("docker")
+            .args([
+                "import",
+                "--change",
+                "CMD [\"/bin/bash\"]",
+                "--change",
+                &format!("LABEL monza.image-version={DEBIAN_IMAGE_VERSION}"),
+                "-",
+                DEBIAN_IMAGE,
+            ])
+            .stdin(tar.stdout.take().context("tar's output")?)
+            .stdout(Stdio::null())
+            .status()
+            .context("running docker import")?;
+        let archived = tar.wait().context("waiting for tar")?;
+        if !archived.success() || !imported.success() {
+            bail!("packing the Debian root failed: tar {archived}, docker import {imported}");
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&root);
+    built
+}
+
+fn ensure_busybox_image() -> Result<()> {
+    if image_version(BUSYBOX_IMAGE) == BUSYBOX_IMAGE_VERSION {
         eprintln!("xtask: {BUSYBOX_IMAGE} exists");
         return Ok(());
     }

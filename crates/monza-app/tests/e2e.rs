@@ -13,6 +13,16 @@ use serde_json::{Value, json};
 use support::{NewImages, Store, TestApp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A server on `store` with the agent `agent`, and the id of a sandbox created on it.
+async fn with_a_sandbox(store: Store, agent: AgentMode) -> Option<(TestApp, String)> {
+    let app = TestApp::spawn(store, |args| args.agent = agent).await?;
+    let id = app.create(json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    Some((app, id))
+}
+
 /// A server whose sandboxes expire after `ttl_secs` idle, with the reaper passing every
 /// second.
 fn reaping_after(ttl_secs: u64) -> impl FnOnce(&mut ServeArgs) {
@@ -213,13 +223,9 @@ async fn every_route(store: Store) {
 /// answers with its own output and exit code.
 async fn two_hundred_concurrent_executes_all_answer_correctly(store: Store) {
     for agent in [AgentMode::On, AgentMode::Off] {
-        let Some(app) = TestApp::spawn(store, |args| args.agent = agent).await else {
+        let Some((app, id)) = with_a_sandbox(store, agent).await else {
             return;
         };
-        let id = app.create(json!({})).await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
         let answers = futures::future::join_all((0..200).map(|i| {
             let (app, id) = (&app, &id);
             async move {
@@ -320,13 +326,9 @@ impl Lines {
 /// command with it.
 async fn execute_streams(store: Store) {
     for agent in [AgentMode::On, AgentMode::Off] {
-        let Some(app) = TestApp::spawn(store, |args| args.agent = agent).await else {
+        let Some((app, id)) = with_a_sandbox(store, agent).await else {
             return;
         };
-        let id = app.create(json!({})).await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
         let execute = app.url(&format!("/api/sandboxes/{id}/execute"));
         let stream = |accept: &'static str, command: &str| {
             app.client
@@ -403,13 +405,9 @@ async fn execute_streams(store: Store) {
 /// a timeout's 124, and a cut that never splits a character.
 async fn execute_in_full(store: Store) {
     for agent in [AgentMode::On, AgentMode::Off] {
-        let Some(app) = TestApp::spawn(store, |args| args.agent = agent).await else {
+        let Some((app, id)) = with_a_sandbox(store, agent).await else {
             return;
         };
-        let id = app.create(json!({})).await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
         let execute = format!("/api/sandboxes/{id}/execute");
         let run = |body: Value| app.post_json(&execute, body);
 

@@ -683,6 +683,73 @@ async fn dropping_a_streamed_exec_kills_the_command_and_what_it_started() {
     .await;
 }
 
+/// The Debian test image (`cargo xtask` builds it with debootstrap): glibc, bash, and a
+/// non-root user `vscode` that owns `/workspace`.
+const DEBIAN: &str = "monza-test/debian:bookworm";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_debian_image_commands_run_as_its_non_root_user_through_either_path() {
+    let present =
+        on_fresh_runtime(
+            |docker| async move { docker.images().get(DEBIAN).inspect().await.map(drop) },
+        );
+    if require(&format!("the test image {DEBIAN}"), present).is_none() {
+        return;
+    }
+    on_both_paths(|runtime, agent| async move {
+        let template = Template {
+            image: ImageSource::Image(DEBIAN.into()),
+            remote_user: Some("vscode".into()),
+            config: json!({ "image": DEBIAN, "remoteUser": "vscode" }),
+            ..template()
+        };
+        let sandbox = Sandbox::started(&runtime, template).await;
+        let as_vscode = |line: &str| ExecRequest {
+            user: Some("vscode".into()),
+            ..shell(line)
+        };
+        let out = runtime
+            .exec(
+                &sandbox.id,
+                &as_vscode("id -un; bash -c 'echo ${BASH_VERSINFO[0]}'; ls /lib/x86_64-linux-gnu/libc.so.6"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            out.stdout, "vscode\n5\n/lib/x86_64-linux-gnu/libc.so.6\n",
+            "agent: {agent}: {out:?}"
+        );
+        let write = ExecRequest {
+            stdin: Some(b"hello\n".to_vec()),
+            ..as_vscode("cat > /workspace/f && stat -c %U /workspace/f && cat /workspace/f")
+        };
+        let out = runtime.exec(&sandbox.id, &write).await.unwrap();
+        assert_eq!(out.stdout, "vscode\nhello\n", "agent: {agent}: {out:?}");
+        let events = runtime
+            .exec_stream(&sandbox.id, &as_vscode("printf 'a\\377'; echo b >&2"))
+            .await
+            .unwrap();
+        let (stdout, stderr, exit) = drain(events).await;
+        assert_eq!((stdout.as_slice(), stderr.as_slice()), (&b"a\xff"[..], &b"b\n"[..]));
+        assert!(matches!(exit, ExecEvent::Exit { exit_code: 0, .. }), "{exit:?}");
+        // A timeout kills what the command started too (minbase has no ps: /proc).
+        let timed = ExecRequest {
+            timeout: Some(Duration::from_secs(1)),
+            ..as_vscode("sleep 30 & sleep 31")
+        };
+        let out = runtime.exec(&sandbox.id, &timed).await.unwrap();
+        assert!(out.timed_out, "agent: {agent}: {out:?}");
+        let left = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep -c '^sleep 3[01]' || true";
+        let gone = eventually(Duration::from_secs(10), async || {
+            runtime.exec(&sandbox.id, &as_vscode(left)).await.unwrap().stdout.trim() == "0"
+        })
+        .await;
+        assert!(gone, "agent: {agent}: the timed-out command's children are left");
+        vec![sandbox.id.clone()]
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn files_go_in_and_out_byte_for_byte() {
     let Some(runtime) = runtime().await else {
