@@ -31,7 +31,6 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use hyper::{Body, Method};
 use monza_agent_protocol::{
     self as protocol, AgentCodec, CodecError, DecodeError, Message, PROTOCOL_VERSION, Program,
     Signal, Stream, Welcome,
@@ -83,6 +82,14 @@ const PAUSE_ABOVE: usize = 256 * 1024;
 const RESUME_BELOW: usize = 64 * 1024;
 /// Frames buffered toward the agent.
 const OUTBOX_FRAMES: usize = 256;
+
+/// The directory under the agent directory that holds the ownership locks.
+const OWNERS: &str = "owners";
+
+/// `MONZA_AGENT_SOCKET=…`: where the agent finds the socket inside the sandbox.
+fn socket_env() -> String {
+    format!("{SOCKET_ENV}={SOCKET_DIR}/{SOCKET_NAME}")
+}
 
 /// Every sandbox's agent, by container id. Shared by the runtime's clones.
 pub(crate) struct Agents {
@@ -145,7 +152,7 @@ impl AgentMounts {
                     "ReadOnly": true,
                 }),
             ],
-            env: format!("{SOCKET_ENV}={SOCKET_DIR}/{SOCKET_NAME}"),
+            env: socket_env(),
         }
     }
 }
@@ -241,7 +248,7 @@ impl Agents {
     pub(crate) fn prepare(&self, sandbox_id: &str, user: Option<String>) -> Result<Prepared> {
         let binary = self.binary()?;
         let owner = self.own(sandbox_id)?;
-        let dir = self.dir.join(sandbox_id);
+        let dir = self.sandbox_dir(sandbox_id);
         let listener = match listen(&dir) {
             Ok(listener) => listener,
             Err(e) => {
@@ -278,8 +285,8 @@ impl Agents {
     /// agent directory (replicas, or a runtime and its successor in one process) never both
     /// listen for one sandbox. Conflict when another live runtime holds it.
     fn own(&self, sandbox_id: &str) -> Result<(PathBuf, std::fs::File)> {
-        let owners = self.dir.join("owners");
-        let path = owners.join(format!("{sandbox_id}.lock"));
+        let path = self.lock_path(sandbox_id);
+        let owners = self.dir.join(OWNERS);
         let fail = |e: std::io::Error| Error::internal(format!("locking {}: {e}", path.display()));
         match std::fs::DirBuilder::new().mode(0o700).create(&owners) {
             Ok(()) => {}
@@ -304,8 +311,8 @@ impl Agents {
     /// Removes the directory and lock file of a sandbox whose container is gone and which
     /// no slot of this runtime holds, unless another live runtime owns it (holds its lock).
     pub(crate) fn remove_leftovers(&self, sandbox_id: &str) {
-        let dir = self.dir.join(sandbox_id);
-        let lock_path = self.dir.join("owners").join(format!("{sandbox_id}.lock"));
+        let dir = self.sandbox_dir(sandbox_id);
+        let lock_path = self.lock_path(sandbox_id);
         if !dir.exists() && !lock_path.exists() {
             return;
         }
@@ -333,9 +340,9 @@ impl Agents {
         self.dir.join(sandbox_id)
     }
 
-    /// Creates `dir` (0711) if missing: a container's bind mount needs its source to start.
-    pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
-        make_dir(dir)
+    /// The sandbox's ownership lock file (see [`Agents::own`]).
+    fn lock_path(&self, sandbox_id: &str) -> PathBuf {
+        self.dir.join(OWNERS).join(format!("{sandbox_id}.lock"))
     }
 
     /// Records that adoption of the container was tried; false when it already was.
@@ -468,7 +475,7 @@ impl Slot {
             "AttachStdout": false,
             "AttachStderr": false,
             "Env": [
-                format!("{SOCKET_ENV}={SOCKET_DIR}/{SOCKET_NAME}"),
+                socket_env(),
                 format!("{TOKEN_ENV}={token}"),
             ],
         });
@@ -477,34 +484,11 @@ impl Slot {
         }
         let start = async {
             let endpoint = format!("/containers/{container_id}/exec");
-            let response = self
-                .raw
-                .send(
-                    Method::POST,
-                    &endpoint,
-                    Some("application/json"),
-                    Body::from(body.to_string()),
-                )
+            let exec = self.raw.post_for_id(&endpoint, body.to_string()).await?;
+            let endpoint = format!("/exec/{exec}/start");
+            self.raw
+                .post_json(&endpoint, r#"{"Detach":true,"Tty":false}"#.to_owned())
                 .await?;
-            let bytes = hyper::body::to_bytes(response.into_body()).await?;
-            #[derive(serde::Deserialize)]
-            struct Created {
-                #[serde(rename = "Id")]
-                id: String,
-            }
-            let created: Created = serde_json::from_slice(&bytes)
-                .map_err(|e| Failure::Other(format!("unexpected answer: {e}")))?;
-            let endpoint = format!("/exec/{}/start", created.id);
-            let response = self
-                .raw
-                .send(
-                    Method::POST,
-                    &endpoint,
-                    Some("application/json"),
-                    Body::from(r#"{"Detach":true,"Tty":false}"#),
-                )
-                .await?;
-            hyper::body::to_bytes(response.into_body()).await?;
             Ok::<(), Failure>(())
         };
         bounded(self.request_timeout, start)
@@ -1009,7 +993,7 @@ impl Drop for Waiting<'_> {
 /// directory (not a symlink) owned by monza's user and not writable by group or others,
 /// else it is refused untouched (`MONZA_AGENT_DIR=/tmp` keeps its sticky bit, and no one
 /// else can swap what monza binds into sandboxes).
-fn make_dir(dir: &Path) -> Result<()> {
+pub(crate) fn make_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let fail = |e: std::io::Error| {
         Error::internal(format!(

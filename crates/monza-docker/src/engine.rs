@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 
+use hyper::body::Bytes;
 use hyper::client::HttpConnector;
 use hyper::{Body, Client, Method, Request, Response, StatusCode};
 use hyperlocal::UnixConnector;
@@ -113,6 +114,39 @@ impl RawClient {
             code: code.as_u16(),
             message: error_message(code, response.into_body()).await,
         })
+    }
+}
+
+impl RawClient {
+    /// POSTs the JSON `body` to `endpoint` and returns the `Id` the engine answers with
+    /// (a created container or exec).
+    pub(crate) async fn post_for_id(
+        &self,
+        endpoint: &str,
+        body: String,
+    ) -> Result<String, Failure> {
+        #[derive(serde::Deserialize)]
+        struct Created {
+            #[serde(rename = "Id")]
+            id: String,
+        }
+        let bytes = self.post_json(endpoint, body).await?;
+        serde_json::from_slice::<Created>(&bytes)
+            .map(|created| created.id)
+            .map_err(|e| Failure::Other(format!("unexpected answer: {e}")))
+    }
+
+    /// POSTs the JSON `body` to `endpoint` and returns the whole answer.
+    pub(crate) async fn post_json(&self, endpoint: &str, body: String) -> Result<Bytes, Failure> {
+        let response = self
+            .send(
+                Method::POST,
+                endpoint,
+                Some("application/json"),
+                Body::from(body),
+            )
+            .await?;
+        Ok(hyper::body::to_bytes(response.into_body()).await?)
     }
 }
 

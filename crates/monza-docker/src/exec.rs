@@ -125,20 +125,10 @@ impl DockerRuntime {
                         Some(Ok(TtyChunk::StdIn(_))) => {}
                         Some(Err(e)) => return Err(Failure::from(e).into_domain(host, &what)),
                     }
-                    if gone && let Some(pid) = marker.pid {
-                        self.kill_tree(container_id, pid).await;
-                        return Err(consumer_gone());
-                    }
                 }
-                live = sink.drive() => if !live {
-                    // The consumer went away: the command goes too (with what it started),
-                    // once its pid is known: the wrapper's first line, read above if not yet.
-                    gone = true;
-                    if let Some(pid) = marker.pid {
-                        self.kill_tree(container_id, pid).await;
-                        return Err(consumer_gone());
-                    }
-                },
+                // The consumer went away: the command goes too (with what it started), once
+                // its pid is known (the wrapper's first line, read above if not yet).
+                live = sink.drive() => gone = !live,
                 () = &mut deadline, if !timed_out => {
                     timed_out = true;
                     grace.as_mut().reset(tokio::time::Instant::now() + KILL_GRACE);
@@ -152,6 +142,10 @@ impl DockerRuntime {
                     break;
                 }
                 () = &mut feed, if !fed => fed = true,
+            }
+            if gone && let Some(pid) = marker.pid {
+                self.kill_tree(container_id, pid).await;
+                return Err(consumer_gone());
             }
         }
 

@@ -9,7 +9,6 @@ use async_trait::async_trait;
 use docker_api::Docker;
 use docker_api::opts::{ContainerFilter, ContainerListOpts, ContainerRemoveOpts};
 use futures::StreamExt;
-use hyper::{Body, Method};
 use monza_domain::{
     ContainerRuntime, ContainerSpec, ContainerState, CreatedContainer, Error, ExecEvents,
     ExecOutput, ExecRequest, FileDownload, FileStat, ManagedContainer, PublishedPort, Result,
@@ -17,7 +16,7 @@ use monza_domain::{
 };
 use tokio::sync::mpsc;
 
-use crate::agent::{Agents, Outcome};
+use crate::agent::{self, Agents, Outcome};
 use crate::container::{
     LABEL_AGENT_USER, LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_SANDBOX_ID, container_name,
     create_body,
@@ -158,7 +157,7 @@ impl DockerRuntime {
         } else {
             self.agents
                 .binary()
-                .and_then(|_| Agents::ensure_dir(&dir))
+                .and_then(|_| agent::make_dir(&dir))
                 .map(|()| None)
         };
         let adopted = match adopted {
@@ -336,39 +335,17 @@ impl ContainerRuntime for DockerRuntime {
         let name = container_name(spec);
         let endpoint = format!("/containers/create?name={}", query_value(&name));
         let what = format!("creating container {name} from {image}");
-        let json =
-            serde_json::to_vec(&body).map_err(|e| Error::internal(format!("{what}: {e}")))?;
-        let created = async {
-            let response = self
-                .raw
-                .send(
-                    Method::POST,
-                    &endpoint,
-                    Some("application/json"),
-                    Body::from(json),
-                )
-                .await?;
-            let bytes = hyper::body::to_bytes(response.into_body()).await?;
-            #[derive(serde::Deserialize)]
-            struct Created {
-                #[serde(rename = "Id")]
-                id: String,
-            }
-            serde_json::from_slice::<Created>(&bytes)
-                .map_err(|e| Failure::Other(format!("unexpected answer: {e}")))
-        };
-        let created = match bounded(self.settings.request_timeout, created).await {
-            Ok(created) => created,
-            Err(f) => return Err(f.into_domain(&self.settings.host, &what)),
-        };
-        tracing::info!(container_id = %created.id, %image, "container created");
+        let created = bounded(
+            self.settings.request_timeout,
+            self.raw.post_for_id(&endpoint, body.to_string()),
+        )
+        .await
+        .map_err(self.fail(&what))?;
+        tracing::info!(container_id = %created, %image, "container created");
         if let Some(agent) = pending.0.take() {
-            self.agents.register(&created.id, agent.slot);
+            self.agents.register(&created, agent.slot);
         }
-        Ok(CreatedContainer {
-            id: created.id,
-            image,
-        })
+        Ok(CreatedContainer { id: created, image })
     }
 
     #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
