@@ -6,7 +6,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use monza_agent_protocol::{
@@ -44,7 +45,7 @@ struct JobsState {
     /// The connection is gone: a command spawned from now on is killed at once.
     closed: bool,
     /// Requests whose pipes the host asked not to read for now ([`Message::Pause`]).
-    paused: std::collections::HashSet<u64>,
+    paused: HashMap<u64, Arc<AtomicBool>>,
 }
 
 impl std::ops::Deref for JobsState {
@@ -118,19 +119,15 @@ impl Jobs {
 
     /// Stops (`true`) or resumes reading request `id`'s pipes. Ignored when `id` runs nothing.
     pub fn pause(&self, id: u64, paused: bool) {
-        let mut state = self.lock();
-        if !state.contains_key(&id) {
-            return;
-        }
-        if paused {
-            state.paused.insert(id);
-        } else {
-            state.paused.remove(&id);
+        if let Some(flag) = self.lock().paused.get(&id) {
+            flag.store(paused, Ordering::Release);
         }
     }
 
-    fn is_paused(&self, id: u64) -> bool {
-        self.lock().paused.contains(&id)
+    /// The flag [`Jobs::pause`] sets for request `id`, read by its runner on every pass
+    /// without taking the jobs' lock.
+    fn pause_flag(&self, id: u64) -> Arc<AtomicBool> {
+        self.lock().paused.entry(id).or_default().clone()
     }
 
     /// The connection is gone: kill every command it started.
@@ -177,15 +174,20 @@ pub fn run(id: u64, request: ExecRequest, outbox: &Outbox, jobs: &Jobs) {
     let _ = outbox.send(&answer);
 }
 
+/// An error answer with no OS error behind it.
+pub(crate) fn error(code: ErrorCode, message: String) -> ErrorReply {
+    ErrorReply {
+        code,
+        message,
+        errno: None,
+    }
+}
+
 /// Answers a request that cannot run with an error.
 pub fn refuse(id: u64, code: ErrorCode, message: String, outbox: &Outbox) {
     let _ = outbox.send(&Message::Error {
         id,
-        error: ErrorReply {
-            code,
-            message,
-            errno: None,
-        },
+        error: error(code, message),
     });
 }
 
@@ -193,6 +195,8 @@ struct Runner<'a> {
     id: u64,
     outbox: &'a Outbox,
     jobs: &'a Jobs,
+    /// Set while the host asked not to read the pipes ([`Jobs::pause`]).
+    paused: Arc<AtomicBool>,
     child: Child,
     pid: Pid,
     started: Instant,
@@ -239,6 +243,7 @@ impl<'a> Runner<'a> {
         }
         Ok(Self {
             id,
+            paused: jobs.pause_flag(id),
             outbox,
             jobs,
             child,
@@ -276,7 +281,7 @@ impl<'a> Runner<'a> {
             }
             // Paused by the host: the pipes are not read (the command blocks once they fill)
             // and the grace after the exit waits, so nothing is lost; checked again often.
-            let paused = self.jobs.is_paused(self.id);
+            let paused = self.paused.load(Ordering::Acquire);
             if paused && let Some(until) = drain_until.as_mut() {
                 *until = now + DRAIN_GRACE;
             }
@@ -345,8 +350,7 @@ impl<'a> Runner<'a> {
 
     /// An OS error while watching the command: kill it and say why.
     fn broken(&mut self, e: io::Error) -> Failure {
-        self.jobs.signal(self.id, Signal::Kill);
-        let _ = self.child.wait();
+        self.kill_and_reap();
         Failure::Reply(ErrorReply {
             code: ErrorCode::Started,
             message: format!("watching the command failed: {e}"),
@@ -404,9 +408,14 @@ impl<'a> Runner<'a> {
     }
 
     fn disconnected(&mut self) -> Failure {
+        self.kill_and_reap();
+        Failure::Disconnected
+    }
+
+    /// Kills the command's group and waits for its main process.
+    fn kill_and_reap(&mut self) {
         self.jobs.signal(self.id, Signal::Kill);
         let _ = self.child.wait();
-        Failure::Disconnected
     }
 }
 

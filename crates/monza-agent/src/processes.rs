@@ -16,7 +16,7 @@ use monza_agent_protocol::{
 };
 use rustix::process::{Pid, PidfdFlags, pidfd_open};
 
-use crate::exec::{DRAIN_GRACE, EXIT_POLL, code_and_signal, send, spawn, wait_ready};
+use crate::exec::{DRAIN_GRACE, EXIT_POLL, code_and_signal, error, send, spawn, wait_ready};
 use crate::outbox::Outbox;
 
 /// Bytes kept per stream when the start does not say.
@@ -124,14 +124,6 @@ const STREAMS: [Stream; 2] = [Stream::Stdout, Stream::Stderr];
 #[derive(Debug, Default)]
 pub struct Processes {
     table: Mutex<BTreeMap<u32, Arc<Process>>>,
-}
-
-fn error(code: ErrorCode, message: String) -> ErrorReply {
-    ErrorReply {
-        code,
-        message,
-        errno: None,
-    }
 }
 
 impl Processes {
