@@ -627,12 +627,12 @@ impl SandboxService {
             })
             .map(|event| match event {
                 Ok(ExecEvent::Exit {
-                    timed_out: true,
+                    exit_code,
+                    timed_out,
                     duration,
-                    ..
                 }) => Ok(ExecEvent::Exit {
-                    exit_code: TIMED_OUT_EXIT_CODE,
-                    timed_out: true,
+                    exit_code: answered_exit(exit_code, timed_out),
+                    timed_out,
                     duration,
                 }),
                 other => other,
@@ -916,9 +916,7 @@ fn tail(s: &str, max: usize) -> String {
 /// `cap` bytes (a runtime's replacement characters for bytes that are not UTF-8 can make it
 /// longer than the bytes it kept), cut on a character boundary and flagged `truncated`.
 fn answered(mut output: ExecOutput, cap: usize) -> ExecOutput {
-    if output.timed_out {
-        output.exit_code = TIMED_OUT_EXIT_CODE;
-    }
+    output.exit_code = answered_exit(output.exit_code, output.timed_out);
     for text in [&mut output.output, &mut output.stdout, &mut output.stderr] {
         if text.len() > cap {
             let kept = truncate(text, cap).len();
@@ -927,6 +925,16 @@ fn answered(mut output: ExecOutput, cap: usize) -> ExecOutput {
         }
     }
     output
+}
+
+/// The exit code a command answers: [`TIMED_OUT_EXIT_CODE`] when its timeout killed it,
+/// whatever the runtime reports, else the runtime's.
+fn answered_exit(exit_code: i64, timed_out: bool) -> i64 {
+    if timed_out {
+        TIMED_OUT_EXIT_CODE
+    } else {
+        exit_code
+    }
 }
 
 /// The first `max` bytes of `s`, on a character boundary.
