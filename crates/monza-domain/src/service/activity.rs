@@ -1,7 +1,7 @@
 //! Commands keep their sandbox alive while they run. An execute, buffered or streamed,
 //! registers its sandbox in [`Busy`] (by a guard dropped when the command's future or stream
 //! is, however it ends), and the activity pass records activity for every registered sandbox
-//! every third of the idle TTL. So a command that runs longer than the TTL (a build, a test
+//! every third of the idle TTL, batched like heartbeats. So a command that runs longer than the TTL (a build, a test
 //! suite, a streamed dev server's output) is never reaped under its client, on any replica:
 //! the store's `expires_at` keeps moving, and each replica keeps its own commands' sandboxes
 //! alive.
@@ -11,8 +11,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration as StdDuration;
 
 use super::SandboxService;
-use crate::error::{Error, Result};
+use super::heartbeats::MAX_BATCH;
+use crate::error::Result;
 use crate::lifecycle;
+use crate::ports::Touch;
 use crate::sandbox::SandboxId;
 
 /// The sandboxes whose commands this process runs, with how many each.
@@ -72,26 +74,34 @@ impl SandboxService {
     }
 
     /// One activity pass: records activity (no event) for every sandbox with a command
-    /// running in this process. A sandbox that ended meanwhile is skipped; the first store
-    /// failure is returned once every sandbox was tried. The number of sandboxes kept alive.
+    /// running in this process, in one store transaction per [`MAX_BATCH`] of them (as
+    /// heartbeats are). A sandbox that ended meanwhile is skipped; a store failure is
+    /// returned. The number of sandboxes kept alive.
     pub async fn activity_pass(&self) -> Result<usize> {
+        let now = self.clock.now();
+        let expires_at = lifecycle::expires_at(now, self.config.ttl);
+        let touches: Vec<Touch> = self
+            .busy
+            .ids()
+            .into_iter()
+            .map(|id| Touch {
+                id,
+                tenant: None,
+                at: now,
+                expires_at,
+            })
+            .collect();
         let mut kept = 0;
-        let mut failure = None;
-        for id in self.busy.ids() {
-            let now = self.clock.now();
-            let expires_at = lifecycle::expires_at(now, self.config.ttl);
-            match self.repo.record_activity(id, now, expires_at, None).await {
-                Ok(_) => kept += 1,
-                // Deleted or expired under its command: nothing to keep alive.
-                Err(Error::NotFound(_) | Error::Conflict(_)) => {}
-                Err(e) => {
-                    failure.get_or_insert(e);
-                }
-            }
+        for batch in touches.chunks(MAX_BATCH) {
+            // `false`: deleted or expired under its command, nothing to keep alive.
+            kept += self
+                .repo
+                .touch_many(batch)
+                .await?
+                .into_iter()
+                .filter(|touched| *touched)
+                .count();
         }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(kept),
-        }
+        Ok(kept)
     }
 }

@@ -900,13 +900,22 @@ async fn a_command_keeps_its_sandbox_alive_while_its_stream_is_held() {
         .withf(move |got, at, expires_at, event| {
             *got == id
                 && *expires_at == *at + ttl
-                && (event.is_none()
-                    || event
-                        .as_ref()
-                        .is_some_and(|e| e.action == EventAction::Executed))
+                && event
+                    .as_ref()
+                    .is_some_and(|e| e.action == EventAction::Executed)
         })
-        .times(3)
+        .times(1)
         .returning(move |_, _, _, _| Ok(touched.clone()));
+    m.repo
+        .expect_touch_many()
+        .withf(move |touches| {
+            touches.len() == 1
+                && touches[0].id == id
+                && touches[0].tenant.is_none()
+                && touches[0].expires_at == touches[0].at + ttl
+        })
+        .times(2)
+        .returning(|_| Ok(vec![true]));
     m.runtime
         .expect_exec_stream()
         .times(1)
@@ -936,15 +945,15 @@ async fn the_activity_pass_skips_a_sandbox_that_ended_and_reports_a_store_failur
         .in_sequence(&mut seq)
         .returning(|_, _, _, _| Ok(sandbox(SandboxStatus::Running)));
     m.repo
-        .expect_record_activity()
+        .expect_touch_many()
         .times(1)
         .in_sequence(&mut seq)
-        .returning(|_, _, _, _| Err(Error::Conflict("sandbox is deleted".into())));
+        .returning(|_| Ok(vec![false]));
     m.repo
-        .expect_record_activity()
+        .expect_touch_many()
         .times(1)
         .in_sequence(&mut seq)
-        .returning(|_, _, _, _| Err(Error::unavailable("database", "down")));
+        .returning(|_| Err(Error::unavailable("database", "down")));
     m.runtime
         .expect_exec_stream()
         .returning(|_, _| Ok(futures::stream::pending().boxed()));
