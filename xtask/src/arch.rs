@@ -126,10 +126,8 @@ pub fn violations(metadata: &Value) -> Vec<String> {
                         "{name} depends on {dep_name} ({kind}): the agent's crates stand outside the hexagon"
                     ));
                 }
-                if HTTP.contains(&dep_name)
-                    || STORES.contains(&dep_name)
-                    || DOCKER.contains(&dep_name)
-                {
+                // Every adapter's technology: the agent's crates are no adapter.
+                if adapter_forbidden(name).contains(&dep_name) {
                     found.push(format!(
                         "{name} depends on the adapter technology {dep_name} ({kind})"
                     ));

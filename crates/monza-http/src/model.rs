@@ -278,6 +278,11 @@ impl From<ExecuteRequest> for ExecuteCommand {
     }
 }
 
+/// A duration in whole milliseconds, as every answer gives `duration_ms`.
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// What a command did. `output`, `exitCode` and `truncated` are the shape LangChain
 /// DeepAgents sandboxes expect.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -309,7 +314,7 @@ impl From<ExecOutput> for ExecuteResponse {
             stdout: o.stdout,
             stderr: o.stderr,
             timed_out: o.timed_out,
-            duration_ms: u64::try_from(o.duration.as_millis()).unwrap_or(u64::MAX),
+            duration_ms: millis(o.duration),
         }
     }
 }

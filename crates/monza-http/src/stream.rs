@@ -21,7 +21,8 @@ use futures::{Stream, StreamExt};
 use monza_domain::{ExecEvent, ExecEvents, OutputStream};
 use serde_json::{Value, json};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorDetail};
+use crate::model::millis;
 
 /// `Accept: application/x-ndjson`.
 pub(crate) const NDJSON: &str = "application/x-ndjson";
@@ -89,7 +90,7 @@ pub(crate) fn body(
                         "type": "exit",
                         "exitCode": exit_code,
                         "timed_out": timed_out,
-                        "duration_ms": u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+                        "duration_ms": millis(duration),
                     }));
                     (objects, true)
                 }
@@ -101,10 +102,10 @@ pub(crate) fn body(
                     (error_objects(&mut text, &e), true)
                 }
             };
-            let bytes: Vec<u8> = objects
-                .iter()
-                .flat_map(|object| frame(object, framing))
-                .collect();
+            let mut bytes = Vec::new();
+            for object in &objects {
+                bytes.extend_from_slice(&frame(object, framing));
+            }
             Some((Ok(Bytes::from(bytes)), (events, text, last)))
         },
     )
@@ -114,10 +115,11 @@ pub(crate) fn body(
 /// What is still carried, then the error.
 fn error_objects(text: &mut Texts, e: &ApiError) -> Vec<Value> {
     let mut objects = text.rest();
-    objects.push(json!({
-        "type": "error",
-        "error": {"code": e.code(), "message": e.message()},
-    }));
+    let detail = ErrorDetail {
+        code: e.code(),
+        message: e.message().to_owned(),
+    };
+    objects.push(json!({"type": "error", "error": detail}));
     objects
 }
 
