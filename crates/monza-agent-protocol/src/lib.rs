@@ -249,6 +249,14 @@ pub struct StartRequest {
     /// Bytes kept per stream; the oldest are dropped first. The agent's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_limit: Option<u64>,
+    /// Killed with its whole process group after this long (its exit says `timed_out`,
+    /// code 124); no limit when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// The host keeps the sandbox alive while it runs. The agent only records it, so a
+    /// restarted host finds it in the list.
+    #[serde(default)]
+    pub keep_alive: bool,
 }
 
 impl StartRequest {
@@ -259,6 +267,8 @@ impl StartRequest {
             env: BTreeMap::new(),
             stdin: false,
             output_limit: None,
+            timeout_ms: None,
+            keep_alive: false,
         }
     }
 }
@@ -288,6 +298,12 @@ pub struct ProcessInfo {
     pub exit: Option<Exit>,
     pub stdout: Span,
     pub stderr: Span,
+    /// As started ([`StartRequest::keep_alive`]).
+    #[serde(default)]
+    pub keep_alive: bool,
+    /// Its stdin is open ([`StartRequest::stdin`], not yet closed).
+    #[serde(default)]
+    pub stdin_open: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -77,6 +77,8 @@ fn samples() -> Vec<Message> {
             request: StartRequest {
                 stdin: true,
                 output_limit: Some(4096),
+                timeout_ms: Some(60_000),
+                keep_alive: true,
                 ..StartRequest::shell("npm run dev")
             },
         },
@@ -98,6 +100,8 @@ fn samples() -> Vec<Message> {
                     exit: None,
                     stdout: Span { start: 10, end: 20 },
                     stderr: Span { start: 0, end: 0 },
+                    keep_alive: true,
+                    stdin_open: false,
                 }],
             },
         },

@@ -96,6 +96,9 @@ struct Process {
     pid: Pid,
     program: Program,
     started_at_ms: u64,
+    keep_alive: bool,
+    /// Killed with its group at this instant, if it still runs.
+    deadline: Option<Instant>,
     state: Mutex<State>,
     changed: Condvar,
     stdin: Mutex<Option<mpsc::Sender<StdinOp>>>,
@@ -153,10 +156,15 @@ impl Processes {
         let started_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let deadline = request
+            .timeout_ms
+            .and_then(|ms| started.checked_add(std::time::Duration::from_millis(ms)));
         let process = Arc::new(Process {
             pid,
             program: request.program,
             started_at_ms,
+            keep_alive: request.keep_alive,
+            deadline,
             state: Mutex::new(State {
                 rings: [Ring::new(cap), Ring::new(cap)],
                 exit: None,
@@ -223,6 +231,8 @@ impl Processes {
                         exit: state.exit.clone(),
                         stdout: state.rings[0].span(),
                         stderr: state.rings[1].span(),
+                        keep_alive: process.keep_alive,
+                        stdin_open: lock(&process.stdin).is_some(),
                     }
                 })
                 .collect(),
@@ -364,6 +374,7 @@ fn watch(process: &Process, mut child: std::process::Child, started: Instant) {
     let mut buf = vec![0u8; MAX_CHUNK];
     let mut status = None;
     let mut drain_until: Option<Instant> = None;
+    let mut timed_out = false;
     loop {
         let now = Instant::now();
         if status.is_some()
@@ -371,10 +382,23 @@ fn watch(process: &Process, mut child: std::process::Child, started: Instant) {
         {
             break;
         }
+        if status.is_none() && !timed_out && process.deadline.is_some_and(|d| now >= d) {
+            // Its whole group: what it started goes with it.
+            timed_out = true;
+            send(process.pid, Signal::Kill);
+        }
+        let until_deadline = process
+            .deadline
+            .filter(|_| status.is_none() && !timed_out)
+            .map(|d| d.saturating_duration_since(now));
         let wait = match drain_until {
             Some(until) => Some(until.saturating_duration_since(now)),
             None if pidfd.is_none() => Some(EXIT_POLL),
             None => None,
+        };
+        let wait = match (wait, until_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         let Ok(ready) = wait_ready(
             stdout.as_ref(),
@@ -424,13 +448,15 @@ fn watch(process: &Process, mut child: std::process::Child, started: Instant) {
     // Nobody can feed a process that is gone: let its stdin thread end.
     *lock(&process.stdin) = None;
     let (exit_code, signal) = status.map_or((-1, None), code_and_signal);
+    // The coreutils convention, as for a timed-out exec.
+    let exit_code = if timed_out { 124 } else { exit_code };
     let mut state = lock(&process.state);
     state.reaped = true;
     let [out, err] = &state.rings;
     let exit = Exit {
         exit_code,
         signal,
-        timed_out: false,
+        timed_out,
         truncated: out.start > 0 || err.start > 0,
         stdout_bytes: out.end(),
         stderr_bytes: err.end(),

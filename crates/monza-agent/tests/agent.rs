@@ -684,3 +684,29 @@ fn background_processes_outlive_the_connection_and_are_signalled() {
     assert_gone(&mut conn, "sleep 106");
     drop(container);
 }
+
+#[test]
+fn a_background_process_past_its_timeout_is_killed_with_its_group() {
+    let Some(mut sb) = sandbox() else { return };
+    let conn = &mut sb.conn;
+    let mut request = StartRequest::shell("sleep 107 & echo started; sleep 108");
+    request.timeout_ms = Some(300);
+    request.keep_alive = true;
+    request.stdin = true;
+    let pid = start(conn, request);
+    let listed = list(conn);
+    let info = listed.iter().find(|p| p.pid == pid).expect("listed");
+    assert!(info.keep_alive && info.stdin_open, "{info:?}");
+    let (out, _, _, last) = attach(conn, pid, (0, 0), true);
+    assert_eq!(out, b"started\n");
+    let Message::Exit { exit, .. } = last else {
+        panic!("expected the exit, got {last:?}")
+    };
+    assert!(exit.timed_out, "{exit:?}");
+    assert_eq!(exit.exit_code, 124);
+    // The child it started in the background went with it.
+    assert_gone(conn, "sleep 107");
+    let listed = list(conn);
+    let info = listed.iter().find(|p| p.pid == pid).expect("still listed");
+    assert!(!info.stdin_open, "an exited process has no stdin");
+}

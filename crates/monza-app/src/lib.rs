@@ -165,6 +165,7 @@ impl Application {
                     .map_err(|e| anyhow!("MONZA_CREATE_TIMEOUT: {e}"))?,
                 create_lease: time::Duration::try_from(args.create_lease)
                     .map_err(|e| anyhow!("MONZA_CREATE_LEASE: {e}"))?,
+                process_output_bytes: args.process_output_bytes,
                 ..ServiceConfig::default()
             },
         );

@@ -268,6 +268,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MONZA_MAX_COMMAND_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
     pub max_command_bytes: u64,
 
+    /// Output bytes a background process keeps per stream inside its sandbox when its start
+    /// does not say (`output_limit_bytes`); the oldest are dropped first.
+    #[arg(long, env = "MONZA_PROCESS_OUTPUT_BYTES", default_value_t = monza_domain::DEFAULT_PROCESS_OUTPUT_BYTES, value_parser = clap::value_parser!(u64).range(monza_domain::MIN_PROCESS_OUTPUT_BYTES..=monza_domain::MAX_PROCESS_OUTPUT_BYTES))]
+    pub process_output_bytes: u64,
+
     /// Bytes of command output all executes together may hold in memory (each reserves
     /// twice its max_output_bytes); past it, execute is a 503. 0: no bound.
     #[arg(long, env = "MONZA_EXEC_OUTPUT_BUDGET", default_value_t = 256 * 1024 * 1024)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use monza_app::settings::{AgentMode, ServeArgs};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{NewImages, Store, TestApp};
+use support::{Lines, NewImages, Store, TestApp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A server on `store` with the agent `agent`, and the id of a sandbox created on it.
@@ -288,37 +288,6 @@ async fn a_long_command_outlives_the_idle_ttl(store: Store) {
     }
     assert!(expired, "the idle sandbox did not expire after its command");
     app.shutdown().await;
-}
-
-/// Reads NDJSON lines from a streamed answer, one at a time.
-struct Lines {
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buf: Vec<u8>,
-}
-
-impl Lines {
-    fn of(response: reqwest::Response) -> Self {
-        use futures::StreamExt;
-        Self {
-            body: response.bytes_stream().boxed(),
-            buf: Vec::new(),
-        }
-    }
-
-    /// The next line as JSON, within 30 s; `None` at the end of the body.
-    async fn next(&mut self) -> Option<Value> {
-        use futures::StreamExt;
-        loop {
-            if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=end).collect();
-                return Some(serde_json::from_slice(&line).unwrap());
-            }
-            let chunk = tokio::time::timeout(Duration::from_secs(30), self.body.next())
-                .await
-                .expect("a line within 30 s")?;
-            self.buf.extend_from_slice(&chunk.unwrap());
-        }
-    }
 }
 
 /// Execute streamed as NDJSON and as SSE, through the agent and through Docker exec: the

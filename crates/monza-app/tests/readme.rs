@@ -130,8 +130,12 @@ async fn the_readme_api_examples_work_as_written() {
     assert!(stdout.contains("same\n"), "download differs:\n{stdout}");
     assert_eq!(
         stdout.matches("204\n").count(),
-        2,
-        "heartbeat and delete codes missing:\n{stdout}"
+        5,
+        "the codes of stdin, signal, the process's delete, heartbeat and delete missing:\n{stdout}"
+    );
+    assert!(
+        stdout.contains(r#"{"data":"bye monza\n","offset":21,"type":"stdout"}"#),
+        "the background process's output, read from an offset, missing:\n{stdout}"
     );
     assert!(
         !stdout.contains("\"error\""),

@@ -47,6 +47,8 @@ use crate::engine::RawClient;
 use crate::error::{Failure, bounded};
 use crate::sink::{Finished, Sink, consumer_gone};
 
+mod processes;
+
 /// The static agent, built by this crate's build script (see `build.rs`).
 pub const AGENT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/monza-agent"));
 
@@ -67,6 +69,10 @@ const HANDSHAKES: usize = 4;
 /// How long after it was started an agent may take to connect; an exec waits for it that
 /// long at most, then goes through Docker exec.
 const CONNECT_WAIT: Duration = Duration::from_millis(1000);
+/// How long an adopted agent that may still run (its token was saved) has to reconnect
+/// before a fresh one is started; also how long a background-process request waits for
+/// an agent that was just (re)started.
+const ADOPT_WAIT: Duration = Duration::from_secs(3);
 /// The agent is not started again sooner than this after the last start.
 const RESTART_EVERY: Duration = Duration::from_secs(2);
 /// A connection's hello must arrive within this.
@@ -243,9 +249,17 @@ impl Agents {
         Ok(path)
     }
 
-    /// Creates the sandbox's socket directory and listener (before its container exists).
-    /// `user` is who the agent will run as: the user execs without their own run as.
-    pub(crate) fn prepare(&self, sandbox_id: &str, user: Option<String>) -> Result<Prepared> {
+    /// Creates the sandbox's socket directory and listener (before its container exists, or
+    /// when adopting one). `user` is who the agent runs as: the user execs without their own
+    /// run as. `token` is the one an agent already running in it was started with (kept by
+    /// an earlier monza, see [`Agents::saved_token`]): that agent is served when it
+    /// reconnects, with its background processes.
+    pub(crate) fn prepare(
+        &self,
+        sandbox_id: &str,
+        user: Option<String>,
+        token: Option<String>,
+    ) -> Result<Prepared> {
         let binary = self.binary()?;
         let owner = self.own(sandbox_id)?;
         let dir = self.sandbox_dir(sandbox_id);
@@ -259,18 +273,25 @@ impl Agents {
         };
 
         let (conn_tx, _) = watch::channel(None);
+        // An agent that may still run gets its time to reconnect before anyone starts
+        // another (see `Slot::reconnect_or_start`).
+        let last_start = token.as_ref().map(|_| Instant::now());
         let slot = Arc::new(Slot {
             dir: dir.clone(),
+            sandbox_id: sandbox_id.to_owned(),
+            token_path: self.token_path(sandbox_id),
             user,
             container_id: Mutex::new(None),
             conn: conn_tx,
-            last_start: Mutex::new(None),
+            last_start: Mutex::new(last_start),
             served: AtomicU64::new(0),
             raw: self.raw.clone(),
             request_timeout: self.request_timeout,
             accept: Mutex::new(None),
             owner: Mutex::new(Some(owner)),
-            token: Mutex::new(None),
+            // Before the listener accepts: an agent reconnecting at once must not be refused.
+            token: Mutex::new(token),
+            keep_alive: Mutex::new(std::collections::HashSet::new()),
         });
         let task = tokio::spawn(accept_loop(listener, Arc::downgrade(&slot)));
         *lock(&slot.accept) = Some(task);
@@ -327,6 +348,21 @@ impl Agents {
             }
         }
         let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(self.token_path(sandbox_id));
+    }
+
+    /// The token the sandbox's agent was last started with, as saved by [`Slot::start_agent`]
+    /// (by this monza or an earlier one); `None` when there is none or it cannot be read.
+    pub(crate) fn saved_token(&self, sandbox_id: &str) -> Option<String> {
+        let token = std::fs::read_to_string(self.token_path(sandbox_id)).ok()?;
+        let token = token.trim();
+        (token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| token.to_owned())
+    }
+
+    /// Every slot, for a pass over all of them.
+    pub(crate) fn slots(&self) -> Vec<Arc<Slot>> {
+        lock(&self.slots).values().cloned().collect()
     }
 
     /// Files a prepared slot under its container's id.
@@ -343,6 +379,13 @@ impl Agents {
     /// The sandbox's ownership lock file (see [`Agents::own`]).
     fn lock_path(&self, sandbox_id: &str) -> PathBuf {
         self.dir.join(OWNERS).join(format!("{sandbox_id}.lock"))
+    }
+
+    /// Where the token of the sandbox agent's latest start is kept (0600, beside the lock,
+    /// in a directory no sandbox sees), so that a restarted monza serves the agent still
+    /// running there, whose background processes live on in it.
+    fn token_path(&self, sandbox_id: &str) -> PathBuf {
+        self.dir.join(OWNERS).join(format!("{sandbox_id}.token"))
     }
 
     /// Records that adoption of the container was tried; false when it already was.
@@ -406,6 +449,9 @@ pub(crate) enum Outcome {
 /// One sandbox's agent: its directory, listener task and current connection.
 pub(crate) struct Slot {
     dir: PathBuf,
+    pub(crate) sandbox_id: String,
+    /// See [`Agents::token_path`].
+    token_path: PathBuf,
     user: Option<String>,
     container_id: Mutex<Option<String>>,
     conn: watch::Sender<Option<Arc<Conn>>>,
@@ -419,6 +465,8 @@ pub(crate) struct Slot {
     accept: Mutex<Option<JoinHandle<()>>>,
     /// `<agent_dir>/owners/<sandbox id>.lock`, locked while this slot lives.
     owner: Mutex<Option<(PathBuf, std::fs::File)>>,
+    /// The `keep_alive` background processes last seen running (pids).
+    pub(crate) keep_alive: Mutex<std::collections::HashSet<u32>>,
 }
 
 impl std::fmt::Debug for Slot {
@@ -439,12 +487,18 @@ impl Slot {
     /// The live connection; when there is none but the agent was started less than
     /// [`CONNECT_WAIT`] ago, waits for it until then.
     async fn connection(&self) -> Option<Arc<Conn>> {
+        self.connection_within(CONNECT_WAIT).await
+    }
+
+    /// The live connection; when there is none but the agent was started less than `wait`
+    /// ago, waits for it until then.
+    async fn connection_within(&self, wait: Duration) -> Option<Arc<Conn>> {
         let live = |c: &Option<Arc<Conn>>| c.as_ref().is_some_and(|c| !c.is_closed());
         if let Some(conn) = self.conn.borrow().as_ref().filter(|c| !c.is_closed()) {
             return Some(conn.clone());
         }
         let since = (*lock(&self.last_start))?;
-        let remaining = CONNECT_WAIT.checked_sub(since.elapsed())?;
+        let remaining = wait.checked_sub(since.elapsed())?;
         let mut rx = self.conn.subscribe();
         let waited = tokio::time::timeout(remaining, rx.wait_for(live)).await;
         match waited {
@@ -468,6 +522,7 @@ impl Slot {
         // A fresh secret per start: from now on only the agent started here is served (an
         // earlier start's agent, and anyone else who can reach the socket, is refused).
         let token = new_token()?;
+        save_token(&self.token_path, &token)?;
         *lock(&self.token) = Some(token.clone());
         let mut body = json!({
             "Cmd": [BINARY_PATH],
@@ -496,6 +551,24 @@ impl Slot {
             .map_err(|f| f.into_domain("docker", &what))?;
         tracing::debug!(container_id, "agent started");
         Ok(())
+    }
+
+    /// For a slot adopted with a saved token (see [`Agents::prepare`]): the agent that may
+    /// still run there is given [`ADOPT_WAIT`] to reconnect (its backoff is at most 2 s);
+    /// when it does not, a fresh one is started.
+    pub(crate) async fn reconnect_or_start(&self) -> Result<()> {
+        let mut rx = self.conn.subscribe();
+        let live = |c: &Option<Arc<Conn>>| c.as_ref().is_some_and(|c| !c.is_closed());
+        let since = (*lock(&self.last_start)).unwrap_or_else(Instant::now);
+        let remaining = ADOPT_WAIT.saturating_sub(since.elapsed());
+        if matches!(
+            tokio::time::timeout(remaining, rx.wait_for(live)).await,
+            Ok(Ok(_))
+        ) {
+            tracing::info!(sandbox_id = %self.sandbox_id, "the running agent reconnected");
+            return Ok(());
+        }
+        self.start_agent().await
     }
 
     /// Starts the agent again in the background, unless it was started less than
@@ -555,6 +628,7 @@ impl Slot {
         if let Some((path, _file)) = owner {
             let _ = std::fs::remove_file(path);
         }
+        let _ = std::fs::remove_file(&self.token_path);
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -654,6 +728,23 @@ fn socket_path_fits(dir: &Path) -> bool {
         .join("00000000-0000-0000-0000-000000000000")
         .join(SOCKET_NAME);
     longest.as_os_str().len() <= SUN_PATH_MAX
+}
+
+/// Writes `token` to `path` (0600), whole or not at all (a temporary file renamed over it).
+fn save_token(path: &Path, token: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: std::io::Error| Error::internal(format!("saving {}: {e}", path.display()));
+    let temporary = path.with_extension("token.new");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&temporary)
+        .map_err(fail)?;
+    file.write_all(token.as_bytes()).map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    std::fs::rename(&temporary, path).map_err(fail)
 }
 
 /// A fresh start token: 32 random bytes, hex.
@@ -796,6 +887,20 @@ impl Conn {
                 let id = message.id();
                 let waiter = lock(&conn.waiters).get(&id).cloned();
                 if let Some(waiter) = waiter {
+                    if let Message::ProcessOutput { data, .. } = &message {
+                        let held = waiter
+                            .flow
+                            .held
+                            .fetch_add(data.len() as u64, Ordering::AcqRel)
+                            + data.len() as u64;
+                        if held > PAUSE_ABOVE as u64
+                            && !waiter.flow.paused.swap(true, Ordering::AcqRel)
+                        {
+                            // An attach is not paused but ended: its bytes stay in the
+                            // agent's ring, and the reader attaches again from where it is.
+                            let _ = conn.outbox.send(Message::Detach { id }).await;
+                        }
+                    }
                     if let Message::Output { data, .. } = &message {
                         let held = waiter
                             .flow

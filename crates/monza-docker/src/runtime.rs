@@ -11,8 +11,8 @@ use docker_api::opts::{ContainerFilter, ContainerListOpts, ContainerRemoveOpts};
 use futures::StreamExt;
 use monza_domain::{
     ContainerRuntime, ContainerSpec, ContainerState, CreatedContainer, Error, ExecEvents,
-    ExecOutput, ExecRequest, FileDownload, FileStat, ManagedContainer, PublishedPort, Result,
-    UploadFile,
+    ExecOutput, ExecRequest, FileDownload, FileStat, ManagedContainer, ProcessEvents, ProcessInfo,
+    ProcessRequest, ProcessSignal, PublishedPort, Result, UploadFile,
 };
 use tokio::sync::mpsc;
 
@@ -148,12 +148,20 @@ impl DockerRuntime {
         if !mounted {
             return;
         }
+        // The token of the agent still running there, if an earlier monza saved it: that
+        // agent, with its background processes, is served when it reconnects.
+        let token = running
+            .then(|| self.agents.saved_token(&sandbox_id))
+            .flatten();
+        let reconnecting = token.is_some();
         let adopted = if self.agents.enabled() {
             let user = labels.get(LABEL_AGENT_USER).cloned();
-            self.agents.prepare(&sandbox_id, user).map(|prepared| {
-                self.agents.register(container_id, prepared.slot.clone());
-                Some(prepared.slot)
-            })
+            self.agents
+                .prepare(&sandbox_id, user, token)
+                .map(|prepared| {
+                    self.agents.register(container_id, prepared.slot.clone());
+                    Some(prepared.slot)
+                })
         } else {
             self.agents
                 .binary()
@@ -162,9 +170,14 @@ impl DockerRuntime {
         };
         let adopted = match adopted {
             Ok(Some(slot)) if running => {
-                // An agent still running in it holds an earlier runtime's token, which this
-                // one never knew: it is refused (and exits); a fresh start replaces it.
-                if let Err(e) = slot.start_agent().await {
+                // Without a saved token, an agent still running in it holds a token this
+                // runtime cannot know: it is refused (and exits); a fresh start replaces it.
+                let started = if reconnecting {
+                    slot.reconnect_or_start().await
+                } else {
+                    slot.start_agent().await
+                };
+                if let Err(e) = started {
                     tracing::warn!(container_id, error = %e, "starting the adopted agent failed");
                 }
                 Ok(())
@@ -177,6 +190,37 @@ impl DockerRuntime {
                 tracing::debug!(container_id, %message, "agent not adopted")
             }
             Err(e) => tracing::warn!(container_id, error = %e, "adopting the agent failed"),
+        }
+    }
+
+    /// Adopts the agent of a container created by an earlier monza, waiting for it (a
+    /// background-process request cannot go through Docker exec meanwhile).
+    async fn adopt_now(&self, container_id: &str) {
+        if self.agents.enabled()
+            && self.agents.get(container_id).is_none()
+            && self.agents.first_adoption(container_id)
+        {
+            self.adopt_agent(container_id).await;
+        }
+    }
+
+    /// A background-process request's error when the agent is gone or missing because the
+    /// container is: what Docker says of the container (not found, not running), which the
+    /// service turns into the ended sandbox's conflict.
+    async fn or_gone<T>(&self, container_id: &str, result: Result<T>) -> Result<T> {
+        match result {
+            Err(e @ (Error::Unavailable { .. } | Error::Conflict(_))) => {
+                match self.state(container_id).await {
+                    Ok(ContainerState::Missing) => Err(Error::not_found(format!(
+                        "No such container: {container_id}"
+                    ))),
+                    Ok(ContainerState::Stopped) => Err(Error::conflict(format!(
+                        "container {container_id} is not running"
+                    ))),
+                    _ => Err(e),
+                }
+            }
+            other => other,
         }
     }
 
@@ -312,6 +356,7 @@ impl ContainerRuntime for DockerRuntime {
             match self.agents.prepare(
                 &spec.sandbox_id.to_string(),
                 spec.template.remote_user.clone(),
+                None,
             ) {
                 Ok(prepared) => Some(prepared),
                 Err(e) => {
@@ -484,6 +529,78 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
+    async fn start_process(
+        &self,
+        container_id: &str,
+        request: &ProcessRequest,
+    ) -> Result<ProcessInfo> {
+        self.adopt_now(container_id).await;
+        let started = self.agents.start_process(container_id, request).await;
+        self.or_gone(container_id, started).await
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
+    async fn processes(&self, container_id: &str) -> Result<Vec<ProcessInfo>> {
+        self.adopt_now(container_id).await;
+        let listed = self.agents.processes(container_id).await;
+        self.or_gone(container_id, listed).await
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id, pid), err(level = "info"))]
+    async fn signal_process(
+        &self,
+        container_id: &str,
+        pid: u32,
+        signal: ProcessSignal,
+    ) -> Result<()> {
+        self.adopt_now(container_id).await;
+        let signalled = self.agents.signal_process(container_id, pid, signal).await;
+        self.or_gone(container_id, signalled).await
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id, pid, bytes = data.len()), err(level = "info"))]
+    async fn process_stdin(
+        &self,
+        container_id: &str,
+        pid: u32,
+        data: bytes::Bytes,
+        close: bool,
+    ) -> Result<()> {
+        self.adopt_now(container_id).await;
+        let written = self
+            .agents
+            .process_stdin(container_id, pid, data.to_vec(), close)
+            .await;
+        self.or_gone(container_id, written).await
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id, pid), err(level = "info"))]
+    async fn process_output(
+        &self,
+        container_id: &str,
+        pid: u32,
+        offsets: (u64, u64),
+        follow: bool,
+    ) -> Result<ProcessEvents> {
+        self.adopt_now(container_id).await;
+        let output = self
+            .agents
+            .process_output(container_id, pid, offsets, follow)
+            .await;
+        self.or_gone(container_id, output).await
+    }
+
+    async fn kept_alive(&self) -> Result<Vec<monza_domain::SandboxId>> {
+        Ok(self
+            .agents
+            .kept_alive()
+            .await
+            .into_iter()
+            .filter_map(|id| id.parse().ok())
+            .collect())
+    }
+
     #[tracing::instrument(skip_all, err(level = "info"))]
     async fn list_managed(&self) -> Result<Vec<ManagedContainer>> {
         let mut filters = vec![ContainerFilter::Label(LABEL_MANAGED.into(), "true".into())];
@@ -515,6 +632,20 @@ impl ContainerRuntime for DockerRuntime {
                     sandbox_id,
                     running: c.state.as_deref() == Some("running"),
                 })
+            })
+            .inspect(|c| {
+                // Containers of an earlier monza (this one restarted): their agents are
+                // adopted now rather than at their next command, so the background
+                // processes that keep them alive are seen.
+                if c.running
+                    && self.agents.enabled()
+                    && self.agents.get(&c.id).is_none()
+                    && self.agents.first_adoption(&c.id)
+                {
+                    let runtime = self.clone();
+                    let id = c.id.clone();
+                    tokio::spawn(async move { runtime.adopt_agent(&id).await });
+                }
             })
             .collect())
     }

@@ -17,7 +17,8 @@ use monza_domain::testing::fixtures::{self, random_bytes};
 use monza_domain::testing::require;
 use monza_domain::{
     BuildSpec, Command, ContainerRuntime, ContainerSpec, Error, ExecEvent, ExecOutput, ExecRequest,
-    ImageSource, Mount, OutputStream, RunOptions, SandboxId, Template, TenantId, UploadFile,
+    ImageSource, Mount, OutputStream, ProcessEvent, ProcessRequest, ProcessSignal, RunOptions,
+    SandboxId, Template, TenantId, UploadFile,
 };
 use serde_json::json;
 
@@ -1708,4 +1709,239 @@ async fn removing_a_container_of_an_earlier_runtime_removes_its_agent_directory_
     second.remove(&sandbox.id).await.unwrap();
     assert!(!sandbox_dir.exists(), "directory left");
     assert!(!lock.exists(), "lock file left");
+}
+
+fn background(line: &str, user: Option<&str>) -> ProcessRequest {
+    ProcessRequest {
+        command: Command::Shell(line.into()),
+        workdir: None,
+        env: BTreeMap::new(),
+        user: user.map(str::to_owned),
+        timeout: None,
+        stdin: false,
+        keep_alive: false,
+        output_limit: 1024 * 1024,
+    }
+}
+
+/// Everything a read of a process's output gives, to its last event: (stdout, stderr,
+/// the offset of each chunk's first byte as (stream, offset, len), the last event).
+async fn read_output(
+    runtime: &DockerRuntime,
+    container_id: &str,
+    pid: u32,
+    offsets: (u64, u64),
+    follow: bool,
+) -> (
+    Vec<u8>,
+    Vec<u8>,
+    Vec<(OutputStream, u64, usize)>,
+    ProcessEvent,
+) {
+    let mut events = runtime
+        .process_output(container_id, pid, offsets, follow)
+        .await
+        .expect("output");
+    let (mut out, mut err, mut chunks) = (Vec::new(), Vec::new(), Vec::new());
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.next())
+            .await
+            .expect("an event within 30 s")
+            .expect("the output ends with its last event")
+            .expect("no error");
+        match event {
+            ProcessEvent::Output {
+                stream,
+                offset,
+                data,
+            } => {
+                chunks.push((stream, offset, data.len()));
+                match stream {
+                    OutputStream::Stdout => out.extend_from_slice(&data),
+                    OutputStream::Stderr => err.extend_from_slice(&data),
+                }
+            }
+            last => return (out, err, chunks, last),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn background_processes_run_through_the_agent_on_busybox_and_on_debian() {
+    let Some(agents) = agent_runtime().await else {
+        return;
+    };
+    let debian =
+        on_fresh_runtime(
+            |docker| async move { docker.images().get(DEBIAN).inspect().await.map(drop) },
+        );
+    require(&format!("the test image {DEBIAN}"), debian).expect("the Debian test image");
+    let images = [(IMAGE, None), (DEBIAN, Some("vscode"))];
+    for (image, user) in images {
+        let template = Template {
+            image: ImageSource::Image(image.into()),
+            remote_user: user.map(str::to_owned),
+            config: json!({ "image": image, "remoteUser": user }),
+            ..template()
+        };
+        let sandbox = Sandbox::started(&agents, template).await;
+        let id = sandbox.id.as_str();
+        let mut request = background(
+            "echo out; echo err >&2; read line; echo \"got $line\"; id -un; exit 3",
+            user,
+        );
+        request.stdin = true;
+        let started = agents.start_process(id, &request).await.expect("start");
+        assert!(started.pid > 0 && started.stdin_open && started.exit.is_none());
+        let listed = agents.processes(id).await.unwrap();
+        assert!(listed.iter().any(|p| p.pid == started.pid), "{listed:?}");
+
+        agents
+            .process_stdin(id, started.pid, Bytes::from_static(b"hi\n"), true)
+            .await
+            .expect("stdin");
+        let (out, err, _, last) = read_output(&agents, id, started.pid, (0, 0), true).await;
+        let who = user.unwrap_or("root");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("out\ngot hi\n{who}\n"),
+            "{image}"
+        );
+        assert_eq!(err, b"err\n");
+        let ProcessEvent::Exit(exit) = last else {
+            panic!("expected the exit, got {last:?}")
+        };
+        assert_eq!(exit.exit_code, 3, "{image}");
+        // Read again from an offset: exactly the rest.
+        let (out, _, chunks, _) = read_output(&agents, id, started.pid, (4, 4), false).await;
+        assert_eq!(out, format!("got hi\n{who}\n").as_bytes());
+        assert_eq!(chunks[0], (OutputStream::Stdout, 4, out.len()));
+        let process = agents
+            .processes(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|p| p.pid == started.pid)
+            .unwrap();
+        assert_eq!(process.exit.map(|e| e.exit_code), Some(3));
+        assert!(!process.stdin_open);
+
+        // Signalled: its whole group, and what it says of it.
+        let sleeper = agents
+            .start_process(id, &background("sleep 311 & sleep 312", user))
+            .await
+            .unwrap();
+        agents
+            .signal_process(id, sleeper.pid, ProcessSignal::Term)
+            .await
+            .unwrap();
+        let (_, _, _, last) = read_output(&agents, id, sleeper.pid, (0, 0), true).await;
+        assert!(
+            matches!(last, ProcessEvent::Exit(e) if e.exit_code == 143 && e.signal == Some(15)),
+            "{last:?}"
+        );
+        let left = sandbox
+            .sh("ps -o args | grep -c 'sleep 31[12]' || true")
+            .await;
+        assert_eq!(
+            left.stdout.trim(),
+            "0",
+            "{image}: the group outlived the signal"
+        );
+
+        // Unknown pids and closed stdins are not found; a bad cwd never started.
+        let unknown = agents
+            .signal_process(id, 999_999, ProcessSignal::Kill)
+            .await;
+        assert!(matches!(unknown, Err(Error::NotFound(_))), "{unknown:?}");
+        let closed = agents
+            .process_stdin(id, started.pid, Bytes::from_static(b"x"), false)
+            .await;
+        assert!(matches!(closed, Err(Error::NotFound(_))), "{closed:?}");
+        let mut nowhere = background("true", user);
+        nowhere.workdir = Some("/no/such/dir".into());
+        let refused = agents.start_process(id, &nowhere).await;
+        assert!(matches!(refused, Err(Error::NotFound(_))), "{refused:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_reader_of_a_process_gets_every_byte_in_order_and_a_small_ring_says_what_it_dropped()
+{
+    let Some(agents) = agent_runtime().await else {
+        return;
+    };
+    let sandbox = Sandbox::started(&agents, template()).await;
+    let id = sandbox.id.as_str();
+    // 4 MiB, faster than the reader below takes it: its attach is detached and attached
+    // again on the way, and no byte is lost or repeated.
+    let mut request = background("head -c 4194304 /dev/zero | tr '\\0' a", None);
+    request.output_limit = 16 * 1024 * 1024;
+    let big = agents.start_process(id, &request).await.unwrap();
+    let mut events = agents
+        .process_output(id, big.pid, (0, 0), true)
+        .await
+        .unwrap();
+    let mut next = 0u64;
+    let mut reads = 0u32;
+    let last = loop {
+        let event = tokio::time::timeout(Duration::from_secs(60), events.next())
+            .await
+            .expect("an event within 60 s")
+            .unwrap()
+            .unwrap();
+        match event {
+            ProcessEvent::Output { offset, data, .. } => {
+                assert_eq!(offset, next, "chunks are contiguous");
+                assert!(data.iter().all(|b| *b == b'a'));
+                next += data.len() as u64;
+                reads += 1;
+                if reads == 1 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            last => break last,
+        }
+    };
+    assert_eq!(next, 4 * 1024 * 1024);
+    assert!(
+        matches!(last, ProcessEvent::Exit(e) if e.exit_code == 0),
+        "{last:?}"
+    );
+
+    let mut small = background("yes 0123456789 | head -c 5000", None);
+    small.output_limit = 1024;
+    let small = agents.start_process(id, &small).await.unwrap();
+    let (_, _, _, last) = read_output(&agents, id, small.pid, (0, 0), true).await;
+    assert!(matches!(last, ProcessEvent::Exit(_)), "{last:?}");
+    let (out, _, chunks, _) = read_output(&agents, id, small.pid, (0, 0), false).await;
+    assert_eq!(
+        chunks[0].1,
+        5000 - 1024,
+        "the first offset says what was dropped"
+    );
+    assert_eq!(out.len(), 1024);
+    let info = agents
+        .processes(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.pid == small.pid)
+        .unwrap();
+    assert_eq!((info.stdout.start, info.stdout.end), (5000 - 1024, 5000));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_agent_background_processes_are_refused_clearly() {
+    let Some(plain) = runtime().await else {
+        return;
+    };
+    let sandbox = Sandbox::started(&plain, template()).await;
+    let refused = plain
+        .start_process(&sandbox.id, &background("sleep 1", None))
+        .await;
+    match refused {
+        Err(Error::Conflict(message)) => assert!(message.contains("MONZA_AGENT=off"), "{message}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
 }

@@ -25,7 +25,8 @@ pub use ports::{
 };
 pub use runtime::{
     ByteStream, ContainerSpec, ContainerState, CreatedContainer, ExecEvent, ExecEvents, ExecOutput,
-    ExecRequest, FileDownload, FileStat, ManagedContainer, OutputStream, PublishedPort,
+    ExecRequest, FileDownload, FileStat, ManagedContainer, OutputSpan, OutputStream, ProcessEvent,
+    ProcessEvents, ProcessExit, ProcessInfo, ProcessRequest, ProcessSignal, PublishedPort,
     TIMED_OUT_EXIT_CODE, UploadFile,
 };
 pub use sandbox::{
@@ -35,7 +36,10 @@ pub use sandbox::{
 };
 pub use service::{
     Access, CreateSandbox, ExecLimits, ExecuteCommand, LeaseReport, Readiness, ReapReport,
-    ReconcileReport, SandboxService, ServiceConfig,
+    ReconcileReport, SandboxService, ServiceConfig, StartProcess,
+};
+pub use service::{
+    DEFAULT_PROCESS_OUTPUT_BYTES, MAX_PROCESS_OUTPUT_BYTES, MIN_PROCESS_OUTPUT_BYTES,
 };
 pub use template::{
     BuildSpec, Command, ImageSource, LifecycleCommand, Mount, RunOptions, Template,

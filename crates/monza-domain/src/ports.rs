@@ -5,14 +5,16 @@
 //! `MockTemplateCatalog` and `MockClock`.
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use time::OffsetDateTime;
 
 use crate::auth::{ApiToken, StoredToken, TokenId};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lifecycle::LifecycleEvent;
 use crate::runtime::{
     ContainerSpec, ContainerState, CreatedContainer, ExecEvents, ExecOutput, ExecRequest,
-    FileDownload, FileStat, ManagedContainer, PublishedPort, UploadFile,
+    FileDownload, FileStat, ManagedContainer, ProcessEvents, ProcessInfo, ProcessRequest,
+    ProcessSignal, PublishedPort, UploadFile,
 };
 use crate::sandbox::{
     InstanceId, NewEvent, PortMapping, Sandbox, SandboxEvent, SandboxFilter, SandboxId,
@@ -289,6 +291,74 @@ pub trait ContainerRuntime: Send + Sync {
 
     /// Every container carrying monza's labels.
     async fn list_managed(&self) -> Result<Vec<ManagedContainer>>;
+
+    /// Starts a background process, which outlives the call (see [`ProcessRequest`]).
+    /// A runtime without background processes answers unavailable, naming the agent.
+    async fn start_process(
+        &self,
+        container_id: &str,
+        request: &ProcessRequest,
+    ) -> Result<ProcessInfo> {
+        let _ = (container_id, request);
+        Err(no_processes())
+    }
+
+    /// The container's background processes, running and recently ended, by pid.
+    async fn processes(&self, container_id: &str) -> Result<Vec<ProcessInfo>> {
+        let _ = container_id;
+        Err(no_processes())
+    }
+
+    /// Sends `signal` to a background process's group; not-found for an unknown pid.
+    async fn signal_process(
+        &self,
+        container_id: &str,
+        pid: u32,
+        signal: ProcessSignal,
+    ) -> Result<()> {
+        let _ = (container_id, pid, signal);
+        Err(no_processes())
+    }
+
+    /// Writes `data` to a background process's stdin, then closes it when `close`;
+    /// not-found for an unknown pid or one whose stdin is not open.
+    async fn process_stdin(
+        &self,
+        container_id: &str,
+        pid: u32,
+        data: Bytes,
+        close: bool,
+    ) -> Result<()> {
+        let _ = (container_id, pid, data, close);
+        Err(no_processes())
+    }
+
+    /// A background process's output from the offsets `(stdout, stderr)` on, then, with
+    /// `follow`, as it comes until it ends (see [`ProcessEvents`]).
+    async fn process_output(
+        &self,
+        container_id: &str,
+        pid: u32,
+        offsets: (u64, u64),
+        follow: bool,
+    ) -> Result<ProcessEvents> {
+        let _ = (container_id, pid, offsets, follow);
+        Err(no_processes())
+    }
+
+    /// The sandboxes on this runtime with a `keep_alive` background process running (as
+    /// last seen, including ones of containers adopted from an earlier server).
+    async fn kept_alive(&self) -> Result<Vec<SandboxId>> {
+        Ok(Vec::new())
+    }
+}
+
+/// What a runtime without background processes answers.
+fn no_processes() -> Error {
+    Error::unavailable(
+        "agent",
+        "background processes need the sandbox agent, which this runtime does not run",
+    )
 }
 
 /// Where templates come from.

@@ -205,3 +205,132 @@ impl fmt::Debug for FileDownload {
             .finish_non_exhaustive()
     }
 }
+
+/// A background process to start in a sandbox: it outlives the request that starts it (and
+/// the server), and its output is kept inside the sandbox, read from any offset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessRequest {
+    /// What to run.
+    pub command: Command,
+    /// Working directory.
+    pub workdir: Option<String>,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// The user to run as (default: the image's).
+    pub user: Option<String>,
+    /// Killed with every process it started after this long; none when absent.
+    pub timeout: Option<Duration>,
+    /// Keep its stdin open for [`ContainerRuntime::process_stdin`]; else it reads nothing.
+    ///
+    /// [`ContainerRuntime::process_stdin`]: crate::ContainerRuntime::process_stdin
+    pub stdin: bool,
+    /// The sandbox stays alive while it runs.
+    pub keep_alive: bool,
+    /// Output bytes kept per stream; the oldest are dropped first.
+    pub output_limit: u64,
+}
+
+/// Offsets `[start, end)` of the output a background process's stream still has: `start`
+/// is above 0 once the oldest bytes were dropped; `end` is every byte it wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutputSpan {
+    /// The first byte kept.
+    pub start: u64,
+    /// One past the last byte written.
+    pub end: u64,
+}
+
+/// How a background process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessExit {
+    /// Its exit code (128 + the signal when a signal ended it, [`TIMED_OUT_EXIT_CODE`]
+    /// when its timeout did, -1 when unknown).
+    pub exit_code: i64,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    /// Its timeout killed it.
+    pub timed_out: bool,
+    /// How long it ran.
+    pub duration: Duration,
+}
+
+/// A background process, as the sandbox's agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Its process id inside the sandbox, which names it.
+    pub pid: u32,
+    /// What runs: the shell command line, or the argv joined by spaces.
+    pub command: String,
+    /// When it started.
+    pub started_at: time::OffsetDateTime,
+    /// How it ended; `None` while it runs.
+    pub exit: Option<ProcessExit>,
+    /// What its stdout still has.
+    pub stdout: OutputSpan,
+    /// What its stderr still has.
+    pub stderr: OutputSpan,
+    /// It keeps its sandbox alive while it runs.
+    pub keep_alive: bool,
+    /// Its stdin is open.
+    pub stdin_open: bool,
+}
+
+/// Signals a background process's group may be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessSignal {
+    /// `SIGTERM`.
+    Term,
+    /// `SIGINT`.
+    Int,
+    /// `SIGKILL`.
+    Kill,
+    /// `SIGHUP`.
+    Hup,
+}
+
+impl std::str::FromStr for ProcessSignal {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let name = s.to_ascii_uppercase();
+        match name.strip_prefix("SIG").unwrap_or(&name) {
+            "TERM" => Ok(Self::Term),
+            "INT" => Ok(Self::Int),
+            "KILL" => Ok(Self::Kill),
+            "HUP" => Ok(Self::Hup),
+            _ => Err(Error::invalid(format!(
+                "signal {s:?} is not one of TERM, INT, KILL, HUP"
+            ))),
+        }
+    }
+}
+
+/// One step of reading a background process's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcessEvent {
+    /// Bytes it wrote, from byte `offset` of `stream` (later than asked when the oldest
+    /// were dropped).
+    Output {
+        /// Which stream.
+        stream: OutputStream,
+        /// Where in the stream `data` starts.
+        offset: u64,
+        /// The bytes (not necessarily UTF-8, a character may be split between chunks).
+        data: Bytes,
+    },
+    /// Everything it wrote was sent, and it has ended: nothing follows.
+    Exit(ProcessExit),
+    /// Not following (or no longer): everything written so far was sent; the offsets to
+    /// read on from. Nothing follows.
+    CaughtUp {
+        /// Where stdout is read on from.
+        stdout_offset: u64,
+        /// Where stderr is read on from.
+        stderr_offset: u64,
+    },
+}
+
+/// A background process's output events, ending with [`ProcessEvent::Exit`] or
+/// [`ProcessEvent::CaughtUp`] (or an error). Dropping it only stops the reading: the
+/// process runs on.
+pub type ProcessEvents = BoxStream<'static, Result<ProcessEvent, Error>>;

@@ -131,6 +131,8 @@ pub struct ServiceConfig {
     /// it (crashed, or dropped the create) is settled this long after the last renewal.
     /// The creator renews it every third of this ([`SandboxService::lease_renewal_interval`]).
     pub create_lease: Duration,
+    /// Output bytes a background process keeps per stream when its start does not say.
+    pub process_output_bytes: u64,
 }
 
 impl Default for ServiceConfig {
@@ -145,6 +147,7 @@ impl Default for ServiceConfig {
             reap_concurrency: 16,
             create_timeout: Duration::minutes(10),
             create_lease: Duration::seconds(15),
+            process_output_bytes: DEFAULT_PROCESS_OUTPUT_BYTES,
         }
     }
 }
@@ -648,31 +651,7 @@ impl SandboxService {
         id: SandboxId,
         command: ExecuteCommand,
     ) -> Result<(Sandbox, ExecRequest, NewEvent)> {
-        if command.command.trim().is_empty() {
-            return Err(Error::invalid("command is empty"));
-        }
-        if command.command.contains('\0') {
-            return Err(Error::invalid(
-                "command contains a NUL byte, which no shell command can hold",
-            ));
-        }
-        let workdir = command
-            .workdir
-            .as_deref()
-            .map(|dir| paths::sandbox_path("workdir", dir))
-            .transpose()?;
-        for (key, value) in &command.env {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(Error::invalid(format!(
-                    "environment variable name {key:?} is invalid"
-                )));
-            }
-            if value.contains('\0') {
-                return Err(Error::invalid(format!(
-                    "environment variable {key} contains a NUL byte"
-                )));
-            }
-        }
+        let workdir = checked_command(&command.command, command.workdir.as_deref(), &command.env)?;
         let limits = &self.config.exec_limits;
         let max_output_bytes = limits.output_cap(command.max_output_bytes);
         let timeout = limits.timeout(command.timeout);
@@ -838,6 +817,39 @@ impl SandboxService {
     }
 }
 
+/// Checks a command line, its working directory and environment as a client sent them;
+/// the working directory, normalised.
+fn checked_command(
+    command: &str,
+    workdir: Option<&str>,
+    env: &BTreeMap<String, String>,
+) -> Result<Option<String>> {
+    if command.trim().is_empty() {
+        return Err(Error::invalid("command is empty"));
+    }
+    if command.contains('\0') {
+        return Err(Error::invalid(
+            "command contains a NUL byte, which no shell command can hold",
+        ));
+    }
+    let workdir = workdir
+        .map(|dir| paths::sandbox_path("workdir", dir))
+        .transpose()?;
+    for (key, value) in env {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(Error::invalid(format!(
+                "environment variable name {key:?} is invalid"
+            )));
+        }
+        if value.contains('\0') {
+            return Err(Error::invalid(format!(
+                "environment variable {key} contains a NUL byte"
+            )));
+        }
+    }
+    Ok(workdir)
+}
+
 /// What [`SandboxService::readiness`] found: each dependency's answer.
 #[derive(Debug)]
 pub struct Readiness {
@@ -952,7 +964,12 @@ fn truncate(s: &str, max: usize) -> &str {
 mod activity;
 mod heartbeats;
 mod leases;
+mod processes;
 mod reconcile;
+
+pub use processes::{
+    DEFAULT_PROCESS_OUTPUT_BYTES, MAX_PROCESS_OUTPUT_BYTES, MIN_PROCESS_OUTPUT_BYTES, StartProcess,
+};
 
 pub use leases::LeaseReport;
 pub use reconcile::ReconcileReport;

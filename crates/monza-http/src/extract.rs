@@ -32,14 +32,79 @@ impl FromRequest for PathId {
     type Error = actix_web::Error;
     type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
 
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        // From the match info rather than `web::Path<String>`, which takes a route's only
+        // parameter: the process routes have a second one.
+        let id = req
+            .match_info()
+            .get("id")
+            .unwrap_or_default()
+            .parse::<SandboxId>()
+            .map_err(ApiError::from);
+        Box::pin(async move { Ok(Self(id?)) })
+    }
+}
+
+/// The `{pid}` path segment of the process routes: a process id, 1 to 4294967295; anything
+/// else is a 400 before the handler runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PathPid(pub u32);
+
+impl FromRequest for PathPid {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let raw = req.match_info().get("pid").unwrap_or_default();
+        let pid = raw
+            .parse::<u32>()
+            .ok()
+            .filter(|pid| *pid > 0 && raw.bytes().all(|b| b.is_ascii_digit()))
+            .map(Self)
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "{raw:?} is not a process id (a whole number from 1 to {})",
+                    u32::MAX
+                ))
+                .into()
+            });
+        std::future::ready(pid)
+    }
+}
+
+/// A body taken as raw bytes, whatever its type (a process's stdin), read within
+/// [`HttpConfig::body_timeout`] and [`HttpConfig::max_command_bytes`].
+#[derive(Debug)]
+pub(crate) struct CommandBytes(pub Bytes);
+
+impl FromRequest for CommandBytes {
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let raw = web::Path::<String>::from_request(req, payload);
+        let config = config_of(req, Limit::Command);
+        let announced = announced_length(req);
+        let payload = payload.take();
         Box::pin(async move {
-            let raw = raw.await?;
-            let id = raw.parse::<SandboxId>().map_err(ApiError::from)?;
-            Ok(Self(id))
+            if let Some(length) = announced
+                && length > config.max_json_bytes as u64
+            {
+                return Err(ApiError::too_large(format!(
+                    "the body is {length} bytes; the limit is {} bytes{}",
+                    config.max_json_bytes, config.setting
+                ))
+                .into());
+            }
+            Ok(Self(read_all(payload, &config).await?))
         })
     }
+}
+
+/// The body's length as its `Content-Length` announces it.
+fn announced_length(req: &HttpRequest) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
 }
 
 /// Execute's body, a JSON object carrying a command: read within
@@ -95,10 +160,7 @@ fn read_json<T: DeserializeOwned + 'static>(
     limit: Limit,
 ) -> LocalBoxFuture<'static, Result<Option<T>, ApiError>> {
     let config = config_of(req, limit);
-    let announced = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let announced = announced_length(req);
     let payload = payload.take();
     Box::pin(async move {
         if let Some(length) = announced
@@ -209,7 +271,7 @@ async fn read_all(payload: Payload, limits: &JsonLimits) -> Result<Bytes, ApiErr
             let chunk = chunk.map_err(payload_error)?;
             if buf.len() + chunk.len() > limit {
                 return Err(ApiError::too_large(format!(
-                    "the JSON body is over the limit of {limit} bytes{setting}"
+                    "the body is over the limit of {limit} bytes{setting}"
                 )));
             }
             buf.extend_from_slice(&chunk);

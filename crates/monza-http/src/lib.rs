@@ -48,6 +48,13 @@
 //! | `GET /api/sandboxes/{id}/events` | 200 the sandbox's event log, oldest first |
 //! | `POST /api/sandboxes/{id}/files/upload` | 200 `{"status":"ok","path":…}` |
 //! | `GET /api/sandboxes/{id}/files/download?path=…` | 200 the file's bytes (`application/octet-stream`) |
+//! | `POST /api/sandboxes/{id}/processes` | 201 background process with `Location` |
+//! | `GET /api/sandboxes/{id}/processes` | 200 array of processes, by pid |
+//! | `GET /api/sandboxes/{id}/processes/{pid}` | 200 process |
+//! | `DELETE /api/sandboxes/{id}/processes/{pid}` | 204 (its process group killed) |
+//! | `GET /api/sandboxes/{id}/processes/{pid}/output?offset=…&follow=…` | 200 NDJSON (or SSE) output from the offsets |
+//! | `POST /api/sandboxes/{id}/processes/{pid}/stdin?close=…` | 204 (the raw body written) |
+//! | `POST /api/sandboxes/{id}/processes/{pid}/signal` | 204 |
 //!
 //! Every error is `{"error":{"code","message"}}` ([`ApiError`]): `invalid_input` 400,
 //! `unauthorized` 401 (with `WWW-Authenticate: Bearer`), `not_found` 404, `method_not_allowed` 405, `conflict` 409, `too_large` 413,
@@ -81,6 +88,7 @@ mod handlers;
 mod model;
 mod openapi;
 mod output_budget;
+mod processes;
 mod request_log;
 mod stream;
 
@@ -228,6 +236,11 @@ use handlers::{
     get_health, get_hello, get_ready, get_sandbox, heartbeat_sandbox, list_events, list_sandboxes,
 };
 use openapi::{__path_get_openapi, get_openapi};
+use processes::{
+    __path_get_process, __path_kill_process, __path_list_processes, __path_process_output,
+    __path_signal_process, __path_start_process, __path_write_stdin, get_process, kill_process,
+    list_processes, process_output, signal_process, start_process, write_stdin,
+};
 
 operations! {
     (get_health, __path_get_health),
@@ -243,6 +256,13 @@ operations! {
     (list_events, __path_list_events),
     (upload_file, __path_upload_file),
     (download_file, __path_download_file),
+    (start_process, __path_start_process),
+    (list_processes, __path_list_processes),
+    (get_process, __path_get_process),
+    (kill_process, __path_kill_process),
+    (process_output, __path_process_output),
+    (write_stdin, __path_write_stdin),
+    (signal_process, __path_signal_process),
 }
 
 /// Whether a route needs a bearer token: every `/api/...` route but the OpenAPI document.

@@ -491,3 +491,188 @@ fn env_schema() -> utoipa::openapi::schema::Schema {
         )))
         .into()
 }
+
+/// The body of `POST /api/sandboxes/{id}/processes`: a background process, which runs on
+/// after the request (and after a restart of the server) until it exits, is killed or its
+/// sandbox ends.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartProcessRequest {
+    /// The command line, run by `/bin/sh -c` in its own process group. Must not be empty or
+    /// only white space, and holds no NUL byte.
+    #[schema(
+        example = "python3 -m http.server 8000",
+        pattern = r"^[^\u0000]*[^\u0000\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    )]
+    pub command: String,
+    /// Working directory, absolute, without `..`, at most 3072 bytes (255 a component)
+    /// (default: the sandbox's workspace folder). `workdir` is taken too.
+    #[schema(
+        example = "/workspace",
+        max_length = 3072,
+        pattern = r"^(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
+    )]
+    #[serde(alias = "workdir")]
+    pub cwd: Option<String>,
+    /// Extra environment variables: names not empty and without `=`, no NUL anywhere.
+    #[schema(schema_with = env_schema)]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Kill the process, and every process it started, after this many seconds (its exit
+    /// code is then 124). Absent or `0`: it runs until it exits or is killed.
+    #[schema(minimum = 0, maximum = 18446744073709551615_u64)]
+    #[serde(default, deserialize_with = "whole_number")]
+    pub timeout_secs: Option<u64>,
+    /// Keep its stdin open for `POST …/processes/{pid}/stdin` (default: it reads nothing).
+    #[serde(default)]
+    pub stdin: Option<bool>,
+    /// Keep the sandbox alive while the process runs, as if it were used (default: only
+    /// the sandbox's use and heartbeats do).
+    #[serde(default)]
+    pub keep_alive: Option<bool>,
+    /// Output bytes kept per stream, the oldest dropped first (1024 to 16777216; default
+    /// MONZA_PROCESS_OUTPUT_BYTES, 1 MiB unless set).
+    #[schema(minimum = 1024, maximum = 16777216)]
+    #[serde(default, deserialize_with = "whole_number")]
+    pub output_limit_bytes: Option<u64>,
+}
+
+impl From<StartProcessRequest> for monza_domain::StartProcess {
+    fn from(r: StartProcessRequest) -> Self {
+        Self {
+            command: r.command,
+            workdir: r.cwd,
+            env: r.env.unwrap_or_default(),
+            timeout: r.timeout_secs.map(Duration::from_secs),
+            stdin: r.stdin.unwrap_or(false),
+            keep_alive: r.keep_alive.unwrap_or(false),
+            output_limit: r.output_limit_bytes,
+        }
+    }
+}
+
+/// The bytes a background process's stream still has: `[start, end)`. `end` counts every
+/// byte it wrote; `start` is above 0 once the oldest were dropped.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct OutputSpanResponse {
+    /// Offset of the first byte kept.
+    pub start: u64,
+    /// Offset one past the last byte written.
+    pub end: u64,
+}
+
+impl From<monza_domain::OutputSpan> for OutputSpanResponse {
+    fn from(s: monza_domain::OutputSpan) -> Self {
+        Self {
+            start: s.start,
+            end: s.end,
+        }
+    }
+}
+
+/// A background process.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProcessResponse {
+    /// Its process id in the sandbox, which names it in the routes.
+    #[schema(example = 42)]
+    pub pid: u32,
+    /// The command line it runs.
+    pub command: String,
+    /// `running` or `exited`.
+    #[schema(example = "running")]
+    pub status: String,
+    /// When it started.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub started_at: OffsetDateTime,
+    /// Its exit code once it exited (128 + the signal when a signal ended it, 124 when its
+    /// timeout did); null while it runs.
+    pub exit_code: Option<i64>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    /// Its timeout killed it.
+    pub timed_out: bool,
+    /// How long it ran, once it exited.
+    pub duration_ms: Option<u64>,
+    /// It keeps its sandbox alive while it runs.
+    pub keep_alive: bool,
+    /// Its stdin is open for writes.
+    pub stdin_open: bool,
+    /// What its stdout still has.
+    pub stdout: OutputSpanResponse,
+    /// What its stderr still has.
+    pub stderr: OutputSpanResponse,
+}
+
+impl From<monza_domain::ProcessInfo> for ProcessResponse {
+    fn from(p: monza_domain::ProcessInfo) -> Self {
+        Self {
+            pid: p.pid,
+            command: p.command,
+            status: if p.exit.is_some() {
+                "exited"
+            } else {
+                "running"
+            }
+            .to_owned(),
+            started_at: utc(p.started_at),
+            exit_code: p.exit.map(|e| e.exit_code),
+            signal: p.exit.and_then(|e| e.signal),
+            timed_out: p.exit.is_some_and(|e| e.timed_out),
+            duration_ms: p.exit.map(|e| millis(e.duration)),
+            keep_alive: p.keep_alive,
+            stdin_open: p.stdin_open,
+            stdout: p.stdout.into(),
+            stderr: p.stderr.into(),
+        }
+    }
+}
+
+/// The body of `POST …/processes/{pid}/signal`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRequest {
+    /// `TERM`, `INT`, `KILL` or `HUP` (a `SIG` prefix and any case are taken), sent to the
+    /// process's whole process group.
+    #[schema(
+        example = "TERM",
+        pattern = "^([Ss][Ii][Gg])?([Tt][Ee][Rr][Mm]|[Ii][Nn][Tt]|[Kk][Ii][Ll][Ll]|[Hh][Uu][Pp])$"
+    )]
+    pub signal: String,
+}
+
+/// One line (or server-sent event) of `GET …/processes/{pid}/output`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProcessOutputEvent {
+    /// `stdout`, `stderr`, `exit`, `caught_up`, `error` or `keepalive`.
+    #[schema(example = "stdout")]
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `stdout`/`stderr`: the offset in its stream of the first byte of this chunk (past
+    /// the one asked for when the oldest bytes were dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Output, when it is UTF-8 (a character is never split between two events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// Output that is not UTF-8, base64-encoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+    /// `exit`: the exit code (124 when the timeout killed it).
+    #[serde(rename = "exitCode", default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// `exit`: the timeout killed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timed_out: Option<bool>,
+    /// `exit`: how long it ran, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// `exit` and `caught_up`: where to read stdout on from (`stdout_offset=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_offset: Option<u64>,
+    /// `exit` and `caught_up`: where to read stderr on from (`stderr_offset=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_offset: Option<u64>,
+    /// `error`: what went wrong, as in every error response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<serde_json::Value>,
+}

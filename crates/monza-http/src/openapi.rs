@@ -22,8 +22,9 @@ use utoipa::{Modify, OpenApi};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::model::{
     CreateSandboxRequest, EventResponse, ExecuteEvent, ExecuteRequest, ExecuteResponse,
-    HealthResponse, HelloResponse, OpenApiDocument, PortMappingResponse, ReadyResponse,
-    SandboxResponse, UploadForm, UploadResponse,
+    HealthResponse, HelloResponse, OpenApiDocument, OutputSpanResponse, PortMappingResponse,
+    ProcessOutputEvent, ProcessResponse, ReadyResponse, SandboxResponse, SignalRequest,
+    StartProcessRequest, UploadForm, UploadResponse,
 };
 
 /// The API description. Its paths come from the one list of operations the router mounts
@@ -52,6 +53,11 @@ use crate::model::{
         ExecuteEvent,
         UploadForm,
         UploadResponse,
+        StartProcessRequest,
+        ProcessResponse,
+        OutputSpanResponse,
+        SignalRequest,
+        ProcessOutputEvent,
         HealthResponse,
         HelloResponse,
         ReadyResponse,
@@ -61,6 +67,7 @@ use crate::model::{
         (name = "health", description = "Liveness and readiness (public)"),
         (name = "sandboxes", description = "Sandbox lifecycle and commands"),
         (name = "files", description = "File transfer in and out of a sandbox"),
+        (name = "processes", description = "Background processes of a sandbox: they outlive their request and the server, their output kept in the sandbox and read from any offset"),
         (name = "meta", description = "This document"),
     )
 )]

@@ -18,7 +18,7 @@ use actix_web::http::header;
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use monza_domain::{ExecEvent, ExecEvents, OutputStream};
+use monza_domain::{ExecEvent, ExecEvents, OutputStream, ProcessEvent, ProcessEvents};
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, ErrorDetail};
@@ -68,53 +68,128 @@ pub(crate) fn body(
     events: ExecEvents,
     framing: Framing,
 ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> {
+    framed(events, framing, Texts::default(), |text, next| match next {
+        Some(Ok(ExecEvent::Output { stream, data })) => (text.chunk(stream, &data), false),
+        Some(Ok(ExecEvent::Exit {
+            exit_code,
+            timed_out,
+            duration,
+        })) => {
+            let mut objects = text.rest();
+            objects.push(json!({
+                "type": "exit",
+                "exitCode": exit_code,
+                "timed_out": timed_out,
+                "duration_ms": millis(duration),
+            }));
+            (objects, true)
+        }
+        Some(Err(e)) => (error_objects(text.rest(), &ApiError::from(e)), true),
+        None => (ended_early(text.rest(), "a command's output stream"), true),
+    })
+}
+
+/// The body of a background process's output in `framing`: each chunk with the `offset`
+/// of its first byte; then its exit, or `caught_up` when not following, each with the
+/// offsets to read on from; or an error.
+pub(crate) fn process_body(
+    events: ProcessEvents,
+    framing: Framing,
+    offsets: (u64, u64),
+) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> {
+    let state = Offsets {
+        text: Texts::default(),
+        next: [offsets.0, offsets.1],
+    };
+    framed(events, framing, state, |state, next| match next {
+        Some(Ok(ProcessEvent::Output {
+            stream,
+            offset,
+            data,
+        })) => (state.chunk(stream, offset, &data), false),
+        Some(Ok(ProcessEvent::Exit(exit))) => {
+            let mut objects = state.rest();
+            let mut object = json!({
+                "type": "exit",
+                "exitCode": exit.exit_code,
+                "timed_out": exit.timed_out,
+                "duration_ms": millis(exit.duration),
+                "stdout_offset": state.next[0],
+                "stderr_offset": state.next[1],
+            });
+            if let (Some(signal), Some(map)) = (exit.signal, object.as_object_mut()) {
+                map.insert("signal".into(), json!(signal));
+            }
+            objects.push(object);
+            (objects, true)
+        }
+        Some(Ok(ProcessEvent::CaughtUp {
+            stdout_offset,
+            stderr_offset,
+        })) => {
+            // An unfinished character is sent as it is (base64) rather than held: the
+            // client reads on from these offsets, past it.
+            let mut objects = state.rest();
+            objects.push(json!({
+                "type": "caught_up",
+                "stdout_offset": stdout_offset,
+                "stderr_offset": stderr_offset,
+            }));
+            (objects, true)
+        }
+        Some(Err(e)) => (error_objects(state.rest(), &ApiError::from(e)), true),
+        None => (ended_early(state.rest(), "a process's output stream"), true),
+    })
+}
+
+/// Turns one event (or the end of the events, `None`) into the objects to send, and says
+/// whether they are the last.
+type Step<S, E> = fn(&mut S, Option<monza_domain::Result<E>>) -> (Vec<Value>, bool);
+
+/// Frames each event's objects as they come, with a keepalive after [`KEEPALIVE`] of
+/// silence; `step` turns an event (or the end, `None`) into objects and says whether it
+/// was the last.
+fn framed<E, S>(
+    events: futures::stream::BoxStream<'static, monza_domain::Result<E>>,
+    framing: Framing,
+    state: S,
+    step: Step<S, E>,
+) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>>
+where
+    E: 'static,
+    S: 'static,
+{
     futures::stream::unfold(
-        (events, Texts::default(), false),
-        move |(mut events, mut text, done)| async move {
+        (events, state, false),
+        move |(mut events, mut state, done)| async move {
             if done {
                 return None;
             }
             let Ok(next) = tokio::time::timeout(KEEPALIVE, events.next()).await else {
                 let bytes = frame(&json!({"type": "keepalive"}), framing);
-                return Some((Ok(Bytes::from(bytes)), (events, text, false)));
+                return Some((Ok(Bytes::from(bytes)), (events, state, false)));
             };
-            let (objects, last) = match next {
-                Some(Ok(ExecEvent::Output { stream, data })) => (text.chunk(stream, &data), false),
-                Some(Ok(ExecEvent::Exit {
-                    exit_code,
-                    timed_out,
-                    duration,
-                })) => {
-                    let mut objects = text.rest();
-                    objects.push(json!({
-                        "type": "exit",
-                        "exitCode": exit_code,
-                        "timed_out": timed_out,
-                        "duration_ms": millis(duration),
-                    }));
-                    (objects, true)
-                }
-                Some(Err(e)) => (error_objects(&mut text, &ApiError::from(e)), true),
-                None => {
-                    let e = ApiError::from(monza_domain::Error::internal(
-                        "a command's output stream ended without its exit",
-                    ));
-                    (error_objects(&mut text, &e), true)
-                }
-            };
+            let (objects, last) = step(&mut state, next);
             let mut bytes = Vec::new();
             for object in &objects {
                 bytes.extend_from_slice(&frame(object, framing));
             }
-            Some((Ok(Bytes::from(bytes)), (events, text, last)))
+            Some((Ok(Bytes::from(bytes)), (events, state, last)))
         },
     )
     .filter(|chunk| futures::future::ready(!matches!(chunk, Ok(b) if b.is_empty())))
 }
 
+/// What is still carried, then an internal error: the events ended without their last.
+fn ended_early(carried: Vec<Value>, what: &str) -> Vec<Value> {
+    let e = ApiError::from(monza_domain::Error::internal(format!(
+        "{what} ended without its last event"
+    )));
+    error_objects(carried, &e)
+}
+
 /// What is still carried, then the error.
-fn error_objects(text: &mut Texts, e: &ApiError) -> Vec<Value> {
-    let mut objects = text.rest();
+fn error_objects(mut objects: Vec<Value>, e: &ApiError) -> Vec<Value> {
     let detail = ErrorDetail {
         code: e.code(),
         message: e.message().to_owned(),
@@ -182,6 +257,61 @@ impl Texts {
             .map(|(stream, bytes)| object(stream, bytes))
             .collect()
     }
+}
+
+/// [`Texts`] with the offset of each stream's next byte, for a background process's chunks.
+struct Offsets {
+    text: Texts,
+    /// Where stdout and stderr go on: past the last byte sent or carried.
+    next: [u64; 2],
+}
+
+impl Offsets {
+    /// The objects for a chunk starting at `offset`, each with the offset of its first
+    /// byte. A carried character not continued by this chunk (bytes were dropped between
+    /// them) is sent on its own first.
+    fn chunk(&mut self, stream: OutputStream, offset: u64, data: &[u8]) -> Vec<Value> {
+        let i = usize::from(stream == OutputStream::Stderr);
+        let carried = self.text.carry.get(&stream).map_or(0, Vec::len) as u64;
+        let mut objects = Vec::new();
+        let mut from = offset.saturating_sub(carried);
+        if carried > 0 && self.next[i] != offset {
+            if let Some(bytes) = self.text.carry.remove(&stream) {
+                objects.push(at(
+                    object(stream, bytes),
+                    self.next[i].saturating_sub(carried),
+                ));
+            }
+            from = offset;
+        }
+        for text in self.text.chunk(stream, data) {
+            objects.push(at(text, from));
+        }
+        self.next[i] = offset + data.len() as u64;
+        objects
+    }
+
+    /// What is still carried, each with its offset.
+    fn rest(&mut self) -> Vec<Value> {
+        let mut rest: Vec<(OutputStream, Vec<u8>)> = self.text.carry.drain().collect();
+        rest.sort_by_key(|(stream, _)| stream.as_str());
+        rest.into_iter()
+            .filter(|(_, bytes)| !bytes.is_empty())
+            .map(|(stream, bytes)| {
+                let i = usize::from(stream == OutputStream::Stderr);
+                let from = self.next[i].saturating_sub(bytes.len() as u64);
+                at(object(stream, bytes), from)
+            })
+            .collect()
+    }
+}
+
+/// `object` with its `offset`.
+fn at(mut object: Value, offset: u64) -> Value {
+    if let Some(map) = object.as_object_mut() {
+        map.insert("offset".into(), json!(offset));
+    }
+    object
 }
 
 /// `{"type":"stdout","data":"…"}`, or `data_base64` when the bytes are not UTF-8.
@@ -276,6 +406,94 @@ data: {"data":"x","type":"stdout"}"#
         );
         assert!(events[1].starts_with("event: error\ndata: {"), "{text}");
         assert!(events[1].contains(r#""code":"unavailable""#), "{text}");
+    }
+
+    async fn process_lines(
+        events: Vec<monza_domain::Result<ProcessEvent>>,
+        offsets: (u64, u64),
+    ) -> Vec<Value> {
+        let chunks: Vec<Bytes> = process_body(
+            futures::stream::iter(events).boxed(),
+            Framing::Ndjson,
+            offsets,
+        )
+        .map(Result::unwrap)
+        .collect()
+        .await;
+        String::from_utf8(chunks.concat())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn chunk(
+        stream: OutputStream,
+        offset: u64,
+        data: &'static [u8],
+    ) -> monza_domain::Result<ProcessEvent> {
+        Ok(ProcessEvent::Output {
+            stream,
+            offset,
+            data: Bytes::from_static(data),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_process_chunk_says_the_offset_of_its_first_byte_also_when_a_character_is_carried() {
+        let objects = process_lines(
+            vec![
+                chunk(OutputStream::Stdout, 10, b"a\xe2"),
+                chunk(OutputStream::Stdout, 12, b"\x82\xacb"),
+                // Bytes 15..20 were dropped: the carried start of a character goes alone.
+                chunk(OutputStream::Stdout, 15, b"\xe2"),
+                chunk(OutputStream::Stdout, 20, b"z"),
+                chunk(OutputStream::Stderr, 0, b"e"),
+                Ok(ProcessEvent::Exit(monza_domain::ProcessExit {
+                    exit_code: 143,
+                    signal: Some(15),
+                    timed_out: false,
+                    duration: Duration::from_millis(20),
+                })),
+            ],
+            (10, 0),
+        )
+        .await;
+        assert_eq!(
+            objects,
+            [
+                json!({"type": "stdout", "offset": 10, "data": "a"}),
+                json!({"type": "stdout", "offset": 11, "data": "€b"}),
+                json!({"type": "stdout", "offset": 15, "data_base64": "4g=="}),
+                json!({"type": "stdout", "offset": 20, "data": "z"}),
+                json!({"type": "stderr", "offset": 0, "data": "e"}),
+                json!({"type": "exit", "exitCode": 143, "signal": 15, "timed_out": false,
+                    "duration_ms": 20, "stdout_offset": 21, "stderr_offset": 1}),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn not_following_ends_with_the_offsets_to_read_on_from() {
+        let objects = process_lines(
+            vec![
+                chunk(OutputStream::Stdout, 4, b"ok\xe2"),
+                Ok(ProcessEvent::CaughtUp {
+                    stdout_offset: 7,
+                    stderr_offset: 3,
+                }),
+            ],
+            (4, 3),
+        )
+        .await;
+        assert_eq!(
+            objects,
+            [
+                json!({"type": "stdout", "offset": 4, "data": "ok"}),
+                json!({"type": "stdout", "offset": 6, "data_base64": "4g=="}),
+                json!({"type": "caught_up", "stdout_offset": 7, "stderr_offset": 3}),
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -29,6 +29,13 @@ const CONTRACT: &[(&str, &str)] = &[
     ("GET", "/api/sandboxes/{id}/events"),
     ("POST", "/api/sandboxes/{id}/files/upload"),
     ("GET", "/api/sandboxes/{id}/files/download"),
+    ("POST", "/api/sandboxes/{id}/processes"),
+    ("GET", "/api/sandboxes/{id}/processes"),
+    ("GET", "/api/sandboxes/{id}/processes/{pid}"),
+    ("DELETE", "/api/sandboxes/{id}/processes/{pid}"),
+    ("GET", "/api/sandboxes/{id}/processes/{pid}/output"),
+    ("POST", "/api/sandboxes/{id}/processes/{pid}/stdin"),
+    ("POST", "/api/sandboxes/{id}/processes/{pid}/signal"),
 ];
 
 fn documented(doc: &Value) -> BTreeSet<(String, String)> {

@@ -458,3 +458,34 @@ pub fn assert_error(what: &str, (status, body): &(StatusCode, Value), want: u16,
     assert_eq!(status.as_u16(), want, "{what}: {body}");
     assert_eq!(body["error"]["code"], code, "{what}: {body}");
 }
+
+/// Reads NDJSON lines from a streamed answer, one at a time.
+pub struct Lines {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    pub fn of(response: reqwest::Response) -> Self {
+        use futures::StreamExt;
+        Self {
+            body: response.bytes_stream().boxed(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next line as JSON, within 30 s; `None` at the end of the body.
+    pub async fn next(&mut self) -> Option<Value> {
+        use futures::StreamExt;
+        loop {
+            if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                return Some(serde_json::from_slice(&line).unwrap());
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(30), self.body.next())
+                .await
+                .expect("a line within 30 s")?;
+            self.buf.extend_from_slice(&chunk.unwrap());
+        }
+    }
+}

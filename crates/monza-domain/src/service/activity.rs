@@ -4,7 +4,8 @@
 //! every third of the idle TTL, batched like heartbeats. So a command that runs longer than the TTL (a build, a test
 //! suite, a streamed dev server's output) is never reaped under its client, on any replica:
 //! the store's `expires_at` keeps moving, and each replica keeps its own commands' sandboxes
-//! alive.
+//! alive. Background processes started with `keep_alive` keep theirs alive the same way,
+//! found by asking the runtime each pass (see [`crate::ContainerRuntime::kept_alive`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -74,15 +75,25 @@ impl SandboxService {
     }
 
     /// One activity pass: records activity (no event) for every sandbox with a command
-    /// running in this process, in one store transaction per [`MAX_BATCH`] of them (as
+    /// running in this process (or an output stream followed), or a `keep_alive` background
+    /// process running, in one store transaction per [`MAX_BATCH`] of them (as
     /// heartbeats are). A sandbox that ended meanwhile is skipped; a store failure is
     /// returned. The number of sandboxes kept alive.
     pub async fn activity_pass(&self) -> Result<usize> {
         let now = self.clock.now();
         let expires_at = lifecycle::expires_at(now, self.config.ttl);
-        let touches: Vec<Touch> = self
-            .busy
-            .ids()
+        let mut ids = self.busy.ids();
+        // And the sandboxes whose agent runs a `keep_alive` background process (a runtime
+        // that cannot say keeps only the commands' sandboxes alive this pass).
+        match self.runtime.kept_alive().await {
+            Ok(kept) => ids.extend(kept),
+            Err(e) => {
+                tracing::warn!(error = %e, "finding the keep-alive background processes failed")
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let touches: Vec<Touch> = ids
             .into_iter()
             .map(|id| Touch {
                 id,

@@ -11,7 +11,7 @@ use time::{Duration, OffsetDateTime};
 
 use super::*;
 use crate::ports::{MockClock, MockContainerRuntime, MockSandboxRepository, MockTemplateCatalog};
-use crate::runtime::{ManagedContainer, OutputStream};
+use crate::runtime::{ManagedContainer, OutputSpan, OutputStream, ProcessInfo};
 use crate::sandbox::StatusFilter;
 use crate::template::LifecycleCommand;
 use crate::testing::fixtures::exec_output;
@@ -920,6 +920,7 @@ async fn a_command_keeps_its_sandbox_alive_while_its_stream_is_held() {
         .expect_exec_stream()
         .times(1)
         .returning(|_, _| Ok(futures::stream::pending().boxed()));
+    m.runtime.expect_kept_alive().returning(|| Ok(Vec::new()));
     let service = m.service();
     let events = service
         .execute_stream(&Access::Admin, id, command("sleep 100000"))
@@ -957,6 +958,7 @@ async fn the_activity_pass_skips_a_sandbox_that_ended_and_reports_a_store_failur
     m.runtime
         .expect_exec_stream()
         .returning(|_, _| Ok(futures::stream::pending().boxed()));
+    m.runtime.expect_kept_alive().returning(|| Ok(Vec::new()));
     let service = m.service();
     let _events = service
         .execute_stream(&Access::Admin, id, command("sleep 100000"))
@@ -967,6 +969,136 @@ async fn the_activity_pass_skips_a_sandbox_that_ended_and_reports_a_store_failur
         service.activity_pass().await,
         Err(Error::Unavailable { .. })
     ));
+}
+
+#[tokio::test]
+async fn the_activity_pass_keeps_alive_the_sandboxes_of_keep_alive_processes() {
+    let mut m = Mocks::new();
+    let kept = SandboxId::new_random();
+    let ttl = m.config.ttl;
+    m.repo
+        .expect_touch_many()
+        .withf(move |touches| {
+            touches.len() == 1
+                && touches[0].id == kept
+                && touches[0].tenant.is_none()
+                && touches[0].expires_at == touches[0].at + ttl
+        })
+        .times(1)
+        .returning(|_| Ok(vec![true]));
+    let mut seq = Sequence::new();
+    m.runtime
+        .expect_kept_alive()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(move || Ok(vec![kept, kept]));
+    // A runtime that cannot say is no store write and no failure of the pass.
+    m.runtime
+        .expect_kept_alive()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|| Err(Error::unavailable("agent", "down")));
+    let service = m.service();
+    assert_eq!(service.activity_pass().await.unwrap(), 1);
+    assert_eq!(service.activity_pass().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_background_process_is_checked_before_the_store_is_asked() {
+    let service = Mocks::new().service();
+    let id = SandboxId::new_random();
+    for (start, says) in [
+        (StartProcess::default(), "command is empty"),
+        (
+            StartProcess {
+                command: "sleep 1".into(),
+                workdir: Some("relative".into()),
+                ..StartProcess::default()
+            },
+            "workdir",
+        ),
+        (
+            StartProcess {
+                command: "sleep 1".into(),
+                output_limit: Some(MAX_PROCESS_OUTPUT_BYTES + 1),
+                ..StartProcess::default()
+            },
+            "output_limit_bytes must be between",
+        ),
+        (
+            StartProcess {
+                command: "sleep 1".into(),
+                output_limit: Some(MIN_PROCESS_OUTPUT_BYTES - 1),
+                ..StartProcess::default()
+            },
+            "output_limit_bytes must be between",
+        ),
+    ] {
+        match service.start_process(&Access::Admin, id, start).await {
+            Err(Error::InvalidInput(message)) => {
+                assert!(message.contains(says), "{message:?} should say {says:?}")
+            }
+            other => panic!("expected invalid input, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_background_process_starts_in_the_workspace_with_the_sandboxs_user_and_env() {
+    let (mut m, id) = Mocks::finding_running();
+    m.repo
+        .expect_record_activity()
+        .withf(|_, _, _, event| {
+            event.as_ref().is_some_and(|e| {
+                e.action == EventAction::Executed && e.details["background"] == true
+            })
+        })
+        .times(1)
+        .returning(|_, _, _, _| Ok(sandbox(SandboxStatus::Running)));
+    let workspace = sandbox(SandboxStatus::Running).workspace_mount;
+    m.runtime
+        .expect_start_process()
+        .withf(move |_, request| {
+            request.workdir.as_deref() == Some(workspace.as_str())
+                && request.output_limit == DEFAULT_PROCESS_OUTPUT_BYTES
+                && request.timeout.is_none()
+                && request.keep_alive
+                && request.env.get("EXTRA").map(String::as_str) == Some("1")
+        })
+        .times(1)
+        .returning(|_, request| {
+            Ok(ProcessInfo {
+                pid: 7,
+                command: match &request.command {
+                    Command::Shell(line) => line.clone(),
+                    Command::Argv(argv) => argv.join(" "),
+                },
+                started_at: time::OffsetDateTime::UNIX_EPOCH,
+                exit: None,
+                stdout: OutputSpan::default(),
+                stderr: OutputSpan::default(),
+                keep_alive: request.keep_alive,
+                stdin_open: request.stdin,
+            })
+        });
+    let service = m.service();
+    let started = service
+        .start_process(
+            &Access::Admin,
+            id,
+            StartProcess {
+                command: "npm run dev".into(),
+                env: [("EXTRA".to_owned(), "1".to_owned())].into(),
+                // Zero is no timeout, as absent.
+                timeout: Some(StdDuration::ZERO),
+                keep_alive: true,
+                ..StartProcess::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(started.pid, 7);
+    assert_eq!(started.command, "npm run dev");
 }
 
 #[test]

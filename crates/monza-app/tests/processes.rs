@@ -1,0 +1,480 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Background processes end to end: the real server, the real engine, the agent in a
+//! busybox sandbox, on SQLite and on PostgreSQL, driven over HTTP: every route, the sandbox
+//! kept alive by a `keep_alive` process, and a process that outlives `kill -9` of the
+//! server and is read on after the restart from where the client stopped.
+
+#[macro_use]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use monza_app::settings::AgentMode;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{ChildServer, DeploymentContainers, Lines, PgDatabase, Store, TestApp, assert_error};
+
+/// `GET …/processes/{pid}/output?{query}` as NDJSON lines.
+async fn output(app: &support::Api, id: &str, pid: u64, query: &str) -> Lines {
+    let response = app
+        .client
+        .get(app.url(&format!(
+            "/api/sandboxes/{id}/processes/{pid}/output?{query}"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    Lines::of(response)
+}
+
+/// Every line of an output to its end: (stdout, stderr, the last event).
+async fn read_all(mut lines: Lines) -> (String, String, Value) {
+    let (mut out, mut err) = (String::new(), String::new());
+    loop {
+        let line = lines.next().await.expect("a last event");
+        match line["type"].as_str().unwrap() {
+            "stdout" => out.push_str(line["data"].as_str().unwrap()),
+            "stderr" => err.push_str(line["data"].as_str().unwrap()),
+            "keepalive" => {}
+            _ => {
+                assert_eq!(lines.next().await, None, "nothing after the last event");
+                return (out, err, line);
+            }
+        }
+    }
+}
+
+async fn start(app: &support::Api, id: &str, body: Value) -> Value {
+    let (status, process) = app
+        .post_json(&format!("/api/sandboxes/{id}/processes"), body)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{process}");
+    process
+}
+
+/// Every route of the resource, with its errors.
+async fn every_process_route(store: Store) {
+    let Some(app) = TestApp::spawn(store, |args| args.agent = AgentMode::On).await else {
+        return;
+    };
+    let id = app.create(json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let base = format!("/api/sandboxes/{id}/processes");
+
+    // Started with stdin open: its output streams while it waits for a line.
+    let response = app
+        .client
+        .post(app.url(&base))
+        .json(&json!({
+            "command": "echo out; echo err >&2; read line; echo \"got $line\"; exit 3",
+            "stdin": true,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let process: Value = response.json().await.unwrap();
+    let pid = process["pid"].as_u64().unwrap();
+    assert_eq!(location, format!("{base}/{pid}"));
+    assert_eq!(process["status"], "running", "{process}");
+    assert_eq!(process["stdin_open"], true);
+    assert_eq!(process["exit_code"], Value::Null);
+
+    let mut lines = output(&app, &id, pid, "follow=true").await;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let line = lines.next().await.unwrap();
+        if line["type"] != "keepalive" {
+            seen.push(line);
+        }
+    }
+    seen.sort_by_key(|l| l["type"].as_str().unwrap().to_owned());
+    assert_eq!(
+        seen,
+        [
+            json!({"type": "stderr", "offset": 0, "data": "err\n"}),
+            json!({"type": "stdout", "offset": 0, "data": "out\n"}),
+        ]
+    );
+    let (status, listed) = app.get_json(&base).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        listed.as_array().unwrap().iter().any(|p| p["pid"] == pid),
+        "{listed}"
+    );
+    let written = app
+        .client
+        .post(app.url(&format!("{base}/{pid}/stdin?close=true")))
+        .body("hi\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(written.status(), StatusCode::NO_CONTENT);
+    let (out, _, exit) = read_all(lines).await;
+    assert_eq!(out, "got hi\n");
+    assert_eq!(exit["type"], "exit", "{exit}");
+    assert_eq!(exit["exitCode"], 3);
+    assert_eq!(
+        (&exit["stdout_offset"], &exit["stderr_offset"]),
+        (&json!(11), &json!(4))
+    );
+
+    let (status, process) = app.get_json(&format!("{base}/{pid}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(process["status"], "exited");
+    assert_eq!(process["exit_code"], 3);
+    assert_eq!(process["stdout"], json!({"start": 0, "end": 11}));
+    assert_eq!(process["stdin_open"], false);
+    // Read on from an offset, not following: exactly the rest, then the exit.
+    let (out, err, last) =
+        read_all(output(&app, &id, pid, "stdout_offset=4&stderr_offset=4").await).await;
+    assert_eq!((out.as_str(), err.as_str()), ("got hi\n", ""));
+    assert_eq!(last["type"], "exit");
+
+    // Not following a running one: what there is, then where to read on from.
+    let talker = start(&app, &id, json!({"command": "echo hello; exec sleep 300"})).await;
+    let tpid = talker["pid"].as_u64().unwrap();
+    let mut caught = Value::Null;
+    for _ in 0..100 {
+        let (out, _, last) = read_all(output(&app, &id, tpid, "").await).await;
+        caught = last;
+        if out == "hello\n" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        caught,
+        json!({"type": "caught_up", "stdout_offset": 6, "stderr_offset": 0})
+    );
+    // Signalled (any case, with or without SIG): its group ends, and says how.
+    let (status, _) = app
+        .post_json(
+            &format!("{base}/{tpid}/signal"),
+            json!({"signal": "sigterm"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, _, exit) = read_all(output(&app, &id, tpid, "offset=6&follow=true").await).await;
+    assert_eq!(
+        (&exit["exitCode"], &exit["signal"]),
+        (&json!(143), &json!(15)),
+        "{exit}"
+    );
+
+    // Deleted: killed with its group, still listed.
+    let doomed = start(&app, &id, json!({"command": "sleep 301 & sleep 302"})).await;
+    let dpid = doomed["pid"].as_u64().unwrap();
+    let deleted = app
+        .send(app.client.delete(app.url(&format!("{base}/{dpid}"))))
+        .await;
+    assert_eq!(deleted.0, StatusCode::NO_CONTENT, "{deleted:?}");
+    let (_, _, exit) = read_all(output(&app, &id, dpid, "follow=true").await).await;
+    assert_eq!(exit["exitCode"], 137, "{exit}");
+    let left = app
+        .exec_ok(&id, "ps -o args | grep -c 'sleep 30[12]' || true")
+        .await;
+    assert_eq!(left["stdout"], "0\n", "the group outlived its delete");
+
+    // A timeout kills it with 124; a small ring says from where it still has output.
+    let timed = start(
+        &app,
+        &id,
+        json!({"command": "sleep 303", "timeout_secs": 1}),
+    )
+    .await;
+    let (_, _, exit) =
+        read_all(output(&app, &id, timed["pid"].as_u64().unwrap(), "follow=true").await).await;
+    assert_eq!(
+        (&exit["exitCode"], &exit["timed_out"]),
+        (&json!(124), &json!(true)),
+        "{exit}"
+    );
+    let ring = start(
+        &app,
+        &id,
+        json!({"command": "yes 0123456789 | head -c 5000", "output_limit_bytes": 1024, "cwd": "/tmp"}),
+    )
+    .await;
+    let rpid = ring["pid"].as_u64().unwrap();
+    let (out, _, _) = read_all(output(&app, &id, rpid, "follow=true").await).await;
+    assert!(out.len() <= 1024 + 10, "{}", out.len());
+    let mut lines = output(&app, &id, rpid, "").await;
+    assert_eq!(lines.next().await.unwrap()["offset"], 5000 - 1024);
+    let (_, process) = app.get_json(&format!("{base}/{rpid}")).await;
+    assert_eq!(
+        process["stdout"],
+        json!({"start": 5000 - 1024, "end": 5000})
+    );
+
+    // Bad input: a clear 4xx each, nothing started.
+    let bad = [
+        (json!({"command": ""}), "invalid_input"),
+        (
+            json!({"command": "true", "cwd": "relative"}),
+            "invalid_input",
+        ),
+        (
+            json!({"command": "true", "output_limit_bytes": 10}),
+            "invalid_input",
+        ),
+        (
+            json!({"command": "true", "pty": {"cols": 80, "rows": 24}}),
+            "invalid_input",
+        ),
+        (
+            json!({"command": "true", "keep_alive": "yes"}),
+            "invalid_input",
+        ),
+    ];
+    for (body, code) in bad {
+        let answer = app.post_json(&base, body.clone()).await;
+        assert_error(&format!("{body}"), &answer, 400, code);
+    }
+    assert_error(
+        "pid 0",
+        &app.get_json(&format!("{base}/0")).await,
+        400,
+        "invalid_input",
+    );
+    assert_error(
+        "pid abc",
+        &app.get_json(&format!("{base}/abc")).await,
+        400,
+        "invalid_input",
+    );
+    assert_error(
+        "unknown pid",
+        &app.get_json(&format!("{base}/999999")).await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        "unknown query",
+        &app.get_json(&format!("{base}/{pid}/output?since=3")).await,
+        400,
+        "invalid_input",
+    );
+    assert_error(
+        "bad follow",
+        &app.get_json(&format!("{base}/{pid}/output?follow=yes"))
+            .await,
+        400,
+        "invalid_input",
+    );
+    assert_error(
+        "bad offset",
+        &app.get_json(&format!("{base}/{pid}/output?offset=-1"))
+            .await,
+        400,
+        "invalid_input",
+    );
+    let answer = app
+        .post_json(&format!("{base}/{pid}/signal"), json!({"signal": "STOP"}))
+        .await;
+    assert_error("signal STOP", &answer, 400, "invalid_input");
+    let closed = app
+        .send(
+            app.client
+                .post(app.url(&format!("{base}/{tpid}/stdin")))
+                .body("x"),
+        )
+        .await;
+    assert_error("stdin never opened", &closed, 404, "not_found");
+    let nowhere = app
+        .post_json(&base, json!({"command": "true", "cwd": "/no/such/dir"}))
+        .await;
+    assert_error("a cwd that does not exist", &nowhere, 404, "not_found");
+    let other = "00000000-0000-4000-8000-000000000000";
+    assert_error(
+        "unknown sandbox",
+        &app.get_json(&format!("/api/sandboxes/{other}/processes"))
+            .await,
+        404,
+        "not_found",
+    );
+    let no_token = app
+        .send(app.request(reqwest::Method::GET, &base, None))
+        .await;
+    assert_error("no token", &no_token, 401, "unauthorized");
+
+    app.delete(&id).await;
+    let answer = app.get_json(&base).await;
+    assert_error("a deleted sandbox", &answer, 409, "conflict");
+    app.shutdown().await;
+
+    // Without the agent: refused, saying why.
+    let Some(app) = TestApp::spawn(store, |args| args.agent = AgentMode::Off).await else {
+        return;
+    };
+    let id = app.create(json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let answer = app
+        .post_json(
+            &format!("/api/sandboxes/{id}/processes"),
+            json!({"command": "sleep 1"}),
+        )
+        .await;
+    assert_error("MONZA_AGENT=off", &answer, 409, "conflict");
+    assert!(
+        answer.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("MONZA_AGENT=off"),
+        "{}",
+        answer.1
+    );
+    app.shutdown().await;
+}
+
+/// A `keep_alive` process keeps its sandbox past the idle TTL while it runs (nobody uses
+/// the sandbox meanwhile); once it ended, the sandbox expires like any idle one. A sandbox
+/// whose process is not `keep_alive` expires while the process runs.
+async fn a_keep_alive_process_keeps_its_sandbox_past_the_idle_ttl(store: Store) {
+    let Some(app) = TestApp::spawn(store, |args| {
+        args.agent = AgentMode::On;
+        args.sandbox_ttl = Duration::from_secs(3);
+        args.reaper_interval = Duration::from_secs(1);
+    })
+    .await
+    else {
+        return;
+    };
+    let new = || async {
+        app.create(json!({})).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (kept, idle) = (new().await, new().await);
+    start(
+        &app,
+        &kept,
+        json!({"command": "sleep 8", "keep_alive": true}),
+    )
+    .await;
+    start(&app, &idle, json!({"command": "sleep 8"})).await;
+    let started = Instant::now();
+    // 6 s: twice the TTL, with no request on either sandbox but these reads of the list.
+    let mut idle_expired = false;
+    while started.elapsed() < Duration::from_secs(6) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let all = app.all_sandboxes().await;
+        let status = |id: &str| {
+            all.iter()
+                .find(|s| s["id"] == id)
+                .map(|s| s["status"].as_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            status(&kept).as_deref(),
+            Some("running"),
+            "the keep-alive sandbox expired"
+        );
+        idle_expired |= status(&idle).as_deref() == Some("expired");
+    }
+    assert!(
+        idle_expired,
+        "a sandbox whose process is not keep_alive expired meanwhile"
+    );
+    // The process ends at 8 s; the sandbox is idle from then on.
+    let mut expired = false;
+    for _ in 0..60 {
+        if app.status_of(&kept).await == "expired" {
+            expired = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        expired,
+        "the sandbox outlived its keep-alive process by far"
+    );
+    app.shutdown().await;
+}
+
+/// A background process outlives `kill -9` of the server: after the restart it is listed,
+/// still running, and its output is read on from the offset where the client stopped, to
+/// its exit.
+async fn a_background_process_survives_kill_9_of_the_server(store: Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _pg) = match store {
+        Store::Sqlite => (
+            format!("sqlite://{}", dir.path().join("monza.db").display()),
+            None,
+        ),
+        Store::Postgres => {
+            let Some(pg) = PgDatabase::create() else {
+                return;
+            };
+            (pg.url(), Some(pg))
+        }
+    };
+    let containers = DeploymentContainers(DeploymentContainers::label());
+    let settings = [
+        ("MONZA_DEPLOYMENT", containers.0.as_str()),
+        ("MONZA_AGENT", "on"),
+    ];
+    let log = dir.path().join("monza.log");
+    let mut first = ChildServer::spawn(&url, &settings, &log);
+    first.wait_ready().await;
+    let id = first.create(json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let gate =
+        "i=0; while [ ! -e /workspace/gate ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done";
+    let process = start(
+        &first,
+        &id,
+        json!({"command": format!("echo one; echo two; {gate}; echo three; exit 7")}),
+    )
+    .await;
+    let pid = process["pid"].as_u64().unwrap();
+    let mut caught = Value::Null;
+    for _ in 0..100 {
+        let (out, _, last) = read_all(output(&first, &id, pid, "").await).await;
+        caught = last;
+        if out == "one\ntwo\n" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(caught["stdout_offset"], 8, "{caught}");
+
+    first.kill9();
+    let mut second = ChildServer::spawn(&url, &settings, &log);
+    second.wait_ready().await;
+    let (status, listed) = second
+        .get_json(&format!("/api/sandboxes/{id}/processes"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{listed}\n{}", second.log_text());
+    let listed = listed.as_array().unwrap();
+    let found = listed
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .expect("still listed");
+    assert_eq!(found["status"], "running", "{found}");
+    second.exec_ok(&id, "touch /workspace/gate").await;
+    let (out, _, exit) =
+        read_all(output(&second, &id, pid, "stdout_offset=8&follow=true").await).await;
+    assert_eq!(out, "three\n");
+    assert_eq!(exit["exitCode"], 7, "{exit}");
+    let (_, process) = second
+        .get_json(&format!("/api/sandboxes/{id}/processes/{pid}"))
+        .await;
+    assert_eq!(process["exit_code"], 7);
+    assert_eq!(second.delete(&id).await, StatusCode::NO_CONTENT);
+}
+
+on_both_stores!(
+    every_process_route,
+    a_keep_alive_process_keeps_its_sandbox_past_the_idle_ttl,
+    a_background_process_survives_kill_9_of_the_server,
+);

@@ -1,0 +1,203 @@
+//! Background processes: started by one request, they run on after it (and after the
+//! server: the sandbox's agent owns them), their output kept inside the sandbox and read
+//! from any offset. Every request on them is activity of the sandbox; reading the output
+//! while following it keeps the sandbox alive for as long as the reader is attached, and a
+//! process started with `keep_alive` keeps it alive while it runs (see the activity pass).
+
+use std::collections::BTreeMap;
+use std::time::Duration as StdDuration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::json;
+
+use super::{SandboxService, checked_command, container_of, truncate};
+use crate::Access;
+use crate::error::{Error, Result};
+use crate::runtime::{ProcessEvent, ProcessEvents, ProcessInfo, ProcessRequest, ProcessSignal};
+use crate::sandbox::{EventAction, NewEvent, SandboxId};
+use crate::template::Command;
+
+/// Output bytes a background process keeps per stream when neither its start nor the
+/// server's configuration says: 1 MiB.
+pub const DEFAULT_PROCESS_OUTPUT_BYTES: u64 = 1024 * 1024;
+/// The fewest output bytes a start may ask to keep per stream.
+pub const MIN_PROCESS_OUTPUT_BYTES: u64 = 1024;
+/// The most output bytes a start may ask to keep per stream (the agent's own bound).
+pub const MAX_PROCESS_OUTPUT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A background process as a client asks for it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StartProcess {
+    /// The shell command line (`/bin/sh -c`).
+    pub command: String,
+    /// Working directory (absolute); the workspace folder when absent.
+    pub workdir: Option<String>,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// Killed with every process it started after this long; absent or zero: never.
+    pub timeout: Option<StdDuration>,
+    /// Keep its stdin open for writes.
+    pub stdin: bool,
+    /// Keep the sandbox alive while it runs.
+    pub keep_alive: bool,
+    /// Output bytes kept per stream, [`MIN_PROCESS_OUTPUT_BYTES`] to
+    /// [`MAX_PROCESS_OUTPUT_BYTES`]; the server's default when absent.
+    pub output_limit: Option<u64>,
+}
+
+impl SandboxService {
+    /// Starts a background process in a running sandbox.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
+    pub async fn start_process(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        start: StartProcess,
+    ) -> Result<ProcessInfo> {
+        let workdir = checked_command(&start.command, start.workdir.as_deref(), &start.env)?;
+        let output_limit = start
+            .output_limit
+            .unwrap_or(self.config.process_output_bytes);
+        if !(MIN_PROCESS_OUTPUT_BYTES..=MAX_PROCESS_OUTPUT_BYTES).contains(&output_limit) {
+            return Err(Error::invalid(format!(
+                "output_limit_bytes must be between {MIN_PROCESS_OUTPUT_BYTES} and \
+                 {MAX_PROCESS_OUTPUT_BYTES}, not {output_limit}"
+            )));
+        }
+        let sandbox = self.running(access, id).await?;
+        let mut env = sandbox.remote_env.clone();
+        env.extend(start.env);
+        let request = ProcessRequest {
+            command: Command::Shell(start.command.clone()),
+            workdir: Some(workdir.unwrap_or_else(|| sandbox.workspace_mount.clone())),
+            env,
+            user: sandbox.remote_user.clone(),
+            timeout: start.timeout.filter(|t| !t.is_zero()),
+            stdin: start.stdin,
+            keep_alive: start.keep_alive,
+            output_limit,
+        };
+        let event = NewEvent::new(
+            EventAction::Executed,
+            json!({
+                "command": truncate(&start.command, 256),
+                "background": true,
+                "keep_alive": start.keep_alive,
+            }),
+        );
+        let sandbox = self.touch(&sandbox, Some(event)).await?;
+        let cid = container_of(&sandbox)?;
+        let started = self.runtime.start_process(cid, &request).await;
+        self.or_vanished(&sandbox, started).await
+    }
+
+    /// A running sandbox's background processes, running and recently ended, by pid.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
+    pub async fn processes(&self, access: &Access, id: SandboxId) -> Result<Vec<ProcessInfo>> {
+        let sandbox = self.running(access, id).await?;
+        let sandbox = self.touch(&sandbox, None).await?;
+        let cid = container_of(&sandbox)?;
+        let listed = self.runtime.processes(cid).await;
+        self.or_vanished(&sandbox, listed).await
+    }
+
+    /// One background process of a running sandbox.
+    pub async fn process(&self, access: &Access, id: SandboxId, pid: u32) -> Result<ProcessInfo> {
+        self.processes(access, id)
+            .await?
+            .into_iter()
+            .find(|p| p.pid == pid)
+            .ok_or_else(|| no_process(id, pid))
+    }
+
+    /// Sends `signal` to a background process's process group.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id, pid), err(level = "info"))]
+    pub async fn signal_process(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        pid: u32,
+        signal: ProcessSignal,
+    ) -> Result<()> {
+        let sandbox = self.running(access, id).await?;
+        let sandbox = self.touch(&sandbox, None).await?;
+        let cid = container_of(&sandbox)?;
+        let signalled = self.runtime.signal_process(cid, pid, signal).await;
+        self.or_vanished(&sandbox, signalled)
+            .await
+            .map_err(|e| named(e, id, pid))
+    }
+
+    /// Writes `data` to a background process's stdin (started with `stdin`), then closes
+    /// it when `close`.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id, pid, bytes = data.len()), err(level = "info"))]
+    pub async fn process_stdin(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        pid: u32,
+        data: Bytes,
+        close: bool,
+    ) -> Result<()> {
+        let sandbox = self.running(access, id).await?;
+        let sandbox = self.touch(&sandbox, None).await?;
+        let cid = container_of(&sandbox)?;
+        let written = self.runtime.process_stdin(cid, pid, data, close).await;
+        self.or_vanished(&sandbox, written)
+            .await
+            .map_err(|e| named(e, id, pid))
+    }
+
+    /// A background process's output from `offsets` (stdout, stderr) on; with `follow`, on
+    /// as it comes until the process ends, keeping the sandbox alive meanwhile. Dropping the
+    /// stream stops the reading, never the process.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id, pid), err(level = "info"))]
+    pub async fn process_output(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        pid: u32,
+        offsets: (u64, u64),
+        follow: bool,
+    ) -> Result<ProcessEvents> {
+        let sandbox = self.running(access, id).await?;
+        let sandbox = self.touch(&sandbox, None).await?;
+        let cid = container_of(&sandbox)?;
+        let busy = follow.then(|| self.busy.enter(sandbox.id));
+        let events = self.runtime.process_output(cid, pid, offsets, follow).await;
+        let events = self
+            .or_vanished(&sandbox, events)
+            .await
+            .map_err(|e| named(e, id, pid))?;
+        let service = self.clone();
+        Ok(events
+            .then(move |event| {
+                let _busy = &busy;
+                let recheck = event.is_err().then(|| (service.clone(), sandbox.clone()));
+                async move {
+                    match recheck {
+                        Some((service, sandbox)) => service.or_vanished(&sandbox, event).await,
+                        None => event,
+                    }
+                }
+            })
+            .map(|event: Result<ProcessEvent>| event)
+            .boxed())
+    }
+}
+
+/// A runtime's not-found for a pid, said with the sandbox's id.
+fn named(error: Error, id: SandboxId, pid: u32) -> Error {
+    match error {
+        Error::NotFound(_) => no_process(id, pid),
+        other => other,
+    }
+}
+
+fn no_process(id: SandboxId, pid: u32) -> Error {
+    Error::not_found(format!(
+        "sandbox {id} has no background process {pid} (ended ones are kept for a while, then \
+         forgotten)"
+    ))
+}
