@@ -59,6 +59,7 @@ mod kind {
     pub const ATTACH: u8 = 0x15;
     pub const STDIN: u8 = 0x16;
     pub const SIGNAL_PROCESS: u8 = 0x17;
+    pub const RESIZE: u8 = 0x1b;
     pub const DETACH: u8 = 0x18;
     pub const PROCESS_STDOUT: u8 = 0x24;
     pub const PROCESS_STDERR: u8 = 0x25;
@@ -257,6 +258,18 @@ pub struct StartRequest {
     /// restarted host finds it in the list.
     #[serde(default)]
     pub keep_alive: bool,
+    /// Run it on a new pseudo-terminal of this size, as the leader of a session whose
+    /// controlling terminal it is: its output (stdout and stderr both) is the terminal's,
+    /// as stdout; [`Message::Stdin`] types into it; [`Message::Resize`] resizes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<PtySize>,
+}
+
+/// A terminal's size, in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtySize {
+    pub cols: u16,
+    pub rows: u16,
 }
 
 impl StartRequest {
@@ -269,6 +282,7 @@ impl StartRequest {
             output_limit: None,
             timeout_ms: None,
             keep_alive: false,
+            pty: None,
         }
     }
 }
@@ -304,6 +318,9 @@ pub struct ProcessInfo {
     /// Its stdin is open ([`StartRequest::stdin`], not yet closed).
     #[serde(default)]
     pub stdin_open: bool,
+    /// It runs on a pseudo-terminal ([`StartRequest::pty`]).
+    #[serde(default)]
+    pub pty: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -331,6 +348,13 @@ pub struct AttachRequest {
 pub struct CaughtUp {
     pub stdout_offset: u64,
     pub stderr_offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PidResize {
+    pid: u32,
+    #[serde(flatten)]
+    size: PtySize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -445,6 +469,13 @@ pub enum Message {
     Ok {
         id: u64,
     },
+    /// Host → agent: resize a background process's terminal (it gets `SIGWINCH`);
+    /// answered by [`Message::Ok`].
+    Resize {
+        id: u64,
+        pid: u32,
+        size: PtySize,
+    },
 }
 
 impl Message {
@@ -471,7 +502,8 @@ impl Message {
             | Message::Detach { id }
             | Message::Stdin { id, .. }
             | Message::SignalProcess { id, .. }
-            | Message::Ok { id } => *id,
+            | Message::Ok { id }
+            | Message::Resize { id, .. } => *id,
         }
     }
 }
@@ -680,6 +712,15 @@ fn encode_inner(message: &Message, out: &mut Vec<u8>, start: usize) -> Result<()
             },
         )?,
         Message::Ok { id } => begin(out, kind::OK, *id),
+        Message::Resize { id, pid, size } => json(
+            out,
+            kind::RESIZE,
+            *id,
+            &PidResize {
+                pid: *pid,
+                size: *size,
+            },
+        )?,
     };
     finish(out, frame_start)
 }
@@ -911,6 +952,10 @@ pub fn decode_frame(frame: &[u8]) -> Result<Message, DecodeError> {
         kind::OK => {
             empty(body)?;
             Message::Ok { id }
+        }
+        kind::RESIZE => {
+            let PidResize { pid, size } = json(body, bad)?;
+            Message::Resize { id, pid, size }
         }
         _ => return Err(DecodeError::UnknownKind { kind, id }),
     };

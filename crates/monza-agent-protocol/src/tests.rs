@@ -79,6 +79,10 @@ fn samples() -> Vec<Message> {
                 output_limit: Some(4096),
                 timeout_ms: Some(60_000),
                 keep_alive: true,
+                pty: Some(PtySize {
+                    cols: 120,
+                    rows: 40,
+                }),
                 ..StartRequest::shell("npm run dev")
             },
         },
@@ -90,6 +94,14 @@ fn samples() -> Vec<Message> {
             },
         },
         Message::List { id: 21 },
+        Message::Resize {
+            id: 23,
+            pid: 42,
+            size: PtySize {
+                cols: 100,
+                rows: 30,
+            },
+        },
         Message::Processes {
             id: 21,
             list: ProcessList {
@@ -102,6 +114,7 @@ fn samples() -> Vec<Message> {
                     stderr: Span { start: 0, end: 0 },
                     keep_alive: true,
                     stdin_open: false,
+                    pty: true,
                 }],
             },
         },

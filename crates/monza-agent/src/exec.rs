@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -307,8 +307,8 @@ impl<'a> Runner<'a> {
                 cap(PAUSE_POLL);
             }
             let ready = wait_ready(
-                stdout.as_ref().filter(|_| !paused),
-                stderr.as_ref().filter(|_| !paused),
+                stdout.as_ref().filter(|_| !paused).map(AsFd::as_fd),
+                stderr.as_ref().filter(|_| !paused).map(AsFd::as_fd),
                 pidfd.as_ref().filter(|_| status.is_none()),
                 wait,
             )
@@ -489,8 +489,8 @@ pub(crate) struct Ready {
 /// Waits until a pipe is readable (or closed), the pidfd says the process exited, or `wait`
 /// passes.
 pub(crate) fn wait_ready(
-    stdout: Option<&ChildStdout>,
-    stderr: Option<&ChildStderr>,
+    stdout: Option<std::os::fd::BorrowedFd<'_>>,
+    stderr: Option<std::os::fd::BorrowedFd<'_>>,
     pidfd: Option<&std::os::fd::OwnedFd>,
     wait: Option<Duration>,
 ) -> io::Result<Ready> {
@@ -499,11 +499,11 @@ pub(crate) fn wait_ready(
     let mut slots = [None; 3];
     if let Some(pipe) = stdout {
         slots[0] = Some(fds.len());
-        fds.push(PollFd::from_borrowed_fd(pipe.as_fd(), PollFlags::IN));
+        fds.push(PollFd::from_borrowed_fd(pipe, PollFlags::IN));
     }
     if let Some(pipe) = stderr {
         slots[1] = Some(fds.len());
-        fds.push(PollFd::from_borrowed_fd(pipe.as_fd(), PollFlags::IN));
+        fds.push(PollFd::from_borrowed_fd(pipe, PollFlags::IN));
     }
     if let Some(pidfd) = pidfd {
         slots[2] = Some(fds.len());

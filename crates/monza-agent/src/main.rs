@@ -7,6 +7,7 @@
 mod exec;
 mod outbox;
 mod processes;
+mod pty;
 
 use std::io::{BufReader, Write};
 use std::net::Shutdown;
@@ -48,7 +49,11 @@ const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() {
     let mut socket = std::env::var_os(SOCKET_ENV).map(PathBuf::from);
-    let mut args = std::env::args_os().skip(1);
+    let mut args = std::env::args_os().skip(1).peekable();
+    if args.peek().and_then(|a| a.to_str()) == Some(pty::PTY_EXEC) {
+        args.next();
+        std::process::exit(pty::exec_helper(args));
+    }
     while let Some(arg) = args.next() {
         match arg.to_str() {
             Some("--socket") => match args.next() {
@@ -305,6 +310,13 @@ fn serve(
             }
             Message::SignalProcess { id, pid, signal } => {
                 let answer = match processes.signal(pid, signal) {
+                    Ok(()) => Message::Ok { id },
+                    Err(error) => Message::Error { id, error },
+                };
+                let _ = outbox.send(&answer);
+            }
+            Message::Resize { id, pid, size } => {
+                let answer = match processes.resize(pid, size) {
                     Ok(()) => Message::Ok { id },
                     Err(error) => Message::Error { id, error },
                 };

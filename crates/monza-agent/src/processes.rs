@@ -3,7 +3,9 @@
 //! ring per stream and read from any offset, as often as asked.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -12,7 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use monza_agent_protocol::{
     AttachRequest, CaughtUp, ErrorCode, ErrorReply, Exit, MAX_CHUNK, Message, ProcessInfo,
-    ProcessList, Program, Signal, Span, StartRequest, Started, Stream,
+    ProcessList, Program, PtySize, Signal, Span, StartRequest, Started, Stream,
 };
 use rustix::process::{Pid, PidfdFlags, pidfd_open};
 
@@ -99,6 +101,8 @@ struct Process {
     keep_alive: bool,
     /// Killed with its group at this instant, if it still runs.
     deadline: Option<Instant>,
+    /// The master side of its terminal, when it runs on one (kept to resize it).
+    pty: Option<OwnedFd>,
     state: Mutex<State>,
     changed: Condvar,
     stdin: Mutex<Option<mpsc::Sender<StdinOp>>>,
@@ -146,12 +150,40 @@ impl Processes {
         )
         .unwrap_or(usize::MAX);
         let started = Instant::now();
-        let mut child = spawn(
-            &request.program,
-            request.cwd.as_deref(),
-            &request.env,
-            request.stdin,
-        )?;
+        let fail = |e: std::io::Error| {
+            error(
+                ErrorCode::Spawn,
+                format!("sharing the process's terminal: {e}"),
+            )
+        };
+        // Its output (one reader per stream) and, when writable, its input.
+        let (child, master, outputs, input) = match request.pty {
+            Some(size) => {
+                let (child, master) = crate::pty::spawn(
+                    &request.program,
+                    request.cwd.as_deref(),
+                    &request.env,
+                    size,
+                )?;
+                let output = crate::pty::file(&master).map_err(fail)?;
+                let input = crate::pty::file(&master).map_err(fail)?;
+                (child, Some(master), [Some(output), None], Some(input))
+            }
+            None => {
+                let mut child = spawn(
+                    &request.program,
+                    request.cwd.as_deref(),
+                    &request.env,
+                    request.stdin,
+                )?;
+                let outputs = [
+                    child.stdout.take().map(|p| File::from(OwnedFd::from(p))),
+                    child.stderr.take().map(|p| File::from(OwnedFd::from(p))),
+                ];
+                let input = child.stdin.take().map(|p| File::from(OwnedFd::from(p)));
+                (child, None, outputs, input)
+            }
+        };
         let pid = Pid::from_child(&child);
         let started_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -165,6 +197,7 @@ impl Processes {
             started_at_ms,
             keep_alive: request.keep_alive,
             deadline,
+            pty: master,
             state: Mutex::new(State {
                 rings: [Ring::new(cap), Ring::new(cap)],
                 exit: None,
@@ -173,7 +206,7 @@ impl Processes {
             changed: Condvar::new(),
             stdin: Mutex::new(None),
         });
-        if let Some(stdin) = child.stdin.take() {
+        if let Some(stdin) = input {
             let (tx, rx) = mpsc::channel();
             *lock(&process.stdin) = Some(tx);
             let spawned = std::thread::Builder::new()
@@ -205,7 +238,7 @@ impl Processes {
             .stack_size(256 * 1024)
             .spawn({
                 let process = Arc::clone(&process);
-                move || watch(&process, child, started)
+                move || watch(&process, child, outputs, started)
             });
         if let Err(e) = watcher {
             send(pid, Signal::Kill);
@@ -233,6 +266,7 @@ impl Processes {
                         stderr: state.rings[1].span(),
                         keep_alive: process.keep_alive,
                         stdin_open: lock(&process.stdin).is_some(),
+                        pty: process.pty.is_some(),
                     }
                 })
                 .collect(),
@@ -246,6 +280,22 @@ impl Processes {
             send(process.pid, signal);
         }
         Ok(())
+    }
+
+    /// Resizes the terminal of a process started on one.
+    pub fn resize(&self, pid: u32, size: PtySize) -> Result<(), ErrorReply> {
+        let process = self.get(pid)?;
+        let Some(master) = &process.pty else {
+            return Err(error(
+                ErrorCode::BadRequest,
+                format!("process {pid} does not run on a terminal"),
+            ));
+        };
+        crate::pty::resize(master, size).map_err(|e| ErrorReply {
+            code: ErrorCode::BadRequest,
+            message: format!("resizing the terminal of process {pid}: {e}"),
+            errno: Some(e.raw_os_error()),
+        })
     }
 
     /// Queues bytes for the process's stdin; the stdin thread answers when written.
@@ -346,7 +396,7 @@ fn cancel_attach(cancel: &AtomicBool, process: &Process) {
     process.changed.notify_all();
 }
 
-fn feed_stdin(mut stdin: std::process::ChildStdin, ops: &mpsc::Receiver<StdinOp>) {
+fn feed_stdin(mut stdin: File, ops: &mpsc::Receiver<StdinOp>) {
     while let Ok(op) = ops.recv() {
         let answer = match stdin.write_all(&op.data) {
             Ok(()) => Message::Ok { id: op.id },
@@ -366,10 +416,15 @@ fn feed_stdin(mut stdin: std::process::ChildStdin, ops: &mpsc::Receiver<StdinOp>
     }
 }
 
-/// Reads the process's pipes into its rings until it exits, then records the exit.
-fn watch(process: &Process, mut child: std::process::Child, started: Instant) {
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
+/// Reads the process's pipes (or its terminal) into its rings until it exits, then records
+/// the exit.
+fn watch(
+    process: &Process,
+    mut child: std::process::Child,
+    outputs: [Option<File>; 2],
+    started: Instant,
+) {
+    let [mut stdout, mut stderr] = outputs;
     let pidfd = pidfd_open(process.pid, PidfdFlags::empty()).ok();
     let mut buf = vec![0u8; MAX_CHUNK];
     let mut status = None;
@@ -401,8 +456,8 @@ fn watch(process: &Process, mut child: std::process::Child, started: Instant) {
             (a, b) => a.or(b),
         };
         let Ok(ready) = wait_ready(
-            stdout.as_ref(),
-            stderr.as_ref(),
+            stdout.as_ref().map(AsFd::as_fd),
+            stderr.as_ref().map(AsFd::as_fd),
             pidfd.as_ref().filter(|_| status.is_none()),
             wait,
         ) else {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::sandbox;
 use monza_agent_protocol::{
     AttachRequest, CaughtUp, ErrorCode, ExecRequest, Message, PROTOCOL_VERSION, ProcessInfo,
-    Signal, Span, StartRequest, Stream, encode_to_vec,
+    PtySize, Signal, Span, StartRequest, Stream, encode_to_vec,
 };
 
 #[test]
@@ -709,4 +709,93 @@ fn a_background_process_past_its_timeout_is_killed_with_its_group() {
     let listed = list(conn);
     let info = listed.iter().find(|p| p.pid == pid).expect("still listed");
     assert!(!info.stdin_open, "an exited process has no stdin");
+}
+
+/// Waits (10 s at most) until the process's output holds `needle`; what it holds then.
+fn output_until(conn: &mut common::Conn, pid: u32, needle: &str) -> String {
+    let mut text = String::new();
+    for _ in 0..200 {
+        let (out, _, _, _) = attach(conn, pid, (0, 0), false);
+        text = String::from_utf8_lossy(&out).into_owned();
+        if text.contains(needle) {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{needle:?} never came; the output is {text:?}");
+}
+
+#[test]
+fn a_process_on_a_terminal_is_its_session_leader_sized_resized_and_interrupted() {
+    let Some(mut sb) = sandbox() else { return };
+    let conn = &mut sb.conn;
+    let mut request = StartRequest::shell("tty; stty size; read a; echo \"got $a\"; stty size");
+    request.pty = Some(PtySize { cols: 80, rows: 24 });
+    let pid = start(conn, request);
+    let listed = list(conn);
+    assert!(listed.iter().any(|p| p.pid == pid && p.pty), "{listed:?}");
+    let text = output_until(conn, pid, "24 80");
+    assert!(text.starts_with("/dev/pts/"), "{text:?}");
+
+    let id = conn.fresh_id();
+    conn.send(&Message::Resize {
+        id,
+        pid,
+        size: PtySize {
+            cols: 100,
+            rows: 30,
+        },
+    });
+    expect_ok(conn, id);
+    let id = conn.fresh_id();
+    // Enter on a terminal is a carriage return; the line discipline echoes what is typed.
+    conn.send(&Message::Stdin {
+        id,
+        pid,
+        close: false,
+        data: b"hello\r".to_vec(),
+    });
+    expect_ok(conn, id);
+    let (out, err, _, last) = attach(conn, pid, (0, 0), true);
+    let text = String::from_utf8_lossy(&out);
+    assert!(err.is_empty(), "a terminal has one stream");
+    assert!(text.contains("hello\r\n"), "echoed: {text:?}");
+    assert!(text.contains("got hello\r\n30 100"), "{text:?}");
+    assert!(
+        matches!(&last, Message::Exit { exit, .. } if exit.exit_code == 0),
+        "{last:?}"
+    );
+
+    // ^C reaches the foreground job through the terminal: the terminal is the controlling
+    // one of its session.
+    let mut request = StartRequest::shell("echo ready; sleep 109");
+    request.pty = Some(PtySize { cols: 80, rows: 24 });
+    let pid = start(conn, request);
+    output_until(conn, pid, "ready");
+    let id = conn.fresh_id();
+    conn.send(&Message::Stdin {
+        id,
+        pid,
+        close: false,
+        data: vec![0x03],
+    });
+    expect_ok(conn, id);
+    let (_, _, _, last) = attach(conn, pid, (0, 0), true);
+    let Message::Exit { exit, .. } = last else {
+        panic!("expected the exit, got {last:?}")
+    };
+    assert_eq!(exit.signal, Some(2), "{exit:?}");
+    assert_gone(conn, "sleep 109");
+
+    // A process without a terminal cannot be resized.
+    let plain = start(conn, StartRequest::shell("sleep 110"));
+    let id = conn.fresh_id();
+    conn.send(&Message::Resize {
+        id,
+        pid: plain,
+        size: PtySize { cols: 1, rows: 1 },
+    });
+    assert!(
+        matches!(conn.recv(), Message::Error { error, .. } if error.code == ErrorCode::BadRequest)
+    );
 }

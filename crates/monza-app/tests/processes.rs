@@ -224,7 +224,7 @@ async fn every_process_route(store: Store) {
             "invalid_input",
         ),
         (
-            json!({"command": "true", "pty": {"cols": 80, "rows": 24}}),
+            json!({"command": "true", "pty": {"cols": 80, "rows": 24, "x": 1}}),
             "invalid_input",
         ),
         (
@@ -473,7 +473,205 @@ async fn a_background_process_survives_kill_9_of_the_server(store: Store) {
     assert_eq!(second.delete(&id).await, StatusCode::NO_CONTENT);
 }
 
+/// A WebSocket to `pid`'s terminal, as the admin.
+async fn terminal(
+    app: &support::Api,
+    id: &str,
+    pid: u64,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("ws://{}/api/sandboxes/{id}/processes/{pid}/pty", app.addr());
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", support::ADMIN_TOKEN).parse().unwrap(),
+    );
+    tokio_tungstenite::connect_async(request)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// Reads the terminal until its bytes hold `needle` (30 s at most): the bytes, and any text
+/// frames meanwhile.
+async fn screen_until(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    screen: &mut String,
+    needle: &str,
+) -> Vec<Value> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    let mut texts = Vec::new();
+    while !screen.contains(needle) {
+        let frame = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("{needle:?} never came; the screen is {screen:?}"))
+            .expect("the socket stays open")
+            .unwrap();
+        match frame {
+            Ws::Binary(bytes) => screen.push_str(&String::from_utf8_lossy(&bytes)),
+            Ws::Text(text) => texts.push(serde_json::from_str(&text).unwrap()),
+            Ws::Close(close) => panic!("closed ({close:?}) before {needle:?}: {screen:?}"),
+            _ => {}
+        }
+    }
+    texts
+}
+
+/// The next text frame (skipping terminal bytes), then whether the socket closed after it.
+async fn next_text(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Value {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("a frame within 30 s")
+            .expect("the socket stays open")
+            .unwrap();
+        if let Ws::Text(text) = frame {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
+
+/// A process on a terminal, used through a WebSocket like a browser terminal would: sized,
+/// typed into, resized, interrupted with ^C, and its exit said before the close.
+async fn a_terminal_over_a_websocket(store: Store) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    let Some(app) = TestApp::spawn(store, |args| args.agent = AgentMode::On).await else {
+        return;
+    };
+    let id = app.create(json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let shell = start(
+        &app,
+        &id,
+        json!({
+            "command": "stty size; read a; echo \"got $a\"; stty size",
+            "pty": {"cols": 80, "rows": 24},
+        }),
+    )
+    .await;
+    assert_eq!(
+        (&shell["pty"], &shell["stdin_open"]),
+        (&json!(true), &json!(true))
+    );
+    let pid = shell["pid"].as_u64().unwrap();
+    let mut ws = terminal(&app, &id, pid).await.expect("the WebSocket opens");
+    let mut screen = String::new();
+    screen_until(&mut ws, &mut screen, "24 80").await;
+    ws.send(Ws::text(r#"{"type":"resize","cols":100,"rows":30}"#))
+        .await
+        .unwrap();
+    ws.send(Ws::binary(b"hello\r".to_vec())).await.unwrap();
+    screen_until(&mut ws, &mut screen, "30 100").await;
+    assert!(screen.contains("got hello\r\n"), "{screen:?}");
+    let exit = next_text(&mut ws).await;
+    assert_eq!(
+        (&exit["type"], &exit["exitCode"]),
+        (&json!("exit"), &json!(0)),
+        "{exit}"
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(closed, Some(Ok(Ws::Close(_))) | None),
+        "{closed:?}"
+    );
+
+    // A bad control message is said and the terminal goes on; ^C interrupts its job.
+    let cat = start(
+        &app,
+        &id,
+        json!({"command": "echo ready; cat", "pty": {"cols": 80, "rows": 24}}),
+    )
+    .await;
+    let cpid = cat["pid"].as_u64().unwrap();
+    let mut ws = terminal(&app, &id, cpid).await.unwrap();
+    let mut screen = String::new();
+    screen_until(&mut ws, &mut screen, "ready").await;
+    ws.send(Ws::text("nonsense")).await.unwrap();
+    let error = next_text(&mut ws).await;
+    assert_eq!(error["error"]["code"], "invalid_input", "{error}");
+    ws.send(Ws::text(r#"{"type":"resize","cols":0,"rows":30}"#))
+        .await
+        .unwrap();
+    let error = next_text(&mut ws).await;
+    assert_eq!(error["error"]["code"], "invalid_input", "{error}");
+    ws.send(Ws::binary(b"typed\r".to_vec())).await.unwrap();
+    // Echoed by the terminal, then written back by cat.
+    screen_until(&mut ws, &mut screen, "typed\r\ntyped\r\n").await;
+    ws.send(Ws::binary(vec![0x03])).await.unwrap();
+    let exit = next_text(&mut ws).await;
+    assert_eq!(
+        (&exit["type"], &exit["signal"]),
+        (&json!("exit"), &json!(2)),
+        "{exit}"
+    );
+    drop(ws);
+
+    // Closing the socket leaves the process running; another attach replays its screen.
+    let sleeper = start(
+        &app,
+        &id,
+        json!({"command": "echo kept; exec sleep 300", "pty": {"cols": 80, "rows": 24}}),
+    )
+    .await;
+    let spid = sleeper["pid"].as_u64().unwrap();
+    let mut ws = terminal(&app, &id, spid).await.unwrap();
+    screen_until(&mut ws, &mut String::new(), "kept").await;
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let (_, process) = app
+        .get_json(&format!("/api/sandboxes/{id}/processes/{spid}"))
+        .await;
+    assert_eq!(process["status"], "running", "{process}");
+    let mut ws = terminal(&app, &id, spid).await.unwrap();
+    screen_until(&mut ws, &mut String::new(), "kept").await;
+    drop(ws);
+
+    // Refused before the handshake: not a terminal, not a WebSocket, unknown.
+    let plain = start(&app, &id, json!({"command": "sleep 300"})).await;
+    match terminal(&app, &id, plain["pid"].as_u64().unwrap()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 409)
+        }
+        other => panic!("expected a 409, got {other:?}"),
+    }
+    let answer = app
+        .get_json(&format!("/api/sandboxes/{id}/processes/{spid}/pty"))
+        .await;
+    assert_error("not a WebSocket", &answer, 426, "upgrade_required");
+    match terminal(&app, &id, 999_999).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 404)
+        }
+        other => panic!("expected a 404, got {other:?}"),
+    }
+    let bad = app
+        .post_json(
+            &format!("/api/sandboxes/{id}/processes"),
+            json!({"command": "sh", "pty": {"cols": 0, "rows": 24}}),
+        )
+        .await;
+    assert_error("a zero-column terminal", &bad, 400, "invalid_input");
+    app.shutdown().await;
+}
+
 on_both_stores!(
+    a_terminal_over_a_websocket,
     every_process_route,
     a_keep_alive_process_keeps_its_sandbox_past_the_idle_ttl,
     a_background_process_survives_kill_9_of_the_server,

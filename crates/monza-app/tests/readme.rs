@@ -134,6 +134,10 @@ async fn the_readme_api_examples_work_as_written() {
         "the codes of stdin, signal, the process's delete, heartbeat and delete missing:\n{stdout}"
     );
     assert!(
+        stdout.contains("101\nterminal ready\n"),
+        "the terminal's WebSocket handshake or its first frame missing:\n{stdout}"
+    );
+    assert!(
         stdout.contains(r#"{"data":"bye monza\n","offset":21,"type":"stdout"}"#),
         "the background process's output, read from an offset, missing:\n{stdout}"
     );

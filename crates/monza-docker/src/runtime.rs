@@ -576,6 +576,18 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     #[tracing::instrument(skip_all, fields(container_id, pid), err(level = "info"))]
+    async fn resize_process(
+        &self,
+        container_id: &str,
+        pid: u32,
+        size: monza_domain::TerminalSize,
+    ) -> Result<()> {
+        self.adopt_now(container_id).await;
+        let resized = self.agents.resize_process(container_id, pid, size).await;
+        self.or_gone(container_id, resized).await
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id, pid), err(level = "info"))]
     async fn process_output(
         &self,
         container_id: &str,

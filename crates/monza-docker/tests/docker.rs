@@ -1721,6 +1721,7 @@ fn background(line: &str, user: Option<&str>) -> ProcessRequest {
         stdin: false,
         keep_alive: false,
         output_limit: 1024 * 1024,
+        pty: None,
     }
 }
 

@@ -27,7 +27,7 @@ pub use runtime::{
     ByteStream, ContainerSpec, ContainerState, CreatedContainer, ExecEvent, ExecEvents, ExecOutput,
     ExecRequest, FileDownload, FileStat, ManagedContainer, OutputSpan, OutputStream, ProcessEvent,
     ProcessEvents, ProcessExit, ProcessInfo, ProcessRequest, ProcessSignal, PublishedPort,
-    TIMED_OUT_EXIT_CODE, UploadFile,
+    TIMED_OUT_EXIT_CODE, TerminalSize, UploadFile,
 };
 pub use sandbox::{
     CreateLease, EventAction, InstanceId, NewEvent, PortMapping, Sandbox, SandboxEvent,
@@ -36,7 +36,7 @@ pub use sandbox::{
 };
 pub use service::{
     Access, CreateSandbox, ExecLimits, ExecuteCommand, LeaseReport, Readiness, ReapReport,
-    ReconcileReport, SandboxService, ServiceConfig, StartProcess,
+    ReconcileReport, SandboxService, ServiceConfig, StartProcess, Terminal,
 };
 pub use service::{
     DEFAULT_PROCESS_OUTPUT_BYTES, MAX_PROCESS_OUTPUT_BYTES, MIN_PROCESS_OUTPUT_BYTES,

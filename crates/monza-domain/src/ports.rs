@@ -14,7 +14,7 @@ use crate::lifecycle::LifecycleEvent;
 use crate::runtime::{
     ContainerSpec, ContainerState, CreatedContainer, ExecEvents, ExecOutput, ExecRequest,
     FileDownload, FileStat, ManagedContainer, ProcessEvents, ProcessInfo, ProcessRequest,
-    ProcessSignal, PublishedPort, UploadFile,
+    ProcessSignal, PublishedPort, TerminalSize, UploadFile,
 };
 use crate::sandbox::{
     InstanceId, NewEvent, PortMapping, Sandbox, SandboxEvent, SandboxFilter, SandboxId,
@@ -330,6 +330,13 @@ pub trait ContainerRuntime: Send + Sync {
         close: bool,
     ) -> Result<()> {
         let _ = (container_id, pid, data, close);
+        Err(no_processes())
+    }
+
+    /// Resizes the terminal of a background process started on one; invalid input for
+    /// one that was not.
+    async fn resize_process(&self, container_id: &str, pid: u32, size: TerminalSize) -> Result<()> {
+        let _ = (container_id, pid, size);
         Err(no_processes())
     }
 

@@ -228,6 +228,42 @@ pub struct ProcessRequest {
     pub keep_alive: bool,
     /// Output bytes kept per stream; the oldest are dropped first.
     pub output_limit: u64,
+    /// Run it on a new terminal of this size (its output is then all `stdout`, and its
+    /// stdin is the terminal's input); pipes when absent.
+    pub pty: Option<TerminalSize>,
+}
+
+/// A terminal's size, in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TerminalSize {
+    /// Columns.
+    pub cols: u16,
+    /// Rows.
+    pub rows: u16,
+}
+
+impl TerminalSize {
+    /// The largest side a terminal may have.
+    pub const MAX: u16 = 1000;
+
+    /// A size of 1 to [`TerminalSize::MAX`] each way.
+    pub fn new(cols: u64, rows: u64) -> Result<Self, Error> {
+        let side = |n: u64, what: &str| {
+            u16::try_from(n)
+                .ok()
+                .filter(|n| (1..=Self::MAX).contains(n))
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "a terminal's {what} must be from 1 to {}, not {n}",
+                        Self::MAX
+                    ))
+                })
+        };
+        Ok(Self {
+            cols: side(cols, "cols")?,
+            rows: side(rows, "rows")?,
+        })
+    }
 }
 
 /// Offsets `[start, end)` of the output a background process's stream still has: `start`
@@ -273,6 +309,8 @@ pub struct ProcessInfo {
     pub keep_alive: bool,
     /// Its stdin is open.
     pub stdin_open: bool,
+    /// It runs on a terminal.
+    pub pty: bool,
 }
 
 /// Signals a background process's group may be sent.

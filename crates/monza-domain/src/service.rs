@@ -969,6 +969,7 @@ mod reconcile;
 
 pub use processes::{
     DEFAULT_PROCESS_OUTPUT_BYTES, MAX_PROCESS_OUTPUT_BYTES, MIN_PROCESS_OUTPUT_BYTES, StartProcess,
+    Terminal,
 };
 
 pub use leases::LeaseReport;

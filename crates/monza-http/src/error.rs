@@ -22,7 +22,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// A stable code: `unauthorized`, `not_found`, `invalid_input`, `conflict`, `too_large`,
     /// `limit_exceeded`, `unavailable`, `internal`, `unsupported_media_type`,
-    /// `method_not_allowed`, `request_timeout`.
+    /// `method_not_allowed`, `request_timeout`, `upgrade_required`.
     #[schema(example = "not_found")]
     pub code: &'static str,
     /// What was wrong, in words meant for the client.
@@ -72,6 +72,12 @@ impl ApiError {
     /// after the answer, since the rest of the body may still be on its way.
     pub fn request_timeout(message: impl Into<String>) -> Self {
         Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message)
+    }
+
+    /// 426 `upgrade_required`, answered with `Upgrade: websocket`: a plain request to a
+    /// WebSocket route.
+    pub fn upgrade_required(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UPGRADE_REQUIRED, "upgrade_required", message)
     }
 
     /// 413 `too_large`.
@@ -154,6 +160,11 @@ impl ResponseError for ApiError {
         }
         if self.status == StatusCode::REQUEST_TIMEOUT {
             response.force_close();
+        }
+        if self.status == StatusCode::UPGRADE_REQUIRED {
+            // RFC 9110: a 426 names the protocol to upgrade to.
+            response.insert_header((header::UPGRADE, "websocket"));
+            response.insert_header((header::CONNECTION, "Upgrade"));
         }
         response.json(ErrorBody {
             error: ErrorDetail {

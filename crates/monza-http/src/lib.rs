@@ -55,6 +55,7 @@
 //! | `GET /api/sandboxes/{id}/processes/{pid}/output?offset=…&follow=…` | 200 NDJSON (or SSE) output from the offsets |
 //! | `POST /api/sandboxes/{id}/processes/{pid}/stdin?close=…` | 204 (the raw body written) |
 //! | `POST /api/sandboxes/{id}/processes/{pid}/signal` | 204 |
+//! | `GET /api/sandboxes/{id}/processes/{pid}/pty` | 101, a WebSocket to the process's terminal |
 //!
 //! Every error is `{"error":{"code","message"}}` ([`ApiError`]): `invalid_input` 400,
 //! `unauthorized` 401 (with `WWW-Authenticate: Bearer`), `not_found` 404, `method_not_allowed` 405, `conflict` 409, `too_large` 413,
@@ -91,6 +92,7 @@ mod output_budget;
 mod processes;
 mod request_log;
 mod stream;
+mod terminal;
 
 pub use access::{Auth, Caller};
 pub use error::{ApiError, ErrorBody, ErrorDetail, INTERNAL_MESSAGE, WWW_AUTHENTICATE};
@@ -237,9 +239,10 @@ use handlers::{
 };
 use openapi::{__path_get_openapi, get_openapi};
 use processes::{
-    __path_get_process, __path_kill_process, __path_list_processes, __path_process_output,
-    __path_signal_process, __path_start_process, __path_write_stdin, get_process, kill_process,
-    list_processes, process_output, signal_process, start_process, write_stdin,
+    __path_attach_pty, __path_get_process, __path_kill_process, __path_list_processes,
+    __path_process_output, __path_signal_process, __path_start_process, __path_write_stdin,
+    attach_pty, get_process, kill_process, list_processes, process_output, signal_process,
+    start_process, write_stdin,
 };
 
 operations! {
@@ -263,6 +266,7 @@ operations! {
     (process_output, __path_process_output),
     (write_stdin, __path_write_stdin),
     (signal_process, __path_signal_process),
+    (attach_pty, __path_attach_pty),
 }
 
 /// Whether a route needs a bearer token: every `/api/...` route but the OpenAPI document.

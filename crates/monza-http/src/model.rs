@@ -237,6 +237,12 @@ pub struct ExecuteRequest {
     pub stdin: Option<String>,
 }
 
+/// A required count, read as [`whole_number`] reads an optional one.
+fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    use serde::de::Error as _;
+    whole_number(d)?.ok_or_else(|| D::Error::custom("expected a whole number, not null"))
+}
+
 /// An optional count: JSON has one number type, so `1000.0` is the integer 1000 (as JSON
 /// Schema's `integer` says); a fraction, a negative number or one past `u64` is refused.
 fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -534,19 +540,44 @@ pub struct StartProcessRequest {
     #[schema(minimum = 1024, maximum = 16777216)]
     #[serde(default, deserialize_with = "whole_number")]
     pub output_limit_bytes: Option<u64>,
+    /// Run it on a pseudo-terminal of this size (for a shell, an editor, a REPL): it is
+    /// then the leader of a session whose controlling terminal that is, its output (stdout
+    /// and stderr together) is the terminal's, as `stdout`, and it is used through
+    /// `GET …/processes/{pid}/pty` (a WebSocket) or `…/stdin`.
+    pub pty: Option<PtyRequest>,
 }
 
-impl From<StartProcessRequest> for monza_domain::StartProcess {
-    fn from(r: StartProcessRequest) -> Self {
-        Self {
-            command: r.command,
-            workdir: r.cwd,
-            env: r.env.unwrap_or_default(),
-            timeout: r.timeout_secs.map(Duration::from_secs),
-            stdin: r.stdin.unwrap_or(false),
-            keep_alive: r.keep_alive.unwrap_or(false),
-            output_limit: r.output_limit_bytes,
-        }
+/// A terminal's size, in characters.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PtyRequest {
+    /// Columns, 1 to 1000.
+    #[schema(minimum = 1, maximum = 1000, example = 80)]
+    #[serde(deserialize_with = "whole")]
+    pub cols: u64,
+    /// Rows, 1 to 1000.
+    #[schema(minimum = 1, maximum = 1000, example = 24)]
+    #[serde(deserialize_with = "whole")]
+    pub rows: u64,
+}
+
+impl StartProcessRequest {
+    /// The domain's request; a terminal size out of range is invalid.
+    pub fn into_domain(self) -> Result<monza_domain::StartProcess, ApiError> {
+        let pty = self
+            .pty
+            .map(|p| monza_domain::TerminalSize::new(p.cols, p.rows))
+            .transpose()?;
+        Ok(monza_domain::StartProcess {
+            command: self.command,
+            workdir: self.cwd,
+            env: self.env.unwrap_or_default(),
+            timeout: self.timeout_secs.map(Duration::from_secs),
+            stdin: self.stdin.unwrap_or(false),
+            keep_alive: self.keep_alive.unwrap_or(false),
+            output_limit: self.output_limit_bytes,
+            pty,
+        })
     }
 }
 
@@ -597,6 +628,8 @@ pub struct ProcessResponse {
     pub keep_alive: bool,
     /// Its stdin is open for writes.
     pub stdin_open: bool,
+    /// It runs on a pseudo-terminal (`GET …/processes/{pid}/pty` attaches to it).
+    pub pty: bool,
     /// What its stdout still has.
     pub stdout: OutputSpanResponse,
     /// What its stderr still has.
@@ -621,6 +654,7 @@ impl From<monza_domain::ProcessInfo> for ProcessResponse {
             duration_ms: p.exit.map(|e| millis(e.duration)),
             keep_alive: p.keep_alive,
             stdin_open: p.stdin_open,
+            pty: p.pty,
             stdout: p.stdout.into(),
             stderr: p.stderr.into(),
         }

@@ -23,7 +23,7 @@ use crate::error::{ErrorBody, ErrorDetail};
 use crate::model::{
     CreateSandboxRequest, EventResponse, ExecuteEvent, ExecuteRequest, ExecuteResponse,
     HealthResponse, HelloResponse, OpenApiDocument, OutputSpanResponse, PortMappingResponse,
-    ProcessOutputEvent, ProcessResponse, ReadyResponse, SandboxResponse, SignalRequest,
+    ProcessOutputEvent, ProcessResponse, PtyRequest, ReadyResponse, SandboxResponse, SignalRequest,
     StartProcessRequest, UploadForm, UploadResponse,
 };
 
@@ -54,6 +54,7 @@ use crate::model::{
         UploadForm,
         UploadResponse,
         StartProcessRequest,
+        PtyRequest,
         ProcessResponse,
         OutputSpanResponse,
         SignalRequest,

@@ -12,6 +12,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::{CommandBytes, CommandJson, PathId, PathPid, query_param, strict_query};
 use crate::model::{ProcessOutputEvent, ProcessResponse, SignalRequest, StartProcessRequest};
 use crate::stream::{self, Framing};
+use crate::terminal;
 
 /// The `{pid}` path parameter, for the document.
 #[derive(Debug, IntoParams)]
@@ -44,7 +45,7 @@ pub(crate) async fn start_process(
     PathId(id): PathId,
     body: CommandJson<StartProcessRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let start: StartProcess = body.0.into();
+    let start: StartProcess = body.0.into_domain()?;
     let process = service.start_process(&caller.0, id, start).await?;
     let location = format!("/api/sandboxes/{id}/processes/{}", process.pid);
     Ok(HttpResponse::Created()
@@ -260,6 +261,66 @@ pub(crate) async fn process_output(
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(stream::process_body(events, framing, offsets)))
+}
+
+/// `GET …/pty`'s query.
+#[derive(Debug, IntoParams)]
+#[allow(dead_code)]
+#[into_params(parameter_in = Query)]
+struct PtyQuery {
+    /// Byte offset of the terminal's output to replay from (default 0: all it still holds);
+    /// the output after it follows as it comes.
+    #[param(minimum = 0, maximum = 18446744073709551615_u64)]
+    offset: Option<u64>,
+}
+
+/// Attaches to the terminal of a background process started with `pty`, as a WebSocket:
+/// binary frames both ways are the terminal's bytes (replayed from `offset`, then as they
+/// come; what the client sends is typed); the client's text frame
+/// `{"type":"resize","cols":N,"rows":M}` resizes it; when the process ends the server sends
+/// `{"type":"exit","exitCode",…}` and closes. The sandbox stays alive while attached;
+/// closing never stops the process.
+#[utoipa::path(
+    get, path = "/api/sandboxes/{id}/processes/{pid}/pty", tag = "processes",
+    params(PidPath, PtyQuery),
+    responses(
+        (status = 101, description = "Switched to a WebSocket"),
+        (status = 400, description = "A malformed id, pid or query, or a broken WebSocket handshake (no `Sec-WebSocket-Key`, a version other than 13)", body = ErrorBody),
+        (status = 404, description = "Unknown sandbox or process", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running or has no agent, or the process was not started with `pty`", body = ErrorBody),
+        (status = 426, description = "Not a WebSocket request (`Upgrade: websocket` missing); answered with `Upgrade: websocket`", body = ErrorBody),
+        (status = 503, description = "The store, Docker or the sandbox's agent is unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn attach_pty(
+    service: web::Data<SandboxService>,
+    caller: Caller,
+    PathId(id): PathId,
+    PathPid(pid): PathPid,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let query = strict_query(&req)?;
+    only(&query, &["offset"])?;
+    let offset = number(&query, "offset")?.unwrap_or(0);
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !upgrade {
+        return Err(ApiError::upgrade_required(
+            "this route is a WebSocket: send `Connection: Upgrade` and `Upgrade: websocket`",
+        ));
+    }
+    // The process is checked (it exists, it runs on a terminal) before the handshake.
+    let (terminal, events) = service
+        .attach_terminal(&caller.0, id, pid, (offset, 0))
+        .await?;
+    let (response, session, messages) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::invalid(format!("WebSocket handshake: {e}")))?;
+    actix_web::rt::spawn(terminal::relay(terminal, events, session, messages));
+    Ok(response)
 }
 
 /// Refuses a query parameter the route does not name.

@@ -36,6 +36,7 @@ const CONTRACT: &[(&str, &str)] = &[
     ("GET", "/api/sandboxes/{id}/processes/{pid}/output"),
     ("POST", "/api/sandboxes/{id}/processes/{pid}/stdin"),
     ("POST", "/api/sandboxes/{id}/processes/{pid}/signal"),
+    ("GET", "/api/sandboxes/{id}/processes/{pid}/pty"),
 ];
 
 fn documented(doc: &Value) -> BTreeSet<(String, String)> {

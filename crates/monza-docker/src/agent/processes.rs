@@ -17,7 +17,7 @@ use futures::StreamExt;
 use monza_agent_protocol::{self as protocol, AttachRequest, Message, Program, Signal, Stream};
 use monza_domain::{
     Command, Error, OutputSpan, OutputStream, ProcessEvent, ProcessEvents, ProcessExit,
-    ProcessInfo, ProcessRequest, ProcessSignal, Result,
+    ProcessInfo, ProcessRequest, ProcessSignal, Result, TerminalSize,
 };
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -85,6 +85,10 @@ impl Agents {
                 .timeout
                 .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             keep_alive: request.keep_alive,
+            pty: request.pty.map(|size| protocol::PtySize {
+                cols: size.cols,
+                rows: size.rows,
+            }),
         };
         let answer = conn
             .call(self.request_timeout, |id| Message::Start {
@@ -105,7 +109,8 @@ impl Agents {
                     stdout: OutputSpan::default(),
                     stderr: OutputSpan::default(),
                     keep_alive: request.keep_alive,
-                    stdin_open: request.stdin,
+                    stdin_open: request.stdin || request.pty.is_some(),
+                    pty: request.pty.is_some(),
                 })
             }
             // The shell itself is there: a start that finds no file found no working
@@ -186,6 +191,24 @@ impl Agents {
                 other => other,
             })?;
         ok_or_error(answer, "writing to the process's stdin")
+    }
+
+    /// Resizes a background process's terminal.
+    pub(crate) async fn resize_process(
+        &self,
+        container_id: &str,
+        pid: u32,
+        size: TerminalSize,
+    ) -> Result<()> {
+        let (_, conn) = self.process_conn(container_id).await?;
+        let size = protocol::PtySize {
+            cols: size.cols,
+            rows: size.rows,
+        };
+        let answer = conn
+            .call(self.request_timeout, |id| Message::Resize { id, pid, size })
+            .await?;
+        ok_or_error(answer, "resizing the process's terminal")
     }
 
     /// Streams a background process's output from `offsets`; see [`ProcessEvents`].
@@ -450,6 +473,7 @@ fn info(process: protocol::ProcessInfo) -> ProcessInfo {
         stderr: span(process.stderr),
         keep_alive: process.keep_alive,
         stdin_open: process.stdin_open,
+        pty: process.pty,
     }
 }
 

@@ -5,6 +5,7 @@
 //! process started with `keep_alive` keeps it alive while it runs (see the activity pass).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use bytes::Bytes;
@@ -14,7 +15,10 @@ use serde_json::json;
 use super::{SandboxService, checked_command, container_of, truncate};
 use crate::Access;
 use crate::error::{Error, Result};
-use crate::runtime::{ProcessEvent, ProcessEvents, ProcessInfo, ProcessRequest, ProcessSignal};
+use crate::ports::ContainerRuntime;
+use crate::runtime::{
+    ProcessEvent, ProcessEvents, ProcessInfo, ProcessRequest, ProcessSignal, TerminalSize,
+};
 use crate::sandbox::{EventAction, NewEvent, SandboxId};
 use crate::template::Command;
 
@@ -44,6 +48,8 @@ pub struct StartProcess {
     /// Output bytes kept per stream, [`MIN_PROCESS_OUTPUT_BYTES`] to
     /// [`MAX_PROCESS_OUTPUT_BYTES`]; the server's default when absent.
     pub output_limit: Option<u64>,
+    /// Run it on a terminal of this size.
+    pub pty: Option<TerminalSize>,
 }
 
 impl SandboxService {
@@ -77,6 +83,7 @@ impl SandboxService {
             stdin: start.stdin,
             keep_alive: start.keep_alive,
             output_limit,
+            pty: start.pty,
         };
         let event = NewEvent::new(
             EventAction::Executed,
@@ -149,6 +156,35 @@ impl SandboxService {
             .map_err(|e| named(e, id, pid))
     }
 
+    /// Attaches to the terminal of a background process started with one: its output from
+    /// `offsets` on, followed until it ends (keeping the sandbox alive meanwhile), and a
+    /// handle to type into it and resize it. The sandbox is checked and its activity
+    /// recorded once, here, not on every keystroke.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id, pid), err(level = "info"))]
+    pub async fn attach_terminal(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        pid: u32,
+        offsets: (u64, u64),
+    ) -> Result<(Terminal, ProcessEvents)> {
+        let process = self.process(access, id, pid).await?;
+        if !process.pty {
+            return Err(Error::conflict(format!(
+                "background process {pid} was not started with a terminal (`pty`)"
+            )));
+        }
+        let events = self.process_output(access, id, pid, offsets, true).await?;
+        let sandbox = self.running(access, id).await?;
+        let terminal = Terminal {
+            runtime: self.runtime.clone(),
+            container_id: container_of(&sandbox)?.to_owned(),
+            sandbox: id,
+            pid,
+        };
+        Ok((terminal, events))
+    }
+
     /// A background process's output from `offsets` (stdout, stderr) on; with `follow`, on
     /// as it comes until the process ends, keeping the sandbox alive meanwhile. Dropping the
     /// stream stops the reading, never the process.
@@ -184,6 +220,42 @@ impl SandboxService {
             })
             .map(|event: Result<ProcessEvent>| event)
             .boxed())
+    }
+}
+
+/// A terminal attached by [`SandboxService::attach_terminal`]: what is typed into it and
+/// its size. Its sandbox stays alive through the output stream attached with it.
+pub struct Terminal {
+    runtime: Arc<dyn ContainerRuntime>,
+    container_id: String,
+    sandbox: SandboxId,
+    pid: u32,
+}
+
+impl std::fmt::Debug for Terminal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Terminal")
+            .field("sandbox", &self.sandbox)
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Terminal {
+    /// Types `data` into the terminal (written once this returns).
+    pub async fn input(&self, data: Bytes) -> Result<()> {
+        self.runtime
+            .process_stdin(&self.container_id, self.pid, data, false)
+            .await
+            .map_err(|e| named(e, self.sandbox, self.pid))
+    }
+
+    /// Resizes the terminal; its processes get `SIGWINCH`.
+    pub async fn resize(&self, size: TerminalSize) -> Result<()> {
+        self.runtime
+            .resize_process(&self.container_id, self.pid, size)
+            .await
+            .map_err(|e| named(e, self.sandbox, self.pid))
     }
 }
 

@@ -1079,6 +1079,7 @@ async fn a_background_process_starts_in_the_workspace_with_the_sandboxs_user_and
                 stderr: OutputSpan::default(),
                 keep_alive: request.keep_alive,
                 stdin_open: request.stdin,
+                pty: request.pty.is_some(),
             })
         });
     let service = m.service();
