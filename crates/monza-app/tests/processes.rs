@@ -670,6 +670,177 @@ async fn a_terminal_over_a_websocket(store: Store) {
     app.shutdown().await;
 }
 
+/// A server as a child process on a SQLite file in `dir`, with the agent, its containers
+/// labelled for removal.
+async fn child_server(dir: &std::path::Path, containers: &DeploymentContainers) -> ChildServer {
+    let url = format!("sqlite://{}", dir.join("monza.db").display());
+    let settings = [
+        ("MONZA_DEPLOYMENT", containers.0.as_str()),
+        ("MONZA_AGENT", "on"),
+    ];
+    let mut server = ChildServer::spawn(&url, &settings, &dir.join("monza.log"));
+    server.wait_ready().await;
+    server
+}
+
+/// The agent's peak resident memory in the sandbox, in KiB (`VmHWM` of `/.monza-agent`).
+async fn agent_peak_kib(server: &ChildServer, id: &str) -> u64 {
+    let out = server
+        .exec_ok(
+            id,
+            "for p in /proc/[0-9]*; do if [ \"$(tr '\\0' ' ' < $p/cmdline 2>/dev/null)\" = '/.monza-agent ' ]; \
+             then grep VmHWM $p/status; fi; done",
+        )
+        .await;
+    let text = out["stdout"].as_str().unwrap();
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or_else(|| panic!("no agent found: {out}"))
+}
+
+/// 1 GiB written by a background process and followed to its end by a client: the bytes
+/// arrive in order to the last (those the ring dropped before the reader got to them
+/// skipped, as their offsets say), and neither the server's memory nor the agent's grows
+/// with it.
+#[tokio::test]
+async fn a_process_writing_1_gib_keeps_the_servers_and_the_agents_memory_bounded() {
+    const GIB: u64 = 1 << 30;
+    let dir = tempfile::tempdir().unwrap();
+    let containers = DeploymentContainers(DeploymentContainers::label());
+    let server = child_server(dir.path(), &containers).await;
+    let id = server.create(json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = server.rss_kib();
+    let process = start(
+        &server,
+        &id,
+        json!({
+            "command": format!("head -c {GIB} /dev/zero | tr '\\0' a"),
+            "output_limit_bytes": 16 * 1024 * 1024,
+        }),
+    )
+    .await;
+    let pid = process["pid"].as_u64().unwrap();
+    let response = server
+        .client
+        .get(server.url(&format!(
+            "/api/sandboxes/{id}/processes/{pid}/output?follow=true"
+        )))
+        .send()
+        .await
+        .unwrap();
+    let mut lines = Lines::of(response);
+    let (mut next, mut skipped) = (0u64, 0u64);
+    let exit = loop {
+        let line = lines.next().await.expect("the output ends with its exit");
+        match line["type"].as_str().unwrap() {
+            "stdout" => {
+                let data = line["data"].as_str().unwrap();
+                // The process is never held back: a reader slower than it skips what the
+                // ring (16 MiB) dropped meanwhile, and the offset says where it goes on.
+                let offset = line["offset"].as_u64().unwrap();
+                assert!(offset >= next, "a byte repeated: {offset} after {next}");
+                skipped += offset - next;
+                assert!(data.bytes().all(|b| b == b'a'));
+                next = offset + data.len() as u64;
+            }
+            "keepalive" => {}
+            _ => break line,
+        }
+    };
+    assert_eq!(exit["type"], "exit", "{exit}");
+    assert_eq!(next, GIB, "read to the last byte");
+    assert_eq!(exit["stdout_offset"], GIB);
+    let server_peak = server.peak_rss_kib();
+    let agent_peak = agent_peak_kib(&server, &id).await;
+    eprintln!(
+        "1 GiB followed ({skipped} bytes dropped by the ring before they were read): server RSS \
+         {before} KiB before, peak {server_peak} KiB; agent peak {agent_peak} KiB"
+    );
+    // The ring (16 MiB) and what is in flight; nothing near the 1 GiB that went through.
+    assert!(
+        agent_peak < 64 * 1024,
+        "the agent peaked at {agent_peak} KiB"
+    );
+    assert!(
+        server_peak < before + 128 * 1024,
+        "the server grew from {before} KiB to a peak of {server_peak} KiB"
+    );
+    assert_eq!(server.delete(&id).await, StatusCode::NO_CONTENT);
+}
+
+/// A fork bomb in a background process of one sandbox: the server keeps answering, another
+/// sandbox keeps running commands, the bombed one answers (whatever it can), and killing the
+/// process (its whole group) gives the sandbox back.
+#[tokio::test]
+async fn a_fork_bomb_in_a_background_process_leaves_the_server_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let containers = DeploymentContainers(DeploymentContainers::label());
+    let mut server = child_server(dir.path(), &containers).await;
+    let new = || async {
+        server.create(json!({})).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (bombed, calm) = (new().await, new().await);
+    let bomb = start(&server, &bombed, json!({"command": "f() { f | f & }; f"})).await;
+    let pid = bomb["pid"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let answered = |what: &'static str, started: Instant| {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what} took {:?}",
+            started.elapsed()
+        )
+    };
+    let started = Instant::now();
+    let (status, _) = server.get_json("/health").await;
+    assert_eq!(status, StatusCode::OK);
+    answered("/health", started);
+    let started = Instant::now();
+    server.assert_output(&calm, "echo calm", "calm\n").await;
+    answered("a command in another sandbox", started);
+    let started = Instant::now();
+    let (status, body) = server.exec(&bombed, "echo hello").await;
+    answered("a command in the bombed sandbox", started);
+    eprintln!("a command in the bombed sandbox: {status} {body}");
+    assert!(
+        status == StatusCode::OK || body["error"]["code"].is_string(),
+        "{status} {body}"
+    );
+
+    let killed = server
+        .send(
+            server
+                .client
+                .delete(server.url(&format!("/api/sandboxes/{bombed}/processes/{pid}"))),
+        )
+        .await;
+    assert_eq!(killed.0, StatusCode::NO_CONTENT, "{killed:?}");
+    let mut back = false;
+    for _ in 0..60 {
+        let (status, body) = server.exec(&bombed, "echo back").await;
+        if status == StatusCode::OK && body["output"] == "back\n" {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        back,
+        "the sandbox never came back after its bomb was killed"
+    );
+    server.assert_alive();
+    for id in [&bombed, &calm] {
+        assert_eq!(server.delete(id).await, StatusCode::NO_CONTENT);
+    }
+}
+
 on_both_stores!(
     a_terminal_over_a_websocket,
     every_process_route,
