@@ -159,14 +159,23 @@ impl Processes {
         // Its output (one reader per stream) and, when writable, its input.
         let (child, master, outputs, input) = match request.pty {
             Some(size) => {
-                let (child, master) = crate::pty::spawn(
+                let (mut child, master) = crate::pty::spawn(
                     &request.program,
                     request.cwd.as_deref(),
                     &request.env,
                     size,
                 )?;
-                let output = crate::pty::file(&master).map_err(fail)?;
-                let input = crate::pty::file(&master).map_err(fail)?;
+                let files = crate::pty::file(&master)
+                    .and_then(|output| crate::pty::file(&master).map(|input| (output, input)));
+                let (output, input) = match files {
+                    Ok(files) => files,
+                    Err(e) => {
+                        // Never left running unwatched.
+                        send(Pid::from_child(&child), Signal::Kill);
+                        let _ = child.wait();
+                        return Err(fail(e));
+                    }
+                };
                 (child, Some(master), [Some(output), None], Some(input))
             }
             None => {
@@ -241,7 +250,10 @@ impl Processes {
                 move || watch(&process, child, outputs, started)
             });
         if let Err(e) = watcher {
-            send(pid, Signal::Kill);
+            // Killed, reaped and forgotten: never listed as running with nobody watching.
+            kill(&process, Signal::Kill);
+            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+            lock(&self.table).remove(&raw);
             return Err(error(ErrorCode::Spawn, format!("no thread: {e}")));
         }
         Ok(Started {
@@ -277,7 +289,7 @@ impl Processes {
         let process = self.get(pid)?;
         let state = lock(&process.state);
         if !state.reaped {
-            send(process.pid, signal);
+            kill(&process, signal);
         }
         Ok(())
     }
@@ -396,6 +408,15 @@ fn cancel_attach(cancel: &AtomicBool, process: &Process) {
     process.changed.notify_all();
 }
 
+/// Signals the process's group, and for one on a terminal its whole session too (a job
+/// control shell puts its jobs in groups of their own, all in its session).
+fn kill(process: &Process, signal: Signal) {
+    send(process.pid, signal);
+    if process.pty.is_some() {
+        crate::pty::signal_session(process.pid, signal);
+    }
+}
+
 fn feed_stdin(mut stdin: File, ops: &mpsc::Receiver<StdinOp>) {
     while let Ok(op) = ops.recv() {
         let answer = match stdin.write_all(&op.data) {
@@ -440,7 +461,7 @@ fn watch(
         if status.is_none() && !timed_out && process.deadline.is_some_and(|d| now >= d) {
             // Its whole group: what it started goes with it.
             timed_out = true;
-            send(process.pid, Signal::Kill);
+            kill(process, Signal::Kill);
         }
         let until_deadline = process
             .deadline
@@ -461,7 +482,7 @@ fn watch(
             pidfd.as_ref().filter(|_| status.is_none()),
             wait,
         ) else {
-            send(process.pid, Signal::Kill);
+            kill(process, Signal::Kill);
             status = child.wait().ok();
             break;
         };

@@ -2,8 +2,9 @@
 //! the process through itself (`monza-agent --pty-exec PROGRAM ARGS…`, the agent's own
 //! binary): that helper makes itself the leader of a new session whose controlling terminal
 //! is the pty, then execs the program in place. So the program (same pid) gets job control,
-//! `^C` from the terminal, `SIGWINCH` on a resize, and its session is its process group: a
-//! signal or a timeout reaches everything it started. No `unsafe` (no `pre_exec`): the
+//! `^C` from the terminal, `SIGWINCH` on a resize. A signal or a timeout goes to its process
+//! group and to every process of its session ([`signal_session`]), so it reaches what it
+//! started also when a job-control shell put that in groups of its own. No `unsafe` (no `pre_exec`): the
 //! session is made by the helper, a process of its own, before its `exec`.
 
 use std::ffi::OsString;
@@ -12,7 +13,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
-use monza_agent_protocol::{ErrorCode, ErrorReply, Program, PtySize};
+use monza_agent_protocol::{ErrorCode, ErrorReply, Program, PtySize, Signal};
 use rustix::fs::{Mode, OFlags};
 use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
 use rustix::termios::{Winsize, tcsetwinsize};
@@ -108,6 +109,38 @@ pub fn resize(master: &OwnedFd, size: PtySize) -> rustix::io::Result<()> {
             ws_ypixel: 0,
         },
     )
+}
+
+/// Sends `signal` to every process of the session `sid` (found in `/proc`), and to the
+/// process group of each: what a job-control shell on a terminal started lives in groups of
+/// its own, all in its session. Best effort: a process that ends meanwhile is skipped.
+pub fn signal_session(sid: rustix::process::Pid, signal: Signal) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let sid = sid.as_raw_nonzero().get();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid pgrp session …`; comm may hold spaces and parentheses.
+        let session = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(3))
+            .and_then(|field| field.parse::<i32>().ok());
+        if session == Some(sid)
+            && let Some(pid) = rustix::process::Pid::from_raw(pid)
+        {
+            crate::exec::send(pid, signal);
+        }
+    }
 }
 
 /// The master side as a file, for reading its output or writing its input.

@@ -787,6 +787,21 @@ fn a_process_on_a_terminal_is_its_session_leader_sized_resized_and_interrupted()
     assert_eq!(exit.signal, Some(2), "{exit:?}");
     assert_gone(conn, "sleep 109");
 
+    // A job-control shell puts its jobs in groups of their own: a kill still reaches them,
+    // through the session.
+    let mut request = StartRequest::shell("set -m; sleep 112 & echo started; wait");
+    request.pty = Some(PtySize { cols: 80, rows: 24 });
+    let pid = start(conn, request);
+    output_until(conn, pid, "started");
+    let id = conn.fresh_id();
+    conn.send(&Message::SignalProcess {
+        id,
+        pid,
+        signal: Signal::Kill,
+    });
+    expect_ok(conn, id);
+    assert_gone(conn, "sleep 112");
+
     // A process without a terminal cannot be resized.
     let plain = start(conn, StartRequest::shell("sleep 110"));
     let id = conn.fresh_id();

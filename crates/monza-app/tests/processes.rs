@@ -167,6 +167,25 @@ async fn every_process_route(store: Store) {
         "{exit}"
     );
 
+    // Following a silent process answers at once, then keeps the line alive.
+    let silent = start(&app, &id, json!({"command": "sleep 305"})).await;
+    let response = tokio::time::timeout(
+        Duration::from_secs(30),
+        app.client
+            .get(app.url(&format!(
+                "{base}/{}/output?follow=true",
+                silent["pid"].as_u64().unwrap()
+            )))
+            .send(),
+    )
+    .await
+    .expect("the answer starts while the process is silent")
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut lines = Lines::of(response);
+    assert_eq!(lines.next().await, Some(json!({"type": "keepalive"})));
+    drop(lines);
+
     // Deleted: killed with its group, still listed.
     let doomed = start(&app, &id, json!({"command": "sleep 301 & sleep 302"})).await;
     let dpid = doomed["pid"].as_u64().unwrap();
@@ -640,6 +659,53 @@ async fn a_terminal_over_a_websocket(store: Store) {
     assert_eq!(process["status"], "running", "{process}");
     let mut ws = terminal(&app, &id, spid).await.unwrap();
     screen_until(&mut ws, &mut String::new(), "kept").await;
+    drop(ws);
+
+    // Attaching to a silent terminal past what it holds opens at once (a shell at its
+    // prompt says nothing until typed into).
+    let quiet = start(
+        &app,
+        &id,
+        json!({"command": "printf 12345; read a; echo \"read $a\"", "pty": {"cols": 80, "rows": 24}}),
+    )
+    .await;
+    let qpid = quiet["pid"].as_u64().unwrap();
+    let mut caught = Value::Null;
+    for _ in 0..100 {
+        let (_, process) = app
+            .get_json(&format!("/api/sandboxes/{id}/processes/{qpid}"))
+            .await;
+        caught = process;
+        if caught["stdout"]["end"] == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(caught["stdout"]["end"], 5, "{caught}");
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!(
+        "ws://{}/api/sandboxes/{id}/processes/{qpid}/pty?offset=5",
+        app.addr()
+    );
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", support::ADMIN_TOKEN).parse().unwrap(),
+    );
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio_tungstenite::connect_async(request),
+    )
+    .await
+    .expect("the WebSocket opens on a silent terminal")
+    .unwrap();
+    ws.send(Ws::binary(b"x\r".to_vec())).await.unwrap();
+    let mut screen = String::new();
+    screen_until(&mut ws, &mut screen, "read x").await;
+    assert!(
+        !screen.contains("12345"),
+        "replayed from the offset: {screen:?}"
+    );
     drop(ws);
 
     // Refused before the handshake: not a terminal, not a WebSocket, unknown.

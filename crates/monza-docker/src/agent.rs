@@ -86,6 +86,10 @@ const EXIT_GRACE: Duration = Duration::from_secs(5);
 const PAUSE_ABOVE: usize = 256 * 1024;
 /// See [`PAUSE_ABOVE`].
 const RESUME_BELOW: usize = 64 * 1024;
+/// Output bytes held for one request past which the agent is taken to ignore flow control
+/// (an honest one sends at most its outbox, 1 MiB, after a pause or a detach): the request
+/// fails instead of host memory growing.
+const HOLD_LIMIT: usize = 4 * 1024 * 1024;
 /// Frames buffered toward the agent.
 const OUTBOX_FRAMES: usize = 256;
 
@@ -289,6 +293,7 @@ impl Agents {
             request_timeout: self.request_timeout,
             accept: Mutex::new(None),
             owner: Mutex::new(Some(owner)),
+            reconnecting: AtomicBool::new(token.is_some()),
             // Before the listener accepts: an agent reconnecting at once must not be refused.
             token: Mutex::new(token),
             keep_alive: Mutex::new(std::collections::HashSet::new()),
@@ -467,6 +472,9 @@ pub(crate) struct Slot {
     owner: Mutex<Option<(PathBuf, std::fs::File)>>,
     /// The `keep_alive` background processes last seen running (pids).
     pub(crate) keep_alive: Mutex<std::collections::HashSet<u32>>,
+    /// An agent that may still run is being given its time to reconnect (see
+    /// [`Slot::reconnect_or_start`]): nothing else starts one meanwhile.
+    reconnecting: AtomicBool,
 }
 
 impl std::fmt::Debug for Slot {
@@ -493,7 +501,6 @@ impl Slot {
     /// The live connection; when there is none but the agent was started less than `wait`
     /// ago, waits for it until then.
     async fn connection_within(&self, wait: Duration) -> Option<Arc<Conn>> {
-        let live = |c: &Option<Arc<Conn>>| c.as_ref().is_some_and(|c| !c.is_closed());
         if let Some(conn) = self.conn.borrow().as_ref().filter(|c| !c.is_closed()) {
             return Some(conn.clone());
         }
@@ -522,8 +529,13 @@ impl Slot {
         // A fresh secret per start: from now on only the agent started here is served (an
         // earlier start's agent, and anyone else who can reach the socket, is refused).
         let token = new_token()?;
-        save_token(&self.token_path, &token)?;
-        *lock(&self.token) = Some(token.clone());
+        {
+            // Saved and made current in one step: two starts at once leave the file and the
+            // slot agreeing on the later one.
+            let mut current = lock(&self.token);
+            save_token(&self.token_path, &token)?;
+            *current = Some(token.clone());
+        }
         let mut body = json!({
             "Cmd": [BINARY_PATH],
             "AttachStdin": false,
@@ -558,7 +570,6 @@ impl Slot {
     /// when it does not, a fresh one is started.
     pub(crate) async fn reconnect_or_start(&self) -> Result<()> {
         let mut rx = self.conn.subscribe();
-        let live = |c: &Option<Arc<Conn>>| c.as_ref().is_some_and(|c| !c.is_closed());
         let since = (*lock(&self.last_start)).unwrap_or_else(Instant::now);
         let remaining = ADOPT_WAIT.saturating_sub(since.elapsed());
         if matches!(
@@ -566,14 +577,19 @@ impl Slot {
             Ok(Ok(_))
         ) {
             tracing::info!(sandbox_id = %self.sandbox_id, "the running agent reconnected");
+            self.reconnecting.store(false, Ordering::Release);
             return Ok(());
         }
+        self.reconnecting.store(false, Ordering::Release);
         self.start_agent().await
     }
 
     /// Starts the agent again in the background, unless it was started less than
     /// [`RESTART_EVERY`] ago.
-    fn restart_in_background(self: &Arc<Self>) {
+    pub(crate) fn restart_in_background(self: &Arc<Self>) {
+        if self.reconnecting.load(Ordering::Acquire) {
+            return;
+        }
         {
             let last = lock(&self.last_start);
             if last.is_some_and(|t| t.elapsed() < RESTART_EVERY) {
@@ -730,11 +746,29 @@ fn socket_path_fits(dir: &Path) -> bool {
     longest.as_os_str().len() <= SUN_PATH_MAX
 }
 
+/// What the agent runs for a command.
+fn program_of(command: &Command) -> Program {
+    match command {
+        Command::Shell(line) => Program::Shell(line.clone()),
+        Command::Argv(argv) => Program::Argv(argv.clone()),
+    }
+}
+
+/// Whether a connection is there and open.
+fn live(conn: &Option<Arc<Conn>>) -> bool {
+    conn.as_ref().is_some_and(|c| !c.is_closed())
+}
+
 /// Writes `token` to `path` (0600), whole or not at all (a temporary file renamed over it).
 fn save_token(path: &Path, token: &str) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let fail = |e: std::io::Error| Error::internal(format!("saving {}: {e}", path.display()));
-    let temporary = path.with_extension("token.new");
+    static SAVES: AtomicU64 = AtomicU64::new(0);
+    let temporary = path.with_extension(format!(
+        "token.{}.{}",
+        std::process::id(),
+        SAVES.fetch_add(1, Ordering::Relaxed)
+    ));
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -864,8 +898,29 @@ impl Conn {
         let weak = Arc::downgrade(&conn);
         let write_task = tokio::spawn(async move {
             while let Some(message) = rx.recv().await {
-                if writer.send(message).await.is_err() {
-                    break;
+                let id = message.id();
+                match writer.send(message).await {
+                    Ok(()) => {}
+                    // Too big for one frame (nothing was written): that request fails, the
+                    // connection goes on.
+                    Err(CodecError::Encode(e)) => {
+                        let waiter = weak
+                            .upgrade()
+                            .and_then(|conn| lock(&conn.waiters).get(&id).cloned());
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.tx.send(Message::Error {
+                                id,
+                                error: protocol::ErrorReply {
+                                    code: protocol::ErrorCode::BadRequest,
+                                    message: format!(
+                                        "the request does not fit the agent's frames: {e}"
+                                    ),
+                                    errno: None,
+                                },
+                            });
+                        }
+                    }
+                    Err(_) => break,
                 }
             }
             if let Some(conn) = weak.upgrade() {
@@ -887,31 +942,35 @@ impl Conn {
                 let id = message.id();
                 let waiter = lock(&conn.waiters).get(&id).cloned();
                 if let Some(waiter) = waiter {
-                    if let Message::ProcessOutput { data, .. } = &message {
-                        let held = waiter
-                            .flow
-                            .held
-                            .fetch_add(data.len() as u64, Ordering::AcqRel)
-                            + data.len() as u64;
-                        if held > PAUSE_ABOVE as u64
-                            && !waiter.flow.paused.swap(true, Ordering::AcqRel)
-                        {
-                            // An attach is not paused but ended: its bytes stay in the
-                            // agent's ring, and the reader attaches again from where it is.
-                            let _ = conn.outbox.send(Message::Detach { id }).await;
+                    // Output held for a consumer past PAUSE_ABOVE: an exec is paused in the
+                    // agent; an attach is ended (its bytes stay in the agent's ring) and its
+                    // reader attaches again from where it got to.
+                    let held_output = match &message {
+                        Message::Output { data, .. } => Some((data.len(), Message::Pause { id })),
+                        Message::ProcessOutput { data, .. } => {
+                            Some((data.len(), Message::Detach { id }))
                         }
-                    }
-                    if let Message::Output { data, .. } = &message {
-                        let held = waiter
-                            .flow
-                            .held
-                            .fetch_add(data.len() as u64, Ordering::AcqRel)
-                            + data.len() as u64;
+                        _ => None,
+                    };
+                    if let Some((len, slow_down)) = held_output {
+                        let held =
+                            waiter.flow.held.fetch_add(len as u64, Ordering::AcqRel) + len as u64;
+                        if held > HOLD_LIMIT as u64 {
+                            // An agent that goes on past a pause or a detach: its request
+                            // fails (its channel ends) rather than host memory grows.
+                            lock(&conn.waiters).remove(&id);
+                            tracing::warn!(
+                                id,
+                                held,
+                                "the agent ignored flow control; the request is dropped"
+                            );
+                            continue;
+                        }
                         if held > PAUSE_ABOVE as u64
                             && !waiter.flow.paused.swap(true, Ordering::AcqRel)
                         {
                             // The outbox is drained by the writer, never by this task.
-                            let _ = conn.outbox.send(Message::Pause { id }).await;
+                            let _ = conn.outbox.send(slow_down).await;
                         }
                     }
                     let _ = waiter.tx.send(message);
@@ -962,10 +1021,7 @@ impl Conn {
             id,
             done: false,
         };
-        let program = match &request.command {
-            Command::Shell(line) => Program::Shell(line.clone()),
-            Command::Argv(argv) => Program::Argv(argv.clone()),
-        };
+        let program = program_of(&request.command);
         let message = Message::Exec {
             id,
             request: protocol::ExecRequest {

@@ -196,12 +196,17 @@ impl DockerRuntime {
     /// Adopts the agent of a container created by an earlier monza, waiting for it (a
     /// background-process request cannot go through Docker exec meanwhile).
     async fn adopt_now(&self, container_id: &str) {
-        if self.agents.enabled()
-            && self.agents.get(container_id).is_none()
-            && self.agents.first_adoption(container_id)
-        {
+        if self.first_adoption(container_id) {
             self.adopt_agent(container_id).await;
         }
+    }
+
+    /// Whether the container's agent is to be adopted now: the agent is on, no slot holds
+    /// the container, and its adoption was not tried yet (this claims it).
+    fn first_adoption(&self, container_id: &str) -> bool {
+        self.agents.enabled()
+            && self.agents.get(container_id).is_none()
+            && self.agents.first_adoption(container_id)
     }
 
     /// A background-process request's error when the agent is gone or missing because the
@@ -232,10 +237,7 @@ impl DockerRuntime {
         request: &ExecRequest,
         sink: &mut Sink,
     ) -> Result<Finished> {
-        if self.agents.enabled()
-            && self.agents.get(container_id).is_none()
-            && self.agents.first_adoption(container_id)
-        {
+        if self.first_adoption(container_id) {
             // A container this runtime did not create (monza restarted): adopt its agent
             // in the background; this command goes through Docker exec.
             let runtime = self.clone();
@@ -649,11 +651,7 @@ impl ContainerRuntime for DockerRuntime {
                 // Containers of an earlier monza (this one restarted): their agents are
                 // adopted now rather than at their next command, so the background
                 // processes that keep them alive are seen.
-                if c.running
-                    && self.agents.enabled()
-                    && self.agents.get(&c.id).is_none()
-                    && self.agents.first_adoption(&c.id)
-                {
+                if c.running && self.first_adoption(&c.id) {
                     let runtime = self.clone();
                     let id = c.id.clone();
                     tokio::spawn(async move { runtime.adopt_agent(&id).await });

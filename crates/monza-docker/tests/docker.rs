@@ -1910,6 +1910,56 @@ async fn a_slow_reader_of_a_process_gets_every_byte_in_order_and_a_small_ring_sa
         "{last:?}"
     );
 
+    // Not following, as slowly: every byte the ring holds, then the exit (the reader is
+    // detached and attached again on the way, never cut short).
+    let mut events = agents
+        .process_output(id, big.pid, (0, 0), false)
+        .await
+        .unwrap();
+    let mut next = 0u64;
+    let last = loop {
+        let event = tokio::time::timeout(Duration::from_secs(60), events.next())
+            .await
+            .expect("an event within 60 s")
+            .unwrap()
+            .unwrap();
+        match event {
+            ProcessEvent::Output { offset, data, .. } => {
+                assert_eq!(offset, next, "chunks are contiguous");
+                next += data.len() as u64;
+                if next == data.len() as u64 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            last => break last,
+        }
+    };
+    assert_eq!(next, 4 * 1024 * 1024);
+    assert!(matches!(last, ProcessEvent::Exit(_)), "{last:?}");
+
+    // Stdin past one frame goes in pieces, in order; a start past one frame is refused and
+    // leaves the agent's connection serving.
+    let mut counter = background("wc -c", None);
+    counter.stdin = true;
+    let counter = agents.start_process(id, &counter).await.unwrap();
+    let payload = Bytes::from(vec![b'x'; 200 * 1024]);
+    agents
+        .process_stdin(id, counter.pid, payload, true)
+        .await
+        .unwrap();
+    let (out, _, _, _) = read_output(&agents, id, counter.pid, (0, 0), true).await;
+    assert_eq!(String::from_utf8(out).unwrap().trim(), "204800");
+    let mut huge = background("true", None);
+    huge.env.insert("BIG".into(), "x".repeat(9 * 1024 * 1024));
+    let refused = agents.start_process(id, &huge).await;
+    assert!(
+        matches!(refused, Err(Error::InvalidInput(_))),
+        "{refused:?}"
+    );
+    let served = agents.agent_execs(id);
+    assert_eq!(sandbox.sh("echo still").await.stdout, "still\n");
+    assert_eq!(agents.agent_execs(id), served + 1, "the agent served it");
+
     let mut small = background("yes 0123456789 | head -c 5000", None);
     small.output_limit = 1024;
     let small = agents.start_process(id, &small).await.unwrap();

@@ -109,16 +109,10 @@ pub(crate) fn process_body(
         })) => (state.chunk(stream, offset, &data), false),
         Some(Ok(ProcessEvent::Exit(exit))) => {
             let mut objects = state.rest();
-            let mut object = json!({
-                "type": "exit",
-                "exitCode": exit.exit_code,
-                "timed_out": exit.timed_out,
-                "duration_ms": millis(exit.duration),
-                "stdout_offset": state.next[0],
-                "stderr_offset": state.next[1],
-            });
-            if let (Some(signal), Some(map)) = (exit.signal, object.as_object_mut()) {
-                map.insert("signal".into(), json!(signal));
+            let mut object = exit_object(&exit);
+            if let Some(map) = object.as_object_mut() {
+                map.insert("stdout_offset".into(), json!(state.next[0]));
+                map.insert("stderr_offset".into(), json!(state.next[1]));
             }
             objects.push(object);
             (objects, true)
@@ -145,6 +139,21 @@ pub(crate) fn process_body(
 /// Turns one event (or the end of the events, `None`) into the objects to send, and says
 /// whether they are the last.
 type Step<S, E> = fn(&mut S, Option<monza_domain::Result<E>>) -> (Vec<Value>, bool);
+
+/// `{"type":"exit","exitCode","timed_out","duration_ms","signal"?}` for a background
+/// process, as its output stream and its terminal both end.
+pub(crate) fn exit_object(exit: &monza_domain::ProcessExit) -> Value {
+    let mut object = json!({
+        "type": "exit",
+        "exitCode": exit.exit_code,
+        "timed_out": exit.timed_out,
+        "duration_ms": millis(exit.duration),
+    });
+    if let (Some(signal), Some(map)) = (exit.signal, object.as_object_mut()) {
+        map.insert("signal".into(), json!(signal));
+    }
+    object
+}
 
 /// Frames each event's objects as they come, with a keepalive after [`KEEPALIVE`] of
 /// silence; `step` turns an event (or the end, `None`) into objects and says whether it

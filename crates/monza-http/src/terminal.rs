@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::error::{ApiError, ErrorDetail};
-use crate::model::millis;
+use crate::stream::exit_object;
 
 /// The largest frame a client may send (what is typed, or a paste).
 pub(crate) const MAX_FRAME: usize = 1024 * 1024;
@@ -57,16 +57,7 @@ pub(crate) async fn relay(
                     }
                 }
                 Some(Ok(ProcessEvent::Exit(exit))) => {
-                    let mut object = json!({
-                        "type": "exit",
-                        "exitCode": exit.exit_code,
-                        "timed_out": exit.timed_out,
-                        "duration_ms": millis(exit.duration),
-                    });
-                    if let (Some(signal), Some(map)) = (exit.signal, object.as_object_mut()) {
-                        map.insert("signal".into(), json!(signal));
-                    }
-                    let _ = session.text(object.to_string()).await;
+                    let _ = session.text(exit_object(&exit).to_string()).await;
                     break CloseReason::from(CloseCode::Normal);
                 }
                 Some(Ok(ProcessEvent::CaughtUp { .. })) | None => {

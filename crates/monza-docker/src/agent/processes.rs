@@ -14,19 +14,25 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
-use monza_agent_protocol::{self as protocol, AttachRequest, Message, Program, Signal, Stream};
+use monza_agent_protocol::{
+    self as protocol, AttachRequest, MAX_CHUNK, Message, Program, Signal, Stream,
+};
 use monza_domain::{
-    Command, Error, OutputSpan, OutputStream, ProcessEvent, ProcessEvents, ProcessExit,
-    ProcessInfo, ProcessRequest, ProcessSignal, Result, TerminalSize,
+    Error, OutputSpan, OutputStream, ProcessEvent, ProcessEvents, ProcessExit, ProcessInfo,
+    ProcessRequest, ProcessSignal, Result, TerminalSize,
 };
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use super::{ADOPT_WAIT, Agents, Conn, Flow, Slot, Waiter, lock};
+use super::{ADOPT_WAIT, Agents, Conn, Flow, Slot, Waiter, lock, program_of};
 
 /// `errno` values (Linux, every architecture monza runs on).
 const ENOENT: i32 = 2;
+const EAGAIN: i32 = 11;
+const ENOMEM: i32 = 12;
 const ENOTDIR: i32 = 20;
+const ENFILE: i32 = 23;
+const EMFILE: i32 = 24;
 
 impl Agents {
     /// The container's slot and live connection, for a background-process request: waits
@@ -38,7 +44,7 @@ impl Agents {
                  MONZA_AGENT=off",
             ));
         }
-        let slot = self.get(container_id).ok_or_else(|| {
+        let slot = self.slot_adopted(container_id).await.ok_or_else(|| {
             Error::conflict(
                 "background processes need the sandbox agent, and this sandbox was created \
                  without it",
@@ -57,6 +63,22 @@ impl Agents {
         }
     }
 
+    /// The container's slot; while its adoption is in flight (a restarted monza adopting it
+    /// in the background), waits for it, [`ADOPT_WAIT`] at most.
+    async fn slot_adopted(&self, container_id: &str) -> Option<Arc<Slot>> {
+        let until = tokio::time::Instant::now() + ADOPT_WAIT;
+        loop {
+            if let Some(slot) = self.get(container_id) {
+                return Some(slot);
+            }
+            let adopting = lock(&self.adopted).contains(container_id);
+            if !adopting || tokio::time::Instant::now() >= until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Starts a background process; see [`monza_domain::ContainerRuntime::start_process`].
     pub(crate) async fn start_process(
         &self,
@@ -65,16 +87,13 @@ impl Agents {
     ) -> Result<ProcessInfo> {
         let (slot, conn) = self.process_conn(container_id).await?;
         if request.user != slot.user {
-            return Err(Error::invalid(format!(
+            return Err(Error::conflict(format!(
                 "background processes run as the sandbox's agent user ({}), not as {}",
                 slot.user.as_deref().unwrap_or("the image's user"),
                 request.user.as_deref().unwrap_or("the image's user")
             )));
         }
-        let program = match &request.command {
-            Command::Shell(line) => Program::Shell(line.clone()),
-            Command::Argv(argv) => Program::Argv(argv.clone()),
-        };
+        let program = program_of(&request.command);
         let start = protocol::StartRequest {
             program: program.clone(),
             cwd: request.workdir.clone(),
@@ -169,28 +188,38 @@ impl Agents {
         close: bool,
     ) -> Result<()> {
         let (_, conn) = self.process_conn(container_id).await?;
-        let answer = conn
-            .call(self.request_timeout, |id| Message::Stdin {
-                id,
-                pid,
-                close,
-                data,
-            })
-            .await
-            .map_err(|e| match e {
-                Error::Unavailable {
-                    dependency,
-                    message,
-                } => Error::Unavailable {
-                    dependency,
-                    message: format!(
-                        "{message} (a process that does not read its stdin blocks the write; \
-                         the bytes may be partly written)"
-                    ),
-                },
-                other => other,
-            })?;
-        ok_or_error(answer, "writing to the process's stdin")
+        // In pieces the agent's frames hold, each written before the next is sent; the
+        // close goes with the last (an empty write when there are no bytes).
+        let mut pieces: Vec<&[u8]> = data.chunks(MAX_CHUNK).collect();
+        if pieces.is_empty() {
+            pieces.push(&[]);
+        }
+        let last = pieces.len() - 1;
+        for (i, piece) in pieces.into_iter().enumerate() {
+            let answer = conn
+                .call(self.request_timeout, |id| Message::Stdin {
+                    id,
+                    pid,
+                    close: close && i == last,
+                    data: piece.to_vec(),
+                })
+                .await
+                .map_err(|e| match e {
+                    Error::Unavailable {
+                        dependency,
+                        message,
+                    } => Error::Unavailable {
+                        dependency,
+                        message: format!(
+                            "{message} (a process that does not read its stdin blocks the \
+                             write; the bytes may be partly written)"
+                        ),
+                    },
+                    other => other,
+                })?;
+            ok_or_error(answer, "writing to the process's stdin")?;
+        }
+        Ok(())
     }
 
     /// Resizes a background process's terminal.
@@ -219,7 +248,16 @@ impl Agents {
         offsets: (u64, u64),
         follow: bool,
     ) -> Result<ProcessEvents> {
-        let (_, conn) = self.process_conn(container_id).await?;
+        let (slot, conn) = self.process_conn(container_id).await?;
+        // Known now, so an unknown pid is this call's error (a 404), while the stream itself
+        // is answered at once: a silent process may send nothing for a long time.
+        if !list(&slot, &conn, self.request_timeout)
+            .await?
+            .iter()
+            .any(|p| p.pid == pid)
+        {
+            return Err(Error::not_found(format!("no background process {pid}")));
+        }
         let mut attach = Attach {
             conn,
             pid,
@@ -228,35 +266,37 @@ impl Agents {
             current: None,
             done: false,
         };
-        // The first attach is made now, so an unknown pid is this call's error.
         attach.attach().await?;
-        let first = attach.next().await;
-        let first = match first {
-            Some(Err(e)) => return Err(e),
-            other => other,
-        };
-        let stream = futures::stream::iter(first).chain(futures::stream::unfold(
-            attach,
-            |mut attach| async move {
-                let event = attach.next().await?;
-                Some((event, attach))
-            },
-        ));
+        let stream = futures::stream::unfold(attach, |mut attach| async move {
+            let event = attach.next().await?;
+            Some((event, attach))
+        });
         Ok(stream.boxed())
     }
 
     /// The sandboxes with a `keep_alive` background process running, asking each
-    /// connected agent (at once, each within the request timeout): those whose agent does
-    /// not answer keep what was last seen.
+    /// connected agent (at once, each within the request timeout): one whose agent is
+    /// connected but does not answer keeps what was last seen; one whose agent is gone keeps
+    /// nothing (its processes went with it, or run on unwatched), and the agent is started
+    /// again.
     pub(crate) async fn kept_alive(&self) -> Vec<String> {
         let timeout = self.request_timeout;
         let asks = self.slots().into_iter().map(|slot| async move {
             let conn = slot.conn.borrow().clone().filter(|c| !c.is_closed());
-            if let Some(conn) = conn
-                && let Err(e) = list(&slot, &conn, timeout).await
-            {
-                tracing::debug!(sandbox_id = %slot.sandbox_id, error = %e,
-                    "listing background processes for keep-alive failed");
+            match conn {
+                Some(conn) => {
+                    if let Err(e) = list(&slot, &conn, timeout).await {
+                        tracing::debug!(sandbox_id = %slot.sandbox_id, error = %e,
+                            "listing background processes for keep-alive failed");
+                    }
+                }
+                None if !slot.recently_started() => {
+                    let had = std::mem::take(&mut *lock(&slot.keep_alive));
+                    if !had.is_empty() {
+                        slot.restart_in_background();
+                    }
+                }
+                None => {}
             }
             let alive = !lock(&slot.keep_alive).is_empty();
             alive.then(|| slot.sandbox_id.clone())
@@ -408,7 +448,7 @@ impl Attach {
                 }
                 Message::CaughtUp { offsets, .. } => {
                     self.offsets = [offsets.stdout_offset, offsets.stderr_offset];
-                    if self.follow && flow.paused.load(Ordering::Acquire) {
+                    if flow.paused.load(Ordering::Acquire) {
                         // Detached because this reader fell behind; it has caught up with
                         // what was sent: on from where it is.
                         // (The agent ended that attach with this frame.)
@@ -449,8 +489,15 @@ impl Attach {
     fn end_current(&mut self, ended: bool) {
         if let Some((id, _, _)) = self.current.take() {
             lock(&self.conn.waiters).remove(&id);
-            if !ended {
-                let _ = self.conn.outbox.try_send(Message::Detach { id });
+            if !ended
+                && let Err(mpsc::error::TrySendError::Full(detach)) =
+                    self.conn.outbox.try_send(Message::Detach { id })
+            {
+                // Not left to stream on to nobody: sent once the outbox has room.
+                let outbox = self.conn.outbox.clone();
+                tokio::spawn(async move {
+                    let _ = outbox.send(detach).await;
+                });
             }
         }
     }
@@ -518,6 +565,22 @@ fn reply_error(error: protocol::ErrorReply, what: &str) -> Error {
     use protocol::ErrorCode;
     match error.code {
         ErrorCode::NotFound => Error::not_found(error.message),
+        // Out of processes, memory or descriptors inside the sandbox: its limits, not the
+        // request, are the cause; it may pass.
+        ErrorCode::Spawn if matches!(error.errno, Some(EAGAIN | ENOMEM | EMFILE | ENFILE)) => {
+            Error::unavailable(
+                "sandbox",
+                format!(
+                    "{what}: the sandbox is out of processes, memory or files ({}); retry \
+                     once some have ended",
+                    error.message
+                ),
+            )
+        }
+        // The agent could not set the process up (a thread, a terminal): not the request.
+        ErrorCode::Spawn if error.errno.is_none() => {
+            Error::unavailable("agent", format!("{what}: {}", error.message))
+        }
         ErrorCode::Spawn | ErrorCode::BadRequest => {
             Error::invalid(format!("{what}: {}", error.message))
         }
