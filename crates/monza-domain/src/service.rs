@@ -612,22 +612,8 @@ impl SandboxService {
         let busy = self.busy.enter(sandbox.id);
         let events = self.runtime.exec_stream(cid, &request).await;
         let events = self.or_vanished(&sandbox, events).await?;
-        // The guard lives as long as the stream: a command keeps its sandbox alive while
-        // its client reads it. An error mid-stream is checked like execute's (a vanished
-        // container makes the sandbox `error` and the answer its conflict).
-        let service = self.clone();
-        Ok(events
-            .then(move |event| {
-                let _busy = &busy;
-                // Only an error needs the sandbox again (output chunks go straight on).
-                let recheck = event.is_err().then(|| (service.clone(), sandbox.clone()));
-                async move {
-                    match recheck {
-                        Some((service, sandbox)) => service.or_vanished(&sandbox, event).await,
-                        None => event,
-                    }
-                }
-            })
+        Ok(self
+            .checked_stream(sandbox, events, Some(busy))
             .map(|event| match event {
                 Ok(ExecEvent::Exit {
                     exit_code,
@@ -641,6 +627,31 @@ impl SandboxService {
                 other => other,
             })
             .boxed())
+    }
+
+    /// A runtime's stream for `sandbox`, holding `busy` (a command keeps its sandbox alive
+    /// while its client reads it) for as long as it lives; an error mid-stream is checked
+    /// like a call's (a vanished container makes the sandbox `error` and the answer its
+    /// conflict). Only an error needs the sandbox again: items go straight on.
+    fn checked_stream<T: Send + 'static>(
+        &self,
+        sandbox: Sandbox,
+        items: futures::stream::BoxStream<'static, Result<T>>,
+        busy: Option<activity::BusyGuard>,
+    ) -> futures::stream::BoxStream<'static, Result<T>> {
+        let service = self.clone();
+        items
+            .then(move |item| {
+                let _busy = &busy;
+                let recheck = item.is_err().then(|| (service.clone(), sandbox.clone()));
+                async move {
+                    match recheck {
+                        Some((service, sandbox)) => service.or_vanished(&sandbox, item).await,
+                        None => item,
+                    }
+                }
+            })
+            .boxed()
     }
 
     /// What execute and its streamed form share: the command checked, the sandbox found

@@ -9,16 +9,13 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use serde_json::json;
 
 use super::{SandboxService, checked_command, container_of, truncate};
 use crate::Access;
 use crate::error::{Error, Result};
 use crate::ports::ContainerRuntime;
-use crate::runtime::{
-    ProcessEvent, ProcessEvents, ProcessInfo, ProcessRequest, ProcessSignal, TerminalSize,
-};
+use crate::runtime::{ProcessEvents, ProcessInfo, ProcessRequest, ProcessSignal, TerminalSize};
 use crate::sandbox::{EventAction, NewEvent, SandboxId};
 use crate::template::Command;
 
@@ -206,20 +203,7 @@ impl SandboxService {
             .or_vanished(&sandbox, events)
             .await
             .map_err(|e| named(e, id, pid))?;
-        let service = self.clone();
-        Ok(events
-            .then(move |event| {
-                let _busy = &busy;
-                let recheck = event.is_err().then(|| (service.clone(), sandbox.clone()));
-                async move {
-                    match recheck {
-                        Some((service, sandbox)) => service.or_vanished(&sandbox, event).await,
-                        None => event,
-                    }
-                }
-            })
-            .map(|event: Result<ProcessEvent>| event)
-            .boxed())
+        Ok(self.checked_stream(sandbox, events, busy))
     }
 }
 
