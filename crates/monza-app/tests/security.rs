@@ -119,14 +119,21 @@ fn route_request(
 ) -> reqwest::RequestBuilder {
     let method = Method::from_bytes(method.as_bytes()).unwrap();
     let is_post = method == Method::POST;
-    let path = path.replace(ID_PLACEHOLDER, id);
+    let path = path.replace(ID_PLACEHOLDER, id).replace("{pid}", "1");
     let req = if path.ends_with("/files/download") {
         server.request(method, &format!("{path}?path=/etc/hostname"), token)
     } else {
         server.request(method, &path, token)
     };
-    if path.ends_with("/execute") {
+    if path.ends_with("/execute") || (path.ends_with("/processes") && is_post) {
         req.json(&json!({ "command": "true" }))
+    } else if path.ends_with("/signal") {
+        req.json(&json!({ "signal": "TERM" }))
+    } else if path.ends_with("/pty") {
+        req.header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
     } else if path.ends_with("/files/upload") {
         req.multipart(file_form(b"x", "x.txt"))
     } else if path == "/api/sandboxes" && is_post {
