@@ -54,12 +54,34 @@ async fn start(app: &support::Api, id: &str, body: Value) -> Value {
     process
 }
 
-/// Every route of the resource, with its errors.
+/// Every route of the resource, with its errors, on the busybox image (no libc) and on the
+/// Debian one (glibc, dash, a non-root user).
 async fn every_process_route(store: Store) {
+    for template in ["busybox", "debian"] {
+        every_process_route_on(store, template).await;
+    }
+}
+
+/// Processes still running whose command line matches the (grep) `pattern`, found in
+/// `/proc` (Debian's minimal image has no `ps`).
+async fn running_matching(app: &support::Api, id: &str, pattern: &str) -> String {
+    let out = app
+        .exec_ok(
+            id,
+            &format!(
+                "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done \
+                 | grep -c '{pattern}' || true"
+            ),
+        )
+        .await;
+    out["stdout"].as_str().unwrap().trim().to_owned()
+}
+
+async fn every_process_route_on(store: Store, template: &str) {
     let Some(app) = TestApp::spawn(store, |args| args.agent = AgentMode::On).await else {
         return;
     };
-    let id = app.create(json!({})).await["id"]
+    let id = app.create(json!({ "template": template })).await["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -195,10 +217,11 @@ async fn every_process_route(store: Store) {
     assert_eq!(deleted.0, StatusCode::NO_CONTENT, "{deleted:?}");
     let (_, _, exit) = read_all(output(&app, &id, dpid, "follow=true").await).await;
     assert_eq!(exit["exitCode"], 137, "{exit}");
-    let left = app
-        .exec_ok(&id, "ps -o args | grep -c 'sleep 30[12]' || true")
-        .await;
-    assert_eq!(left["stdout"], "0\n", "the group outlived its delete");
+    assert_eq!(
+        running_matching(&app, &id, "^sleep 30[12]").await,
+        "0",
+        "{template}: the group outlived its delete"
+    );
 
     // A timeout kills it with 124; a small ring says from where it still has output.
     let timed = start(
@@ -564,12 +587,18 @@ async fn next_text(
 /// A process on a terminal, used through a WebSocket like a browser terminal would: sized,
 /// typed into, resized, interrupted with ^C, and its exit said before the close.
 async fn a_terminal_over_a_websocket(store: Store) {
+    for template in ["busybox", "debian"] {
+        a_terminal_over_a_websocket_on(store, template).await;
+    }
+}
+
+async fn a_terminal_over_a_websocket_on(store: Store, template: &str) {
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message as Ws;
     let Some(app) = TestApp::spawn(store, |args| args.agent = AgentMode::On).await else {
         return;
     };
-    let id = app.create(json!({})).await["id"]
+    let id = app.create(json!({ "template": template })).await["id"]
         .as_str()
         .unwrap()
         .to_owned();

@@ -34,7 +34,8 @@ pub use template::{SAFE_RUN_ARGS, UNSAFE_RUN_ARGS};
 pub use variables::template_option_defaults;
 
 /// Test templates shipped with this crate (`busybox`, `busybox-ports`, `busybox-build`,
-/// `busybox-hooks`, `busybox-failing-hook`, ...), all using the local image
+/// `busybox-hooks`, `busybox-failing-hook`, ...; and `debian`, on the Debian test image),
+/// all using local images
 /// `monza-test/busybox:latest`, for other crates' tests against a real engine. The path is
 /// this crate's source folder at build time.
 pub fn test_templates_dir() -> &'static std::path::Path {
