@@ -411,7 +411,9 @@ async fn a_container_removed_behind_monzas_back_makes_the_sandbox_error_and_requ
                 now["status_reason"]
                     .as_str()
                     .unwrap()
-                    .contains("container vanished")
+                    .contains("container vanished"),
+                "{now}\n{}",
+                server.log_text()
             );
             break;
         }

@@ -406,6 +406,14 @@ impl ContainerRuntime for DockerRuntime {
             Ok(()) => false,
             // 304: already started.
             Err(Failure::Status { code: 304, .. }) => true,
+            // `docker rm -f` under way: the container is going, as if already gone.
+            Err(Failure::Status { code: 409, message })
+                if message.contains("marked for removal") =>
+            {
+                return Err(Error::not_found(format!(
+                    "starting container {container_id}: it is being removed ({message})"
+                )));
+            }
             Err(f) => {
                 return Err(f.into_domain(
                     &self.settings.host,
