@@ -165,17 +165,31 @@ impl SandboxService {
         pid: u32,
         offsets: (u64, u64),
     ) -> Result<(Terminal, ProcessEvents)> {
-        let process = self.process(access, id, pid).await?;
+        let sandbox = self.running(access, id).await?;
+        let sandbox = self.touch(&sandbox, None).await?;
+        let cid = container_of(&sandbox)?.to_owned();
+        let listed = self.runtime.processes(&cid).await;
+        let process = self
+            .or_vanished(&sandbox, listed)
+            .await?
+            .into_iter()
+            .find(|p| p.pid == pid)
+            .ok_or_else(|| no_process(id, pid))?;
         if !process.pty {
             return Err(Error::conflict(format!(
                 "background process {pid} was not started with a terminal (`pty`)"
             )));
         }
-        let events = self.process_output(access, id, pid, offsets, true).await?;
-        let sandbox = self.running(access, id).await?;
+        let busy = self.busy.enter(sandbox.id);
+        let events = self.runtime.process_output(&cid, pid, offsets, true).await;
+        let events = self
+            .or_vanished(&sandbox, events)
+            .await
+            .map_err(|e| named(e, id, pid))?;
+        let events = self.checked_stream(sandbox, events, Some(busy));
         let terminal = Terminal {
             runtime: self.runtime.clone(),
-            container_id: container_of(&sandbox)?.to_owned(),
+            container_id: cid,
             sandbox: id,
             pid,
         };
