@@ -22,7 +22,7 @@ impl SandboxRepository for Store {
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "debug"))]
     async fn get(&self, id: SandboxId) -> Result<Sandbox> {
-        in_read!(self, [id], |c| queries::get(c, id))
+        in_point_read!(self, [id], |c| queries::get(c, id))
     }
 
     #[tracing::instrument(skip_all, err(level = "debug"))]

@@ -135,7 +135,7 @@ impl TokenRepository for Store {
     }
 
     async fn find_token(&self, id: &TokenId) -> Result<StoredToken> {
-        in_read!(self, [id], |c| find(c, id.as_str()))
+        in_point_read!(self, [id], |c| find(c, id.as_str()))
     }
 
     async fn list_tokens(&self) -> Result<Vec<ApiToken>> {

@@ -69,6 +69,13 @@ macro_rules! in_read {
     };
 }
 
+/// A read of a few rows by key: on PostgreSQL, a read like any other.
+macro_rules! in_point_read {
+    ($store:expr, [$($capture:tt)*], |$c:ident| $body:expr) => {
+        in_read!($store, [$($capture)*], |$c| $body)
+    };
+}
+
 /// `$rows` (a slice) into `$table` in one multi-row `INSERT`, none for no rows.
 macro_rules! insert_all {
     ($conn:ident, $table:expr, $rows:expr) => {{

@@ -82,6 +82,16 @@ macro_rules! in_read {
     };
 }
 
+/// A read of a few rows by key, run where it is asked for ([`run_here`]): it costs less
+/// than the trip to a blocking thread and back.
+macro_rules! in_point_read {
+    ($store:expr, [$($name:ident $(= $value:expr)?),*], |$c:ident| $body:expr) => {{
+        $(let $name = owned!($name $(= $value)?);)*
+        let lease = $store.reader().await?;
+        super::run_here(lease, async move |$c: &mut super::Conn| $body.await).await
+    }};
+}
+
 /// `$rows` (a slice) into `$table`, one `INSERT` each (diesel batches SQLite inserts only on
 /// its synchronous connection); the caller's transaction makes them one commit.
 macro_rules! insert_all {
@@ -382,38 +392,54 @@ where
     tokio::task::spawn_blocking(move || {
         // Every future below is ready when first polled (`OnThisThread`), so this never
         // parks.
-        handle.block_on(async move {
-            let conn: &mut Conn = &mut conn;
-            recover(conn).await?;
-            match begin {
-                Begin::Immediate => conn
-                    .spawn_blocking(|c| {
-                        diesel::connection::AnsiTransactionManager::begin_transaction_sql(
-                            c,
-                            "BEGIN IMMEDIATE",
-                        )
-                    })
-                    .await
-                    .map_err(db_error)?,
-                Begin::Deferred => Manager::begin_transaction(conn).await.map_err(db_error)?,
-            }
-            match job(conn).await {
-                Ok(value) => match Manager::commit_transaction(conn).await {
-                    Ok(()) => Ok(value),
-                    Err(e) => {
-                        recover(conn).await?;
-                        Err(db_error(e))
-                    }
-                },
-                Err(e) => {
-                    recover(conn).await?;
-                    Err(e.into())
-                }
-            }
-        })
+        handle.block_on(transact(&mut conn, begin, job))
     })
     .await
     .map_err(|e| Error::internal(format!("SQLite call ended abnormally: {e}")))?
+}
+
+/// Runs the read `job` in one snapshot on `conn` on the calling thread, for point reads
+/// (a row or a few by key, from pages the OS has cached): a few microseconds of work, less
+/// than the two thread switches [`run`] costs. Its futures are ready when first polled, so
+/// it completes in one poll and cannot be cancelled half-way.
+async fn run_here<T, F>(mut conn: Lease, job: F) -> Result<T>
+where
+    F: AsyncFnOnce(&mut Conn) -> Tx<T>,
+{
+    transact(&mut conn, Begin::Deferred, job).await
+}
+
+/// `job` in one transaction begun as `begin`, committed, rolled back on an error.
+async fn transact<T, F>(conn: &mut Conn, begin: Begin, job: F) -> Result<T>
+where
+    F: AsyncFnOnce(&mut Conn) -> Tx<T>,
+{
+    recover(conn).await?;
+    match begin {
+        Begin::Immediate => conn
+            .spawn_blocking(|c| {
+                diesel::connection::AnsiTransactionManager::begin_transaction_sql(
+                    c,
+                    "BEGIN IMMEDIATE",
+                )
+            })
+            .await
+            .map_err(db_error)?,
+        Begin::Deferred => Manager::begin_transaction(conn).await.map_err(db_error)?,
+    }
+    match job(conn).await {
+        Ok(value) => match Manager::commit_transaction(conn).await {
+            Ok(()) => Ok(value),
+            Err(e) => {
+                recover(conn).await?;
+                Err(db_error(e))
+            }
+        },
+        Err(e) => {
+            recover(conn).await?;
+            Err(e.into())
+        }
+    }
 }
 
 /// Runs diesel-async's "blocking" tasks where they are asked for: [`run`] already put the
