@@ -8,6 +8,7 @@ mod exec;
 mod outbox;
 mod processes;
 mod pty;
+mod threads;
 
 use std::io::{BufReader, Write};
 use std::net::Shutdown;
@@ -25,6 +26,7 @@ use monza_agent_protocol::{
 use crate::exec::Jobs;
 use crate::outbox::Outbox;
 use crate::processes::{Attaches, Processes};
+use crate::threads::{Done, Threads};
 
 /// The environment variable naming the socket; removed from the commands' environment.
 pub const SOCKET_ENV: &str = "MONZA_AGENT_SOCKET";
@@ -46,6 +48,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// How long the host has to answer the hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a command's thread waits for the next command before it ends, and how many
+/// wait at most (`threads`): about what a busy client's commands need between them.
+const THREAD_KEEP: Duration = Duration::from_secs(30);
+const THREADS_IDLE: usize = 8;
 
 fn main() {
     let mut socket = std::env::var_os(SOCKET_ENV).map(PathBuf::from);
@@ -76,13 +83,14 @@ fn main() {
 
     // Background processes belong to the agent, not to a connection: they outlive it.
     let processes = Arc::new(Processes::default());
+    let threads = Threads::new(THREAD_KEEP, THREADS_IDLE);
     let mut backoff = BACKOFF_FIRST;
     let mut last_error = String::new();
     loop {
         match UnixStream::connect(&socket) {
             Ok(stream) => {
                 last_error.clear();
-                match serve(stream, token.as_deref(), &processes, &mut backoff) {
+                match serve(stream, token.as_deref(), &processes, &threads, &mut backoff) {
                     Ok(()) => eprintln!("monza-agent: the host closed the connection"),
                     Err(Ended::Refused(why)) => {
                         eprintln!("monza-agent: the host refused this agent: {why}; exiting");
@@ -134,6 +142,7 @@ fn serve(
     stream: UnixStream,
     token: Option<&str>,
     processes: &Arc<Processes>,
+    threads: &Arc<Threads>,
     backoff: &mut Duration,
 ) -> Result<(), Ended> {
     let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
@@ -202,7 +211,8 @@ fn serve(
             .map_err(|e| e.to_string())?
     };
 
-    let mut commands: Vec<JoinHandle<()>> = Vec::new();
+    let mut commands: Vec<Done> = Vec::new();
+    let mut attach_threads: Vec<JoinHandle<()>> = Vec::new();
     let result = loop {
         let message = match read_message(&mut reader) {
             Ok(Some(message)) => message,
@@ -245,10 +255,7 @@ fn serve(
                 }
                 let spawned = {
                     let (outbox, jobs) = (Arc::clone(&outbox), Arc::clone(&jobs));
-                    std::thread::Builder::new()
-                        .name(format!("exec-{id}"))
-                        .stack_size(256 * 1024)
-                        .spawn(move || exec::run(id, request, &outbox, &jobs))
+                    threads.run("exec", move || exec::run(id, request, &outbox, &jobs))
                 };
                 match spawned {
                     Ok(handle) => commands.push(handle),
@@ -285,9 +292,9 @@ fn serve(
                 let _ = outbox.send(&Message::Processes { id, list });
             }
             Message::Attach { id, request } => {
-                commands.retain(|handle| !handle.is_finished());
+                attach_threads.retain(|handle| !handle.is_finished());
                 match processes.attach(id, &request, &outbox, &attaches) {
-                    Ok(handle) => commands.push(handle),
+                    Ok(handle) => attach_threads.push(handle),
                     Err(error) => {
                         let _ = outbox.send(&Message::Error { id, error });
                     }
@@ -336,7 +343,10 @@ fn serve(
     jobs.kill_all();
     attaches.detach_all();
     let _ = reader.get_ref().shutdown(Shutdown::Both);
-    for handle in commands {
+    for done in commands {
+        done.wait();
+    }
+    for handle in attach_threads {
         let _ = handle.join();
     }
     let _ = writer_thread.join();
