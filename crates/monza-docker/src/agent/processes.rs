@@ -422,6 +422,15 @@ impl Attach {
         loop {
             let (_, rx, flow) = self.current.as_mut()?;
             let Some(message) = rx.recv().await else {
+                if flow.overflowed.load(Ordering::Acquire) && !self.conn.is_closed() {
+                    // The agent sent more than the host holds before the detach reached
+                    // it; what was held is read: on from where this reader is.
+                    if let Err(e) = self.attach().await {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                    continue;
+                }
                 self.done = true;
                 self.end_current(true);
                 return Some(Err(gone()));
@@ -604,4 +613,120 @@ fn unexpected(message: &Message) -> Error {
 
 fn gone() -> Error {
     Error::unavailable("agent", "the sandbox's agent went away; retry shortly")
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::SinkExt;
+    use monza_agent_protocol::{AgentCodec, Exit};
+    use tokio::net::UnixStream;
+    use tokio_util::codec::{FramedRead, FramedWrite};
+
+    use super::*;
+
+    const CHUNK: u64 = 64 * 1024;
+    /// Past the host's hold limit (4 MiB) with room to spare.
+    const TOTAL: u64 = 6 * 1024 * 1024;
+
+    /// The byte at `offset` of the fake process's output.
+    fn byte_at(offset: u64) -> u8 {
+        (offset % 251) as u8
+    }
+
+    fn chunk(id: u64, offset: u64) -> Message {
+        let len = CHUNK.min(TOTAL - offset);
+        Message::ProcessOutput {
+            id,
+            stream: Stream::Stdout,
+            offset,
+            data: (offset..offset + len).map(byte_at).collect(),
+        }
+    }
+
+    /// An agent that ignores the host's detach (as any agent does until the detach reaches
+    /// it) sends more than the host holds for one attach: the host stops holding it, and its
+    /// reader, once it took what was held, attaches again from exactly where it got to. No
+    /// byte is lost or repeated, and the request does not fail.
+    #[tokio::test]
+    async fn an_attach_that_outruns_the_host_is_read_on_from_where_its_reader_got_to() {
+        let (host, agent) = UnixStream::pair().unwrap();
+        let conn = Conn::serve_for_test(host);
+        let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
+        let fake = tokio::spawn(async move {
+            let (read, write) = agent.into_split();
+            let mut from_host = FramedRead::new(read, AgentCodec);
+            let mut to_host = FramedWrite::new(write, AgentCodec);
+            let Some(Ok(Message::Attach { id, request })) = from_host.next().await else {
+                panic!("expected an attach");
+            };
+            assert_eq!((request.pid, request.stdout_offset), (7, 0));
+            let mut offset = 0;
+            while offset < TOTAL {
+                to_host.send(chunk(id, offset)).await.unwrap();
+                offset += CHUNK;
+            }
+            sent_tx.send(()).unwrap();
+            // The detach is ignored; the next attach says where the reader is.
+            loop {
+                match from_host.next().await {
+                    Some(Ok(Message::Detach { .. })) => {}
+                    Some(Ok(Message::Attach { id, request })) => {
+                        let from = request.stdout_offset;
+                        let mut offset = from;
+                        while offset < TOTAL {
+                            to_host.send(chunk(id, offset)).await.unwrap();
+                            offset += CHUNK;
+                        }
+                        let exit = Exit {
+                            exit_code: 0,
+                            signal: None,
+                            timed_out: false,
+                            truncated: false,
+                            stdout_bytes: TOTAL,
+                            stderr_bytes: 0,
+                            duration_us: 1,
+                        };
+                        to_host.send(Message::Exit { id, exit }).await.unwrap();
+                        return from;
+                    }
+                    other => panic!("unexpected from the host: {other:?}"),
+                }
+            }
+        });
+
+        let mut attach = Attach {
+            conn,
+            pid: 7,
+            offsets: [0, 0],
+            follow: true,
+            current: None,
+            done: false,
+        };
+        attach.attach().await.unwrap();
+        // Nothing is read until the agent sent it all: the host held what it could.
+        sent_rx.await.unwrap();
+        let mut next = 0u64;
+        let exit = loop {
+            match attach.next().await.expect("events until the exit").unwrap() {
+                ProcessEvent::Output { offset, data, .. } => {
+                    assert_eq!(offset, next, "no gap, no repeat");
+                    assert!(
+                        data.iter()
+                            .enumerate()
+                            .all(|(i, b)| *b == byte_at(offset + i as u64))
+                    );
+                    next += data.len() as u64;
+                }
+                ProcessEvent::Exit(exit) => break exit,
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert_eq!(next, TOTAL);
+        assert_eq!(exit.exit_code, 0);
+        let reattached_at = fake.await.unwrap();
+        assert!(
+            reattached_at > 0 && reattached_at < TOTAL,
+            "the second attach started at {reattached_at}: the host held part, not all"
+        );
+    }
 }
