@@ -31,8 +31,12 @@ the same container (docker-api's builder cannot express `CapDrop`/`PidsLimit`).
   Deletion is outside the timing.
 - **execute**: `POST …/execute` of `true` and of `yes aaaaaaa | head -c 1048576` (1 MiB of
   output) vs docker-api exec create + start + drain + inspect of `/bin/sh -c` the same
-  command, in the same container (through the sandbox agent, `MONZA_AGENT=on`). A streamed
-  execute (`Accept: application/x-ndjson`) of a command that copies a FIFO to stdout: the
+  command, in the same container (through the sandbox agent, `MONZA_AGENT=on`). Each
+  monza sample there follows a raw exec (about 50 ms of engine work on the same 2 cores),
+  so it is taken on a machine that was just busy or idle; the row “execute `true`, back to
+  back” is the same pair in blocks of one side at a time (each block's first call not
+  counted), as a client with work queued calls it. A streamed execute
+  (`Accept: application/x-ndjson`) of a command that copies a FIFO to stdout: the
   bench writes a line into the FIFO from the host and times it to the client, vs the same
   through a raw attached exec. Then 200 executes of `echo ok` at once on one sandbox vs 200
   raw execs at once (each request's own latency; throughput in the targets).
