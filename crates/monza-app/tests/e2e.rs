@@ -178,7 +178,10 @@ async fn every_route(store: Store) {
         ))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    assert_eq!(body["error"]["code"], "not_found");
+    assert_eq!(
+        body["error"]["code"], "file_not_found",
+        "not the sandbox's not_found"
+    );
     let (status, _) = app
         .get_json(&format!("/api/sandboxes/{id}/files/download"))
         .await;

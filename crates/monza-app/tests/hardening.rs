@@ -23,7 +23,11 @@ fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
     for (name, filename, content) in parts {
         body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
         let disposition = match filename {
-            Some(f) => format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\""),
+            // A quoted-string (RFC 6266): `\` and `"` escaped, as Python's urllib3 does.
+            Some(f) => format!(
+                "Content-Disposition: form-data; name=\"{name}\"; filename=\"{}\"",
+                f.replace('\\', "\\\\").replace('"', "\\\"")
+            ),
             None => format!("Content-Disposition: form-data; name=\"{name}\""),
         };
         body.extend_from_slice(disposition.as_bytes());
@@ -255,6 +259,92 @@ async fn bodies_ids_and_queries_are_as_strict_as_documented() {
     app.shutdown().await;
 }
 
+// --- Files are never destroyed nor renamed (issue 13) -------------------------------------
+
+/// Each of these answered 200 and lost or moved the user's data: an upload named like an
+/// existing directory replaced the directory and everything in it; one under a regular
+/// file was a 500; names were cut to what followed a backslash and lost their spaces.
+#[tokio::test]
+async fn an_upload_never_replaces_a_directory_nor_stores_a_file_under_another_name() {
+    let Some((app, id)) = app_with_a_sandbox().await else {
+        return;
+    };
+    let out = app
+        .exec_ok(
+            &id,
+            "mkdir -p /workspace/keep && echo precious > /workspace/keep/data.txt && \
+             echo plain > /workspace/file",
+        )
+        .await;
+    assert_eq!(out["exitCode"], 0, "{out}");
+    assert_error(
+        "upload over a directory",
+        &upload(&app, &id, Some("/workspace"), "keep").await,
+        409,
+        "is_directory",
+    );
+    assert_error(
+        "upload under a regular file",
+        &upload(&app, &id, Some("/workspace/file"), "x.txt").await,
+        400,
+        "not_a_directory",
+    );
+    app.assert_output(
+        &id,
+        "cat /workspace/keep/data.txt /workspace/file",
+        "precious\nplain\n",
+    )
+    .await;
+
+    for name in ["back\\slash.txt", " lead.txt", "trail.txt ", "quote\"d.txt"] {
+        let (status, body) = upload(&app, &id, Some("/workspace/names"), name).await;
+        assert_eq!(status, StatusCode::OK, "{name:?}: {body}");
+        assert_eq!(body["path"], format!("/workspace/names/{name}"), "{name:?}");
+    }
+    app.assert_output(
+        &id,
+        "for f in /workspace/names/*; do printf '[%s]' \"${f##*/}\"; done",
+        "[ lead.txt][back\\slash.txt][quote\"d.txt][trail.txt ]",
+    )
+    .await;
+    for (name, what) in [
+        ("a/b.txt", "a /"),
+        ("tab\tname", "a control character"),
+        ("..", ".."),
+    ] {
+        let answer = upload(&app, &id, Some("/workspace/names"), name).await;
+        assert_error(&format!("upload of {what}"), &answer, 400, "invalid_path");
+    }
+    app.assert_output(&id, "ls /workspace/names | wc -l", "4\n")
+        .await;
+
+    // A missing file and a missing sandbox are told apart by their codes.
+    assert_error(
+        "download of a missing file",
+        &download(&app, &id, "/workspace/nope").await,
+        404,
+        "file_not_found",
+    );
+    assert_error(
+        "download of a directory",
+        &download(&app, &id, "/workspace/keep").await,
+        409,
+        "is_directory",
+    );
+    assert_error(
+        "download from a missing sandbox",
+        &download(
+            &app,
+            "00000000-0000-4000-8000-000000000000",
+            "/workspace/file",
+        )
+        .await,
+        404,
+        "not_found",
+    );
+    app.shutdown().await;
+}
+
 // --- Engine refusals, kernel file systems, engine files (items 4 and 5) ----------------------
 
 #[tokio::test]
@@ -274,27 +364,27 @@ async fn the_engines_file_refusals_are_the_clients_4xx_never_a_500() {
     let long_dir = format!("/workspace/{long}");
     let uploads: [(&str, &str, u16, &str); 10] = [
         (&long_dir, "x.txt", 400, "invalid_input"),
-        ("/workspace", &long, 400, "invalid_input"),
-        ("/workspace/reg", "x.txt", 404, "not_found"),
+        ("/workspace", &long, 400, "invalid_path"),
+        ("/workspace/reg", "x.txt", 400, "not_a_directory"),
         ("/etc", "hosts", 400, "invalid_input"),
         ("/etc", "hostname", 400, "invalid_input"),
         ("/etc/hostname", "x.txt", 400, "invalid_input"),
-        ("/workspace/p1", "x.txt", 404, "not_found"),
-        ("/workspace/cwd", "x.txt", 404, "not_found"),
-        ("/workspace/loop1", "x.txt", 404, "not_found"),
-        ("/workspace/reg/deeper", "x.txt", 404, "not_found"),
+        ("/workspace/p1", "x.txt", 404, "file_not_found"),
+        ("/workspace/cwd", "x.txt", 404, "file_not_found"),
+        ("/workspace/loop1", "x.txt", 404, "file_not_found"),
+        ("/workspace/reg/deeper", "x.txt", 400, "not_a_directory"),
     ];
     for (dir, name, want, code) in uploads {
         let what = format!("upload {name:.20} into {dir:.40}");
         assert_error(&what, &upload(&app, &id, Some(dir), name).await, want, code);
     }
     let downloads: [(&str, u16, &str); 6] = [
-        ("/workspace/loop1", 404, "not_found"),
-        ("/workspace/loop1/x", 404, "not_found"),
-        ("/etc/hostname/x", 404, "not_found"),
-        ("/workspace/reg/x", 404, "not_found"),
+        ("/workspace/loop1", 404, "file_not_found"),
+        ("/workspace/loop1/x", 404, "file_not_found"),
+        ("/etc/hostname/x", 400, "not_a_directory"),
+        ("/workspace/reg/x", 400, "not_a_directory"),
         (&long_dir, 400, "invalid_input"),
-        ("/workspace/p1/etc/passwd", 404, "not_found"),
+        ("/workspace/p1/etc/passwd", 404, "file_not_found"),
     ];
     for (path, want, code) in downloads {
         let what = format!("download {path:.40}");

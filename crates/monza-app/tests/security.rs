@@ -448,11 +448,16 @@ async fn hostile_input_is_a_4xx_json_error_and_leaves_nothing_half_made() {
         error_of(status, &body, 400, "invalid_input");
     }
 
-    // A hostile upload name is reduced to a safe base name in the destination directory.
+    // A hostile upload name is refused, never cut down to a base name: nothing is written.
     let form = file_form(b"payload", "../../etc/evil.txt").text("path", "/tmp");
     let (status, body) = server.send(upload(&server, &id, form)).await;
+    error_of(status, &body, 400, "invalid_path");
+    let (status, body) = execute(json!({
+        "command": "for f in /tmp/evil.txt /etc/evil.txt /evil.txt; do test -e $f && echo $f; done; true"
+    }))
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["path"], "/tmp/evil.txt");
+    assert_eq!(body["stdout"], "", "a hostile name wrote a file: {body}");
 
     // A file whose name would inject a header is downloaded with an encoded filename*.
     let (status, body) =

@@ -14,7 +14,7 @@ use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use hyper::{Body, Method, Response};
-use monza_domain::{ByteStream, Error, FileDownload, FileStat, Result, UploadFile};
+use monza_domain::{ByteStream, Error, FileDownload, FileProblem, FileStat, Result, UploadFile};
 
 use crate::engine::query_value;
 use crate::error::{Failure, bounded};
@@ -61,7 +61,12 @@ impl DockerRuntime {
         let prefix = tar_prefix(&entry, file.size)?;
         let failure = Arc::new(Mutex::new(None));
         let body = Body::wrap_stream(tar_body(prefix, file.size, file.content, failure.clone()));
-        let endpoint = format!("/containers/{}/archive?path=%2F", query_value(container_id));
+        // `noOverwriteDirNonDir`: a directory where the file goes is refused, not replaced
+        // with the file (and everything in it lost).
+        let endpoint = format!(
+            "/containers/{}/archive?path=%2F&noOverwriteDirNonDir=true",
+            query_value(container_id)
+        );
         let sent = bounded(
             self.settings.transfer_timeout,
             self.raw
@@ -177,10 +182,10 @@ impl DockerRuntime {
             Ok(response) => response,
             // A HEAD answer has no body: say what is missing ourselves.
             Err(Failure::Status { code: 404, .. }) => {
-                return Err(Error::not_found(format!(
-                    "{path} does not exist in container {container_id} (or the container does \
-                     not exist)"
-                )));
+                return Err(Error::file(
+                    FileProblem::NotFound,
+                    format!("{path} does not exist in the sandbox"),
+                ));
             }
             // Any other refusal: ask again with GET, whose answer says why.
             Err(Failure::Status { .. }) => {
@@ -220,20 +225,20 @@ impl DockerRuntime {
         while stat.mode & MODE_SYMLINK != 0 && !stat.link_target.is_empty() {
             hops += 1;
             if hops > MAX_SYMLINKS {
-                return Err(Error::not_found(format!(
-                    "{path}: too many levels of symbolic links"
-                )));
+                return Err(Error::file(
+                    FileProblem::NotFound,
+                    format!("{path}: too many levels of symbolic links"),
+                ));
             }
             target = stat.link_target.clone();
             self.refuse_tmpfs(container_id, &target).await?;
             stat = self.path_stat(container_id, &target).await?;
         }
-        // No regular file there: not found, like a missing one (the path is well formed; a
-        // 400 would say the request itself was wrong).
         if stat.mode & MODE_DIR != 0 {
-            return Err(Error::not_found(format!(
-                "{path} is a directory, not a regular file"
-            )));
+            return Err(Error::file(
+                FileProblem::IsDirectory,
+                format!("{path} is a directory, not a regular file"),
+            ));
         }
         let what = format!("downloading {path} from container {container_id}");
         let endpoint = format!(
@@ -274,36 +279,59 @@ fn path_refusal(failure: &Failure, path: &str) -> Option<Error> {
     }
     let message = message.to_ascii_lowercase();
     let says = |text: &str| message.contains(text);
-    // A well-formed path the engine cannot follow to a file is "not found", like any path
-    // where nothing is (a 400 would say the request itself was malformed).
+    let file = Error::file;
     Some(if says("not a directory") {
-        Error::not_found(format!(
-            "{path}: a component of the path is a file, not a directory"
-        ))
+        file(
+            FileProblem::NotADirectory,
+            format!("{path}: a component of the path is a file, not a directory"),
+        )
     } else if says("file name too long") {
-        Error::invalid(format!("{path}: a file name in the path is too long"))
+        file(
+            FileProblem::InvalidPath,
+            format!("{path}: a file name in the path is too long"),
+        )
     } else if says("too many links") || says("too many levels of symbolic links") {
-        Error::not_found(format!("{path}: too many levels of symbolic links"))
+        file(
+            FileProblem::NotFound,
+            format!("{path}: too many levels of symbolic links"),
+        )
+    } else if says("cannot overwrite directory") || says("is a directory") {
+        file(
+            FileProblem::IsDirectory,
+            format!("{path} is a directory; a file cannot replace it"),
+        )
     } else if says("device or resource busy") {
         Error::invalid(format!(
             "{path} is a mount point inside the sandbox and cannot be replaced through the file \
              API"
         ))
     } else if says("read-only file system") || says("marked read-only") {
-        Error::invalid(format!("{path} is on a read-only file system"))
+        file(
+            FileProblem::PermissionDenied,
+            format!("{path} is on a read-only file system"),
+        )
     } else if says("permission denied") || says("operation not permitted") {
-        Error::invalid(format!("{path}: permission denied"))
-    } else if says("is a directory") || says("cannot overwrite") || says("file exists") {
+        file(
+            FileProblem::PermissionDenied,
+            format!("{path}: permission denied"),
+        )
+    } else if says("cannot overwrite") || says("file exists") {
         Error::conflict(format!(
             "{path}: a file or directory of another kind is in the way"
         ))
     } else if says("no such file or directory") {
-        Error::not_found(format!(
-            "{path}: a directory on the way does not exist (or is a link to a place the file API \
-             cannot reach)"
-        ))
+        file(
+            FileProblem::NotFound,
+            format!(
+                "{path}: a directory on the way does not exist (or is a link to a place the \
+                 file API cannot reach)"
+            ),
+        )
     } else if says("invalid argument") {
-        Error::invalid(format!("{path}: the file system refused the name"))
+        file(
+            FileProblem::InvalidPath,
+            format!("{path}: the file system refused the name"),
+        )
     } else {
         return None;
     })
@@ -547,45 +575,48 @@ mod tests {
         let cases = [
             (
                 "Error processing tar file(exit status 1): open /w/aaaa: file name too long",
-                400,
+                "invalid_path",
             ),
             (
                 "Error processing tar file(exit status 1): open /w/reg/x: not a directory",
-                404,
+                "not_a_directory",
             ),
             (
                 "Error processing tar file(exit status 1): unlinkat /etc/hosts: device or resource busy",
-                400,
+                "invalid_input",
             ),
             (
                 "Error processing tar file(exit status 1): open /w/loop1/x: too many levels of symbolic links",
-                404,
+                "file_not_found",
             ),
             (
                 "Error processing tar file(exit status 1): open /w/p1/x: no such file or directory",
-                404,
+                "file_not_found",
             ),
             (
                 &format!("evalSymlinksInScope: too many links in {merged}/w/loop1") as &str,
-                404,
+                "file_not_found",
             ),
             (
                 &format!("lstat {merged}/etc/hostname/x: not a directory") as &str,
-                404,
+                "not_a_directory",
+            ),
+            (
+                "Error processing tar file(exit status 1): cannot overwrite directory \"/w/x\" with non-directory \"/w/x\"",
+                "is_directory",
+            ),
+            (
+                "Error processing tar file(exit status 1): open /w/x: permission denied",
+                "permission_denied",
             ),
         ];
-        for (message, status) in cases {
+        for (message, code) in cases {
             let failure = Failure::Status {
                 code: 500,
                 message: message.to_owned(),
             };
             let error = path_refusal(&failure, "/w/x").unwrap_or_else(|| panic!("{message}"));
-            let kind = match &error {
-                Error::InvalidInput(_) => 400,
-                Error::NotFound(_) => 404,
-                other => panic!("{other:?}"),
-            };
-            assert_eq!(kind, status, "{message}");
+            assert_eq!(error.code(), code, "{message}");
             assert!(!error.to_string().contains("overlay2"), "{error}");
             assert!(error.to_string().contains("/w/x"), "{error}");
         }

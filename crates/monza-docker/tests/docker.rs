@@ -17,8 +17,8 @@ use monza_domain::testing::fixtures::{self, random_bytes};
 use monza_domain::testing::require;
 use monza_domain::{
     BuildSpec, Command, ContainerRuntime, ContainerSpec, Error, ExecEvent, ExecOutput, ExecRequest,
-    ImageSource, Mount, OutputStream, ProcessEvent, ProcessRequest, ProcessSignal, RunOptions,
-    SandboxId, Template, TenantId, UploadFile,
+    FileProblem, ImageSource, Mount, OutputStream, ProcessEvent, ProcessRequest, ProcessSignal,
+    RunOptions, SandboxId, Template, TenantId, UploadFile,
 };
 use serde_json::json;
 
@@ -813,16 +813,26 @@ async fn files_go_in_and_out_byte_for_byte() {
     let text: Vec<Bytes> = link.content.map(|c| c.unwrap()).collect().await;
     assert_eq!(text.concat(), b"made-inside");
 
-    assert!(matches!(
-        runtime.stat(&sandbox.id, "/nope").await,
-        Err(Error::NotFound(_))
-    ));
-    assert!(matches!(
-        runtime.download(&sandbox.id, "/nope").await,
-        Err(Error::NotFound(_))
-    ));
+    // A missing file is told apart from a missing sandbox.
+    let missing = Err::<(), _>(FileProblem::NotFound);
+    assert_eq!(
+        runtime
+            .stat(&sandbox.id, "/nope")
+            .await
+            .map(drop)
+            .map_err(problem),
+        missing
+    );
+    assert_eq!(
+        runtime
+            .download(&sandbox.id, "/nope")
+            .await
+            .map(drop)
+            .map_err(problem),
+        missing
+    );
     assert!(
-        matches!(runtime.download(&sandbox.id, "/workspace").await, Err(Error::NotFound(m)) if m.contains("is a directory"))
+        matches!(runtime.download(&sandbox.id, "/workspace").await, Err(Error::File { problem: FileProblem::IsDirectory, message }) if message.contains("is a directory"))
     );
 
     let short = UploadFile {
@@ -844,6 +854,14 @@ async fn files_go_in_and_out_byte_for_byte() {
             .await,
         Err(Error::NotFound(_))
     ));
+}
+
+/// The file problem of a file operation's error (panics on any other error).
+fn problem(error: Error) -> FileProblem {
+    match error {
+        Error::File { problem, .. } => problem,
+        other => panic!("not a file problem: {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

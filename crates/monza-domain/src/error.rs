@@ -39,6 +39,44 @@ pub enum Error {
     /// A bug or an unexpected answer from a dependency. The message is for the log.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A path inside a sandbox is not what a file operation needs: the client's to act on,
+    /// with a code of its own so that "no such file" is never mistaken for "no such
+    /// sandbox".
+    #[error("{message}")]
+    File {
+        /// What is wrong with the path.
+        problem: FileProblem,
+        /// Which path, and what was found there.
+        message: String,
+    },
+}
+
+/// What a file operation found wrong with a path inside a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileProblem {
+    /// Nothing is there (or a directory on the way is missing).
+    NotFound,
+    /// A directory is where a file was asked for.
+    IsDirectory,
+    /// A component of the path is a file, not a directory.
+    NotADirectory,
+    /// The path or name cannot be stored exactly as given.
+    InvalidPath,
+    /// The sandbox's file system refused it (permissions, read-only).
+    PermissionDenied,
+}
+
+impl FileProblem {
+    /// The stable code clients see.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::NotFound => "file_not_found",
+            Self::IsDirectory => "is_directory",
+            Self::NotADirectory => "not_a_directory",
+            Self::InvalidPath => "invalid_path",
+            Self::PermissionDenied => "permission_denied",
+        }
+    }
 }
 
 impl Error {
@@ -70,6 +108,14 @@ impl Error {
         }
     }
 
+    /// A file operation's path problem.
+    pub fn file(problem: FileProblem, message: impl Into<String>) -> Self {
+        Self::File {
+            problem,
+            message: message.into(),
+        }
+    }
+
     /// An internal error; the message goes to the log, never to a client.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::Internal(message.into())
@@ -93,6 +139,7 @@ impl Error {
             Self::LimitExceeded(_) => "limit_exceeded",
             Self::Unavailable { .. } => "unavailable",
             Self::Internal(_) => "internal",
+            Self::File { problem, .. } => problem.code(),
         }
     }
 }

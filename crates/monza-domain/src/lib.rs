@@ -17,7 +17,7 @@ pub mod template;
 pub mod testing;
 
 pub use auth::{ApiToken, Bootstrap, IssuedToken, StoredToken, TokenHash, TokenId, TokenService};
-pub use error::{Error, Result};
+pub use error::{Error, FileProblem, Result};
 pub use lifecycle::{LifecycleEvent, transition};
 pub use ports::{
     Admission, Clock, ContainerRuntime, ExpiryClaim, RunningUpdate, SandboxRepository,

@@ -1,6 +1,6 @@
 //! Rules for paths inside a sandbox and for uploaded file names.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, FileProblem, Result};
 
 /// Longest accepted path inside a sandbox, in bytes: Linux's PATH_MAX (4096) less room for
 /// the prefix the engine puts in front of it (the container's root on the host,
@@ -49,29 +49,39 @@ pub fn sandbox_path(what: &str, path: &str) -> Result<String> {
     Ok(if trimmed.is_empty() { "/" } else { trimmed }.to_owned())
 }
 
-/// Reduces a client-supplied file name to a safe base name: the part after the last `/` or
-/// `\`, without control characters, not `.` or `..`, at most [`MAX_NAME_LEN`] bytes.
+/// Checks a client's file name: stored exactly as given or refused (`invalid_path`), never
+/// changed into another name (which would land the file at another path, maybe over another
+/// file). One path component: not empty, `.` or `..`, no `/`, NUL or control character (no
+/// client means those, and terminals and tools mangle them), at most [`MAX_NAME_LEN`] bytes.
 pub fn safe_file_name(name: &str) -> Result<String> {
+    let refuse = |why: &str| {
+        Err(Error::file(
+            FileProblem::InvalidPath,
+            format!("file name {name:?} {why}; it is stored exactly as given or not at all"),
+        ))
+    };
+    if name.is_empty() || name == "." || name == ".." {
+        return refuse("is not a file name");
+    }
+    if name.contains('/') {
+        return refuse("contains a /: name the directory in `path` and the file alone here");
+    }
     if name.contains('\0') {
-        return Err(Error::invalid(format!(
-            "file name {name:?} contains a NUL byte"
-        )));
+        return refuse("contains a NUL byte");
     }
-    let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
-    let cleaned: String = base.chars().filter(|c| !c.is_control()).collect();
-    let cleaned = cleaned.trim();
-    if cleaned.is_empty() || cleaned == "." || cleaned == ".." {
-        return Err(Error::invalid(format!(
-            "file name {name:?} has no usable base name"
-        )));
+    if name.chars().any(char::is_control) {
+        return refuse("contains a control character");
     }
-    if cleaned.len() > MAX_NAME_LEN {
-        return Err(Error::invalid(format!(
-            "file name is {} bytes long; Linux file names are at most {MAX_NAME_LEN} bytes",
-            cleaned.len()
-        )));
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::file(
+            FileProblem::InvalidPath,
+            format!(
+                "file name is {} bytes long; Linux file names are at most {MAX_NAME_LEN} bytes",
+                name.len()
+            ),
+        ));
     }
-    Ok(cleaned.to_owned())
+    Ok(name.to_owned())
 }
 
 /// Kernel file systems the engine mounts in every container. The engine's file API works on
@@ -168,12 +178,38 @@ mod tests {
     }
 
     #[test]
-    fn file_names_are_reduced_to_a_safe_base_name() {
-        assert_eq!(safe_file_name("../../etc/passwd").unwrap(), "passwd");
-        assert_eq!(safe_file_name("C:\\Users\\x\\a.txt").unwrap(), "a.txt");
-        assert_eq!(safe_file_name("a\nb\r.txt").unwrap(), "ab.txt");
-        for bad in ["", "..", ".", "dir/", "\n"] {
-            assert!(safe_file_name(bad).is_err(), "{bad:?}");
+    fn file_names_are_kept_exactly_or_refused_never_changed() {
+        // What a Linux file system stores is kept as it is, spaces and backslashes included.
+        for kept in [
+            "back\\slash.txt",
+            " lead.txt",
+            "trail.txt ",
+            "C:\\Users\\x\\a.txt",
+            "é t.txt",
+        ] {
+            assert_eq!(safe_file_name(kept).unwrap(), kept);
+        }
+        // What it cannot be stored as is refused with `invalid_path`.
+        for bad in [
+            "",
+            "..",
+            ".",
+            "dir/",
+            "../../etc/passwd",
+            "\n",
+            "a\nb.txt",
+            "a\u{7f}b",
+        ] {
+            assert!(
+                matches!(
+                    safe_file_name(bad),
+                    Err(Error::File {
+                        problem: FileProblem::InvalidPath,
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
         }
         // Too long is refused, never cut to another name.
         assert!(safe_file_name(&"é".repeat(200)).is_err());

@@ -6,7 +6,7 @@ use std::fmt;
 use actix_web::error::{PathError, QueryPayloadError};
 use actix_web::http::{Method, StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
-use monza_domain::Error;
+use monza_domain::{Error, FileProblem};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -22,7 +22,9 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// A stable code: `unauthorized`, `not_found`, `invalid_input`, `conflict`, `too_large`,
     /// `limit_exceeded`, `unavailable`, `internal`, `unsupported_media_type`,
-    /// `method_not_allowed`, `request_timeout`, `upgrade_required`.
+    /// `method_not_allowed`, `request_timeout`, `upgrade_required`; for a path inside a
+    /// sandbox, `file_not_found` (404), `is_directory` (409), `not_a_directory` (400),
+    /// `invalid_path` (400), `permission_denied` (403).
     #[schema(example = "not_found")]
     pub code: &'static str,
     /// What was wrong, in words meant for the client.
@@ -139,6 +141,12 @@ impl From<Error> for ApiError {
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => return Self::internal(&error),
+            Error::File { problem, .. } => match problem {
+                FileProblem::NotFound => StatusCode::NOT_FOUND,
+                FileProblem::IsDirectory => StatusCode::CONFLICT,
+                FileProblem::NotADirectory | FileProblem::InvalidPath => StatusCode::BAD_REQUEST,
+                FileProblem::PermissionDenied => StatusCode::FORBIDDEN,
+            },
         };
         if status == StatusCode::SERVICE_UNAVAILABLE {
             tracing::warn!(error = %error, "dependency unavailable");

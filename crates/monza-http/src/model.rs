@@ -361,8 +361,10 @@ pub struct ExecuteEvent {
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)] // Only describes the form for the OpenAPI document.
 pub struct UploadForm {
-    /// The file (required). Its filename becomes the name in the sandbox, reduced to a safe
-    /// base name.
+    /// The file (required). Its filename (a quoted-string: `\\` and `\"` escaped) is the
+    /// name in the sandbox exactly, spaces and backslashes included, or the upload is refused
+    /// (`invalid_path`: empty, `.`, `..`, a `/`, a control character, over 255 bytes); it
+    /// never replaces a directory (`is_directory`).
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
     /// Destination directory, absolute, without `..`, at most 3072 bytes (255 a component),

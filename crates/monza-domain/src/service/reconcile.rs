@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::json;
 
 use super::SandboxService;
-use crate::error::{Error, Result};
+use crate::error::{Error, FileProblem, Result};
 use crate::lifecycle::{self, LifecycleEvent};
 use crate::ports::StatusChange;
 use crate::runtime::{ContainerState, PublishedPort};
@@ -354,7 +354,13 @@ impl SandboxService {
     async fn check_container(&self, sandbox: &Sandbox, error: Error) -> Error {
         if !matches!(
             error,
-            Error::NotFound(_) | Error::Conflict(_) | Error::Internal(_)
+            Error::NotFound(_)
+                | Error::Conflict(_)
+                | Error::Internal(_)
+                | Error::File {
+                    problem: FileProblem::NotFound,
+                    ..
+                }
         ) {
             return error;
         }

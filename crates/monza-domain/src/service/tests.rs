@@ -1238,27 +1238,22 @@ async fn execute_refuses_an_empty_command_and_bad_input_without_touching_anythin
 }
 
 #[tokio::test]
-async fn upload_goes_to_the_workspace_under_a_safe_name() {
+async fn upload_goes_to_the_workspace_under_its_exact_name() {
     let (mut m, id) = Mocks::finding_running();
     m.records_activity_once(|e| {
-        e.is_some_and(|e| e.details["path"] == "/workspace/passwd" && e.details["bytes"] == 2)
+        e.is_some_and(|e| e.details["path"] == "/workspace/ a\\b.txt " && e.details["bytes"] == 2)
     });
     m.runtime
         .expect_upload()
-        .withf(|cid, dir, file| cid == CID && dir == "/workspace" && file.name == "passwd")
+        .withf(|cid, dir, file| cid == CID && dir == "/workspace" && file.name == " a\\b.txt ")
         .times(1)
         .returning(|_, _, _| Ok(()));
     let path = m
         .service()
-        .upload(
-            &Access::Admin,
-            id,
-            None,
-            upload_file("../../etc/passwd", b"hi"),
-        )
+        .upload(&Access::Admin, id, None, upload_file(" a\\b.txt ", b"hi"))
         .await
         .unwrap();
-    assert_eq!(path, "/workspace/passwd");
+    assert_eq!(path, "/workspace/ a\\b.txt ");
 }
 
 #[tokio::test]
@@ -1282,6 +1277,26 @@ async fn upload_refuses_oversized_files_and_bad_paths() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    // A name that is a path is refused, never cut to its last component.
+    let err = service
+        .upload(
+            &Access::Admin,
+            id,
+            None,
+            upload_file("../../etc/passwd", b"x"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::File {
+                problem: crate::FileProblem::InvalidPath,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
