@@ -318,6 +318,23 @@ async fn an_upload_never_replaces_a_directory_nor_stores_a_file_under_another_na
     app.assert_output(&id, "ls /workspace/names | wc -l", "4\n")
         .await;
 
+    // A file that was there keeps its permission bits; a new one is 0644.
+    let out = app
+        .exec_ok(
+            &id,
+            "printf '#!/bin/sh\\necho old\\n' > /workspace/run.sh && chmod 750 /workspace/run.sh",
+        )
+        .await;
+    assert_eq!(out["exitCode"], 0, "{out}");
+    let (status, body) = upload(&app, &id, Some("/workspace"), "run.sh").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.assert_output(
+        &id,
+        "stat -c '%a %s' /workspace/run.sh /workspace/names/' lead.txt'",
+        "750 5\n644 5\n",
+    )
+    .await;
+
     // A missing file and a missing sandbox are told apart by their codes.
     assert_error(
         "download of a missing file",

@@ -58,7 +58,14 @@ impl DockerRuntime {
         };
         self.refuse_tmpfs(container_id, &format!("/{entry}"))
             .await?;
-        let prefix = tar_prefix(&entry, file.size)?;
+        // A file already there keeps its permission bits (a script stays executable); a new
+        // one is 0644. Anything else there (none, a directory, a link) is the upload's to
+        // handle.
+        let mode = match self.path_stat(container_id, &format!("/{entry}")).await {
+            Ok(stat) if stat.mode & (MODE_DIR | MODE_SYMLINK) == 0 => stat.mode & 0o777,
+            _ => NEW_FILE_MODE,
+        };
+        let prefix = tar_prefix(&entry, file.size, mode)?;
         let failure = Arc::new(Mutex::new(None));
         let body = Body::wrap_stream(tar_body(prefix, file.size, file.content, failure.clone()));
         // `noOverwriteDirNonDir`: a directory where the file goes is refused, not replaced
@@ -337,12 +344,15 @@ fn path_refusal(failure: &Failure, path: &str) -> Option<Error> {
     })
 }
 
+/// The permission bits of an uploaded file that did not exist.
+const NEW_FILE_MODE: u32 = 0o644;
+
 /// The tar bytes before an entry's content: a GNU long-name entry when the path needs it,
-/// then the entry's header (mode 0644, owner root).
-fn tar_prefix(path: &str, size: u64) -> Result<Bytes> {
+/// then the entry's header (`mode`, owner root).
+fn tar_prefix(path: &str, size: u64, mode: u32) -> Result<Bytes> {
     let mut header = tar::Header::new_gnu();
     header.set_size(size);
-    header.set_mode(0o644);
+    header.set_mode(mode);
     header.set_uid(0);
     header.set_gid(0);
     header.set_entry_type(tar::EntryType::Regular);
@@ -643,7 +653,7 @@ mod tests {
         let path = format!("{dir}file.bin");
         let failure = Arc::new(Mutex::new(None));
         let parts = collect(tar_body(
-            tar_prefix(&path, 5).unwrap(),
+            tar_prefix(&path, 5, NEW_FILE_MODE).unwrap(),
             5,
             content(vec![b"he", b"llo"]),
             failure.clone(),
@@ -670,7 +680,7 @@ mod tests {
         for (chunks, size) in [(vec![&b"abc"[..]], 2u64), (vec![&b"a"[..]], 2)] {
             let failure = Arc::new(Mutex::new(None));
             let parts = collect(tar_body(
-                tar_prefix("f", size).unwrap(),
+                tar_prefix("f", size, NEW_FILE_MODE).unwrap(),
                 size,
                 content(chunks),
                 failure.clone(),
