@@ -969,6 +969,13 @@ impl Conn {
                     if let Some((len, slow_down)) = held_output {
                         let held =
                             waiter.flow.held.fetch_add(len as u64, Ordering::AcqRel) + len as u64;
+                        // First, so the agent is told even when one frame passes both limits.
+                        if held > PAUSE_ABOVE as u64
+                            && !waiter.flow.paused.swap(true, Ordering::AcqRel)
+                        {
+                            // The outbox is drained by the writer, never by this task.
+                            let _ = conn.outbox.send(slow_down).await;
+                        }
                         if held > HOLD_LIMIT as u64 {
                             // Its channel ends rather than host memory grows.
                             lock(&conn.waiters).remove(&id);
@@ -987,12 +994,6 @@ impl Conn {
                                 );
                             }
                             continue;
-                        }
-                        if held > PAUSE_ABOVE as u64
-                            && !waiter.flow.paused.swap(true, Ordering::AcqRel)
-                        {
-                            // The outbox is drained by the writer, never by this task.
-                            let _ = conn.outbox.send(slow_down).await;
                         }
                     }
                     let _ = waiter.tx.send(message);

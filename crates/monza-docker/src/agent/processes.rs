@@ -262,6 +262,7 @@ impl Agents {
             conn,
             pid,
             offsets: [offsets.0, offsets.1],
+            attached_at: [offsets.0, offsets.1],
             follow,
             current: None,
             done: false,
@@ -385,6 +386,8 @@ struct Attach {
     pid: u32,
     /// Where stdout and stderr are read on from.
     offsets: [u64; 2],
+    /// Where the current attach began.
+    attached_at: [u64; 2],
     follow: bool,
     /// The attach's id, its frames, and its flow (`paused`: the reader detached it).
     current: Option<(u64, mpsc::UnboundedReceiver<Message>, Arc<Flow>)>,
@@ -395,6 +398,7 @@ impl Attach {
     /// Attaches from the offsets reached.
     async fn attach(&mut self) -> Result<()> {
         self.end_current(true);
+        self.attached_at = self.offsets;
         let id = self.conn.next_id.fetch_add(1, Ordering::Relaxed);
         let rx = self.conn.register(id);
         let flow = lock(&self.conn.waiters)
@@ -422,9 +426,13 @@ impl Attach {
         loop {
             let (_, rx, flow) = self.current.as_mut()?;
             let Some(message) = rx.recv().await else {
-                if flow.overflowed.load(Ordering::Acquire) && !self.conn.is_closed() {
-                    // The agent sent more than the host holds before the detach reached
-                    // it; what was held is read: on from where this reader is.
+                // The agent sent more than the host holds before the detach reached it; what
+                // was held is read: on from where this reader is. Only after some progress:
+                // an agent whose first frames already overflow would loop for ever.
+                if flow.overflowed.load(Ordering::Acquire)
+                    && !self.conn.is_closed()
+                    && self.offsets != self.attached_at
+                {
                     if let Err(e) = self.attach().await {
                         self.done = true;
                         return Some(Err(e));
@@ -698,6 +706,7 @@ mod tests {
             conn,
             pid: 7,
             offsets: [0, 0],
+            attached_at: [0, 0],
             follow: true,
             current: None,
             done: false,
@@ -728,5 +737,52 @@ mod tests {
             reattached_at > 0 && reattached_at < TOTAL,
             "the second attach started at {reattached_at}: the host held part, not all"
         );
+    }
+
+    /// An agent whose very first frame is over the hold limit makes no progress to read on
+    /// from: the read fails (once), is not attached again for ever, and the agent is told to
+    /// stop.
+    #[tokio::test]
+    async fn an_attach_whose_first_frame_overflows_fails_instead_of_looping() {
+        let (host, agent) = UnixStream::pair().unwrap();
+        let conn = Conn::serve_for_test(host);
+        let fake = tokio::spawn(async move {
+            let (read, write) = agent.into_split();
+            let mut from_host = FramedRead::new(read, AgentCodec);
+            let mut to_host = FramedWrite::new(write, AgentCodec);
+            let Some(Ok(Message::Attach { id, .. })) = from_host.next().await else {
+                panic!("expected an attach");
+            };
+            let big = Message::ProcessOutput {
+                id,
+                stream: Stream::Stdout,
+                offset: 0,
+                data: vec![b'a'; 5 * 1024 * 1024],
+            };
+            to_host.send(big).await.unwrap();
+            // The host asks it to stop; nothing else comes.
+            match from_host.next().await {
+                Some(Ok(Message::Detach { id: detached })) => assert_eq!(detached, id),
+                other => panic!("expected a detach, got {other:?}"),
+            }
+            tokio::time::timeout(Duration::from_millis(300), from_host.next())
+                .await
+                .expect_err("no second attach");
+        });
+        let mut attach = Attach {
+            conn,
+            pid: 7,
+            offsets: [0, 0],
+            attached_at: [0, 0],
+            follow: true,
+            current: None,
+            done: false,
+        };
+        attach.attach().await.unwrap();
+        let event = tokio::time::timeout(Duration::from_secs(10), attach.next())
+            .await
+            .expect("an answer, not a loop");
+        assert!(matches!(event, Some(Err(_))), "{event:?}");
+        fake.await.unwrap();
     }
 }

@@ -380,7 +380,16 @@ impl SandboxService {
                 return error;
             }
         }
-        if !matches!(error, Error::NotFound(_) | Error::Conflict(_)) {
+        // The engine answers 404 for a missing container and a missing path alike.
+        if !matches!(
+            error,
+            Error::NotFound(_)
+                | Error::Conflict(_)
+                | Error::File {
+                    problem: FileProblem::NotFound,
+                    ..
+                }
+        ) {
             return error;
         }
         let Some(cid) = sandbox.container_id.as_deref() else {

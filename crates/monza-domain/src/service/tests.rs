@@ -1325,6 +1325,36 @@ async fn download_checks_the_path_then_records_activity() {
     assert!(matches!(err, Error::InvalidInput(_)));
 }
 
+/// The engine answers 404 for a missing path and a missing container alike: a "no such
+/// file" from a container that is gone makes the sandbox `error` and answers its conflict,
+/// not a 404 that leaves the sandbox `running` for ever.
+#[tokio::test]
+async fn a_missing_file_answer_from_a_vanished_container_makes_the_sandbox_error() {
+    let (mut m, id) = Mocks::finding_running();
+    m.records_activity_once(|_| true);
+    m.runtime.expect_download().times(1).returning(|_, _| {
+        Err(Error::file(
+            crate::FileProblem::NotFound,
+            "/workspace/a.txt does not exist in the sandbox",
+        ))
+    });
+    m.runtime
+        .expect_state()
+        .times(1)
+        .returning(|_| Ok(crate::runtime::ContainerState::Missing));
+    m.repo
+        .expect_transition()
+        .withf(|_, change| change.event == LifecycleEvent::Fail)
+        .times(1)
+        .returning(|_, _| Ok(sandbox(SandboxStatus::Error)));
+    let err = m
+        .service()
+        .download(&Access::Admin, id, "/workspace/a.txt")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+}
+
 #[tokio::test]
 async fn the_reaper_expires_exactly_what_the_store_claims_and_removes_their_containers() {
     let later = T0 + Duration::hours(1);
