@@ -15,7 +15,7 @@ use crate::run;
 pub const BUSYBOX_IMAGE: &str = "monza-test/busybox:latest";
 
 /// Bumped whenever the image's Dockerfile below changes, so existing machines rebuild it.
-const BUSYBOX_IMAGE_VERSION: &str = "2";
+const BUSYBOX_IMAGE_VERSION: &str = "3";
 
 /// The Debian test image: a `debootstrap --variant=minbase bookworm` root filesystem
 /// (glibc, bash, coreutils) loaded with `docker import`, with a non-root user `vscode`
@@ -263,8 +263,8 @@ fn ensure_busybox_image() -> Result<()> {
             "FROM scratch\n\
          COPY bin/busybox /bin/busybox\n\
          RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
-         RUN [\"/bin/mkdir\", \"-p\", \"/tmp\", \"/root\", \"/etc\"]\n\
-         RUN [\"/bin/sh\", \"-c\", \"chmod 1777 /tmp && printf 'root:x:0:0:root:/root:/bin/sh\\nnobody:x:65534:65534:nobody:/:/bin/sh\\n' > /etc/passwd && printf 'root:x:0:\\nnogroup:x:65534:\\n' > /etc/group\"]\n\
+         RUN [\"/bin/mkdir\", \"-p\", \"/tmp\", \"/root\", \"/etc\", \"/home/dev\"]\n\
+         RUN [\"/bin/sh\", \"-c\", \"chmod 1777 /tmp && printf 'root:x:0:0:root:/root:/bin/sh\\nnobody:x:65534:65534:nobody:/:/bin/sh\\ndev:x:1000:1000:dev:/home/dev:/bin/sh\\n' > /etc/passwd && printf 'root:x:0:\\nnogroup:x:65534:\\ndev:x:1000:\\n' > /etc/group && chown 1000:1000 /home/dev\"]\n\
          CMD [\"/bin/sh\"]\n\
          LABEL monza.image-version={BUSYBOX_IMAGE_VERSION}\n",
         ),

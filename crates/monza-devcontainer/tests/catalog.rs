@@ -472,6 +472,7 @@ fn test_templates_pass_the_check() {
             "ok busybox-failing-hook (image monza-test/busybox:latest)",
             "ok busybox-hooks (image monza-test/busybox:latest)",
             "ok busybox-ports (image monza-test/busybox:latest)",
+            "ok busybox-user (image monza-test/busybox:latest)",
             "ok debian (image monza-test/debian:bookworm)",
         ]
     );

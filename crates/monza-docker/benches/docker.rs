@@ -360,6 +360,7 @@ fn upload(pattern: &Bytes) -> UploadFile {
         Ok(pattern.slice(at..at + 64 * 1024))
     });
     UploadFile {
+        options: monza_domain::WriteOptions::default(),
         name: "bench.bin".into(),
         size: COPY_BYTES,
         content: futures::stream::iter(chunks).boxed(),

@@ -7,6 +7,7 @@
 //! endpoint, whose tar is parsed incrementally to yield only the file's bytes. Neither holds
 //! more than a chunk or two in memory.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,16 +15,27 @@ use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use hyper::{Body, Method, Response};
-use monza_domain::{ByteStream, Error, FileDownload, FileProblem, FileStat, Result, UploadFile};
+use monza_domain::{
+    ByteStream, Error, FileDownload, FileKind, FileProblem, FileStat, Result, UploadFile,
+};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::engine::query_value;
 use crate::error::{Failure, bounded};
+use crate::owner::{Owner, UserSpec};
 use crate::runtime::DockerRuntime;
 
 /// Go's `os.ModeDir`, in the engine's path stat.
 const MODE_DIR: u32 = 1 << 31;
 /// Go's `os.ModeSymlink`.
 const MODE_SYMLINK: u32 = 1 << 27;
+/// Go's `os.ModeSetuid`, `os.ModeSetgid` and `os.ModeSticky`.
+const MODE_SETUID: u32 = 1 << 23;
+const MODE_SETGID: u32 = 1 << 22;
+const MODE_STICKY: u32 = 1 << 20;
+/// Go's `os.ModeType` less directories and links: devices, pipes, sockets, irregular files.
+const MODE_TYPE: u32 = (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21) | (1 << 19);
 /// Symlinks followed when downloading before giving up.
 const MAX_SYMLINKS: usize = 8;
 /// Largest PAX extended header accepted.
@@ -37,7 +49,44 @@ struct PathStat {
     mode: u32,
     #[serde(rename = "linkTarget", default)]
     link_target: String,
+    /// RFC 3339.
+    #[serde(default)]
+    mtime: String,
 }
+
+impl PathStat {
+    fn into_stat(self) -> FileStat {
+        let modified = OffsetDateTime::parse(&self.mtime, &Rfc3339).ok();
+        FileStat {
+            kind: kind_of(self.mode),
+            mode: permission_bits(self.mode),
+            size: u64::try_from(self.size).unwrap_or(0),
+            modified,
+            link_target: Some(self.link_target)
+                .filter(|t| !t.is_empty() && self.mode & MODE_SYMLINK != 0),
+            name: self.name,
+        }
+    }
+}
+
+/// What the file API needs to know of a container, read with one inspect (a container's
+/// mounts and configured user never change).
+#[derive(Debug, Default)]
+pub(crate) struct ContainerFacts {
+    /// Its tmpfs mount points, which the archive endpoint cannot reach.
+    tmpfs: Vec<String>,
+    /// Its configured user (`containerUser`, else the image's `USER`; empty for root).
+    user: String,
+    /// User specs already resolved against its `/etc/passwd` and `/etc/group`.
+    owners: Mutex<HashMap<String, Owner>>,
+}
+
+/// How a path stat says nothing is at a path (the engine's 404), as opposed to a path that
+/// cannot be followed.
+const ABSENT: &str = " does not exist in the sandbox";
+
+/// Largest `/etc/passwd` or `/etc/group` read to resolve an owner.
+const MAX_ID_FILE: usize = 1 << 20;
 
 impl DockerRuntime {
     pub(crate) async fn upload_file(
@@ -45,7 +94,7 @@ impl DockerRuntime {
         container_id: &str,
         dest_dir: &str,
         file: UploadFile,
-    ) -> Result<()> {
+    ) -> Result<FileStat> {
         let what = format!(
             "uploading {} to {dest_dir} in container {container_id}",
             file.name
@@ -56,59 +105,236 @@ impl DockerRuntime {
         } else {
             format!("{dir}/{}", file.name)
         };
-        self.refuse_tmpfs(container_id, &format!("/{entry}"))
+        let target = format!("/{entry}");
+        let facts = self.facts(container_id).await?;
+        refuse_tmpfs(&facts, &target)?;
+        let owner = self
+            .owner(container_id, &facts, file.options.user.as_deref())
             .await?;
-        // A file already there keeps its permission bits (a script stays executable); a new
-        // one is 0644. Anything else there (none, a directory, a link) is the upload's to
-        // handle.
-        let mode = match self.path_stat(container_id, &format!("/{entry}")).await {
-            Ok(stat) if stat.mode & (MODE_DIR | MODE_SYMLINK) == 0 => stat.mode & 0o777,
-            _ => NEW_FILE_MODE,
+        // `Err(true)`: nothing there; `Err(false)`: the stat failed in a way the write itself
+        // reports best (a link loop on the way: the engine's PUT names it).
+        let existing = match self.path_stat(container_id, &target).await {
+            Ok(stat) => Ok(stat),
+            Err(Error::File {
+                problem: FileProblem::NotFound,
+                ..
+            }) => Err(true),
+            Err(
+                e @ (Error::Unavailable { .. }
+                | Error::File {
+                    problem: FileProblem::NotADirectory,
+                    ..
+                }),
+            ) => return Err(e),
+            Err(_) => Err(false),
         };
-        let prefix = tar_prefix(&entry, file.size, mode)?;
+        if existing.as_ref().is_ok_and(|s| s.mode & MODE_DIR != 0) {
+            return Err(Error::file(
+                FileProblem::IsDirectory,
+                format!("{target} is a directory; a file cannot replace it"),
+            ));
+        }
+        // A file already there keeps its permission bits (a script stays executable) unless
+        // the client gives a mode; a new one is 0644.
+        let mode = file.options.mode.unwrap_or(match &existing {
+            Ok(stat) if stat.mode & MODE_SYMLINK == 0 => stat.mode & 0o777,
+            _ => NEW_FILE_MODE,
+        });
+        // Only directories that are missing get an entry: one for a directory that exists
+        // would give it to the sandbox's user and reset its mode.
+        let missing = match existing {
+            Err(true) => self.missing_dirs(container_id, dest_dir).await?,
+            _ => Vec::new(),
+        };
+        if let Some(first) = missing.first()
+            && !file.options.create_parents
+        {
+            return Err(Error::file(
+                FileProblem::NotFound,
+                format!(
+                    "{target}: directory {first} does not exist (parents=true creates missing \
+                     directories)"
+                ),
+            ));
+        }
+        let mut tar = TarEntries::default();
+        for dir in &missing {
+            tar.directory(dir, DIR_MODE, owner)?;
+        }
+        tar.file_header(&target, file.size, mode, owner)?;
         let failure = Arc::new(Mutex::new(None));
-        let body = Body::wrap_stream(tar_body(prefix, file.size, file.content, failure.clone()));
-        // `noOverwriteDirNonDir`: a directory where the file goes is refused, not replaced
-        // with the file (and everything in it lost).
+        let size = file.size;
+        let body = Body::wrap_stream(tar_body(
+            tar.into_bytes(),
+            size,
+            file.content,
+            failure.clone(),
+        ));
+        let sent = self.put_archive(container_id, body).await;
+        if let Some(e) = failure.lock().ok().and_then(|mut slot| slot.take()) {
+            return Err(e);
+        }
+        sent.map_err(|f| {
+            path_refusal(&f, &target).unwrap_or_else(|| f.into_domain(&self.settings.host, &what))
+        })?;
+        Ok(FileStat {
+            name: file.name,
+            size,
+            kind: FileKind::File,
+            mode,
+            modified: Some(OffsetDateTime::now_utc()),
+            link_target: None,
+        })
+    }
+
+    /// Gives the directory `path` itself to `user` (see [`ContainerRuntime::own_directory`]).
+    ///
+    /// [`ContainerRuntime::own_directory`]: monza_domain::ContainerRuntime::own_directory
+    pub(crate) async fn own_dir(
+        &self,
+        container_id: &str,
+        path: &str,
+        user: Option<&str>,
+    ) -> Result<()> {
+        let facts = self.facts(container_id).await?;
+        if path.trim_matches('/').is_empty() || refuse_tmpfs(&facts, path).is_err() {
+            return Ok(());
+        }
+        let owner = self.owner(container_id, &facts, user).await?;
+        if owner == Owner::ROOT {
+            return Ok(());
+        }
+        let stat = match self.path_stat(container_id, path).await {
+            Ok(stat) if stat.mode & MODE_DIR != 0 => stat,
+            Ok(_)
+            | Err(Error::File {
+                problem: FileProblem::NotFound,
+                ..
+            }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut tar = TarEntries::default();
+        tar.directory(path, permission_bits(stat.mode), owner)?;
+        tar.end();
+        let what = format!("giving {path} to the sandbox's user in container {container_id}");
+        self.put_archive(container_id, Body::from(tar.into_bytes()))
+            .await
+            .map_err(|f| {
+                path_refusal(&f, path).unwrap_or_else(|| f.into_domain(&self.settings.host, &what))
+            })
+    }
+
+    /// Sends a tar to be unpacked at the container's root. `noOverwriteDirNonDir`: a
+    /// directory where a file goes (or the reverse) is refused, not replaced (and everything
+    /// in it lost).
+    async fn put_archive(&self, container_id: &str, body: Body) -> Result<(), Failure> {
         let endpoint = format!(
             "/containers/{}/archive?path=%2F&noOverwriteDirNonDir=true",
             query_value(container_id)
         );
-        let sent = bounded(
+        bounded(
             self.settings.transfer_timeout,
             self.raw
                 .send(Method::PUT, &endpoint, Some("application/x-tar"), body),
         )
-        .await;
-        if let Some(e) = failure.lock().ok().and_then(|mut slot| slot.take()) {
-            return Err(e);
-        }
-        let target = format!("/{entry}");
-        sent.map(drop).map_err(|f| {
-            path_refusal(&f, &target).unwrap_or_else(|| f.into_domain(&self.settings.host, &what))
-        })
+        .await
+        .map(drop)
     }
 
-    /// Refuses `path` when it is on one of the container's tmpfs mounts: the archive endpoint
-    /// works on the container's root file system and volumes, so a file written there would
-    /// land underneath the mount, invisible to the sandbox (and a read would see that layer).
-    async fn refuse_tmpfs(&self, container_id: &str, path: &str) -> Result<()> {
-        let mounts = self.tmpfs_mounts(container_id).await?;
-        match mounts
-            .iter()
-            .find(|m| monza_domain::paths::is_under(path, m))
+    /// The directories from `dir` up that do not exist, outermost first. A file on the way
+    /// is `not_a_directory`.
+    async fn missing_dirs(&self, container_id: &str, dir: &str) -> Result<Vec<String>> {
+        let mut missing = Vec::new();
+        let mut current = dir.trim_end_matches('/').to_owned();
+        // Bounded by the path's depth: each turn drops a component.
+        while !current.is_empty() {
+            match self.path_stat(container_id, &current).await {
+                Ok(stat) if stat.mode & (MODE_DIR | MODE_SYMLINK) != 0 => break,
+                Ok(_) => {
+                    return Err(Error::file(
+                        FileProblem::NotADirectory,
+                        format!("{current} is a file, not a directory"),
+                    ));
+                }
+                // Only a path that is not there: a link loop on the way is also "not
+                // found", and a directory entry would then try to replace the link.
+                Err(Error::File {
+                    problem: FileProblem::NotFound,
+                    message,
+                }) if message.ends_with(ABSENT) => {
+                    let parent = current
+                        .rsplit_once('/')
+                        .map(|(parent, _)| parent.to_owned())
+                        .unwrap_or_default();
+                    missing.push(std::mem::replace(&mut current, parent));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        missing.reverse();
+        Ok(missing)
+    }
+
+    /// The numeric owner for `user` (the container's configured user when absent).
+    async fn owner(
+        &self,
+        container_id: &str,
+        facts: &ContainerFacts,
+        user: Option<&str>,
+    ) -> Result<Owner> {
+        let text = user.unwrap_or(&facts.user);
+        if let Some(known) = facts
+            .owners
+            .lock()
+            .ok()
+            .and_then(|owners| owners.get(text).copied())
         {
-            Some(mount) => Err(Error::invalid(format!(
-                "{path} is under {mount}, a tmpfs mount the file API cannot reach: use execute \
-                 to read or write it"
-            ))),
-            None => Ok(()),
+            return Ok(known);
         }
+        let spec = UserSpec::parse(text);
+        let passwd = match spec.needs_passwd() {
+            true => self.id_file(container_id, "/etc/passwd").await?,
+            false => None,
+        };
+        let group = match spec.needs_group() {
+            true => self.id_file(container_id, "/etc/group").await?,
+            false => None,
+        };
+        let owner = spec.resolve(passwd.as_deref(), group.as_deref())?;
+        if let Ok(mut owners) = facts.owners.lock() {
+            owners.insert(text.to_owned(), owner);
+        }
+        Ok(owner)
     }
 
-    async fn tmpfs_mounts(&self, container_id: &str) -> Result<Arc<[String]>> {
+    /// A small text file of the sandbox's (`/etc/passwd`), `None` when it is missing.
+    async fn id_file(&self, container_id: &str, path: &str) -> Result<Option<String>> {
+        let download = match self.download_file(container_id, path).await {
+            Ok(download) => download,
+            Err(Error::File {
+                problem: FileProblem::NotFound,
+                ..
+            }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if download.stat.size > MAX_ID_FILE as u64 {
+            return Err(Error::conflict(format!(
+                "the sandbox's {path} is over {MAX_ID_FILE} bytes; the file API reads no more \
+                 to find the sandbox's user"
+            )));
+        }
+        let mut text = Vec::with_capacity(usize::try_from(download.stat.size).unwrap_or(0));
+        let mut content = download.content;
+        while let Some(chunk) = content.next().await {
+            text.extend_from_slice(&chunk?);
+        }
+        Ok(Some(String::from_utf8_lossy(&text).into_owned()))
+    }
+
+    /// The container's [`ContainerFacts`], inspected once.
+    async fn facts(&self, container_id: &str) -> Result<Arc<ContainerFacts>> {
         if let Some(known) = self
-            .tmpfs
+            .facts
             .lock()
             .ok()
             .and_then(|cache| cache.get(container_id).cloned())
@@ -139,7 +365,7 @@ impl DockerRuntime {
         {
             mounts.extend(tmpfs.keys().cloned());
         }
-        let mounts: Arc<[String]> = mounts
+        let tmpfs = mounts
             .into_iter()
             .map(|m| {
                 let trimmed = m.trim_end_matches('/');
@@ -150,23 +376,25 @@ impl DockerRuntime {
                 }
             })
             .collect();
-        if let Ok(mut cache) = self.tmpfs.lock() {
+        let user = inspect.config.and_then(|c| c.user).unwrap_or_default();
+        let facts = Arc::new(ContainerFacts {
+            tmpfs,
+            user,
+            owners: Mutex::default(),
+        });
+        if let Ok(mut cache) = self.facts.lock() {
             // Containers come and go: a bounded cache, emptied when full.
             if cache.len() >= 4096 {
                 cache.clear();
             }
-            cache.insert(container_id.to_owned(), mounts.clone());
+            cache.insert(container_id.to_owned(), facts.clone());
         }
-        Ok(mounts)
+        Ok(facts)
     }
 
     pub(crate) async fn stat_path(&self, container_id: &str, path: &str) -> Result<FileStat> {
-        let stat = self.path_stat(container_id, path).await?;
-        Ok(FileStat {
-            name: stat.name,
-            size: u64::try_from(stat.size).unwrap_or(0),
-            is_dir: stat.mode & MODE_DIR != 0,
-        })
+        refuse_tmpfs(&*self.facts(container_id).await?, path)?;
+        Ok(self.path_stat(container_id, path).await?.into_stat())
     }
 
     /// A request without a body (`HEAD`, `GET`) to `endpoint`, within the request timeout.
@@ -191,7 +419,7 @@ impl DockerRuntime {
             Err(Failure::Status { code: 404, .. }) => {
                 return Err(Error::file(
                     FileProblem::NotFound,
-                    format!("{path} does not exist in the sandbox"),
+                    format!("{path}{ABSENT}"),
                 ));
             }
             // Any other refusal: ask again with GET, whose answer says why.
@@ -225,7 +453,8 @@ impl DockerRuntime {
         container_id: &str,
         path: &str,
     ) -> Result<FileDownload> {
-        self.refuse_tmpfs(container_id, path).await?;
+        let facts = self.facts(container_id).await?;
+        refuse_tmpfs(&facts, path)?;
         let mut target = path.to_owned();
         let mut stat = self.path_stat(container_id, &target).await?;
         let mut hops = 0;
@@ -238,7 +467,7 @@ impl DockerRuntime {
                 ));
             }
             target = stat.link_target.clone();
-            self.refuse_tmpfs(container_id, &target).await?;
+            refuse_tmpfs(&facts, &target)?;
             stat = self.path_stat(container_id, &target).await?;
         }
         if stat.mode & MODE_DIR != 0 {
@@ -264,9 +493,8 @@ impl DockerRuntime {
         })?;
         Ok(FileDownload {
             stat: FileStat {
-                name: stat.name,
                 size,
-                is_dir: false,
+                ..stat.into_stat()
             },
             content: reader.content(size, self.settings.host.clone()),
         })
@@ -344,29 +572,122 @@ fn path_refusal(failure: &Failure, path: &str) -> Option<Error> {
     })
 }
 
+/// Refuses `path` when it is on one of the container's tmpfs mounts: the archive endpoint
+/// works on the container's root file system and volumes, so a file written there would
+/// land underneath the mount, invisible to the sandbox (and a read would see that layer).
+fn refuse_tmpfs(facts: &ContainerFacts, path: &str) -> Result<()> {
+    match facts
+        .tmpfs
+        .iter()
+        .find(|m| monza_domain::paths::is_under(path, m))
+    {
+        Some(mount) => Err(Error::invalid(format!(
+            "{path} is under {mount}, a tmpfs mount the file API cannot reach: use execute \
+             to read or write it"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The permission bits of an uploaded file that did not exist.
 const NEW_FILE_MODE: u32 = 0o644;
 
-/// The tar bytes before an entry's content: a GNU long-name entry when the path needs it,
-/// then the entry's header (`mode`, owner root).
+/// Permission bits of a directory the file API creates.
+const DIR_MODE: u32 = 0o755;
+
+/// Tar entries built in memory: directories, and the header of a file whose content streams
+/// after them.
+struct TarEntries {
+    builder: tar::Builder<Vec<u8>>,
+}
+
+impl Default for TarEntries {
+    fn default() -> Self {
+        Self {
+            builder: tar::Builder::new(Vec::with_capacity(2048)),
+        }
+    }
+}
+
+impl TarEntries {
+    fn header(kind: tar::EntryType, size: u64, mode: u32, owner: Owner) -> tar::Header {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(size);
+        header.set_mode(mode);
+        header.set_uid(owner.uid);
+        header.set_gid(owner.gid);
+        header.set_entry_type(kind);
+        header.set_mtime(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        );
+        header
+    }
+
+    /// A directory at the absolute `path`.
+    fn directory(&mut self, path: &str, mode: u32, owner: Owner) -> Result<()> {
+        let mut header = Self::header(tar::EntryType::Directory, 0, mode, owner);
+        let name = format!("{}/", path.trim_matches('/'));
+        self.builder
+            .append_data(&mut header, &name, std::io::empty())
+            .map_err(|e| Error::invalid(format!("cannot create directory {path}: {e}")))
+    }
+
+    /// The header of a regular file at the absolute `path` (a GNU long-name entry first
+    /// when the path needs it); exactly `size` bytes of content must follow.
+    fn file_header(&mut self, path: &str, size: u64, mode: u32, owner: Owner) -> Result<()> {
+        let mut header = Self::header(tar::EntryType::Regular, size, mode, owner);
+        self.builder
+            .append_data(&mut header, path.trim_start_matches('/'), std::io::empty())
+            .map_err(|e| Error::invalid(format!("cannot upload to {path}: {e}")))
+    }
+
+    /// The two zero blocks that end an archive without a streamed file.
+    fn end(&mut self) {
+        self.builder.get_mut().extend_from_slice(&[0u8; 1024]);
+    }
+
+    /// What was appended (`into_inner` would write the end-of-archive blocks as well).
+    fn into_bytes(self) -> Bytes {
+        Bytes::copy_from_slice(self.builder.get_ref())
+    }
+}
+
+/// The tar bytes before a single file's content, owned by root (tests of the body).
+#[cfg(test)]
 fn tar_prefix(path: &str, size: u64, mode: u32) -> Result<Bytes> {
-    let mut header = tar::Header::new_gnu();
-    header.set_size(size);
-    header.set_mode(mode);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_mtime(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    );
-    let mut builder = tar::Builder::new(Vec::with_capacity(1536));
-    builder
-        .append_data(&mut header, path, std::io::empty())
-        .map_err(|e| Error::invalid(format!("cannot upload to {path}: {e}")))?;
-    // Only what was appended: `into_inner` would also write the end-of-archive blocks.
-    Ok(Bytes::copy_from_slice(builder.get_ref()))
+    let mut tar = TarEntries::default();
+    tar.file_header(path, size, mode, Owner::ROOT)?;
+    Ok(tar.into_bytes())
+}
+
+/// Go's `os.FileMode` permission and special bits as Unix mode bits.
+fn permission_bits(mode: u32) -> u32 {
+    let mut bits = mode & 0o777;
+    if mode & MODE_SETUID != 0 {
+        bits |= 0o4000;
+    }
+    if mode & MODE_SETGID != 0 {
+        bits |= 0o2000;
+    }
+    if mode & MODE_STICKY != 0 {
+        bits |= 0o1000;
+    }
+    bits
+}
+
+/// The kind of entry a Go `os.FileMode` describes.
+fn kind_of(mode: u32) -> FileKind {
+    if mode & MODE_DIR != 0 {
+        FileKind::Directory
+    } else if mode & MODE_SYMLINK != 0 {
+        FileKind::Symlink
+    } else if mode & MODE_TYPE != 0 {
+        FileKind::Other
+    } else {
+        FileKind::File
+    }
 }
 
 /// Padding after `size` bytes of content, then the two zero blocks ending the archive.

@@ -25,6 +25,7 @@ mod error;
 mod exec;
 mod files;
 mod image;
+mod owner;
 mod runtime;
 mod settings;
 mod sink;

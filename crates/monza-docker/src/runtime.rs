@@ -23,6 +23,7 @@ use crate::container::{
 };
 use crate::engine::{Address, RawClient, query_value};
 use crate::error::{Failure, bounded};
+use crate::files::ContainerFacts;
 use crate::settings::DockerSettings;
 use crate::sink::{Finished, STREAM_EVENTS, Sink};
 
@@ -41,9 +42,8 @@ pub struct DockerRuntime {
     pub(crate) settings: DockerSettings,
     /// Engine socket paths no mount may expose.
     sockets: Vec<PathBuf>,
-    /// Each container's tmpfs mount points, which the archive endpoint cannot reach (a
-    /// container's mounts never change, so one inspect per container).
-    pub(crate) tmpfs: Arc<Mutex<HashMap<String, Arc<[String]>>>>,
+    /// What the file API knows of each container (see [`ContainerFacts`]).
+    pub(crate) facts: Arc<Mutex<HashMap<String, Arc<ContainerFacts>>>>,
     /// Each sandbox's agent (see module `agent`).
     agents: Arc<Agents>,
 }
@@ -81,7 +81,7 @@ impl DockerRuntime {
             docker,
             settings,
             sockets,
-            tmpfs: Arc::default(),
+            facts: Arc::default(),
         })
     }
 
@@ -481,8 +481,23 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     #[tracing::instrument(skip_all, fields(container_id, dest_dir, size = file.size), err(level = "info"))]
-    async fn upload(&self, container_id: &str, dest_dir: &str, file: UploadFile) -> Result<()> {
+    async fn upload(
+        &self,
+        container_id: &str,
+        dest_dir: &str,
+        file: UploadFile,
+    ) -> Result<FileStat> {
         self.upload_file(container_id, dest_dir, file).await
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id, path), err(level = "info"))]
+    async fn own_directory(
+        &self,
+        container_id: &str,
+        path: &str,
+        user: Option<String>,
+    ) -> Result<()> {
+        self.own_dir(container_id, path, user.as_deref()).await
     }
 
     #[tracing::instrument(skip_all, fields(container_id, path), err(level = "info"))]

@@ -18,7 +18,7 @@ use monza_domain::testing::require;
 use monza_domain::{
     BuildSpec, Command, ContainerRuntime, ContainerSpec, Error, ExecEvent, ExecOutput, ExecRequest,
     FileProblem, ImageSource, Mount, OutputStream, ProcessEvent, ProcessRequest, ProcessSignal,
-    RunOptions, SandboxId, Template, TenantId, UploadFile,
+    RunOptions, SandboxId, Template, TenantId, UploadFile, WriteOptions,
 };
 use serde_json::json;
 
@@ -763,6 +763,10 @@ async fn files_go_in_and_out_byte_for_byte() {
         .map(|c| Ok(Bytes::copy_from_slice(c)))
         .collect();
     let file = UploadFile {
+        options: WriteOptions {
+            create_parents: true,
+            ..WriteOptions::default()
+        },
         name: "random.bin".into(),
         size: data.len() as u64,
         content: futures::stream::iter(chunks).boxed(),
@@ -777,11 +781,11 @@ async fn files_go_in_and_out_byte_for_byte() {
         .await
         .unwrap();
     assert_eq!(
-        (stat.name.as_str(), stat.size, stat.is_dir),
+        (stat.name.as_str(), stat.size, stat.is_dir()),
         ("random.bin", data.len() as u64, false)
     );
     let dir = runtime.stat(&sandbox.id, "/workspace/new").await.unwrap();
-    assert!(dir.is_dir);
+    assert!(dir.is_dir());
     let inside = sandbox
         .sh("md5sum /workspace/new/deeper/random.bin | cut -d' ' -f1")
         .await;
@@ -836,6 +840,10 @@ async fn files_go_in_and_out_byte_for_byte() {
     );
 
     let short = UploadFile {
+        options: WriteOptions {
+            create_parents: true,
+            ..WriteOptions::default()
+        },
         name: "short".into(),
         size: 10,
         content: futures::stream::iter([Ok(Bytes::from_static(b"abc"))]).boxed(),
@@ -844,6 +852,10 @@ async fn files_go_in_and_out_byte_for_byte() {
         matches!(runtime.upload(&sandbox.id, "/workspace", short).await, Err(Error::InvalidInput(m)) if m.contains("announced"))
     );
     let gone = UploadFile {
+        options: WriteOptions {
+            create_parents: true,
+            ..WriteOptions::default()
+        },
         name: "x".into(),
         size: 0,
         content: futures::stream::empty().boxed(),
@@ -1084,6 +1096,10 @@ async fn files_on_a_tmpfs_mount_are_refused_since_the_sandbox_would_not_see_them
     }];
     let sandbox = Sandbox::started(&runtime, t).await;
     let file = |name: &str| UploadFile {
+        options: WriteOptions {
+            create_parents: true,
+            ..WriteOptions::default()
+        },
         name: name.into(),
         size: 2,
         content: futures::stream::iter([Ok(Bytes::from_static(b"hi"))]).boxed(),

@@ -25,9 +25,9 @@ pub use ports::{
 };
 pub use runtime::{
     ByteStream, ContainerSpec, ContainerState, CreatedContainer, ExecEvent, ExecEvents, ExecOutput,
-    ExecRequest, FileDownload, FileStat, ManagedContainer, OutputSpan, OutputStream, ProcessEvent,
-    ProcessEvents, ProcessExit, ProcessInfo, ProcessRequest, ProcessSignal, PublishedPort,
-    TIMED_OUT_EXIT_CODE, TerminalSize, UploadFile,
+    ExecRequest, FileDownload, FileKind, FileStat, ManagedContainer, OutputSpan, OutputStream,
+    ProcessEvent, ProcessEvents, ProcessExit, ProcessInfo, ProcessRequest, ProcessSignal,
+    PublishedPort, TIMED_OUT_EXIT_CODE, TerminalSize, UploadFile, WriteOptions,
 };
 pub use sandbox::{
     CreateLease, EventAction, InstanceId, NewEvent, PortMapping, Sandbox, SandboxEvent,

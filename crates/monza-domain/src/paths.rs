@@ -140,6 +140,37 @@ pub fn upload_destination(dir: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Highest permission bits a client may give a file: `rwx` for owner, group and others.
+/// Setuid, setgid and sticky bits are refused: a file written through the API is data, and a
+/// setuid program owned by the sandbox's user would be a trap for anyone running it.
+pub const MAX_FILE_MODE: u32 = 0o777;
+
+/// Checks the permission bits a client asked for.
+pub fn file_mode(mode: u32) -> Result<u32> {
+    if mode > MAX_FILE_MODE {
+        return Err(Error::invalid(format!(
+            "mode {mode:o} is not a permission mode: give three octal digits, 000 to 777 \
+             (setuid, setgid and sticky bits are not accepted)"
+        )));
+    }
+    Ok(mode)
+}
+
+/// Parses a mode as clients write it: octal digits, optionally with a leading `0` or `0o`
+/// (`644`, `0755`, `0o600`).
+pub fn parse_file_mode(text: &str) -> Result<u32> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
+        return Err(Error::invalid(format!(
+            "mode {text:?} is not an octal permission mode such as 644 or 0755"
+        )));
+    }
+    let mode = u32::from_str_radix(digits, 8)
+        .map_err(|e| Error::invalid(format!("mode {text:?}: {e}")))?;
+    file_mode(mode)
+}
+
 /// Joins a checked directory and a safe base name.
 pub fn join(dir: &str, name: &str) -> String {
     if dir.ends_with('/') {
@@ -152,6 +183,23 @@ pub fn join(dir: &str, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modes_are_octal_permission_bits_only() {
+        assert_eq!(parse_file_mode("644").unwrap(), 0o644);
+        assert_eq!(parse_file_mode("0755").unwrap(), 0o755);
+        assert_eq!(parse_file_mode("0o600").unwrap(), 0o600);
+        assert_eq!(parse_file_mode("0").unwrap(), 0);
+        for bad in [
+            "", "0o", "8", "abc", "-644", "4755", "1777", "07777", "12345", " 644",
+        ] {
+            assert!(
+                matches!(parse_file_mode(bad), Err(Error::InvalidInput(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(file_mode(0o1000).is_err());
+    }
 
     #[test]
     fn accepts_absolute_paths_and_trims_trailing_slashes() {

@@ -277,8 +277,24 @@ pub trait ContainerRuntime: Send + Sync {
     /// [`ExecEvents`] for what dropping the stream does.
     async fn exec_stream(&self, container_id: &str, request: &ExecRequest) -> Result<ExecEvents>;
 
-    /// Copies one file into `dest_dir`, streaming.
-    async fn upload(&self, container_id: &str, dest_dir: &str, file: UploadFile) -> Result<()>;
+    /// Copies one file into `dest_dir`, streaming, as [`UploadFile::options`] say: a regular
+    /// file is created or replaced, never anything else. Returns what was written.
+    async fn upload(
+        &self,
+        container_id: &str,
+        dest_dir: &str,
+        file: UploadFile,
+    ) -> Result<FileStat>;
+
+    /// Gives the directory `path` (not what is in it) to `user` (the image's user when
+    /// absent), so the sandbox's own commands can create files in its workspace. Nothing
+    /// happens when `path` is missing or not a directory.
+    async fn own_directory(
+        &self,
+        container_id: &str,
+        path: &str,
+        user: Option<String>,
+    ) -> Result<()>;
 
     /// What `path` is; not-found if it does not exist.
     async fn stat(&self, container_id: &str, path: &str) -> Result<FileStat>;

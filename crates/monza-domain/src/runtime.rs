@@ -168,6 +168,8 @@ pub struct UploadFile {
     pub size: u64,
     /// The content: exactly `size` bytes.
     pub content: ByteStream,
+    /// How it is written: mode, missing parents, owner.
+    pub options: WriteOptions,
 }
 
 impl fmt::Debug for UploadFile {
@@ -175,7 +177,47 @@ impl fmt::Debug for UploadFile {
         f.debug_struct("UploadFile")
             .field("name", &self.name)
             .field("size", &self.size)
+            .field("options", &self.options)
             .finish_non_exhaustive()
+    }
+}
+
+/// How a file is written into a sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Its permission bits; when absent, a file already there keeps its own and a new one is
+    /// 0644.
+    pub mode: Option<u32>,
+    /// Missing directories on the way are created (owned by `user`, mode 0755); when false
+    /// a missing parent is `file_not_found`.
+    pub create_parents: bool,
+    /// Who owns the file and the directories created for it: a user name or uid, with an
+    /// optional `:group` (the template's `remoteUser`); the image's user when absent.
+    pub user: Option<String>,
+}
+
+/// What kind of thing a path in a sandbox is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Directory,
+    /// A symbolic link (not followed).
+    Symlink,
+    /// A device, socket or pipe.
+    Other,
+}
+
+impl FileKind {
+    /// The name clients see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Directory => "directory",
+            Self::Symlink => "symlink",
+            Self::Other => "other",
+        }
     }
 }
 
@@ -186,8 +228,22 @@ pub struct FileStat {
     pub name: String,
     /// Size in bytes.
     pub size: u64,
-    /// A directory rather than a file.
-    pub is_dir: bool,
+    /// What it is.
+    pub kind: FileKind,
+    /// Permission bits (including setuid, setgid and sticky).
+    pub mode: u32,
+    /// Last modification, when the sandbox's file system reports one.
+    pub modified: Option<time::OffsetDateTime>,
+    /// Where a symbolic link points (the Docker adapter reports it resolved to an absolute
+    /// path).
+    pub link_target: Option<String>,
+}
+
+impl FileStat {
+    /// Whether it is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.kind == FileKind::Directory
+    }
 }
 
 /// A file coming out of a sandbox.

@@ -9,7 +9,7 @@ use serde_json::json;
 use time::Duration;
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, FileProblem, Result};
 use crate::lifecycle::{self, LifecycleEvent};
 use crate::paths;
 use crate::ports::{
@@ -17,8 +17,8 @@ use crate::ports::{
     StatusChange, TemplateCatalog, Touch,
 };
 use crate::runtime::{
-    ContainerSpec, ExecEvent, ExecEvents, ExecOutput, ExecRequest, FileDownload, PublishedPort,
-    TIMED_OUT_EXIT_CODE, UploadFile,
+    ContainerSpec, ExecEvent, ExecEvents, ExecOutput, ExecRequest, FileDownload, FileStat,
+    PublishedPort, TIMED_OUT_EXIT_CODE, UploadFile, WriteOptions,
 };
 use crate::sandbox::{
     CreateLease, EventAction, InstanceId, NewEvent, PortMapping, Sandbox, SandboxFilter, SandboxId,
@@ -404,6 +404,12 @@ impl SandboxService {
             .start(cid)
             .await
             .map_err(CreateFailure::at("start container", Some(cid)))?;
+        // The engine creates a missing workspace folder as root: the sandbox's user could not
+        // create a file in it.
+        self.runtime
+            .own_directory(cid, &workdir, user.clone())
+            .await
+            .map_err(CreateFailure::at("own workspace folder", Some(cid)))?;
         for hook in &commands {
             let request = ExecRequest {
                 command: hook.command.clone(),
@@ -686,8 +692,8 @@ impl SandboxService {
         Ok((sandbox, request, event))
     }
 
-    /// Copies a file into a running sandbox's `dest_dir` (default: its workspace folder) and
-    /// returns the file's path.
+    /// Copies a file into a running sandbox's `dest_dir` (default: its workspace folder),
+    /// creating missing directories, and returns the file's path.
     #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
     pub async fn upload(
         &self,
@@ -696,15 +702,63 @@ impl SandboxService {
         dest_dir: Option<&str>,
         file: UploadFile,
     ) -> Result<String> {
+        let dest_dir = dest_dir
+            .map(|dir| paths::sandbox_path("path", dir))
+            .transpose()?;
+        let file = UploadFile {
+            options: WriteOptions {
+                create_parents: true,
+                ..file.options
+            },
+            ..file
+        };
+        self.put_file(access, id, dest_dir, file)
+            .await
+            .map(|(path, _)| path)
+    }
+
+    /// Creates or replaces the regular file at `path` in a running sandbox (`file.name` is
+    /// ignored: the name is `path`'s last component, kept exactly), as `file.options` say
+    /// (the owner is always the sandbox's user). Returns the path and what was written.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
+    pub async fn write_file(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        path: &str,
+        file: UploadFile,
+    ) -> Result<(String, FileStat)> {
+        let path = paths::sandbox_path("path", path)?;
+        let Some((dir, name)) = path.rsplit_once('/').filter(|(_, name)| !name.is_empty()) else {
+            return Err(Error::file(
+                FileProblem::IsDirectory,
+                "path \"/\" is the root directory; a file cannot replace it",
+            ));
+        };
+        let dir = if dir.is_empty() { "/" } else { dir };
+        let file = UploadFile {
+            name: name.to_owned(),
+            ..file
+        };
+        self.put_file(access, id, Some(dir.to_owned()), file).await
+    }
+
+    async fn put_file(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        dest_dir: Option<String>,
+        file: UploadFile,
+    ) -> Result<(String, FileStat)> {
         if file.size > self.config.max_upload_bytes {
             return Err(Error::TooLarge(format!(
                 "the file is {} bytes; uploads are limited to {} bytes",
                 file.size, self.config.max_upload_bytes
             )));
         }
-        let dest_dir = dest_dir
-            .map(|dir| paths::sandbox_path("path", dir))
-            .transpose()?;
+        if let Some(mode) = file.options.mode {
+            paths::file_mode(mode)?;
+        }
         let name = paths::safe_file_name(&file.name)?;
         let sandbox = self.running(access, id).await?;
         let dest_dir = dest_dir.unwrap_or_else(|| sandbox.workspace_mount.clone());
@@ -716,9 +770,30 @@ impl SandboxService {
         );
         let sandbox = self.touch(&sandbox, Some(event)).await?;
         let cid = container_of(&sandbox)?;
-        let file = UploadFile { name, ..file };
+        let file = UploadFile {
+            name,
+            options: WriteOptions {
+                user: sandbox.remote_user.clone(),
+                ..file.options
+            },
+            ..file
+        };
         let uploaded = self.runtime.upload(cid, &dest_dir, file).await;
-        self.or_vanished(&sandbox, uploaded).await.map(|()| path)
+        self.or_vanished(&sandbox, uploaded)
+            .await
+            .map(|stat| (path, stat))
+    }
+
+    /// What `path` is in a running sandbox (a symbolic link itself, not what it points to).
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
+    pub async fn stat(&self, access: &Access, id: SandboxId, path: &str) -> Result<FileStat> {
+        let path = paths::sandbox_path("path", path)?;
+        paths::reachable("path", &path)?;
+        let sandbox = self.running(access, id).await?;
+        let sandbox = self.touch(&sandbox, None).await?;
+        let cid = container_of(&sandbox)?;
+        let stat = self.runtime.stat(cid, &path).await;
+        self.or_vanished(&sandbox, stat).await
     }
 
     /// Streams a regular file out of a running sandbox.

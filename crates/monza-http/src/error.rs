@@ -24,7 +24,8 @@ pub struct ErrorDetail {
     /// `limit_exceeded`, `unavailable`, `internal`, `unsupported_media_type`,
     /// `method_not_allowed`, `request_timeout`, `upgrade_required`; for a path inside a
     /// sandbox, `file_not_found` (404), `is_directory` (409), `not_a_directory` (400),
-    /// `invalid_path` (400), `permission_denied` (403).
+    /// `invalid_path` (400), `permission_denied` (403), `range_not_satisfiable` (416). The
+    /// `X-Monza-Error-Code` header of the answer carries the same code.
     #[schema(example = "not_found")]
     pub code: &'static str,
     /// What was wrong, in words meant for the client.
@@ -42,7 +43,13 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Headers the answer carries besides the usual ones (a 416's `Content-Range`).
+    headers: Vec<(&'static str, String)>,
 }
+
+/// The header every error answer carries its code in, so a client of `HEAD` (whose answer
+/// has no body) can tell `not_found` from `file_not_found`.
+pub const ERROR_CODE_HEADER: &str = "X-Monza-Error-Code";
 
 /// The `WWW-Authenticate` value of every 401.
 pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"monza\"";
@@ -57,7 +64,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            headers: Vec::new(),
         }
+    }
+
+    /// The same error, answered with one more header.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
     }
 
     /// 400 `invalid_input`.
@@ -162,6 +176,10 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status);
+        response.insert_header((ERROR_CODE_HEADER, self.code));
+        for (name, value) in &self.headers {
+            response.insert_header((*name, value.as_str()));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             // RFC 6750: a 401 names the scheme the client must use.
             response.insert_header((header::WWW_AUTHENTICATE, WWW_AUTHENTICATE));

@@ -101,7 +101,7 @@ impl FromRequest for CommandBytes {
 }
 
 /// The body's length as its `Content-Length` announces it.
-fn announced_length(req: &HttpRequest) -> Option<u64> {
+pub(crate) fn announced_length(req: &HttpRequest) -> Option<u64> {
     req.headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
@@ -359,6 +359,54 @@ pub(crate) fn query_param(
         )));
     }
     Ok(first)
+}
+
+/// Refuses a query parameter the route does not name.
+pub(crate) fn only(query: &[(String, String)], known: &[&str]) -> Result<(), ApiError> {
+    match query
+        .iter()
+        .find(|(name, _)| !known.contains(&name.as_str()))
+    {
+        Some((name, _)) => Err(ApiError::invalid(format!(
+            "unknown query parameter `{name}` (this route takes {})",
+            known
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A `true`/`false` query parameter.
+pub(crate) fn flag(query: &[(String, String)], name: &str) -> Result<Option<bool>, ApiError> {
+    query_param(query, name)?
+        .map(|v| match v.as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            other => Err(ApiError::invalid(format!(
+                "query parameter `{name}` must be `true` or `false`, not {other:?}"
+            ))),
+        })
+        .transpose()
+}
+
+/// A whole-number query parameter.
+pub(crate) fn number(query: &[(String, String)], name: &str) -> Result<Option<u64>, ApiError> {
+    query_param(query, name)?
+        .map(|v| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|_| v.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "query parameter `{name}` must be a whole number from 0 to {}, not {v:?}",
+                        u64::MAX
+                    ))
+                })
+        })
+        .transpose()
 }
 
 /// A body stream that must keep a pace: at any moment `t` after it starts it must have

@@ -9,8 +9,8 @@ use actix_web::body::SizedStream;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
-use monza_domain::{Error, FileDownload, SandboxService, UploadFile};
+use futures::{Stream, StreamExt, TryStreamExt};
+use monza_domain::{Error, FileDownload, SandboxService, UploadFile, WriteOptions};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
@@ -100,14 +100,14 @@ pub(crate) async fn upload_file(
 }
 
 /// An upload written to disk, rewound and ready to be read.
-struct Spooled {
+pub(crate) struct Spooled {
     name: String,
     size: u64,
     file: tokio::fs::File,
 }
 
 impl Spooled {
-    fn into_upload(self) -> UploadFile {
+    pub(crate) fn into_upload(self) -> UploadFile {
         let content = ReaderStream::with_capacity(self.file.take(self.size), CHUNK)
             .map_err(|e| Error::internal(format!("reading the spooled upload: {e}")))
             .boxed();
@@ -115,28 +115,38 @@ impl Spooled {
             name: self.name,
             size: self.size,
             content,
+            options: WriteOptions::default(),
         }
     }
 }
 
-async fn spool(mut field: Field, limit: u64, dir: PathBuf) -> Result<Spooled, ApiError> {
+async fn spool(field: Field, limit: u64, dir: PathBuf) -> Result<Spooled, ApiError> {
     let name = field
         .content_disposition()
         .and_then(|cd| cd.get_filename())
         .map(str::to_owned)
         .ok_or_else(|| ApiError::invalid("the `file` field has no filename"))?;
+    spool_stream(name, field.map_err(multipart_error), limit, dir).await
+}
+
+/// Writes `body` to an anonymous temporary file in `dir`, refused (413) past `limit` bytes,
+/// and rewinds it.
+pub(crate) async fn spool_stream(
+    name: String,
+    mut body: impl Stream<Item = Result<Bytes, ApiError>> + Unpin,
+    limit: u64,
+    dir: PathBuf,
+) -> Result<Spooled, ApiError> {
     let file = tokio::task::spawn_blocking(move || tempfile::tempfile_in(dir))
         .await
         .map_err(ApiError::internal)?
         .map_err(|e| ApiError::internal(format!("creating the upload's temporary file: {e}")))?;
     let mut file = tokio::fs::File::from_std(file);
     let mut size: u64 = 0;
-    while let Some(chunk) = field.try_next().await.map_err(multipart_error)? {
+    while let Some(chunk) = body.try_next().await? {
         size = size.saturating_add(chunk.len() as u64);
         if size > limit {
-            return Err(ApiError::too_large(format!(
-                "the file is over the upload limit of {limit} bytes"
-            )));
+            return Err(over_limit(limit));
         }
         file.write_all(&chunk)
             .await
@@ -149,6 +159,12 @@ async fn spool(mut field: Field, limit: u64, dir: PathBuf) -> Result<Spooled, Ap
         .await
         .map_err(|e| ApiError::internal(format!("rewinding the spooled upload: {e}")))?;
     Ok(Spooled { name, size, file })
+}
+
+pub(crate) fn over_limit(limit: u64) -> ApiError {
+    ApiError::too_large(format!(
+        "the file is over the upload limit of {limit} bytes (MONZA_MAX_UPLOAD_BYTES)"
+    ))
 }
 
 /// A small text field, refused past `limit` bytes.
@@ -207,17 +223,8 @@ pub(crate) async fn download_file(
     let query = strict_query(&req)?;
     let path = query_param(&query, "path")?
         .ok_or_else(|| ApiError::invalid("query parameter `path` is required"))?;
-    let FileDownload { stat, mut content } = service.download(&caller.0, id, &path).await?;
-    // Peek the first chunk, so an error reading it is an error response rather than a cut
-    // body, then put it back in front of the rest.
-    let first = match content.next().await {
-        Some(Ok(bytes)) => bytes,
-        Some(Err(e)) => return Err(e.into()),
-        None => Bytes::new(),
-    };
-    let body = futures::stream::once(async move { Ok::<_, Error>(first) })
-        .chain(content)
-        .inspect_err(|e| tracing::warn!(error = %e, "download interrupted"));
+    let FileDownload { stat, content } = service.download(&caller.0, id, &path).await?;
+    let body = crate::fs::first_chunk_checked(content).await?;
     let disposition = HeaderValue::from_str(&content_disposition(&stat.name))
         .map_err(|e| ApiError::internal(format!("Content-Disposition for {:?}: {e}", stat.name)))?;
     Ok(HttpResponse::Ok()

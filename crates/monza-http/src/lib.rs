@@ -48,6 +48,10 @@
 //! | `GET /api/sandboxes/{id}/events` | 200 the sandbox's event log, oldest first |
 //! | `POST /api/sandboxes/{id}/files/upload` | 200 `{"status":"ok","path":…}` |
 //! | `GET /api/sandboxes/{id}/files/download?path=…` | 200 the file's bytes (`application/octet-stream`) |
+//! | `PUT /api/sandboxes/{id}/files?path=…[&mode=…][&parents=true]` | 200 `{"path","size","mode"}` |
+//! | `GET /api/sandboxes/{id}/files?path=…` (`Range`) | 200 or 206 the file's bytes |
+//! | `HEAD /api/sandboxes/{id}/files?path=…` | 200, type, mode, size, last change in headers |
+//! | `GET /api/sandboxes/{id}/files/stat?path=…` | 200 `{"path","name","type","size","mode","modified_at","link_target"}` |
 //! | `POST /api/sandboxes/{id}/processes` | 201 background process with `Location` |
 //! | `GET /api/sandboxes/{id}/processes` | 200 array of processes, by pid |
 //! | `GET /api/sandboxes/{id}/processes/{pid}` | 200 process |
@@ -85,6 +89,7 @@ mod access;
 mod error;
 mod extract;
 mod files;
+mod fs;
 mod handlers;
 mod model;
 mod openapi;
@@ -231,6 +236,10 @@ macro_rules! operations {
 }
 
 use files::{__path_download_file, __path_upload_file, download_file, upload_file};
+use fs::{
+    __path_get_file, __path_head_file, __path_put_file, __path_stat_file, get_file, head_file,
+    put_file, stat_file,
+};
 use handlers::{
     __path_create_sandbox, __path_delete_sandbox, __path_execute_command, __path_get_health,
     __path_get_hello, __path_get_ready, __path_get_sandbox, __path_heartbeat_sandbox,
@@ -259,6 +268,10 @@ operations! {
     (list_events, __path_list_events),
     (upload_file, __path_upload_file),
     (download_file, __path_download_file),
+    (put_file, __path_put_file),
+    (get_file, __path_get_file),
+    (head_file, __path_head_file),
+    (stat_file, __path_stat_file),
     (start_process, __path_start_process),
     (list_processes, __path_list_processes),
     (get_process, __path_get_process),

@@ -408,6 +408,104 @@ pub struct DownloadQuery {
     pub path: String,
 }
 
+/// The query of `GET` and `HEAD` of `/api/sandboxes/{id}/files` and of `…/files/stat`.
+/// Describes the query for the OpenAPI document; the handlers read it strictly.
+#[derive(Debug, Clone, IntoParams)]
+#[allow(dead_code)]
+#[into_params(parameter_in = Query)]
+pub struct FilePathQuery {
+    /// The path, absolute, without `..`, at most 3072 bytes (255 a component), not under
+    /// `/proc`, `/sys` or `/dev`.
+    #[param(
+        example = "/workspace/main.go",
+        max_length = 3072,
+        pattern = r"^(?!/(proc|sys|dev)(/|$))(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
+    )]
+    pub path: String,
+}
+
+/// The query of `PUT /api/sandboxes/{id}/files`. Describes the query for the OpenAPI
+/// document; the handler reads it strictly.
+#[derive(Debug, Clone, IntoParams)]
+#[allow(dead_code)]
+#[into_params(parameter_in = Query)]
+pub struct PutFileQuery {
+    /// Where the file goes: absolute, without `..`, at most 3072 bytes (255 a component);
+    /// its last component is the name, stored exactly: not `.` or `..`, no control
+    /// character (`invalid_path` otherwise).
+    #[param(
+        example = "/workspace/main.go",
+        max_length = 3072,
+        pattern = r"^(?!/(proc|sys|dev)(/|$))(?![^\u0000]*/\.\.(/|$))(?![^\u0000]*/\.$)(/[^/\u0000]{0,255})*/[^/\u0000-\u001f\u007f-\u009f]{1,255}$"
+    )]
+    pub path: String,
+    /// Permission bits in octal, `000` to `777` (a leading `0` or `0o` is accepted). Absent:
+    /// a file already there keeps its own, a new one is `0644`.
+    #[param(example = "755", pattern = r"^(0o)?0?[0-7]{1,3}$")]
+    pub mode: Option<String>,
+    /// `true` creates missing directories on the way (owned by the sandbox's user, `0755`);
+    /// `false` (the default) answers `file_not_found` for a missing parent.
+    pub parents: Option<bool>,
+}
+
+/// A file was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WrittenFileResponse {
+    /// Where it is.
+    #[schema(example = "/workspace/run.sh")]
+    pub path: String,
+    /// Its size in bytes.
+    #[schema(example = 42)]
+    pub size: u64,
+    /// Its permission bits, in octal.
+    #[schema(example = "0755")]
+    pub mode: String,
+}
+
+/// What a path in a sandbox is. A symbolic link is described itself, not what it points to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileStatResponse {
+    /// The path asked about.
+    #[schema(example = "/workspace/run.sh")]
+    pub path: String,
+    /// Its last component.
+    #[schema(example = "run.sh")]
+    pub name: String,
+    /// `file`, `directory`, `symlink` or `other` (a device, socket or pipe).
+    #[serde(rename = "type")]
+    #[schema(example = "file")]
+    pub kind: String,
+    /// Size in bytes (of the link itself for a symbolic link).
+    #[schema(example = 42)]
+    pub size: u64,
+    /// Permission bits (with setuid, setgid and sticky), in octal.
+    #[schema(example = "0755")]
+    pub mode: String,
+    /// Last change, RFC 3339 in UTC, when the file system reports one.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub modified_at: Option<OffsetDateTime>,
+    /// Where a symbolic link points, resolved to an absolute path inside the sandbox (the
+    /// engine reports it so).
+    #[schema(example = "/workspace/bin/tool")]
+    pub link_target: Option<String>,
+}
+
+impl FileStatResponse {
+    /// The answer for `path`.
+    pub fn new(path: String, stat: monza_domain::FileStat) -> Self {
+        Self {
+            path,
+            name: stat.name,
+            kind: stat.kind.as_str().to_owned(),
+            size: stat.size,
+            mode: format!("{:04o}", stat.mode),
+            modified_at: stat.modified,
+            link_target: stat.link_target,
+        }
+    }
+}
+
 /// `GET /api/openapi.json`: an OpenAPI 3.1 document (described here only at its top level).
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)] // Only describes the document for the OpenAPI document.

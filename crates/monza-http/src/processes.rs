@@ -9,7 +9,9 @@ use utoipa::IntoParams;
 
 use crate::access::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{CommandBytes, CommandJson, PathId, PathPid, query_param, strict_query};
+use crate::extract::{
+    CommandBytes, CommandJson, PathId, PathPid, flag, number, only, strict_query,
+};
 use crate::model::{ProcessOutputEvent, ProcessResponse, SignalRequest, StartProcessRequest};
 use crate::stream::{self, Framing};
 use crate::terminal;
@@ -321,52 +323,4 @@ pub(crate) async fn attach_pty(
         .map_err(|e| ApiError::invalid(format!("WebSocket handshake: {e}")))?;
     actix_web::rt::spawn(terminal::relay(terminal, events, session, messages));
     Ok(response)
-}
-
-/// Refuses a query parameter the route does not name.
-fn only(query: &[(String, String)], known: &[&str]) -> Result<(), ApiError> {
-    match query
-        .iter()
-        .find(|(name, _)| !known.contains(&name.as_str()))
-    {
-        Some((name, _)) => Err(ApiError::invalid(format!(
-            "unknown query parameter `{name}` (this route takes {})",
-            known
-                .iter()
-                .map(|k| format!("`{k}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// A `true`/`false` query parameter.
-fn flag(query: &[(String, String)], name: &str) -> Result<Option<bool>, ApiError> {
-    query_param(query, name)?
-        .map(|v| match v.as_str() {
-            "true" => Ok(true),
-            "false" => Ok(false),
-            other => Err(ApiError::invalid(format!(
-                "query parameter `{name}` must be `true` or `false`, not {other:?}"
-            ))),
-        })
-        .transpose()
-}
-
-/// A whole-number query parameter.
-fn number(query: &[(String, String)], name: &str) -> Result<Option<u64>, ApiError> {
-    query_param(query, name)?
-        .map(|v| {
-            v.parse::<u64>()
-                .ok()
-                .filter(|_| v.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or_else(|| {
-                    ApiError::invalid(format!(
-                        "query parameter `{name}` must be a whole number from 0 to {}, not {v:?}",
-                        u64::MAX
-                    ))
-                })
-        })
-        .transpose()
 }

@@ -15,9 +15,7 @@ use actix_web::http::header;
 use actix_web::test::TestRequest;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
-use monza_domain::{
-    Error, FileDownload, FileStat, SandboxId, SandboxStatus, ServiceConfig, UploadFile,
-};
+use monza_domain::{Error, FileDownload, SandboxId, SandboxStatus, ServiceConfig, UploadFile};
 use monza_http::HttpConfig;
 use serde_json::json;
 use support::{Answer, Mocks, Part, TestApp, multipart, sandbox, sandbox_uri};
@@ -39,8 +37,9 @@ fn uploading(max_upload_bytes: u64) -> (Mocks, SandboxId, Received) {
         .expect_upload()
         .withf(|cid, _, _| cid == "c0ffee")
         .returning(move |_, dir, file| {
+            let stat = monza_domain::testing::fixtures::file_stat(&file.name, file.size);
             *keep.lock().unwrap() = Some((dir.to_owned(), file));
-            Ok(())
+            Ok(stat)
         });
     (m, sb.id, received)
 }
@@ -289,11 +288,7 @@ fn downloading(name: &str, chunks: Vec<&'static [u8]>) -> (Mocks, SandboxId) {
                     .map(|c| Ok::<_, Error>(Bytes::from_static(c))),
             );
             Ok(FileDownload {
-                stat: FileStat {
-                    name: name.clone(),
-                    size,
-                    is_dir: false,
-                },
+                stat: monza_domain::testing::fixtures::file_stat(&name, size),
                 content: stream.boxed(),
             })
         });

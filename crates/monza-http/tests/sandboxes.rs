@@ -204,6 +204,7 @@ fn creating(tpl: &'static str) -> Mocks {
             host_port: 49153,
         }])
     });
+    m.runtime.expect_own_directory().returning(|_, _, _| Ok(()));
     m.repo.expect_mark_running().returning(|id, update| {
         let mut sb = sandbox(SandboxStatus::Running);
         sb.id = id;

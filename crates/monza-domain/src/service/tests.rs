@@ -181,6 +181,9 @@ impl Mocks {
     fn starts_a_container(&mut self) {
         self.runtime.expect_create().returning(|_| Ok(created()));
         self.runtime.expect_start().returning(|_| Ok(vec![]));
+        self.runtime
+            .expect_own_directory()
+            .returning(|_, _, _| Ok(()));
     }
 
     /// The engine is asked once to remove `cid`, and does.
@@ -326,6 +329,12 @@ async fn create_writes_creating_then_running_with_ports_and_expiry() {
                 host_port: 49153,
             }])
         });
+    m.runtime
+        .expect_own_directory()
+        .withf(|cid, path, user| cid == CID && path == "/workspace" && user.is_none())
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _, _| Ok(()));
     m.repo
         .expect_mark_running()
         .withf(|_, u| {
@@ -773,6 +782,7 @@ fn upload_file(name: &str, content: &'static [u8]) -> UploadFile {
         content: Box::pin(futures::stream::once(async move {
             Ok(bytes::Bytes::from_static(content))
         })),
+        options: WriteOptions::default(),
     }
 }
 
@@ -1245,9 +1255,15 @@ async fn upload_goes_to_the_workspace_under_its_exact_name() {
     });
     m.runtime
         .expect_upload()
-        .withf(|cid, dir, file| cid == CID && dir == "/workspace" && file.name == " a\\b.txt ")
+        .withf(|cid, dir, file| {
+            cid == CID
+                && dir == "/workspace"
+                && file.name == " a\\b.txt "
+                && file.options.create_parents
+                && file.options.mode.is_none()
+        })
         .times(1)
-        .returning(|_, _, _| Ok(()));
+        .returning(|_, _, file| Ok(crate::testing::fixtures::file_stat(&file.name, file.size)));
     let path = m
         .service()
         .upload(&Access::Admin, id, None, upload_file(" a\\b.txt ", b"hi"))

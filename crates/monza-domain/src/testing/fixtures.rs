@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::runtime::{ContainerSpec, ExecOutput};
+use crate::runtime::{ContainerSpec, ExecOutput, FileKind, FileStat};
 use crate::sandbox::{SandboxId, TemplateName, TenantId};
 use crate::template::{ImageSource, RunOptions, Template};
 
@@ -67,5 +67,17 @@ pub fn exec_output(exit_code: i64, output: &str) -> ExecOutput {
         truncated: false,
         timed_out: false,
         duration: Duration::from_millis(1),
+    }
+}
+
+/// A regular file of `size` bytes named `name`, mode 0644, with no known modification time.
+pub fn file_stat(name: &str, size: u64) -> FileStat {
+    FileStat {
+        name: name.into(),
+        size,
+        kind: FileKind::File,
+        mode: 0o644,
+        modified: None,
+        link_target: None,
     }
 }

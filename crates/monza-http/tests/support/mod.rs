@@ -16,9 +16,9 @@ use futures::StreamExt;
 use futures::future::LocalBoxFuture;
 use monza_domain::testing::fixtures;
 use monza_domain::{
-    Error, ExecOutput, FileDownload, FileStat, MockClock, MockContainerRuntime,
-    MockSandboxRepository, MockTemplateCatalog, PortMapping, Sandbox, SandboxId, SandboxName,
-    SandboxService, SandboxState, SandboxStatus, ServiceConfig, Template, TemplateName, TenantId,
+    Error, ExecOutput, FileDownload, MockClock, MockContainerRuntime, MockSandboxRepository,
+    MockTemplateCatalog, PortMapping, Sandbox, SandboxId, SandboxName, SandboxService,
+    SandboxState, SandboxStatus, ServiceConfig, Template, TemplateName, TenantId,
 };
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -178,7 +178,12 @@ impl Mocks {
         });
         m.repo.expect_events().returning(|_| Ok(Vec::new()));
         m.runtime.expect_remove().returning(|_| Ok(()));
-        m.runtime.expect_upload().returning(|_, _, _| Ok(()));
+        m.runtime.expect_upload().returning(|_, _, file| {
+            Ok(monza_domain::testing::fixtures::file_stat(
+                &file.name, file.size,
+            ))
+        });
+        m.runtime.expect_own_directory().returning(|_, _, _| Ok(()));
         m.runtime.expect_exec().returning(|_, _| {
             Ok(ExecOutput {
                 output: String::new(),
@@ -192,11 +197,7 @@ impl Mocks {
         });
         m.runtime.expect_download().returning(|_, _| {
             Ok(FileDownload {
-                stat: FileStat {
-                    name: "f".into(),
-                    size: 1,
-                    is_dir: false,
-                },
+                stat: monza_domain::testing::fixtures::file_stat("f", 1),
                 content: futures::stream::iter([Ok(Bytes::from_static(b"x"))]).boxed(),
             })
         });

@@ -33,8 +33,11 @@ impl ContainerRuntime for StuckRuntime {
     async fn exec_stream(&self, _: &str, _: &ExecRequest) -> Result<ExecEvents> {
         unreachable!("exec_stream")
     }
-    async fn upload(&self, _: &str, _: &str, _: UploadFile) -> Result<()> {
+    async fn upload(&self, _: &str, _: &str, _: UploadFile) -> Result<FileStat> {
         unreachable!("upload")
+    }
+    async fn own_directory(&self, _: &str, _: &str, _: Option<String>) -> Result<()> {
+        unreachable!("own_directory")
     }
     async fn stat(&self, _: &str, _: &str) -> Result<FileStat> {
         unreachable!("stat")
