@@ -26,6 +26,9 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
+mod fs;
+pub use fs::{FsAnswer, FsEntry, FsKind, FsMatch, FsOutcome, FsRequest, WalkBudget};
+
 /// The protocol version this crate speaks, stated in every frame and in the hello.
 pub const PROTOCOL_VERSION: u8 = 1;
 
@@ -67,6 +70,10 @@ mod kind {
     pub const PROCESSES: u8 = 0x33;
     pub const CAUGHT_UP: u8 = 0x34;
     pub const OK: u8 = 0x35;
+    // File operations.
+    pub const FS: u8 = 0x1c;
+    pub const FORGET: u8 = 0x1d;
+    pub const FS_ANSWER: u8 = 0x36;
 }
 
 /// The agent's first frame on every connection (id 0). Its layout (a JSON body in a frame of
@@ -224,6 +231,12 @@ pub enum ErrorCode {
     Unsupported,
     /// A signal for an id that runs nothing.
     NotFound,
+    /// A file operation failed; `errno` says why (`ENOENT`, `EISDIR`, `EACCES`, ...).
+    Fs,
+    /// An edit whose old text is not in the file.
+    NoMatch,
+    /// An edit of one occurrence whose old text is in the file more than once.
+    AmbiguousMatch,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -348,6 +361,11 @@ pub struct AttachRequest {
 pub struct CaughtUp {
     pub stdout_offset: u64,
     pub stderr_offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PidBody {
+    pid: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -476,6 +494,22 @@ pub enum Message {
         pid: u32,
         size: PtySize,
     },
+    /// Host → agent: kill a background process's group (unless it already exited) and drop
+    /// it and its output; answered by [`Message::Ok`]. Later requests for it are not found.
+    Forget {
+        id: u64,
+        pid: u32,
+    },
+    /// Host → agent: one file operation; answered by [`Message::FsAnswer`] or one
+    /// [`Message::Error`].
+    Fs {
+        id: u64,
+        request: FsRequest,
+    },
+    FsAnswer {
+        id: u64,
+        answer: FsAnswer,
+    },
 }
 
 impl Message {
@@ -503,7 +537,10 @@ impl Message {
             | Message::Stdin { id, .. }
             | Message::SignalProcess { id, .. }
             | Message::Ok { id }
-            | Message::Resize { id, .. } => *id,
+            | Message::Resize { id, .. }
+            | Message::Forget { id, .. }
+            | Message::Fs { id, .. }
+            | Message::FsAnswer { id, .. } => *id,
         }
     }
 }
@@ -721,6 +758,9 @@ fn encode_inner(message: &Message, out: &mut Vec<u8>, start: usize) -> Result<()
                 size: *size,
             },
         )?,
+        Message::Forget { id, pid } => json(out, kind::FORGET, *id, &PidBody { pid: *pid })?,
+        Message::Fs { id, request } => json(out, kind::FS, *id, request)?,
+        Message::FsAnswer { id, answer } => json(out, kind::FS_ANSWER, *id, answer)?,
     };
     finish(out, frame_start)
 }
@@ -957,6 +997,18 @@ pub fn decode_frame(frame: &[u8]) -> Result<Message, DecodeError> {
             let PidResize { pid, size } = json(body, bad)?;
             Message::Resize { id, pid, size }
         }
+        kind::FORGET => {
+            let PidBody { pid } = json(body, bad)?;
+            Message::Forget { id, pid }
+        }
+        kind::FS => Message::Fs {
+            id,
+            request: json(body, bad)?,
+        },
+        kind::FS_ANSWER => Message::FsAnswer {
+            id,
+            answer: json(body, bad)?,
+        },
         _ => return Err(DecodeError::UnknownKind { kind, id }),
     };
     Ok(message)

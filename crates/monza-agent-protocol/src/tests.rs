@@ -94,6 +94,54 @@ fn samples() -> Vec<Message> {
             },
         },
         Message::List { id: 21 },
+        Message::Forget { id: 26, pid: 42 },
+        Message::Fs {
+            id: 24,
+            request: FsRequest::Search {
+                path: "/workspaces/app".into(),
+                pattern: "fn main\\(".into(),
+                regex: true,
+                ignore_case: false,
+                glob: Some("**/*.rs".into()),
+                max_results: 100,
+                budget: WalkBudget {
+                    max_visits: 1000,
+                    max_ms: 5000,
+                },
+            },
+        },
+        Message::Fs {
+            id: 25,
+            request: FsRequest::Edit {
+                path: "/a b/ü.txt".into(),
+                old: "x\n".into(),
+                new: String::new(),
+                replace_all: true,
+            },
+        },
+        Message::FsAnswer {
+            id: 24,
+            answer: FsAnswer::Entries {
+                entries: vec![FsEntry {
+                    path: "/tmp/l".into(),
+                    kind: FsKind::Symlink,
+                    size: 4,
+                    mode: 0o777,
+                    uid: 1000,
+                    gid: 1000,
+                    modified_ms: -5,
+                    link_target: Some("../x".into()),
+                }],
+                truncated: true,
+            },
+        },
+        Message::FsAnswer {
+            id: 25,
+            answer: FsAnswer::Lines {
+                lines: vec!["a".into(), String::new()],
+                next_offset: None,
+            },
+        },
         Message::Resize {
             id: 23,
             pid: 42,

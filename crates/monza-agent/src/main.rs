@@ -5,6 +5,7 @@
 //! `/.monza/agent.sock`.
 
 mod exec;
+mod fs;
 mod outbox;
 mod processes;
 mod pty;
@@ -19,8 +20,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use monza_agent_protocol::{
-    DecodeError, ErrorCode, Hello, Message, PROTOCOL_VERSION, ReadError, read_message,
-    write_message,
+    DecodeError, ErrorCode, FsOutcome, Hello, MAX_FRAME_LEN, Message, PROTOCOL_VERSION, ReadError,
+    read_message, write_message,
 };
 
 use crate::exec::Jobs;
@@ -60,6 +61,9 @@ fn main() {
     if args.peek().and_then(|a| a.to_str()) == Some(pty::PTY_EXEC) {
         args.next();
         std::process::exit(pty::exec_helper(args));
+    }
+    if args.peek().and_then(|a| a.to_str()) == Some(FS_ONCE) {
+        std::process::exit(fs_once());
     }
     while let Some(arg) = args.next() {
         match arg.to_str() {
@@ -113,6 +117,46 @@ fn main() {
         }
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// `monza-agent --fs`: one file operation, its request as JSON on stdin, its
+/// [`FsOutcome`] as JSON on stdout; for a host whose agent is not connected.
+const FS_ONCE: &str = "--fs";
+
+/// The largest request `--fs` reads.
+const FS_REQUEST_MAX: u64 = MAX_FRAME_LEN as u64;
+
+fn fs_once() -> i32 {
+    use std::io::Read;
+    let mut input = Vec::new();
+    let outcome = match std::io::stdin()
+        .take(FS_REQUEST_MAX + 1)
+        .read_to_end(&mut input)
+    {
+        Err(e) => FsOutcome::Error(exec::error(
+            ErrorCode::BadRequest,
+            format!("cannot read the request: {e}"),
+        )),
+        Ok(_) if input.len() as u64 > FS_REQUEST_MAX => FsOutcome::Error(exec::error(
+            ErrorCode::BadRequest,
+            format!("the request is over {FS_REQUEST_MAX} bytes"),
+        )),
+        Ok(_) => match serde_json::from_slice(&input) {
+            Ok(request) => match fs::run(request) {
+                Ok(answer) => FsOutcome::Ok(answer),
+                Err(error) => FsOutcome::Error(error),
+            },
+            Err(e) => FsOutcome::Error(exec::error(
+                ErrorCode::BadRequest,
+                format!("the request does not parse: {e}"),
+            )),
+        },
+    };
+    let mut out = std::io::stdout().lock();
+    match serde_json::to_writer(&mut out, &outcome) {
+        Ok(()) if out.flush().is_ok() => 0,
+        _ => 1,
     }
 }
 
@@ -317,6 +361,32 @@ fn serve(
             }
             Message::SignalProcess { id, pid, signal } => {
                 let answer = match processes.signal(pid, signal) {
+                    Ok(()) => Message::Ok { id },
+                    Err(error) => Message::Error { id, error },
+                };
+                let _ = outbox.send(&answer);
+            }
+            Message::Fs { id, request } => {
+                commands.retain(|handle| !handle.is_finished());
+                let spawned = {
+                    let outbox = Arc::clone(&outbox);
+                    threads.run("fs", move || {
+                        let answer = match fs::run(request) {
+                            Ok(answer) => Message::FsAnswer { id, answer },
+                            Err(error) => Message::Error { id, error },
+                        };
+                        let _ = outbox.send(&answer);
+                    })
+                };
+                match spawned {
+                    Ok(handle) => commands.push(handle),
+                    Err(e) => {
+                        exec::refuse(id, ErrorCode::Spawn, format!("no thread: {e}"), &outbox);
+                    }
+                }
+            }
+            Message::Forget { id, pid } => {
+                let answer = match processes.forget(pid) {
                     Ok(()) => Message::Ok { id },
                     Err(error) => Message::Error { id, error },
                 };

@@ -294,6 +294,17 @@ impl Processes {
         Ok(())
     }
 
+    /// Kills a process's group unless it was reaped, and drops it and its output: later
+    /// requests for it are not found. A reader still attached reads on to the end.
+    pub fn forget(&self, pid: u32) -> Result<(), ErrorReply> {
+        let process = self.get(pid)?;
+        if !lock(&process.state).reaped {
+            kill(&process, Signal::Kill);
+        }
+        lock(&self.table).remove(&pid);
+        Ok(())
+    }
+
     /// Resizes the terminal of a process started on one.
     pub fn resize(&self, pid: u32, size: PtySize) -> Result<(), ErrorReply> {
         let process = self.get(pid)?;

@@ -25,8 +25,8 @@ use anyhow::{Context, Result, anyhow};
 use monza_devcontainer::DirTemplateCatalog;
 use monza_docker::{DockerRuntime, DockerSettings};
 use monza_domain::{
-    Bootstrap, ContainerRuntime, SandboxService, ServiceConfig, SystemClock, TemplateName,
-    TokenService,
+    Bootstrap, ContainerRuntime, FileLimits, SandboxService, ServiceConfig, SystemClock,
+    TemplateName, TokenService, WalkLimits,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -166,6 +166,15 @@ impl Application {
                 create_lease: time::Duration::try_from(args.create_lease)
                     .map_err(|e| anyhow!("MONZA_CREATE_LEASE: {e}"))?,
                 process_output_bytes: args.process_output_bytes,
+                max_upload_bytes: args.max_upload_bytes,
+                file_limits: FileLimits {
+                    walk: WalkLimits {
+                        max_entries: args.file_walk_max_entries,
+                        timeout: args.file_walk_timeout,
+                    },
+                    max_results: args.file_max_results,
+                    ..FileLimits::default()
+                },
                 ..ServiceConfig::default()
             },
         );

@@ -268,6 +268,25 @@ pub struct ServeArgs {
     #[arg(long, env = "MONZA_MAX_COMMAND_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
     pub max_command_bytes: u64,
 
+    /// Largest file one upload may carry, in bytes (`PUT …/files`, the multipart upload);
+    /// more is a 413.
+    #[arg(long, env = "MONZA_MAX_UPLOAD_BYTES", default_value_t = 100 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_upload_bytes: u64,
+
+    /// Entries one walk of a sandbox's tree (list, search, glob) may look at before it stops
+    /// and answers `truncated: true`.
+    #[arg(long, env = "MONZA_FILE_WALK_MAX_ENTRIES", default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub file_walk_max_entries: u64,
+
+    /// How long one walk of a sandbox's tree may take before it stops and answers
+    /// `truncated: true`.
+    #[arg(long, env = "MONZA_FILE_WALK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub file_walk_timeout: Duration,
+
+    /// Most results one search or glob answers (also their default).
+    #[arg(long, env = "MONZA_FILE_MAX_RESULTS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub file_max_results: u64,
+
     /// Output bytes a background process keeps per stream inside its sandbox when its start
     /// does not say (`output_limit_bytes`); the oldest are dropped first.
     #[arg(long, env = "MONZA_PROCESS_OUTPUT_BYTES", default_value_t = monza_domain::DEFAULT_PROCESS_OUTPUT_BYTES, value_parser = clap::value_parser!(u64).range(monza_domain::MIN_PROCESS_OUTPUT_BYTES..=monza_domain::MAX_PROCESS_OUTPUT_BYTES))]

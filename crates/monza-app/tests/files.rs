@@ -279,3 +279,591 @@ async fn exact_path_files_belong_to_the_sandboxs_user_and_are_never_guessed() {
     );
     app.shutdown().await;
 }
+
+/// `POST …/files/{op}` with `query`, and `body` as JSON when there is one.
+async fn call(
+    app: &TestApp,
+    id: &str,
+    op: &str,
+    query: &[(&str, &str)],
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = app
+        .client
+        .post(app.url(&format!("/api/sandboxes/{id}/files/{op}")))
+        .query(query);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    app.send(request).await
+}
+
+async fn mkdir(app: &TestApp, id: &str, path: &str, parents: bool) -> (StatusCode, Value) {
+    let parents = if parents { "true" } else { "false" };
+    call(
+        app,
+        id,
+        "mkdir",
+        &[("path", path), ("parents", parents)],
+        None,
+    )
+    .await
+}
+
+/// The agent-native file operations on the busybox image, which has no python3 (nor
+/// anything the routes would need), as a non-root `remoteUser`: what they make is that
+/// user's, what that user may not touch they refuse, and no answer is ever a guess.
+async fn native_file_operations(store: Store) {
+    let Some(app) = TestApp::spawn(store, |_| {}).await else {
+        return;
+    };
+    let sandbox = app.create(json!({"template": "busybox-user"})).await;
+    assert_eq!(sandbox["status"], "running", "{sandbox}");
+    let id = sandbox["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        sh(&app, &id, "command -v python3 || echo none").await,
+        "none\n"
+    );
+    let w = "/workspaces/app";
+
+    // mkdir: the user's; twice is `already_exists` unless `parents`.
+    let (status, made) = mkdir(&app, &id, &format!("{w}/src/deep"), true).await;
+    assert_eq!(status, StatusCode::OK, "{made}");
+    assert_eq!(
+        (&made["type"], &made["uid"], &made["name"]),
+        (&json!("directory"), &json!(1000), &json!("deep"))
+    );
+    assert_error(
+        "mkdir twice",
+        &mkdir(&app, &id, &format!("{w}/src/deep"), false).await,
+        409,
+        "already_exists",
+    );
+    assert_error(
+        "mkdir without its parent",
+        &mkdir(&app, &id, &format!("{w}/no/such"), false).await,
+        404,
+        "file_not_found",
+    );
+    assert_error(
+        "mkdir where the user may not write",
+        &mkdir(&app, &id, "/etc/monza-test", false).await,
+        403,
+        "permission_denied",
+    );
+    let x = format!("{w}/x");
+    for (query, what) in [
+        (vec![("path", "/")], "the root"),
+        (vec![("path", "/proc/x")], "a kernel file system"),
+        (vec![("path", "rel")], "a relative path"),
+        (
+            vec![("path", x.as_str()), ("parent", "true")],
+            "an unknown parameter",
+        ),
+        (vec![], "no path"),
+    ] {
+        assert_error(
+            what,
+            &call(&app, &id, "mkdir", &query, None).await,
+            400,
+            "invalid_input",
+        );
+    }
+
+    // A tree to work on, written by the API and by the sandbox's own commands.
+    for (path, content) in [
+        (
+            "src/main.rs",
+            &b"fn main() {\n    println!(\"hi\");\n}\n"[..],
+        ),
+        ("src/deep/lib.rs", b"pub fn Helper() {}\r\nfn other() {}\n"),
+        ("README.md", b"# app\nmain entry is src/main.rs\n"),
+    ] {
+        let (status, body) = app
+            .send(
+                app.client
+                    .put(app.url(&format!("/api/sandboxes/{id}/files?path={w}/{path}")))
+                    .body(content),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+    sh(
+        &app,
+        &id,
+        &format!(
+            "cd {w} && printf 'main\\0bin' > blob.bin && ln -s src/main.rs link && mkdir empty"
+        ),
+    )
+    .await;
+
+    // list: by name, depth first, links not followed, with owners.
+    let (status, list) = app
+        .get_json(&format!(
+            "/api/sandboxes/{id}/files/list?path={w}&recursive=true"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let names: Vec<&str> = list["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().strip_prefix(w).unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "/README.md",
+            "/blob.bin",
+            "/empty",
+            "/link",
+            "/src",
+            "/src/deep",
+            "/src/deep/lib.rs",
+            "/src/main.rs"
+        ],
+        "{list}"
+    );
+    let link = &list["entries"][3];
+    assert_eq!(
+        (&link["type"], &link["link_target"]),
+        (&json!("symlink"), &json!("src/main.rs"))
+    );
+    assert_eq!(list["truncated"], false);
+    let (_, short) = app
+        .get_json(&format!(
+            "/api/sandboxes/{id}/files/list?path={w}&recursive=true&limit=2"
+        ))
+        .await;
+    assert_eq!(
+        (
+            short["entries"].as_array().unwrap().len(),
+            &short["truncated"]
+        ),
+        (2, &json!(true))
+    );
+    let (_, top) = app
+        .get_json(&format!("/api/sandboxes/{id}/files/list?path={w}/src"))
+        .await;
+    assert_eq!(top["entries"].as_array().unwrap().len(), 2, "{top}");
+    // A file is listed as itself, as `ls` does; a path through a file is `not_a_directory`.
+    let (_, file) = app
+        .get_json(&format!(
+            "/api/sandboxes/{id}/files/list?path={w}/README.md"
+        ))
+        .await;
+    assert_eq!(file["entries"][0]["name"], "README.md", "{file}");
+    assert_error(
+        "list through a file",
+        &app.get_json(&format!(
+            "/api/sandboxes/{id}/files/list?path={w}/README.md/x"
+        ))
+        .await,
+        400,
+        "not_a_directory",
+    );
+    assert_error(
+        "list of nothing",
+        &app.get_json(&format!("/api/sandboxes/{id}/files/list?path={w}/nope"))
+            .await,
+        404,
+        "file_not_found",
+    );
+    // A limit over the server's maximum is clamped to it, as execute's are.
+    let (status, _) = app
+        .get_json(&format!(
+            "/api/sandboxes/{id}/files/list?path={w}&limit=99999999"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_error(
+        "a zero limit",
+        &app.get_json(&format!("/api/sandboxes/{id}/files/list?path={w}&limit=0"))
+            .await,
+        400,
+        "invalid_input",
+    );
+
+    // lines: from an offset, `\r\n` ends dropped, where to read on.
+    let (status, lines) = app
+        .get_json(&format!(
+            "/api/sandboxes/{id}/files/lines?path={w}/src/main.rs&offset=1&limit=1"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{lines}");
+    assert_eq!(
+        lines,
+        json!({"path": format!("{w}/src/main.rs"), "offset": 1, "lines": ["    println!(\"hi\");"], "next_offset": 2})
+    );
+    let (_, lines) = app
+        .get_json(&format!(
+            "/api/sandboxes/{id}/files/lines?path={w}/src/deep/lib.rs"
+        ))
+        .await;
+    assert_eq!(
+        lines["lines"],
+        json!(["pub fn Helper() {}", "fn other() {}"])
+    );
+    assert_eq!(lines["next_offset"], Value::Null);
+    assert_error(
+        "lines of a directory",
+        &app.get_json(&format!("/api/sandboxes/{id}/files/lines?path={w}/src"))
+            .await,
+        409,
+        "is_directory",
+    );
+
+    // search: literal and regex, by name or by path, binary files skipped, as grep -rn.
+    let (status, found) = call(&app, &id, "search", &[], Some(json!({"pattern": "main"}))).await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    assert_eq!(
+        found,
+        json!({"matches": [
+            {"path": format!("{w}/README.md"), "line": 2, "text": "main entry is src/main.rs"},
+            {"path": format!("{w}/src/main.rs"), "line": 1, "text": "fn main() {"},
+        ], "truncated": false})
+    );
+    let (_, found) = call(
+        &app,
+        &id,
+        "search",
+        &[("path", w)],
+        Some(json!({"regex": "^(pub )?fn [a-z]+", "ignore_case": true, "glob": "*.rs"})),
+    )
+    .await;
+    let hits: Vec<(String, u64)> = found["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["path"].as_str().unwrap().to_owned(),
+                m["line"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        hits,
+        [
+            (format!("{w}/src/deep/lib.rs"), 1),
+            (format!("{w}/src/deep/lib.rs"), 2),
+            (format!("{w}/src/main.rs"), 1)
+        ],
+        "{found}"
+    );
+    let (_, one) = call(
+        &app,
+        &id,
+        "search",
+        &[],
+        Some(json!({"pattern": "fn", "max_results": 1})),
+    )
+    .await;
+    assert_eq!(
+        (one["matches"].as_array().unwrap().len(), &one["truncated"]),
+        (1, &json!(true))
+    );
+    assert_error(
+        "a regex that does not parse",
+        &call(&app, &id, "search", &[], Some(json!({"regex": "("}))).await,
+        400,
+        "invalid_input",
+    );
+    for (body, what) in [
+        (json!({"pattern": ""}), "an empty pattern"),
+        (
+            json!({"pattern": "a", "regex": "a"}),
+            "both a pattern and a regex",
+        ),
+        (json!({"ignore_case": true}), "neither"),
+    ] {
+        assert_error(
+            what,
+            &call(&app, &id, "search", &[], Some(body)).await,
+            400,
+            "invalid_input",
+        );
+    }
+    // A literal pattern is literal: `.` is a dot, `(` a parenthesis.
+    let (_, literal) = call(&app, &id, "search", &[], Some(json!({"pattern": "n("}))).await;
+    assert_eq!(literal["matches"][0]["text"], "fn main() {", "{literal}");
+
+    // glob: components and `**`.
+    let (status, globbed) = call(&app, &id, "glob", &[], Some(json!({"pattern": "**/*.rs"}))).await;
+    assert_eq!(status, StatusCode::OK, "{globbed}");
+    assert_eq!(
+        globbed,
+        json!({"paths": [format!("{w}/src/deep/lib.rs"), format!("{w}/src/main.rs")], "truncated": false})
+    );
+    let (_, globbed) = call(
+        &app,
+        &id,
+        "glob",
+        &[("path", &format!("{w}/src"))],
+        Some(json!({"pattern": "*"})),
+    )
+    .await;
+    assert_eq!(
+        globbed["paths"],
+        json!([format!("{w}/src/deep"), format!("{w}/src/main.rs")])
+    );
+    assert_error(
+        "an absolute glob",
+        &call(&app, &id, "glob", &[], Some(json!({"pattern": "/etc/*"}))).await,
+        400,
+        "invalid_input",
+    );
+
+    // edit: exactly once or everywhere; ambiguity and absence refused with nothing changed;
+    // the mode and owner stay, and the file stays the user's to edit.
+    sh(&app, &id, &format!("chmod 750 {w}/src/main.rs")).await;
+    let main_rs = format!("{w}/src/main.rs");
+    let edit = async |old: &str, new: &str, all: bool| {
+        call(
+            &app,
+            &id,
+            "edit",
+            &[("path", main_rs.as_str())],
+            Some(json!({"old_string": old, "new_string": new, "replace_all": all})),
+        )
+        .await
+    };
+    assert_error(
+        "an ambiguous edit",
+        &edit("i", "I", false).await,
+        409,
+        "ambiguous_match",
+    );
+    assert_error(
+        "an edit of nothing",
+        &edit("absent", "x", false).await,
+        409,
+        "no_match",
+    );
+    assert_error(
+        "an empty edit",
+        &edit("", "x", false).await,
+        400,
+        "invalid_input",
+    );
+    let (status, edited) = edit("\"hi\"", "\"hello\"", false).await;
+    assert_eq!(status, StatusCode::OK, "{edited}");
+    assert_eq!(
+        edited,
+        json!({"path": format!("{w}/src/main.rs"), "replacements": 1})
+    );
+    let (_, edited) = edit("n", "N", true).await;
+    assert_eq!(edited["replacements"], 4, "{edited}");
+    assert_eq!(
+        sh(
+            &app,
+            &id,
+            &format!("cat {w}/src/main.rs; stat -c '%U %a' {w}/src/main.rs; ls -a {w}/src")
+        )
+        .await,
+        "fN maiN() {\n    priNtlN!(\"hello\");\n}\ndev 750\n.\n..\ndeep\nmain.rs\n"
+    );
+    // Through the link, the file it points to is edited and the link stays.
+    let (status, _) = call(
+        &app,
+        &id,
+        "edit",
+        &[("path", &format!("{w}/link"))],
+        Some(json!({"old_string": "hello", "new_string": "linked"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        sh(
+            &app,
+            &id,
+            &format!("test -L {w}/link && grep -c linked {w}/src/main.rs")
+        )
+        .await,
+        "1\n"
+    );
+    assert_error(
+        "an edit of a root-owned file",
+        &call(
+            &app,
+            &id,
+            "edit",
+            &[("path", "/etc/passwd")],
+            Some(json!({"old_string": "root", "new_string": "toor"})),
+        )
+        .await,
+        403,
+        "permission_denied",
+    );
+
+    // move: never over something without `overwrite`, never a file over a directory.
+    let mv = async |from: &str, to: &str, overwrite: bool| {
+        let (from, to) = (format!("{w}/{from}"), format!("{w}/{to}"));
+        let overwrite = if overwrite { "true" } else { "false" };
+        call(
+            &app,
+            &id,
+            "move",
+            &[("from", &from), ("to", &to), ("overwrite", overwrite)],
+            None,
+        )
+        .await
+    };
+    assert_error(
+        "a move over a file",
+        &mv("README.md", "blob.bin", false).await,
+        409,
+        "already_exists",
+    );
+    assert_error(
+        "a file over a directory",
+        &mv("README.md", "empty", true).await,
+        409,
+        "is_directory",
+    );
+    assert_error(
+        "a move of nothing",
+        &mv("nope", "x", false).await,
+        404,
+        "file_not_found",
+    );
+    assert_error(
+        "a directory into itself",
+        &mv("src", "src/deep/src", false).await,
+        400,
+        "invalid_input",
+    );
+    let (status, moved) = mv("README.md", "blob.bin", true).await;
+    assert_eq!(status, StatusCode::OK, "{moved}");
+    assert_eq!(
+        (&moved["path"], &moved["size"]),
+        (&json!(format!("{w}/blob.bin")), &json!(32))
+    );
+    let (status, moved) = mv("src", "code", false).await;
+    assert_eq!(
+        (status, &moved["type"]),
+        (StatusCode::OK, &json!("directory")),
+        "{moved}"
+    );
+
+    // remove: a non-empty directory only with `recursive`; a link goes, not its target.
+    let rm = |path: &str, recursive: bool| {
+        app.send(app.client.delete(app.url(&format!(
+            "/api/sandboxes/{id}/files?path={w}/{path}&recursive={recursive}"
+        ))))
+    };
+    assert_error(
+        "a non-empty directory",
+        &rm("code", false).await,
+        409,
+        "directory_not_empty",
+    );
+    let (status, removed) = rm("link", false).await;
+    assert_eq!(
+        (status, &removed["removed"]),
+        (StatusCode::OK, &json!(1)),
+        "{removed}"
+    );
+    let (status, removed) = rm("code", true).await;
+    assert_eq!(
+        (status, &removed),
+        (
+            StatusCode::OK,
+            &json!({"path": format!("{w}/code"), "removed": 4})
+        )
+    );
+    assert_error(
+        "a removal of nothing",
+        &rm("code", true).await,
+        404,
+        "file_not_found",
+    );
+    for path in ["/etc/passwd", "/etc/hosts", "/", "/sys/kernel"] {
+        assert_error(
+            path,
+            &app.send(app.client.delete(app.url(&format!(
+                "/api/sandboxes/{id}/files?path={path}&recursive=true"
+            ))))
+            .await,
+            400,
+            "invalid_input",
+        );
+    }
+    assert_error(
+        "a removal the user may not do",
+        &app.send(
+            app.client
+                .delete(app.url(&format!("/api/sandboxes/{id}/files?path=/bin/sh"))),
+        )
+        .await,
+        403,
+        "permission_denied",
+    );
+    assert_eq!(
+        sh(&app, &id, &format!("ls {w}; test -e /bin/sh && echo sh")).await,
+        "blob.bin\nempty\nsh\n"
+    );
+
+    // An unknown sandbox is `not_found`, never a file code.
+    assert_error(
+        "an unknown sandbox",
+        &call(
+            &app,
+            "00000000-0000-4000-8000-000000000000",
+            "glob",
+            &[],
+            Some(json!({"pattern": "*"})),
+        )
+        .await,
+        404,
+        "not_found",
+    );
+    app.shutdown().await;
+}
+
+/// Before a restarted server has adopted a sandbox's agent, the same operations run the
+/// agent's binary through Docker exec (the first request after the restart does), as the
+/// sandbox's user, and answer the same way.
+async fn file_operations_before_the_agent_is_adopted(store: Store) {
+    let Some(mut app) = TestApp::spawn(store, |_| {}).await else {
+        return;
+    };
+    let sandbox = app.create(json!({"template": "busybox-user"})).await;
+    let id = sandbox["id"].as_str().unwrap().to_owned();
+
+    app = app.restart().await;
+    let (status, made) = mkdir(&app, &id, "/workspaces/app/x/y", true).await;
+    assert_eq!(
+        (status, &made["uid"]),
+        (StatusCode::OK, &json!(1000)),
+        "{made}"
+    );
+    app = app.restart().await;
+    assert_error(
+        "an edit of a directory, through exec",
+        &call(
+            &app,
+            &id,
+            "edit",
+            &[("path", "/workspaces/app/x")],
+            Some(json!({"old_string": "a", "new_string": "b"})),
+        )
+        .await,
+        409,
+        "is_directory",
+    );
+    app = app.restart().await;
+    let (status, globbed) = call(&app, &id, "glob", &[], Some(json!({"pattern": "**"}))).await;
+    assert_eq!(status, StatusCode::OK, "{globbed}");
+    assert_eq!(
+        globbed["paths"],
+        json!(["/workspaces/app/x", "/workspaces/app/x/y"]),
+        "{globbed}"
+    );
+    app.shutdown().await;
+}
+
+on_both_stores!(
+    native_file_operations,
+    file_operations_before_the_agent_is_adopted
+);

@@ -208,14 +208,40 @@ async fn every_process_route_on(store: Store, template: &str) {
     assert_eq!(lines.next().await, Some(json!({"type": "keepalive"})));
     drop(lines);
 
-    // Deleted: killed with its group, still listed.
+    // Deleted: killed with its group and forgotten, its output too.
     let doomed = start(&app, &id, json!({"command": "sleep 301 & sleep 302"})).await;
     let dpid = doomed["pid"].as_u64().unwrap();
     let deleted = app
         .send(app.client.delete(app.url(&format!("{base}/{dpid}"))))
         .await;
     assert_eq!(deleted.0, StatusCode::NO_CONTENT, "{deleted:?}");
-    let (_, _, exit) = read_all(output(&app, &id, dpid, "follow=true").await).await;
+    assert_error(
+        "a deleted process",
+        &app.get_json(&format!("{base}/{dpid}")).await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        "the output of a deleted process",
+        &app.get_json(&format!("{base}/{dpid}/output")).await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        "a second delete",
+        &app.send(app.client.delete(app.url(&format!("{base}/{dpid}"))))
+            .await,
+        404,
+        "not_found",
+    );
+    // Killed, not forgotten: a KILL signal leaves it listed with its exit.
+    let killed = start(&app, &id, json!({"command": "sleep 304"})).await;
+    let kpid = killed["pid"].as_u64().unwrap();
+    let (status, _) = app
+        .post_json(&format!("{base}/{kpid}/signal"), json!({"signal": "KILL"}))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, _, exit) = read_all(output(&app, &id, kpid, "follow=true").await).await;
     assert_eq!(exit["exitCode"], 137, "{exit}");
     assert_eq!(
         running_matching(&app, &id, "^sleep 30[12]").await,

@@ -126,6 +126,15 @@ async fn the_readme_api_examples_work_as_written() {
         stdout.contains("/workspace/src/hello.go"),
         "upload missing:\n{stdout}"
     );
+    for answer in [
+        r#"{"path":"/workspace/notes/2026/list.txt","offset":1,"lines":["beta"],"next_offset":2}"#,
+        r#"{"matches":[{"path":"/workspace/notes/2026/list.txt","line":3,"text":"gamma"}],"truncated":false}"#,
+        r#"{"paths":["/workspace/notes/2026/list.txt"],"truncated":false}"#,
+        r#"{"path":"/workspace/notes/2026/list.txt","replacements":1}"#,
+        r#"{"path":"/workspace/notes","removed":3}"#,
+    ] {
+        assert!(stdout.contains(answer), "{answer} missing:\n{stdout}");
+    }
     // curl prints bodies without a final newline, so markers follow JSON on the same line.
     assert!(stdout.contains("same\n"), "download differs:\n{stdout}");
     assert_eq!(

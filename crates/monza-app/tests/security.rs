@@ -134,9 +134,23 @@ fn route_request(
     let method = Method::from_bytes(method.as_bytes()).unwrap();
     let is_post = method == Method::POST;
     let path = path.replace(ID_PLACEHOLDER, id).replace("{pid}", "1");
-    let req = if path.ends_with("/files/download")
-        || path.ends_with("/files")
-        || path.ends_with("/files/stat")
+    // Paths the routes that change files accept (not an engine-mounted file).
+    let changes = (method == Method::DELETE && path.ends_with("/files"))
+        || path.ends_with("/files/mkdir")
+        || path.ends_with("/files/edit");
+    let req = if changes {
+        server.request(method, &format!("{path}?path=/tmp/x"), token)
+    } else if path.ends_with("/files/move") {
+        server.request(method, &format!("{path}?from=/tmp/x&to=/tmp/y"), token)
+    } else if [
+        "/files/download",
+        "/files",
+        "/files/stat",
+        "/files/list",
+        "/files/lines",
+    ]
+    .iter()
+    .any(|end| path.ends_with(end))
     {
         server.request(method, &format!("{path}?path=/etc/hostname"), token)
     } else {
@@ -144,6 +158,10 @@ fn route_request(
     };
     if path.ends_with("/execute") || (path.ends_with("/processes") && is_post) {
         req.json(&json!({ "command": "true" }))
+    } else if path.ends_with("/files/search") || path.ends_with("/files/glob") {
+        req.json(&json!({ "pattern": "x" }))
+    } else if path.ends_with("/files/edit") {
+        req.json(&json!({ "old_string": "a", "new_string": "b" }))
     } else if path.ends_with("/signal") {
         req.json(&json!({ "signal": "TERM" }))
     } else if path.ends_with("/pty") {

@@ -48,7 +48,10 @@ use crate::engine::RawClient;
 use crate::error::{Failure, bounded};
 use crate::sink::{Finished, Sink, consumer_gone};
 
+mod fs;
 mod processes;
+
+pub(crate) use fs::FsReply;
 
 /// The static agent, built by this crate's build script (see `build.rs`).
 pub const AGENT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/monza-agent"));

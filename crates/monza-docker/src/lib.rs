@@ -24,6 +24,7 @@ mod engine;
 mod error;
 mod exec;
 mod files;
+mod fsops;
 mod image;
 mod owner;
 mod runtime;

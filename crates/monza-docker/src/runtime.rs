@@ -9,10 +9,12 @@ use async_trait::async_trait;
 use docker_api::Docker;
 use docker_api::opts::{ContainerFilter, ContainerListOpts, ContainerRemoveOpts};
 use futures::StreamExt;
+use monza_agent_protocol::{FsAnswer, FsRequest, MAX_FRAME_LEN};
 use monza_domain::{
-    ContainerRuntime, ContainerSpec, ContainerState, CreatedContainer, Error, ExecEvents,
-    ExecOutput, ExecRequest, FileDownload, FileStat, ManagedContainer, ProcessEvents, ProcessInfo,
-    ProcessRequest, ProcessSignal, PublishedPort, Result, UploadFile,
+    ContainerRuntime, ContainerSpec, ContainerState, CreatedContainer, EditFile, Error, ExecEvents,
+    ExecOutput, ExecRequest, FileDownload, FileEntry, FileLines, FileList, FileStat, GlobFiles,
+    GlobResult, ListFiles, ManagedContainer, ProcessEvents, ProcessInfo, ProcessRequest,
+    ProcessSignal, PublishedPort, Result, SearchFiles, SearchMatch, SearchResult, UploadFile,
 };
 use tokio::sync::mpsc;
 
@@ -24,6 +26,7 @@ use crate::container::{
 use crate::engine::{Address, RawClient, query_value};
 use crate::error::{Failure, bounded};
 use crate::files::ContainerFacts;
+use crate::fsops;
 use crate::settings::DockerSettings;
 use crate::sink::{Finished, STREAM_EVENTS, Sink};
 
@@ -45,7 +48,7 @@ pub struct DockerRuntime {
     /// What the file API knows of each container (see [`ContainerFacts`]).
     pub(crate) facts: Arc<Mutex<HashMap<String, Arc<ContainerFacts>>>>,
     /// Each sandbox's agent (see module `agent`).
-    agents: Arc<Agents>,
+    pub(crate) agents: Arc<Agents>,
 }
 
 impl DockerRuntime {
@@ -237,13 +240,7 @@ impl DockerRuntime {
         request: &ExecRequest,
         sink: &mut Sink,
     ) -> Result<Finished> {
-        if self.first_adoption(container_id) {
-            // A container this runtime did not create (monza restarted): adopt its agent
-            // in the background; this command goes through Docker exec.
-            let runtime = self.clone();
-            let id = container_id.to_owned();
-            tokio::spawn(async move { runtime.adopt_agent(&id).await });
-        }
+        self.adopt_in_background(container_id);
         if self.agents.enabled() {
             match self
                 .agents
@@ -263,6 +260,16 @@ impl DockerRuntime {
             }
         }
         self.run_exec(container_id, request, sink).await
+    }
+
+    /// For a container this runtime did not create (monza restarted), the first request
+    /// starts adopting its agent in the background; that request goes through Docker exec.
+    pub(crate) fn adopt_in_background(&self, container_id: &str) {
+        if self.first_adoption(container_id) {
+            let runtime = self.clone();
+            let id = container_id.to_owned();
+            tokio::spawn(async move { runtime.adopt_agent(&id).await });
+        }
     }
 
     /// The agent lost an exec it had been handed (see [`Outcome::Lost`]). Deleting or
@@ -584,6 +591,13 @@ impl ContainerRuntime for DockerRuntime {
         self.or_gone(container_id, signalled).await
     }
 
+    #[tracing::instrument(skip_all, fields(container_id, pid), err(level = "info"))]
+    async fn remove_process(&self, container_id: &str, pid: u32) -> Result<()> {
+        self.adopt_now(container_id).await;
+        let removed = self.agents.forget_process(container_id, pid).await;
+        self.or_gone(container_id, removed).await
+    }
+
     #[tracing::instrument(skip_all, fields(container_id, pid, bytes = data.len()), err(level = "info"))]
     async fn process_stdin(
         &self,
@@ -626,6 +640,184 @@ impl ContainerRuntime for DockerRuntime {
             .process_output(container_id, pid, offsets, follow)
             .await;
         self.or_gone(container_id, output).await
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
+    async fn list_files(
+        &self,
+        container_id: &str,
+        user: Option<String>,
+        request: &ListFiles,
+    ) -> Result<FileList> {
+        let op = FsRequest::List {
+            path: request.path.clone(),
+            recursive: request.recursive,
+            limit: request.limit,
+            budget: fsops::budget(request.walk),
+        };
+        match self
+            .fs(container_id, user.as_deref(), op, Some(request.walk))
+            .await?
+        {
+            FsAnswer::Entries { entries, truncated } => Ok(FileList {
+                entries: entries.into_iter().map(fsops::file_entry).collect(),
+                truncated,
+            }),
+            other => Err(fsops::wrong_answer(&other)),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
+    async fn make_directory(
+        &self,
+        container_id: &str,
+        user: Option<String>,
+        path: &str,
+        parents: bool,
+    ) -> Result<FileEntry> {
+        let op = FsRequest::Mkdir {
+            path: path.to_owned(),
+            parents,
+        };
+        match self.fs(container_id, user.as_deref(), op, None).await? {
+            FsAnswer::Entry { entry } => Ok(fsops::file_entry(entry)),
+            other => Err(fsops::wrong_answer(&other)),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
+    async fn move_path(
+        &self,
+        container_id: &str,
+        user: Option<String>,
+        from: &str,
+        to: &str,
+        overwrite: bool,
+    ) -> Result<FileEntry> {
+        let op = FsRequest::Move {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            overwrite,
+        };
+        match self.fs(container_id, user.as_deref(), op, None).await? {
+            FsAnswer::Entry { entry } => Ok(fsops::file_entry(entry)),
+            other => Err(fsops::wrong_answer(&other)),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
+    async fn remove_path(
+        &self,
+        container_id: &str,
+        user: Option<String>,
+        path: &str,
+        recursive: bool,
+    ) -> Result<u64> {
+        let op = FsRequest::Remove {
+            path: path.to_owned(),
+            recursive,
+        };
+        match self.fs(container_id, user.as_deref(), op, None).await? {
+            FsAnswer::Removed { removed } => Ok(removed),
+            other => Err(fsops::wrong_answer(&other)),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
+    async fn read_lines(
+        &self,
+        container_id: &str,
+        user: Option<String>,
+        path: &str,
+        offset: u64,
+        limit: u64,
+    ) -> Result<FileLines> {
+        let op = FsRequest::ReadLines {
+            path: path.to_owned(),
+            offset,
+            limit,
+            max_bytes: u64::try_from(MAX_FRAME_LEN / 2).unwrap_or(u64::MAX),
+        };
+        match self.fs(container_id, user.as_deref(), op, None).await? {
+            FsAnswer::Lines { lines, next_offset } => Ok(FileLines { lines, next_offset }),
+            other => Err(fsops::wrong_answer(&other)),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
+    async fn search_files(
+        &self,
+        container_id: &str,
+        user: Option<String>,
+        request: &SearchFiles,
+    ) -> Result<SearchResult> {
+        let op = FsRequest::Search {
+            path: request.path.clone(),
+            pattern: request.pattern.clone(),
+            regex: request.regex,
+            ignore_case: request.ignore_case,
+            glob: request.glob.clone(),
+            max_results: request.max_results,
+            budget: fsops::budget(request.walk),
+        };
+        match self
+            .fs(container_id, user.as_deref(), op, Some(request.walk))
+            .await?
+        {
+            FsAnswer::Matches { matches, truncated } => Ok(SearchResult {
+                matches: matches
+                    .into_iter()
+                    .map(|m| SearchMatch {
+                        path: m.path,
+                        line: m.line,
+                        text: m.text,
+                    })
+                    .collect(),
+                truncated,
+            }),
+            other => Err(fsops::wrong_answer(&other)),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
+    async fn glob_files(
+        &self,
+        container_id: &str,
+        user: Option<String>,
+        request: &GlobFiles,
+    ) -> Result<GlobResult> {
+        let op = FsRequest::Glob {
+            path: request.path.clone(),
+            pattern: request.pattern.clone(),
+            max_results: request.max_results,
+            budget: fsops::budget(request.walk),
+        };
+        match self
+            .fs(container_id, user.as_deref(), op, Some(request.walk))
+            .await?
+        {
+            FsAnswer::Paths { paths, truncated } => Ok(GlobResult { paths, truncated }),
+            other => Err(fsops::wrong_answer(&other)),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
+    async fn edit_file(
+        &self,
+        container_id: &str,
+        user: Option<String>,
+        request: &EditFile,
+    ) -> Result<u64> {
+        let op = FsRequest::Edit {
+            path: request.path.clone(),
+            old: request.old.clone(),
+            new: request.new.clone(),
+            replace_all: request.replace_all,
+        };
+        match self.fs(container_id, user.as_deref(), op, None).await? {
+            FsAnswer::Edited { replacements } => Ok(replacements),
+            other => Err(fsops::wrong_answer(&other)),
+        }
     }
 
     async fn kept_alive(&self) -> Result<Vec<monza_domain::SandboxId>> {

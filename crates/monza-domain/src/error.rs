@@ -64,6 +64,14 @@ pub enum FileProblem {
     InvalidPath,
     /// The sandbox's file system refused it (permissions, read-only).
     PermissionDenied,
+    /// Something is already at the path (a move without overwrite, a directory made twice).
+    AlreadyExists,
+    /// A directory removed without `recursive` has entries.
+    NotEmpty,
+    /// An edit's old text is not in the file.
+    NoMatch,
+    /// An edit of one occurrence found its old text more than once.
+    AmbiguousMatch,
 }
 
 impl FileProblem {
@@ -75,6 +83,10 @@ impl FileProblem {
             Self::NotADirectory => "not_a_directory",
             Self::InvalidPath => "invalid_path",
             Self::PermissionDenied => "permission_denied",
+            Self::AlreadyExists => "already_exists",
+            Self::NotEmpty => "directory_not_empty",
+            Self::NoMatch => "no_match",
+            Self::AmbiguousMatch => "ambiguous_match",
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod files;
 pub mod lifecycle;
 pub mod paths;
 pub mod ports;
@@ -18,6 +19,10 @@ pub mod testing;
 
 pub use auth::{ApiToken, Bootstrap, IssuedToken, StoredToken, TokenHash, TokenId, TokenService};
 pub use error::{Error, FileProblem, Result};
+pub use files::{
+    DEFAULT_LINES, EditFile, FileEntry, FileLimits, FileLines, FileList, GlobFiles, GlobResult,
+    ListFiles, SearchFiles, SearchMatch, SearchResult, WalkLimits,
+};
 pub use lifecycle::{LifecycleEvent, transition};
 pub use ports::{
     Admission, Clock, ContainerRuntime, ExpiryClaim, RunningUpdate, SandboxRepository,
@@ -40,6 +45,9 @@ pub use service::{
 };
 pub use service::{
     DEFAULT_PROCESS_OUTPUT_BYTES, MAX_PROCESS_OUTPUT_BYTES, MIN_PROCESS_OUTPUT_BYTES,
+};
+pub use service::{
+    EditRequest, GlobRequest, ListRequest, MoveRequest, ReadLinesRequest, SearchRequest,
 };
 pub use template::{
     BuildSpec, Command, ImageSource, LifecycleCommand, Mount, RunOptions, Template,

@@ -140,6 +140,43 @@ pub fn upload_destination(dir: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks a path that a file operation changes (made, moved, removed, edited): a
+/// [`sandbox_path`] that is not the root, not under a kernel file system, not a file the
+/// engine mounts ([`ENGINE_FILES`]) and not one every command needs ([`IDENTITY_FILES`]:
+/// moved or removed, no later command would start). Returns it without `.` components or
+/// repeated slashes, so no spelling of a refused path gets past.
+pub fn changeable(what: &str, path: &str) -> Result<String> {
+    let checked = sandbox_path(what, path)?;
+    let parts: Vec<&str> = checked
+        .split('/')
+        .filter(|part| !part.is_empty() && *part != ".")
+        .collect();
+    let path = format!("/{}", parts.join("/"));
+    if path == "/" {
+        return Err(Error::invalid(format!(
+            "{what} is the root directory, which cannot be changed"
+        )));
+    }
+    if let Some(mount) = KERNEL_MOUNTS.iter().find(|m| is_under(&path, m)) {
+        return Err(Error::invalid(format!(
+            "{what} {path:?} is under {mount}, a kernel file system: use execute to change it"
+        )));
+    }
+    if let Some(file) = ENGINE_FILES.iter().find(|f| is_under(&path, f)) {
+        return Err(Error::invalid(format!(
+            "{what} {path:?}: {file} is mounted into the sandbox by the engine and cannot be \
+             changed through the file API"
+        )));
+    }
+    if let Some(file) = IDENTITY_FILES.iter().find(|f| path == **f) {
+        return Err(Error::invalid(format!(
+            "{what} {path:?}: the engine reads {file} to start every command, so it cannot be \
+             moved or removed through the file API (edit it in place instead)"
+        )));
+    }
+    Ok(path)
+}
+
 /// Highest permission bits a client may give a file: `rwx` for owner, group and others.
 /// Setuid, setgid and sticky bits are refused: a file written through the API is data, and a
 /// setuid program owned by the sandbox's user would be a trap for anyone running it.
@@ -199,6 +236,31 @@ mod tests {
             );
         }
         assert!(file_mode(0o1000).is_err());
+    }
+
+    #[test]
+    fn changes_are_refused_on_the_root_kernel_engine_and_identity_files_however_spelled() {
+        assert_eq!(changeable("path", "/a/./b//c/").unwrap(), "/a/b/c");
+        assert_eq!(
+            changeable("path", "/etc/passwd.d").unwrap(),
+            "/etc/passwd.d"
+        );
+        for bad in [
+            "/",
+            "/.",
+            "//",
+            "/proc/1",
+            "/etc/./hosts",
+            "//etc/resolv.conf",
+            "/etc/hostname/x",
+            "/etc/./passwd",
+            "/etc/group",
+        ] {
+            assert!(
+                matches!(changeable("path", bad), Err(Error::InvalidInput(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

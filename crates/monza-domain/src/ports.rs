@@ -10,6 +10,10 @@ use time::OffsetDateTime;
 
 use crate::auth::{ApiToken, StoredToken, TokenId};
 use crate::error::{Error, Result};
+use crate::files::{
+    EditFile, FileEntry, FileLines, FileList, GlobFiles, GlobResult, ListFiles, SearchFiles,
+    SearchResult,
+};
 use crate::lifecycle::LifecycleEvent;
 use crate::runtime::{
     ContainerSpec, ContainerState, CreatedContainer, ExecEvents, ExecOutput, ExecRequest,
@@ -336,6 +340,13 @@ pub trait ContainerRuntime: Send + Sync {
         Err(no_processes())
     }
 
+    /// Kills a background process's group (unless it already exited) and drops it and its
+    /// output; not-found for an unknown pid, and for it from then on.
+    async fn remove_process(&self, container_id: &str, pid: u32) -> Result<()> {
+        let _ = (container_id, pid);
+        Err(no_processes())
+    }
+
     /// Writes `data` to a background process's stdin, then closes it when `close`;
     /// not-found for an unknown pid or one whose stdin is not open.
     async fn process_stdin(
@@ -369,6 +380,102 @@ pub trait ContainerRuntime: Send + Sync {
         Err(no_processes())
     }
 
+    /// The entries of a directory (or its tree), as `user` sees them.
+    async fn list_files(
+        &self,
+        container_id: &str,
+        user: Option<String>,
+        request: &ListFiles,
+    ) -> Result<FileList> {
+        let _ = (container_id, user, request);
+        Err(no_file_operations())
+    }
+
+    /// Makes a directory (and its missing parents with `parents`) as `user`.
+    async fn make_directory(
+        &self,
+        container_id: &str,
+        user: Option<String>,
+        path: &str,
+        parents: bool,
+    ) -> Result<FileEntry> {
+        let _ = (container_id, user, path, parents);
+        Err(no_file_operations())
+    }
+
+    /// Renames `from` to `to` as `user`; an existing `to` only with `overwrite`, and never a
+    /// directory replaced by a file.
+    async fn move_path(
+        &self,
+        container_id: &str,
+        user: Option<String>,
+        from: &str,
+        to: &str,
+        overwrite: bool,
+    ) -> Result<FileEntry> {
+        let _ = (container_id, user, from, to, overwrite);
+        Err(no_file_operations())
+    }
+
+    /// Removes a file, a link, an empty directory or (with `recursive`) a tree, as `user`;
+    /// answers how many entries went.
+    async fn remove_path(
+        &self,
+        container_id: &str,
+        user: Option<String>,
+        path: &str,
+        recursive: bool,
+    ) -> Result<u64> {
+        let _ = (container_id, user, path, recursive);
+        Err(no_file_operations())
+    }
+
+    /// Lines `offset..offset + limit` of a text file, as `user` reads it.
+    async fn read_lines(
+        &self,
+        container_id: &str,
+        user: Option<String>,
+        path: &str,
+        offset: u64,
+        limit: u64,
+    ) -> Result<FileLines> {
+        let _ = (container_id, user, path, offset, limit);
+        Err(no_file_operations())
+    }
+
+    /// The lines of files under a path that match a pattern.
+    async fn search_files(
+        &self,
+        container_id: &str,
+        user: Option<String>,
+        request: &SearchFiles,
+    ) -> Result<SearchResult> {
+        let _ = (container_id, user, request);
+        Err(no_file_operations())
+    }
+
+    /// The paths below a directory that match a glob.
+    async fn glob_files(
+        &self,
+        container_id: &str,
+        user: Option<String>,
+        request: &GlobFiles,
+    ) -> Result<GlobResult> {
+        let _ = (container_id, user, request);
+        Err(no_file_operations())
+    }
+
+    /// Replaces text in a file, atomically, as `user`; answers how many times.
+    async fn edit_file(
+        &self,
+        container_id: &str,
+        user: Option<String>,
+        request: &EditFile,
+    ) -> Result<u64> {
+        let _ = (container_id, user, request);
+        Err(no_file_operations())
+    }
+
     /// The sandboxes on this runtime with a `keep_alive` background process running (as
     /// last seen, including ones of containers adopted from an earlier server).
     async fn kept_alive(&self) -> Result<Vec<SandboxId>> {
@@ -381,6 +488,14 @@ fn no_processes() -> Error {
     Error::unavailable(
         "agent",
         "background processes need the sandbox agent, which this runtime does not run",
+    )
+}
+
+/// What a runtime without file operations answers.
+fn no_file_operations() -> Error {
+    Error::unavailable(
+        "agent",
+        "this file operation needs the sandbox agent, which this runtime does not run",
     )
 }
 

@@ -10,6 +10,7 @@ use time::Duration;
 use uuid::Uuid;
 
 use crate::error::{Error, FileProblem, Result};
+use crate::files::FileLimits;
 use crate::lifecycle::{self, LifecycleEvent};
 use crate::paths;
 use crate::ports::{
@@ -133,6 +134,8 @@ pub struct ServiceConfig {
     pub create_lease: Duration,
     /// Output bytes a background process keeps per stream when its start does not say.
     pub process_output_bytes: u64,
+    /// Bounds on listing, search, glob and reading by lines.
+    pub file_limits: FileLimits,
 }
 
 impl Default for ServiceConfig {
@@ -148,6 +151,7 @@ impl Default for ServiceConfig {
             create_timeout: Duration::minutes(10),
             create_lease: Duration::seconds(15),
             process_output_bytes: DEFAULT_PROCESS_OUTPUT_BYTES,
+            file_limits: FileLimits::default(),
         }
     }
 }
@@ -1048,6 +1052,7 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 mod activity;
+mod files;
 mod heartbeats;
 mod leases;
 mod processes;
@@ -1058,6 +1063,9 @@ pub use processes::{
     Terminal,
 };
 
+pub use files::{
+    EditRequest, GlobRequest, ListRequest, MoveRequest, ReadLinesRequest, SearchRequest,
+};
 pub use leases::LeaseReport;
 pub use reconcile::ReconcileReport;
 

@@ -24,7 +24,9 @@ pub struct ErrorDetail {
     /// `limit_exceeded`, `unavailable`, `internal`, `unsupported_media_type`,
     /// `method_not_allowed`, `request_timeout`, `upgrade_required`; for a path inside a
     /// sandbox, `file_not_found` (404), `is_directory` (409), `not_a_directory` (400),
-    /// `invalid_path` (400), `permission_denied` (403), `range_not_satisfiable` (416). The
+    /// `invalid_path` (400), `permission_denied` (403), `range_not_satisfiable` (416),
+    /// `already_exists` (409), `directory_not_empty` (409), and for an edit `no_match` (409)
+    /// and `ambiguous_match` (409). The
     /// `X-Monza-Error-Code` header of the answer carries the same code.
     #[schema(example = "not_found")]
     pub code: &'static str,
@@ -160,6 +162,10 @@ impl From<Error> for ApiError {
                 FileProblem::IsDirectory => StatusCode::CONFLICT,
                 FileProblem::NotADirectory | FileProblem::InvalidPath => StatusCode::BAD_REQUEST,
                 FileProblem::PermissionDenied => StatusCode::FORBIDDEN,
+                FileProblem::AlreadyExists
+                | FileProblem::NotEmpty
+                | FileProblem::NoMatch
+                | FileProblem::AmbiguousMatch => StatusCode::CONFLICT,
             },
         };
         if status == StatusCode::SERVICE_UNAVAILABLE {

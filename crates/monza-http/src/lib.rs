@@ -52,6 +52,14 @@
 //! | `GET /api/sandboxes/{id}/files?path=…` (`Range`) | 200 or 206 the file's bytes |
 //! | `HEAD /api/sandboxes/{id}/files?path=…` | 200, type, mode, size, last change in headers |
 //! | `GET /api/sandboxes/{id}/files/stat?path=…` | 200 `{"path","name","type","size","mode","modified_at","link_target"}` |
+//! | `DELETE /api/sandboxes/{id}/files?path=…[&recursive=true]` | 200 `{"path","removed"}` |
+//! | `GET /api/sandboxes/{id}/files/list?path=…[&recursive=true][&limit=N]` | 200 `{"path","entries","truncated"}` |
+//! | `GET /api/sandboxes/{id}/files/lines?path=…[&offset=N][&limit=N]` | 200 `{"path","offset","lines","next_offset"}` |
+//! | `POST /api/sandboxes/{id}/files/mkdir?path=…[&parents=true]` | 200 the directory's entry |
+//! | `POST /api/sandboxes/{id}/files/move?from=…&to=…[&overwrite=true]` | 200 the entry at its new path |
+//! | `POST /api/sandboxes/{id}/files/search[?path=…]` `{"pattern" or "regex",…}` | 200 `{"matches":[{"path","line","text"}],"truncated"}` |
+//! | `POST /api/sandboxes/{id}/files/glob[?path=…]` `{"pattern",…}` | 200 `{"paths","truncated"}` |
+//! | `POST /api/sandboxes/{id}/files/edit?path=…` `{"old_string","new_string",…}` | 200 `{"path","replacements"}` |
 //! | `POST /api/sandboxes/{id}/processes` | 201 background process with `Location` |
 //! | `GET /api/sandboxes/{id}/processes` | 200 array of processes, by pid |
 //! | `GET /api/sandboxes/{id}/processes/{pid}` | 200 process |
@@ -90,6 +98,7 @@ mod error;
 mod extract;
 mod files;
 mod fs;
+mod fsops;
 mod handlers;
 mod model;
 mod openapi;
@@ -240,6 +249,11 @@ use fs::{
     __path_get_file, __path_head_file, __path_put_file, __path_stat_file, get_file, head_file,
     put_file, stat_file,
 };
+use fsops::{
+    __path_edit_file, __path_glob_files, __path_list_files, __path_make_directory,
+    __path_move_path, __path_read_lines, __path_remove_file, __path_search_files, edit_file,
+    glob_files, list_files, make_directory, move_path, read_lines, remove_file, search_files,
+};
 use handlers::{
     __path_create_sandbox, __path_delete_sandbox, __path_execute_command, __path_get_health,
     __path_get_hello, __path_get_ready, __path_get_sandbox, __path_heartbeat_sandbox,
@@ -272,6 +286,14 @@ operations! {
     (get_file, __path_get_file),
     (head_file, __path_head_file),
     (stat_file, __path_stat_file),
+    (remove_file, __path_remove_file),
+    (list_files, __path_list_files),
+    (read_lines, __path_read_lines),
+    (make_directory, __path_make_directory),
+    (move_path, __path_move_path),
+    (search_files, __path_search_files),
+    (glob_files, __path_glob_files),
+    (edit_file, __path_edit_file),
     (start_process, __path_start_process),
     (list_processes, __path_list_processes),
     (get_process, __path_get_process),

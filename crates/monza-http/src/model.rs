@@ -237,6 +237,12 @@ pub struct ExecuteRequest {
     pub stdin: Option<String>,
 }
 
+/// An optional string that, when given, is a string: `null` is refused (the field is left
+/// out instead), so "which of two fields was given" is never ambiguous.
+fn not_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
+}
+
 /// A required count, read as [`whole_number`] reads an optional one.
 fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     use serde::de::Error as _;
@@ -245,7 +251,9 @@ fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 
 /// An optional count: JSON has one number type, so `1000.0` is the integer 1000 (as JSON
 /// Schema's `integer` says); a fraction, a negative number or one past `u64` is refused.
-fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+pub(crate) fn whole_number<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<u64>, D::Error> {
     use serde::de::Error as _;
     match Option::<serde_json::Number>::deserialize(d)? {
         None => Ok(None),
@@ -809,4 +817,357 @@ pub struct ProcessOutputEvent {
     /// `error`: what went wrong, as in every error response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<serde_json::Value>,
+}
+
+/// One entry of a listing (or what a make-directory or move made). A symbolic link is
+/// described itself, not what it points to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileEntryResponse {
+    /// Absolute.
+    #[schema(example = "/workspace/src/main.rs")]
+    pub path: String,
+    /// Its last component.
+    #[schema(example = "main.rs")]
+    pub name: String,
+    /// `file`, `directory`, `symlink` or `other` (a device, socket or pipe).
+    #[serde(rename = "type")]
+    #[schema(example = "file")]
+    pub kind: String,
+    /// Size in bytes (of the link itself for a symbolic link).
+    #[schema(example = 42)]
+    pub size: u64,
+    /// Permission bits (with setuid, setgid and sticky), in octal.
+    #[schema(example = "0644")]
+    pub mode: String,
+    /// Last change, RFC 3339 in UTC.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub modified_at: Option<OffsetDateTime>,
+    /// Where a symbolic link points, as stored in the link (relative or absolute).
+    #[schema(example = "../lib/tool")]
+    pub link_target: Option<String>,
+    /// Owner and group, as numbers.
+    #[schema(example = 1000)]
+    pub uid: u32,
+    #[schema(example = 1000)]
+    pub gid: u32,
+}
+
+impl From<monza_domain::FileEntry> for FileEntryResponse {
+    fn from(entry: monza_domain::FileEntry) -> Self {
+        Self {
+            path: entry.path,
+            name: entry.stat.name,
+            kind: entry.stat.kind.as_str().to_owned(),
+            size: entry.stat.size,
+            mode: format!("{:04o}", entry.stat.mode),
+            modified_at: entry.stat.modified,
+            link_target: entry.stat.link_target,
+            uid: entry.uid,
+            gid: entry.gid,
+        }
+    }
+}
+
+/// The query of `GET /api/sandboxes/{id}/files/list`. Describes the query for the OpenAPI
+/// document; the handler reads it strictly.
+#[derive(Debug, Clone, IntoParams)]
+#[allow(dead_code)]
+#[into_params(parameter_in = Query)]
+pub struct ListFilesQuery {
+    /// The directory, absolute, without `..` (a symbolic link to a directory is followed).
+    #[param(
+        example = "/workspace",
+        max_length = 3072,
+        pattern = r"^(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
+    )]
+    pub path: String,
+    /// `true`: every entry below it, depth first (symbolic links are listed, never followed).
+    pub recursive: Option<bool>,
+    /// At most this many entries (default 1000; more is clamped to the server's maximum,
+    /// 10000 by default); `truncated` says whether more were left.
+    #[param(minimum = 1, example = 100)]
+    pub limit: Option<u64>,
+}
+
+/// A directory's entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileListResponse {
+    /// The directory listed.
+    #[schema(example = "/workspace")]
+    pub path: String,
+    /// Depth first, each directory's entries by name.
+    pub entries: Vec<FileEntryResponse>,
+    /// A limit (`limit`, or the server's bound on a walk's entries or time) cut it short.
+    pub truncated: bool,
+}
+
+/// The query of `POST /api/sandboxes/{id}/files/mkdir`.
+#[derive(Debug, Clone, IntoParams)]
+#[allow(dead_code)]
+#[into_params(parameter_in = Query)]
+pub struct MakeDirectoryQuery {
+    /// The directory to make: absolute, without `..`, not `/`, not under `/proc`, `/sys` or
+    /// `/dev`.
+    #[param(
+        example = "/workspace/src/util",
+        max_length = 3072,
+        pattern = r"^(?!/+$)(?!/(proc|sys|dev)(/|$))(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
+    )]
+    pub path: String,
+    /// `true`: make missing parents too, and an existing directory is fine (like
+    /// `mkdir -p`); `false` (the default): the parent must exist and the path must not.
+    pub parents: Option<bool>,
+}
+
+/// The query of `POST /api/sandboxes/{id}/files/move`.
+#[derive(Debug, Clone, IntoParams)]
+#[allow(dead_code)]
+#[into_params(parameter_in = Query)]
+pub struct MoveQuery {
+    /// What to move: absolute, without `..`, not `/`, not under `/proc`, `/sys` or `/dev`.
+    #[param(
+        example = "/workspace/old.txt",
+        max_length = 3072,
+        pattern = r"^(?!/+$)(?!/(proc|sys|dev)(/|$))(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
+    )]
+    pub from: String,
+    /// Its new path (not a directory to move it into), checked as `from` is.
+    #[param(
+        example = "/workspace/new.txt",
+        max_length = 3072,
+        pattern = r"^(?!/+$)(?!/(proc|sys|dev)(/|$))(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
+    )]
+    pub to: String,
+    /// `true`: replace what is at `to` (never a directory by a file or a file by a
+    /// directory). `false` (the default): something at `to` is `already_exists`.
+    pub overwrite: Option<bool>,
+}
+
+/// The query of `DELETE /api/sandboxes/{id}/files`.
+#[derive(Debug, Clone, IntoParams)]
+#[allow(dead_code)]
+#[into_params(parameter_in = Query)]
+pub struct RemoveFileQuery {
+    /// What to remove: absolute, without `..`, not `/`. A symbolic link is removed, not
+    /// what it points to.
+    #[param(
+        example = "/workspace/build",
+        max_length = 3072,
+        pattern = r"^(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
+    )]
+    pub path: String,
+    /// `true`: a directory goes with everything in it. `false` (the default): only a file,
+    /// a link or an empty directory (`directory_not_empty` otherwise).
+    pub recursive: Option<bool>,
+}
+
+/// Something was removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RemovedResponse {
+    #[schema(example = "/workspace/build")]
+    pub path: String,
+    /// How many entries went (a directory counts itself).
+    #[schema(example = 12)]
+    pub removed: u64,
+}
+
+/// The query of `GET /api/sandboxes/{id}/files/lines`.
+#[derive(Debug, Clone, IntoParams)]
+#[allow(dead_code)]
+#[into_params(parameter_in = Query)]
+pub struct ReadLinesQuery {
+    /// The text file: absolute, without `..` (a symbolic link is followed).
+    #[param(
+        example = "/workspace/main.go",
+        max_length = 3072,
+        pattern = r"^(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
+    )]
+    pub path: String,
+    /// The first line to read, 0-based (default 0).
+    #[param(minimum = 0, example = 0)]
+    pub offset: Option<u64>,
+    /// Lines to read (default 2000; more is clamped to the server's maximum, 100000).
+    #[param(minimum = 1, example = 2000)]
+    pub limit: Option<u64>,
+}
+
+/// Lines of a text file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileLinesResponse {
+    #[schema(example = "/workspace/main.go")]
+    pub path: String,
+    /// The line number (0-based) of the first line.
+    #[schema(example = 0)]
+    pub offset: u64,
+    /// Without their line ends (`\n` or `\r\n`); bytes that are not UTF-8 are replaced by
+    /// U+FFFD. Fewer than asked for when about 4 MiB of text is reached.
+    pub lines: Vec<String>,
+    /// Where to read on; `null` at the end of the file.
+    #[schema(example = 2000)]
+    pub next_offset: Option<u64>,
+}
+
+/// The query of `POST /api/sandboxes/{id}/files/search` and `…/files/glob`.
+#[derive(Debug, Clone, IntoParams)]
+#[allow(dead_code)]
+#[into_params(parameter_in = Query)]
+pub struct SearchPathQuery {
+    /// Where to look: a file or a directory searched below (symbolic links are not
+    /// followed); the sandbox's workspace folder when absent.
+    #[param(
+        example = "/workspace",
+        max_length = 3072,
+        pattern = r"^(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
+    )]
+    pub path: Option<String>,
+}
+
+/// `POST /api/sandboxes/{id}/files/search`: the lines that contain a text or match a
+/// regular expression, as `grep -rn` lists them. Needs nothing in the sandbox's image.
+/// Exactly one of `pattern` and `regex`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequestBody {
+    /// Literal text to look for (not a pattern: `.` is a dot). Not empty, at most 4096
+    /// bytes.
+    #[schema(
+        example = "fn main",
+        min_length = 1,
+        max_length = 4096,
+        nullable = false,
+        pattern = r"^[^\u0000]*$"
+    )]
+    #[serde(default, deserialize_with = "not_null")]
+    pub pattern: Option<String>,
+    /// A regular expression to look for instead (Rust's `regex` syntax: no look-around or
+    /// backreferences). Not empty, at most 4096 bytes.
+    #[schema(
+        example = "fn [a-z_]+\\(",
+        min_length = 1,
+        max_length = 4096,
+        format = Regex,
+        nullable = false,
+        pattern = r"^[^\u0000]*$"
+    )]
+    #[serde(default, deserialize_with = "not_null")]
+    pub regex: Option<String>,
+    /// Match regardless of case (default `false`).
+    #[serde(default)]
+    pub ignore_case: bool,
+    /// Only files that match this glob: without `/` by name (`*.py`, like `grep
+    /// --include`), with `/` by path relative to `path` (`src/**/*.rs`). An unbalanced `[`
+    /// or `{` stands for itself, as in a shell.
+    #[schema(
+        example = "*.rs",
+        min_length = 1,
+        max_length = 4096,
+        pattern = r"^[^\u0000]*$"
+    )]
+    pub glob: Option<String>,
+    /// At most this many lines (default: the server's maximum, 1000 unless configured;
+    /// more is clamped to it).
+    #[schema(minimum = 1, maximum = 18446744073709551615_u64, example = 100)]
+    #[serde(default, deserialize_with = "whole_number")]
+    pub max_results: Option<u64>,
+}
+
+/// One line a search found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SearchMatchResponse {
+    #[schema(example = "/workspace/src/main.rs")]
+    pub path: String,
+    /// 1-based, as `grep -n` counts.
+    #[schema(example = 1)]
+    pub line: u64,
+    /// The line, without its end (at most 4 KiB of it); bytes that are not UTF-8 are
+    /// replaced by U+FFFD.
+    #[schema(example = "fn main() {")]
+    pub text: String,
+}
+
+/// What a search found. Files that look binary (a NUL byte in their first 8 KiB) are
+/// skipped, as are files the sandbox's user cannot read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SearchResponse {
+    /// Files in walk order (depth first, by name), lines in order.
+    pub matches: Vec<SearchMatchResponse>,
+    /// `max_results`, or the server's bound on a walk's entries or time, cut it short.
+    pub truncated: bool,
+}
+
+/// `POST /api/sandboxes/{id}/files/glob`: the paths below a directory (`path` in the query)
+/// that match a glob.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GlobRequestBody {
+    /// Relative to `path`: `*` and `?` within a component, `**` across components,
+    /// `[abc]`, `{a,b}`; `\` escapes; an unbalanced `[` or `{` stands for itself, as in a
+    /// shell. Not empty, not starting with `/`.
+    #[schema(
+        example = "**/*.rs",
+        min_length = 1,
+        max_length = 4096,
+        pattern = r"^[^/\u0000][^\u0000]*$"
+    )]
+    pub pattern: String,
+    /// At most this many paths (default: the server's maximum, 1000 unless configured;
+    /// more is clamped to it).
+    #[schema(minimum = 1, maximum = 18446744073709551615_u64, example = 100)]
+    #[serde(default, deserialize_with = "whole_number")]
+    pub max_results: Option<u64>,
+}
+
+/// What a glob found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GlobResponse {
+    /// Absolute, in walk order (depth first, by name); directories too.
+    pub paths: Vec<String>,
+    pub truncated: bool,
+}
+
+/// The query of `POST /api/sandboxes/{id}/files/edit`.
+#[derive(Debug, Clone, IntoParams)]
+#[allow(dead_code)]
+#[into_params(parameter_in = Query)]
+pub struct EditQuery {
+    /// The file (a symbolic link is followed and stays a link): absolute, without `..`,
+    /// not under `/proc`, `/sys` or `/dev`.
+    #[param(
+        example = "/workspace/main.go",
+        max_length = 3072,
+        pattern = r"^(?!/(proc|sys|dev)(/|$))(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
+    )]
+    pub path: String,
+}
+
+/// `POST /api/sandboxes/{id}/files/edit`: replace text in a file, atomically (a reader sees
+/// the old content or the new, never a mix); the file keeps its mode and owner.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditRequestBody {
+    /// The exact text to replace; not empty.
+    #[schema(
+        example = "fmt.Println(\"hi\")",
+        min_length = 1,
+        pattern = r"^[^\u0000]*$"
+    )]
+    pub old_string: String,
+    /// What replaces it.
+    #[schema(example = "fmt.Println(\"hello\")", pattern = r"^[^\u0000]*$")]
+    pub new_string: String,
+    /// `true`: every occurrence. `false` (the default): `old_string` must be in the file
+    /// exactly once (`ambiguous_match` when more, `no_match` when none).
+    #[serde(default)]
+    pub replace_all: bool,
+}
+
+/// An edit was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EditResponse {
+    #[schema(example = "/workspace/main.go")]
+    pub path: String,
+    /// How many occurrences were replaced.
+    #[schema(example = 1)]
+    pub replacements: u64,
 }

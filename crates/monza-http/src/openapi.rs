@@ -21,10 +21,13 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::model::{
-    CreateSandboxRequest, EventResponse, ExecuteEvent, ExecuteRequest, ExecuteResponse,
-    HealthResponse, HelloResponse, OpenApiDocument, OutputSpanResponse, PortMappingResponse,
-    ProcessOutputEvent, ProcessResponse, PtyRequest, ReadyResponse, SandboxResponse, SignalRequest,
-    StartProcessRequest, UploadForm, UploadResponse,
+    CreateSandboxRequest, EditRequestBody, EditResponse, EventResponse, ExecuteEvent,
+    ExecuteRequest, ExecuteResponse, FileEntryResponse, FileLinesResponse, FileListResponse,
+    FileStatResponse, GlobRequestBody, GlobResponse, HealthResponse, HelloResponse,
+    OpenApiDocument, OutputSpanResponse, PortMappingResponse, ProcessOutputEvent, ProcessResponse,
+    PtyRequest, ReadyResponse, RemovedResponse, SandboxResponse, SearchMatchResponse,
+    SearchRequestBody, SearchResponse, SignalRequest, StartProcessRequest, UploadForm,
+    UploadResponse, WrittenFileResponse,
 };
 
 /// The API description. Its paths come from the one list of operations the router mounts
@@ -53,6 +56,19 @@ use crate::model::{
         ExecuteEvent,
         UploadForm,
         UploadResponse,
+        WrittenFileResponse,
+        FileStatResponse,
+        FileEntryResponse,
+        FileListResponse,
+        RemovedResponse,
+        FileLinesResponse,
+        SearchRequestBody,
+        SearchMatchResponse,
+        SearchResponse,
+        GlobRequestBody,
+        GlobResponse,
+        EditRequestBody,
+        EditResponse,
         StartProcessRequest,
         PtyRequest,
         ProcessResponse,
@@ -178,6 +194,21 @@ impl Modify for Protected {
         // must not land the file in the default directory).
         if let Some(RefOr::T(Schema::Object(form))) = components.schemas.get_mut("UploadForm") {
             form.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+        }
+        // A search names exactly one of its literal `pattern` and its `regex`.
+        if let Some(RefOr::T(search)) = components.schemas.remove("SearchRequestBody") {
+            let one = |field: &str| ObjectBuilder::new().required(field).build();
+            let either = utoipa::openapi::schema::OneOfBuilder::new()
+                .item(one("pattern"))
+                .item(one("regex"))
+                .build();
+            let all = utoipa::openapi::schema::AllOfBuilder::new()
+                .item(search)
+                .item(Schema::OneOf(either))
+                .build();
+            components
+                .schemas
+                .insert("SearchRequestBody".to_owned(), RefOr::T(Schema::AllOf(all)));
         }
         // The create body is optional: absent, empty or `null` means the defaults.
         if let Some(RefOr::T(body)) = doc

@@ -95,13 +95,14 @@ pub(crate) async fn get_process(
     Ok(web::Json(service.process(&caller.0, id, pid).await?.into()))
 }
 
-/// Kills a background process and every process in its process group (`SIGKILL`). It
-/// stays listed, exited, with its output.
+/// Kills a background process and every process in its process group (`SIGKILL`), and
+/// forgets it: from then on it is not found, its output gone. To kill it and still read its
+/// output, send it `KILL` with `…/signal`.
 #[utoipa::path(
     delete, path = "/api/sandboxes/{id}/processes/{pid}", tag = "processes",
     params(PidPath),
     responses(
-        (status = 204, description = "Killed (or it had already exited)"),
+        (status = 204, description = "Killed (or it had already exited) and forgotten"),
         (status = 400, description = "Malformed id or pid", body = ErrorBody),
         (status = 404, description = "Unknown sandbox or process", body = ErrorBody),
         (status = 409, description = "The sandbox is not running, or has no agent", body = ErrorBody),
@@ -114,9 +115,7 @@ pub(crate) async fn kill_process(
     PathId(id): PathId,
     PathPid(pid): PathPid,
 ) -> Result<HttpResponse, ApiError> {
-    service
-        .signal_process(&caller.0, id, pid, ProcessSignal::Kill)
-        .await?;
+    service.remove_process(&caller.0, id, pid).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

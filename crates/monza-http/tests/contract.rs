@@ -33,6 +33,14 @@ const CONTRACT: &[(&str, &str)] = &[
     ("GET", "/api/sandboxes/{id}/files"),
     ("HEAD", "/api/sandboxes/{id}/files"),
     ("GET", "/api/sandboxes/{id}/files/stat"),
+    ("DELETE", "/api/sandboxes/{id}/files"),
+    ("GET", "/api/sandboxes/{id}/files/list"),
+    ("GET", "/api/sandboxes/{id}/files/lines"),
+    ("POST", "/api/sandboxes/{id}/files/mkdir"),
+    ("POST", "/api/sandboxes/{id}/files/move"),
+    ("POST", "/api/sandboxes/{id}/files/search"),
+    ("POST", "/api/sandboxes/{id}/files/glob"),
+    ("POST", "/api/sandboxes/{id}/files/edit"),
     ("POST", "/api/sandboxes/{id}/processes"),
     ("GET", "/api/sandboxes/{id}/processes"),
     ("GET", "/api/sandboxes/{id}/processes/{pid}"),
@@ -365,5 +373,40 @@ fn the_create_body_is_optional_and_an_object_or_null() {
     assert_eq!(
         body["content"]["application/json"]["schema"],
         json!({"oneOf": [{"$ref": "#/components/schemas/CreateSandboxRequest"}, {"type": "null"}]})
+    );
+}
+
+/// Every `$ref` in `value`, at any depth.
+fn refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map {
+                match (key.as_str(), item) {
+                    ("$ref", Value::String(target)) => out.push(target),
+                    _ => refs(item, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| refs(item, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn every_schema_the_document_refers_to_is_in_it() {
+    let doc = serde_json::to_value(monza_http::ApiDoc::openapi()).unwrap();
+    let mut found = Vec::new();
+    refs(&doc, &mut found);
+    assert!(found.len() > 20, "{found:?}");
+    let missing: BTreeSet<&str> = found
+        .into_iter()
+        .filter(|target| {
+            let pointer = target.strip_prefix('#').unwrap_or(target);
+            doc.pointer(pointer).is_none()
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "references to schemas the document lacks: {missing:?}"
     );
 }

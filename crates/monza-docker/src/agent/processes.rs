@@ -179,6 +179,18 @@ impl Agents {
         ok_or_error(answer, "signalling the process")
     }
 
+    /// Kills a background process's group and drops it; later requests for it are not
+    /// found.
+    pub(crate) async fn forget_process(&self, container_id: &str, pid: u32) -> Result<()> {
+        let (slot, conn) = self.process_conn(container_id).await?;
+        let answer = conn
+            .call(self.request_timeout, |id| Message::Forget { id, pid })
+            .await?;
+        ok_or_error(answer, "removing the process")?;
+        lock(&slot.keep_alive).remove(&pid);
+        Ok(())
+    }
+
     /// Writes to a background process's stdin (and closes it when `close`).
     pub(crate) async fn process_stdin(
         &self,
@@ -329,7 +341,7 @@ async fn list(slot: &Slot, conn: &Arc<Conn>, timeout: Duration) -> Result<Vec<Pr
 
 impl Conn {
     /// Sends one request and waits for its one answer, each within `timeout`.
-    async fn call(
+    pub(super) async fn call(
         self: &Arc<Self>,
         timeout: Duration,
         make: impl FnOnce(u64) -> Message,
@@ -578,7 +590,7 @@ fn ok_or_error(answer: Message, what: &str) -> Result<()> {
 }
 
 /// The domain's error for an agent's refusal.
-fn reply_error(error: protocol::ErrorReply, what: &str) -> Error {
+pub(super) fn reply_error(error: protocol::ErrorReply, what: &str) -> Error {
     use protocol::ErrorCode;
     match error.code {
         ErrorCode::NotFound => Error::not_found(error.message),
@@ -609,10 +621,14 @@ fn reply_error(error: protocol::ErrorReply, what: &str) -> Error {
             ),
         ),
         ErrorCode::Started => Error::unavailable("agent", format!("{what}: {}", error.message)),
+        // File operations' codes, which their own caller words; here they are a refusal.
+        ErrorCode::Fs | ErrorCode::NoMatch | ErrorCode::AmbiguousMatch => {
+            Error::invalid(format!("{what}: {}", error.message))
+        }
     }
 }
 
-fn unexpected(message: &Message) -> Error {
+pub(super) fn unexpected(message: &Message) -> Error {
     Error::internal(format!(
         "the agent answered with an unexpected frame (id {})",
         message.id()

@@ -133,6 +133,19 @@ impl SandboxService {
             .map_err(|e| named(e, id, pid))
     }
 
+    /// Kills a background process's group and forgets it: later requests for it are
+    /// not-found (a `signal` of `KILL` instead keeps it listed, with its output).
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id, pid), err(level = "info"))]
+    pub async fn remove_process(&self, access: &Access, id: SandboxId, pid: u32) -> Result<()> {
+        let sandbox = self.running(access, id).await?;
+        let sandbox = self.touch(&sandbox, None).await?;
+        let cid = container_of(&sandbox)?;
+        let removed = self.runtime.remove_process(cid, pid).await;
+        self.or_vanished(&sandbox, removed)
+            .await
+            .map_err(|e| named(e, id, pid))
+    }
+
     /// Writes `data` to a background process's stdin (started with `stdin`), then closes
     /// it when `close`.
     #[tracing::instrument(skip_all, fields(sandbox_id = %id, pid, bytes = data.len()), err(level = "info"))]

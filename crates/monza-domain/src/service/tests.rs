@@ -1460,5 +1460,6 @@ async fn a_failed_removal_is_counted_and_does_not_stop_the_pass() {
     assert_eq!((report.expired, report.removed, report.failures), (2, 1, 1));
 }
 
+mod files;
 mod leases;
 mod reconcile;

@@ -1,0 +1,370 @@
+//! File operations on a running sandbox beyond one file in or out: list, make a directory,
+//! move, remove, read by lines, search, glob, edit. Each is activity of the sandbox and runs
+//! as the sandbox's user (its template's `remoteUser`), so the kernel allows or refuses it
+//! as it would the sandbox's own commands. Paths are checked here, limits applied here; the
+//! runtime only carries them out.
+
+use super::{SandboxService, container_of};
+use crate::Access;
+use crate::error::{Error, Result};
+use crate::files::{
+    DEFAULT_LINES, EditFile, FileEntry, FileLines, FileList, GlobFiles, GlobResult, ListFiles,
+    SearchFiles, SearchResult,
+};
+use crate::paths;
+use crate::sandbox::{Sandbox, SandboxId};
+
+/// Entries a list answers when the request does not say.
+const DEFAULT_LIST_ENTRIES: u64 = 1000;
+/// The longest search pattern or glob accepted, in bytes.
+const MAX_PATTERN_BYTES: usize = 4096;
+
+/// List a directory, as a client asks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ListRequest {
+    pub path: String,
+    pub recursive: bool,
+    /// At most this many entries (clamped to the server's maximum); 1000 (or the maximum,
+    /// if lower) when absent.
+    pub limit: Option<u64>,
+}
+
+/// Rename a path, as a client asks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MoveRequest {
+    pub from: String,
+    pub to: String,
+    /// Replace what is at `to` (never a directory by a file, or a file by a directory).
+    pub overwrite: bool,
+}
+
+/// Read a text file by lines, as a client asks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReadLinesRequest {
+    pub path: String,
+    /// The first line to read, 0-based.
+    pub offset: u64,
+    /// Lines to read; [`DEFAULT_LINES`] when absent.
+    pub limit: Option<u64>,
+}
+
+/// Search files, as a client asks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SearchRequest {
+    /// A file or a directory; the workspace folder when absent.
+    pub path: Option<String>,
+    pub pattern: String,
+    pub regex: bool,
+    pub ignore_case: bool,
+    pub glob: Option<String>,
+    /// Clamped to the server's maximum, which is also the default.
+    pub max_results: Option<u64>,
+}
+
+/// Find paths by glob, as a client asks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GlobRequest {
+    /// The workspace folder when absent.
+    pub path: Option<String>,
+    pub pattern: String,
+    /// Clamped to the server's maximum, which is also the default.
+    pub max_results: Option<u64>,
+}
+
+/// Replace text in a file, as a client asks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EditRequest {
+    pub path: String,
+    pub old: String,
+    pub new: String,
+    pub replace_all: bool,
+}
+
+/// `asked`, clamped to `max` (as execute's limits are), or `default` (itself at most `max`)
+/// when absent; zero is refused.
+fn bounded(what: &str, asked: Option<u64>, default: u64, max: u64) -> Result<u64> {
+    match asked {
+        None => Ok(default.min(max)),
+        Some(0) => Err(Error::invalid(format!("{what} must be at least 1"))),
+        Some(n) => Ok(n.min(max)),
+    }
+}
+
+/// A search pattern or glob: not empty, not huge, no NUL.
+fn pattern(what: &str, text: &str) -> Result<()> {
+    if text.is_empty() {
+        return Err(Error::invalid(format!("{what} is empty")));
+    }
+    if text.len() > MAX_PATTERN_BYTES {
+        return Err(Error::invalid(format!(
+            "{what} is {} bytes; at most {MAX_PATTERN_BYTES} are accepted",
+            text.len()
+        )));
+    }
+    if text.contains('\0') {
+        return Err(Error::invalid(format!("{what} contains a NUL byte")));
+    }
+    Ok(())
+}
+
+impl SandboxService {
+    /// A running sandbox the caller may see, touched: every file operation is activity.
+    async fn for_files(&self, access: &Access, id: SandboxId) -> Result<Sandbox> {
+        let sandbox = self.running(access, id).await?;
+        self.touch(&sandbox, None).await
+    }
+
+    /// The entries of a directory in a running sandbox.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
+    pub async fn list_files(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        request: ListRequest,
+    ) -> Result<FileList> {
+        let limits = self.config.file_limits;
+        let path = paths::sandbox_path("path", &request.path)?;
+        let limit = bounded(
+            "limit",
+            request.limit,
+            DEFAULT_LIST_ENTRIES,
+            limits.max_list_entries,
+        )?;
+        let sandbox = self.for_files(access, id).await?;
+        let list = ListFiles {
+            path,
+            recursive: request.recursive,
+            limit,
+            walk: limits.walk,
+        };
+        let listed = self
+            .runtime
+            .list_files(container_of(&sandbox)?, sandbox.remote_user.clone(), &list)
+            .await;
+        self.or_vanished(&sandbox, listed).await
+    }
+
+    /// Makes a directory in a running sandbox, owned by the sandbox's user.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
+    pub async fn make_directory(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        path: &str,
+        parents: bool,
+    ) -> Result<FileEntry> {
+        let path = paths::changeable("path", path)?;
+        let sandbox = self.for_files(access, id).await?;
+        let made = self
+            .runtime
+            .make_directory(
+                container_of(&sandbox)?,
+                sandbox.remote_user.clone(),
+                &path,
+                parents,
+            )
+            .await;
+        self.or_vanished(&sandbox, made).await
+    }
+
+    /// Renames a file, link or directory in a running sandbox.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
+    pub async fn move_path(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        request: MoveRequest,
+    ) -> Result<FileEntry> {
+        let from = paths::changeable("from", &request.from)?;
+        let to = paths::changeable("to", &request.to)?;
+        if from == to {
+            return Err(Error::invalid(format!(
+                "from and to are the same path, {from:?}"
+            )));
+        }
+        if paths::is_under(&to, &from) {
+            return Err(Error::invalid(format!(
+                "cannot move {from:?} into itself ({to:?})"
+            )));
+        }
+        let sandbox = self.for_files(access, id).await?;
+        let moved = self
+            .runtime
+            .move_path(
+                container_of(&sandbox)?,
+                sandbox.remote_user.clone(),
+                &from,
+                &to,
+                request.overwrite,
+            )
+            .await;
+        self.or_vanished(&sandbox, moved).await
+    }
+
+    /// Removes a file, link, empty directory or (with `recursive`) a tree from a running
+    /// sandbox; answers how many entries went.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
+    pub async fn remove_path(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        path: &str,
+        recursive: bool,
+    ) -> Result<u64> {
+        let path = paths::changeable("path", path)?;
+        let sandbox = self.for_files(access, id).await?;
+        let removed = self
+            .runtime
+            .remove_path(
+                container_of(&sandbox)?,
+                sandbox.remote_user.clone(),
+                &path,
+                recursive,
+            )
+            .await;
+        self.or_vanished(&sandbox, removed).await
+    }
+
+    /// Lines of a text file in a running sandbox.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
+    pub async fn read_lines(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        request: ReadLinesRequest,
+    ) -> Result<FileLines> {
+        let path = paths::sandbox_path("path", &request.path)?;
+        let limit = bounded(
+            "limit",
+            request.limit,
+            DEFAULT_LINES,
+            self.config.file_limits.max_lines,
+        )?;
+        let sandbox = self.for_files(access, id).await?;
+        let lines = self
+            .runtime
+            .read_lines(
+                container_of(&sandbox)?,
+                sandbox.remote_user.clone(),
+                &path,
+                request.offset,
+                limit,
+            )
+            .await;
+        self.or_vanished(&sandbox, lines).await
+    }
+
+    /// The lines of files in a running sandbox that match a pattern.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
+    pub async fn search_files(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        request: SearchRequest,
+    ) -> Result<SearchResult> {
+        let limits = self.config.file_limits;
+        pattern("pattern", &request.pattern)?;
+        if let Some(glob) = &request.glob {
+            pattern("glob", glob)?;
+        }
+        let max_results = bounded(
+            "max_results",
+            request.max_results,
+            limits.max_results,
+            limits.max_results,
+        )?;
+        let path = request
+            .path
+            .as_deref()
+            .map(|path| paths::sandbox_path("path", path))
+            .transpose()?;
+        let sandbox = self.for_files(access, id).await?;
+        let search = SearchFiles {
+            path: path.unwrap_or_else(|| sandbox.workspace_mount.clone()),
+            pattern: request.pattern,
+            regex: request.regex,
+            ignore_case: request.ignore_case,
+            glob: request.glob,
+            max_results,
+            walk: limits.walk,
+        };
+        let found = self
+            .runtime
+            .search_files(
+                container_of(&sandbox)?,
+                sandbox.remote_user.clone(),
+                &search,
+            )
+            .await;
+        self.or_vanished(&sandbox, found).await
+    }
+
+    /// The paths below a directory in a running sandbox that match a glob.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
+    pub async fn glob_files(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        request: GlobRequest,
+    ) -> Result<GlobResult> {
+        let limits = self.config.file_limits;
+        pattern("pattern", &request.pattern)?;
+        if request.pattern.starts_with('/') {
+            return Err(Error::invalid(
+                "pattern is relative to path; it must not start with /",
+            ));
+        }
+        let max_results = bounded(
+            "max_results",
+            request.max_results,
+            limits.max_results,
+            limits.max_results,
+        )?;
+        let path = request
+            .path
+            .as_deref()
+            .map(|path| paths::sandbox_path("path", path))
+            .transpose()?;
+        let sandbox = self.for_files(access, id).await?;
+        let glob = GlobFiles {
+            path: path.unwrap_or_else(|| sandbox.workspace_mount.clone()),
+            pattern: request.pattern,
+            max_results,
+            walk: limits.walk,
+        };
+        let found = self
+            .runtime
+            .glob_files(container_of(&sandbox)?, sandbox.remote_user.clone(), &glob)
+            .await;
+        self.or_vanished(&sandbox, found).await
+    }
+
+    /// Replaces text in a file of a running sandbox, atomically; answers how many times.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
+    pub async fn edit_file(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        request: EditRequest,
+    ) -> Result<u64> {
+        // An edit changes a file's content in place: `/etc/passwd` may be edited, though not
+        // moved or removed.
+        let path = paths::sandbox_path("path", &request.path)?;
+        paths::reachable("path", &path)?;
+        if request.old.is_empty() {
+            return Err(Error::invalid("old_string is empty: say what to replace"));
+        }
+        let sandbox = self.for_files(access, id).await?;
+        let edit = EditFile {
+            path,
+            old: request.old,
+            new: request.new,
+            replace_all: request.replace_all,
+        };
+        let edited = self
+            .runtime
+            .edit_file(container_of(&sandbox)?, sandbox.remote_user.clone(), &edit)
+            .await;
+        self.or_vanished(&sandbox, edited).await
+    }
+}
