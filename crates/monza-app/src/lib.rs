@@ -167,6 +167,7 @@ impl Application {
                     .map_err(|e| anyhow!("MONZA_CREATE_LEASE: {e}"))?,
                 process_output_bytes: args.process_output_bytes,
                 max_upload_bytes: args.max_upload_bytes,
+                max_archive_bytes: args.max_archive_bytes,
                 file_limits: FileLimits {
                     walk: WalkLimits {
                         max_entries: args.file_walk_max_entries,

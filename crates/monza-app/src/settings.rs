@@ -273,8 +273,14 @@ pub struct ServeArgs {
     #[arg(long, env = "MONZA_MAX_UPLOAD_BYTES", default_value_t = 100 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_upload_bytes: u64,
 
+    /// Largest archive `PUT …/files/archive` accepts, in bytes as sent (compressed when it is
+    /// gzip); more is a 413. It is spooled to the temporary directory and checked whole
+    /// before it is unpacked.
+    #[arg(long, env = "MONZA_MAX_ARCHIVE_BYTES", default_value_t = 1024 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_archive_bytes: u64,
+
     /// Entries one walk of a sandbox's tree (list, search, glob) may look at before it stops
-    /// and answers `truncated: true`.
+    /// and answers `truncated: true`; also the most entries one archive may hold.
     #[arg(long, env = "MONZA_FILE_WALK_MAX_ENTRIES", default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub file_walk_max_entries: u64,
 

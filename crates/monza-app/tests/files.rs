@@ -123,7 +123,7 @@ async fn exact_path_files_belong_to_the_sandboxs_user_and_are_never_guessed() {
             b"x",
         )
         .await,
-        400,
+        409,
         "not_a_directory",
     );
     for (query, what) in [
@@ -459,7 +459,7 @@ async fn native_file_operations(store: Store) {
             "/api/sandboxes/{id}/files/list?path={w}/README.md/x"
         ))
         .await,
-        400,
+        409,
         "not_a_directory",
     );
     assert_error(
@@ -867,3 +867,243 @@ on_both_stores!(
     native_file_operations,
     file_operations_before_the_agent_is_adopted
 );
+
+/// A tar of `entries` (path, kind, content or link target, mode).
+fn tar_of(entries: &[(&str, tar::EntryType, &[u8], u32)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, kind, data, mode) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(*kind);
+        header.set_mode(*mode);
+        header.set_mtime(1_700_000_000);
+        match kind {
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                header.set_size(0);
+                builder
+                    .append_link(&mut header, path, std::str::from_utf8(data).unwrap())
+                    .unwrap();
+            }
+            _ => {
+                header.set_size(data.len() as u64);
+                builder.append_data(&mut header, path, *data).unwrap();
+            }
+        }
+    }
+    builder.into_inner().unwrap()
+}
+
+/// A tar of empty entries whose names are written raw, as a hostile archive would (the
+/// builder refuses `..` and absolute names).
+fn hostile_tar(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, kind, link) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(*kind);
+        header.set_size(0);
+        header.set_mode(0o644);
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        header.set_cksum();
+        builder.append(&header, std::io::empty()).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+async fn put_archive(app: &TestApp, id: &str, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+    app.send(
+        app.client
+            .put(app.url(&format!("/api/sandboxes/{id}/files/archive")))
+            .query(&[("path", path)])
+            .body(body),
+    )
+    .await
+}
+
+/// Whole trees in and out as tar streams: links, empty directories, modes and a 100 MiB file
+/// round trip; every hostile entry is refused with nothing written.
+async fn archives_round_trip_and_refuse_hostile_entries(store: Store) {
+    let Some(app) = TestApp::spawn(store, |_| {}).await else {
+        return;
+    };
+    let sandbox = app.create(json!({"template": "busybox-user"})).await;
+    let id = sandbox["id"].as_str().unwrap().to_owned();
+    let w = "/workspaces/app";
+
+    let big: Vec<u8> = (0..100u64 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let tree = tar_of(&[
+        ("./", tar::EntryType::Directory, b"", 0o755),
+        ("bin/", tar::EntryType::Directory, b"", 0o750),
+        (
+            "bin/run.sh",
+            tar::EntryType::Regular,
+            b"#!/bin/sh\necho ran\n",
+            0o4755,
+        ),
+        ("empty/", tar::EntryType::Directory, b"", 0o700),
+        ("data/big.bin", tar::EntryType::Regular, &big, 0o600),
+        ("latest", tar::EntryType::Symlink, b"data/big.bin", 0o777),
+        ("bin/again.sh", tar::EntryType::Link, b"bin/run.sh", 0o755),
+    ]);
+    let (status, body) = put_archive(&app, &id, &format!("{w}/tree"), tree).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"path": format!("{w}/tree"), "files": 2, "directories": 2, "links": 2, "bytes": 100 * 1024 * 1024 + 19})
+    );
+    assert_eq!(
+        sh(
+            &app,
+            &id,
+            &format!(
+                "cd {w}/tree && stat -c '%n %U %a' . bin bin/run.sh empty data/big.bin && \
+                 readlink latest && bin/run.sh && stat -c %h bin/again.sh && \
+                 sha256sum < data/big.bin"
+            )
+        )
+        .await,
+        format!(
+            ". dev 755\nbin dev 750\nbin/run.sh dev 755\nempty dev 700\ndata/big.bin dev 600\n\
+             data/big.bin\nran\n2\n{}  -\n",
+            sha256_hex(&big)
+        )
+    );
+
+    // Out again: the same tree, as a tar stream.
+    let response = app
+        .client
+        .get(app.url(&format!("/api/sandboxes/{id}/files/archive")))
+        .query(&[("path", format!("{w}/tree"))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/x-tar");
+    let bytes = response.bytes().await.unwrap();
+    let mut archive = tar::Archive::new(&bytes[..]);
+    let mut seen = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let kind = entry.header().entry_type();
+        if path == "./data/big.bin" {
+            let mut content = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut content).unwrap();
+            assert!(content == big, "the big file came back different");
+        }
+        seen.push((
+            path,
+            kind.is_symlink(),
+            entry.header().mode().unwrap() & 0o7777,
+        ));
+    }
+    for want in [
+        ("./bin/run.sh".to_owned(), false, 0o755),
+        ("./empty/".to_owned(), false, 0o700),
+        ("./latest".to_owned(), true, 0o777),
+    ] {
+        assert!(seen.contains(&want), "{want:?} missing from {seen:?}");
+    }
+
+    // Hostile archives: refused, nothing written.
+    sh(
+        &app,
+        &id,
+        &format!("mkdir -p {w}/safe && ln -s /etc {w}/safe/etc-link"),
+    )
+    .await;
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "a `..` entry",
+            hostile_tar(&[
+                ("ok", tar::EntryType::Regular, ""),
+                ("../escaped", tar::EntryType::Regular, ""),
+            ]),
+            400,
+            "invalid_path",
+        ),
+        (
+            "an absolute entry",
+            hostile_tar(&[("/tmp/escaped", tar::EntryType::Regular, "")]),
+            400,
+            "invalid_path",
+        ),
+        (
+            "a device",
+            hostile_tar(&[("null", tar::EntryType::Char, "")]),
+            400,
+            "invalid_input",
+        ),
+        (
+            "a hard link out",
+            hostile_tar(&[("h", tar::EntryType::Link, "../../etc/passwd")]),
+            400,
+            "invalid_path",
+        ),
+        (
+            "through the archive's own symlink",
+            hostile_tar(&[
+                ("l", tar::EntryType::Symlink, "/tmp"),
+                ("l/escaped", tar::EntryType::Regular, ""),
+            ]),
+            400,
+            "invalid_path",
+        ),
+        (
+            "through a symlink in the sandbox",
+            tar_of(&[("etc-link/escaped", tar::EntryType::Regular, b"x", 0o644)]),
+            400,
+            "invalid_path",
+        ),
+        (
+            "not a tar",
+            b"this is not a tar archive, not even close to one".repeat(20),
+            400,
+            "invalid_input",
+        ),
+    ];
+    for (what, body, status, code) in cases {
+        assert_error(
+            what,
+            &put_archive(&app, &id, &format!("{w}/safe"), body).await,
+            status,
+            code,
+        );
+    }
+    assert_eq!(
+        sh(
+            &app,
+            &id,
+            &format!("ls -A {w}/safe; ls /tmp | grep -c escaped; ls /etc | grep -c escaped; true")
+        )
+        .await,
+        "etc-link\n0\n0\n"
+    );
+    // gzip is told by its first bytes.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(
+        &mut gz,
+        &tar_of(&[("z.txt", tar::EntryType::Regular, b"zipped", 0o644)]),
+    )
+    .unwrap();
+    let (status, body) = put_archive(&app, &id, &format!("{w}/safe"), gz.finish().unwrap()).await;
+    assert_eq!(
+        (status, &body["files"]),
+        (StatusCode::OK, &json!(1)),
+        "{body}"
+    );
+    assert_eq!(
+        sh(&app, &id, &format!("cat {w}/safe/z.txt")).await,
+        "zipped"
+    );
+    app.shutdown().await;
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+on_both_stores!(archives_round_trip_and_refuse_hostile_entries);

@@ -286,7 +286,7 @@ async fn an_upload_never_replaces_a_directory_nor_stores_a_file_under_another_na
     assert_error(
         "upload under a regular file",
         &upload(&app, &id, Some("/workspace/file"), "x.txt").await,
-        400,
+        409,
         "not_a_directory",
     );
     app.assert_output(
@@ -382,14 +382,14 @@ async fn the_engines_file_refusals_are_the_clients_4xx_never_a_500() {
     let uploads: [(&str, &str, u16, &str); 10] = [
         (&long_dir, "x.txt", 400, "invalid_input"),
         ("/workspace", &long, 400, "invalid_path"),
-        ("/workspace/reg", "x.txt", 400, "not_a_directory"),
+        ("/workspace/reg", "x.txt", 409, "not_a_directory"),
         ("/etc", "hosts", 400, "invalid_input"),
         ("/etc", "hostname", 400, "invalid_input"),
         ("/etc/hostname", "x.txt", 400, "invalid_input"),
         ("/workspace/p1", "x.txt", 404, "file_not_found"),
         ("/workspace/cwd", "x.txt", 404, "file_not_found"),
         ("/workspace/loop1", "x.txt", 404, "file_not_found"),
-        ("/workspace/reg/deeper", "x.txt", 400, "not_a_directory"),
+        ("/workspace/reg/deeper", "x.txt", 409, "not_a_directory"),
     ];
     for (dir, name, want, code) in uploads {
         let what = format!("upload {name:.20} into {dir:.40}");
@@ -398,8 +398,8 @@ async fn the_engines_file_refusals_are_the_clients_4xx_never_a_500() {
     let downloads: [(&str, u16, &str); 6] = [
         ("/workspace/loop1", 404, "file_not_found"),
         ("/workspace/loop1/x", 404, "file_not_found"),
-        ("/etc/hostname/x", 400, "not_a_directory"),
-        ("/workspace/reg/x", 400, "not_a_directory"),
+        ("/etc/hostname/x", 409, "not_a_directory"),
+        ("/workspace/reg/x", 409, "not_a_directory"),
         (&long_dir, 400, "invalid_input"),
         ("/workspace/p1/etc/passwd", 404, "file_not_found"),
     ];

@@ -132,6 +132,8 @@ async fn the_readme_api_examples_work_as_written() {
         r#"{"paths":["/workspace/notes/2026/list.txt"],"truncated":false}"#,
         r#"{"path":"/workspace/notes/2026/list.txt","replacements":1}"#,
         r#"{"path":"/workspace/notes","removed":3}"#,
+        r#"{"path":"/workspace/tree","files":1,"directories":2,"links":1,"bytes":11}"#,
+        "./latest -> src/a.txt",
     ] {
         assert!(stdout.contains(answer), "{answer} missing:\n{stdout}");
     }

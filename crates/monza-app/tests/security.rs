@@ -136,6 +136,7 @@ fn route_request(
     let path = path.replace(ID_PLACEHOLDER, id).replace("{pid}", "1");
     // Paths the routes that change files accept (not an engine-mounted file).
     let changes = (method == Method::DELETE && path.ends_with("/files"))
+        || (method == Method::PUT && path.ends_with("/files/archive"))
         || path.ends_with("/files/mkdir")
         || path.ends_with("/files/edit");
     let req = if changes {
@@ -148,6 +149,7 @@ fn route_request(
         "/files/stat",
         "/files/list",
         "/files/lines",
+        "/files/archive",
     ]
     .iter()
     .any(|end| path.ends_with(end))

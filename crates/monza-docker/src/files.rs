@@ -43,18 +43,26 @@ const MAX_PAX: u64 = 1 << 20;
 
 /// The engine's `X-Docker-Container-Path-Stat`.
 #[derive(Debug, serde::Deserialize)]
-struct PathStat {
+pub(crate) struct PathStat {
     name: String,
     size: i64,
     mode: u32,
     #[serde(rename = "linkTarget", default)]
-    link_target: String,
+    pub(crate) link_target: String,
     /// RFC 3339.
     #[serde(default)]
     mtime: String,
 }
 
 impl PathStat {
+    pub(crate) fn is_dir(&self) -> bool {
+        self.mode & MODE_DIR != 0
+    }
+
+    pub(crate) fn is_symlink(&self) -> bool {
+        self.mode & MODE_SYMLINK != 0
+    }
+
     fn into_stat(self) -> FileStat {
         let modified = OffsetDateTime::parse(&self.mtime, &Rfc3339).ok();
         FileStat {
@@ -227,7 +235,7 @@ impl DockerRuntime {
     /// Sends a tar to be unpacked at the container's root. `noOverwriteDirNonDir`: a
     /// directory where a file goes (or the reverse) is refused, not replaced (and everything
     /// in it lost).
-    async fn put_archive(&self, container_id: &str, body: Body) -> Result<(), Failure> {
+    pub(crate) async fn put_archive(&self, container_id: &str, body: Body) -> Result<(), Failure> {
         let endpoint = format!(
             "/containers/{}/archive?path=%2F&noOverwriteDirNonDir=true",
             query_value(container_id)
@@ -243,7 +251,7 @@ impl DockerRuntime {
 
     /// The directories from `dir` up that do not exist, outermost first. A file on the way
     /// is `not_a_directory`.
-    async fn missing_dirs(&self, container_id: &str, dir: &str) -> Result<Vec<String>> {
+    pub(crate) async fn missing_dirs(&self, container_id: &str, dir: &str) -> Result<Vec<String>> {
         let mut missing = Vec::new();
         let mut current = dir.trim_end_matches('/').to_owned();
         // Bounded by the path's depth: each turn drops a component.
@@ -276,7 +284,7 @@ impl DockerRuntime {
     }
 
     /// The numeric owner for `user` (the container's configured user when absent).
-    async fn owner(
+    pub(crate) async fn owner(
         &self,
         container_id: &str,
         facts: &ContainerFacts,
@@ -332,7 +340,7 @@ impl DockerRuntime {
     }
 
     /// The container's [`ContainerFacts`], inspected once.
-    async fn facts(&self, container_id: &str) -> Result<Arc<ContainerFacts>> {
+    pub(crate) async fn facts(&self, container_id: &str) -> Result<Arc<ContainerFacts>> {
         if let Some(known) = self
             .facts
             .lock()
@@ -398,7 +406,11 @@ impl DockerRuntime {
     }
 
     /// A request without a body (`HEAD`, `GET`) to `endpoint`, within the request timeout.
-    async fn bodyless(&self, method: Method, endpoint: &str) -> Result<Response<Body>, Failure> {
+    pub(crate) async fn bodyless(
+        &self,
+        method: Method,
+        endpoint: &str,
+    ) -> Result<Response<Body>, Failure> {
         bounded(
             self.settings.request_timeout,
             self.raw.send(method, endpoint, None, Body::empty()),
@@ -406,7 +418,7 @@ impl DockerRuntime {
         .await
     }
 
-    async fn path_stat(&self, container_id: &str, path: &str) -> Result<PathStat> {
+    pub(crate) async fn path_stat(&self, container_id: &str, path: &str) -> Result<PathStat> {
         let what = format!("{path} in container {container_id}");
         let endpoint = format!(
             "/containers/{}/archive?path={}",
@@ -505,7 +517,7 @@ impl DockerRuntime {
 /// engine answers 500 for what the file system said (`open …: not a directory`, `file name
 /// too long`, `too many links`, `device or resource busy`, …). The answer names the client's
 /// path, never the engine's (its messages hold host paths under the storage driver).
-fn path_refusal(failure: &Failure, path: &str) -> Option<Error> {
+pub(crate) fn path_refusal(failure: &Failure, path: &str) -> Option<Error> {
     let Failure::Status { code, message } = failure else {
         return None;
     };
@@ -575,7 +587,7 @@ fn path_refusal(failure: &Failure, path: &str) -> Option<Error> {
 /// Refuses `path` when it is on one of the container's tmpfs mounts: the archive endpoint
 /// works on the container's root file system and volumes, so a file written there would
 /// land underneath the mount, invisible to the sandbox (and a read would see that layer).
-fn refuse_tmpfs(facts: &ContainerFacts, path: &str) -> Result<()> {
+pub(crate) fn refuse_tmpfs(facts: &ContainerFacts, path: &str) -> Result<()> {
     match facts
         .tmpfs
         .iter()

@@ -30,6 +30,7 @@ mod owner;
 mod runtime;
 mod settings;
 mod sink;
+mod trees;
 
 pub use agent::AGENT_BINARY;
 pub use container::{

@@ -11,10 +11,11 @@ use docker_api::opts::{ContainerFilter, ContainerListOpts, ContainerRemoveOpts};
 use futures::StreamExt;
 use monza_agent_protocol::{FsAnswer, FsRequest, MAX_FRAME_LEN};
 use monza_domain::{
-    ContainerRuntime, ContainerSpec, ContainerState, CreatedContainer, EditFile, Error, ExecEvents,
-    ExecOutput, ExecRequest, FileDownload, FileEntry, FileLines, FileList, FileStat, GlobFiles,
-    GlobResult, ListFiles, ManagedContainer, ProcessEvents, ProcessInfo, ProcessRequest,
-    ProcessSignal, PublishedPort, Result, SearchFiles, SearchMatch, SearchResult, UploadFile,
+    ArchiveReport, ByteStream, ContainerRuntime, ContainerSpec, ContainerState, CreatedContainer,
+    EditFile, Error, ExecEvents, ExecOutput, ExecRequest, FileDownload, FileEntry, FileLines,
+    FileList, FileStat, GlobFiles, GlobResult, ListFiles, ManagedContainer, ProcessEvents,
+    ProcessInfo, ProcessRequest, ProcessSignal, PublishedPort, Result, SearchFiles, SearchMatch,
+    SearchResult, SpooledArchive, UploadFile,
 };
 use tokio::sync::mpsc;
 
@@ -818,6 +819,26 @@ impl ContainerRuntime for DockerRuntime {
             FsAnswer::Edited { replacements } => Ok(replacements),
             other => Err(fsops::wrong_answer(&other)),
         }
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
+    async fn put_tree(
+        &self,
+        container_id: &str,
+        dir: &str,
+        user: Option<String>,
+        archive: SpooledArchive,
+        max_entries: u64,
+    ) -> Result<ArchiveReport> {
+        let put = self
+            .unpack_tree(container_id, dir, user.as_deref(), archive, max_entries)
+            .await;
+        self.or_gone(container_id, put).await
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id), err(level = "info"))]
+    async fn get_tree(&self, container_id: &str, dir: &str) -> Result<ByteStream> {
+        self.pack_tree(container_id, dir).await
     }
 
     async fn kept_alive(&self) -> Result<Vec<monza_domain::SandboxId>> {

@@ -135,6 +135,26 @@ pub struct GlobResult {
     pub truncated: bool,
 }
 
+/// A tar archive (plain or gzip) a client sent, spooled to an anonymous file so that every
+/// entry can be checked before anything is written.
+#[derive(Debug)]
+pub struct SpooledArchive {
+    pub file: std::fs::File,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// What an archive put into a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ArchiveReport {
+    pub files: u64,
+    pub directories: u64,
+    /// Symbolic and hard links.
+    pub links: u64,
+    /// Bytes of file content.
+    pub bytes: u64,
+}
+
 /// Replace text in a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EditFile {

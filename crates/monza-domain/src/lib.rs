@@ -20,8 +20,8 @@ pub mod testing;
 pub use auth::{ApiToken, Bootstrap, IssuedToken, StoredToken, TokenHash, TokenId, TokenService};
 pub use error::{Error, FileProblem, Result};
 pub use files::{
-    DEFAULT_LINES, EditFile, FileEntry, FileLimits, FileLines, FileList, GlobFiles, GlobResult,
-    ListFiles, SearchFiles, SearchMatch, SearchResult, WalkLimits,
+    ArchiveReport, DEFAULT_LINES, EditFile, FileEntry, FileLimits, FileLines, FileList, GlobFiles,
+    GlobResult, ListFiles, SearchFiles, SearchMatch, SearchResult, SpooledArchive, WalkLimits,
 };
 pub use lifecycle::{LifecycleEvent, transition};
 pub use ports::{

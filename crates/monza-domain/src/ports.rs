@@ -11,14 +11,14 @@ use time::OffsetDateTime;
 use crate::auth::{ApiToken, StoredToken, TokenId};
 use crate::error::{Error, Result};
 use crate::files::{
-    EditFile, FileEntry, FileLines, FileList, GlobFiles, GlobResult, ListFiles, SearchFiles,
-    SearchResult,
+    ArchiveReport, EditFile, FileEntry, FileLines, FileList, GlobFiles, GlobResult, ListFiles,
+    SearchFiles, SearchResult, SpooledArchive,
 };
 use crate::lifecycle::LifecycleEvent;
 use crate::runtime::{
-    ContainerSpec, ContainerState, CreatedContainer, ExecEvents, ExecOutput, ExecRequest,
-    FileDownload, FileStat, ManagedContainer, ProcessEvents, ProcessInfo, ProcessRequest,
-    ProcessSignal, PublishedPort, TerminalSize, UploadFile,
+    ByteStream, ContainerSpec, ContainerState, CreatedContainer, ExecEvents, ExecOutput,
+    ExecRequest, FileDownload, FileStat, ManagedContainer, ProcessEvents, ProcessInfo,
+    ProcessRequest, ProcessSignal, PublishedPort, TerminalSize, UploadFile,
 };
 use crate::sandbox::{
     InstanceId, NewEvent, PortMapping, Sandbox, SandboxEvent, SandboxFilter, SandboxId,
@@ -473,6 +473,27 @@ pub trait ContainerRuntime: Send + Sync {
         request: &EditFile,
     ) -> Result<u64> {
         let _ = (container_id, user, request);
+        Err(no_file_operations())
+    }
+
+    /// Unpacks a tar archive into the directory `dir` (created when missing), owned by
+    /// `user`; every entry is checked first, so a refused archive writes nothing. At most
+    /// `max_entries` entries.
+    async fn put_tree(
+        &self,
+        container_id: &str,
+        dir: &str,
+        user: Option<String>,
+        archive: SpooledArchive,
+        max_entries: u64,
+    ) -> Result<ArchiveReport> {
+        let _ = (container_id, dir, user, archive, max_entries);
+        Err(no_file_operations())
+    }
+
+    /// The contents of the directory `dir` as a tar stream (entries `./…`).
+    async fn get_tree(&self, container_id: &str, dir: &str) -> Result<ByteStream> {
+        let _ = (container_id, dir);
         Err(no_file_operations())
     }
 

@@ -136,6 +136,9 @@ pub struct ServiceConfig {
     pub process_output_bytes: u64,
     /// Bounds on listing, search, glob and reading by lines.
     pub file_limits: FileLimits,
+    /// Largest archive accepted by `PUT …/files/archive`, in bytes (as sent: compressed
+    /// when it is gzip).
+    pub max_archive_bytes: u64,
 }
 
 impl Default for ServiceConfig {
@@ -152,6 +155,7 @@ impl Default for ServiceConfig {
             create_lease: Duration::seconds(15),
             process_output_bytes: DEFAULT_PROCESS_OUTPUT_BYTES,
             file_limits: FileLimits::default(),
+            max_archive_bytes: 1024 * 1024 * 1024,
         }
     }
 }

@@ -23,7 +23,7 @@ pub struct ErrorDetail {
     /// A stable code: `unauthorized`, `not_found`, `invalid_input`, `conflict`, `too_large`,
     /// `limit_exceeded`, `unavailable`, `internal`, `unsupported_media_type`,
     /// `method_not_allowed`, `request_timeout`, `upgrade_required`; for a path inside a
-    /// sandbox, `file_not_found` (404), `is_directory` (409), `not_a_directory` (400),
+    /// sandbox, `file_not_found` (404), `is_directory` (409), `not_a_directory` (409),
     /// `invalid_path` (400), `permission_denied` (403), `range_not_satisfiable` (416),
     /// `already_exists` (409), `directory_not_empty` (409), and for an edit `no_match` (409)
     /// and `ambiguous_match` (409). The
@@ -159,8 +159,10 @@ impl From<Error> for ApiError {
             Error::Internal(_) => return Self::internal(&error),
             Error::File { problem, .. } => match problem {
                 FileProblem::NotFound => StatusCode::NOT_FOUND,
-                FileProblem::IsDirectory => StatusCode::CONFLICT,
-                FileProblem::NotADirectory | FileProblem::InvalidPath => StatusCode::BAD_REQUEST,
+                // What the sandbox holds, not the request, is in the way: the same request
+                // succeeds once the path is a directory (RFC 9110's 409).
+                FileProblem::IsDirectory | FileProblem::NotADirectory => StatusCode::CONFLICT,
+                FileProblem::InvalidPath => StatusCode::BAD_REQUEST,
                 FileProblem::PermissionDenied => StatusCode::FORBIDDEN,
                 FileProblem::AlreadyExists
                 | FileProblem::NotEmpty

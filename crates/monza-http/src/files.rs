@@ -34,10 +34,10 @@ const CHUNK: usize = 64 * 1024;
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "The file is in the sandbox", body = UploadResponse),
-        (status = 400, description = "Malformed id or multipart body, no `file` field or filename, bad `path` (relative, `..`, NUL, overlong), unexpected field (`invalid_input`); a filename that cannot be stored exactly as sent, e.g. with a `/` or a control character (`invalid_path`); a component of `path` is a file (`not_a_directory`)", body = ErrorBody),
+        (status = 400, description = "Malformed id or multipart body, no `file` field or filename, bad `path` (relative, `..`, NUL, overlong), unexpected field (`invalid_input`); a filename that cannot be stored exactly as sent, e.g. with a `/` or a control character (`invalid_path`)", body = ErrorBody),
         (status = 403, description = "The sandbox's file system refused the write (`permission_denied`)", body = ErrorBody),
         (status = 404, description = "Unknown sandbox (`not_found`), or the destination cannot be followed (a link loop, a link out of reach: `file_not_found`)", body = ErrorBody),
-        (status = 409, description = "The sandbox is not running (`conflict`), or a directory is where the file would go (`is_directory`: nothing is replaced)", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running (`conflict`), or a directory is where the file would go (`is_directory`: nothing is replaced); a component of `path` is a file (`not_a_directory`)", body = ErrorBody),
         (status = 413, description = "The file is over the upload limit (100 MiB by default)", body = ErrorBody),
         (status = 415, description = "The body is not multipart/form-data", body = ErrorBody),
         (status = 503, description = "The store or Docker is unavailable", body = ErrorBody),
@@ -107,6 +107,11 @@ pub(crate) struct Spooled {
 }
 
 impl Spooled {
+    /// The spooled bytes as a file read from its start, and their size.
+    pub(crate) async fn into_std(self) -> (std::fs::File, u64) {
+        (self.file.into_std().await, self.size)
+    }
+
     pub(crate) fn into_upload(self) -> UploadFile {
         let content = ReaderStream::with_capacity(self.file.take(self.size), CHUNK)
             .map_err(|e| Error::internal(format!("reading the spooled upload: {e}")))
@@ -208,9 +213,9 @@ fn multipart_error(error: MultipartError) -> ApiError {
                 ("Content-Disposition" = String, description = "attachment; filename=\"…\"; filename*=UTF-8''…"),
                 ("Content-Length" = u64, description = "The file's size"),
             )),
-        (status = 400, description = "Malformed id, no `path`, bad `path` (relative, `..`, NUL, overlong) (`invalid_input`); a component of `path` is a file (`not_a_directory`)", body = ErrorBody),
+        (status = 400, description = "Malformed id, no `path`, bad `path` (relative, `..`, NUL, overlong) (`invalid_input`)", body = ErrorBody),
         (status = 404, description = "Unknown sandbox (`not_found`), or nothing at `path` or a path that cannot be followed (`file_not_found`)", body = ErrorBody),
-        (status = 409, description = "The sandbox is not running (`conflict`), or `path` is a directory (`is_directory`)", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running (`conflict`), or `path` is a directory (`is_directory`); a component of `path` is a file (`not_a_directory`)", body = ErrorBody),
         (status = 503, description = "The store or Docker is unavailable", body = ErrorBody),
     )
 )]

@@ -37,11 +37,11 @@ use crate::model::{FilePathQuery, FileStatResponse, PutFileQuery, WrittenFileRes
             chunked body is spooled to disk first."),
     responses(
         (status = 200, description = "The file is in the sandbox, owned by the sandbox's user", body = WrittenFileResponse),
-        (status = 400, description = "Malformed id, no or bad `path` (relative, `..`, NUL, overlong), bad `mode` or `parents`, an unknown query parameter (`invalid_input`); a name that cannot be stored exactly (`invalid_path`); a component of `path` is a file (`not_a_directory`)", body = ErrorBody),
+        (status = 400, description = "Malformed id, no or bad `path` (relative, `..`, NUL, overlong), bad `mode` or `parents`, an unknown query parameter (`invalid_input`); a name that cannot be stored exactly (`invalid_path`)", body = ErrorBody),
         (status = 403, description = "The sandbox's file system refused the write (`permission_denied`)", body = ErrorBody),
         (status = 404, description = "Unknown sandbox (`not_found`); the parent directory is missing and `parents` is not `true`, or the path cannot be followed (`file_not_found`)", body = ErrorBody),
         (status = 408, description = "The body did not arrive in time or kept too slow a pace", body = ErrorBody),
-        (status = 409, description = "The sandbox is not running, or its user is not in its /etc/passwd (`conflict`); a directory is at `path` (`is_directory`: nothing is replaced)", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or its user is not in its /etc/passwd (`conflict`); a directory is at `path` (`is_directory`: nothing is replaced); a component of `path` is a file (`not_a_directory`)", body = ErrorBody),
         (status = 413, description = "The body is over the upload limit (`MONZA_MAX_UPLOAD_BYTES`, 100 MiB by default)", body = ErrorBody),
         (status = 503, description = "The store or Docker is unavailable", body = ErrorBody),
     )
@@ -128,9 +128,9 @@ pub(crate) async fn put_file(
                 ("X-Monza-File-Mode" = String, description = "Its permission bits, in octal (`0644`)"),
             )),
         (status = 206, description = "The range asked for, with `Content-Range: bytes START-END/SIZE`", content_type = "application/octet-stream"),
-        (status = 400, description = "Malformed id, no or bad `path`, an unknown query parameter (`invalid_input`); a component of `path` is a file (`not_a_directory`)", body = ErrorBody),
+        (status = 400, description = "Malformed id, no or bad `path`, an unknown query parameter (`invalid_input`)", body = ErrorBody),
         (status = 404, description = "Unknown sandbox (`not_found`), or nothing at `path` (`file_not_found`)", body = ErrorBody),
-        (status = 409, description = "The sandbox is not running (`conflict`), or `path` is a directory (`is_directory`)", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running (`conflict`), or `path` is a directory (`is_directory`); a component of `path` is a file (`not_a_directory`)", body = ErrorBody),
         (status = 416, description = "The range starts past the file's end (`range_not_satisfiable`); `Content-Range: bytes */SIZE` says the size", body = ErrorBody),
         (status = 503, description = "The store or Docker is unavailable", body = ErrorBody),
     )
@@ -185,9 +185,9 @@ pub(crate) async fn get_file(
                 ("Content-Length" = u64, description = "Its size in bytes"),
                 ("Last-Modified" = String, description = "When it last changed"),
             )),
-        (status = 400, description = "Malformed id or bad `path` (`invalid_input`); a component of `path` is a file (`not_a_directory`)"),
+        (status = 400, description = "Malformed id or bad `path` (`invalid_input`)"),
         (status = 404, description = "Unknown sandbox or nothing at `path` (the `X-Monza-Error-Code` header says which: `not_found`, `file_not_found`)"),
-        (status = 409, description = "The sandbox is not running"),
+        (status = 409, description = "The sandbox is not running; a component of `path` is a file (`not_a_directory`)"),
         (status = 503, description = "The store or Docker is unavailable"),
     )
 )]
@@ -215,9 +215,9 @@ pub(crate) async fn head_file(
     params(FilePathQuery),
     responses(
         (status = 200, description = "Something is at `path` (a symbolic link is described itself, not followed)", body = FileStatResponse),
-        (status = 400, description = "Malformed id, no or bad `path`, an unknown query parameter (`invalid_input`); a component of `path` is a file (`not_a_directory`)", body = ErrorBody),
+        (status = 400, description = "Malformed id, no or bad `path`, an unknown query parameter (`invalid_input`)", body = ErrorBody),
         (status = 404, description = "Unknown sandbox (`not_found`), or nothing at `path` (`file_not_found`)", body = ErrorBody),
-        (status = 409, description = "The sandbox is not running (`conflict`)", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running (`conflict`); a component of `path` is a file (`not_a_directory`)", body = ErrorBody),
         (status = 503, description = "The store or Docker is unavailable", body = ErrorBody),
     )
 )]

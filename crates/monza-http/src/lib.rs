@@ -60,6 +60,8 @@
 //! | `POST /api/sandboxes/{id}/files/search[?path=…]` `{"pattern" or "regex",…}` | 200 `{"matches":[{"path","line","text"}],"truncated"}` |
 //! | `POST /api/sandboxes/{id}/files/glob[?path=…]` `{"pattern",…}` | 200 `{"paths","truncated"}` |
 //! | `POST /api/sandboxes/{id}/files/edit?path=…` `{"old_string","new_string",…}` | 200 `{"path","replacements"}` |
+//! | `PUT /api/sandboxes/{id}/files/archive?path=…` (a tar or tar.gz) | 200 `{"path","files","directories","links","bytes"}` |
+//! | `GET /api/sandboxes/{id}/files/archive?path=…` | 200 a tar of the directory's contents |
 //! | `POST /api/sandboxes/{id}/processes` | 201 background process with `Location` |
 //! | `GET /api/sandboxes/{id}/processes` | 200 array of processes, by pid |
 //! | `GET /api/sandboxes/{id}/processes/{pid}` | 200 process |
@@ -250,9 +252,10 @@ use fs::{
     put_file, stat_file,
 };
 use fsops::{
-    __path_edit_file, __path_glob_files, __path_list_files, __path_make_directory,
-    __path_move_path, __path_read_lines, __path_remove_file, __path_search_files, edit_file,
-    glob_files, list_files, make_directory, move_path, read_lines, remove_file, search_files,
+    __path_edit_file, __path_get_archive, __path_glob_files, __path_list_files,
+    __path_make_directory, __path_move_path, __path_put_archive, __path_read_lines,
+    __path_remove_file, __path_search_files, edit_file, get_archive, glob_files, list_files,
+    make_directory, move_path, put_archive, read_lines, remove_file, search_files,
 };
 use handlers::{
     __path_create_sandbox, __path_delete_sandbox, __path_execute_command, __path_get_health,
@@ -294,6 +297,8 @@ operations! {
     (search_files, __path_search_files),
     (glob_files, __path_glob_files),
     (edit_file, __path_edit_file),
+    (put_archive, __path_put_archive),
+    (get_archive, __path_get_archive),
     (start_process, __path_start_process),
     (list_processes, __path_list_processes),
     (get_process, __path_get_process),

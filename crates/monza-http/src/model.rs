@@ -954,7 +954,7 @@ pub struct RemoveFileQuery {
     #[param(
         example = "/workspace/build",
         max_length = 3072,
-        pattern = r"^(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
+        pattern = r"^(?!/+$)(?!/(proc|sys|dev)(/|$))(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
     )]
     pub path: String,
     /// `true`: a directory goes with everything in it. `false` (the default): only a file,
@@ -1170,4 +1170,37 @@ pub struct EditResponse {
     /// How many occurrences were replaced.
     #[schema(example = 1)]
     pub replacements: u64,
+}
+
+/// The query of `PUT` and `GET /api/sandboxes/{id}/files/archive`.
+#[derive(Debug, Clone, IntoParams)]
+#[allow(dead_code)]
+#[into_params(parameter_in = Query)]
+pub struct ArchiveQuery {
+    /// The directory: absolute, without `..`, not `/`, not under `/proc`, `/sys` or `/dev`.
+    /// A `PUT` creates it (and its missing parents) when it is missing.
+    #[param(
+        example = "/workspace",
+        max_length = 3072,
+        pattern = r"^(?!/+$)(?!/(proc|sys|dev)(/|$))(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
+    )]
+    pub path: String,
+}
+
+/// What an archive put into a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ArchiveResponse {
+    /// The directory it was unpacked into.
+    #[schema(example = "/workspace")]
+    pub path: String,
+    #[schema(example = 12)]
+    pub files: u64,
+    #[schema(example = 3)]
+    pub directories: u64,
+    /// Symbolic and hard links.
+    #[schema(example = 1)]
+    pub links: u64,
+    /// Bytes of file content.
+    #[schema(example = 40960)]
+    pub bytes: u64,
 }

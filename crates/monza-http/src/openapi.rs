@@ -21,13 +21,13 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::model::{
-    CreateSandboxRequest, EditRequestBody, EditResponse, EventResponse, ExecuteEvent,
-    ExecuteRequest, ExecuteResponse, FileEntryResponse, FileLinesResponse, FileListResponse,
-    FileStatResponse, GlobRequestBody, GlobResponse, HealthResponse, HelloResponse,
-    OpenApiDocument, OutputSpanResponse, PortMappingResponse, ProcessOutputEvent, ProcessResponse,
-    PtyRequest, ReadyResponse, RemovedResponse, SandboxResponse, SearchMatchResponse,
-    SearchRequestBody, SearchResponse, SignalRequest, StartProcessRequest, UploadForm,
-    UploadResponse, WrittenFileResponse,
+    ArchiveResponse, CreateSandboxRequest, EditRequestBody, EditResponse, EventResponse,
+    ExecuteEvent, ExecuteRequest, ExecuteResponse, FileEntryResponse, FileLinesResponse,
+    FileListResponse, FileStatResponse, GlobRequestBody, GlobResponse, HealthResponse,
+    HelloResponse, OpenApiDocument, OutputSpanResponse, PortMappingResponse, ProcessOutputEvent,
+    ProcessResponse, PtyRequest, ReadyResponse, RemovedResponse, SandboxResponse,
+    SearchMatchResponse, SearchRequestBody, SearchResponse, SignalRequest, StartProcessRequest,
+    UploadForm, UploadResponse, WrittenFileResponse,
 };
 
 /// The API description. Its paths come from the one list of operations the router mounts
@@ -69,6 +69,7 @@ use crate::model::{
         GlobResponse,
         EditRequestBody,
         EditResponse,
+        ArchiveResponse,
         StartProcessRequest,
         PtyRequest,
         ProcessResponse,

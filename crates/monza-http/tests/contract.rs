@@ -41,6 +41,8 @@ const CONTRACT: &[(&str, &str)] = &[
     ("POST", "/api/sandboxes/{id}/files/search"),
     ("POST", "/api/sandboxes/{id}/files/glob"),
     ("POST", "/api/sandboxes/{id}/files/edit"),
+    ("PUT", "/api/sandboxes/{id}/files/archive"),
+    ("GET", "/api/sandboxes/{id}/files/archive"),
     ("POST", "/api/sandboxes/{id}/processes"),
     ("GET", "/api/sandboxes/{id}/processes"),
     ("GET", "/api/sandboxes/{id}/processes/{pid}"),

@@ -8,10 +8,11 @@ use super::{SandboxService, container_of};
 use crate::Access;
 use crate::error::{Error, Result};
 use crate::files::{
-    DEFAULT_LINES, EditFile, FileEntry, FileLines, FileList, GlobFiles, GlobResult, ListFiles,
-    SearchFiles, SearchResult,
+    ArchiveReport, DEFAULT_LINES, EditFile, FileEntry, FileLines, FileList, GlobFiles, GlobResult,
+    ListFiles, SearchFiles, SearchResult, SpooledArchive,
 };
 use crate::paths;
+use crate::runtime::ByteStream;
 use crate::sandbox::{Sandbox, SandboxId};
 
 /// Entries a list answers when the request does not say.
@@ -337,6 +338,48 @@ impl SandboxService {
             .glob_files(container_of(&sandbox)?, sandbox.remote_user.clone(), &glob)
             .await;
         self.or_vanished(&sandbox, found).await
+    }
+
+    /// Unpacks a tar archive into a directory of a running sandbox (created when missing),
+    /// everything owned by the sandbox's user; a refused archive writes nothing.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
+    pub async fn put_tree(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        dir: &str,
+        archive: SpooledArchive,
+    ) -> Result<ArchiveReport> {
+        let dir = paths::changeable("path", dir)?;
+        if archive.size > self.config.max_archive_bytes {
+            return Err(Error::TooLarge(format!(
+                "the archive is {} bytes; archives are limited to {} bytes \
+                 (MONZA_MAX_ARCHIVE_BYTES)",
+                archive.size, self.config.max_archive_bytes
+            )));
+        }
+        let sandbox = self.for_files(access, id).await?;
+        let put = self
+            .runtime
+            .put_tree(
+                container_of(&sandbox)?,
+                &dir,
+                sandbox.remote_user.clone(),
+                archive,
+                self.config.file_limits.walk.max_entries,
+            )
+            .await;
+        self.or_vanished(&sandbox, put).await
+    }
+
+    /// The contents of a directory of a running sandbox as a tar stream.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
+    pub async fn get_tree(&self, access: &Access, id: SandboxId, dir: &str) -> Result<ByteStream> {
+        let dir = paths::sandbox_path("path", dir)?;
+        paths::reachable("path", &dir)?;
+        let sandbox = self.for_files(access, id).await?;
+        let tree = self.runtime.get_tree(container_of(&sandbox)?, &dir).await;
+        self.or_vanished(&sandbox, tree).await
     }
 
     /// Replaces text in a file of a running sandbox, atomically; answers how many times.
