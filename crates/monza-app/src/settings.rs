@@ -275,7 +275,8 @@ pub struct ServeArgs {
 
     /// Largest archive `PUT …/files/archive` accepts, in bytes as sent (compressed when it is
     /// gzip); more is a 413. It is spooled to the temporary directory and checked whole
-    /// before it is unpacked.
+    /// before it is unpacked. Also the most `GET …/files/archive` sends: the stream is cut
+    /// there.
     #[arg(long, env = "MONZA_MAX_ARCHIVE_BYTES", default_value_t = 1024 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_archive_bytes: u64,
 

@@ -399,7 +399,7 @@ fn archive_over(limit: u64) -> ApiError {
     get, path = "/api/sandboxes/{id}/files/archive", tag = "files",
     params(ArchiveQuery),
     responses(
-        (status = 200, description = "A tar of the directory's contents (entries `./…`, symbolic links as links), streamed as the sandbox produces it", content_type = "application/x-tar"),
+        (status = 200, description = "A tar of the directory's contents (entries `./…`, symbolic links as links), streamed as the sandbox produces it; past MONZA_MAX_ARCHIVE_BYTES (1 GiB by default) the stream is cut, so the client sees an incomplete tar", content_type = "application/x-tar"),
         (status = 400, description = "Malformed id, no or bad `path`, an unknown query parameter (`invalid_input`)", body = ErrorBody),
         (status = 404, description = "Unknown sandbox (`not_found`), or nothing at `path` (`file_not_found`)", body = ErrorBody),
         (status = 409, description = "The sandbox is not running (`conflict`); `path` is not a directory (`not_a_directory`)", body = ErrorBody),

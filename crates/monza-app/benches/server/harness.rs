@@ -345,6 +345,37 @@ impl Api {
         assert_eq!(status, StatusCode::OK, "upload: {body}");
     }
 
+    /// `PUT …/files/archive`: unpacks a tar into `dir`.
+    pub async fn put_archive(&self, id: &str, dir: &str, tar: Bytes) {
+        let response = self
+            .request(Method::PUT, &format!("/api/sandboxes/{id}/files/archive"))
+            .query(&[("path", dir)])
+            .body(tar)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert_eq!(status, StatusCode::OK, "archive upload: {body}");
+    }
+
+    /// `GET …/files/archive` drained: the tar stream's length.
+    pub async fn get_archive(&self, id: &str, dir: &str) -> u64 {
+        let response = self
+            .request(Method::GET, &format!("/api/sandboxes/{id}/files/archive"))
+            .query(&[("path", dir)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "archive download {dir}");
+        let mut stream = response.bytes_stream();
+        let mut n = 0u64;
+        while let Some(chunk) = stream.next().await {
+            n += chunk.unwrap().len() as u64;
+        }
+        n
+    }
+
     /// Downloads and drains a file: its length.
     pub async fn download(&self, id: &str, path: &str) -> u64 {
         let response = self
@@ -517,6 +548,16 @@ impl Raw {
             .containers()
             .get(id)
             .copy_file_into(path, content)
+            .await
+            .unwrap();
+    }
+
+    /// `PUT /archive` of a tar into the existing directory `dir` (what `docker cp` sends).
+    pub async fn put_archive(&self, id: &str, dir: &str, tar: Bytes) {
+        self.docker
+            .containers()
+            .get(id)
+            .copy_to(Path::new(dir), tar.to_vec().into())
             .await
             .unwrap();
     }

@@ -11,7 +11,8 @@
 //!    a streamed execute's delay from the command writing a line to the client reading it
 //!    (NDJSON vs a raw attached exec); 200 executes at once on one sandbox;
 //! 3. upload and download of 1 MiB and 100 MiB vs the engine's archive endpoints, with the
-//!    server's peak RSS growth during the 100 MiB transfers;
+//!    server's peak RSS growth during the 100 MiB transfers; a tree of 1,000 small files in
+//!    and out as a tar (`…/files/archive`) vs the engine's archive endpoints, as `docker cp`;
 //! 4. control plane on 1,000 live rows (inserted through the repository adapters), SQLite
 //!    and PostgreSQL: get, heartbeat and list at 64 connections;
 //! 5. reaper: one pass over 100 expired sandboxes vs concurrent removal of 100 containers;
@@ -63,6 +64,8 @@ struct Plan {
     copy_small: usize,
     copy_large: usize,
     large_bytes: usize,
+    trees: usize,
+    tree_files: usize,
     live_rows: usize,
     connections: usize,
     load_time: Duration,
@@ -86,6 +89,8 @@ impl Plan {
             concurrent_execs: 200,
             copy_small: 30,
             copy_large: 6,
+            trees: 6,
+            tree_files: 1000,
             large_bytes: 100 * MIB,
             live_rows: 1000,
             connections: 64,
@@ -111,6 +116,8 @@ impl Plan {
             concurrent_execs: 20,
             copy_small: 2,
             copy_large: 1,
+            trees: 1,
+            tree_files: 50,
             large_bytes: 100 * MIB,
             live_rows: 100,
             connections: 64,
@@ -668,6 +675,47 @@ async fn docker_scenarios(
             }
         }
     }
+
+    // A tree of small files in and out as one tar each way.
+    let (mut in_a, mut in_b, mut out_a, mut out_b) = (
+        Samples::default(),
+        Samples::default(),
+        Samples::default(),
+        Samples::default(),
+    );
+    for i in 0..plan.trees {
+        for monza_turn in order(i) {
+            if monza_turn {
+                let tar = tree_tar("", plan.tree_files, &pattern);
+                let dir = format!("/workspace/tree-{i}");
+                let started = Instant::now();
+                api.put_archive(&id, &dir, tar).await;
+                in_a.push(started.elapsed());
+                let started = Instant::now();
+                let got = api.get_archive(&id, &dir).await;
+                out_a.push(started.elapsed());
+                assert!(got > 0, "archive download");
+            } else {
+                let tar = tree_tar(&format!("rawtree-{i}/"), plan.tree_files, &pattern);
+                let started = Instant::now();
+                raw.put_archive(&container, "/workspace", tar).await;
+                in_b.push(started.elapsed());
+                let started = Instant::now();
+                let got = raw
+                    .download(&container, &format!("/workspace/rawtree-{i}/."))
+                    .await;
+                out_b.push(started.elapsed());
+                assert!(got > 0, "raw archive download");
+            }
+        }
+    }
+    let files = plan.tree_files;
+    report.pair(&format!("archive in, {files} files of 1 KiB"), &in_a, &in_b);
+    report.pair(
+        &format!("archive out, {files} files of 1 KiB"),
+        &out_a,
+        &out_b,
+    );
     api.delete(&id).await;
 
     // Footprint: the same server holding N running sandboxes, idle.
@@ -692,6 +740,26 @@ async fn docker_scenarios(
         .for_each_concurrent(16, |id| api.delete(id))
         .await;
     server.stop().await;
+}
+
+/// A tar of `files` files of 1 KiB in 10 directories, their names under `prefix`.
+fn tree_tar(prefix: &str, files: usize, pattern: &[u8]) -> Bytes {
+    let mut builder = tar::Builder::new(Vec::new());
+    for n in 0..files {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(1024);
+        header.set_mode(0o644);
+        let content = &pattern[(n * 13) % (pattern.len() - 1024)..][..1024];
+        builder
+            .append_data(
+                &mut header,
+                format!("{prefix}d{}/f{n}.txt", n % 10),
+                content,
+            )
+            .unwrap();
+    }
+    Bytes::from(builder.into_inner().unwrap())
 }
 
 /// Scenario 5: one reaper pass over N expired sandboxes (the service's `reap_expired`, what

@@ -4,6 +4,8 @@
 //! as it would the sandbox's own commands. Paths are checked here, limits applied here; the
 //! runtime only carries them out.
 
+use futures::StreamExt;
+
 use super::{SandboxService, container_of};
 use crate::Access;
 use crate::error::{Error, Result};
@@ -372,14 +374,37 @@ impl SandboxService {
         self.or_vanished(&sandbox, put).await
     }
 
-    /// The contents of a directory of a running sandbox as a tar stream.
+    /// The contents of a directory of a running sandbox as a tar stream, cut with an error
+    /// past [`crate::ServiceConfig::max_archive_bytes`] (a bound on what one request may pull
+    /// out, whatever the directory holds).
     #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
     pub async fn get_tree(&self, access: &Access, id: SandboxId, dir: &str) -> Result<ByteStream> {
         let dir = paths::sandbox_path("path", dir)?;
         paths::reachable("path", &dir)?;
         let sandbox = self.for_files(access, id).await?;
         let tree = self.runtime.get_tree(container_of(&sandbox)?, &dir).await;
-        self.or_vanished(&sandbox, tree).await
+        let tree = self.or_vanished(&sandbox, tree).await?;
+        let limit = self.config.max_archive_bytes;
+        Ok(tree
+            .scan((0u64, false), move |(sent, ended), chunk| {
+                if *ended {
+                    return futures::future::ready(None);
+                }
+                let item = chunk.and_then(|chunk| {
+                    *sent = sent.saturating_add(chunk.len() as u64);
+                    if *sent > limit {
+                        Err(Error::TooLarge(format!(
+                            "{dir} holds more than {limit} bytes of archive \
+                             (MONZA_MAX_ARCHIVE_BYTES); the stream was cut"
+                        )))
+                    } else {
+                        Ok(chunk)
+                    }
+                });
+                *ended = item.is_err();
+                futures::future::ready(Some(item))
+            })
+            .boxed())
     }
 
     /// Replaces text in a file of a running sandbox, atomically; answers how many times.

@@ -206,3 +206,28 @@ async fn a_file_operation_on_a_sandbox_that_is_not_running_is_a_conflict() {
         .await;
     assert!(matches!(result, Err(Error::Conflict(_))), "{result:?}");
 }
+
+#[tokio::test]
+async fn an_archive_out_is_cut_with_an_error_past_the_limit() {
+    let running = sandbox(SandboxStatus::Running);
+    let mut m = Mocks::finding(&running);
+    m.records_activity(running.clone());
+    m.config.max_archive_bytes = 25;
+    m.runtime.expect_get_tree().times(1).returning(|_, _| {
+        let chunks = (0..4).map(|_| Ok(bytes::Bytes::from_static(&[0u8; 10])));
+        Ok(futures::stream::iter(chunks).boxed())
+    });
+    let service = m.service();
+    let tree = service
+        .get_tree(&Access::Admin, running.id, "/workspace")
+        .await
+        .unwrap();
+    let items: Vec<Result<bytes::Bytes>> = tree.collect().await;
+    assert_eq!(items.len(), 3, "{items:?}");
+    assert!(items[0].is_ok() && items[1].is_ok());
+    assert!(
+        matches!(&items[2], Err(Error::TooLarge(m)) if m.contains("MONZA_MAX_ARCHIVE_BYTES")),
+        "{:?}",
+        items[2]
+    );
+}
