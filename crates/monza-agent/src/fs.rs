@@ -1031,6 +1031,7 @@ mod tests {
             (ErrorCode::Fs, Some(17))
         );
         assert!(moved("README.md", "blob.bin", true).is_ok());
+        assert!(moved("blob.bin", "blob.bin", false).is_ok());
         assert_eq!(fs::read(path(&dir, "blob.bin")).unwrap(), b"main\n");
         assert_eq!(
             code(moved("blob.bin", "src", true)),

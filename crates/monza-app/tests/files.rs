@@ -739,6 +739,13 @@ async fn native_file_operations(store: Store) {
         (&moved["path"], &moved["size"]),
         (&json!(format!("{w}/blob.bin")), &json!(32))
     );
+    // Onto itself: nothing changes, as rename(2) says.
+    let (status, same) = mv("blob.bin", "blob.bin", false).await;
+    assert_eq!(
+        (status, &same["size"]),
+        (StatusCode::OK, &json!(32)),
+        "{same}"
+    );
     let (status, moved) = mv("src", "code", false).await;
     assert_eq!(
         (status, &moved["type"]),

@@ -4,6 +4,9 @@
 //! as it would the sandbox's own commands. Paths are checked here, limits applied here; the
 //! runtime only carries them out.
 
+use std::future::Future;
+use std::sync::Arc;
+
 use futures::StreamExt;
 
 use super::{SandboxService, container_of};
@@ -14,6 +17,7 @@ use crate::files::{
     ListFiles, SearchFiles, SearchResult, SpooledArchive,
 };
 use crate::paths;
+use crate::ports::ContainerRuntime;
 use crate::runtime::ByteStream;
 use crate::sandbox::{Sandbox, SandboxId};
 
@@ -117,6 +121,20 @@ impl SandboxService {
         self.touch(&sandbox, None).await
     }
 
+    /// Runs one file operation on a running sandbox the caller may see (touched first):
+    /// `op` gets the runtime, the container and the sandbox's user; a failure caused by the
+    /// container having vanished becomes the sandbox's conflict.
+    async fn on_files<T, F, Fut>(&self, access: &Access, id: SandboxId, op: F) -> Result<T>
+    where
+        F: FnOnce(Arc<dyn ContainerRuntime>, String, Option<String>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let sandbox = self.for_files(access, id).await?;
+        let cid = container_of(&sandbox)?.to_owned();
+        let done = op(self.runtime.clone(), cid, sandbox.remote_user.clone()).await;
+        self.or_vanished(&sandbox, done).await
+    }
+
     /// The entries of a directory in a running sandbox.
     #[tracing::instrument(skip_all, fields(sandbox_id = %id), err(level = "info"))]
     pub async fn list_files(
@@ -133,18 +151,16 @@ impl SandboxService {
             DEFAULT_LIST_ENTRIES,
             limits.max_list_entries,
         )?;
-        let sandbox = self.for_files(access, id).await?;
         let list = ListFiles {
             path,
             recursive: request.recursive,
             limit,
             walk: limits.walk,
         };
-        let listed = self
-            .runtime
-            .list_files(container_of(&sandbox)?, sandbox.remote_user.clone(), &list)
-            .await;
-        self.or_vanished(&sandbox, listed).await
+        self.on_files(access, id, async |runtime, cid, user| {
+            runtime.list_files(&cid, user, &list).await
+        })
+        .await
     }
 
     /// Makes a directory in a running sandbox, owned by the sandbox's user.
@@ -157,17 +173,10 @@ impl SandboxService {
         parents: bool,
     ) -> Result<FileEntry> {
         let path = paths::changeable("path", path)?;
-        let sandbox = self.for_files(access, id).await?;
-        let made = self
-            .runtime
-            .make_directory(
-                container_of(&sandbox)?,
-                sandbox.remote_user.clone(),
-                &path,
-                parents,
-            )
-            .await;
-        self.or_vanished(&sandbox, made).await
+        self.on_files(access, id, async |runtime, cid, user| {
+            runtime.make_directory(&cid, user, &path, parents).await
+        })
+        .await
     }
 
     /// Renames a file, link or directory in a running sandbox.
@@ -180,28 +189,19 @@ impl SandboxService {
     ) -> Result<FileEntry> {
         let from = paths::changeable("from", &request.from)?;
         let to = paths::changeable("to", &request.to)?;
-        if from == to {
-            return Err(Error::invalid(format!(
-                "from and to are the same path, {from:?}"
-            )));
-        }
-        if paths::is_under(&to, &from) {
+        // A path moved onto itself changes nothing (as rename(2) says); one moved into
+        // itself is refused.
+        if from != to && paths::is_under(&to, &from) {
             return Err(Error::invalid(format!(
                 "cannot move {from:?} into itself ({to:?})"
             )));
         }
-        let sandbox = self.for_files(access, id).await?;
-        let moved = self
-            .runtime
-            .move_path(
-                container_of(&sandbox)?,
-                sandbox.remote_user.clone(),
-                &from,
-                &to,
-                request.overwrite,
-            )
-            .await;
-        self.or_vanished(&sandbox, moved).await
+        self.on_files(access, id, async |runtime, cid, user| {
+            runtime
+                .move_path(&cid, user, &from, &to, request.overwrite)
+                .await
+        })
+        .await
     }
 
     /// Removes a file, link, empty directory or (with `recursive`) a tree from a running
@@ -215,17 +215,10 @@ impl SandboxService {
         recursive: bool,
     ) -> Result<u64> {
         let path = paths::changeable("path", path)?;
-        let sandbox = self.for_files(access, id).await?;
-        let removed = self
-            .runtime
-            .remove_path(
-                container_of(&sandbox)?,
-                sandbox.remote_user.clone(),
-                &path,
-                recursive,
-            )
-            .await;
-        self.or_vanished(&sandbox, removed).await
+        self.on_files(access, id, async |runtime, cid, user| {
+            runtime.remove_path(&cid, user, &path, recursive).await
+        })
+        .await
     }
 
     /// Lines of a text file in a running sandbox.
@@ -243,18 +236,12 @@ impl SandboxService {
             DEFAULT_LINES,
             self.config.file_limits.max_lines,
         )?;
-        let sandbox = self.for_files(access, id).await?;
-        let lines = self
-            .runtime
-            .read_lines(
-                container_of(&sandbox)?,
-                sandbox.remote_user.clone(),
-                &path,
-                request.offset,
-                limit,
-            )
-            .await;
-        self.or_vanished(&sandbox, lines).await
+        self.on_files(access, id, async |runtime, cid, user| {
+            runtime
+                .read_lines(&cid, user, &path, request.offset, limit)
+                .await
+        })
+        .await
     }
 
     /// The lines of files in a running sandbox that match a pattern.
@@ -360,18 +347,13 @@ impl SandboxService {
                 archive.size, self.config.max_archive_bytes
             )));
         }
-        let sandbox = self.for_files(access, id).await?;
-        let put = self
-            .runtime
-            .put_tree(
-                container_of(&sandbox)?,
-                &dir,
-                sandbox.remote_user.clone(),
-                archive,
-                self.config.file_limits.walk.max_entries,
-            )
-            .await;
-        self.or_vanished(&sandbox, put).await
+        let max_entries = self.config.file_limits.walk.max_entries;
+        self.on_files(access, id, async move |runtime, cid, user| {
+            runtime
+                .put_tree(&cid, &dir, user, archive, max_entries)
+                .await
+        })
+        .await
     }
 
     /// The contents of a directory of a running sandbox as a tar stream, cut with an error
@@ -422,17 +404,15 @@ impl SandboxService {
         if request.old.is_empty() {
             return Err(Error::invalid("old_string is empty: say what to replace"));
         }
-        let sandbox = self.for_files(access, id).await?;
         let edit = EditFile {
             path,
             old: request.old,
             new: request.new,
             replace_all: request.replace_all,
         };
-        let edited = self
-            .runtime
-            .edit_file(container_of(&sandbox)?, sandbox.remote_user.clone(), &edit)
-            .await;
-        self.or_vanished(&sandbox, edited).await
+        self.on_files(access, id, async |runtime, cid, user| {
+            runtime.edit_file(&cid, user, &edit).await
+        })
+        .await
     }
 }
