@@ -44,6 +44,10 @@ the same container (docker-api's builder cannot express `CapDrop`/`PidsLimit`).
   archive endpoints (`copy_file_into`, `copy_from`), same container. Peak RSS growth is the
   server's `VmHWM` after the transfer minus its `VmRSS` before it (the peak is reset
   through `/proc/PID/clear_refs` before each transfer).
+- **archive in / out**: a tar of 1,000 files of 1 KiB in 10 directories, `PUT` and `GET
+  …/files/archive` (checked, rewritten for the sandbox's user, streamed) vs the engine's
+  archive endpoints that `docker cp` uses (`copy_to` of the same tar, `copy_from` of
+  `DIR/.`), a new directory each round.
 - **control plane**: live rows inserted through the repository adapter, then 64 client
   connections (an async reqwest client in the bench, keep-alive, one request after another
   per connection) for 20 s per route, on SQLite (`synchronous = FULL`) and on a fresh
