@@ -256,32 +256,16 @@ fn walk(
     Ok(())
 }
 
-/// The directory `path` itself, following a symlink there as `ls` does for its argument.
-fn directory(path: &Path) -> Outcome<()> {
-    let meta = fs::metadata(path).map_err(|e| os(&e, "cannot open", path))?;
-    if meta.is_dir() {
-        Ok(())
-    } else {
-        Err(errno(
-            rustix::io::Errno::NOTDIR.raw_os_error(),
-            "cannot list",
-            path,
-        ))
-    }
-}
-
 /// The entries of a directory; of anything else, that one entry (as `ls` lists a file).
 fn list(path: &Path, recursive: bool, limit: u64, budget: WalkBudget) -> Outcome<FsAnswer> {
-    if let Ok(meta) = fs::symlink_metadata(path)
-        && !meta.is_dir()
-        && !fs::metadata(path).is_ok_and(|target| target.is_dir())
-    {
+    if !fs::metadata(path).is_ok_and(|target| target.is_dir()) {
+        // Not a directory, even through a link: that one entry, or why there is none.
+        let meta = fs::symlink_metadata(path).map_err(|e| os(&e, "cannot list", path))?;
         return Ok(FsAnswer::Entries {
             entries: vec![entry(path, &meta)],
             truncated: false,
         });
     }
-    directory(path)?;
     let mut limits = Walk::new(budget);
     let mut entries = Vec::new();
     walk(path, recursive, &mut limits, |path, _, meta, limits| {
@@ -605,13 +589,13 @@ fn glob(
     budget: WalkBudget,
 ) -> Outcome<FsAnswer> {
     // Below a file there is nothing to match.
-    if fs::metadata(root).is_ok_and(|meta| !meta.is_dir()) {
+    let meta = fs::metadata(root).map_err(|e| os(&e, "cannot open", root))?;
+    if !meta.is_dir() {
         return Ok(FsAnswer::Paths {
             paths: Vec::new(),
             truncated: false,
         });
     }
-    directory(root)?;
     let mut limits = Walk::new(budget);
     let mut paths = Vec::new();
     walk(root, true, &mut limits, |path, relative, _, limits| {

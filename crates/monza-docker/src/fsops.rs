@@ -20,25 +20,6 @@ use crate::agent::{BINARY_PATH, FsReply};
 use crate::runtime::DockerRuntime;
 use crate::sink::Sink;
 
-/// `errno` values (Linux, every architecture monza runs on).
-mod errno {
-    pub const EPERM: i32 = 1;
-    pub const ENOENT: i32 = 2;
-    pub const EACCES: i32 = 13;
-    pub const EBUSY: i32 = 16;
-    pub const EEXIST: i32 = 17;
-    pub const EXDEV: i32 = 18;
-    pub const ENOTDIR: i32 = 20;
-    pub const EISDIR: i32 = 21;
-    pub const EINVAL: i32 = 22;
-    pub const ENOSPC: i32 = 28;
-    pub const EROFS: i32 = 30;
-    pub const ENAMETOOLONG: i32 = 36;
-    pub const ENOTEMPTY: i32 = 39;
-    pub const ELOOP: i32 = 40;
-    pub const EDQUOT: i32 = 122;
-}
-
 /// What the host waits past a walk's own time bound for its answer.
 const ANSWER_GRACE: Duration = Duration::from_secs(5);
 
@@ -135,7 +116,7 @@ impl DockerRuntime {
 
 /// The domain's error for the agent's refusal of a file operation.
 pub(crate) fn fs_error(reply: ErrorReply) -> Error {
-    use errno::*;
+    use crate::errno::*;
     let message = reply.message;
     match reply.code {
         ErrorCode::NoMatch => Error::file(FileProblem::NoMatch, message),

@@ -21,6 +21,7 @@
 mod agent;
 mod container;
 mod engine;
+mod errno;
 mod error;
 mod exec;
 mod files;

@@ -361,6 +361,12 @@ pub(crate) fn query_param(
     Ok(first)
 }
 
+/// The one value of query parameter `name`, which must be there (a 400 when absent).
+pub(crate) fn required(pairs: &[(String, String)], name: &str) -> Result<String, ApiError> {
+    query_param(pairs, name)?
+        .ok_or_else(|| ApiError::invalid(format!("query parameter `{name}` is required")))
+}
+
 /// Refuses a query parameter the route does not name.
 pub(crate) fn only(query: &[(String, String)], known: &[&str]) -> Result<(), ApiError> {
     match query
@@ -423,6 +429,12 @@ pub(crate) struct Paced<S> {
 }
 
 impl<S> Paced<S> {
+    /// An upload's body at the pace the server's settings ask of every upload
+    /// (`MONZA_BODY_TIMEOUT` of grace, then `MONZA_UPLOAD_MIN_RATE`).
+    pub(crate) fn upload(inner: S, config: &crate::HttpConfig) -> Self {
+        Self::new(inner, config.body_timeout, config.upload_min_bytes_per_sec)
+    }
+
     pub(crate) fn new(inner: S, grace: Duration, min_bytes_per_sec: u64) -> Self {
         let started = Instant::now();
         Self {

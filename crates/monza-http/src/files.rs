@@ -18,7 +18,7 @@ use tokio_util::io::ReaderStream;
 use crate::HttpConfig;
 use crate::access::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{Paced, PathId, payload_error, query_param, strict_query};
+use crate::extract::{Paced, PathId, payload_error, required, strict_query};
 use crate::model::{DownloadQuery, UploadForm, UploadResponse};
 
 /// Read size when streaming a spooled upload into the sandbox.
@@ -52,11 +52,7 @@ pub(crate) async fn upload_file(
     payload: web::Payload,
 ) -> Result<web::Json<UploadResponse>, ApiError> {
     // The whole form must keep a pace, so a trickling client cannot hold the request open.
-    let paced = Paced::new(
-        payload,
-        config.body_timeout,
-        config.upload_min_bytes_per_sec,
-    );
+    let paced = Paced::upload(payload, &config);
     let mut form = Multipart::new(req.headers(), paced);
     // Refuse an unknown or stopped sandbox before reading up to 100 MiB.
     service.check_upload(&caller.0, id).await?;
@@ -131,15 +127,21 @@ async fn spool(field: Field, limit: u64, dir: PathBuf) -> Result<Spooled, ApiErr
         .and_then(|cd| cd.get_filename())
         .map(str::to_owned)
         .ok_or_else(|| ApiError::invalid("the `file` field has no filename"))?;
-    spool_stream(name, field.map_err(multipart_error), limit, dir).await
+    spool_stream(
+        name,
+        field.map_err(multipart_error),
+        (limit, over_limit),
+        dir,
+    )
+    .await
 }
 
-/// Writes `body` to an anonymous temporary file in `dir`, refused (413) past `limit` bytes,
-/// and rewinds it.
+/// Writes `body` to an anonymous temporary file in `dir`, refused with `over(limit)` (a
+/// 413) past `limit` bytes, and rewinds it.
 pub(crate) async fn spool_stream(
     name: String,
     mut body: impl Stream<Item = Result<Bytes, ApiError>> + Unpin,
-    limit: u64,
+    (limit, over): (u64, fn(u64) -> ApiError),
     dir: PathBuf,
 ) -> Result<Spooled, ApiError> {
     let file = tokio::task::spawn_blocking(move || tempfile::tempfile_in(dir))
@@ -151,7 +153,7 @@ pub(crate) async fn spool_stream(
     while let Some(chunk) = body.try_next().await? {
         size = size.saturating_add(chunk.len() as u64);
         if size > limit {
-            return Err(over_limit(limit));
+            return Err(over(limit));
         }
         file.write_all(&chunk)
             .await
@@ -226,8 +228,7 @@ pub(crate) async fn download_file(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query = strict_query(&req)?;
-    let path = query_param(&query, "path")?
-        .ok_or_else(|| ApiError::invalid("query parameter `path` is required"))?;
+    let path = required(&query, "path")?;
     let FileDownload { stat, content } = service.download(&caller.0, id, &path).await?;
     let body = crate::fs::first_chunk_checked(content).await?;
     let disposition = HeaderValue::from_str(&content_disposition(&stat.name))

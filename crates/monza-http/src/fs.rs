@@ -22,7 +22,7 @@ use crate::HttpConfig;
 use crate::access::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{
-    Paced, PathId, announced_length, flag, only, payload_error, query_param, strict_query,
+    Paced, PathId, announced_length, flag, only, payload_error, query_param, required, strict_query,
 };
 use crate::files::{content_disposition, over_limit, spool_stream};
 use crate::model::{FilePathQuery, FileStatResponse, PutFileQuery, WrittenFileResponse};
@@ -56,18 +56,14 @@ pub(crate) async fn put_file(
 ) -> Result<web::Json<WrittenFileResponse>, ApiError> {
     let query = strict_query(&req)?;
     only(&query, &["path", "mode", "parents"])?;
-    let path = required_path(&query)?;
+    let path = required(&query, "path")?;
     let mode = query_param(&query, "mode")?
         .map(|m| paths::parse_file_mode(&m))
         .transpose()?;
     let parents = flag(&query, "parents")?.unwrap_or(false);
     service.check_upload(&caller.0, id).await?;
     let limit = service.config().max_upload_bytes;
-    let body = Paced::new(
-        payload,
-        config.body_timeout,
-        config.upload_min_bytes_per_sec,
-    );
+    let body = Paced::upload(payload, &config);
     let options = WriteOptions {
         mode,
         create_parents: parents,
@@ -91,7 +87,7 @@ pub(crate) async fn put_file(
             let spooled = spool_stream(
                 String::new(),
                 body.map_err(payload_error),
-                limit,
+                (limit, over_limit),
                 config.upload_dir.clone(),
             )
             .await?;
@@ -143,7 +139,7 @@ pub(crate) async fn get_file(
 ) -> Result<HttpResponse, ApiError> {
     let query = strict_query(&req)?;
     only(&query, &["path"])?;
-    let path = required_path(&query)?;
+    let path = required(&query, "path")?;
     let range = requested_range(&req);
     let FileDownload { stat, content } = service.download(&caller.0, id, &path).await?;
     let (status, start, len) = match range.map(|r| r.to_satisfiable_range(stat.size)) {
@@ -199,7 +195,7 @@ pub(crate) async fn head_file(
 ) -> Result<HttpResponse, ApiError> {
     let query = strict_query(&req)?;
     only(&query, &["path"])?;
-    let path = required_path(&query)?;
+    let path = required(&query, "path")?;
     let stat = service.stat(&caller.0, id, &path).await?;
     let mut response = HttpResponse::Ok();
     file_headers(&mut response, &stat)?;
@@ -229,7 +225,7 @@ pub(crate) async fn stat_file(
 ) -> Result<web::Json<FileStatResponse>, ApiError> {
     let query = strict_query(&req)?;
     only(&query, &["path"])?;
-    let path = required_path(&query)?;
+    let path = required(&query, "path")?;
     let stat = service.stat(&caller.0, id, &path).await?;
     Ok(web::Json(FileStatResponse::new(path, stat)))
 }
@@ -262,11 +258,6 @@ fn forward(
         }
     });
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
-}
-
-fn required_path(query: &[(String, String)]) -> Result<String, ApiError> {
-    query_param(query, "path")?
-        .ok_or_else(|| ApiError::invalid("query parameter `path` is required"))
 }
 
 /// Permission bits as clients write them: `0644`, `0755`, `02775`.

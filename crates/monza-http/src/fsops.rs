@@ -2,7 +2,6 @@
 //! lines, search, glob and edit. The sandbox's agent does them as the sandbox's user, so
 //! they need nothing in the image (no `ls`, `grep` or `python3`).
 
-use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures::TryStreamExt;
@@ -19,7 +18,7 @@ use crate::access::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{
     CommandJson, Paced, PathId, announced_length, flag, number, only, payload_error, query_param,
-    strict_query,
+    required, strict_query,
 };
 use crate::model::{
     ArchiveQuery, ArchiveResponse, EditQuery, EditRequestBody, EditResponse, FileEntryResponse,
@@ -27,11 +26,6 @@ use crate::model::{
     MakeDirectoryQuery, MoveQuery, ReadLinesQuery, RemoveFileQuery, RemovedResponse,
     SearchMatchResponse, SearchPathQuery, SearchRequestBody, SearchResponse,
 };
-
-fn required(query: &[(String, String)], name: &str) -> Result<String, ApiError> {
-    query_param(query, name)?
-        .ok_or_else(|| ApiError::invalid(format!("query parameter `{name}` is required")))
-}
 
 /// The entries of a directory, or of its whole tree.
 #[utoipa::path(
@@ -356,25 +350,14 @@ pub(crate) async fn put_archive(
     // Checked before the body is read: a bad path or an ended sandbox costs no upload.
     paths::changeable("path", &path)?;
     service.check_upload(&caller.0, id).await?;
-    let body = Paced::new(
-        payload,
-        config.body_timeout,
-        config.upload_min_bytes_per_sec,
-    );
+    let body = Paced::upload(payload, &config);
     let spooled = spool_stream(
         String::new(),
         body.map_err(payload_error),
-        limit,
+        (limit, archive_over),
         config.upload_dir.clone(),
     )
-    .await
-    .map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            archive_over(limit)
-        } else {
-            e
-        }
-    })?;
+    .await?;
     let (file, size) = spooled.into_std().await;
     let report = service
         .put_tree(&caller.0, id, &path, SpooledArchive { file, size })

@@ -26,13 +26,7 @@ use tokio::sync::mpsc;
 
 use super::{ADOPT_WAIT, Agents, Conn, Flow, Slot, Waiter, lock, program_of};
 
-/// `errno` values (Linux, every architecture monza runs on).
-const ENOENT: i32 = 2;
-const EAGAIN: i32 = 11;
-const ENOMEM: i32 = 12;
-const ENOTDIR: i32 = 20;
-const ENFILE: i32 = 23;
-const EMFILE: i32 = 24;
+use crate::errno::{EAGAIN, EMFILE, ENFILE, ENOENT, ENOMEM, ENOTDIR};
 
 impl Agents {
     /// The container's slot and live connection, for a background-process request: waits
