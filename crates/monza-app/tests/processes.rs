@@ -361,7 +361,7 @@ async fn every_process_route_on(store: Store, template: &str) {
     let nowhere = app
         .post_json(&base, json!({"command": "true", "cwd": "/no/such/dir"}))
         .await;
-    assert_error("a cwd that does not exist", &nowhere, 404, "not_found");
+    assert_error("a cwd that does not exist", &nowhere, 404, "file_not_found");
     let other = "00000000-0000-4000-8000-000000000000";
     assert_error(
         "unknown sandbox",

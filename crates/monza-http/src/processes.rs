@@ -35,7 +35,7 @@ struct PidPath {
         (status = 201, description = "Started", body = ProcessResponse,
             headers(("Location" = String, description = "/api/sandboxes/{id}/processes/{pid}"))),
         (status = 400, description = "Malformed id or JSON, missing or empty `command`, relative `cwd`, bad env name, `output_limit_bytes` out of range", body = ErrorBody),
-        (status = 404, description = "Unknown sandbox, or its `cwd` does not exist", body = ErrorBody),
+        (status = 404, description = "Unknown sandbox (`not_found`), or its `cwd` does not exist or is not a directory (`file_not_found`)", body = ErrorBody),
         (status = 409, description = "The sandbox is not running, or has no agent (created without it, or the server runs with MONZA_AGENT=off)", body = ErrorBody),
         (status = 413, description = "Body over MONZA_MAX_COMMAND_BYTES (1 MiB by default)", body = ErrorBody),
         (status = 503, description = "The store, Docker or the sandbox's agent is unavailable (retry shortly)", body = ErrorBody),

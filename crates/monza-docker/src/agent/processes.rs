@@ -18,8 +18,8 @@ use monza_agent_protocol::{
     self as protocol, AttachRequest, MAX_CHUNK, Message, Program, Signal, Stream,
 };
 use monza_domain::{
-    Error, OutputSpan, OutputStream, ProcessEvent, ProcessEvents, ProcessExit, ProcessInfo,
-    ProcessRequest, ProcessSignal, Result, TerminalSize,
+    Error, FileProblem, OutputSpan, OutputStream, ProcessEvent, ProcessEvents, ProcessExit,
+    ProcessInfo, ProcessRequest, ProcessSignal, Result, TerminalSize,
 };
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -132,11 +132,16 @@ impl Agents {
                 if error.code == protocol::ErrorCode::Spawn
                     && matches!(error.errno, Some(ENOENT | ENOTDIR)) =>
             {
-                Err(Error::not_found(format!(
-                    "the working directory {} does not exist in the sandbox, or is not a \
-                     directory",
-                    request.workdir.as_deref().unwrap_or("(the agent's)")
-                )))
+                // `file_not_found`, not `not_found`: the sandbox is there, and a client must
+                // not take this for a sandbox that is gone.
+                Err(Error::file(
+                    FileProblem::NotFound,
+                    format!(
+                        "the working directory {} does not exist in the sandbox, or is not a \
+                         directory",
+                        request.workdir.as_deref().unwrap_or("(the agent's)")
+                    ),
+                ))
             }
             Message::Error { error, .. } => Err(reply_error(error, "starting the process")),
             other => Err(unexpected(&other)),
