@@ -221,6 +221,7 @@ impl Application {
         // waits for the client's delayed ACK, 40 ms per download (docs/BENCHMARKS.md).
         .tcp_nodelay(true)
         .shutdown_timeout(args.shutdown_timeout.as_secs())
+        .keep_alive(args.http_keep_alive)
         .listen(listener)?
         .run();
         let handle = server.handle();

@@ -318,6 +318,13 @@ impl ServeArgs {
     pub fn defaults() -> Self {
         #[derive(Parser)]
         struct Only {
+
+    /// How long an idle client connection is kept open for its next request. Longer than
+    /// the pauses of a client that thinks between calls (an agent waiting for its model):
+    /// a server that closes first races the client's next request on that connection,
+    /// which then fails without an answer.
+    #[arg(long, env = "MONZA_HTTP_KEEP_ALIVE", default_value = "75s", value_parser = parse_duration)]
+    pub http_keep_alive: Duration,
             #[command(flatten)]
             args: ServeArgs,
         }

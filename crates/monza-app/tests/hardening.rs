@@ -733,3 +733,41 @@ on_both_stores!(
     nul_bytes_in_every_text_field_are_a_400_and_nothing_runs_or_is_stored,
     execute_racing_delete_answers_200_or_409_only,
 );
+
+// --- Idle connections --------------------------------------------------------------------
+
+/// A client that pauses between two requests (an agent waiting for its model) reuses its
+/// connection: the server keeps it open well past actix's default of 5 s, which closed it
+/// under the client's next request, answered by nothing.
+#[tokio::test]
+async fn a_connection_idle_for_seconds_still_takes_the_next_request() {
+    let Some(app) = TestApp::spawn(Store::Sqlite, |_| {}).await else {
+        return;
+    };
+    let mut stream = tokio::net::TcpStream::connect(app.addr()).await.unwrap();
+    let request = b"GET /health HTTP/1.1\r\nHost: monza\r\n\r\n";
+    for round in 0..2 {
+        stream.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            while !answer.ends_with(b"{\"status\":\"ok\"}") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "round {round}: no answer within 10 s");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.ends_with("{\"status\":\"ok\"}"),
+            "round {round}: {text:?}"
+        );
+        if round == 0 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+        }
+    }
+    app.shutdown().await;
+}
