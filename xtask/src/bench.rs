@@ -40,10 +40,14 @@ the same container (docker-api's builder cannot express `CapDrop`/`PidsLimit`).
   bench writes a line into the FIFO from the host and times it to the client, vs the same
   through a raw attached exec. Then 200 executes of `echo ok` at once on one sandbox vs 200
   raw execs at once (each request's own latency; throughput in the targets).
-- **upload / download**: the multipart upload route and the download route vs the engine's
-  archive endpoints (`copy_file_into`, `copy_from`), same container. Peak RSS growth is the
+- **upload / download**: the multipart upload route (spooled to disk first), `PUT
+  …/files?path=` with a `Content-Length` (streamed straight in) and the download route vs the
+  engine's archive endpoints (`copy_file_into`, `copy_from`), same container. Peak RSS growth is the
   server's `VmHWM` after the transfer minus its `VmRSS` before it (the peak is reset
   through `/proc/PID/clear_refs` before each transfer).
+- **write / read 4 KiB at a path**: `PUT` and `GET …/files?path=` of a 4 KiB file (taken
+  whole by the sandbox agent, one frame each way) vs the engine's archive endpoints
+  (`copy_file_into`, `copy_from`), same container; the target is a p50 of 3 ms.
 - **archive in / out**: a tar of 1,000 files of 1 KiB in 10 directories, `PUT` and `GET
   …/files/archive` (checked, rewritten for the sandbox's user, streamed) vs the engine's
   archive endpoints that `docker cp` uses (`copy_to` of the same tar, `copy_from` of

@@ -155,6 +155,35 @@ pub struct FsMatch {
     pub text: String,
 }
 
+/// A whole small file written by the agent ([`crate::Message::WriteFile`]): a new file next
+/// to `path` renamed over it, so a reader sees the old bytes or the new ones, never a part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteFileRequest {
+    pub path: String,
+    /// Permission bits; absent: an existing regular file's, else 0644.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// Creates missing parent directories (0755), else a missing one is `ENOENT`.
+    pub parents: bool,
+}
+
+/// A small file read whole by the agent ([`crate::Message::ReadFile`]), following symlinks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadFileRequest {
+    pub path: String,
+    /// A larger file is not read: its answer has `complete: false` and no bytes.
+    pub max_bytes: u64,
+}
+
+/// The head of a [`crate::Message::FileContent`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileContent {
+    /// The file read (what `path` leads to), its size the bytes read when `complete`.
+    pub entry: FsEntry,
+    /// The bytes follow; `false`: the file is larger than `max_bytes`.
+    pub complete: bool,
+}
+
 /// What `monza-agent --fs` prints: the answer, or why there is none.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

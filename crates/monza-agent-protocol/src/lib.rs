@@ -27,7 +27,10 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 mod fs;
-pub use fs::{FsAnswer, FsEntry, FsKind, FsMatch, FsOutcome, FsRequest, WalkBudget};
+pub use fs::{
+    FileContent, FsAnswer, FsEntry, FsKind, FsMatch, FsOutcome, FsRequest, ReadFileRequest,
+    WalkBudget, WriteFileRequest,
+};
 
 /// The protocol version this crate speaks, stated in every frame and in the hello.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -74,6 +77,9 @@ mod kind {
     pub const FS: u8 = 0x1c;
     pub const FORGET: u8 = 0x1d;
     pub const FS_ANSWER: u8 = 0x36;
+    pub const WRITE_FILE: u8 = 0x1e;
+    pub const READ_FILE: u8 = 0x1f;
+    pub const FILE_CONTENT: u8 = 0x37;
 }
 
 /// The agent's first frame on every connection (id 0). Its layout (a JSON body in a frame of
@@ -510,6 +516,26 @@ pub enum Message {
         id: u64,
         answer: FsAnswer,
     },
+    /// Host → agent: create or replace the regular file `request.path` with `data` (a small
+    /// file, whole in one frame); answered by [`Message::FsAnswer`] (the file's entry) or one
+    /// [`Message::Error`].
+    WriteFile {
+        id: u64,
+        request: WriteFileRequest,
+        data: Vec<u8>,
+    },
+    /// Host → agent: the content of a small regular file; answered by
+    /// [`Message::FileContent`] or one [`Message::Error`].
+    ReadFile {
+        id: u64,
+        request: ReadFileRequest,
+    },
+    /// Agent → host: what was read (`data` is empty unless `content.complete`).
+    FileContent {
+        id: u64,
+        content: FileContent,
+        data: Vec<u8>,
+    },
 }
 
 impl Message {
@@ -540,7 +566,10 @@ impl Message {
             | Message::Resize { id, .. }
             | Message::Forget { id, .. }
             | Message::Fs { id, .. }
-            | Message::FsAnswer { id, .. } => *id,
+            | Message::FsAnswer { id, .. }
+            | Message::WriteFile { id, .. }
+            | Message::ReadFile { id, .. }
+            | Message::FileContent { id, .. } => *id,
         }
     }
 }
@@ -643,30 +672,12 @@ fn encode_inner(message: &Message, out: &mut Vec<u8>, start: usize) -> Result<()
         Message::Welcome(welcome) => json(out, kind::WELCOME, 0, welcome)?,
         Message::Exec { id, request } => {
             // Body: u32 JSON length, the JSON, then the raw stdin (if the JSON says so).
-            let frame = begin(out, kind::EXEC, *id);
-            let json_at = out.len();
-            out.extend_from_slice(&[0; 4]);
             let wire = ExecWire {
                 request,
                 stdin: request.stdin.is_some(),
             };
-            serde_json::to_writer(&mut *out, &wire)?;
-            let json_len = out.len() - json_at - 4;
-            let json_len = u32::try_from(json_len).map_err(|_| EncodeError::Oversized {
-                len: json_len,
-                max: MAX_FRAME_LEN,
-            })?;
-            out[json_at..json_at + 4].copy_from_slice(&json_len.to_be_bytes());
-            if let Some(stdin) = &request.stdin {
-                if out.len() - start + stdin.len() > MAX_FRAME_LEN + 4 {
-                    return Err(EncodeError::Oversized {
-                        len: out.len() - start + stdin.len() - 4,
-                        max: MAX_FRAME_LEN,
-                    });
-                }
-                out.extend_from_slice(stdin);
-            }
-            frame
+            let stdin = request.stdin.as_deref().unwrap_or_default();
+            json_and_bytes(out, start, kind::EXEC, *id, &wire, stdin)?
         }
         Message::Ping { id } => begin(out, kind::PING, *id),
         Message::Pause { id } => begin(out, kind::PAUSE, *id),
@@ -761,8 +772,58 @@ fn encode_inner(message: &Message, out: &mut Vec<u8>, start: usize) -> Result<()
         Message::Forget { id, pid } => json(out, kind::FORGET, *id, &PidBody { pid: *pid })?,
         Message::Fs { id, request } => json(out, kind::FS, *id, request)?,
         Message::FsAnswer { id, answer } => json(out, kind::FS_ANSWER, *id, answer)?,
+        Message::WriteFile { id, request, data } => {
+            json_and_bytes(out, start, kind::WRITE_FILE, *id, request, data)?
+        }
+        Message::ReadFile { id, request } => json(out, kind::READ_FILE, *id, request)?,
+        Message::FileContent { id, content, data } => {
+            json_and_bytes(out, start, kind::FILE_CONTENT, *id, content, data)?
+        }
     };
     finish(out, frame_start)
+}
+
+/// Begins a frame whose body is a u32 JSON length, the JSON, then raw bytes.
+fn json_and_bytes<T: Serialize>(
+    out: &mut Vec<u8>,
+    start: usize,
+    kind: u8,
+    id: u64,
+    meta: &T,
+    data: &[u8],
+) -> Result<usize, EncodeError> {
+    let frame = begin(out, kind, id);
+    let json_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    serde_json::to_writer(&mut *out, meta)?;
+    let json_len = out.len() - json_at - 4;
+    let json_len = u32::try_from(json_len).map_err(|_| EncodeError::Oversized {
+        len: json_len,
+        max: MAX_FRAME_LEN,
+    })?;
+    out[json_at..json_at + 4].copy_from_slice(&json_len.to_be_bytes());
+    if out.len() - start + data.len() > MAX_FRAME_LEN + 4 {
+        return Err(EncodeError::Oversized {
+            len: out.len() - start + data.len() - 4,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    out.extend_from_slice(data);
+    Ok(frame)
+}
+
+/// Splits a body made by [`json_and_bytes`] into its JSON and its bytes.
+fn split_json<'a>(body: &'a [u8], what: &str) -> Result<(&'a [u8], &'a [u8]), String> {
+    let Some((json_len, rest)) = body.split_first_chunk::<4>() else {
+        return Err(format!("{what} body shorter than its 4-byte JSON length"));
+    };
+    let json_len = u32::from_be_bytes(*json_len) as usize;
+    rest.split_at_checked(json_len).ok_or_else(|| {
+        format!(
+            "{what} JSON length {json_len} is past the body's end ({} bytes)",
+            rest.len()
+        )
+    })
 }
 
 #[derive(Serialize)]
@@ -866,16 +927,7 @@ pub fn decode_frame(frame: &[u8]) -> Result<Message, DecodeError> {
         kind::HELLO => Message::Hello(json(body, bad)?),
         kind::WELCOME => Message::Welcome(json(body, bad)?),
         kind::EXEC => {
-            let Some((json_len, rest)) = body.split_first_chunk::<4>() else {
-                return Err(bad("exec body shorter than its 4-byte JSON length".into()));
-            };
-            let json_len = u32::from_be_bytes(*json_len) as usize;
-            let Some((meta, stdin)) = rest.split_at_checked(json_len) else {
-                return Err(bad(format!(
-                    "exec JSON length {json_len} is past the body's end ({} bytes)",
-                    rest.len()
-                )));
-            };
+            let (meta, stdin) = split_json(body, "exec").map_err(bad)?;
             let wire: ExecWireOwned = json(meta, bad)?;
             let mut request = wire.request;
             if wire.stdin {
@@ -1009,6 +1061,33 @@ pub fn decode_frame(frame: &[u8]) -> Result<Message, DecodeError> {
             id,
             answer: json(body, bad)?,
         },
+        kind::WRITE_FILE => {
+            let (meta, data) = split_json(body, "write-file").map_err(bad)?;
+            Message::WriteFile {
+                id,
+                request: json(meta, bad)?,
+                data: data.to_vec(),
+            }
+        }
+        kind::READ_FILE => Message::ReadFile {
+            id,
+            request: json(body, bad)?,
+        },
+        kind::FILE_CONTENT => {
+            let (meta, data) = split_json(body, "file-content").map_err(bad)?;
+            let content: FileContent = json(meta, bad)?;
+            if !content.complete && !data.is_empty() {
+                return Err(bad(format!(
+                    "{} bytes after file content that says it is not included",
+                    data.len()
+                )));
+            }
+            Message::FileContent {
+                id,
+                content,
+                data: data.to_vec(),
+            }
+        }
         _ => return Err(DecodeError::UnknownKind { kind, id }),
     };
     Ok(message)

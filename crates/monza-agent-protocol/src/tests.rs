@@ -142,6 +142,48 @@ fn samples() -> Vec<Message> {
                 next_offset: None,
             },
         },
+        Message::WriteFile {
+            id: 26,
+            request: WriteFileRequest {
+                path: "/w/ a\\b.sh".into(),
+                mode: Some(0o755),
+                parents: true,
+            },
+            data: vec![0, 0xff, b'\n'],
+        },
+        Message::WriteFile {
+            id: 27,
+            request: WriteFileRequest {
+                path: "/w/empty".into(),
+                mode: None,
+                parents: false,
+            },
+            data: Vec::new(),
+        },
+        Message::ReadFile {
+            id: 28,
+            request: ReadFileRequest {
+                path: "/w/x".into(),
+                max_bytes: 1 << 20,
+            },
+        },
+        Message::FileContent {
+            id: 28,
+            content: FileContent {
+                entry: FsEntry {
+                    path: "/w/x".into(),
+                    kind: FsKind::File,
+                    size: 2,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    modified_ms: 1,
+                    link_target: None,
+                },
+                complete: true,
+            },
+            data: vec![0xfe, 0],
+        },
         Message::Resize {
             id: 23,
             pid: 42,
@@ -402,4 +444,67 @@ fn a_hello_without_a_token_still_decodes_and_debug_never_shows_the_token() {
     let shown = format!("{with:?}");
     assert!(!shown.contains("s3cret-token"), "{shown}");
     assert!(shown.contains("<redacted>"), "{shown}");
+}
+
+#[test]
+fn file_content_that_says_it_is_not_included_carries_no_bytes() {
+    let entry = FsEntry {
+        path: "/w/big".into(),
+        kind: FsKind::File,
+        size: 1 << 30,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        modified_ms: 0,
+        link_target: None,
+    };
+    let not_included = Message::FileContent {
+        id: 3,
+        content: FileContent {
+            entry: entry.clone(),
+            complete: false,
+        },
+        data: Vec::new(),
+    };
+    let frame = encode_to_vec(&not_included).unwrap();
+    assert_eq!(decode(&frame).unwrap().unwrap().0, not_included);
+    // The same head with bytes after it is refused, not read as content.
+    let mut lying = encode_to_vec(&Message::FileContent {
+        id: 3,
+        content: FileContent {
+            entry,
+            complete: false,
+        },
+        data: Vec::new(),
+    })
+    .unwrap();
+    lying.extend_from_slice(b"xy");
+    let len = u32::try_from(lying.len() - 4).unwrap();
+    lying[..4].copy_from_slice(&len.to_be_bytes());
+    assert!(matches!(
+        decode(&lying),
+        Err(DecodeError::BadBody {
+            kind: 0x37,
+            id: 3,
+            ..
+        })
+    ));
+    // A JSON length past the body's end is refused too.
+    let mut short = encode_to_vec(&Message::ReadFile {
+        id: 4,
+        request: ReadFileRequest {
+            path: "/x".into(),
+            max_bytes: 1,
+        },
+    })
+    .unwrap();
+    short[5] = 0x1e; // the kind of write-file, whose body starts with a JSON length
+    assert!(matches!(
+        decode(&short),
+        Err(DecodeError::BadBody {
+            kind: 0x1e,
+            id: 4,
+            ..
+        })
+    ));
 }

@@ -7,13 +7,14 @@
 
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use globset::{GlobBuilder, GlobMatcher};
 use monza_agent_protocol::{
-    ErrorCode, ErrorReply, FsAnswer, FsEntry, FsKind, FsMatch, FsRequest, MAX_FRAME_LEN, WalkBudget,
+    ErrorCode, ErrorReply, FileContent, FsAnswer, FsEntry, FsKind, FsMatch, FsRequest,
+    MAX_FRAME_LEN, ReadFileRequest, WalkBudget, WriteFileRequest,
 };
 use regex::bytes::{Regex, RegexBuilder};
 
@@ -106,6 +107,136 @@ pub fn run(request: FsRequest) -> Outcome<FsAnswer> {
             replace_all,
         ),
     }
+}
+
+/// Creates or replaces the regular file `request.path` with `data` ([`WriteFileRequest`]):
+/// a new file is written next to it and renamed over it, so a reader sees the old bytes or
+/// the new ones and a failure leaves the old file as it was. A directory there is `EISDIR`,
+/// never replaced.
+pub fn write_file(request: &WriteFileRequest, data: &[u8]) -> Outcome<FsAnswer> {
+    const WHAT: &str = "cannot write";
+    let path = Path::new(&request.path);
+    let (Some(dir), Some(_)) = (path.parent(), path.file_name()) else {
+        return Err(errno(rustix::io::Errno::ISDIR.raw_os_error(), WHAT, path));
+    };
+    let existing = match fs::symlink_metadata(path) {
+        Ok(meta) => Some(meta),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(os(&e, WHAT, path)),
+    };
+    if existing.as_ref().is_some_and(Metadata::is_dir) {
+        return Err(errno(rustix::io::Errno::ISDIR.raw_os_error(), WHAT, path));
+    }
+    // An existing file keeps its permission bits (a script stays executable).
+    let mode = request.mode.unwrap_or(match &existing {
+        Some(meta) if meta.is_file() => meta.mode() & 0o777,
+        _ => 0o644,
+    });
+    if existing.is_none() && request.parents {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|e| os(&e, "cannot make the directories of", path))?;
+    }
+    let temp = dir.join(temp_name("write"));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(|e| os(&e, WHAT, path))?;
+    let replaces = existing.is_some();
+    let written = (|| {
+        file.write_all(data)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        put_in_place(&temp, path, replaces)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&temp);
+        return Err(os(&e, WHAT, path));
+    }
+    let meta = file.metadata().map_err(|e| os(&e, "cannot stat", path))?;
+    Ok(FsAnswer::Entry {
+        entry: entry(path, &meta),
+    })
+}
+
+/// Moves the finished `temp` to `path`. Over an existing file the two are exchanged
+/// (`renameat2(RENAME_EXCHANGE)`, atomic like a rename) and the old one, now at `temp`,
+/// removed: ext4 flushes a new file's data to disk before a rename replaces another
+/// (`auto_da_alloc`), a millisecond or more per small write, and an exchange is no such
+/// replacement. A file system without exchanges gets the plain rename.
+fn put_in_place(temp: &Path, path: &Path, replaces: bool) -> io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    if replaces {
+        match renameat_with(CWD, temp, CWD, path, RenameFlags::EXCHANGE) {
+            Ok(()) => {
+                // The old file, now under the temporary name; nothing else refers to it.
+                let _ = fs::remove_file(temp);
+                return Ok(());
+            }
+            // Gone since the stat: nothing to exchange with.
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(
+                rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP,
+            ) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    fs::rename(temp, path)
+}
+
+/// Reads the regular file `request.path` (following symlinks) whole, unless it is larger
+/// than `request.max_bytes` ([`ReadFileRequest`]). A FIFO or device is not opened for
+/// good: the open does not block, and anything but a regular file is refused.
+pub fn read_file(request: &ReadFileRequest) -> Outcome<(FileContent, Vec<u8>)> {
+    const WHAT: &str = "cannot read";
+    let path = Path::new(&request.path);
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| os(&e, WHAT, path))?;
+    let meta = file.metadata().map_err(|e| os(&e, WHAT, path))?;
+    if meta.is_dir() {
+        return Err(errno(rustix::io::Errno::ISDIR.raw_os_error(), WHAT, path));
+    }
+    if !meta.is_file() {
+        return Err(errno(rustix::io::Errno::INVAL.raw_os_error(), WHAT, path));
+    }
+    let mut found = entry(path, &meta);
+    let too_large = FileContent {
+        entry: found.clone(),
+        complete: false,
+    };
+    if meta.len() > request.max_bytes {
+        return Ok((too_large, Vec::new()));
+    }
+    let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // One byte past the bound tells a file that grew since the stat.
+    file.take(request.max_bytes.saturating_add(1))
+        .read_to_end(&mut data)
+        .map_err(|e| os(&e, WHAT, path))?;
+    if data.len() as u64 > request.max_bytes {
+        return Ok((too_large, Vec::new()));
+    }
+    found.size = data.len() as u64;
+    Ok((
+        FileContent {
+            entry: found,
+            complete: true,
+        },
+        data,
+    ))
+}
+
+/// A name for a new file next to the one it will replace, unique in this agent's lifetime
+/// and across agents (the pid), short enough for any file system.
+fn temp_name(what: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(".monza-{what}.{}.{n}", std::process::id())
 }
 
 /// The error of a failed system call on `path`, with its errno.
@@ -706,11 +837,7 @@ fn replace_contents(path: &Path, meta: &Metadata, bytes: &[u8]) -> io::Result<()
 /// `None` when the new file cannot be made next to the old one.
 fn replace_by_rename(path: &Path, meta: &Metadata, bytes: &[u8]) -> Option<io::Result<()>> {
     let dir = path.parent()?;
-    let name = path.file_name()?.to_string_lossy();
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let temp = dir.join(format!(".{name}.monza-edit.{}.{stamp}", std::process::id()));
+    let temp = dir.join(temp_name("edit"));
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -998,6 +1125,92 @@ mod tests {
         assert_eq!(fs::metadata(&file).unwrap().mode() & 0o7777, 0o751);
         // Nothing is left behind in the directory.
         assert_eq!(fs::read_dir(path(&dir, "src")).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn writes_whole_files_atomically_keeping_the_mode_and_never_over_a_directory() {
+        let dir = tree();
+        let write = |rel: &str, data: &[u8], mode: Option<u32>, parents: bool| {
+            write_file(
+                &WriteFileRequest {
+                    path: path(&dir, rel),
+                    mode,
+                    parents,
+                },
+                data,
+            )
+        };
+        let Ok(FsAnswer::Entry { entry }) = write("run.sh", b"#!/bin/sh\n", Some(0o755), false)
+        else {
+            panic!("a new file was not written");
+        };
+        assert_eq!(
+            (entry.kind, entry.size, entry.mode),
+            (FsKind::File, 10, 0o755)
+        );
+        // Replaced without a mode: the mode stays; the bytes are the new ones.
+        let Ok(FsAnswer::Entry { entry }) = write("run.sh", b"x", None, false) else {
+            panic!("the file was not replaced");
+        };
+        assert_eq!((entry.size, entry.mode), (1, 0o755));
+        assert_eq!(fs::read(path(&dir, "run.sh")).unwrap(), b"x");
+        // A directory is never replaced; a missing parent is an error unless asked for.
+        assert_eq!(
+            code(write("src", b"x", None, true)),
+            (ErrorCode::Fs, Some(rustix::io::Errno::ISDIR.raw_os_error()))
+        );
+        assert!(fs::metadata(path(&dir, "src/main.rs")).is_ok());
+        assert_eq!(
+            code(write("new/deep/f", b"x", None, false)),
+            (ErrorCode::Fs, Some(rustix::io::Errno::NOENT.raw_os_error()))
+        );
+        assert!(write("new/deep/f", b"", None, true).is_ok());
+        assert_eq!(
+            fs::metadata(path(&dir, "new/deep")).unwrap().mode() & 0o777,
+            0o755
+        );
+        // No temporary file is left behind, whatever happened.
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".monza-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn reads_small_files_whole_and_refuses_what_would_block_or_is_too_large() {
+        let dir = tree();
+        let read = |rel: &str, max_bytes: u64| {
+            read_file(&ReadFileRequest {
+                path: path(&dir, rel),
+                max_bytes,
+            })
+        };
+        let (content, data) = read("src/main.rs", 1 << 20).unwrap();
+        assert!(content.complete);
+        assert_eq!(content.entry.size, data.len() as u64);
+        assert_eq!(data, fs::read(path(&dir, "src/main.rs")).unwrap());
+        let (content, data) = read("src/main.rs", 3).unwrap();
+        assert!(!content.complete && data.is_empty());
+        assert_eq!(
+            code(read("src", 10).map(|_| FsAnswer::Removed { removed: 0 })),
+            (ErrorCode::Fs, Some(rustix::io::Errno::ISDIR.raw_os_error()))
+        );
+        // A FIFO with no writer would block an open for reading: refused at once instead.
+        let fifo = path(&dir, "pipe");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            fifo.as_str(),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            code(read("pipe", 10).map(|_| FsAnswer::Removed { removed: 0 })),
+            (ErrorCode::Fs, Some(rustix::io::Errno::INVAL.raw_os_error()))
+        );
     }
 
     #[test]

@@ -182,6 +182,26 @@ impl From<String> for Ended {
 /// Says hello, waits for the welcome, then serves requests until the connection ends.
 /// `Ok` when the host closed it cleanly. A welcome resets the reconnection `backoff`; a host
 /// that closes without one leaves it growing; one that answers with an error refuses it.
+/// Does a request's work on a pooled thread (a file operation blocks on the file system
+/// while the connection's other requests go on) and sends the message it makes.
+fn answer_on_thread(
+    threads: &Arc<Threads>,
+    commands: &mut Vec<Done>,
+    outbox: &Arc<Outbox>,
+    name: &str,
+    id: u64,
+    work: impl FnOnce() -> Message + Send + 'static,
+) {
+    commands.retain(|handle| !handle.is_finished());
+    let sender = Arc::clone(outbox);
+    match threads.run(name, move || {
+        let _ = sender.send(&work());
+    }) {
+        Ok(handle) => commands.push(handle),
+        Err(e) => exec::refuse(id, ErrorCode::Spawn, format!("no thread: {e}"), outbox),
+    }
+}
+
 fn serve(
     stream: UnixStream,
     token: Option<&str>,
@@ -257,156 +277,162 @@ fn serve(
 
     let mut commands: Vec<Done> = Vec::new();
     let mut attach_threads: Vec<JoinHandle<()>> = Vec::new();
-    let result = loop {
-        let message = match read_message(&mut reader) {
-            Ok(Some(message)) => message,
-            Ok(None) => break Ok(()),
-            Err(ReadError::Decode(DecodeError::UnknownKind { kind, id })) => {
-                exec::refuse(
-                    id,
-                    ErrorCode::Unsupported,
-                    format!("this agent does not know frame kind {kind:#04x}"),
-                    &outbox,
-                );
-                continue;
-            }
-            Err(ReadError::Decode(e @ DecodeError::BadBody { id, .. })) => {
-                exec::refuse(id, ErrorCode::BadRequest, e.to_string(), &outbox);
-                continue;
-            }
-            Err(e) => break Err(Ended::Broken(e.to_string())),
-        };
-        match message {
-            Message::Exec { id, request } => {
-                commands.retain(|handle| !handle.is_finished());
-                if id == 0 {
+    let result =
+        loop {
+            let message = match read_message(&mut reader) {
+                Ok(Some(message)) => message,
+                Ok(None) => break Ok(()),
+                Err(ReadError::Decode(DecodeError::UnknownKind { kind, id })) => {
                     exec::refuse(
                         id,
-                        ErrorCode::BadRequest,
-                        "request id 0 is the connection's own".into(),
+                        ErrorCode::Unsupported,
+                        format!("this agent does not know frame kind {kind:#04x}"),
                         &outbox,
                     );
                     continue;
                 }
-                if !jobs.reserve(id) {
-                    exec::refuse(
-                        id,
-                        ErrorCode::BadRequest,
-                        format!("request id {id} is already running"),
-                        &outbox,
-                    );
+                Err(ReadError::Decode(e @ DecodeError::BadBody { id, .. })) => {
+                    exec::refuse(id, ErrorCode::BadRequest, e.to_string(), &outbox);
                     continue;
                 }
-                let spawned = {
-                    let (outbox, jobs) = (Arc::clone(&outbox), Arc::clone(&jobs));
-                    threads.run("exec", move || exec::run(id, request, &outbox, &jobs))
-                };
-                match spawned {
-                    Ok(handle) => commands.push(handle),
-                    Err(e) => {
-                        jobs.remove(id);
-                        exec::refuse(id, ErrorCode::Spawn, format!("no thread: {e}"), &outbox);
+                Err(e) => break Err(Ended::Broken(e.to_string())),
+            };
+            match message {
+                Message::Exec { id, request } => {
+                    commands.retain(|handle| !handle.is_finished());
+                    if id == 0 {
+                        exec::refuse(
+                            id,
+                            ErrorCode::BadRequest,
+                            "request id 0 is the connection's own".into(),
+                            &outbox,
+                        );
+                        continue;
+                    }
+                    if !jobs.reserve(id) {
+                        exec::refuse(
+                            id,
+                            ErrorCode::BadRequest,
+                            format!("request id {id} is already running"),
+                            &outbox,
+                        );
+                        continue;
+                    }
+                    let spawned = {
+                        let (outbox, jobs) = (Arc::clone(&outbox), Arc::clone(&jobs));
+                        threads.run("exec", move || exec::run(id, request, &outbox, &jobs))
+                    };
+                    match spawned {
+                        Ok(handle) => commands.push(handle),
+                        Err(e) => {
+                            jobs.remove(id);
+                            exec::refuse(id, ErrorCode::Spawn, format!("no thread: {e}"), &outbox);
+                        }
                     }
                 }
-            }
-            Message::Ping { id } => {
-                let _ = outbox.send(&Message::Pong { id });
-            }
-            Message::Pause { id } => jobs.pause(id, true),
-            Message::Resume { id } => jobs.pause(id, false),
-            Message::Signal { id, signal } => {
-                if !jobs.signal(id, signal) {
-                    exec::refuse(
-                        id,
-                        ErrorCode::NotFound,
-                        format!("request id {id} runs nothing"),
-                        &outbox,
-                    );
+                Message::Ping { id } => {
+                    let _ = outbox.send(&Message::Pong { id });
                 }
-            }
-            Message::Start { id, request } => {
-                let answer = match processes.start(request) {
-                    Ok(started) => Message::Started { id, started },
-                    Err(error) => Message::Error { id, error },
-                };
-                let _ = outbox.send(&answer);
-            }
-            Message::List { id } => {
-                let list = processes.list();
-                let _ = outbox.send(&Message::Processes { id, list });
-            }
-            Message::Attach { id, request } => {
-                attach_threads.retain(|handle| !handle.is_finished());
-                match processes.attach(id, &request, &outbox, &attaches) {
-                    Ok(handle) => attach_threads.push(handle),
-                    Err(error) => {
+                Message::Pause { id } => jobs.pause(id, true),
+                Message::Resume { id } => jobs.pause(id, false),
+                Message::Signal { id, signal } => {
+                    if !jobs.signal(id, signal) {
+                        exec::refuse(
+                            id,
+                            ErrorCode::NotFound,
+                            format!("request id {id} runs nothing"),
+                            &outbox,
+                        );
+                    }
+                }
+                Message::Start { id, request } => {
+                    let answer = match processes.start(request) {
+                        Ok(started) => Message::Started { id, started },
+                        Err(error) => Message::Error { id, error },
+                    };
+                    let _ = outbox.send(&answer);
+                }
+                Message::List { id } => {
+                    let list = processes.list();
+                    let _ = outbox.send(&Message::Processes { id, list });
+                }
+                Message::Attach { id, request } => {
+                    attach_threads.retain(|handle| !handle.is_finished());
+                    match processes.attach(id, &request, &outbox, &attaches) {
+                        Ok(handle) => attach_threads.push(handle),
+                        Err(error) => {
+                            let _ = outbox.send(&Message::Error { id, error });
+                        }
+                    }
+                }
+                Message::Detach { id } => {
+                    if !attaches.detach(id) {
+                        exec::refuse(id, ErrorCode::NotFound, format!("no attach {id}"), &outbox);
+                    }
+                }
+                Message::Stdin {
+                    id,
+                    pid,
+                    close,
+                    data,
+                } => {
+                    if let Err(error) = processes.stdin(id, pid, data, close, &outbox) {
                         let _ = outbox.send(&Message::Error { id, error });
                     }
                 }
-            }
-            Message::Detach { id } => {
-                if !attaches.detach(id) {
-                    exec::refuse(id, ErrorCode::NotFound, format!("no attach {id}"), &outbox);
+                Message::SignalProcess { id, pid, signal } => {
+                    let answer = match processes.signal(pid, signal) {
+                        Ok(()) => Message::Ok { id },
+                        Err(error) => Message::Error { id, error },
+                    };
+                    let _ = outbox.send(&answer);
                 }
-            }
-            Message::Stdin {
-                id,
-                pid,
-                close,
-                data,
-            } => {
-                if let Err(error) = processes.stdin(id, pid, data, close, &outbox) {
-                    let _ = outbox.send(&Message::Error { id, error });
-                }
-            }
-            Message::SignalProcess { id, pid, signal } => {
-                let answer = match processes.signal(pid, signal) {
-                    Ok(()) => Message::Ok { id },
-                    Err(error) => Message::Error { id, error },
-                };
-                let _ = outbox.send(&answer);
-            }
-            Message::Fs { id, request } => {
-                commands.retain(|handle| !handle.is_finished());
-                let spawned = {
-                    let outbox = Arc::clone(&outbox);
-                    threads.run("fs", move || {
-                        let answer = match fs::run(request) {
+                Message::Fs { id, request } => {
+                    answer_on_thread(threads, &mut commands, &outbox, "fs", id, move || {
+                        match fs::run(request) {
                             Ok(answer) => Message::FsAnswer { id, answer },
                             Err(error) => Message::Error { id, error },
-                        };
-                        let _ = outbox.send(&answer);
-                    })
-                };
-                match spawned {
-                    Ok(handle) => commands.push(handle),
-                    Err(e) => {
-                        exec::refuse(id, ErrorCode::Spawn, format!("no thread: {e}"), &outbox);
-                    }
+                        }
+                    });
                 }
+                Message::WriteFile { id, request, data } => {
+                    answer_on_thread(threads, &mut commands, &outbox, "write", id, move || {
+                        match fs::write_file(&request, &data) {
+                            Ok(answer) => Message::FsAnswer { id, answer },
+                            Err(error) => Message::Error { id, error },
+                        }
+                    });
+                }
+                Message::ReadFile { id, request } => {
+                    answer_on_thread(threads, &mut commands, &outbox, "read", id, move || {
+                        match fs::read_file(&request) {
+                            Ok((content, data)) => Message::FileContent { id, content, data },
+                            Err(error) => Message::Error { id, error },
+                        }
+                    });
+                }
+                Message::Forget { id, pid } => {
+                    let answer = match processes.forget(pid) {
+                        Ok(()) => Message::Ok { id },
+                        Err(error) => Message::Error { id, error },
+                    };
+                    let _ = outbox.send(&answer);
+                }
+                Message::Resize { id, pid, size } => {
+                    let answer = match processes.resize(pid, size) {
+                        Ok(()) => Message::Ok { id },
+                        Err(error) => Message::Error { id, error },
+                    };
+                    let _ = outbox.send(&answer);
+                }
+                other => exec::refuse(
+                    other.id(),
+                    ErrorCode::BadRequest,
+                    "the agent does not accept this message from the host".into(),
+                    &outbox,
+                ),
             }
-            Message::Forget { id, pid } => {
-                let answer = match processes.forget(pid) {
-                    Ok(()) => Message::Ok { id },
-                    Err(error) => Message::Error { id, error },
-                };
-                let _ = outbox.send(&answer);
-            }
-            Message::Resize { id, pid, size } => {
-                let answer = match processes.resize(pid, size) {
-                    Ok(()) => Message::Ok { id },
-                    Err(error) => Message::Error { id, error },
-                };
-                let _ = outbox.send(&answer);
-            }
-            other => exec::refuse(
-                other.id(),
-                ErrorCode::BadRequest,
-                "the agent does not accept this message from the host".into(),
-                &outbox,
-            ),
-        }
-    };
+        };
 
     // Whatever ended the connection, its commands end with it.
     outbox.close();

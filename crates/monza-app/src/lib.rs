@@ -174,6 +174,7 @@ impl Application {
                         timeout: args.file_walk_timeout,
                     },
                     max_results: args.file_max_results,
+                    max_batch_bytes: args.file_batch_max_bytes,
                     ..FileLimits::default()
                 },
                 ..ServiceConfig::default()
@@ -220,8 +221,8 @@ impl Application {
         // actix keeps the OS default (Nagle on): a streamed response's small header write then
         // waits for the client's delayed ACK, 40 ms per download (docs/BENCHMARKS.md).
         .tcp_nodelay(true)
-        .shutdown_timeout(args.shutdown_timeout.as_secs())
         .keep_alive(args.http_keep_alive)
+        .shutdown_timeout(args.shutdown_timeout.as_secs())
         .listen(listener)?
         .run();
         let handle = server.handle();

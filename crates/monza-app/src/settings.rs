@@ -290,9 +290,16 @@ pub struct ServeArgs {
     #[arg(long, env = "MONZA_FILE_WALK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub file_walk_timeout: Duration,
 
-    /// Most results one search or glob answers (also their default).
+    /// Most results one search or glob answers (also their default); also the most files
+    /// one batch upload or batch read takes.
     #[arg(long, env = "MONZA_FILE_MAX_RESULTS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub file_max_results: u64,
+
+    /// Most bytes of content one batch read answers, its files together (they travel
+    /// base64-encoded in one JSON body); a file past it is answered `too_large`, to be read
+    /// alone.
+    #[arg(long, env = "MONZA_FILE_BATCH_MAX_BYTES", default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=1024 * 1024 * 1024))]
+    pub file_batch_max_bytes: u64,
 
     /// Output bytes a background process keeps per stream inside its sandbox when its start
     /// does not say (`output_limit_bytes`); the oldest are dropped first.
@@ -311,13 +318,6 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight requests.
     #[arg(long, env = "MONZA_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
-}
-
-impl ServeArgs {
-    /// The defaults, as if no flag and no variable were given.
-    pub fn defaults() -> Self {
-        #[derive(Parser)]
-        struct Only {
 
     /// How long an idle client connection is kept open for its next request. Longer than
     /// the pauses of a client that thinks between calls (an agent waiting for its model):
@@ -325,6 +325,13 @@ impl ServeArgs {
     /// which then fails without an answer.
     #[arg(long, env = "MONZA_HTTP_KEEP_ALIVE", default_value = "75s", value_parser = parse_duration)]
     pub http_keep_alive: Duration,
+}
+
+impl ServeArgs {
+    /// The defaults, as if no flag and no variable were given.
+    pub fn defaults() -> Self {
+        #[derive(Parser)]
+        struct Only {
             #[command(flatten)]
             args: ServeArgs,
         }

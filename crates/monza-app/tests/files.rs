@@ -6,6 +6,7 @@
 #[macro_use]
 mod support;
 
+use monza_app::settings::AgentMode;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{Store, TestApp, assert_error};
@@ -27,10 +28,29 @@ async fn sh(app: &TestApp, id: &str, command: &str) -> String {
 
 #[tokio::test]
 async fn exact_path_files_belong_to_the_sandboxs_user_and_are_never_guessed() {
-    let Some(app) = TestApp::spawn(Store::Sqlite, |_| {}).await else {
+    exact_path_files(AgentMode::On, "busybox-user", "dev").await;
+}
+
+/// The same through the engine's archive endpoint alone (no agent to take small files).
+#[tokio::test]
+async fn exact_path_files_through_the_engine_alone() {
+    exact_path_files(AgentMode::Off, "busybox-user", "dev").await;
+}
+
+/// The same on a Debian image (glibc, coreutils) whose user is `vscode`, as the official
+/// devcontainer images have.
+#[tokio::test]
+async fn exact_path_files_on_a_debian_image_with_its_vscode_user() {
+    exact_path_files(AgentMode::On, "debian-user", "vscode").await;
+}
+
+/// Small files go through the agent when it runs (as the sandbox's user) and through the
+/// engine otherwise; the answers, owners and modes are the same either way.
+async fn exact_path_files(agent: AgentMode, template: &str, user: &str) {
+    let Some(app) = TestApp::spawn(Store::Sqlite, |args| args.agent = agent).await else {
         return;
     };
-    let sandbox = app.create(json!({"template": "busybox-user"})).await;
+    let sandbox = app.create(json!({ "template": template })).await;
     assert_eq!(sandbox["status"], "running", "{sandbox}");
     let id = sandbox["id"].as_str().unwrap().to_owned();
 
@@ -42,7 +62,7 @@ async fn exact_path_files_belong_to_the_sandboxs_user_and_are_never_guessed() {
             "id -un; stat -c '%U %a' /workspaces/app; touch /workspaces/app/mine"
         )
         .await,
-        "dev\ndev 755\n"
+        format!("{user}\n{user} 755\n")
     );
 
     // A new file with a mode; its content and owner as asked.
@@ -65,7 +85,7 @@ async fn exact_path_files_belong_to_the_sandboxs_user_and_are_never_guessed() {
             "/workspaces/app/run.sh; stat -c '%U %G %a' /workspaces/app/run.sh"
         )
         .await,
-        "hi\ndev dev 755\n"
+        format!("hi\n{user} {user} 755\n")
     );
     // Replaced without a mode: the mode stays.
     let (status, body) = put(
@@ -98,7 +118,54 @@ async fn exact_path_files_belong_to_the_sandboxs_user_and_are_never_guessed() {
             "cd /tmp && stat -c '%n %U %a' . new new/deep new/deep/f.txt && echo more >> new/deep/f.txt"
         )
         .await,
-        ". root 1777\nnew dev 755\nnew/deep dev 755\nnew/deep/f.txt dev 644\n"
+        format!(". root 1777\nnew {user} 755\nnew/deep {user} 755\nnew/deep/f.txt {user} 644\n")
+    );
+
+    // A directory the user may not write (root's /etc): the write is done all the same, as
+    // before the agent took small files, and the file is the user's.
+    let (status, body) = put(&app, &id, "path=/etc/monza-note.txt", b"note").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        sh(
+            &app,
+            &id,
+            "stat -c '%U %a' /etc/monza-note.txt; cat /etc/monza-note.txt"
+        )
+        .await,
+        format!("{user} 644\nnote")
+    );
+    // A file larger than what the agent takes whole streams through the engine both ways.
+    let big: Vec<u8> = (0..(3u32 << 20) / 4).flat_map(u32::to_le_bytes).collect();
+    let (status, body) = app
+        .send(
+            app.client
+                .put(app.url(&format!(
+                    "/api/sandboxes/{id}/files?path=/workspaces/app/big.bin"
+                )))
+                .body(big.clone()),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["size"]),
+        (StatusCode::OK, &json!(big.len())),
+        "{body}"
+    );
+    let back = app
+        .client
+        .get(app.url(&format!(
+            "/api/sandboxes/{id}/files?path=/workspaces/app/big.bin"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), StatusCode::OK);
+    assert!(
+        back.bytes().await.unwrap() == big,
+        "the big file came back changed"
+    );
+    assert_eq!(
+        sh(&app, &id, "stat -c '%U %s' /workspaces/app/big.bin").await,
+        format!("{user} {}\n", big.len())
     );
 
     // Never destroy, never guess.
@@ -983,7 +1050,12 @@ async fn archives_round_trip_and_refuse_hostile_entries(store: Store) {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "{:?}",
+        response.headers()
+    );
     assert_eq!(response.headers()["content-type"], "application/x-tar");
     let bytes = response.bytes().await.unwrap();
     let mut archive = tar::Archive::new(&bytes[..]);
@@ -1010,6 +1082,54 @@ async fn archives_round_trip_and_refuse_hostile_entries(store: Store) {
     ] {
         assert!(seen.contains(&want), "{want:?} missing from {seen:?}");
     }
+
+    // gzip on request: the same tar, compressed.
+    let response = app
+        .client
+        .get(app.url(&format!("/api/sandboxes/{id}/files/archive")))
+        .query(&[("path", format!("{w}/tree")), ("gzip", "true".to_owned())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/gzip");
+    assert!(
+        response.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("tree.tar.gz"),
+        "{:?}",
+        response.headers()
+    );
+    let compressed = response.bytes().await.unwrap();
+    assert!(
+        compressed.len() < bytes.len(),
+        "gzip made the tar no smaller"
+    );
+    let mut unzipped = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&compressed[..]),
+        &mut unzipped,
+    )
+    .unwrap();
+    let mut paths: Vec<String> = tar::Archive::new(&unzipped[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    paths.sort();
+    let mut want: Vec<String> = seen.iter().map(|(path, _, _)| path.clone()).collect();
+    want.sort();
+    assert_eq!(paths, want);
+    assert_error(
+        "gzip that is not a flag",
+        &app.get_json(&format!(
+            "/api/sandboxes/{id}/files/archive?path={w}/tree&gzip=yes"
+        ))
+        .await,
+        400,
+        "invalid_input",
+    );
 
     // Hostile archives: refused, nothing written.
     sh(
@@ -1113,4 +1233,225 @@ fn sha256_hex(data: &[u8]) -> String {
         .collect()
 }
 
-on_both_stores!(archives_round_trip_and_refuse_hostile_entries);
+on_both_stores!(
+    archives_round_trip_and_refuse_hostile_entries,
+    batches_answer_each_file_on_its_own
+);
+
+/// A multipart form of `(filename, content)` parts, all named `file`.
+fn batch_form(files: &[(&str, &[u8])]) -> reqwest::multipart::Form {
+    files
+        .iter()
+        .fold(reqwest::multipart::Form::new(), |form, (name, data)| {
+            form.part(
+                "file",
+                reqwest::multipart::Part::bytes(data.to_vec()).file_name(name.to_string()),
+            )
+        })
+}
+
+async fn upload_batch(
+    app: &TestApp,
+    id: &str,
+    query: &str,
+    form: reqwest::multipart::Form,
+) -> (StatusCode, Value) {
+    app.send(
+        app.client
+            .post(app.url(&format!("/api/sandboxes/{id}/files/batch/upload?{query}")))
+            .multipart(form),
+    )
+    .await
+}
+
+async fn download_batch(app: &TestApp, id: &str, body: Value) -> (StatusCode, Value) {
+    app.send(
+        app.client
+            .post(app.url(&format!("/api/sandboxes/{id}/files/batch/download")))
+            .json(&body),
+    )
+    .await
+}
+
+/// Many files in one request each way: each gets its own answer in the order sent, a
+/// refused one does not stop the others, and a malformed request writes nothing.
+async fn batches_answer_each_file_on_its_own(store: Store) {
+    let Some(app) = TestApp::spawn(store, |_| {}).await else {
+        return;
+    };
+    let sandbox = app.create(json!({"template": "busybox-user"})).await;
+    assert_eq!(sandbox["status"], "running", "{sandbox}");
+    let id = sandbox["id"].as_str().unwrap().to_owned();
+    let w = "/workspaces/app";
+    sh(&app, &id, &format!("mkdir {w}/dir && echo x > {w}/plain")).await;
+
+    let big = vec![b'b'; (1 << 20) + 3];
+    let form = batch_form(&[
+        (&format!("{w}/src/a.txt"), b"alpha"),
+        (&format!("{w}/dir"), b"over a directory"),
+        (&format!("{w}/plain/under"), b"under a file"),
+        ("relative.txt", b"no"),
+        (&format!("{w}/src/ b\\c.txt "), b"exact name"),
+        (&format!("{w}/src/big.bin"), &big),
+        ("/etc/hosts", b"never"),
+    ]);
+    let (status, body) = upload_batch(&app, &id, "parents=true", form).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let results = body["results"].as_array().unwrap();
+    let codes: Vec<(&str, &Value)> = results
+        .iter()
+        .map(|r| (r["path"].as_str().unwrap(), &r["error"]["code"]))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (&*format!("{w}/src/a.txt"), &Value::Null),
+            (&*format!("{w}/dir"), &json!("is_directory")),
+            (&*format!("{w}/plain/under"), &json!("not_a_directory")),
+            ("relative.txt", &json!("invalid_input")),
+            (&*format!("{w}/src/ b\\c.txt "), &Value::Null),
+            (&*format!("{w}/src/big.bin"), &Value::Null),
+            ("/etc/hosts", &json!("invalid_input")),
+        ],
+        "{body}"
+    );
+    assert_eq!(
+        (
+            &results[0]["size"],
+            &results[0]["mode"],
+            &results[0]["error"]
+        ),
+        (&json!(5), &json!("0644"), &Value::Null)
+    );
+    assert_eq!(results[5]["size"], json!(big.len()));
+    assert_eq!(
+        sh(
+            &app,
+            &id,
+            &format!(
+                "cd {w} && cat src/a.txt && echo && cat 'src/ b\\c.txt ' && echo && \
+                 stat -c '%U %s' src src/big.bin && ls dir && cat plain"
+            )
+        )
+        .await,
+        format!("alpha\nexact name\ndev 4096\ndev {}\nx\n", big.len())
+    );
+
+    // Without `parents`, a missing directory is that file's error alone.
+    let form = batch_form(&[
+        (&format!("{w}/new/x"), b"x"),
+        (&format!("{w}/src/a.txt"), b"again"),
+    ]);
+    let (status, body) = upload_batch(&app, &id, "mode=600", form).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["results"][0]["error"]["code"], "file_not_found",
+        "{body}"
+    );
+    assert_eq!(body["results"][1]["mode"], "0600", "{body}");
+
+    // A malformed request writes nothing at all.
+    let form = batch_form(&[(&format!("{w}/first.txt"), b"1")]).text("path", "/x");
+    assert_error(
+        "a field that is not a file",
+        &upload_batch(&app, &id, "", form).await,
+        400,
+        "invalid_input",
+    );
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"1".to_vec()).file_name(format!("{w}/first.txt")),
+        )
+        .part("file", reqwest::multipart::Part::bytes(b"2".to_vec()));
+    assert_error(
+        "a file without a name",
+        &upload_batch(&app, &id, "", form).await,
+        400,
+        "invalid_input",
+    );
+    assert_error(
+        "no file",
+        &upload_batch(&app, &id, "", reqwest::multipart::Form::new()).await,
+        400,
+        "invalid_input",
+    );
+    assert_error(
+        "an unknown parameter",
+        &upload_batch(
+            &app,
+            &id,
+            "parent=true",
+            batch_form(&[(&format!("{w}/first.txt"), b"1")]),
+        )
+        .await,
+        400,
+        "invalid_input",
+    );
+    assert_eq!(
+        sh(&app, &id, &format!("ls {w}/first.txt 2>&1 || true")).await,
+        format!("ls: {w}/first.txt: No such file or directory\n")
+    );
+
+    // Reads: content or error per path, in order.
+    let (status, body) = download_batch(
+        &app,
+        &id,
+        json!({"paths": [
+            format!("{w}/src/a.txt"),
+            format!("{w}/missing"),
+            format!("{w}/dir"),
+            "relative",
+            format!("{w}/src/big.bin"),
+        ]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(
+        (
+            &results[0]["content_base64"],
+            &results[0]["size"],
+            &results[0]["mode"]
+        ),
+        (&json!("YWdhaW4="), &json!(5), &json!("0600")),
+        "{body}"
+    );
+    let codes: Vec<&Value> = results.iter().map(|r| &r["error"]["code"]).collect();
+    assert_eq!(
+        codes,
+        [
+            &Value::Null,
+            &json!("file_not_found"),
+            &json!("is_directory"),
+            &json!("invalid_input"),
+            &Value::Null
+        ],
+        "{body}"
+    );
+    use base64::Engine as _;
+    let back = base64::engine::general_purpose::STANDARD
+        .decode(results[4]["content_base64"].as_str().unwrap())
+        .unwrap();
+    assert!(back == big, "the big file came back changed");
+    for (what, request) in [
+        ("no path", json!({"paths": []})),
+        ("not a list", json!({"paths": "/x"})),
+        ("an unknown field", json!({"paths": ["/x"], "follow": true})),
+    ] {
+        assert_error(
+            what,
+            &download_batch(&app, &id, request).await,
+            400,
+            "invalid_input",
+        );
+    }
+    let unknown = "00000000-0000-4000-8000-000000000000";
+    assert_error(
+        "an unknown sandbox",
+        &download_batch(&app, unknown, json!({"paths": ["/x"]})).await,
+        404,
+        "not_found",
+    );
+    app.shutdown().await;
+}

@@ -134,6 +134,9 @@ async fn the_readme_api_examples_work_as_written() {
         r#"{"path":"/workspace/notes","removed":3}"#,
         r#"{"path":"/workspace/tree","files":1,"directories":2,"links":1,"bytes":11}"#,
         "./latest -> src/a.txt",
+        "./ ./empty/ ./latest ./src/ ./src/a.txt \n",
+        r#"{"results":[{"path":"/workspace/batch/a.txt","size":11,"mode":"0644"},{"path":"/workspace/batch/deep/b.txt","size":11,"mode":"0644"}]}"#,
+        r#"{"path":"/workspace/batch/deep/b.txt","size":11,"mode":"0644","content_base64":"aGVsbG8gdHJlZQo="}]}"#,
     ] {
         assert!(stdout.contains(answer), "{answer} missing:\n{stdout}");
     }

@@ -474,6 +474,7 @@ fn test_templates_pass_the_check() {
             "ok busybox-ports (image monza-test/busybox:latest)",
             "ok busybox-user (image monza-test/busybox:latest)",
             "ok debian (image monza-test/debian:bookworm)",
+            "ok debian-user (image monza-test/debian:bookworm)",
         ]
     );
 }

@@ -21,8 +21,11 @@ use monza_domain::{
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use monza_agent_protocol::{FsAnswer, FsKind, ReadFileRequest, WriteFileRequest};
+
 use crate::engine::query_value;
 use crate::error::{Failure, bounded};
+use crate::fsops::file_entry;
 use crate::owner::{Owner, UserSpec};
 use crate::runtime::DockerRuntime;
 
@@ -116,6 +119,10 @@ impl DockerRuntime {
         let target = format!("/{entry}");
         let facts = self.facts(container_id).await?;
         refuse_tmpfs(&facts, &target)?;
+        let file = match self.write_by_agent(container_id, &target, file).await? {
+            Ok(written) => return Ok(written),
+            Err(file) => file,
+        };
         let owner = self
             .owner(container_id, &facts, file.options.user.as_deref())
             .await?;
@@ -467,6 +474,9 @@ impl DockerRuntime {
     ) -> Result<FileDownload> {
         let facts = self.facts(container_id).await?;
         refuse_tmpfs(&facts, path)?;
+        if let Some(download) = self.read_by_agent(container_id, path).await {
+            return Ok(download);
+        }
         let mut target = path.to_owned();
         let mut stat = self.path_stat(container_id, &target).await?;
         let mut hops = 0;
@@ -511,6 +521,119 @@ impl DockerRuntime {
             content: reader.content(size, self.settings.host.clone()),
         })
     }
+}
+
+/// The largest file written or read whole through the agent's connection (one frame, in
+/// memory); a larger one streams through the engine's archive endpoint.
+pub(crate) const AGENT_FILE_MAX: u64 = 1 << 20;
+
+impl DockerRuntime {
+    /// Writes a small file through the agent, connected as the file's owner: one frame and
+    /// a rename inside the sandbox instead of a tar through the engine. `Err(file)` (its
+    /// content still whole) when the engine must do it: a larger file, no agent connected
+    /// as that user, or any refusal, which the engine's path answers the same way whether
+    /// or not an agent is connected (it writes as root, so a directory the user cannot
+    /// write is no refusal there).
+    async fn write_by_agent(
+        &self,
+        container_id: &str,
+        target: &str,
+        file: UploadFile,
+    ) -> Result<std::result::Result<FileStat, UploadFile>> {
+        if file.size > AGENT_FILE_MAX || self.agents.get(container_id).is_none() {
+            return Ok(Err(file));
+        }
+        let UploadFile {
+            name,
+            size,
+            content,
+            options,
+        } = file;
+        let data = collect(content, size).await?;
+        let request = WriteFileRequest {
+            path: target.to_owned(),
+            mode: options.mode,
+            parents: options.create_parents,
+        };
+        let reply = self
+            .agents
+            .write_file(
+                container_id,
+                options.user.as_deref(),
+                request,
+                data.to_vec(),
+                self.settings.request_timeout,
+            )
+            .await;
+        match reply {
+            Some(Ok(Ok(FsAnswer::Entry { entry }))) if entry.kind == FsKind::File => {
+                Ok(Ok(FileStat {
+                    name,
+                    ..file_entry(entry).stat
+                }))
+            }
+            other => {
+                if let Some(Err(e)) = &other {
+                    tracing::debug!(error = %e, "the agent did not write {target}; the engine will");
+                }
+                Ok(Err(UploadFile {
+                    name,
+                    size,
+                    content: futures::stream::once(std::future::ready(Ok(data))).boxed(),
+                    options,
+                }))
+            }
+        }
+    }
+
+    /// A small file read whole through the connected agent; `None` when the engine must
+    /// read it (a larger file, no agent connected, anything the agent could not read, as
+    /// the sandbox's user, that the engine, as root, may).
+    async fn read_by_agent(&self, container_id: &str, path: &str) -> Option<FileDownload> {
+        let request = ReadFileRequest {
+            path: path.to_owned(),
+            max_bytes: AGENT_FILE_MAX,
+        };
+        let reply = self
+            .agents
+            .read_file(container_id, request, self.settings.request_timeout)
+            .await?;
+        match reply {
+            Ok(Ok((content, data))) if content.complete && content.entry.kind == FsKind::File => {
+                let stat = file_entry(content.entry).stat;
+                let data = Bytes::from(data);
+                Some(FileDownload {
+                    stat,
+                    content: futures::stream::once(std::future::ready(Ok(data))).boxed(),
+                })
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the agent did not read {path}; the engine will");
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Exactly `size` bytes of an upload's content, in memory (`size` is small).
+async fn collect(mut content: ByteStream, size: u64) -> Result<Bytes> {
+    let mut data = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
+    while let Some(chunk) = content.next().await {
+        data.extend_from_slice(&chunk?);
+        if data.len() as u64 > size {
+            return Err(Error::invalid(format!(
+                "upload content is longer than its announced size of {size} bytes"
+            )));
+        }
+    }
+    if data.len() as u64 != size {
+        return Err(Error::invalid(format!(
+            "upload content ended after {} of its announced {size} bytes",
+            data.len()
+        )));
+    }
+    Ok(data.freeze())
 }
 
 /// The client's mistake behind an engine refusal on the archive endpoint, if it is one: the

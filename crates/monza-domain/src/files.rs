@@ -28,6 +28,8 @@ pub struct FileLimits {
     pub max_results: u64,
     /// Most lines one read by lines answers.
     pub max_lines: u64,
+    /// Most bytes of content one batch read answers, its files together.
+    pub max_batch_bytes: u64,
 }
 
 /// Lines a read by lines answers when the request does not say (what DeepAgents reads).
@@ -43,6 +45,7 @@ impl Default for FileLimits {
             max_list_entries: 10_000,
             max_results: 1_000,
             max_lines: 100_000,
+            max_batch_bytes: 16 * 1024 * 1024,
         }
     }
 }

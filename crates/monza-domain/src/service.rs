@@ -736,19 +736,9 @@ impl SandboxService {
         path: &str,
         file: UploadFile,
     ) -> Result<(String, FileStat)> {
-        let path = paths::sandbox_path("path", path)?;
-        let Some((dir, name)) = path.rsplit_once('/').filter(|(_, name)| !name.is_empty()) else {
-            return Err(Error::file(
-                FileProblem::IsDirectory,
-                "path \"/\" is the root directory; a file cannot replace it",
-            ));
-        };
-        let dir = if dir.is_empty() { "/" } else { dir };
-        let file = UploadFile {
-            name: name.to_owned(),
-            ..file
-        };
-        self.put_file(access, id, Some(dir.to_owned()), file).await
+        let (dir, name) = file_destination(path)?;
+        let file = UploadFile { name, ..file };
+        self.put_file(access, id, Some(dir), file).await
     }
 
     async fn put_file(
@@ -758,16 +748,7 @@ impl SandboxService {
         dest_dir: Option<String>,
         file: UploadFile,
     ) -> Result<(String, FileStat)> {
-        if file.size > self.config.max_upload_bytes {
-            return Err(Error::TooLarge(format!(
-                "the file is {} bytes; uploads are limited to {} bytes",
-                file.size, self.config.max_upload_bytes
-            )));
-        }
-        if let Some(mode) = file.options.mode {
-            paths::file_mode(mode)?;
-        }
-        let name = paths::safe_file_name(&file.name)?;
+        let name = self.checked_upload(&file)?;
         let sandbox = self.running(access, id).await?;
         let dest_dir = dest_dir.unwrap_or_else(|| sandbox.workspace_mount.clone());
         paths::upload_destination(&dest_dir, &name)?;
@@ -777,7 +758,35 @@ impl SandboxService {
             json!({ "path": path, "bytes": file.size }),
         );
         let sandbox = self.touch(&sandbox, Some(event)).await?;
-        let cid = container_of(&sandbox)?;
+        self.upload_into(&sandbox, dest_dir, name, file)
+            .await
+            .map(|stat| (path, stat))
+    }
+
+    /// The safe name of an upload within the limits, or why it is refused.
+    fn checked_upload(&self, file: &UploadFile) -> Result<String> {
+        if file.size > self.config.max_upload_bytes {
+            return Err(Error::TooLarge(format!(
+                "the file is {} bytes; uploads are limited to {} bytes",
+                file.size, self.config.max_upload_bytes
+            )));
+        }
+        if let Some(mode) = file.options.mode {
+            paths::file_mode(mode)?;
+        }
+        paths::safe_file_name(&file.name)
+    }
+
+    /// Writes a checked upload as `dest_dir/name` into a running sandbox (already touched),
+    /// owned by its user.
+    async fn upload_into(
+        &self,
+        sandbox: &Sandbox,
+        dest_dir: String,
+        name: String,
+        file: UploadFile,
+    ) -> Result<FileStat> {
+        let cid = container_of(sandbox)?;
         let file = UploadFile {
             name,
             options: WriteOptions {
@@ -787,9 +796,7 @@ impl SandboxService {
             ..file
         };
         let uploaded = self.runtime.upload(cid, &dest_dir, file).await;
-        self.or_vanished(&sandbox, uploaded)
-            .await
-            .map(|stat| (path, stat))
+        self.or_vanished(sandbox, uploaded).await
     }
 
     /// What `path` is in a running sandbox (a symbolic link itself, not what it points to).
@@ -982,6 +989,20 @@ where
 
 fn not_found(id: SandboxId) -> Error {
     Error::NotFound(format!("sandbox {id} not found"))
+}
+
+/// The directory and the exact name of the regular file a client names by its absolute
+/// path (checked, normalized).
+fn file_destination(path: &str) -> Result<(String, String)> {
+    let path = paths::sandbox_path("path", path)?;
+    let Some((dir, name)) = path.rsplit_once('/').filter(|(_, name)| !name.is_empty()) else {
+        return Err(Error::file(
+            FileProblem::IsDirectory,
+            "path \"/\" is the root directory; a file cannot replace it",
+        ));
+    };
+    let dir = if dir.is_empty() { "/" } else { dir };
+    Ok((dir.to_owned(), name.to_owned()))
 }
 
 fn container_of(sandbox: &Sandbox) -> Result<&str> {

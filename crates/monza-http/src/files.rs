@@ -190,7 +190,7 @@ async fn read_text(mut field: Field, limit: usize) -> Result<String, ApiError> {
         .map_err(|_| ApiError::invalid(format!("form field `{name}` is not valid UTF-8")))
 }
 
-fn multipart_error(error: MultipartError) -> ApiError {
+pub(crate) fn multipart_error(error: MultipartError) -> ApiError {
     match error {
         MultipartError::ContentTypeMissing
         | MultipartError::ContentTypeParse

@@ -61,7 +61,6 @@ pub(crate) async fn put_file(
         .map(|m| paths::parse_file_mode(&m))
         .transpose()?;
     let parents = flag(&query, "parents")?.unwrap_or(false);
-    service.check_upload(&caller.0, id).await?;
     let limit = service.config().max_upload_bytes;
     let body = Paced::upload(payload, &config);
     let options = WriteOptions {
@@ -84,6 +83,9 @@ pub(crate) async fn put_file(
             }
         }
         None => {
+            // Refused before a body of up to the limit is spooled; a body with a length
+            // streams in only after the write's own check of the sandbox.
+            service.check_upload(&caller.0, id).await?;
             let spooled = spool_stream(
                 String::new(),
                 body.map_err(payload_error),

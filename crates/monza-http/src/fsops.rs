@@ -22,9 +22,9 @@ use crate::extract::{
 };
 use crate::model::{
     ArchiveQuery, ArchiveResponse, EditQuery, EditRequestBody, EditResponse, FileEntryResponse,
-    FileLinesResponse, FileListResponse, GlobRequestBody, GlobResponse, ListFilesQuery,
-    MakeDirectoryQuery, MoveQuery, ReadLinesQuery, RemoveFileQuery, RemovedResponse,
-    SearchMatchResponse, SearchPathQuery, SearchRequestBody, SearchResponse,
+    FileLinesResponse, FileListResponse, GetArchiveQuery, GlobRequestBody, GlobResponse,
+    ListFilesQuery, MakeDirectoryQuery, MoveQuery, ReadLinesQuery, RemoveFileQuery,
+    RemovedResponse, SearchMatchResponse, SearchPathQuery, SearchRequestBody, SearchResponse,
 };
 
 /// The entries of a directory, or of its whole tree.
@@ -380,10 +380,10 @@ fn archive_over(limit: u64) -> ApiError {
 /// The contents of a directory as a tar stream.
 #[utoipa::path(
     get, path = "/api/sandboxes/{id}/files/archive", tag = "files",
-    params(ArchiveQuery),
+    params(GetArchiveQuery),
     responses(
-        (status = 200, description = "A tar of the directory's contents (entries `./…`, symbolic links as links), streamed as the sandbox produces it; past MONZA_MAX_ARCHIVE_BYTES (1 GiB by default) the stream is cut, so the client sees an incomplete tar", content_type = "application/x-tar"),
-        (status = 400, description = "Malformed id, no or bad `path`, an unknown query parameter (`invalid_input`)", body = ErrorBody),
+        (status = 200, description = "A tar of the directory's contents (entries `./…`, symbolic links as links), gzip-compressed with `gzip=true`, streamed as the sandbox produces it; past MONZA_MAX_ARCHIVE_BYTES (1 GiB by default) of tar the stream is cut, so the client sees an incomplete tar", content(("application/x-tar"), ("application/gzip"))),
+        (status = 400, description = "Malformed id, no or bad `path` or `gzip`, an unknown query parameter (`invalid_input`)", body = ErrorBody),
         (status = 404, description = "Unknown sandbox (`not_found`), or nothing at `path` (`file_not_found`)", body = ErrorBody),
         (status = 409, description = "The sandbox is not running (`conflict`); `path` is not a directory (`not_a_directory`)", body = ErrorBody),
         (status = 503, description = "The store or Docker is unavailable", body = ErrorBody),
@@ -396,19 +396,36 @@ pub(crate) async fn get_archive(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query = strict_query(&req)?;
-    only(&query, &["path"])?;
+    only(&query, &["path", "gzip"])?;
     let path = required(&query, "path")?;
+    let gzip = flag(&query, "gzip")?.unwrap_or(false);
     let tree = service.get_tree(&caller.0, id, &path).await?;
     let name = path
         .rsplit('/')
         .find(|part| !part.is_empty())
         .unwrap_or("root");
-    let disposition = HeaderValue::from_str(&content_disposition(&format!("{name}.tar")))
+    let (file_name, content_type) = if gzip {
+        (format!("{name}.tar.gz"), "application/gzip")
+    } else {
+        (format!("{name}.tar"), "application/x-tar")
+    };
+    let disposition = HeaderValue::from_str(&content_disposition(&file_name))
         .map_err(|e| ApiError::internal(format!("Content-Disposition for {name:?}: {e}")))?;
     let body = first_chunk_checked(tree).await?;
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "application/x-tar"))
+    let mut answer = HttpResponse::Ok();
+    answer
+        .insert_header((header::CONTENT_TYPE, content_type))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .insert_header((header::CONTENT_DISPOSITION, disposition))
-        .streaming(body))
+        .insert_header((header::CONTENT_DISPOSITION, disposition));
+    if !gzip {
+        return Ok(answer.streaming(body));
+    }
+    // Compressed as it streams (the fastest level: a tree goes out at the pace it is read).
+    let reader =
+        tokio_util::io::StreamReader::new(body.map_err(|e| std::io::Error::other(e.to_string())));
+    let encoder = async_compression::tokio::bufread::GzipEncoder::with_quality(
+        reader,
+        async_compression::Level::Fastest,
+    );
+    Ok(answer.streaming(tokio_util::io::ReaderStream::new(encoder)))
 }

@@ -61,7 +61,9 @@
 //! | `POST /api/sandboxes/{id}/files/glob[?path=…]` `{"pattern",…}` | 200 `{"paths","truncated"}` |
 //! | `POST /api/sandboxes/{id}/files/edit?path=…` `{"old_string","new_string",…}` | 200 `{"path","replacements"}` |
 //! | `PUT /api/sandboxes/{id}/files/archive?path=…` (a tar or tar.gz) | 200 `{"path","files","directories","links","bytes"}` |
-//! | `GET /api/sandboxes/{id}/files/archive?path=…` | 200 a tar of the directory's contents |
+//! | `GET /api/sandboxes/{id}/files/archive?path=…[&gzip=true]` | 200 a tar (or tar.gz) of the directory's contents |
+//! | `POST /api/sandboxes/{id}/files/batch/upload[?parents=true][&mode=…]` (multipart, a `file` part per file, its filename the path) | 200 `{"results":[{"path","size","mode","error"}]}` |
+//! | `POST /api/sandboxes/{id}/files/batch/download` `{"paths":[…]}` | 200 `{"results":[{"path","size","mode","content_base64","error"}]}` |
 //! | `POST /api/sandboxes/{id}/processes` | 201 background process with `Location` |
 //! | `GET /api/sandboxes/{id}/processes` | 200 array of processes, by pid |
 //! | `GET /api/sandboxes/{id}/processes/{pid}` | 200 process |
@@ -96,6 +98,7 @@ use monza_domain::SandboxService;
 use utoipa::openapi::path::HttpMethod;
 
 mod access;
+mod batch;
 mod error;
 mod extract;
 mod files;
@@ -246,6 +249,7 @@ macro_rules! operations {
     };
 }
 
+use batch::{__path_download_batch, __path_upload_batch, download_batch, upload_batch};
 use files::{__path_download_file, __path_upload_file, download_file, upload_file};
 use fs::{
     __path_get_file, __path_head_file, __path_put_file, __path_stat_file, get_file, head_file,
@@ -299,6 +303,8 @@ operations! {
     (edit_file, __path_edit_file),
     (put_archive, __path_put_archive),
     (get_archive, __path_get_archive),
+    (upload_batch, __path_upload_batch),
+    (download_batch, __path_download_batch),
     (start_process, __path_start_process),
     (list_processes, __path_list_processes),
     (get_process, __path_get_process),

@@ -13,7 +13,7 @@ use time::{OffsetDateTime, UtcOffset};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorDetail};
 
 /// `POST /api/sandboxes`. Both fields are optional; an empty body is allowed too.
 ///
@@ -454,6 +454,89 @@ pub struct PutFileQuery {
     /// `true` creates missing directories on the way (owned by the sandbox's user, `0755`);
     /// `false` (the default) answers `file_not_found` for a missing parent.
     pub parents: Option<bool>,
+}
+
+/// The multipart form of `POST /api/sandboxes/{id}/files/batch/upload`.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // Only describes the form for the OpenAPI document.
+pub struct BatchUploadForm {
+    /// The files, one part each, all named `file`. A part's filename (a quoted-string: `\\`
+    /// and `\"` escaped) is the file's absolute path in the sandbox, kept exactly; each is
+    /// checked and written as `PUT …/files?path=` writes one.
+    #[schema(value_type = Vec<String>, format = Binary, min_items = 1, max_items = 1000)]
+    file: Vec<Vec<u8>>,
+}
+
+/// How every file of a batch upload is written.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Only describes the query for the OpenAPI document.
+pub struct BatchUploadQuery {
+    /// Permission bits of every file, in octal (`644`, `0755`); absent: an existing file
+    /// keeps its mode, a new one is 0644.
+    #[param(example = "755", pattern = r"^(0o)?0?[0-7]{1,3}$")]
+    mode: Option<String>,
+    /// Create missing parent directories (owned by the sandbox's user); `false` by default.
+    parents: Option<bool>,
+}
+
+/// Each file of a batch upload, in the form's order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchUploadResponse {
+    pub results: Vec<BatchUploadResult>,
+}
+
+/// One file of a batch upload: written (`size`, `mode`) or not (`error`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchUploadResult {
+    /// Where it is (normalized), or the filename as sent when it was refused.
+    #[schema(example = "/workspace/src/main.rs")]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = 42)]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "0644")]
+    pub mode: Option<String>,
+    /// Why it was not written; absent when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+/// The paths of a batch download.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchDownloadRequest {
+    /// Absolute paths of regular files, at most `MONZA_FILE_MAX_RESULTS` (1000).
+    #[schema(min_items = 1, max_items = 1000, example = json!(["/workspace/a.txt", "/workspace/b.txt"]))]
+    pub paths: Vec<String>,
+}
+
+/// Each path of a batch download, in the order asked.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchDownloadResponse {
+    pub results: Vec<BatchDownloadResult>,
+}
+
+/// One path of a batch download: its content or its error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchDownloadResult {
+    /// The path (normalized), or as asked when it was refused.
+    #[schema(example = "/workspace/a.txt")]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = 5)]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "0644")]
+    pub mode: Option<String>,
+    /// The file's bytes, base64 (standard alphabet, padded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "aGVsbG8=")]
+    pub content_base64: Option<String>,
+    /// Why there is no content; absent when there is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
 }
 
 /// A file was written.
@@ -1185,6 +1268,22 @@ pub struct ArchiveQuery {
         pattern = r"^(?!/+$)(?!/(proc|sys|dev)(/|$))(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
     )]
     pub path: String,
+}
+
+/// Which directory `GET …/files/archive` sends, and how.
+#[derive(Debug, Clone, IntoParams)]
+#[allow(dead_code)]
+#[into_params(parameter_in = Query)]
+pub struct GetArchiveQuery {
+    /// The directory: absolute, without `..`, not `/`, not under `/proc`, `/sys` or `/dev`.
+    #[param(
+        example = "/workspace",
+        max_length = 3072,
+        pattern = r"^(?!/+$)(?!/(proc|sys|dev)(/|$))(?![^\u0000]*/\.\.(/|$))(/[^/\u0000]{0,255})+$"
+    )]
+    pub path: String,
+    /// `true`: the tar gzip-compressed (`application/gzip`, a `.tar.gz`); `false` by default.
+    pub gzip: Option<bool>,
 }
 
 /// What an archive put into a sandbox.

@@ -21,13 +21,14 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::model::{
-    ArchiveResponse, CreateSandboxRequest, EditRequestBody, EditResponse, EventResponse,
-    ExecuteEvent, ExecuteRequest, ExecuteResponse, FileEntryResponse, FileLinesResponse,
-    FileListResponse, FileStatResponse, GlobRequestBody, GlobResponse, HealthResponse,
-    HelloResponse, OpenApiDocument, OutputSpanResponse, PortMappingResponse, ProcessOutputEvent,
-    ProcessResponse, PtyRequest, ReadyResponse, RemovedResponse, SandboxResponse,
-    SearchMatchResponse, SearchRequestBody, SearchResponse, SignalRequest, StartProcessRequest,
-    UploadForm, UploadResponse, WrittenFileResponse,
+    ArchiveResponse, BatchDownloadRequest, BatchDownloadResponse, BatchDownloadResult,
+    BatchUploadForm, BatchUploadResponse, BatchUploadResult, CreateSandboxRequest, EditRequestBody,
+    EditResponse, EventResponse, ExecuteEvent, ExecuteRequest, ExecuteResponse, FileEntryResponse,
+    FileLinesResponse, FileListResponse, FileStatResponse, GlobRequestBody, GlobResponse,
+    HealthResponse, HelloResponse, OpenApiDocument, OutputSpanResponse, PortMappingResponse,
+    ProcessOutputEvent, ProcessResponse, PtyRequest, ReadyResponse, RemovedResponse,
+    SandboxResponse, SearchMatchResponse, SearchRequestBody, SearchResponse, SignalRequest,
+    StartProcessRequest, UploadForm, UploadResponse, WrittenFileResponse,
 };
 
 /// The API description. Its paths come from the one list of operations the router mounts
@@ -70,6 +71,12 @@ use crate::model::{
         EditRequestBody,
         EditResponse,
         ArchiveResponse,
+        BatchUploadForm,
+        BatchUploadResponse,
+        BatchUploadResult,
+        BatchDownloadRequest,
+        BatchDownloadResponse,
+        BatchDownloadResult,
         StartProcessRequest,
         PtyRequest,
         ProcessResponse,
@@ -191,10 +198,12 @@ impl Modify for Protected {
                 });
             }
         }
-        // The upload form refuses fields other than `file` and `path` (a misspelt `path`
-        // must not land the file in the default directory).
-        if let Some(RefOr::T(Schema::Object(form))) = components.schemas.get_mut("UploadForm") {
-            form.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+        // The upload forms refuse fields they do not name (a misspelt `path` must not land
+        // the file in the default directory).
+        for name in ["UploadForm", "BatchUploadForm"] {
+            if let Some(RefOr::T(Schema::Object(form))) = components.schemas.get_mut(name) {
+                form.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+            }
         }
         // A search names exactly one of its literal `pattern` and its `regex`.
         if let Some(RefOr::T(search)) = components.schemas.remove("SearchRequestBody") {

@@ -40,6 +40,8 @@ const CONTRACT: &[(&str, &str)] = &[
     ("POST", "/api/sandboxes/{id}/files/move"),
     ("POST", "/api/sandboxes/{id}/files/search"),
     ("POST", "/api/sandboxes/{id}/files/glob"),
+    ("POST", "/api/sandboxes/{id}/files/batch/upload"),
+    ("POST", "/api/sandboxes/{id}/files/batch/download"),
     ("POST", "/api/sandboxes/{id}/files/edit"),
     ("PUT", "/api/sandboxes/{id}/files/archive"),
     ("GET", "/api/sandboxes/{id}/files/archive"),

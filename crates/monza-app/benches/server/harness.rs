@@ -345,6 +345,32 @@ impl Api {
         assert_eq!(status, StatusCode::OK, "upload: {body}");
     }
 
+    /// `PUT …/files?path=`: writes one file at an exact path.
+    pub async fn put_file(&self, id: &str, path: &str, content: Bytes) {
+        let response = self
+            .request(Method::PUT, &format!("/api/sandboxes/{id}/files"))
+            .query(&[("path", path)])
+            .body(content)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert_eq!(status, StatusCode::OK, "put {path}: {body}");
+    }
+
+    /// `GET …/files?path=` drained: the file's length.
+    pub async fn get_file(&self, id: &str, path: &str) -> u64 {
+        let response = self
+            .request(Method::GET, &format!("/api/sandboxes/{id}/files"))
+            .query(&[("path", path)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "get {path}");
+        response.bytes().await.unwrap().len() as u64
+    }
+
     /// `PUT …/files/archive`: unpacks a tar into `dir`.
     pub async fn put_archive(&self, id: &str, dir: &str, tar: Bytes) {
         let response = self

@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 
-use super::{SandboxService, container_of};
+use bytes::{Bytes, BytesMut};
+use serde_json::json;
+
+use super::{SandboxService, container_of, file_destination};
 use crate::Access;
 use crate::error::{Error, Result};
 use crate::files::{
@@ -18,7 +21,8 @@ use crate::files::{
 };
 use crate::paths;
 use crate::ports::ContainerRuntime;
-use crate::runtime::ByteStream;
+use crate::runtime::{ByteStream, FileStat, UploadFile};
+use crate::sandbox::{EventAction, NewEvent};
 use crate::sandbox::{Sandbox, SandboxId};
 
 /// Entries a list answers when the request does not say.
@@ -87,6 +91,24 @@ pub struct EditRequest {
     pub replace_all: bool,
 }
 
+/// Exactly `size` bytes of a download's content, in memory.
+async fn collect_exactly(mut content: ByteStream, size: u64) -> Result<Bytes> {
+    let mut data = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
+    while let Some(chunk) = content.next().await {
+        data.extend_from_slice(&chunk?);
+        if data.len() as u64 > size {
+            break;
+        }
+    }
+    if data.len() as u64 != size {
+        return Err(Error::internal(format!(
+            "the file's content was {} bytes where its size said {size}",
+            data.len()
+        )));
+    }
+    Ok(data.freeze())
+}
+
 /// `asked`, clamped to `max` (as execute's limits are), or `default` (itself at most `max`)
 /// when absent; zero is refused.
 fn bounded(what: &str, asked: Option<u64>, default: u64, max: u64) -> Result<u64> {
@@ -114,7 +136,138 @@ fn pattern(what: &str, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// What became of one file of a batch: its path (as written, else as asked) and its stat,
+/// or why it was not written.
+pub type BatchWritten = (String, Result<FileStat>);
+
+/// What became of one path of a batch read: the file and its bytes, or why there are none.
+pub type BatchRead = (String, Result<(FileStat, Bytes)>);
+
 impl SandboxService {
+    /// Many files written into a running sandbox in one call, each as [`Self::write_file`]
+    /// writes one, in order: every file gets its own answer, and one refused does not stop
+    /// the others. Every path is checked before anything is written.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id, files = files.len()), err(level = "info"))]
+    pub async fn write_files(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        files: Vec<(String, UploadFile)>,
+    ) -> Result<Vec<BatchWritten>> {
+        self.batch_of(files.len())?;
+        let sandbox = self.running(access, id).await?;
+        let checked: Vec<_> = files
+            .into_iter()
+            .map(|(asked, file)| {
+                let checked = file_destination(&asked).and_then(|(dir, name)| {
+                    let file = UploadFile { name, ..file };
+                    let name = self.checked_upload(&file)?;
+                    paths::upload_destination(&dir, &name)?;
+                    Ok((paths::join(&dir, &name), dir, name, file))
+                });
+                (asked, checked)
+            })
+            .collect();
+        let (written, bytes) = checked.iter().filter_map(|(_, c)| c.as_ref().ok()).fold(
+            (Vec::new(), 0u64),
+            |(mut paths, bytes), (path, _, _, file)| {
+                paths.push(path.clone());
+                (paths, bytes.saturating_add(file.size))
+            },
+        );
+        let event = NewEvent::new(
+            EventAction::Uploaded,
+            json!({ "paths": written, "bytes": bytes }),
+        );
+        let sandbox = self.touch(&sandbox, Some(event)).await?;
+        let mut answers = Vec::with_capacity(checked.len());
+        for (asked, checked) in checked {
+            answers.push(match checked {
+                Err(e) => (asked, Err(e)),
+                Ok((path, dir, name, file)) => {
+                    let stat = self.upload_into(&sandbox, dir, name, file).await;
+                    (path, stat)
+                }
+            });
+        }
+        Ok(answers)
+    }
+
+    /// Many regular files read from a running sandbox in one call, whole, in order: each
+    /// path gets its content or its own error. Their bytes together are bounded
+    /// ([`FileLimits::max_batch_bytes`]): a file past the bound is `too_large`, to be read
+    /// alone.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %id, files = asked.len()), err(level = "info"))]
+    pub async fn read_files(
+        &self,
+        access: &Access,
+        id: SandboxId,
+        asked: Vec<String>,
+    ) -> Result<Vec<BatchRead>> {
+        self.batch_of(asked.len())?;
+        let sandbox = self.running(access, id).await?;
+        let checked: Vec<_> = asked
+            .into_iter()
+            .map(|asked| {
+                let checked = paths::sandbox_path("path", &asked)
+                    .and_then(|path| paths::reachable("path", &path).map(|()| path));
+                (asked, checked)
+            })
+            .collect();
+        let reading: Vec<&String> = checked
+            .iter()
+            .filter_map(|(_, c)| c.as_ref().ok())
+            .collect();
+        let event = NewEvent::new(EventAction::Downloaded, json!({ "paths": reading }));
+        let sandbox = self.touch(&sandbox, Some(event)).await?;
+        let cid = container_of(&sandbox)?;
+        let mut left = self.config.file_limits.max_batch_bytes;
+        let mut answers = Vec::with_capacity(checked.len());
+        for (asked, checked) in checked {
+            let path = match checked {
+                Ok(path) => path,
+                Err(e) => {
+                    answers.push((asked, Err(e)));
+                    continue;
+                }
+            };
+            let read = async {
+                let download = self.runtime.download(cid, &path).await;
+                let download = self.or_vanished(&sandbox, download).await?;
+                if download.stat.size > left {
+                    return Err(Error::TooLarge(format!(
+                        "{path} is {} bytes, past what is left of this batch's {} bytes \
+                         (MONZA_FILE_BATCH_MAX_BYTES); read it alone",
+                        download.stat.size, self.config.file_limits.max_batch_bytes
+                    )));
+                }
+                let bytes = collect_exactly(download.content, download.stat.size).await?;
+                Ok((download.stat, bytes))
+            };
+            let read = read.await;
+            if let Ok((stat, _)) = &read {
+                left -= stat.size;
+            }
+            answers.push((path, read));
+        }
+        Ok(answers)
+    }
+
+    /// Refuses a batch with no entries or more than a request answers.
+    fn batch_of(&self, n: usize) -> Result<()> {
+        let max = self.config.file_limits.max_results;
+        if n == 0 {
+            return Err(Error::invalid("the batch names no file"));
+        }
+        if n as u64 > max {
+            return Err(Error::invalid(format!(
+                "the batch names {n} files; at most {max} are taken at once \
+                 (MONZA_FILE_MAX_RESULTS)"
+            )));
+        }
+        Ok(())
+    }
+
     /// A running sandbox the caller may see, touched: every file operation is activity.
     async fn for_files(&self, access: &Access, id: SandboxId) -> Result<Sandbox> {
         let sandbox = self.running(access, id).await?;
