@@ -179,9 +179,6 @@ impl From<String> for Ended {
     }
 }
 
-/// Says hello, waits for the welcome, then serves requests until the connection ends.
-/// `Ok` when the host closed it cleanly. A welcome resets the reconnection `backoff`; a host
-/// that closes without one leaves it growing; one that answers with an error refuses it.
 /// Does a request's work on a pooled thread (a file operation blocks on the file system
 /// while the connection's other requests go on) and sends the message it makes.
 fn answer_on_thread(
@@ -202,6 +199,9 @@ fn answer_on_thread(
     }
 }
 
+/// Says hello, waits for the welcome, then serves requests until the connection ends.
+/// `Ok` when the host closed it cleanly. A welcome resets the reconnection `backoff`; a host
+/// that closes without one leaves it growing; one that answers with an error refuses it.
 fn serve(
     stream: UnixStream,
     token: Option<&str>,

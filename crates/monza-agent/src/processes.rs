@@ -156,6 +156,19 @@ impl Processes {
                 format!("sharing the process's terminal: {e}"),
             )
         };
+        // The watcher's thread comes before the program: one that forks at once (a fork bomb)
+        // can use up the sandbox's pids before a thread made after it, and a process nobody
+        // watches is killed. Without a thread nothing is started.
+        let (hand_over, handed) = mpsc::sync_channel::<Watched>(1);
+        std::thread::Builder::new()
+            .name("process".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                if let Ok((process, child, outputs)) = handed.recv() {
+                    watch(&process, child, outputs, started);
+                }
+            })
+            .map_err(|e| error(ErrorCode::Spawn, format!("no thread: {e}")))?;
         // Its output (one reader per stream) and, when writable, its input.
         let (child, master, outputs, input) = match request.pty {
             Some(size) => {
@@ -242,19 +255,18 @@ impl Processes {
             }
             table.insert(raw, Arc::clone(&process));
         }
-        let watcher = std::thread::Builder::new()
-            .name(format!("process-{raw}"))
-            .stack_size(256 * 1024)
-            .spawn({
-                let process = Arc::clone(&process);
-                move || watch(&process, child, outputs, started)
-            });
-        if let Err(e) = watcher {
-            // Killed, reaped and forgotten: never listed as running with nobody watching.
+        if let Err(mpsc::SendError((_, mut child, _))) =
+            hand_over.send((Arc::clone(&process), child, outputs))
+        {
+            // The watcher is gone (it cannot be: it waits for this). Killed, reaped and
+            // forgotten: never listed as running with nobody watching.
             kill(&process, Signal::Kill);
-            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+            let _ = child.wait();
             lock(&self.table).remove(&raw);
-            return Err(error(ErrorCode::Spawn, format!("no thread: {e}")));
+            return Err(error(
+                ErrorCode::Spawn,
+                "the process's watcher ended".into(),
+            ));
         }
         Ok(Started {
             pid: raw,
@@ -450,6 +462,9 @@ fn feed_stdin(mut stdin: File, ops: &mpsc::Receiver<StdinOp>) {
 
 /// Reads the process's pipes (or its terminal) into its rings until it exits, then records
 /// the exit.
+/// What a process's watcher is handed once the program runs.
+type Watched = (Arc<Process>, std::process::Child, [Option<File>; 2]);
+
 fn watch(
     process: &Process,
     mut child: std::process::Child,

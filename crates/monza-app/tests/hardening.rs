@@ -10,6 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use monza_app::settings::AgentMode;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{ADMIN_TOKEN, Store, TestApp, assert_error};
@@ -366,9 +367,23 @@ async fn an_upload_never_replaces_a_directory_nor_stores_a_file_under_another_na
 
 #[tokio::test]
 async fn the_engines_file_refusals_are_the_clients_4xx_never_a_500() {
-    let Some((app, id)) = app_with_a_sandbox().await else {
-        return;
+    for agent in [AgentMode::Off, AgentMode::On] {
+        if !file_refusals_through(agent).await {
+            return;
+        }
+    }
+}
+
+/// The refusals of the file routes, on the engine's path (`Off`) or the agent's (`On`):
+/// `false` when there is no Docker engine.
+async fn file_refusals_through(agent: AgentMode) -> bool {
+    let Some(app) = TestApp::spawn(Store::Sqlite, |args| args.agent = agent).await else {
+        return false;
     };
+    let id = app.create(json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let out = app
         .exec_ok(
             &id,
@@ -379,15 +394,13 @@ async fn the_engines_file_refusals_are_the_clients_4xx_never_a_500() {
     assert_eq!(out["exitCode"], 0, "{out}");
     let long = "a".repeat(300);
     let long_dir = format!("/workspace/{long}");
-    let uploads: [(&str, &str, u16, &str); 10] = [
+    let uploads: [(&str, &str, u16, &str); 8] = [
         (&long_dir, "x.txt", 400, "invalid_input"),
         ("/workspace", &long, 400, "invalid_path"),
         ("/workspace/reg", "x.txt", 409, "not_a_directory"),
         ("/etc", "hosts", 400, "invalid_input"),
         ("/etc", "hostname", 400, "invalid_input"),
         ("/etc/hostname", "x.txt", 400, "invalid_input"),
-        ("/workspace/p1", "x.txt", 404, "file_not_found"),
-        ("/workspace/cwd", "x.txt", 404, "file_not_found"),
         ("/workspace/loop1", "x.txt", 404, "file_not_found"),
         ("/workspace/reg/deeper", "x.txt", 409, "not_a_directory"),
     ];
@@ -395,13 +408,31 @@ async fn the_engines_file_refusals_are_the_clients_4xx_never_a_500() {
         let what = format!("upload {name:.20} into {dir:.40}");
         assert_error(&what, &upload(&app, &id, Some(dir), name).await, want, code);
     }
-    let downloads: [(&str, u16, &str); 6] = [
+    // A link into /proc: the engine resolves it in the image's file system, where /proc is
+    // empty; the agent, inside the sandbox, as the sandbox's own shell would (/proc/1/root is
+    // the sandbox's root, /proc/self/cwd the agent's working directory, the workspace).
+    for (dir, lands_at) in [
+        ("/workspace/p1", "/x.txt"),
+        ("/workspace/cwd", "/workspace/x.txt"),
+    ] {
+        let what = format!("upload x.txt into {dir} ({agent:?})");
+        let answer = upload(&app, &id, Some(dir), "x.txt").await;
+        if agent == AgentMode::On {
+            assert_eq!(answer.0, StatusCode::OK, "{what}: {}", answer.1);
+            let shown = app
+                .exec_ok(&id, &format!("cat {lands_at} && rm {lands_at}"))
+                .await;
+            assert_eq!(shown["stdout"], "hello", "{what}: {shown}");
+        } else {
+            assert_error(&what, &answer, 404, "file_not_found");
+        }
+    }
+    let downloads: [(&str, u16, &str); 5] = [
         ("/workspace/loop1", 404, "file_not_found"),
         ("/workspace/loop1/x", 404, "file_not_found"),
         ("/etc/hostname/x", 409, "not_a_directory"),
         ("/workspace/reg/x", 409, "not_a_directory"),
         (&long_dir, 400, "invalid_input"),
-        ("/workspace/p1/etc/passwd", 404, "file_not_found"),
     ];
     for (path, want, code) in downloads {
         let what = format!("download {path:.40}");
@@ -413,6 +444,19 @@ async fn the_engines_file_refusals_are_the_clients_4xx_never_a_500() {
             "{what} leaks a host path: {message}"
         );
     }
+    let through_link = download(&app, &id, &encode("/workspace/p1/etc/passwd")).await;
+    if agent == AgentMode::On {
+        assert_eq!(through_link.0, StatusCode::OK, "{}", through_link.1);
+        let text = through_link.1.as_str().unwrap_or_default();
+        assert!(text.starts_with("root:"), "the sandbox's passwd: {text:?}");
+    } else {
+        assert_error(
+            "download through /proc",
+            &through_link,
+            404,
+            "file_not_found",
+        );
+    }
     // The sandbox is still what it was: running, its files intact.
     app.assert_output(
         &id,
@@ -421,6 +465,7 @@ async fn the_engines_file_refusals_are_the_clients_4xx_never_a_500() {
     )
     .await;
     app.shutdown().await;
+    true
 }
 
 #[tokio::test]

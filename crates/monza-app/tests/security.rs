@@ -173,6 +173,10 @@ fn route_request(
             .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
     } else if path.ends_with("/files/upload") {
         req.multipart(file_form(b"x", "x.txt"))
+    } else if path.ends_with("/files/batch/upload") {
+        req.multipart(file_form(b"x", "/tmp/x"))
+    } else if path.ends_with("/files/batch/download") {
+        req.json(&json!({ "paths": ["/tmp/x"] }))
     } else if path == "/api/sandboxes" && is_post {
         req.json(&json!({ "template": "busybox" }))
     } else {

@@ -1896,7 +1896,17 @@ async fn background_processes_run_through_the_agent_on_busybox_and_on_debian() {
         let mut nowhere = background("true", user);
         nowhere.workdir = Some("/no/such/dir".into());
         let refused = agents.start_process(id, &nowhere).await;
-        assert!(matches!(refused, Err(Error::NotFound(_))), "{refused:?}");
+        // A missing directory is a file problem, never taken for a sandbox that is gone.
+        assert!(
+            matches!(
+                refused,
+                Err(Error::File {
+                    problem: FileProblem::NotFound,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
     }
 }
 
