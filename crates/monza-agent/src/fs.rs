@@ -166,12 +166,22 @@ pub fn write_file(request: &WriteFileRequest, data: &[u8]) -> Outcome<FsAnswer> 
 /// (`renameat2(RENAME_EXCHANGE)`, atomic like a rename) and the old one, now at `temp`,
 /// removed: ext4 flushes a new file's data to disk before a rename replaces another
 /// (`auto_da_alloc`), a millisecond or more per small write, and an exchange is no such
-/// replacement. A file system without exchanges gets the plain rename.
+/// replacement. A file system without exchanges gets the plain rename. A directory is
+/// never replaced, even one made at `path` a moment ago.
 fn put_in_place(temp: &Path, path: &Path, replaces: bool) -> io::Result<()> {
     use rustix::fs::{CWD, RenameFlags, renameat_with};
     if replaces {
         match renameat_with(CWD, temp, CWD, path, RenameFlags::EXCHANGE) {
             Ok(()) => {
+                // A directory made at `path` since the stat was swapped out, where a
+                // rename would have failed: put it back, untouched.
+                if fs::symlink_metadata(temp).is_ok_and(|m| m.is_dir()) {
+                    renameat_with(CWD, temp, CWD, path, RenameFlags::EXCHANGE)?;
+                    let _ = fs::remove_file(temp);
+                    return Err(io::Error::from_raw_os_error(
+                        rustix::io::Errno::ISDIR.raw_os_error(),
+                    ));
+                }
                 // The old file, now under the temporary name; nothing else refers to it.
                 let _ = fs::remove_file(temp);
                 return Ok(());
@@ -894,6 +904,37 @@ mod tests {
     fn code(result: Outcome<FsAnswer>) -> (ErrorCode, Option<i32>) {
         let error = result.unwrap_err();
         (error.code, error.errno)
+    }
+
+    /// The stat said "a file", but a directory is there by the time the new file goes in
+    /// (made in between): it stays where it is with what it holds, the write is `EISDIR`,
+    /// and the temporary file is gone.
+    #[test]
+    fn a_directory_made_during_a_replace_is_put_back_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("name");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("kept"), "mine").unwrap();
+        let temp = dir.path().join(temp_name("write"));
+        fs::write(&temp, "new").unwrap();
+        let refused = put_in_place(&temp, &target, true).unwrap_err();
+        assert_eq!(
+            refused.raw_os_error(),
+            Some(rustix::io::Errno::ISDIR.raw_os_error())
+        );
+        assert_eq!(fs::read_to_string(target.join("kept")).unwrap(), "mine");
+        assert!(!temp.exists(), "the temporary file is left behind");
+        // Over a file, the new bytes replace the old and nothing else is left.
+        let file = dir.path().join("file");
+        fs::write(&file, "old").unwrap();
+        fs::write(&temp, "new").unwrap();
+        put_in_place(&temp, &file, true).unwrap();
+        assert_eq!(fs::read_to_string(&file).unwrap(), "new");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "name and file only"
+        );
     }
 
     #[test]
