@@ -89,8 +89,8 @@ async fn upload_streams_the_file_into_the_workspace() {
     let (m, id, received) = uploading(1024 * 1024);
     let (dir, config) = spool_dir();
     let app = app!(m.service(), config);
-    // Several chunks' worth, and every byte value.
-    let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    // Several chunks' worth (the spool is read back 256 KiB at a time), and every byte value.
+    let content: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
     let res = app
         .call(upload_request(id, &[("file", Some("main.go"), &content)]))
         .await;
