@@ -176,7 +176,17 @@ fn put_in_place(temp: &Path, path: &Path, replaces: bool) -> io::Result<()> {
                 // A directory made at `path` since the stat was swapped out, where a
                 // rename would have failed: put it back, untouched.
                 if fs::symlink_metadata(temp).is_ok_and(|m| m.is_dir()) {
-                    renameat_with(CWD, temp, CWD, path, RenameFlags::EXCHANGE)?;
+                    let back = renameat_with(CWD, temp, CWD, path, RenameFlags::EXCHANGE)
+                        .map_err(io::Error::from)
+                        .or_else(|_| fs::remove_file(path).and_then(|()| fs::rename(temp, path)));
+                    if let Err(e) = back {
+                        return Err(io::Error::other(format!(
+                            "a directory made at {} during the write could not be put back \
+                             from {}: {e}",
+                            path.display(),
+                            temp.display()
+                        )));
+                    }
                     let _ = fs::remove_file(temp);
                     return Err(io::Error::from_raw_os_error(
                         rustix::io::Errno::ISDIR.raw_os_error(),

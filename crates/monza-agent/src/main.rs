@@ -192,7 +192,11 @@ fn answer_on_thread(
     commands.retain(|handle| !handle.is_finished());
     let sender = Arc::clone(outbox);
     match threads.run(name, move || {
-        let _ = sender.send(&work());
+        // An answer that cannot be framed (over the frame limit) is still an answer: the
+        // host must not wait for it until its timeout.
+        if let Err(outbox::PushError::Encode(e)) = sender.send(&work()) {
+            exec::refuse(id, ErrorCode::BadRequest, e.to_string(), &sender);
+        }
     }) {
         Ok(handle) => commands.push(handle),
         Err(e) => exec::refuse(id, ErrorCode::Spawn, format!("no thread: {e}"), outbox),
