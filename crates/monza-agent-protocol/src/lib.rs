@@ -649,14 +649,14 @@ fn finish(out: &mut Vec<u8>, start: usize) -> Result<(), EncodeError> {
 /// Appends the frame of `message` to `out`. On error `out` is left as it was.
 pub fn encode(message: &Message, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let start = out.len();
-    let result = encode_inner(message, out, start);
+    let result = encode_inner(message, out);
     if result.is_err() {
         out.truncate(start);
     }
     result
 }
 
-fn encode_inner(message: &Message, out: &mut Vec<u8>, start: usize) -> Result<(), EncodeError> {
+fn encode_inner(message: &Message, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     fn json<T: Serialize>(
         out: &mut Vec<u8>,
         kind: u8,
@@ -677,7 +677,7 @@ fn encode_inner(message: &Message, out: &mut Vec<u8>, start: usize) -> Result<()
                 stdin: request.stdin.is_some(),
             };
             let stdin = request.stdin.as_deref().unwrap_or_default();
-            json_and_bytes(out, start, kind::EXEC, *id, &wire, stdin)?
+            json_and_bytes(out, kind::EXEC, *id, &wire, stdin)?
         }
         Message::Ping { id } => begin(out, kind::PING, *id),
         Message::Pause { id } => begin(out, kind::PAUSE, *id),
@@ -773,11 +773,11 @@ fn encode_inner(message: &Message, out: &mut Vec<u8>, start: usize) -> Result<()
         Message::Fs { id, request } => json(out, kind::FS, *id, request)?,
         Message::FsAnswer { id, answer } => json(out, kind::FS_ANSWER, *id, answer)?,
         Message::WriteFile { id, request, data } => {
-            json_and_bytes(out, start, kind::WRITE_FILE, *id, request, data)?
+            json_and_bytes(out, kind::WRITE_FILE, *id, request, data)?
         }
         Message::ReadFile { id, request } => json(out, kind::READ_FILE, *id, request)?,
         Message::FileContent { id, content, data } => {
-            json_and_bytes(out, start, kind::FILE_CONTENT, *id, content, data)?
+            json_and_bytes(out, kind::FILE_CONTENT, *id, content, data)?
         }
     };
     finish(out, frame_start)
@@ -786,7 +786,6 @@ fn encode_inner(message: &Message, out: &mut Vec<u8>, start: usize) -> Result<()
 /// Begins a frame whose body is a u32 JSON length, the JSON, then raw bytes.
 fn json_and_bytes<T: Serialize>(
     out: &mut Vec<u8>,
-    start: usize,
     kind: u8,
     id: u64,
     meta: &T,
@@ -802,9 +801,9 @@ fn json_and_bytes<T: Serialize>(
         max: MAX_FRAME_LEN,
     })?;
     out[json_at..json_at + 4].copy_from_slice(&json_len.to_be_bytes());
-    if out.len() - start + data.len() > MAX_FRAME_LEN + 4 {
+    if out.len() - frame + data.len() > MAX_FRAME_LEN + 4 {
         return Err(EncodeError::Oversized {
-            len: out.len() - start + data.len() - 4,
+            len: out.len() - frame + data.len() - 4,
             max: MAX_FRAME_LEN,
         });
     }

@@ -460,11 +460,11 @@ fn feed_stdin(mut stdin: File, ops: &mpsc::Receiver<StdinOp>) {
     }
 }
 
-/// Reads the process's pipes (or its terminal) into its rings until it exits, then records
-/// the exit.
 /// What a process's watcher is handed once the program runs.
 type Watched = (Arc<Process>, std::process::Child, [Option<File>; 2]);
 
+/// Reads the process's pipes (or its terminal) into its rings until it exits, then records
+/// the exit.
 fn watch(
     process: &Process,
     mut child: std::process::Child,

@@ -17,6 +17,7 @@ use futures::{Stream, StreamExt};
 use hyper::{Body, Method, Response};
 use monza_domain::{
     ByteStream, Error, FileDownload, FileKind, FileProblem, FileStat, Result, UploadFile,
+    collect_exactly,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -549,7 +550,13 @@ impl DockerRuntime {
             content,
             options,
         } = file;
-        let data = collect(content, size).await?;
+        let data = collect_exactly(content, size).await?.map_err(|got| {
+            Error::invalid(if got > size {
+                format!("upload content is longer than its announced size of {size} bytes")
+            } else {
+                format!("upload content ended after {got} of its announced {size} bytes")
+            })
+        })?;
         let request = WriteFileRequest {
             path: target.to_owned(),
             mode: options.mode,
@@ -614,26 +621,6 @@ impl DockerRuntime {
             _ => None,
         }
     }
-}
-
-/// Exactly `size` bytes of an upload's content, in memory (`size` is small).
-async fn collect(mut content: ByteStream, size: u64) -> Result<Bytes> {
-    let mut data = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
-    while let Some(chunk) = content.next().await {
-        data.extend_from_slice(&chunk?);
-        if data.len() as u64 > size {
-            return Err(Error::invalid(format!(
-                "upload content is longer than its announced size of {size} bytes"
-            )));
-        }
-    }
-    if data.len() as u64 != size {
-        return Err(Error::invalid(format!(
-            "upload content ended after {} of its announced {size} bytes",
-            data.len()
-        )));
-    }
-    Ok(data.freeze())
 }
 
 /// The client's mistake behind an engine refusal on the archive endpoint, if it is one: the

@@ -32,7 +32,7 @@ pub use runtime::{
     ByteStream, ContainerSpec, ContainerState, CreatedContainer, ExecEvent, ExecEvents, ExecOutput,
     ExecRequest, FileDownload, FileKind, FileStat, ManagedContainer, OutputSpan, OutputStream,
     ProcessEvent, ProcessEvents, ProcessExit, ProcessInfo, ProcessRequest, ProcessSignal,
-    PublishedPort, TIMED_OUT_EXIT_CODE, TerminalSize, UploadFile, WriteOptions,
+    PublishedPort, TIMED_OUT_EXIT_CODE, TerminalSize, UploadFile, WriteOptions, collect_exactly,
 };
 pub use sandbox::{
     CreateLease, EventAction, InstanceId, NewEvent, PortMapping, Sandbox, SandboxEvent,

@@ -14,6 +14,27 @@ use crate::template::{Command, Template};
 /// A stream of bytes moving in or out of a sandbox, never held whole in memory.
 pub type ByteStream = BoxStream<'static, Result<Bytes, Error>>;
 
+/// A stream's bytes in memory when there are exactly `size` of them (`size` is small):
+/// `Ok(Err(received))` when they are not, `received` past `size` as soon as it is passed.
+pub async fn collect_exactly(
+    mut content: ByteStream,
+    size: u64,
+) -> Result<std::result::Result<Bytes, u64>, Error> {
+    use futures::StreamExt as _;
+    let mut data = bytes::BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
+    while let Some(chunk) = content.next().await {
+        data.extend_from_slice(&chunk?);
+        if data.len() as u64 > size {
+            break;
+        }
+    }
+    if data.len() as u64 == size {
+        Ok(Ok(data.freeze()))
+    } else {
+        Ok(Err(data.len() as u64))
+    }
+}
+
 /// What to create a container from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerSpec {

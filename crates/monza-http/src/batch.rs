@@ -14,21 +14,17 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use monza_domain::{ByteStream, Error, SandboxService, UploadFile, WriteOptions, paths};
-use tokio::io::AsyncWriteExt;
 
 use crate::HttpConfig;
 use crate::access::Caller;
 use crate::error::{ApiError, ErrorBody, ErrorDetail};
 use crate::extract::{CommandJson, Paced, PathId, flag, only, query_param, strict_query};
-use crate::files::{multipart_error, over_limit};
+use crate::files::{CHUNK, SpoolWriter, multipart_error, over_limit, temp_file};
 use crate::fs::octal;
 use crate::model::{
     BatchDownloadRequest, BatchDownloadResponse, BatchDownloadResult, BatchUploadForm,
     BatchUploadQuery, BatchUploadResponse, BatchUploadResult,
 };
-
-/// Read size when a spooled part streams into the sandbox.
-const CHUNK: usize = 64 * 1024;
 
 /// Writes many files into a running sandbox in one request.
 #[utoipa::path(
@@ -68,14 +64,8 @@ pub(crate) async fn upload_batch(
         settings.file_limits.max_results,
     );
     let mut form = Multipart::new(req.headers(), Paced::upload(payload, &config));
-    let spool = tokio::task::spawn_blocking({
-        let dir = config.upload_dir.clone();
-        move || tempfile::tempfile_in(dir)
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(|e| ApiError::internal(format!("creating the batch's temporary file: {e}")))?;
-    let mut writer = tokio::fs::File::from_std(
+    let spool = temp_file(config.upload_dir.clone(), "the batch").await?;
+    let mut writer = SpoolWriter::new(
         spool
             .try_clone()
             .map_err(|e| ApiError::internal(format!("opening the batch's temporary file: {e}")))?,
@@ -117,18 +107,11 @@ pub(crate) async fn upload_batch(
                     "the files together are over {total} bytes (MONZA_MAX_ARCHIVE_BYTES)"
                 )));
             }
-            writer
-                .write_all(&chunk)
-                .await
-                .map_err(|e| ApiError::internal(format!("writing the batch to disk: {e}")))?;
+            writer.write(&chunk).await?;
         }
         parts.push((path, offset, spooled - offset));
     }
-    writer
-        .flush()
-        .await
-        .map_err(|e| ApiError::internal(format!("writing the batch to disk: {e}")))?;
-    drop(writer);
+    drop(writer.finish().await?);
     let spool = Arc::new(spool);
     let files = parts
         .into_iter()

@@ -24,7 +24,7 @@ use crate::model::{DownloadQuery, UploadForm, UploadResponse};
 /// Read size when streaming a spooled upload into the sandbox, and the least the spool
 /// writes at once. Every read or write of a `tokio::fs::File` is a hop to a blocking thread:
 /// at the 8–64 KiB a multipart body arrives in, a 100 MiB upload cost thousands of them.
-const CHUNK: usize = 256 * 1024;
+pub(crate) const CHUNK: usize = 256 * 1024;
 const SPOOL_WRITE: usize = 1024 * 1024;
 
 /// Copies one file into a running sandbox.
@@ -147,34 +147,69 @@ pub(crate) async fn spool_stream(
     (limit, over): (u64, fn(u64) -> ApiError),
     dir: PathBuf,
 ) -> Result<Spooled, ApiError> {
-    let file = tokio::task::spawn_blocking(move || tempfile::tempfile_in(dir))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::internal(format!("creating the upload's temporary file: {e}")))?;
-    let mut file = tokio::fs::File::from_std(file);
-    let written =
-        |e: std::io::Error| ApiError::internal(format!("writing the upload to disk: {e}"));
+    let mut writer = SpoolWriter::new(temp_file(dir, "the upload").await?);
     let mut size: u64 = 0;
-    let mut pending = BytesMut::new();
     while let Some(chunk) = body.try_next().await? {
         size = size.saturating_add(chunk.len() as u64);
         if size > limit {
             return Err(over(limit));
         }
-        pending.extend_from_slice(&chunk);
-        if pending.len() >= SPOOL_WRITE {
-            file.write_all(&pending).await.map_err(written)?;
-            pending.clear();
-        }
+        writer.write(&chunk).await?;
     }
-    file.write_all(&pending).await.map_err(written)?;
-    file.flush()
-        .await
-        .map_err(|e| ApiError::internal(format!("writing the upload to disk: {e}")))?;
+    let mut file = writer.finish().await?;
     file.seek(SeekFrom::Start(0))
         .await
         .map_err(|e| ApiError::internal(format!("rewinding the spooled upload: {e}")))?;
     Ok(Spooled { name, size, file })
+}
+
+/// An anonymous temporary file in `dir` (gone when closed), for spooling `what`.
+pub(crate) async fn temp_file(dir: PathBuf, what: &str) -> Result<std::fs::File, ApiError> {
+    tokio::task::spawn_blocking(move || tempfile::tempfile_in(dir))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::internal(format!("creating {what}'s temporary file: {e}")))
+}
+
+/// Appends a body's chunks to a spool file in writes of at least [`SPOOL_WRITE`] bytes.
+pub(crate) struct SpoolWriter {
+    file: tokio::fs::File,
+    pending: BytesMut,
+}
+
+impl SpoolWriter {
+    pub(crate) fn new(file: std::fs::File) -> Self {
+        Self {
+            file: tokio::fs::File::from_std(file),
+            pending: BytesMut::new(),
+        }
+    }
+
+    pub(crate) async fn write(&mut self, chunk: &[u8]) -> Result<(), ApiError> {
+        self.pending.extend_from_slice(chunk);
+        if self.pending.len() >= SPOOL_WRITE {
+            self.file
+                .write_all(&self.pending)
+                .await
+                .map_err(spool_error)?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes what is pending and flushes: the spool holds every byte written to it.
+    pub(crate) async fn finish(mut self) -> Result<tokio::fs::File, ApiError> {
+        self.file
+            .write_all(&self.pending)
+            .await
+            .map_err(spool_error)?;
+        self.file.flush().await.map_err(spool_error)?;
+        Ok(self.file)
+    }
+}
+
+fn spool_error(e: std::io::Error) -> ApiError {
+    ApiError::internal(format!("writing the upload to disk: {e}"))
 }
 
 pub(crate) fn over_limit(limit: u64) -> ApiError {

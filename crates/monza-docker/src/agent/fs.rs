@@ -46,10 +46,7 @@ impl Agents {
                 request: request.clone(),
             })
             .await?;
-        Some(answer.and_then(|answer| match answer {
-            Message::FsAnswer { answer, .. } => Ok(Ok(answer)),
-            other => refusal(other),
-        }))
+        Some(answer.and_then(fs_reply))
     }
 
     /// Writes a small file whole through the connected agent running as `user`; `None` as
@@ -67,10 +64,7 @@ impl Agents {
                 Message::WriteFile { id, request, data }
             })
             .await?;
-        Some(answer.and_then(|answer| match answer {
-            Message::FsAnswer { answer, .. } => Ok(Ok(answer)),
-            other => refusal(other),
-        }))
+        Some(answer.and_then(fs_reply))
     }
 
     /// Reads a small file whole through whichever agent is connected; `None` when none is.
@@ -115,6 +109,14 @@ impl Agents {
             slot.restart_in_background();
         }
         Some(answer)
+    }
+}
+
+/// An `FsAnswer` as the reply to a file request, or the agent's refusal.
+fn fs_reply(answer: Message) -> Result<FsReply> {
+    match answer {
+        Message::FsAnswer { answer, .. } => Ok(Ok(answer)),
+        other => refusal(other),
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde_json::json;
 
 use super::{SandboxService, container_of, file_destination};
@@ -21,7 +21,7 @@ use crate::files::{
 };
 use crate::paths;
 use crate::ports::ContainerRuntime;
-use crate::runtime::{ByteStream, FileStat, UploadFile};
+use crate::runtime::{ByteStream, FileStat, UploadFile, collect_exactly};
 use crate::sandbox::{EventAction, NewEvent};
 use crate::sandbox::{Sandbox, SandboxId};
 
@@ -91,24 +91,6 @@ pub struct EditRequest {
     pub replace_all: bool,
 }
 
-/// Exactly `size` bytes of a download's content, in memory.
-async fn collect_exactly(mut content: ByteStream, size: u64) -> Result<Bytes> {
-    let mut data = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
-    while let Some(chunk) = content.next().await {
-        data.extend_from_slice(&chunk?);
-        if data.len() as u64 > size {
-            break;
-        }
-    }
-    if data.len() as u64 != size {
-        return Err(Error::internal(format!(
-            "the file's content was {} bytes where its size said {size}",
-            data.len()
-        )));
-    }
-    Ok(data.freeze())
-}
-
 /// `asked`, clamped to `max` (as execute's limits are), or `default` (itself at most `max`)
 /// when absent; zero is refused.
 fn bounded(what: &str, asked: Option<u64>, default: u64, max: u64) -> Result<u64> {
@@ -168,13 +150,11 @@ impl SandboxService {
                 (asked, checked)
             })
             .collect();
-        let (written, bytes) = checked.iter().filter_map(|(_, c)| c.as_ref().ok()).fold(
-            (Vec::new(), 0u64),
-            |(mut paths, bytes), (path, _, _, file)| {
-                paths.push(path.clone());
-                (paths, bytes.saturating_add(file.size))
-            },
-        );
+        let accepted = || checked.iter().filter_map(|(_, c)| c.as_ref().ok());
+        let written: Vec<&String> = accepted().map(|(path, ..)| path).collect();
+        let bytes = accepted()
+            .map(|(.., file)| file.size)
+            .fold(0u64, u64::saturating_add);
         let event = NewEvent::new(
             EventAction::Uploaded,
             json!({ "paths": written, "bytes": bytes }),
@@ -241,7 +221,14 @@ impl SandboxService {
                         download.stat.size, self.config.file_limits.max_batch_bytes
                     )));
                 }
-                let bytes = collect_exactly(download.content, download.stat.size).await?;
+                let size = download.stat.size;
+                let bytes = collect_exactly(download.content, size)
+                    .await?
+                    .map_err(|got| {
+                        Error::internal(format!(
+                            "the file's content was {got} bytes where its size said {size}"
+                        ))
+                    })?;
                 Ok((download.stat, bytes))
             };
             let read = read.await;
